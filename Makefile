@@ -1,0 +1,52 @@
+# copycatch — every target sets itself up on a fresh machine (virtual environment, install, data).
+#   make demo    protect a model, steal it, verify the stolen copy and an innocent model, print the verdicts
+#   make test    run the test suite
+#   make bench   run the quick benchmark grid (see benchmarks/)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,datasets
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
+
+.PHONY: demo test bench setup data clean help
+
+help:
+	@sed -n '2,5p' Makefile
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@touch $@
+
+setup: $(STAMP)
+
+# Fashion-MNIST from Debian's package, unless it (or $$COPYCATCH_DATA_DIR) is already there.
+data:
+	@if [ -n "$$COPYCATCH_DATA_DIR" ] || [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: installing Debian's dataset-fashion-mnist"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "Fashion-MNIST: not found and no apt-get; see README (Data)"; \
+	fi
+
+demo: setup data
+	$(BIN)/copycatch demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup data
+	$(BIN)/python benchmarks/schemes.py
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache

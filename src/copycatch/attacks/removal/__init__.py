@@ -1,0 +1,1 @@
+"""Removal attacks: white-box laundering of a model the thief holds (see issue: thief's toolbox)."""

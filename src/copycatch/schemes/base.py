@@ -1,0 +1,116 @@
+"""The interface every watermarking scheme implements.
+
+``embed(model, splits)`` → victim + :class:`~copycatch.key.Key` (training-time
+schemes), ``protect(oracle, key)`` → an oracle (API-time schemes; identity
+otherwise), ``verify(oracle, key, alpha)`` → :class:`~copycatch.evidence.Evidence`
+with an exact (or explicitly approximate) p-value under the scheme's stated null.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from ..data import Splits
+from ..errors import InvalidArgument
+from ..evidence import Evidence
+from ..key import Key
+from ..models import Classifier, weights_digest
+from ..oracle import Oracle
+from ..params import Params as BaseParams
+from ..registry import Registry
+from ..train import TrainConfig
+
+
+@dataclasses.dataclass
+class Embedding:
+    """What ``Scheme.embed`` returns."""
+
+    victim: Classifier
+    key: Key
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Scheme:
+    """Base class; subclasses set the class attributes and implement ``embed``/``verify``."""
+
+    name: ClassVar[str] = ""
+    acts_at: ClassVar[str] = "training"  # or "api"
+    null_hypothesis: ClassVar[str] = ""
+    label_only: ClassVar[bool] = True  # can it verify a suspect that answers labels only?
+    default_arch: ClassVar[str] = "cnn-small"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(BaseParams):
+        pass
+
+    def __init__(self, params: BaseParams | None = None, **kwargs: Any):
+        if params is not None and kwargs:
+            raise InvalidArgument("give either a Params object or keyword parameters, not both")
+        self.params = params if params is not None else self.Params.from_dict(kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+    # -- interface -------------------------------------------------------------------------------------------------
+    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
+              progress: bool | None = None) -> Embedding:
+        raise NotImplementedError
+
+    def protect(self, oracle: Oracle, key: Key) -> Oracle:
+        return oracle
+
+    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3) -> Evidence:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------------------------------------------
+    def check_key(self, key: Key, oracle: Oracle | None = None) -> None:
+        if key.scheme != self.name:
+            raise InvalidArgument(f"key is for scheme {key.scheme!r}, not {self.name!r}")
+        classes = key.meta.get("num_classes")
+        if oracle is not None and classes is not None and classes != oracle.num_classes:
+            raise InvalidArgument(f"key is for a {classes}-class model but the suspect has {oracle.num_classes} classes")
+        if oracle is not None and key.meta.get("input_shape") and oracle.input_shape is not None \
+                and tuple(key.meta["input_shape"]) != tuple(oracle.input_shape):
+            raise InvalidArgument(f"key is for inputs shaped {tuple(key.meta['input_shape'])} but the suspect takes "
+                                  f"{tuple(oracle.input_shape)}")
+
+    def key_meta(self, splits: Splits, victim: Classifier, **extra: Any) -> dict[str, Any]:
+        return {
+            "dataset": splits.dataset,
+            "split_seed": splits.seed,
+            "data_fingerprint": splits.fingerprint,
+            "arch": victim.arch,
+            "num_classes": victim.num_classes,
+            "input_shape": list(victim.input_shape),
+            "victim_sha256": weights_digest(victim),
+            **extra,
+        }
+
+    @staticmethod
+    def check_alpha(alpha: float) -> float:
+        if not 0.0 < alpha < 1.0:
+            raise InvalidArgument(f"alpha must be in (0, 1), got alpha={alpha}")
+        return float(alpha)
+
+
+SCHEMES: Registry[type[Scheme]] = Registry("scheme")
+
+
+def register_scheme(cls: type[Scheme]) -> type[Scheme]:
+    SCHEMES.register(cls.name)(cls)
+    return cls
+
+
+def list_schemes(pattern: str = "*") -> list[str]:
+    return SCHEMES.list(pattern)
+
+
+def create_scheme(name: str, **params: Any) -> Scheme:
+    cls = SCHEMES.get(name).factory
+    return cls(cls.Params.from_dict({k: v for k, v in params.items() if v is not None}))
+
+
+def scheme_for_key(key: Key) -> Scheme:
+    """The scheme (with the key's parameters) that can verify ``key``."""
+    return create_scheme(key.scheme, **key.params)

@@ -1,0 +1,135 @@
+"""The CLI end to end on tiny synthetic data, and its one-line errors for user mistakes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from copycatch.cli import main
+
+DATA = ["--data", "synthetic", "-q"]
+FAST = ["--epochs", "3"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def victim_files(workdir):
+    victim, key = workdir / "victim.safetensors", workdir / "victim.cckey"
+    assert main(["embed", "--scheme", "margin", "--arch", "mlp", "-p", "n_triggers=30", "-o", str(victim),
+                 "--key", str(key), "--epochs", "6", *DATA]) == 0
+    return victim, key
+
+
+def test_embed_steal_verify_train_flow(capsys, victim_files, workdir):
+    victim, key = victim_files
+    surrogate = workdir / "surrogate.safetensors"
+    code, out, _ = run(capsys, "steal", "--victim", str(victim), "--arch", "mlp", "--budget", "500", "-o", str(surrogate),
+                       *FAST, *DATA)
+    assert code == 0 and "500 queries" in out
+    code, out, _ = run(capsys, "verify", "--key", str(key), "--suspect", str(victim), "--json")
+    evidence = json.loads(out)
+    assert code == 0 and evidence["verdict"] == "stolen" and evidence["p_value"] < 1e-3
+    innocent = workdir / "innocent.safetensors"
+    code, out, _ = run(capsys, "train", "--arch", "mlp", "--on", "attacker_pool", "-o", str(innocent), *FAST, *DATA)
+    assert code == 0 and "test accuracy" in out
+    code, out, _ = run(capsys, "verify", "--key", str(key), "--suspect", str(innocent))
+    assert code == 0 and "NOT STOLEN" in out and "null hypothesis" in out
+
+
+def test_key_show_hides_secrets_unless_asked(capsys, victim_files):
+    _, key = victim_files
+    code, out, _ = run(capsys, "key", "show", str(key))
+    assert code == 0 and "trigger_label: int64 30" in out and "hidden" in out and "[" not in out.split("secrets:")[1]
+    code, out, _ = run(capsys, "key", "show", str(key), "--secrets", "--json")
+    assert len(json.loads(out)["tensors"]["trigger_label"]["values"]) == 30
+
+
+@pytest.mark.parametrize("verb", ["data", "train", "embed", "steal", "verify", "key", "demo"])
+def test_every_verb_has_help(capsys, verb):
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: copycatch " + verb in capsys.readouterr().out
+
+
+def test_embed_help_lists_schemes_with_descriptions(capsys):
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    out = capsys.readouterr().out
+    assert "margin" in out and "Margin-based watermark" in out and "cnn-small" in out
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    assert err.startswith("copycatch: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_missing_data_is_one_line_with_instructions(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("COPYCATCH_DATA_DIR", raising=False)
+    monkeypatch.setattr("copycatch.data.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    code, _, err = run(capsys, "data", "show", "--data", "fashion-mnist", "--data-dir", str(tmp_path))
+    _one_line_error(code, err, "apt-get install")
+
+
+def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--arch", "resnet9000", "-o", str(tmp_path / "m"), *DATA)
+    _one_line_error(code, err, "unknown architecture 'resnet9000'", "cnn-small")
+    code, _, err = run(capsys, "embed", "--scheme", "nope", "-o", str(tmp_path / "m"), "--key", str(tmp_path / "k"), *DATA)
+    _one_line_error(code, err, "unknown scheme 'nope'", "margin")
+    code, _, err = run(capsys, "data", "show", "--data", "imagenet")
+    _one_line_error(code, err, "unknown data set 'imagenet'", "fashion-mnist")
+    code, _, err = run(capsys, "embed", "-p", "epz=3", "-o", str(tmp_path / "m"), "--key", str(tmp_path / "k"), *DATA)
+    _one_line_error(code, err, "'epz'", "n_triggers")
+
+
+def test_corrupt_model_and_key_files_are_one_line_errors(capsys, victim_files, tmp_path):
+    victim, key = victim_files
+    broken = tmp_path / "broken.cckey"
+    raw = bytearray(key.read_bytes())
+    raw[-3] ^= 0xFF
+    broken.write_bytes(bytes(raw))
+    code, _, err = run(capsys, "verify", "--key", str(broken), "--suspect", str(victim))
+    _one_line_error(code, err, "broken.cckey", "digest mismatch")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    code, _, err = run(capsys, "verify", "--key", str(key), "--suspect", str(junk))
+    _one_line_error(code, err, "junk.safetensors")
+    code, _, err = run(capsys, "key", "show", str(tmp_path / "missing.cckey"))
+    _one_line_error(code, err, "no such key file")
+
+
+def test_wrong_shapes_are_one_line_errors(capsys, victim_files, tmp_path):
+    _, key = victim_files
+    other = tmp_path / "digits-model.safetensors"
+    assert main(["train", "--arch", "mlp", "--data", "digits", "--epochs", "1", "-o", str(other), "-q"]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "verify", "--key", str(key), "--suspect", str(other))
+    _one_line_error(code, err, "classes")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((10, 2, 2, 2, 2)), y=np.zeros(10, int))
+    code, _, err = run(capsys, "data", "show", "--data", str(bad))
+    _one_line_error(code, err, "shape")
+
+
+def test_budget_overrun_is_a_one_line_error(capsys, victim_files, tmp_path):
+    victim, _ = victim_files
+    code, _, err = run(capsys, "steal", "--victim", str(victim), "--budget", "0", "-o", str(tmp_path / "s"), *DATA)
+    _one_line_error(code, err, "budget")
+
+
+def test_unwritable_output_fails_before_any_training(capsys, tmp_path):
+    (tmp_path / "adir").mkdir()
+    code, _, err = run(capsys, "train", "--arch", "mlp", "-o", str(tmp_path / "adir"), *DATA)
+    _one_line_error(code, err, "is a directory")

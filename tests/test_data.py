@@ -1,0 +1,117 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import copycatch as cc
+from copycatch.data import DATASETS, DataNotFound, read_idx
+from copycatch.errors import CorruptFile, InvalidArgument
+
+
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture()
+def fake_fashion(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (300, 28, 28)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(300) % 10)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
+    return tmp_path
+
+
+def _load(name, fake_fashion, monkeypatch):
+    if name == "fashion-mnist":
+        return cc.load_dataset(name, data_dir=fake_fashion)
+    if name == "npz":
+        path = fake_fashion / "mine.npz"
+        np.savez(path, x=np.zeros((40, 6, 6), np.uint8), y=np.arange(40) % 3)
+        return cc.load_dataset(str(path))
+    return cc.load_dataset(name)
+
+
+@pytest.mark.parametrize("name", DATASETS.list())
+def test_every_dataset_loads_as_unit_interval_nchw(name, fake_fashion, monkeypatch):
+    data = _load(name, fake_fashion, monkeypatch)
+    assert data.x.ndim == 4 and data.x.dtype == torch.float32
+    assert 0.0 <= data.x.min() and data.x.max() <= 1.0
+    assert data.y.dtype == torch.int64 and data.y.max() < data.num_classes
+    assert len(data.class_names) == data.num_classes
+
+
+def test_fashion_mnist_found_through_environment_variable(fake_fashion, monkeypatch):
+    monkeypatch.setenv("COPYCATCH_DATA_DIR", str(fake_fashion))
+    assert len(cc.load_dataset("fashion-mnist").x) == 300
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("COPYCATCH_DATA_DIR", raising=False)
+    monkeypatch.setattr("copycatch.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DataNotFound) as err:
+        cc.load_dataset("fashion-mnist", data_dir=tmp_path)
+    msg = str(err.value)
+    assert "apt-get install -y dataset-fashion-mnist" in msg and "--data-dir" in msg and "COPYCATCH_DATA_DIR" in msg
+
+
+def test_truncated_idx_is_a_corrupt_file(fake_fashion):
+    path = fake_fashion / "t10k-labels-idx1-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-5]))
+    with pytest.raises(CorruptFile, match="truncated"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_standard_split_is_disjoint_complete_and_seeded(seed):
+    data = cc.load_dataset("synthetic", n=1000)
+    s = cc.make_splits(data, seed=seed)
+    parts = ["owner_train", "owner_holdout", "attacker_pool", "test"]
+    index = {p: set(s.indices[p].tolist()) for p in parts}
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            assert not index[a] & index[b], f"{a} and {b} overlap"
+        assert torch.equal(getattr(s, a).x, data.x[s.indices[a]])
+    assert s.summary() == {"owner_train": 400, "owner_holdout": 40, "attacker_pool": 360, "test": 200}
+    again = cc.make_splits(data, seed=seed)
+    assert torch.equal(again.attacker_pool.x, s.attacker_pool.x)
+    other = cc.make_splits(data, seed=seed + 10)
+    assert not torch.equal(other.attacker_pool.x, s.attacker_pool.x)
+
+
+def test_official_test_split_is_kept_whole(fake_fashion):
+    s = cc.load_splits("fashion-mnist", data_dir=fake_fashion)
+    assert len(s.test) == 50 and sum(len(getattr(s, p)) for p in ("owner_train", "owner_holdout", "attacker_pool")) == 300
+
+
+def test_split_fractions_are_validated():
+    with pytest.raises(InvalidArgument, match="exceed 1"):
+        cc.SplitFractions(owner_train=0.8, owner_holdout=0.1, attacker_pool=0.2)
+    with pytest.raises(InvalidArgument, match="unknown split key"):
+        cc.SplitFractions.from_dict({"thief": 0.5})
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"x": np.zeros((4, 2, 2, 2, 2)), "y": np.zeros(4, int)}, "shape"),
+    ({"x": np.full((4, 3, 3), 2.0), "y": np.zeros(4, int)}, "values in"),
+    ({"x": np.zeros((4, 3, 3)), "y": np.zeros(3, int)}, "4 labels"),
+    ({"x": np.zeros((4, 3, 3))}, "missing array 'y'"),
+])
+def test_bad_npz_gets_a_named_error(tmp_path, bad, match):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **bad)
+    with pytest.raises(InvalidArgument, match=match):
+        cc.load_dataset(str(path))
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_when_installed():
+    data = cc.load_dataset("fashion-mnist")
+    assert data.x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(data.y).tolist() == [6000] * 10

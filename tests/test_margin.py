@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+import copycatch as cc
+from copycatch.key import Key
+from copycatch.schemes.margin import MarginWatermark
+
+
+@pytest.fixture(scope="module")
+def embedded(splits):
+    return cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40, "trigger_batch": 10},
+                    config=cc.TrainConfig(epochs=10, seed=0))
+
+
+def test_victim_is_stolen_and_stays_useful(embedded, splits):
+    evidence = cc.verify(embedded.victim, embedded.key)
+    assert evidence.verdict == "stolen" and evidence.p_value <= 1e-6 and evidence.exact
+    assert evidence.metrics["watermark_accuracy"] >= 0.9 and evidence.queries == 40
+    # 40 wrong-label triggers on a 4-prototype toy task cost a few points; the real cost is measured in benchmarks/
+    assert cc.accuracy(embedded.victim, splits.test) >= 0.85
+
+
+def test_innocent_model_is_cleared(embedded, splits):
+    innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
+    evidence = cc.verify(innocent, embedded.key, alpha=0.05)
+    assert evidence.verdict == "not stolen"
+
+
+def test_label_only_suspects_verify_the_same(embedded):
+    soft = cc.verify(embedded.victim, embedded.key)
+    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
+    assert hard.p_value == soft.p_value and hard.statistic == soft.statistic
+
+
+def test_key_records_the_secret_labels_as_wrong_labels(embedded):
+    key = embedded.key
+    assert (key["trigger_label"] != key["trigger_true"]).all()
+    assert key["trigger_x"].dtype == torch.uint8 and key.meta["victim_sha256"]
+
+
+def _innocent_models(splits):
+    weak_data = cc.load_dataset("synthetic", n=2400, num_classes=4, size=8, noise=0.9, seed=0)
+    weak_splits = cc.make_splits(weak_data, seed=0)
+    weak = cc.train("mlp", weak_splits, config=cc.TrainConfig(epochs=1, seed=1), hidden=16)
+    untrained = cc.create_for("cnn-small", splits, seed=3)
+    return {"weakly trained": weak, "untrained": untrained}
+
+
+@pytest.mark.parametrize("which", ["weakly trained", "untrained"])
+def test_exact_null_p_values_are_uniform_over_independent_keys(splits, which):
+    """≥ 200 independently drawn keys against an innocent model: p-values (near) uniform, FPR at 0.05 ≤ 0.07."""
+    model = _innocent_models(splits)[which]
+    scheme = MarginWatermark(n_triggers=100)
+    holdout = cc.make_splits(cc.load_dataset("synthetic", n=6000, num_classes=4, size=8, noise=0.9, seed=7), seed=1,
+                             fractions=cc.SplitFractions(owner_train=0.1, owner_holdout=0.5, attacker_pool=0.1))
+    p_values, ms = [], []
+    for draw in range(300):
+        x_u8, true, labels = scheme.make_trigger_set(holdout, torch.Generator().manual_seed(10_000 + draw))
+        key = Key("margin", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+                  {"num_classes": 4, "input_shape": [1, 8, 8]})
+        ev = scheme.verify(cc.ModelOracle(model), key, alpha=0.05)
+        p_values.append(ev.p_value)
+        ms.append(ev.metrics["misclassified"])
+    p = np.array(p_values)
+    assert np.mean(ms) > 20, "the innocent model must misclassify enough triggers for the test to mean anything"
+    assert np.mean(p <= 0.05) <= 0.07
+    n = len(p)
+    for u in (0.01, 0.05, 0.1, 0.25, 0.5, 0.75):
+        # discrete tests are conservative: P(p <= u) may fall below u but never clearly above it
+        assert np.mean(p <= u) <= u + 3 * np.sqrt(u * (1 - u) / n), u
+    assert np.mean(p <= 0.5) >= 0.25, "p-values piled up at 1: the test would have no power"
+
+
+def test_highest_confidence_labels_flag_the_null_as_approximate(splits, trained):
+    scheme = MarginWatermark(n_triggers=20, label_strategy="highest")
+    x_u8, true, labels = scheme.make_trigger_set(splits, torch.Generator().manual_seed(0), reference=trained)
+    assert (labels != true).all()
+    key = Key("margin", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+              {"num_classes": 4})
+    ev = scheme.verify(cc.ModelOracle(trained), key)
+    assert not ev.exact and "approximate" in ev.notes[0]
+
+
+def test_verify_rejects_a_key_for_another_scheme_or_shape(embedded):
+    wrong = Key("frontier-stitching", {}, {}, {"num_classes": 4})
+    with pytest.raises(cc.CopycatchError, match="scheme"):
+        MarginWatermark().verify(cc.ModelOracle(embedded.victim), wrong)
+    with pytest.raises(cc.CopycatchError, match="classes"):
+        MarginWatermark().verify(cc.ModelOracle(cc.create_model("mlp", (1, 8, 8), 5)), embedded.key)

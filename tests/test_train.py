@@ -1,0 +1,54 @@
+import torch
+
+import copycatch as cc
+from copycatch.train import TrainHook
+
+
+def test_training_is_seeded_and_learns(splits):
+    cfg = cc.TrainConfig(epochs=4, seed=3)
+    a = cc.train("mlp", splits, config=cfg, hidden=32)
+    b = cc.train("mlp", splits, config=cfg, hidden=32)
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), na
+    assert cc.accuracy(a, splits.test) > 0.9
+
+
+def test_hooks_add_loss_terms_and_can_stop_training(splits):
+    class Counting(TrainHook):
+        def __init__(self):
+            self.calls = 0
+            self.epochs = 0
+
+        def extra_loss(self, state, x, y, logits, loss):
+            self.calls += 1
+            return loss + 0.0 * logits.sum()
+
+        def on_epoch_end(self, state):
+            self.epochs += 1
+            state.stop = state.epoch >= 1
+
+    hook = Counting()
+    model = cc.create_for("mlp", splits, hidden=16)
+    result = cc.fit(model, splits.owner_train, cc.TrainConfig(epochs=5, batch_size=100), hooks=[hook])
+    steps_per_epoch = -(-len(splits.owner_train) // 100)
+    assert result.epochs_run == 2 and hook.epochs == 2 and hook.calls == 2 * steps_per_epoch
+    assert result.stopped_early
+
+
+def test_early_stopping_restores_the_best_epoch(splits):
+    model = cc.create_for("mlp", splits, hidden=16)
+    result = cc.fit(model, splits.owner_train, cc.TrainConfig(epochs=30, patience=2, lr=0.05), val=splits.test)
+    best = max(r["val_accuracy"] for r in result.history)
+    assert result.best_epoch is not None
+    assert cc.accuracy(model, splits.test) == best
+    assert result.epochs_run < 30
+
+
+def test_soft_targets_train_with_kl(splits, trained):
+    from copycatch.data import TensorData
+    from copycatch.train import predict_logits
+
+    probs = torch.softmax(predict_logits(trained, splits.attacker_pool.x), 1)
+    student = cc.create_for("mlp", splits, hidden=32)
+    cc.fit(student, TensorData(splits.attacker_pool.x, probs), cc.TrainConfig(epochs=3))
+    assert cc.agreement(student, trained, splits.test.x) > 0.9
