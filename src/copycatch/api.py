@@ -23,8 +23,9 @@ from .errors import InvalidArgument
 from .evidence import Evidence
 from .key import Key
 from .models import Classifier, create_for, load_model
-from .oracle import CallableOracle, ModelOracle, Oracle
+from .oracle import Oracle
 from .schemes import Embedding, create_scheme, scheme_for_key
+from .suspects import open_suspect
 from .train import TrainConfig, accuracy, fit
 
 PathLike = str | os.PathLike
@@ -47,22 +48,10 @@ def _key(obj: Key | PathLike) -> Key:
 
 
 def as_oracle(suspect: Any, *, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-              budget: int | None = None, device: str | None = None) -> Oracle:
-    """Wrap a model, a model file or a callable as an :class:`Oracle` (an oracle passes through)."""
-    if isinstance(suspect, Oracle):
-        if budget is not None:
-            suspect.set_budget(budget)
-        return suspect
-    if isinstance(suspect, (str, os.PathLike)) or isinstance(suspect, Classifier):
-        model = _model(suspect, device)
-        return ModelOracle(model, budget=budget, name=str(suspect) if not isinstance(suspect, Classifier) else model.arch)
-    if isinstance(suspect, torch.nn.Module):
-        return ModelOracle(suspect, num_classes=num_classes, input_shape=input_shape, budget=budget)
-    if callable(suspect):
-        if num_classes is None:
-            raise InvalidArgument("a callable suspect needs num_classes")
-        return CallableOracle(suspect, num_classes, input_shape=input_shape, budget=budget)
-    raise InvalidArgument(f"cannot query a {type(suspect).__name__}: give a model, a model file, a callable or an Oracle")
+              budget: int | None = None, device: str | None = None, **options: Any) -> Oracle:
+    """Wrap a model, model file, URL, ONNX file, ``module:function`` or callable as an :class:`Oracle`."""
+    return open_suspect(suspect, num_classes=num_classes, input_shape=input_shape, budget=budget, device=device,
+                        **options)
 
 
 def train(arch: str, splits: Splits, *, on: str = "owner_train", config: TrainConfig | None = None,
@@ -88,11 +77,19 @@ def embed(scheme: str, splits: Splits, *, arch: str | None = None, model: Classi
     if model is not None and arch is not None:
         raise InvalidArgument("give either arch (train a new model) or model (start from it), not both")
     config = config or TrainConfig()
-    base = _model(model) if model is not None else create_for(arch or sch.default_arch, splits, seed=config.seed)
+    info: dict[str, Any] = {}
+    if model is not None:
+        base = _model(model)
+    elif sch.pretrain:  # the scheme fine-tunes a trained model: train a clean one first, the same way
+        base = train(arch or sch.default_arch, splits, config=config, progress=progress)
+        info["pretrained_clean"] = dict(base.provenance)
+    else:
+        base = create_for(arch or sch.default_arch, splits, seed=config.seed)
     if tuple(base.input_shape) != tuple(splits.input_shape) or base.num_classes != splits.num_classes:
         raise InvalidArgument(f"model takes {base.input_shape} with {base.num_classes} classes but the data are "
                               f"{splits.input_shape} with {splits.num_classes} classes")
     result = sch.embed(base, splits, train=config, progress=progress, **embed_kwargs)
+    result.info.update(info)
     result.victim.provenance.update({**splits.provenance(), "trained_on": "owner_train", "train": config.to_dict()})
     return result
 
@@ -109,7 +106,7 @@ def steal(victim: Any, pool: TensorData | torch.Tensor, *, attack: str = "soft-l
     """
     if isinstance(pool, torch.Tensor):
         pool = TensorData(pool, torch.zeros(len(pool), dtype=torch.long))
-    oracle = as_oracle(victim, num_classes=num_classes, input_shape=input_shape)
+    oracle = as_oracle(victim, num_classes=num_classes, input_shape=input_shape or tuple(pool.x.shape[1:]))
     if key is not None:
         k = _key(key)
         oracle = scheme_for_key(k).protect(oracle, k)

@@ -186,7 +186,7 @@ def cmd_steal(args: argparse.Namespace) -> int:
     acc = accuracy(result.surrogate, splits.test)
     result.surrogate.provenance["test_accuracy"] = acc
     line = f"stole a {args.arch} surrogate with {args.attack}: {result.queries} queries, test accuracy {acc:.4f}"
-    if not args.victim.startswith(("http://", "https://")):
+    if args.victim.endswith(".safetensors"):
         from .models import load_model
 
         line += f", agreement with victim {agreement(result.surrogate, load_model(args.victim), splits.test.x):.4f}"
@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_registry_table(EXTRACTION_ATTACKS.describe(), "extraction attacks") + "\n\n"
                        + _registry_table(POSTPROCESSORS.describe(), "output post-processors (--post)") + "\n\n" + arch_help,
                        description="Play the thief: query the victim (only through its outputs) and train a surrogate.")
-    p.add_argument("--victim", required=True, help="victim model file (the oracle the thief queries)")
+    p.add_argument("--victim", "--oracle", dest="victim", required=True,
+                   help="the victim the thief queries: model file, http(s):// prediction API, .onnx file or module:function")
     p.add_argument("--attack", default="soft-label", help="extraction attack (listed below)")
     p.add_argument("--arch", default="mlp", help="surrogate architecture: the thief's free choice")
     p.add_argument("--budget", type=int, default=None, help="queries the thief may spend (default: one per pool input)")
@@ -328,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Query the suspect with the key's inputs only and test the scheme's null hypothesis "
                                    "(the suspect is independent of the key). Prints the evidence.")
     p.add_argument("--key", required=True, help="key file written by `copycatch embed`")
-    p.add_argument("--suspect", required=True, help="suspect model file")
+    p.add_argument("--suspect", required=True,
+                   help="suspect: model file, http(s):// prediction API, .onnx file or module:function")
     p.add_argument("--alpha", type=float, default=1e-3, help="significance level of the decision")
     p.add_argument("--post", action="append", metavar="SPEC", help="post-processor on the suspect's answers (repeatable)")
     p.add_argument("--json", action="store_true", help="print the evidence as JSON")
@@ -358,7 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="margin scheme parameter (repeatable)")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
+
+    for module in _command_modules():
+        extra = module.add_parser(sub)
+        if extra.get_default("func") is None:
+            extra.set_defaults(func=module.run)
     return parser
+
+
+def _command_modules() -> list[Any]:
+    """The verbs in :mod:`copycatch.commands`, one module each (see its docstring)."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    modules = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            modules.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
+    return modules
 
 
 def main(argv: Sequence[str] | None = None) -> int:

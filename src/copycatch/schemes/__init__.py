@@ -1,6 +1,8 @@
-"""Watermarking schemes; one file per scheme, registered on import."""
+"""Watermarking schemes; one file per scheme, registered on import (every module here is imported)."""
 
+from .._discover import import_submodules
 from .base import SCHEMES, Embedding, Scheme, create_scheme, list_schemes, register_scheme, scheme_for_key
-from . import margin  # noqa: F401  (registers)
+
+import_submodules(__name__, __path__)
 
 __all__ = ["SCHEMES", "Embedding", "Scheme", "create_scheme", "list_schemes", "register_scheme", "scheme_for_key"]

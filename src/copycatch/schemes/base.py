@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import torch
+
 from ..data import Splits
 from ..errors import InvalidArgument
 from ..evidence import Evidence
@@ -39,6 +41,11 @@ class Scheme:
     null_hypothesis: ClassVar[str] = ""
     label_only: ClassVar[bool] = True  # can it verify a suspect that answers labels only?
     default_arch: ClassVar[str] = "cnn-small"
+    # True: embed() expects a trained model (frontier stitching fine-tunes one); api.embed trains a clean model first
+    # when it is handed an architecture name instead of a model.
+    pretrain: ClassVar[bool] = False
+    # Parameters for the registry-generated tests on tiny synthetic data (1×8×8, 4 classes, a few hundred examples).
+    tiny_params: ClassVar[dict[str, Any]] = {}
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):
@@ -60,8 +67,24 @@ class Scheme:
     def protect(self, oracle: Oracle, key: Key) -> Oracle:
         return oracle
 
-    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3) -> Evidence:
+    def verification_inputs(self, key: Key) -> torch.Tensor:
+        """Every input ``verify`` will query, in order; a deterministic function of the key."""
         raise NotImplementedError
+
+    def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        """Evidence from the suspect's answers (N×C, probabilities or one-hot labels) to ``verification_inputs``."""
+        raise NotImplementedError
+
+    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
+        """Query the verification inputs and test the null. Schemes override only to do more than that."""
+        from ..attacks.extraction.base import query_all
+
+        alpha = self.check_alpha(alpha)
+        self.check_key(key, oracle)
+        x = self.verification_inputs(key)
+        before = oracle.queries
+        answers = query_all(oracle, x, progress=progress, desc="verify")
+        return self.evidence_from_answers(answers, key, alpha=alpha, queries=oracle.queries - before)
 
     # -- helpers for subclasses ------------------------------------------------------------------------------------
     def check_key(self, key: Key, oracle: Oracle | None = None) -> None:

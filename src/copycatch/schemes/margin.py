@@ -52,7 +52,6 @@ from ..errors import InvalidArgument
 from ..evidence import Evidence
 from ..key import Key
 from ..models import Classifier, create_for
-from ..oracle import Oracle
 from ..params import Params as BaseParams
 from ..stats import binomial_greater
 from ..train import TrainConfig, TrainHook, TrainState, fit, predict_logits
@@ -89,6 +88,7 @@ class MarginWatermark(Scheme):
     acts_at = "training"
     label_only = True
     default_arch = "cnn-small"
+    tiny_params = {"n_triggers": 40, "trigger_batch": 10}
     null_hypothesis = (
         "The suspect is independent of the key: each secret trigger label was drawn uniformly from the C-1 wrong "
         "classes, so among the m triggers the suspect misclassifies, hits on the secret label ~ Binomial(m, 1/(C-1))."
@@ -167,18 +167,13 @@ class MarginWatermark(Scheme):
         return Embedding(model, key, info)
 
     # -- verify ----------------------------------------------------------------------------------------------------
-    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3) -> Evidence:
-        alpha = self.check_alpha(alpha)
-        self.check_key(key, oracle)
-        x = key["trigger_x"].float() / 255
-        true, labels = key["trigger_true"].long(), key["trigger_label"].long()
-        before = oracle.queries
-        pred = oracle.query(x).argmax(dim=1)
-        return self.evidence_from_predictions(pred, true, labels, oracle.num_classes, key,
-                                              alpha=alpha, queries=oracle.queries - before)
+    def verification_inputs(self, key: Key) -> torch.Tensor:
+        return key["trigger_x"].float() / 255
 
-    def evidence_from_predictions(self, pred: torch.Tensor, true: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                                  key: Key, *, alpha: float, queries: int) -> Evidence:
+    def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        pred = answers.argmax(dim=1)
+        true, labels = key["trigger_true"].long(), key["trigger_label"].long()
+        num_classes = answers.shape[1]
         wrong = pred != true
         m = int(wrong.sum())
         hits = int((pred == labels).sum())

@@ -1,8 +1,10 @@
-"""Extraction attacks (see :mod:`.base`); one file per attack, registered on import."""
+"""Extraction attacks (see :mod:`.base`); one file per attack, registered on import (every module here is imported)."""
 
+from ..._discover import import_submodules
 from .base import (EXTRACTION_ATTACKS, ExtractionAttack, ExtractionResult, create_extraction_attack,
                    list_extraction_attacks, query_all, register_extraction)
-from . import soft_label  # noqa: F401  (registers)
+
+import_submodules(__name__, __path__)
 
 __all__ = ["EXTRACTION_ATTACKS", "ExtractionAttack", "ExtractionResult", "create_extraction_attack",
            "list_extraction_attacks", "query_all", "register_extraction"]
