@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,datasets
+EXTRAS ?= dev,datasets,serve,onnx,report,ray
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
