@@ -8,9 +8,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,datasets,serve,onnx,report,ray
+# extras per target: the demo needs only the small data sets; the tests exercise every optional part
+TEST_EXTRAS ?= dev,datasets,serve,onnx,report,ray
+DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
-STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
 .PHONY: demo test bench setup data clean help
@@ -21,12 +22,13 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# one stamp per set of extras, so `make demo` stays light and `make test` adds what it needs
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$*]'
 	@touch $@
 
-setup: $(STAMP)
+setup: $(VENV)/.installed-$(TEST_EXTRAS)
 
 # Fashion-MNIST from Debian's package, unless it (or $$COPYCATCH_DATA_DIR) is already there.
 data:
@@ -39,13 +41,13 @@ data:
 	  echo "Fashion-MNIST: not found and no apt-get; see README (Data)"; \
 	fi
 
-demo: setup data
+demo: $(VENV)/.installed-$(DEMO_EXTRAS) data
 	$(BIN)/copycatch demo
 
-test: setup
+test: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python -m pytest
 
-bench: setup data
+bench: $(VENV)/.installed-$(TEST_EXTRAS) data
 	$(BIN)/python benchmarks/schemes.py
 
 clean:
