@@ -30,9 +30,9 @@ class DemoConfig(Params):
     seed: int = 0
     device: str = "cpu"
     arch: str = "cnn-small"
-    surrogate_arch: str = "cnn-small"
+    surrogate_arch: str = "mlp"
     epochs: int = 10
-    surrogate_epochs: int = 10
+    surrogate_epochs: int = 20
     budget: int | None = None
     max_train: int | None = None
     alpha: float = 1e-3
