@@ -190,6 +190,13 @@ def cmd_steal(args: argparse.Namespace) -> int:
         from .models import load_model
 
         line += f", agreement with victim {agreement(result.surrogate, load_model(args.victim), splits.test.x):.4f}"
+    if args.then:  # removal attacks on the surrogate before it is written (see `copycatch remove`)
+        from .commands.remove import launder
+
+        _print(line)
+        result.surrogate = launder(result.surrogate, args.then, splits, _train_config(args), out,
+                                   progress=_progress(args))
+        line = f"laundered the surrogate with {len(args.then)} removal attack(s)"
     save_model(result.surrogate, out)
     _print(line)
     _print(f"surrogate written to {out}")
@@ -197,14 +204,56 @@ def cmd_steal(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import api
+    from .evidence_report import evidence_document, write_report
+    from .sequential import SequentialPlan
+    from .suspects import suspect_options
+    from .verification import verify_suspect
 
-    evidence = api.verify(args.suspect, args.key, alpha=args.alpha, postprocess=args.post or ())
+    report = Path(args.report) if args.report else None
+    if report is not None and report.exists() and not report.is_dir():
+        raise InvalidArgument(f"--report {report} is a file; give a folder")
+    transcript = args.transcript or (report / "transcript.jsonl" if report is not None else None)
+    plan = SequentialPlan.from_dict({"batch_size": args.batch, "early_share": args.early_share})
+    command = _verify_command(args)
+    run = verify_suspect(args.suspect, args.key, alpha=args.alpha, sequential=not args.fixed, plan=plan,
+                         combine=args.combine, transcript=transcript, resume=args.resume, offline=args.offline,
+                         budget=args.budget, postprocess=args.post or (), suspect_options=suspect_options(args),
+                         num_classes=args.num_classes, chunk=args.request_batch,
+                         calibrations=not args.no_calibration, progress=_progress(args),
+                         session={"command": command})
     if args.json:
-        _print(evidence.to_json())
+        _print(json.dumps(evidence_document(run, command=command), indent=2, sort_keys=True))
     else:
-        _print(evidence.summary())
+        _print(run.summary())
+    if report is not None:
+        paths = write_report(report, run, command=command)
+        if not args.json:
+            _print(f"evidence written to {paths['json']} and {paths['html']}; transcript {run.transcript.path}")
     return 0
+
+
+def _verify_command(args: argparse.Namespace) -> list[str]:
+    """The verify command line as given, with secrets (API key, header values) masked for the record."""
+    out = ["copycatch", "verify"]
+    for action in args.verify_parser._actions:
+        if not action.option_strings or action.dest in {"help"}:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value is False or value == action.default:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if action.dest == "api_key":
+            value = "***"
+        elif action.dest == "header":
+            value = [f"{v.partition(':')[0]}:***" for v in value]
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, list):
+            for v in value:
+                out += [flag, str(v)]
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -319,22 +368,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post", action="append", metavar="SPEC", help="output post-processor, e.g. top-k:k=3 (repeatable)")
     p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="attack parameter (repeatable)")
     p.add_argument("-o", "--output", required=True, help="surrogate model file to write")
+    from .commands.remove import removal_spec
+
+    p.add_argument("--then", action="append", metavar="SPEC", type=removal_spec,
+                   help="then apply this removal attack to the surrogate, on the attacker pool (repeatable, in order; "
+                        "see `copycatch remove --help`)")
     _add_data_options(p)
     _add_train_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_steal)
 
-    p = sub.add_parser("verify", help="test a suspect against a key: exact p-value and verdict",
-                       formatter_class=_Formatter,
-                       description="Query the suspect with the key's inputs only and test the scheme's null hypothesis "
-                                   "(the suspect is independent of the key). Prints the evidence.")
-    p.add_argument("--key", required=True, help="key file written by `copycatch embed`")
+    from .suspects import add_suspect_arguments
+
+    p = sub.add_parser("verify", help="test a suspect against one or more keys: exact p-value, verdict, evidence record",
+                       formatter_class=_Formatter, epilog=_verify_epilog(SCHEMES),
+                       description="Query the suspect with the keys' inputs only and test each scheme's null hypothesis "
+                                   "(the suspect is independent of the key). By default the key is asked a batch at a "
+                                   "time and verification stops as soon as the decision is reached (a sequential test "
+                                   "valid at any stopping time); --fixed asks the whole key. Every answer goes into a "
+                                   "hash-chained transcript; --report DIR keeps it with evidence.json and report.html. "
+                                   "Several --key are combined (Holm, or Fisher).")
+    p.add_argument("--key", required=True, action="append",
+                   help="key file written by `copycatch embed` (repeat to combine several keys)")
     p.add_argument("--suspect", required=True,
-                   help="suspect: model file, http(s):// prediction API, .onnx file or module:function")
+                   help="suspect: model file, http(s):// prediction API, .onnx file, module:function or file.py:function")
     p.add_argument("--alpha", type=float, default=1e-3, help="significance level of the decision")
     p.add_argument("--post", action="append", metavar="SPEC", help="post-processor on the suspect's answers (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the evidence as JSON")
-    p.set_defaults(func=cmd_verify)
+    p.add_argument("--json", action="store_true", help="print the evidence record as JSON")
+    g = p.add_argument_group("queries")
+    g.add_argument("--fixed", action="store_true",
+                   help="ask the whole key (the fixed test) instead of stopping as soon as the decision is reached")
+    g.add_argument("--batch", type=int, default=10, help="inputs asked per round of sequential verification")
+    g.add_argument("--early-share", type=float, default=0.2,
+                   help="share of alpha the sequential test spends on its always-valid early stop")
+    g.add_argument("--budget", type=int, default=None,
+                   help="most answers to use in total, over all sessions of this transcript (replayed ones count)")
+    g = p.add_argument_group("evidence record")
+    g.add_argument("--report", metavar="DIR", default=None,
+                   help="write DIR/evidence.json and DIR/report.html, and keep the transcript in DIR/transcript.jsonl")
+    g.add_argument("--transcript", metavar="FILE", default=None,
+                   help="query transcript (JSON lines, hash-chained); default DIR/transcript.jsonl with --report")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the transcript: recorded answers are replayed, only the rest is asked")
+    g.add_argument("--offline", action="store_true",
+                   help="recompute the evidence from the transcript alone, asking the suspect nothing")
+    g.add_argument("--combine", choices=["holm", "fisher"], default="holm",
+                   help="how several keys' p-values decide: Holm (any dependence) or Fisher (independent keys)")
+    g.add_argument("--no-calibration", action="store_true",
+                   help="ignore <key>.calibration.json files written by `copycatch calibrate`")
+    add_suspect_arguments(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_verify, verify_parser=p)  # the parser lets the evidence record the command line
 
     p = sub.add_parser("key", help="inspect a key file", formatter_class=_Formatter,
                        description="Summarise a key (scheme, digest, parameters, provenance) without its secrets.")
@@ -366,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
         if extra.get_default("func") is None:
             extra.set_defaults(func=module.run)
     return parser
+
+
+def _verify_epilog(schemes: Any) -> str:
+    from .schemes.base import Scheme
+
+    names = schemes.list()
+    probs_only = [n for n in names if not schemes.get(n).factory.label_only]
+    fixed_only = [n for n in names if schemes.get(n).factory.bernoulli_outcomes is Scheme.bernoulli_outcomes]
+    return textwrap.dedent(f"""\
+        label-only suspects (answers are labels, not probabilities) work with every scheme except: {', '.join(probs_only) or '(none)'}
+        sequential stopping is available for every scheme except (these use the fixed test): {', '.join(fixed_only) or '(none)'}
+
+        examples:
+          copycatch verify --key victim.cckey --suspect surrogate.safetensors --report evidence/
+          copycatch verify --key victim.cckey --suspect model.onnx
+          copycatch verify --key victim.cckey --suspect mymodule:clf.predict_proba
+          copycatch verify --key victim.cckey --suspect https://api.example.com --report evidence/ --resume
+          copycatch verify --key margin.cckey --key dynamarks.cckey --suspect http://localhost:8000 --combine fisher""")
 
 
 def _command_modules() -> list[Any]:

@@ -33,6 +33,31 @@ class Embedding:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass
+class BernoulliOutcomes:
+    """Per-query outcomes for sequential verification (see :meth:`Scheme.bernoulli_outcomes`).
+
+    ``outcomes`` holds one int8 per answered verification input, in query order: 1 a success (e.g. a hit on
+    the secret label), 0 a failure, -1 not counted (e.g. a correctly classified margin trigger). Under the
+    scheme's null, the counted outcomes are independent Bernoulli(``null_rate``) draws, whatever the suspect,
+    and the fixed test is ``P(Binomial(counted, null_rate) >= successes)``.
+    """
+
+    outcomes: torch.Tensor
+    null_rate: float
+    statistic_name: str = "successes among counted queries"
+    exact: bool = True
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def successes(self) -> int:
+        return int((self.outcomes == 1).sum())
+
+    @property
+    def counted(self) -> int:
+        return int((self.outcomes >= 0).sum())
+
+
 class Scheme:
     """Base class; subclasses set the class attributes and implement ``embed``/``verify``."""
 
@@ -74,6 +99,18 @@ class Scheme:
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         """Evidence from the suspect's answers (N×C, probabilities or one-hot labels) to ``verification_inputs``."""
         raise NotImplementedError
+
+    def bernoulli_outcomes(self, answers: torch.Tensor, key: Key) -> BernoulliOutcomes | None:
+        """Optional hook for sequential verification (:mod:`copycatch.sequential`).
+
+        ``answers`` are the suspect's answers to the first ``len(answers)`` verification inputs (a prefix, maybe
+        empty). Implement it only when the scheme's statistic is a count of per-query Bernoulli outcomes with an
+        exact binomial null and ``verify`` asks exactly ``verification_inputs`` (no adaptive plan); then
+        ``evidence_from_answers`` on all answers must give the p-value
+        ``P(Binomial(counted, null_rate) >= successes)`` (a registry test checks this). The default, None,
+        makes ``copycatch verify`` fall back to the fixed test on all verification inputs.
+        """
+        return None
 
     def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
         """Query the verification inputs and test the null. Schemes override only to do more than that."""

@@ -55,7 +55,7 @@ from ..models import Classifier, create_for
 from ..params import Params as BaseParams
 from ..stats import binomial_greater
 from ..train import TrainConfig, TrainHook, TrainState, fit, predict_logits
-from .base import Embedding, Scheme, register_scheme
+from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
 
 
 class MarginHook(TrainHook):
@@ -169,6 +169,18 @@ class MarginWatermark(Scheme):
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
         return key["trigger_x"].float() / 255
+
+    def bernoulli_outcomes(self, answers: torch.Tensor, key: Key) -> BernoulliOutcomes:
+        """Per trigger: not counted when classified correctly, else 1 on the secret label and 0 elsewhere."""
+        n = len(answers)
+        pred = answers.argmax(dim=1)
+        true, labels = key["trigger_true"].long()[:n], key["trigger_label"].long()[:n]
+        outcomes = torch.where(pred != true, (pred == labels).to(torch.int8), torch.full_like(pred, -1, dtype=torch.int8))
+        strategy = key.params.get("label_strategy", "random")
+        notes = [] if strategy == "random" else [f"secret labels follow the {strategy!r}-confidence strategy: the "
+                                                 "binomial null is approximate"]
+        return BernoulliOutcomes(outcomes, 1.0 / (answers.shape[1] - 1), "trigger hits among misclassified",
+                                 exact=strategy == "random", notes=notes)
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         pred = answers.argmax(dim=1)
