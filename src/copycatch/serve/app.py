@@ -1,0 +1,477 @@
+"""The FastAPI application: ``POST /v1/predict``, ``GET /v1/info``, ``GET /v1/usage``, ``GET /healthz``, ``/docs``.
+
+What a request goes through, in order (each refusal is a JSON ``{"detail": "..."}`` and one ledger line):
+
+1. API key (``X-API-Key``, when a key file is configured) → 401;
+2. a refusal decidable before reading the body (spent budget, empty token bucket) → 429 + ``Retry-After``;
+3. ``Content-Type`` → 415; body size (``Content-Length`` and the bytes actually received) → 413;
+4. validation (:mod:`.validation`: JSON, shape, types, NaN/Inf, range, PNG) → 400 / 413 / 422;
+5. rate and budget for the batch's N inputs (:mod:`.limits`) → 429 + ``Retry-After``;
+6. the batcher (:mod:`.batching`) answers through ``ModelOracle`` → ``scheme.protect`` (the secret stays on
+   the server) → the output post-processor (top-k, hard label, rounding);
+7. the ledger line is written *before* the answer leaves: if it cannot be written the answer is withheld
+   (503) — an owner who keeps a ledger wants no unrecorded answers.
+
+Any unexpected failure is logged on the server with its traceback and answered 500 with a request id;
+nothing internal reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .._version import __version__
+from ..errors import InvalidArgument
+from ..key import Key
+from ..oracle import Oracle
+from ..params import Params
+from .batching import Batcher, ShuttingDown
+from .keys import HEADER, Keyring
+from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests, spent_by_key
+from .limits import Budget, QueryLimiter, Rate
+from .validation import RequestError, build_request_model, parse_predict
+
+log = logging.getLogger("copycatch.serve")
+
+OUTPUT_MODES = ("probs", "top-k", "label", "rounded")
+UNAUTHENTICATED = "(unauthenticated)"
+_PARSE_IN_THREAD = 256 * 1024  # bodies larger than this are parsed off the event loop
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(Params):
+    """Everything ``copycatch serve`` can be told, with its defaults."""
+
+    kind = "serve option"
+
+    output: str = "probs"  # probs | top-k | label | rounded
+    top_k: int = 3  # k of the top-k output
+    decimals: int = 2  # decimals of the rounded output
+    max_batch: int = 256  # inputs per request
+    max_body_bytes: int = 32 * 2**20
+    batch_wait_ms: float = 2.0  # how long a lone request waits for company before its forward pass
+    forward_batch: int = 512  # inputs per forward pass (requests are never split)
+    rate: str | None = None  # e.g. "100/s": inputs per key per period (token bucket)
+    burst: int | None = None  # bucket size in inputs (default: the rate's amount)
+    budget: str | None = None  # e.g. "20000" (lifetime) or "20000/day": inputs per key
+    ledger: str | None = None  # JSON-lines file; None: no ledger
+    ledger_max_bytes: int = 64 * 2**20
+    ledger_keep: int | None = None  # rotated ledger files to keep (None: all)
+    fsync: str = "interval"  # always | interval | never
+
+    def validate(self) -> None:
+        if self.output not in OUTPUT_MODES:
+            raise InvalidArgument(f"output mode {self.output!r} is not one of {', '.join(OUTPUT_MODES)}")
+        if self.top_k < 1:
+            raise InvalidArgument(f"top_k must be >= 1, got {self.top_k}")
+        if not 0 <= self.decimals <= 8:
+            raise InvalidArgument(f"decimals must be in 0..8, got {self.decimals}")
+        if self.max_batch < 1:
+            raise InvalidArgument(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_body_bytes < 1024:
+            raise InvalidArgument(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise InvalidArgument(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
+        if self.forward_batch < 1:
+            raise InvalidArgument(f"forward_batch must be >= 1, got {self.forward_batch}")
+        if self.fsync not in ("always", "interval", "never"):
+            raise InvalidArgument(f"fsync must be always, interval or never, got {self.fsync!r}")
+        if self.burst is not None and self.rate is None:
+            raise InvalidArgument("burst needs a rate")
+        if self.burst is not None and self.burst < 1:
+            raise InvalidArgument(f"burst must be >= 1 input, got {self.burst}")
+        self.parsed_rate()
+        self.parsed_budget()
+
+    def parsed_rate(self) -> Rate | None:
+        return Rate.parse(self.rate) if self.rate else None
+
+    def parsed_budget(self) -> Budget | None:
+        return Budget.parse(self.budget) if self.budget else None
+
+    @property
+    def effective_burst(self) -> int | None:
+        rate = self.parsed_rate()
+        if rate is None:
+            return None
+        return self.burst if self.burst is not None else max(1, int(np.ceil(rate.amount)))
+
+    @property
+    def effective_max_batch(self) -> int:
+        """A batch larger than the bucket could never be admitted: advertise and enforce the smaller limit."""
+        burst = self.effective_burst
+        return min(self.max_batch, burst) if burst is not None else self.max_batch
+
+    def postprocess_spec(self) -> str | None:
+        return {"probs": None, "top-k": f"top-k:k={self.top_k}", "label": "hard-label",
+                "rounded": f"round:decimals={self.decimals}"}[self.output]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# response models (for the OpenAPI schema and /docs)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="one line saying what was wrong")
+
+
+class InfoResponse(BaseModel):
+    input_shape: list[int] = Field(description="C, H, W of one input")
+    num_classes: int
+    class_names: list[str]
+    output: str = Field(description="probs | top-k | label | rounded")
+    top_k: int | None = Field(None, description="k of the top-k output")
+    decimals: int | None = Field(None, description="decimals of the rounded output")
+    max_batch: int = Field(description="inputs per request")
+    max_body_bytes: int
+    input_formats: list[str] = Field(description="request fields accepted: inputs (nested lists), images (PNG)")
+    auth: str | None = Field(None, description="header carrying the API key, when keys are required")
+    server: str
+
+
+class ProbabilitiesResponse(BaseModel):
+    probabilities: list[list[float]] = Field(description="one row of num_classes probabilities per input")
+
+
+class LabelsResponse(BaseModel):
+    labels: list[int] = Field(description="one predicted class index per input")
+
+
+class UsageResponse(BaseModel):
+    key: str
+    queries: int = Field(description="inputs answered for this key in the current budget window")
+    budget: str | None = None
+    remaining: int | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the service
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def protected_oracle(oracle: Oracle, *, key: Key | None = None, output: str = "probs", top_k: int = 3,
+                     decimals: int = 2) -> Oracle:
+    """The oracle the server answers with: ``scheme.protect`` (API-time watermark) then the output mode."""
+    if key is not None:
+        from ..schemes import scheme_for_key
+
+        classes = key.meta.get("num_classes")
+        if classes is not None and int(classes) != oracle.num_classes:
+            raise InvalidArgument(f"key is for a {classes}-class model but the served model has "
+                                  f"{oracle.num_classes} classes")
+        shape = key.meta.get("input_shape")
+        if shape and oracle.input_shape is not None and tuple(shape) != tuple(oracle.input_shape):
+            raise InvalidArgument(f"key is for inputs shaped {tuple(shape)} but the served model takes "
+                                  f"{tuple(oracle.input_shape)}")
+        oracle = scheme_for_key(key).protect(oracle, key)
+    config = ServeConfig(output=output, top_k=top_k, decimals=decimals)
+    spec = config.postprocess_spec()
+    return oracle.postprocess(spec) if spec else oracle
+
+
+class Service:
+    """State and request handling behind the routes (kept out of the route functions so tests can reach it)."""
+
+    def __init__(self, oracle: Oracle, config: ServeConfig, *, key: Key | None = None, keyring: Keyring | None = None,
+                 class_names: Sequence[str] | None = None):
+        if oracle.input_shape is None or len(oracle.input_shape) != 3:
+            raise InvalidArgument("the served model must declare its input shape C×H×W (give --input-shape)")
+        self.config = config
+        self.input_shape = tuple(int(v) for v in oracle.input_shape)
+        self.num_classes = oracle.num_classes
+        names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise InvalidArgument(f"{len(names)} class names for a {self.num_classes}-class model")
+        self.class_names = names
+        self.oracle = protected_oracle(oracle, key=key, output=config.output, top_k=config.top_k,
+                                       decimals=config.decimals)
+        self.keyring = keyring
+        self.max_batch = config.effective_max_batch
+        self.request_model = build_request_model(self.input_shape, self.max_batch)
+        self.ledger = None
+        if config.ledger:
+            self.ledger = Ledger(config.ledger, max_bytes=config.ledger_max_bytes, keep=config.ledger_keep,
+                                 fsync=config.fsync)  # type: ignore[arg-type]
+        budget = config.parsed_budget()
+        spent = {}
+        if budget is not None and self.ledger is not None:  # budgets survive a restart
+            spent = spent_by_key(self.ledger.path, since=budget.window_start(time.time()))
+        self.limiter = None
+        if config.rate or budget is not None:
+            self.limiter = QueryLimiter(rate=config.parsed_rate(), burst=config.effective_burst, budget=budget,
+                                        spent=spent)
+        self.batcher = Batcher(self._answer, max_batch=max(config.forward_batch, self.max_batch),
+                               max_wait=config.batch_wait_ms / 1000.0)
+        self.closing = False
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.oracle.query(x)
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "class_names": self.class_names, "output": c.output,
+                "top_k": c.top_k if c.output == "top-k" else None,
+                "decimals": c.decimals if c.output == "rounded" else None,
+                "max_batch": self.max_batch, "max_body_bytes": c.max_body_bytes,
+                "input_formats": ["inputs", "images"], "auth": HEADER if self.keyring is not None else None,
+                "server": f"copycatch {__version__}"}
+
+    # -- request steps ---------------------------------------------------------------------------------------------
+    def identify(self, request: Request) -> str:
+        if self.keyring is None:
+            return ANONYMOUS
+        secret = request.headers.get(HEADER)
+        if not secret:
+            raise RequestError(401, f"missing {HEADER} header: this API needs a key",
+                               {"WWW-Authenticate": HEADER})
+        key_id = self.keyring.identify(secret)
+        if key_id is None:
+            raise RequestError(401, "unknown API key", {"WWW-Authenticate": HEADER})
+        return key_id
+
+    def _refusal(self, decision: Any) -> RequestError:
+        headers = {"Retry-After": decision.retry_after_header}
+        if decision.budget_remaining is not None:
+            headers["X-Budget-Remaining"] = str(decision.budget_remaining)
+        status = 413 if decision.kind == "burst" else 429
+        return RequestError(status, decision.reason, headers if status == 429 else {})
+
+    async def read_body(self, request: Request) -> bytes:
+        ctype = request.headers.get("content-type")
+        if ctype is not None and ctype.split(";")[0].strip().lower() not in ("application/json", ""):
+            raise RequestError(415, f"Content-Type must be application/json, got {ctype.split(';')[0]!r}")
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise RequestError(400, "Content-Length is not a number") from None
+            if size > limit:
+                raise RequestError(413, f"request body of {size} bytes is too large: at most {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, f"request body is too large: at most {limit} bytes")
+        return bytes(body)
+
+    def encode(self, out: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
+        if self.config.output == "label":
+            labels = out.argmax(dim=1)
+            return {"labels": labels.tolist()}, row_digests(labels)
+        if self.config.output == "rounded":
+            # Send the short decimal, not the float32 next to it (0.1, not 0.10000000149011612).
+            return {"probabilities": np.round(out.double().numpy(), self.config.decimals).tolist()}, row_digests(out)
+        return {"probabilities": out.tolist()}, row_digests(out)
+
+    async def predict(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        entry: dict[str, Any] = {"request": request_id, "key": UNAUTHENTICATED,
+                                 "client": request.client.host if request.client else None,
+                                 "output": self.config.output}
+        headers = {"X-Request-ID": request_id}
+        charged: tuple[str, int] | None = None
+        try:
+            try:
+                key_id = entry["key"] = self.identify(request)
+                if self.closing:
+                    raise ShuttingDown
+                if self.limiter is not None and (early := self.limiter.quick_reject(key_id)) is not None:
+                    raise self._refusal(early)
+                body = await self.read_body(request)
+                if len(body) > _PARSE_IN_THREAD:
+                    x = await asyncio.to_thread(parse_predict, body, self.request_model, self.input_shape,
+                                                self.max_batch)
+                else:
+                    x = parse_predict(body, self.request_model, self.input_shape, self.max_batch)
+                entry["n"] = len(x)
+                entry["inputs"] = row_digests(x)
+                if self.limiter is not None:
+                    decision = self.limiter.admit(key_id, len(x))
+                    if not decision.allowed:
+                        raise self._refusal(decision)
+                    charged = (key_id, len(x))
+                    if decision.budget_remaining is not None:
+                        headers["X-Budget-Remaining"] = str(decision.budget_remaining)
+                out = await self.batcher.submit(x)
+                payload, digests = self.encode(out)
+                entry["outputs"] = digests
+                status = 200
+            except RequestError as exc:
+                status, payload = exc.status, {"detail": exc.detail}
+                headers.update(exc.headers)
+            except ShuttingDown:
+                status, payload = 503, {"detail": "the server is shutting down; retry on another instance"}
+                headers["Retry-After"] = "1"
+            except Exception:
+                log.exception("request %s failed", request_id)
+                status = 500
+                payload = {"detail": f"internal server error (request {request_id}); the server log has details"}
+            entry["status"] = status
+            entry["ms"] = round((time.perf_counter() - started) * 1000, 2)
+            if status != 200:
+                entry.pop("outputs", None)
+                entry["error"] = payload["detail"][:200]
+            if self.ledger is not None:
+                try:
+                    if self.config.fsync == "always":
+                        await asyncio.to_thread(self.ledger.record, entry)
+                    else:
+                        self.ledger.record(entry)
+                except (LedgerError, OSError, ValueError):
+                    log.exception("ledger write failed for request %s", request_id)
+                    if status == 200:  # withhold answers we could not record
+                        status, payload = 503, {"detail": "the query ledger cannot be written; not answering"}
+                        headers["Retry-After"] = "5"
+            if status != 200 and charged is not None and self.limiter is not None:
+                self.limiter.refund(*charged)
+                headers.pop("X-Budget-Remaining", None)
+            return JSONResponse(payload, status_code=status, headers=headers)
+        except asyncio.CancelledError:  # the client went away mid-request
+            if charged is not None and self.limiter is not None:
+                self.limiter.refund(*charged)
+            raise
+
+    def usage(self, key_id: str) -> dict[str, Any]:
+        budget = self.limiter.budget if self.limiter is not None else None
+        spent = self.limiter.spent(key_id) if self.limiter is not None else 0
+        return {"key": key_id, "queries": spent, "budget": budget.describe() if budget else None,
+                "remaining": self.limiter.remaining(key_id) if self.limiter is not None else None}
+
+    async def close(self) -> None:
+        self.closing = True
+        await self.batcher.close()
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------------------------------------
+
+_ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in [
+    (400, "malformed request (not JSON, bad Content-Length)"),
+    (401, "missing or unknown API key"),
+    (413, "request body or batch too large"),
+    (415, "Content-Type is not application/json"),
+    (422, "invalid inputs (shape, types, NaN/Inf, range, PNG)"),
+    (429, "over the rate limit or query budget; see Retry-After"),
+    (503, "shutting down, or the query ledger cannot be written"),
+]}
+
+
+def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str | None = None,
+               keyring: Keyring | str | None = None, class_names: Sequence[str] | None = None,
+               num_classes: int | None = None, input_shape: Sequence[int] | None = None) -> FastAPI:
+    """A FastAPI app serving ``model`` (an :class:`Oracle`, a :class:`~copycatch.models.Classifier`, a model
+    file, or anything :func:`copycatch.suspects.open_suspect` opens) under ``config``.
+
+    ``key`` applies its scheme's API-time protection server-side; ``keyring`` (or a key file path) requires
+    an ``X-API-Key`` on every ``/v1`` request. The app opens its ledger at once and closes it on shutdown.
+    """
+    from ..suspects import open_suspect
+
+    config = config or ServeConfig()
+    oracle = open_suspect(model, num_classes=num_classes, input_shape=input_shape)
+    if class_names is None:
+        class_names = getattr(getattr(oracle, "model", None), "class_names", None)
+    if isinstance(key, str):
+        key = Key.load(key)
+    if isinstance(keyring, str):
+        keyring = Keyring.load(keyring)
+    service = Service(oracle, config, key=key, keyring=keyring, class_names=class_names)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await service.close()  # uvicorn has already finished the in-flight requests
+
+    app = FastAPI(
+        title="copycatch prediction API",
+        version=__version__,
+        description="Predictions from a protected model. Every answered query is recorded in the owner's "
+                    "ledger. Send N inputs as nested lists in [0, 1] or as base64 PNGs.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    schema = service.request_model.model_json_schema()
+    response_model = LabelsResponse if config.output == "label" else ProbabilitiesResponse
+
+    async def predict(request: Request) -> JSONResponse:
+        return await service.predict(request)
+
+    app.add_api_route(
+        "/v1/predict", predict, methods=["POST"], response_model=response_model,
+        summary="Predict a batch of inputs",
+        description=f"`inputs`: N×{'×'.join(map(str, service.input_shape))} nested lists of numbers in [0, 1], or "
+                    f"`images`: N base64 PNGs; 1 ≤ N ≤ {service.max_batch}. Answers "
+                    + ("`labels`." if config.output == "label" else "`probabilities`, one row per input."),
+        responses=_ERRORS,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+    )
+
+    def _guarded(request: Request) -> str | JSONResponse:
+        try:
+            return service.identify(request)
+        except RequestError as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.get("/v1/info", response_model=InfoResponse, responses={401: _ERRORS[401]},
+             summary="What the model takes and answers (never any secret)")
+    async def info(request: Request) -> Any:
+        who = _guarded(request)
+        return who if isinstance(who, JSONResponse) else service.info()
+
+    @app.get("/v1/usage", response_model=UsageResponse, responses={401: _ERRORS[401]},
+             summary="Inputs answered for your key and what is left of its budget")
+    async def usage(request: Request) -> Any:
+        who = _guarded(request)
+        return who if isinstance(who, JSONResponse) else service.usage(who)
+
+    @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
+             summary="Liveness: ok, or 503 while shutting down")
+    async def healthz() -> Any:
+        if service.closing:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error; the server log has details"}, status_code=500)
+
+    return app
