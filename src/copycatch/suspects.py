@@ -7,6 +7,8 @@
 * a ``.onnx`` file → :class:`copycatch.onnx_oracle.OnnxOracle` (the ``onnx`` extra);
 * ``package.module:function`` → :class:`~copycatch.oracle.CallableOracle` (returns probabilities or labels);
 * ``path/to/file.py:function`` → the same, importing the file (it runs: only name code you trust);
+* a ``.evasion.safetensors`` deployment file → the thief's model behind its input-side evasions
+  (:func:`copycatch.attacks.removal.evasion.open_deployment`);
 
 and passes oracles, models and callables through. Options not used by a kind of suspect are ignored.
 A bound method of a fitted scikit-learn estimator (``mymodule:clf.predict_proba``) gets flat N×D rows
@@ -70,6 +72,10 @@ def open_suspect(spec: Any, *, num_classes: int | None = None, input_shape: Sequ
 
         return OnnxOracle(text, num_classes=num_classes, input_shape=input_shape, budget=budget,
                           **_accepted(OnnxOracle, options))
+    if text.endswith(".evasion.safetensors"):  # a thief's deployment: the model behind its input-side evasions
+        from .attacks.removal.evasion import open_deployment
+
+        return open_deployment(text, budget=budget, device=device)
     if _FILE_CALLABLE.match(text) and not Path(text).exists():
         return _callable_suspect(text, num_classes=num_classes, input_shape=input_shape, budget=budget, **options)
     if _CALLABLE.match(text) and not Path(text).exists():

@@ -4,6 +4,15 @@ A removal attack takes a :class:`~copycatch.models.Classifier` and the thief's d
 (``attacker_pool``: inputs, and labels only where the attack may use them) and returns
 a new model. Every attack reports test accuracy before and after when test data are given.
 Attacks chain: ``steal`` then any sequence of removals (see :func:`run_chain`).
+
+Input-side evasions (``input_side = True``: Gaussian input noise, query rejection) leave the
+weights alone and change how the thief's deployment answers queries; they live in
+:mod:`.evasion`, come last in a chain, and travel in :attr:`RemovalResult.evasions`
+(``result.oracle()`` is the deployment a verifier queries).
+
+Helpers shared by the attacks: :func:`thief_targets` (the labels a fine-tuning attack trains
+on: the data's own, or the model's predictions), :func:`hard_labels`, :func:`finetune_config`
+and :func:`weight_layers`.
 """
 
 from __future__ import annotations
@@ -12,14 +21,18 @@ import copy
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
 
 from ...data import TensorData
+from ...errors import InvalidArgument
 from ...models import Classifier
 from ...params import Params as BaseParams
 from ...params import parse_spec
 from ...registry import Registry
-from ...train import TrainConfig, accuracy
+from ...train import TrainConfig, accuracy, predict_logits
 
 
 @dataclasses.dataclass
@@ -29,6 +42,14 @@ class RemovalResult:
     accuracy_after: float | None
     seconds: float
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # input-side evasions the deployed model answers through, outermost first (see .evasion)
+    evasions: list[Any] = dataclasses.field(default_factory=list)
+
+    def oracle(self, **options: Any):
+        """The thief's deployment as an :class:`~copycatch.oracle.Oracle`: the model behind its evasions."""
+        from .evasion import EvadingOracle
+
+        return EvadingOracle(self.model, self.evasions, **options)
 
 
 class RemovalAttack:
@@ -37,6 +58,8 @@ class RemovalAttack:
     name: ClassVar[str] = ""
     # does the attack use the thief's true labels? (False: only inputs, or the model's own predictions)
     uses_labels: ClassVar[bool] = False
+    # True: changes how the deployed model answers queries, not its weights (see .evasion)
+    input_side: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):
@@ -66,6 +89,20 @@ class RemovalAttack:
         return RemovalResult(work, before, after, time.perf_counter() - start, info)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingParams(RemovalAttack.Params):
+    """Parameters every attack that trains shares: ``epochs`` and ``lr`` (None: the training configuration's)."""
+
+    epochs: int | None = None
+    lr: float | None = None
+
+    def validate(self) -> None:
+        if self.epochs is not None and self.epochs < 0:
+            raise InvalidArgument(f"epochs must be >= 0, got {self.epochs}")
+        if self.lr is not None and not self.lr > 0:
+            raise InvalidArgument(f"lr must be positive, got {self.lr}")
+
+
 REMOVAL_ATTACKS: Registry[type[RemovalAttack]] = Registry("removal attack")
 
 
@@ -83,16 +120,81 @@ def create_removal_attack(name: str, **params: Any) -> RemovalAttack:
     return cls(cls.Params.from_dict({k: v for k, v in params.items() if v is not None}))
 
 
+def resolve_removal(spec: str | RemovalAttack) -> RemovalAttack:
+    """An attack object, or one built from a spec string ``"name:key=value,…"``."""
+    if isinstance(spec, RemovalAttack):
+        return spec
+    if not isinstance(spec, str):
+        raise InvalidArgument(f"not a removal attack or spec string: {spec!r}")
+    name, kwargs = parse_spec(spec)
+    return create_removal_attack(name, **kwargs)
+
+
 def run_chain(model: Classifier, specs: Sequence[str | RemovalAttack], data: TensorData, *,
               test: TensorData | None = None, train: TrainConfig | None = None,
-              progress: bool | None = None) -> list[RemovalResult]:
-    """Apply removals in order (``"prune:rate=0.5"``, ``"fine-tune:epochs=2"`` …); returns every step's result."""
+              progress: bool | None = None, evasions: Sequence[Any] = ()) -> list[RemovalResult]:
+    """Apply removals in order (``"prune:rate=0.5"``, ``"fine-tune:epochs=2"`` …); returns every step's result.
+
+    Input-side evasions must follow every weight change (they are fitted to the model they guard);
+    ``evasions`` are ones the model already answers through (e.g. read from a deployment file).
+    Each result's ``evasions`` lists all evasions up to and including its step.
+    """
+    attacks = [resolve_removal(spec) for spec in specs]
+    active = list(evasions)
+    for i, attack in enumerate(attacks):
+        if not attack.input_side and (active or any(a.input_side for a in attacks[:i])):
+            guards = [a.name for a in active] or [a.name for a in attacks[:i] if a.input_side]
+            raise InvalidArgument(f"removal {attack.name!r} changes the weights after the input-side evasion(s) "
+                                  f"{', '.join(guards)}; apply weight removals first, evasions last")
     results = []
-    for spec in specs:
-        if isinstance(spec, str):
-            name, kwargs = parse_spec(spec)
-            spec = create_removal_attack(name, **kwargs)
-        result = spec.run(model, data, test=test, train=train, progress=progress)
+    for attack in attacks:
+        if attack.input_side:
+            result = attack.run(model, data, test=test, train=train, progress=progress, prior=active)
+            active = result.evasions
+        else:
+            result = attack.run(model, data, test=test, train=train, progress=progress)
         results.append(result)
         model = result.model
     return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers shared by the attacks
+# ---------------------------------------------------------------------------------------------------------------------
+
+LabelSource = Literal["data", "self"]
+
+
+def thief_targets(model: Classifier, data: TensorData, source: str) -> TensorData:
+    """What a fine-tuning attack trains on: ``"data"`` keeps the data's labels (true labels, or the soft
+    answers the oracle gave); ``"self"`` labels the inputs with the model's own predictions (no labels needed)."""
+    if source == "data":
+        return data
+    if source == "self":
+        return TensorData(data.x, predict_logits(model, data.x).argmax(1))
+    raise InvalidArgument(f"label source must be 'data' or 'self', got {source!r}")
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices from labels or from an N×C matrix of soft targets."""
+    return targets.argmax(1) if targets.dtype.is_floating_point and targets.ndim == 2 else targets.long()
+
+
+def finetune_config(train: TrainConfig, *, epochs: int | None = None, lr: float | None = None) -> TrainConfig:
+    """The training configuration with an attack's own ``epochs``/``lr`` (None keeps the configuration's)."""
+    changes = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    return train.replace(**changes) if changes else train
+
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def weight_layers(model: nn.Module, kind: str = "all") -> list[tuple[str, nn.Module]]:
+    """Named linear/convolution layers (``kind``: ``all``, ``linear`` or ``conv``) in registration order."""
+    if kind not in ("all", "linear", "conv"):
+        raise InvalidArgument(f"layer kind must be all, linear or conv, got {kind!r}")
+    wanted = {"all": WEIGHT_LAYERS, "linear": (nn.Linear,), "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d)}[kind]
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, wanted)]
+    if not layers:
+        raise InvalidArgument(f"the model has no {kind} layers to attack")
+    return layers
