@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -19,7 +20,7 @@ from ...models import Classifier
 from ...oracle import Oracle
 from ...params import Params as BaseParams
 from ...registry import Registry
-from ...train import TrainConfig
+from ...train import TrainConfig, fit
 from ...utils import progress as progress_bar
 
 
@@ -40,6 +41,12 @@ class ExtractionAttack:
     class Params(BaseParams):
         kind = "extraction attack"
         budget: int | None = None  # None: one query per attacker-pool input
+        # γ of the DynaMarks paper: the share of the attacker pool the thief holds (drawn at random, seeded)
+        data_fraction: float = 1.0
+
+        def validate(self) -> None:
+            if not 0.0 < self.data_fraction <= 1.0:
+                raise InvalidArgument(f"data_fraction (γ) must be in (0, 1], got data_fraction={self.data_fraction}")
 
     def __init__(self, params: BaseParams | None = None, **kwargs: Any):
         self.params = params if params is not None else self.Params.from_dict(kwargs)
@@ -62,6 +69,28 @@ class ExtractionAttack:
                                  f"{oracle.remaining} more; lower --budget")
         return budget
 
+    def attacker_data(self, pool: TensorData, seed: int) -> TensorData:
+        """The thief's share γ (``data_fraction``) of ``pool``: a seeded random subset, at least one input."""
+        if len(pool) == 0:
+            raise InvalidArgument("the attacker pool is empty; the thief needs inputs to query")
+        if self.params.data_fraction >= 1.0:
+            return pool
+        keep = max(1, round(self.params.data_fraction * len(pool)))
+        return pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:keep])
+
+
+def answers_to_targets(answers: torch.Tensor) -> torch.Tensor:
+    """Oracle answers as training targets: rows rescaled to sum to 1.
+
+    Post-processed answers (top-k without renormalisation, k-level quantisation) need not sum to 1;
+    a row that is all zeros (every probability rounded away) carries no class information and
+    becomes uniform.
+    """
+    answers = answers.clamp_min(0)
+    total = answers.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(answers, 1.0 / answers.shape[1])
+    return torch.where(total > 0, answers / total.clamp_min(1e-12), uniform)
+
 
 def query_all(oracle: Oracle, x: torch.Tensor, *, batch_size: int = 256, progress: bool | None = None,
               desc: str = "query") -> torch.Tensor:
@@ -72,6 +101,67 @@ def query_all(oracle: Oracle, x: torch.Tensor, *, batch_size: int = 256, progres
     outs = [oracle.query(x[s:s + batch_size]) for s in progress_bar(starts, total=len(starts), desc=desc, enabled=progress,
                                                                       unit="batch")]
     return torch.cat(outs) if outs else torch.empty(0, oracle.num_classes)
+
+
+def draw_indices(n_pool: int, n: int, seed: int, *, shuffle: bool = True, refill: bool = False) -> torch.Tensor:
+    """``n`` pool indices: a seeded permutation, or the pool in order; ``refill`` starts a fresh permutation when
+    the pool is used up (Knockoff's sampling), otherwise at most ``n_pool`` indices come back."""
+    gen = torch.Generator().manual_seed(seed)
+    rounds = -(-n // n_pool) if refill else 1
+    parts = [torch.randperm(n_pool, generator=gen) if shuffle else torch.arange(n_pool) for _ in range(rounds)]
+    return torch.cat(parts)[:n]
+
+
+class TransferSetAttack(ExtractionAttack):
+    """Base of one-shot attacks: draw inputs, query them in batches, train once on targets made from the answers.
+
+    Subclasses say how many queries one input costs (:meth:`queries_per_input`), may change how an input is asked
+    (:meth:`answer`), and turn answers into a training set and loss (:meth:`transfer_set`).
+    """
+
+    refill: ClassVar[bool] = False  # draw beyond the pool by reshuffling it (inputs then repeat)
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(ExtractionAttack.Params):
+        query_batch: int = 256
+        shuffle: bool = True
+
+        def validate(self) -> None:
+            super().validate()
+            if self.query_batch < 1:
+                raise InvalidArgument(f"query_batch must be >= 1, got query_batch={self.query_batch}")
+
+    def queries_per_input(self) -> int:
+        return 1
+
+    def answer(self, oracle: Oracle, x: torch.Tensor, *, progress: bool | None) -> torch.Tensor:
+        return query_all(oracle, x, batch_size=self.params.query_batch, progress=progress, desc="query victim")
+
+    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+                     ) -> tuple[TensorData, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, dict[str, Any]]:
+        """(training set, loss or None for the default, extra info) from the queried inputs and their answers."""
+        raise NotImplementedError
+
+    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
+            progress: bool | None = None) -> ExtractionResult:
+        start = time.perf_counter()
+        train = train or TrainConfig()
+        pool = self.attacker_data(pool, train.seed)
+        per_input = self.queries_per_input()
+        budget = self.plan_budget(oracle, len(pool) * per_input)
+        n_inputs = budget // per_input
+        if n_inputs < 1:
+            raise InvalidArgument(f"a budget of {budget} queries cannot pay for one input at {per_input} queries each; "
+                                  f"raise --budget to at least {per_input}")
+        inputs = pool.subset(draw_indices(len(pool), n_inputs, train.seed, shuffle=self.params.shuffle,
+                                          refill=self.refill))
+        before = oracle.queries
+        answers = self.answer(oracle, inputs.x, progress=progress)
+        spent = oracle.queries - before
+        data, loss_fn, info = self.transfer_set(inputs, answers, oracle)
+        result = fit(surrogate, data, train, loss_fn=loss_fn, progress=progress, desc="train surrogate")
+        info = {"training": result.to_dict(), "transfer_set": len(data), "inputs_queried": len(inputs), **info}
+        return ExtractionResult(surrogate, spent, time.perf_counter() - start, info)
 
 
 EXTRACTION_ATTACKS: Registry[type[ExtractionAttack]] = Registry("extraction attack")

@@ -8,6 +8,11 @@ Parameters (defaults):
     budget (None): queries to spend; None = one per attacker-pool input.
     query_batch (256): inputs per oracle call.
     shuffle (True): draw the queried inputs at random from the pool (seeded by the training seed).
+    data_fraction (1.0): γ, the share of the attacker pool the thief holds (DynaMarks, Sec. IV).
+
+The query set is whatever pool the thief passes: its share of the owner's
+distribution, or an out-of-distribution set (``copycatch steal --queries mnist-5k``
+against a Fashion-MNIST victim; the margin paper's "different source" extraction).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class SoftLabelExtraction(ExtractionAttack):
     def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
             progress: bool | None = None) -> ExtractionResult:
         train = train or TrainConfig()
+        pool = self.attacker_data(pool, train.seed)
         budget = self.plan_budget(oracle, len(pool))
         if self.params.shuffle:
             order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(train.seed))
