@@ -138,6 +138,8 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
             reason = "early"
         elif state.p_fixed_bound <= (1 - w) * alpha:
             reason = "curtailed"
+        elif state.queried == n:
+            break
         elif not can_still_reject:
             reason = "futility"
         if reason != "exhausted":

@@ -1,0 +1,395 @@
+"""Suspects behind one Oracle: HTTP APIs (a small server written here, not copycatch's), ONNX files, scikit-learn
+callables; each verified from the CLI; misbehaving suspects give one clear error and a transcript --resume continues."""
+
+import base64
+import json
+import threading
+import time
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+import copycatch as cc
+from copycatch.cli import main
+from copycatch.errors import InvalidArgument, SuspectError
+from copycatch.http_oracle import HttpOracle, _retry_after, decode_png, encode_png
+from copycatch.suspects import describe_suspect, open_suspect
+from copycatch.transcript import Transcript
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a tiny prediction API with switchable misbehaviour
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, status, payload, headers=()):
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (the timeout tests)
+            pass
+
+    def do_GET(self):
+        api = self.server.api
+        if self.path == "/v1/info" and api["info"] is not None:
+            self._send(200, api["info"])
+        else:
+            self._send(404, {"detail": "not found"})
+
+    def do_POST(self):
+        api = self.server.api
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if api["key"] is not None and self.headers.get("X-API-Key") != api["key"]:
+            return self._send(401, {"detail": "missing or wrong API key"})
+        mode = api["script"].pop(0) if api["script"] else api["mode"]
+        if mode == "refuse":
+            return self._send(403, {"detail": "query budget of this key is spent"})
+        if mode.startswith("429"):
+            return self._send(429, {"detail": "slow down"}, [("Retry-After", mode.partition(":")[2] or "1")])
+        if mode == "slow":
+            time.sleep(1.0)
+        if mode == "notjson":
+            return self._send(200, b"<html>oops</html>")
+        x = self._inputs(body, api)
+        api["asked"] += len(x)
+        probs = api["model"](x)
+        if mode == "nan":
+            probs[0, 0] = float("nan")
+        if mode == "short":
+            probs = probs[:-1]
+        self._send(200, api["respond"](probs))
+
+    def _inputs(self, body, api):
+        if "images" in body:
+            imgs = [decode_png(base64.b64decode(s)) for s in body["images"]]
+            return torch.tensor(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+        x = torch.tensor(body[api["input_field"]], dtype=torch.float32)
+        if api["layout"] == "flat":
+            x = x.reshape(len(x), *api["shape"])
+        return x
+
+
+@pytest.fixture()
+def api_server():
+    """Yields (url, api): api is the mutable behaviour of the server (model, mode, scripted modes, counters)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.api = {"info": None, "key": None, "mode": "ok", "script": [], "asked": 0, "input_field": "inputs",
+                  "layout": "nchw", "shape": (1, 8, 8), "model": None,
+                  "respond": lambda p: {"probabilities": p.tolist()}}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", server.api
+    server.shutdown()
+    server.server_close()
+
+
+def _serve(api, model):
+    oracle = cc.ModelOracle(model)
+    api["model"] = lambda x: oracle.query(x).clone()
+    api["info"] = {"input_shape": list(model.input_shape), "num_classes": model.num_classes,
+                   "class_names": list(model.class_names), "output": "probs"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shared models and keys
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded(splits):
+    return cc.embed("margin", splits, arch="mlp", params={"n_triggers": 30, "trigger_batch": 10},
+                    config=cc.TrainConfig(epochs=6, seed=0))
+
+
+@pytest.fixture(scope="module")
+def key_file(embedded, tmp_path_factory):
+    return embedded.key.save(tmp_path_factory.mktemp("keys") / "victim.cckey")
+
+
+def _verify(capsys, *argv):
+    code = main(["verify", "-q", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_http_oracle_speaks_the_copycatch_protocol(api_server, trained, splits):
+    url, api = api_server
+    _serve(api, trained)
+    api["key"] = "s3cret"
+    oracle = HttpOracle(url, api_key="s3cret", batch_size=7)
+    assert oracle.num_classes == 4 and oracle.input_shape == (1, 8, 8) and oracle.class_names == list(trained.class_names)
+    x = splits.test.x[:20]
+    assert torch.allclose(oracle.query(x), cc.ModelOracle(trained).query(x), atol=1e-6)
+    assert oracle.requests == 1 + 3 and oracle.queries == 20  # info + ceil(20 / 7) predictions
+    with pytest.raises(SuspectError, match="HTTP 401: missing or wrong API key.*check the API key"):
+        HttpOracle(url, api_key="wrong").query(x[:1])
+
+
+def test_http_png_encoding_reaches_the_server_as_the_quantised_image(api_server, trained, splits):
+    url, api = api_server
+    _serve(api, trained)
+    seen = []
+    model = api["model"]
+    api["model"] = lambda x: (seen.append(x), model(x))[1]
+    x = splits.test.x[:5]
+    HttpOracle(url, encoding="png").query(x)
+    assert torch.equal(seen[0], (x * 255).round() / 255)
+
+
+def test_png_codec_round_trips_and_reads_other_encoders_filters(tmp_path):
+    rng = np.random.default_rng(0)
+    for shape in [(7, 5), (6, 4, 3), (3, 9, 4)]:
+        img = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        back = decode_png(encode_png(img))
+        assert np.array_equal(back.reshape(img.shape), img)
+    pil = pytest.importorskip("PIL.Image")
+    smooth = (np.add.outer(np.arange(16), np.arange(16)) * 7 % 256).astype(np.uint8)
+    pil.fromarray(smooth).save(tmp_path / "p.png", optimize=True)  # zlib picks Sub/Up/Average/Paeth rows
+    assert np.array_equal(decode_png((tmp_path / "p.png").read_bytes())[:, :, 0], smooth)
+
+
+def test_http_fields_layouts_and_label_answers_are_configurable(api_server, trained, splits):
+    """Another API: flat rows under "data", answers as class names nested in "result.labels", no info endpoint."""
+    url, api = api_server
+    _serve(api, trained)
+    api["info"] = None
+    api["input_field"], api["layout"] = "data", "flat"
+    names = list(trained.class_names)
+    api["respond"] = lambda p: {"result": {"labels": [names[i] for i in p.argmax(1).tolist()]}}
+    with pytest.raises(SuspectError, match="--num-classes"):
+        HttpOracle(url + "/api", predict_path="")
+    oracle = HttpOracle(url + "/predict", predict_path="", info_path="", num_classes=4, input_field="data",
+                        input_layout="flat", output_field="result.labels", class_names=names,
+                        extra_body={"model": "v2"})
+    x = splits.test.x[:9]
+    out = oracle.query(x)
+    assert oracle.output_kind == "labels" and torch.equal(out.argmax(1), cc.ModelOracle(trained).query(x).argmax(1))
+    assert set(out.unique().tolist()) == {0.0, 1.0}
+
+
+def test_http_429_waits_what_retry_after_says(api_server, trained, splits):
+    url, api = api_server
+    _serve(api, trained)
+    waits = []
+    api["script"] = ["429:2", "429:3"]
+    oracle = HttpOracle(url, sleep=waits.append)
+    assert oracle.query(splits.test.x[:3]).shape == (3, 4)
+    assert waits == [2.0, 3.0] and oracle.retried == 2
+    api["script"] = ["429:3600"]
+    with pytest.raises(SuspectError, match="rate-limited.*3600 s.*max_retry_after"):
+        HttpOracle(url, sleep=waits.append).query(splits.test.x[:3])
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    assert _retry_after("7") == 7.0 and _retry_after(None) is None and _retry_after("soon") is None
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= _retry_after(future) <= 31
+
+
+@pytest.mark.parametrize("mode, message", [("nan", "NaN"), ("short", r"shape \(2, 4\), expected \(3, 4\)"),
+                                           ("refuse", "refused the query: HTTP 403: query budget of this key is spent"),
+                                           ("slow", "timeout.*gave up after 2 attempts"),
+                                           ("notjson", "not JSON")])
+def test_http_misbehaviour_is_one_clear_error(api_server, trained, splits, mode, message):
+    url, api = api_server
+    _serve(api, trained)
+    api["mode"] = mode
+    oracle = HttpOracle(url, timeout=0.3, retries=1, backoff=0.0)
+    with pytest.raises(SuspectError, match=message):
+        oracle.query(splits.test.x[:3])
+
+
+def test_transient_server_errors_are_retried_with_backoff(api_server, trained, splits):
+    url, api = api_server
+    _serve(api, trained)
+    api["script"] = ["slow"]
+    waits = []
+    oracle = HttpOracle(url, timeout=0.3, retries=3, backoff=0.25, sleep=waits.append)
+    assert oracle.query(splits.test.x[:2]).shape == (2, 4) and waits == [0.25]
+
+
+def test_bad_http_options_are_named():
+    with pytest.raises(InvalidArgument, match="encoding"):
+        HttpOracle("http://127.0.0.1:9", num_classes=2, encoding="jpeg")
+    with pytest.raises(InvalidArgument, match="not an http"):
+        HttpOracle("ftp://x", num_classes=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ONNX and Python callables
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_onnx_export_answers_like_the_model_and_describes_itself(trained, splits, tmp_path):
+    from copycatch.onnx_oracle import OnnxOracle, export_onnx
+
+    path = export_onnx(trained, tmp_path / "m.onnx")
+    oracle = open_suspect(str(path))
+    assert isinstance(oracle, OnnxOracle) and oracle.num_classes == 4 and oracle.input_shape == (1, 8, 8)
+    x = splits.test.x[:50]
+    assert torch.allclose(oracle.query(x), cc.ModelOracle(trained).query(x), atol=1e-5)
+    fp = describe_suspect(str(path), oracle)
+    assert fp["kind"] == "onnx" and len(fp["sha256"]) == 64
+
+
+def test_onnx_logit_and_label_graphs(trained, splits, tmp_path):
+    """A foreign ONNX file without our metadata: logits are softmaxed, integer outputs are labels."""
+    from copycatch.onnx_oracle import OnnxOracle
+
+    class Labels(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).argmax(1)
+
+    x = splits.test.x[:16]
+    for name, module in [("logits", trained), ("labels", Labels(trained))]:
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), x[:1], str(tmp_path / f"{name}.onnx"), input_names=["x"],
+                              dynamic_axes={"x": {0: "n"}}, dynamo=False)
+        oracle = OnnxOracle(tmp_path / f"{name}.onnx", num_classes=4)
+        out = oracle.query(x)
+        assert torch.equal(out.argmax(1), trained(x).argmax(1))
+        assert oracle.output_kind == ("labels" if name == "labels" else "probs")
+        assert torch.allclose(out.sum(1), torch.ones(len(x)), atol=1e-5)
+
+
+SKLEARN_SUSPECT = '''
+import copycatch as cc
+from sklearn.linear_model import LogisticRegression
+
+_data = cc.load_dataset("synthetic", n=2400, num_classes=4, size=8, noise=0.25, seed=0)
+_splits = cc.make_splits(_data, seed=0, fractions=cc.SplitFractions(owner_train=0.45, owner_holdout=0.1,
+                                                                    attacker_pool=0.45))
+clf = LogisticRegression(max_iter=300).fit(_splits.attacker_pool.x.reshape(len(_splits.attacker_pool.x), -1).numpy(),
+                                           _splits.attacker_pool.y.numpy())
+'''
+
+
+@pytest.fixture(scope="module")
+def sklearn_file(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    path = tmp_path_factory.mktemp("sk") / "sk_suspect.py"
+    path.write_text(SKLEARN_SUSPECT)
+    return path
+
+
+def test_sklearn_predict_proba_and_predict_work_unchanged(sklearn_file, splits):
+    proba = open_suspect(f"{sklearn_file}:clf.predict_proba", num_classes=4, input_shape=(1, 8, 8))
+    labels = open_suspect(f"{sklearn_file}:clf.predict", num_classes=4, input_shape=(1, 8, 8))
+    x = splits.test.x[:30]
+    p, y = proba.query(x), labels.query(x)
+    assert proba.input_format == "flat" and p.shape == (30, 4) and torch.allclose(p.sum(1), torch.ones(30), atol=1e-5)
+    assert labels.output_kind == "labels" and torch.equal(y.argmax(1), p.argmax(1))
+    fp = describe_suspect(f"{sklearn_file}:clf.predict_proba", proba)
+    assert fp["kind"] == "python callable" and len(fp["source_sha256"]) == 64
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# acceptance: each kind of suspect verified from the CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_verifies_a_scikit_learn_classifier(capsys, key_file, sklearn_file, tmp_path):
+    code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict_proba", "--report",
+                             tmp_path / "sk")
+    assert code == 0, err
+    assert "NOT STOLEN" in out
+    record = json.loads((tmp_path / "sk" / "evidence.json").read_text())
+    assert record["suspect"]["kind"] == "python callable" and record["verdict"] == "not stolen"
+    code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict", "--fixed")
+    assert code == 0 and "NOT STOLEN" in out and "queries used:    30" in out
+
+
+def test_cli_verifies_an_onnx_export(capsys, key_file, embedded, trained, tmp_path):
+    from copycatch.onnx_oracle import export_onnx
+
+    victim = export_onnx(embedded.victim, tmp_path / "victim.onnx")
+    code, out, err = _verify(capsys, "--key", key_file, "--suspect", victim, "--json")
+    record = json.loads(out)
+    assert code == 0 and record["verdict"] == "stolen" and record["suspect"]["kind"] == "onnx"
+    innocent = export_onnx(trained, tmp_path / "innocent.onnx")
+    code, out, _ = _verify(capsys, "--key", key_file, "--suspect", innocent)
+    assert code == 0 and "NOT STOLEN" in out
+
+
+def test_cli_verifies_a_model_behind_an_http_server(capsys, api_server, key_file, embedded, tmp_path, monkeypatch):
+    url, api = api_server
+    _serve(api, embedded.victim)
+    api["key"] = "k3y"
+    monkeypatch.setenv("COPYCATCH_API_KEY", "k3y")
+    code, out, err = _verify(capsys, "--key", key_file, "--suspect", url, "--report", tmp_path / "http")
+    assert code == 0, err
+    assert "STOLEN" in out and "NOT STOLEN" not in out
+    record = json.loads((tmp_path / "http" / "evidence.json").read_text())
+    assert record["suspect"]["kind"] == "http" and record["suspect"]["info"]["num_classes"] == 4
+    assert record["queries_used"] == api["asked"] < 30  # sequential: stopped before the end of the key
+    assert "k3y" not in (tmp_path / "http" / "evidence.json").read_text()
+
+
+@pytest.mark.parametrize("mode, phrase", [("nan", "NaN"), ("short", "answered shape"), ("refuse", "HTTP 403"),
+                                          ("slow", "timeout")])
+def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(capsys, api_server, key_file, embedded,
+                                                                     tmp_path, mode, phrase):
+    url, api = api_server
+    _serve(api, embedded.victim)
+    api["script"] = ["ok"]  # the first request is answered, then the suspect misbehaves
+    api["mode"] = mode
+    args = ["--key", key_file, "--suspect", url, "--fixed", "--request-batch", "10", "--report", tmp_path / "r",
+            "--timeout", "0.3", "--retries", "1", "--backoff", "0"]
+    code, out, err = _verify(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and phrase in err and "--resume" in err, err
+    partial = Transcript.load(tmp_path / "r" / "transcript.jsonl")
+    assert partial.answered == 10 and partial.lines[-1]["kind"] == "error"
+    api["mode"], api["asked"] = "ok", 0
+    code, out, err = _verify(capsys, *args, "--resume")
+    assert code == 0, err
+    record = json.loads((tmp_path / "r" / "evidence.json").read_text())
+    assert api["asked"] == 20 and record["queries_used"] == 30  # only the unanswered 20 were asked again
+    assert record["transcript"]["replayed_this_session"] == 10 and record["verdict"] == "stolen"
+    assert record["transcript"]["chain"][-1] == record["transcript"]["head"] == Transcript.load(
+        tmp_path / "r" / "transcript.jsonl").head
+
+
+def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(capsys, key_file, embedded, tmp_path,
+                                                                               monkeypatch):
+    module = tmp_path / "flaky_suspect.py"
+    module.write_text(
+        "import torch\n"
+        "from copycatch.models import load_model\n"
+        f"model = load_model({str(tmp_path / 'v.safetensors')!r})\n"
+        "calls = [0]\n"
+        "def predict(x):\n"
+        "    calls[0] += 1\n"
+        "    p = torch.softmax(model(torch.as_tensor(x)), 1).detach()\n"
+        "    if calls[0] > 1:\n"
+        "        p[0, 0] = float('nan')\n"
+        "    return p.numpy()\n")
+    cc.save_model(embedded.victim, tmp_path / "v.safetensors")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{module}:predict", "--request-batch", "5")
+    assert code == 2 and "NaN" in err and "--resume --transcript" in err, err
+    saved = next(tmp_path.glob("copycatch-transcript-*.jsonl"))
+    assert Transcript.load(saved).answered == 5
