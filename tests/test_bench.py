@@ -1,0 +1,429 @@
+"""Benchmark grids: strict schema, content-addressed cells, the results store, resume after a kill, caching,
+executors and the report — all on a tiny synthetic grid (seconds per cell)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from copycatch.bench import GridError, ResultsStore, load_grid, parse_grid, run_grid
+from copycatch.bench.executors import LocalPoolExecutor, SerialExecutor, create_executor
+from copycatch.bench.grid import artifact_specs, config_hash, flatten
+from copycatch.bench.report import make_report
+from copycatch.cli import main
+from copycatch.errors import CorruptFile, InvalidArgument
+
+REPO = Path(__file__).resolve().parents[1]
+GRIDS = REPO / "benchmarks" / "grids"
+
+TINY = """
+name: tiny
+seeds: [0, 1]
+alpha: 0.01
+data: {name: synthetic, fractions: {owner_train: 0.45, owner_holdout: 0.1, attacker_pool: 0.45}}
+victim: {arch: mlp, arch_kwargs: {hidden: 128}, train: {epochs: 8, batch_size: 64}}
+schemes:
+  - {name: margin, params: {n_triggers: 30, trigger_batch: 10}}
+attacks:
+  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
+                 sweep: {budget: [300, 600]}}
+"""
+
+
+def tiny_grid(text: str = TINY, **replace: str):
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return parse_grid(text, source="tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def serial_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "serial"
+    summary = run_grid(tiny_grid(), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    return out, summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schema
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_sweeps_and_experiments_expand_into_distinct_cells():
+    grid = parse_grid("""
+name: g
+seeds: 2
+data: {name: synthetic}
+victim: {arch: mlp}
+schemes: [{name: margin, sweep: {n_triggers: [10, 20], steps: [1, 2]}}]
+experiments:
+  - name: a
+    attacks: [{extraction: {name: soft-label, sweep: {budget: [100, 200]}}}]
+  - name: b
+    attacks: [{extraction: {name: soft-label, budget: 200}, removals: [{name: prune, sweep: {rate: [0.1, 0.2]}}]}]
+""")
+    assert len(grid.experiments["a"]) == 4 * 2 * 2 and len(grid.experiments["b"]) == 4 * 2 * 2
+    # the budget-200 cells of "a" are no cell of "b" (b adds a removal), so nothing is shared
+    assert len(grid.cells) == 32
+    params = {(c.config["scheme"]["params"]["n_triggers"], c.config["scheme"]["params"]["steps"]) for c in grid.cells}
+    assert params == {(10, 1), (10, 2), (20, 1), (20, 2)}
+    rates = sorted({c.config["removals"][0]["params"]["rate"] for c in grid.experiments["b"]})
+    assert rates == [0.1, 0.2]
+
+
+def test_cells_shared_by_experiments_run_once_and_belong_to_both():
+    grid = parse_grid("""
+name: g
+data: {name: synthetic}
+victim: {arch: mlp}
+schemes: [margin]
+experiments:
+  - {name: a, attacks: [{extraction: {name: soft-label, budget: 100}}]}
+  - {name: b, attacks: [{extraction: {name: soft-label, sweep: {budget: [100, 200]}}}]}
+""")
+    assert len(grid.cells) == 2
+    shared = [c for c in grid.cells if c.config["extraction"]["params"]["budget"] == 100]
+    assert shared[0].experiments == ("a", "b")
+
+
+def test_cell_id_hashes_the_resolved_config():
+    base = tiny_grid()
+    explicit = tiny_grid(**{"n_triggers: 30,": "n_triggers: 30, steps: 5, eps: 5/255,"})  # the defaults, spelled out
+    assert [c.cell_id for c in base.cells] == [c.cell_id for c in explicit.cells]
+    changed = tiny_grid(**{"n_triggers: 30": "n_triggers: 31"})
+    assert not {c.cell_id for c in base.cells} & {c.cell_id for c in changed.cells}
+    cell = base.cells[0]
+    assert cell.cell_id == config_hash(cell.config)
+    assert cell.config["victim"]["train"]["epochs"] == 8 and "seed" not in cell.config["victim"]["train"]
+    assert cell.config["innocent"]["arch"] == "mlp"  # defaults to the surrogate's architecture and training
+
+
+def test_cells_share_victims_but_not_surrogates():
+    cells = tiny_grid().cells
+    same_seed = [c for c in cells if c.seed == 0]
+    victims = {config_hash(artifact_specs(c.config)["victim"]) for c in same_seed}
+    surrogates = {config_hash(artifact_specs(c.config)["surrogate"]) for c in same_seed}
+    assert len(victims) == 1 and len(surrogates) == 2
+
+
+@pytest.mark.parametrize("snippet, replacement, where, bad", [
+    ("name: tiny", "colour: red\nname: tiny", "tiny.yaml", "colour"),
+    ("data: {name: synthetic,", "data: {nam: 1, name: synthetic,", "data", "nam"),
+    ("victim: {arch: mlp,", "victim: {archh: mlp, arch: mlp,", "victim", "archh"),
+    ("train: {epochs: 8, batch_size: 64}", "train: {epochs: 8, batch_size: 64, epoch: 3}", "victim: train", "epoch"),
+    ("{name: margin,", "{name: margin, param: {},", "schemes[0]", "param"),
+    ("{name: soft-label,", "{name: soft-label, budgt: 3,", "attacks[0]: extraction", "budgt"),
+    ("  - extraction:", "  - removal: []\n    extraction:", "attacks[0]", "removal"),
+])
+def test_unknown_keys_name_the_place_the_key_and_the_valid_ones(snippet, replacement, where, bad):
+    with pytest.raises(GridError) as err:
+        parse_grid(TINY.replace(snippet, replacement, 1), source="tiny.yaml")
+    message = str(err.value)
+    assert message.startswith("tiny.yaml") and where in message, message
+    assert f"unknown key {bad!r}" in message and "valid keys:" in message, message
+
+
+def test_seed_in_a_training_config_is_refused_with_the_reason():
+    with pytest.raises(GridError, match=r"unknown key 'seed' \(seeds come from the grid's `seeds`\)"):
+        tiny_grid(**{"train: {epochs: 8, batch_size: 64}": "train: {epochs: 8, seed: 3}"})
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("{name: margin,", "{name: no-such-scheme,", "unknown scheme 'no-such-scheme'; valid schemes: "),
+    ("{name: soft-label,", "{name: telepathy,", "unknown extraction attack 'telepathy'; valid extraction attacks: "),
+    ("arch: mlp, arch_kwargs: {hidden: 128}", "arch: transformer-xl", "unknown architecture 'transformer-xl'"),
+    ("data: {name: synthetic,", "data: {name: imagenet-22k,", "unknown data set 'imagenet-22k'"),
+])
+def test_unknown_names_list_the_registered_ones(old, new, message):
+    with pytest.raises(GridError) as err:
+        tiny_grid(**{old: new})
+    assert message in str(err.value)
+    if "scheme" in message:
+        assert "margin" in str(err.value).split("valid schemes:")[1]
+
+
+def test_unknown_removal_attack_and_bad_parameters_are_named():
+    with pytest.raises(GridError, match=r"attacks\[0\]: removals\[0\].*unknown removal attack 'lobotomy'"):
+        tiny_grid(**{"sweep: {budget: [300, 600]}}": "budget: 300}\n    removals: [lobotomy]"})
+    with pytest.raises(GridError, match=r"schemes\[0\].*n_triggers must be >= 1"):
+        tiny_grid(**{"n_triggers: 30": "n_triggers: 0"})
+    with pytest.raises(GridError, match=r"schemes\[0\].*unknown .*key 'trigers'.*valid keys: n_triggers"):
+        tiny_grid(**{"n_triggers: 30": "trigers: 30"})
+
+
+def test_broken_yaml_and_bad_values_are_one_line_errors(tmp_path):
+    with pytest.raises(GridError, match=r"not valid YAML at line \d+"):
+        parse_grid("name: x\nschemes: [margin\nattacks: []\n", source="x.yaml")
+    with pytest.raises(GridError, match="seeds repeat"):
+        tiny_grid(**{"seeds: [0, 1]": "seeds: [0, 0]"})
+    with pytest.raises(GridError, match="alpha must be a number in"):
+        tiny_grid(**{"alpha: 0.01": "alpha: 5"})
+    with pytest.raises(GridError, match="missing 'attacks'"):
+        parse_grid("name: x\nschemes: [margin]\n")
+    with pytest.raises(InvalidArgument, match="no such grid file"):
+        load_grid(tmp_path / "missing.yaml")
+
+
+def test_every_shipped_grid_loads_or_names_a_scheme_or_attack_that_has_not_landed():
+    from copycatch.attacks.extraction import list_extraction_attacks
+    from copycatch.attacks.removal import list_removal_attacks
+    from copycatch.schemes import list_schemes
+
+    files = sorted(GRIDS.glob("*.yaml"))
+    assert any(f.name == "fmnist-quick.yaml" for f in files)
+    registered = set(list_schemes()) | set(list_extraction_attacks()) | set(list_removal_attacks())
+    for path in files:
+        try:
+            grid = load_grid(path)
+        except GridError as exc:  # only a name that is not registered yet may stop a shipped grid
+            message = str(exc)
+            assert "unknown scheme" in message or "unknown extraction attack" in message \
+                or "unknown removal attack" in message, message
+            missing = message.split("'")[1]
+            assert missing not in registered, message
+            continue
+        assert grid.cells, path
+    assert load_grid(GRIDS / "fmnist-quick.yaml").cells  # the grid `make bench` runs must always load
+
+
+def test_flatten_names_nested_paths():
+    flat = flatten({"a": {"b": 1}, "r": [{"n": 2}], "e": [], "x": None})
+    assert flat == {"a.b": 1, "r[0].n": 2, "e": "[]", "x": None}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# running, store, cache, resume
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_run_writes_one_verified_row_per_cell(serial_results):
+    out, summary = serial_results
+    assert summary.planned == 4 and summary.computed == 4 and summary.failed == 0 and summary.done_before == 0
+    with ResultsStore(out, create=False) as store:
+        rows = list(store.cells())
+        assert store.integrity() == "ok"
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        m = row["metrics"]
+        assert row["cell_id"] == config_hash(row["config"])
+        assert m["extraction_queries"] == row["config"]["extraction"]["params"]["budget"]
+        assert 0.0 <= m["suspect_p"] <= 1.0 and 0.0 <= m["innocent_p"] <= 1.0
+        assert m["victim_decision"] and m["victim_p"] <= 0.01  # the owner recognises its own API
+        assert not m["innocent_decision"] and not m["clean_decision"]  # no false accusation on the controls
+        assert m["clean_acc"] > 0.9 and m["victim_acc"] > 0.5 and 0.0 <= m["suspect_fidelity"] <= 1.0
+        assert m["peak_rss_mb"] > 10 and m["peak_rss_source"] in ("VmHWM", "ru_maxrss")
+        assert {"seconds_clean", "seconds_embed", "seconds_extract", "seconds_verify", "seconds_innocent"} <= set(m)
+        assert row["versions"]["copycatch"] and row["versions"]["torch"]
+        assert row["evidence"]["null_hypothesis"] and row["evidence"]["p_value"] == m["suspect_p"]
+
+
+def test_cells_sharing_a_victim_train_it_once(serial_results):
+    out, _ = serial_results
+    cache = out / "cache"
+    assert len(list((cache / "victim").glob("*.json"))) == 2  # 2 seeds, each victim shared by two budgets
+    assert len(list((cache / "clean").glob("*.json"))) == 2
+    assert len(list((cache / "surrogate").glob("*.json"))) == 4
+    with ResultsStore(out, create=False) as store:
+        cached = [r["metrics"]["cached_victim"] for r in store.cells()]
+    assert sorted(cached) == [False, False, True, True]
+
+
+def test_rerun_computes_nothing_and_leaves_rows_untouched(serial_results):
+    out, _ = serial_results
+    with ResultsStore(out, create=False) as store:
+        before = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
+    summary = run_grid(tiny_grid(), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    assert summary.done_before == 4 and summary.computed == 0 and summary.failed == 0
+    with ResultsStore(out, create=False) as store:
+        after = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
+        assert len(store.runs()) >= 2
+    assert after == before
+
+
+def test_store_never_replaces_a_finished_cell_and_refuses_foreign_files(tmp_path):
+    with ResultsStore(tmp_path) as store:
+        store.write_cell({"cell_id": "c1", "status": "ok", "config": {"a": 1}, "metrics": {"x": 1}})
+        store.write_cell({"cell_id": "c1", "status": "failed", "config": {"a": 1}, "error": "boom"})
+        store.write_cell({"cell_id": "c2", "status": "failed", "config": {"a": 2}, "error": "boom"})
+        store.write_cell({"cell_id": "c2", "status": "ok", "config": {"a": 2}, "metrics": {"x": 2}})
+        assert {r["cell_id"]: r["metrics"] for r in store.cells()} == {"c1": {"x": 1}, "c2": {"x": 2}}
+    foreign = tmp_path / "other" / "results.sqlite"
+    foreign.parent.mkdir()
+    foreign.write_text("not a database at all, just text that happens to be long enough to look like a header\n" * 20)
+    with pytest.raises(CorruptFile, match="not a copycatch results store"):
+        ResultsStore(foreign.parent)
+    with pytest.raises(InvalidArgument, match="no results store"):
+        ResultsStore(tmp_path / "nowhere", create=False)
+
+
+def test_a_failing_cell_is_recorded_then_retried(tmp_path):
+    # mnist-5k images are 28×28, the synthetic victim takes 8×8: the cell fails at run time, the grid goes on
+    grid = tiny_grid(**{"sweep: {budget: [300, 600]}}": "queries: mnist-5k, budget: 300}",
+                        "seeds: [0, 1]": "seeds: [0]"})
+    summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    assert summary.failed == 1 and summary.computed == 0 and "shaped" in summary.failures[0][1]
+    with ResultsStore(tmp_path, create=False) as store:
+        (row,) = store.cells(status="failed")
+    assert "InvalidArgument" in row["error"] and row["metrics"] is None
+    again = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    assert again.failed == 1 and again.done_before == 0
+    skipped = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), retry_failed=False, progress=False,
+                       log=lambda line: None)
+    assert skipped.failed == 0 and skipped.computed == 0
+
+
+def _bench_until_first_row(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    """Start a real `copycatch bench` on the tiny grid in its own process group; return once a cell is stored."""
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text(TINY)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli", "bench", str(grid_file), "-o", str(out), "-q",
+                             *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store_file = out / "results.sqlite"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store_file.exists():
+            try:
+                with sqlite3.connect(store_file) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM cells WHERE status='ok'").fetchone()[0]:
+                        return proc, grid_file, out
+            except sqlite3.OperationalError:  # tables not created yet
+                pass
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pytest.fail("no cell finished in time: " + proc.stderr.read().decode()[-2000:])
+
+
+def _resume_and_check(grid_file: Path, out: Path) -> None:
+    with ResultsStore(out, create=False) as store:
+        assert store.integrity() == "ok"
+        finished = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
+        assert store.count("failed") == 0  # the cells in flight left nothing behind
+    assert 0 < len(finished) < 4, "the run must be stopped part-way for this test to mean anything"
+    summary = run_grid(load_grid(grid_file), out, executor=SerialExecutor(threads=1), progress=False,
+                       log=lambda line: None)
+    assert summary.done_before == len(finished) and summary.computed == 4 - len(finished) and summary.failed == 0
+    with ResultsStore(out, create=False) as store:
+        rows = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
+    assert len(rows) == 4 and all(rows[cid] == finished[cid] for cid in finished)  # finished cells untouched
+
+
+def test_killed_run_resumes_without_recomputing_finished_cells(tmp_path):
+    """kill -9 a real `copycatch bench` mid-run: the store stays sound and the re-run does only what is left."""
+    proc, grid_file, out = _bench_until_first_row(tmp_path, "--executor", "serial")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    _resume_and_check(grid_file, out)
+
+
+def test_interrupted_pool_run_stops_its_workers_and_resumes(tmp_path):
+    """Ctrl-C on a pooled run: exit 130 promptly, no worker left running, finished cells kept."""
+    proc, grid_file, out = _bench_until_first_row(tmp_path, "--jobs", "2")
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, proc.stderr.read().decode()[-2000:]
+    assert "run the same command to resume" in proc.stderr.read().decode()
+    deadline = time.monotonic() + 10  # the whole process group, workers included, goes away (zombies are reaped)
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "worker processes outlived the interrupted run"
+        time.sleep(0.1)
+    _resume_and_check(grid_file, out)
+
+
+def test_local_pool_runs_the_same_cells_as_serial(serial_results, tmp_path):
+    serial_out, _ = serial_results
+    summary = run_grid(tiny_grid(), tmp_path, executor=LocalPoolExecutor(jobs=2, threads=1), progress=False,
+                       log=lambda line: None)
+    assert summary.computed == 4 and summary.failed == 0
+    with ResultsStore(serial_out, create=False) as a, ResultsStore(tmp_path, create=False) as b:
+        serial = {r["cell_id"]: r["metrics"] for r in a.cells()}
+        pooled = {r["cell_id"]: r["metrics"] for r in b.cells()}
+        workers = {r["worker"] for r in b.cells()}
+    assert serial.keys() == pooled.keys()
+    assert len(workers) >= 1 and all(str(os.getpid()) not in w for w in workers)  # ran in other processes
+    for cid in serial:
+        for key in ("extraction_queries", "victim_decision", "innocent_decision"):
+            assert serial[cid][key] == pooled[cid][key]
+        assert abs(serial[cid]["clean_acc"] - pooled[cid]["clean_acc"]) < 0.05
+
+
+def test_ray_executor_without_ray_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(InvalidArgument, match=r"pip install 'copycatch\[ray\]'"):
+        create_executor("ray")
+    with pytest.raises(InvalidArgument, match="--address is for --executor ray"):
+        create_executor("local", address="ray://head:10001")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# report and CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_report_has_mean_std_tables_and_plots(serial_results, tmp_path):
+    out, _ = serial_results
+    info = make_report(out, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| scheme | budget | seeds |" in md and " ± " in md
+    assert "| margin | 300 | 2 |" in md and "| margin | 600 | 2 |" in md
+    assert "innocent accused" in md and "/2 |" in md  # decisions are counted over the 2 seeds
+    assert "4 of 4 cells finished" in md
+    assert (tmp_path / "report.html").read_text().count("<tr>") == 3  # header + two budgets
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["tiny-main-tradeoff.png", "tiny-main-vs-budget.png"]
+    assert all((tmp_path / p).stat().st_size > 5000 for p in pngs)
+    lines = (tmp_path / "cells.csv").read_text().strip().splitlines()
+    assert len(lines) == 5 and "config.extraction.params.budget" in lines[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    budgets = sorted(g["labels"]["extraction.params.budget"] for g in summary[0]["groups"])
+    assert budgets == [300, 600] and len(info["files"]) == 6
+
+
+def test_cli_bench_dry_run_bench_and_report(tmp_path, capsys):
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text(TINY.replace("seeds: [0, 1]", "seeds: [0]"))
+    out, rep = tmp_path / "out", tmp_path / "rep"
+    assert main(["bench", str(grid_file), "-o", str(out), "--dry-run"]) == 0
+    assert "2 cells in 1 experiment(s), 0 already finished" in capsys.readouterr().out
+    assert main(["bench", str(grid_file), "-o", str(out), "--executor", "serial", "-q", "--limit", "1"]) == 0
+    assert "1 cells left (--limit)" in capsys.readouterr().out
+    assert main(["bench", str(grid_file), "-o", str(out), "--executor", "serial", "-q", "--report", str(rep)]) == 0
+    text = capsys.readouterr().out
+    assert "1 finished before, 1 computed now, 0 failed" in text and (rep / "report.md").is_file()
+    assert main(["report", str(out / "results.sqlite"), "-o", str(tmp_path / "rep2"), "--no-plots"]) == 0
+    assert not list((tmp_path / "rep2").glob("*.png"))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("{name: soft-label,", "{name: soft-label, budgt: 3,"))
+    assert main(["bench", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("copycatch: error: ") and err.count("\n") == 1 and "unknown key 'budgt'" in err
+    assert main(["report", str(tmp_path / "none")]) == 2
+    assert "no results store" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["bench", "report"])
+def test_bench_verbs_have_help(capsys, verb):
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, "--help"])
+    assert exit_.value.code == 0 and f"usage: copycatch {verb}" in capsys.readouterr().out
