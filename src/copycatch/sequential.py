@@ -99,22 +99,29 @@ class SequentialState:
 
 
 STOP_REASONS = {
-    "early": "the always-valid e-value crossed its threshold (stolen)",
-    "curtailed": "the full key would reject whatever the remaining inputs answer (stolen)",
-    "futility": "no answers to the remaining inputs could reach α (not stolen)",
+    "early": "the always-valid e-value crossed its threshold",
+    "curtailed": "the whole key would reject whatever the remaining inputs answer",
+    "futility": "no answers to the remaining inputs could reach the stopping level",
     "exhausted": "every input of the key was asked",
 }
 
 
 def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1e-3,
-                      plan: SequentialPlan | None = None, progress: bool | None = None) -> Evidence:
-    """Sequential verification of ``oracle`` against ``key``; the fixed test when the scheme has no hook."""
+                      plan: SequentialPlan | None = None, progress: bool | None = None,
+                      stop_alpha: float | None = None) -> Evidence:
+    """Sequential verification of ``oracle`` against ``key``; the fixed test when the scheme has no hook.
+
+    ``stop_alpha`` (default ``alpha``) is the level the stopping rule aims at; the p-value does not depend on it.
+    Combining k keys with Holm needs one p-value ≤ α/k, so :func:`copycatch.verification.verify_suspect`
+    passes α/k there.
+    """
     plan = plan or SequentialPlan()
-    alpha = scheme.check_alpha(alpha)
+    decision_alpha = scheme.check_alpha(alpha)
+    alpha = scheme.check_alpha(stop_alpha if stop_alpha is not None else alpha)
     scheme.check_key(key, oracle)
     probe = scheme.bernoulli_outcomes(torch.empty(0, oracle.num_classes), key)
     if probe is None:
-        evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
+        evidence = scheme.verify(oracle, key, alpha=decision_alpha, progress=progress)
         evidence.notes.append(f"scheme {scheme.name!r} has no per-query Bernoulli statistic: verified with the fixed "
                               "test on the whole key (no sequential stopping)")
         evidence.details.setdefault("sequential", {"used": False})
@@ -153,7 +160,7 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
     notes = list(outcome.notes)
     details: dict[str, Any] = {}
     if last.queried == n and n:
-        full = scheme.evidence_from_answers(all_answers, key, alpha=alpha, queries=queries)
+        full = scheme.evidence_from_answers(all_answers, key, alpha=decision_alpha, queries=queries)
         metrics.update(full.metrics)
         notes += [note for note in full.notes if note not in notes]
         details["fixed_test_p_value"] = full.p_value
@@ -172,12 +179,16 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
         f"e-value (mixture likelihood ratio over success rates in [{q:.3g}, 1]; Ville's inequality) and p_fixed = the "
         "exact binomial p-value of the whole key under the least favourable answers to the unasked inputs")
     notes.append(f"stopped after {last.queried} of {n} inputs ({saved} queries saved): {STOP_REASONS[reason]}")
+    if alpha != decision_alpha:
+        notes.append(f"the stopping rule aimed at {alpha:g} (α shared among combined keys), the decision uses "
+                     f"α = {decision_alpha:g}")
     details["null_model"] = {"type": "binomial", "trials": last.counted, "rate": q, "observed": last.successes,
                              "statistic_name": outcome.statistic_name}
     details["sequential"] = {
         "used": True,
         "batch_size": plan.batch_size,
         "early_share": w,
+        "stop_alpha": alpha,
         "early_threshold": w * alpha,
         "fixed_threshold": (1 - w) * alpha,
         "stop_reason": reason,
@@ -190,7 +201,7 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
         statistic_name=outcome.statistic_name,
         statistic=last.successes,
         p_value=last.p_value,
-        alpha=alpha,
+        alpha=decision_alpha,
         queries=queries,
         key_digest=key.digest,
         exact=outcome.exact,

@@ -154,10 +154,11 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
         wrapped = wrapped.postprocess(*postprocess)
     plan = plan or SequentialPlan()
     evidences: list[Evidence] = []
+    stop_alpha = alpha / len(key_list)  # Holm (and Fisher, roughly) needs the strongest key to pass α/k
     try:
         for scheme, key in zip(schemes, key_list):
             evidences.append(_verify_one(scheme, wrapped, key, alpha=alpha, sequential=sequential, plan=plan,
-                                         progress=progress))
+                                         progress=progress, stop_alpha=stop_alpha))
     except (CopycatchError, KeyboardInterrupt) as exc:
         path = record.path
         if path is None and record.answered and not offline:
@@ -183,11 +184,12 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
 
 
 def _verify_one(scheme: Scheme, oracle: Oracle, key: Key, *, alpha: float, sequential: bool, plan: SequentialPlan,
-                progress: bool | None) -> Evidence:
+                progress: bool | None, stop_alpha: float) -> Evidence:
     if oracle.output_kind == "labels" and not scheme.label_only:
         raise InvalidArgument(f"scheme {scheme.name!r} needs probabilities but the suspect answers labels only")
     if sequential:
-        evidence = verify_sequential(scheme, oracle, key, alpha=alpha, plan=plan, progress=progress)
+        evidence = verify_sequential(scheme, oracle, key, alpha=alpha, plan=plan, progress=progress,
+                                     stop_alpha=stop_alpha)
     else:
         evidence = _verify_fixed(scheme, oracle, key, alpha=alpha, progress=progress)
     if oracle.output_kind == "labels" and not scheme.label_only:
