@@ -227,6 +227,16 @@ def test_transient_server_errors_are_retried_with_backoff(api_server, trained, s
     assert oracle.query(splits.test.x[:2]).shape == (2, 4) and waits == [0.25]
 
 
+def test_an_api_for_another_model_is_refused_before_any_query(api_server, trained):
+    url, api = api_server
+    _serve(api, trained)
+    with pytest.raises(InvalidArgument, match="says it has 4 classes, but 10 were expected"):
+        HttpOracle(url, num_classes=10, input_shape=(1, 8, 8))
+    with pytest.raises(InvalidArgument, match=r"takes inputs shaped \(1, 8, 8\)"):
+        HttpOracle(url, num_classes=4, input_shape=(3, 8, 8))
+    assert api["asked"] == 0
+
+
 def test_bad_http_options_are_named():
     with pytest.raises(InvalidArgument, match="encoding"):
         HttpOracle("http://127.0.0.1:9", num_classes=2, encoding="jpeg")

@@ -113,6 +113,12 @@ class HttpOracle(Oracle):
         if num_classes is None or input_shape is None or class_names is None:
             self.info = self._fetch_info(required=num_classes is None)
         info = self.info or {}
+        if num_classes is not None and isinstance(info.get("num_classes"), int) and info["num_classes"] != num_classes:
+            raise InvalidArgument(f"{url} says it has {info['num_classes']} classes, but {num_classes} were expected "
+                                  "(the key's model has that many); is this the right API?")
+        if input_shape is not None and info.get("input_shape") and list(info["input_shape"]) != list(input_shape):
+            raise InvalidArgument(f"{url} takes inputs shaped {tuple(info['input_shape'])}, but "
+                                  f"{tuple(input_shape)} were expected (the key's inputs); is this the right API?")
         num_classes = num_classes if num_classes is not None else info.get("num_classes")
         if input_shape is None and info.get("input_shape"):
             input_shape = info["input_shape"]
