@@ -115,6 +115,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_process_killed_mid_write_leaves_no_torn_line(tmp_path):
     path = tmp_path / "ledger.jsonl"
     script = tmp_path / "writer.py"

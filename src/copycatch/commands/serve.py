@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import sys
 import textwrap
 from typing import Any
@@ -162,9 +163,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"copycatch serve: warning: listening on {args.host} without --api-keys: anyone who reaches the port "
               "can query the model", file=sys.stderr, flush=True)
     print(f"serving on {url} (docs {url}/docs); Ctrl-C stops after in-flight requests finish", flush=True)
-    run_server(app, sock, log_level=args.log_level, access_log=not args.no_access_log,
-               shutdown_timeout=args.shutdown_timeout)
-    print("copycatch serve: stopped", flush=True)
+    signum = run_server(app, sock, log_level=args.log_level, access_log=not args.no_access_log,
+                        shutdown_timeout=args.shutdown_timeout)
+    why = f" on {signal.Signals(signum).name}" if signum else ""
+    print(f"copycatch serve: stopped{why} after answering the requests in flight", flush=True)
     return 0
 
 

@@ -9,6 +9,7 @@ leaving :func:`serve_in_thread`, uvicorn stops accepting connections, lets in-fl
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -55,10 +56,33 @@ def make_server(app: Any, *, log_level: str = "info", access_log: bool = True, s
     return uvicorn.Server(config)
 
 
-def run(app: Any, sock: socket.socket, **options: Any) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM, then shut down gracefully."""
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def run(app: Any, sock: socket.socket, **options: Any) -> int:
+    """Serve in the foreground until SIGINT/SIGTERM, shut down gracefully, and return the signal number.
+
+    uvicorn handles the signal itself while serving and, once the in-flight requests are answered, raises it
+    again for whatever handler was there before; ours turns that into a normal return, so the caller can
+    report a clean stop and exit 0 instead of dying by the signal.
+    """
     server = make_server(app, **options)
-    server.run(sockets=[sock])
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    except _Stopped as stopped:
+        return int(stopped.args[0])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 @contextlib.contextmanager
