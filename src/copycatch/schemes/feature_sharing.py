@@ -1,0 +1,440 @@
+"""Feature-sharing watermark (Tang et al., "Was my model stolen? Feature sharing for robust and transferable
+watermarks", ICLR 2022 submission).
+
+Paper: ../shared/papers/feature-sharing-watermark.txt, §3.1 (two-step training), §3.2 (Wilcoxon test), §4
+(settings, WDR). No public code exists (implementation notes §6); everything follows the paper.
+
+Embedding. Step 1 trains the model on clean data only (``pretrain = True``: ``api.embed`` hands us a clean
+trained model). Step 2 freezes the feature extractor G_e (``model.features``) and fine-tunes only the decision
+layers G_d (``model.classifier``) on the clean data plus the watermark set D_w(c_S) → c_T, so the watermark is
+remembered with the same features the task uses and travels with the posteriors an extraction attack copies.
+The frozen extractor runs in eval mode without gradients, so batch-norm statistics and dropout in G_e stay
+frozen too. ``finetune="whole-network"`` is the paper's baseline: fine-tune every layer on the same data.
+
+Watermark kinds (§3, §4 "Experimental settings"), chosen by ``distribution``:
+
+* ``"in"`` (in-distribution): a white ``patch_size``×``patch_size`` square (3×3 on 28×28 in the paper) stamped in the
+  bottom-right corner of source-class images, relabelled as the target class.
+* ``"out"`` (out-of-distribution): images of one class of another data set (``ood_dataset``; for Fashion-MNIST the
+  ``mnist-5k`` digits), relabelled as the target class.
+
+Verification (§3.2). p = f_{c_T}(x_w) is the suspect's target-class probability on a watermark input; for the
+in-distribution kind q = f_{c_T}(x) is the same on the same source image without the trigger. The paper's null is
+H0: p − q < α_c (in-distribution) or p − 1/|Y| < α_c (out-of-distribution) with certainty α_c = 0.3, tested with
+the one-sided Wilcoxon signed-rank test on the differences d = (p − q) − α_c (resp. (p − 1/|Y|) − α_c). The key
+holds ``n_verify`` watermark inputs the victim never trained on (in-distribution: owner-holdout source images;
+out-of-distribution: source-class images held back from training). The evidence's p-value uses all of them; the
+paper's watermark detection rate (WDR: the share of ``wdr_draws`` = 200 random draws of ``wdr_fraction`` = 1/10 of
+the watermark inputs on which the test rejects at ``wdr_alpha`` = 0.05) is reported alongside.
+
+What is exact. The signed-rank null is "the d_i are independent and symmetric about 0" (the boundary of the
+composite null; for a shift family, a centre below 0 only makes the p-value conservative). The p-value is the
+exact null distribution of W+ (the sum of the ranks of the positive d_i): scipy's exact distribution
+(``scipy.stats.wilcoxon(d, zero_method="pratt", alternative="greater", method="exact")``) when there are no ties
+and no zeros, else the exact conditional sign-flip distribution of the mid-rank statistic (suspects answering
+rounded or one-hot probabilities produce ties, where scipy's "exact" is not exact and its default falls back to the
+normal approximation). Nothing is asymptotic. Differences are rounded to 1e-6 first (scipy's advice: round-off
+creates false ties). ``zero_method="pratt"``: a zero is a pair exactly at the certainty boundary; Pratt keeps it in
+the ranking (it pushes the other ranks up, as any continuous perturbation would) but gives it no sign, so it is
+evidence for neither side; with the conditional sign-flip null this equals "zsplit" and is the more conservative
+choice over "wilcox", which would discard how many pairs sat at the boundary. Whether an innocent model satisfies
+H0 is an assumption, not a theorem: the tests check it empirically (FPR at 0.05 over many innocent draws).
+
+Label-only suspects: the scheme needs probabilities (``label_only = False``). Given one-hot answers the same test
+runs on 0/1 indicators (a label-only variant: "does the trigger flip the prediction to c_T by more than α_c"), and
+the evidence says so.
+
+Parameters (defaults):
+    distribution ("in"): "in" (in-distribution, patch trigger) or "out" (out-of-distribution source class).
+    source_class (None): c_S, a class of the task (in-distribution) or of ``ood_dataset`` (out-of-distribution);
+        None draws it at random (seeded by the training seed) and keeps it secret in the key.
+    target_class (None): c_T; None draws it at random among the other classes (in-distribution) or, for
+        out-of-distribution, takes the class the clean step-1 model finds least likely for the source images
+        (§3: "it should be unlikely for an un-watermarked model to predict x_w as c_T"; a target innocent models
+        already predict for the OOD images would make the 1/|Y| null false).
+    patch_size (3): side of the white square (paper: 3 for 28×28 MNIST, 4 for 32×32, 6 for 64×64).
+    ood_dataset ("mnist-5k"): registry name of the OOD set, optionally with arguments ("synthetic:seed=7;n=500").
+    n_watermark (None): watermark training inputs; None uses every available source-class input (owner_train for
+        in-distribution, the OOD class minus the verification inputs for out-of-distribution).
+    n_verify (100): watermark inputs kept in the key for verification (never trained on).
+    certainty (0.3): α_c of §3.2.
+    finetune ("decision-layers"): step 2 trains ``model.classifier`` only; "whole-network" is the paper's baseline.
+    finetune_epochs (5): epochs of step 2 (the paper says "keep fine-tuning"; 5 keeps embedding ≤ 1.5× clean
+        training on Fashion-MNIST).
+    finetune_lr (None): learning rate of step 2; None uses the training config's.
+    wdr_draws (200), wdr_fraction (0.1), wdr_alpha (0.05): the WDR of §4 (200 draws of 1/10, level 0.05).
+
+Deviations: the trigger sits flush in the bottom-right corner (the paper says "right-bottom corner" without an
+offset); the out-of-distribution target defaults to the clean model's least likely class (the paper leaves the
+choice open). Step 2's epochs and learning rate are unstated in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy import stats as _st
+from torch import nn
+
+from ..data import Dataset, Splits, TensorData, load_dataset
+from ..errors import InvalidArgument
+from ..evidence import Evidence
+from ..key import Key
+from ..models import Classifier
+from ..params import Params as BaseParams
+from ..params import parse_spec
+from ..train import TrainConfig, fit, predict_logits
+from .base import Embedding, Scheme, register_scheme
+
+ZERO_METHOD = "pratt"
+ROUND_DECIMALS = 6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The one-sided Wilcoxon signed-rank test
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedRank:
+    statistic: float  # W+: sum of the (mid-)ranks of the positive differences
+    p_value: float
+    method: str  # "exact" (scipy), "exact-conditional" (ties or zeros) or "no non-zero differences"
+    n: int
+    zeros: int
+    ties: bool
+
+
+def _sign_flip_sf(doubled_ranks: np.ndarray, observed: int) -> float:
+    """P(Σ b_i a_i ≥ observed) for independent fair coins b_i: the exact conditional null of W+ (a_i = 2·rank)."""
+    dist = np.ones(1)
+    for a in doubled_ranks:
+        grown = np.zeros(len(dist) + a)
+        grown[:len(dist)] += 0.5 * dist
+        grown[a:] += 0.5 * dist
+        dist = grown
+    return float(min(1.0, dist[observed:].sum()))
+
+
+def signed_rank_greater(d: np.ndarray | torch.Tensor) -> SignedRank:
+    """One-sided (alternative "greater") Wilcoxon signed-rank test of "the d_i are symmetric about 0"; exact."""
+    d = np.round(np.asarray(d, dtype=np.float64), ROUND_DECIMALS)
+    if d.ndim != 1 or not np.isfinite(d).all():
+        raise InvalidArgument("signed-rank differences must be a finite 1-D array")
+    nonzero = d != 0
+    zeros = int((~nonzero).sum())
+    if not nonzero.any():
+        return SignedRank(0.0, 1.0, "no non-zero differences", len(d), zeros, False)
+    # Pratt: rank |d| with the zeros included, then let only the non-zero differences carry a sign.
+    ranks = _st.rankdata(np.abs(d))[nonzero]
+    ties = len(np.unique(np.abs(d[nonzero]))) < int(nonzero.sum())
+    w_plus = float(ranks[d[nonzero] > 0].sum())
+    if not ties and zeros == 0:
+        res = _st.wilcoxon(d, zero_method=ZERO_METHOD, alternative="greater", method="exact")
+        return SignedRank(float(res.statistic), float(res.pvalue), "exact", len(d), zeros, ties)
+    doubled = np.rint(2 * ranks).astype(np.int64)  # mid-ranks are multiples of 1/2
+    p = _sign_flip_sf(doubled, int(np.rint(2 * w_plus)))
+    return SignedRank(w_plus, p, "exact-conditional", len(d), zeros, ties)
+
+
+def detection_rate(d: np.ndarray, *, draws: int, fraction: float, alpha: float, seed: int) -> tuple[float, int]:
+    """The paper's WDR: share of ``draws`` random subsets (``fraction`` of the pairs) on which the test rejects."""
+    size = max(1, int(round(fraction * len(d))))
+    rng = np.random.default_rng(seed)
+    hits = sum(signed_rank_greater(d[rng.choice(len(d), size, replace=False)]).p_value <= alpha for _ in range(draws))
+    return hits / draws, size
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Watermark inputs (shared with EWE)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stamp_patch(x: torch.Tensor, size: int, *, value: float = 1.0, row: int | None = None, col: int | None = None,
+                channels: slice | int = slice(None)) -> torch.Tensor:
+    """A copy of ``x`` (N×C×H×W) with a ``size``×``size`` square of ``value``; default: the bottom-right corner."""
+    h, w = x.shape[-2:]
+    if not 1 <= size <= min(h, w):
+        raise InvalidArgument(f"patch_size={size} does not fit {h}×{w} inputs")
+    row = h - size if row is None else row
+    col = w - size if col is None else col
+    out = x.clone()
+    out[:, channels, row:row + size, col:col + size] = value
+    return out
+
+
+def load_ood(spec: str, input_shape: tuple[int, ...]) -> Dataset:
+    """The out-of-distribution set named by ``spec`` ("name" or "name:k=v;k=v"), checked against the model's inputs.
+
+    Arguments are separated by semicolons (commas also work from Python) so a spec survives the CLI's
+    comma-separated ``-p`` assignments.
+    """
+    name, raw = parse_spec(spec.replace(";", ","))
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        for cast in (int, float):
+            try:
+                kwargs[k] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            kwargs[k] = v
+    ood = load_dataset(name, **kwargs)
+    if tuple(ood.input_shape) != tuple(input_shape):
+        raise InvalidArgument(f"ood_dataset {spec!r} has inputs shaped {tuple(ood.input_shape)} but the model takes "
+                              f"{tuple(input_shape)}")
+    return ood
+
+
+def ood_class_inputs(ood: Dataset, source_class: int, spec: str) -> torch.Tensor:
+    """Every input of ``source_class`` in the OOD set (training and test parts)."""
+    x, y = ood.x, ood.y
+    if ood.test_x is not None:
+        x, y = torch.cat([x, ood.test_x]), torch.cat([y, ood.test_y])
+    if not 0 <= source_class < ood.num_classes:
+        raise InvalidArgument(f"source_class={source_class} is not a class of ood_dataset {spec!r} "
+                              f"(0..{ood.num_classes - 1})")
+    return x[y == source_class]
+
+
+def least_likely_class(model: nn.Module, x: torch.Tensor, exclude: tuple[int, ...] = ()) -> int:
+    """The class with the lowest mean predicted probability on ``x``: a target independent models rarely predict."""
+    mean_prob = torch.softmax(predict_logits(model, x), dim=1).mean(0)
+    for c in exclude:
+        mean_prob[c] = float("inf")
+    return int(mean_prob.argmin())
+
+
+def random_class(num_classes: int, generator: torch.Generator, exclude: tuple[int, ...] = ()) -> int:
+    allowed = [c for c in range(num_classes) if c not in exclude]
+    return allowed[int(torch.randint(len(allowed), (1,), generator=generator))]
+
+
+def check_class(name: str, value: int, num_classes: int) -> int:
+    if not 0 <= value < num_classes:
+        raise InvalidArgument(f"{name}={value} is not a class of a {num_classes}-class model (0..{num_classes - 1})")
+    return value
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def certainty_differences(answers: torch.Tensor, n: int, target: int, certainty: float, *,
+                          paired: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """d_i = (p_i − q_i) − α_c (``paired``: rows n.. are the same inputs without the trigger) or (p_i − 1/|Y|) − α_c.
+
+    p_i (q_i) is the target-class probability of the i-th watermark input (of its untriggered original).
+    """
+    expected = 2 * n if paired else n
+    if len(answers) != expected:
+        raise InvalidArgument(f"expected {expected} answers, got {len(answers)}")
+    probs = answers.double()
+    p = probs[:n, target]
+    extra: dict[str, float] = {}
+    if paired:
+        reference = probs[n:, target]
+        extra["mean_q"] = float(reference.mean())
+    else:
+        reference = torch.full_like(p, 1.0 / answers.shape[1])
+    d = (p - reference - certainty).numpy()
+    metrics = {"mean_p": float(p.mean()), **extra,
+               "watermark_accuracy": float((answers[:n].argmax(1) == target).float().mean()),
+               "median_certainty": float(np.median(d) + certainty)}
+    return d, metrics
+
+
+def is_one_hot(answers: torch.Tensor) -> bool:
+    return bool(((answers == 0) | (answers == 1)).all() and (answers.sum(1) == 1).all())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The scheme
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class FrozenFeatures(nn.Module):
+    """``model`` with G_e frozen: features in eval mode without gradients, only the decision layers train."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> FrozenFeatures:
+        self.training = mode
+        self.model.eval()
+        self.model.classifier.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.model.features(x)
+        return self.model.classifier(features)
+
+
+@register_scheme
+class FeatureSharingWatermark(Scheme):
+    """Feature-sharing watermark (Tang et al.): frozen feature extractor, watermark learnt by the decision layers."""
+
+    name = "feature-sharing"
+    acts_at = "training"
+    label_only = False
+    pretrain = True
+    default_arch = "cnn-small"
+    tiny_params = {"distribution": "out", "ood_dataset": "synthetic:seed=11", "n_verify": 30,
+                   "finetune_epochs": 5}
+    null_hypothesis = (
+        "The suspect's watermark certainty is below alpha_c: the differences (p - q) - alpha_c (in-distribution; "
+        "p, q = target-class probability with and without the trigger) or (p - 1/|Y|) - alpha_c "
+        "(out-of-distribution) are independent and symmetric about a centre <= 0 (one-sided Wilcoxon signed-rank)."
+    )
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(BaseParams):
+        kind = "feature-sharing scheme"
+        distribution: Literal["in", "out"] = "in"
+        source_class: int | None = None
+        target_class: int | None = None
+        patch_size: int = 3
+        ood_dataset: str = "mnist-5k"
+        n_watermark: int | None = None
+        n_verify: int = 100
+        certainty: float = 0.3
+        finetune: Literal["decision-layers", "whole-network"] = "decision-layers"
+        finetune_epochs: int = 5
+        finetune_lr: float | None = None
+        wdr_draws: int = 200
+        wdr_fraction: float = 0.1
+        wdr_alpha: float = 0.05
+
+        def validate(self) -> None:
+            if self.patch_size < 1:
+                raise InvalidArgument(f"patch_size must be >= 1, got {self.patch_size}")
+            if self.n_watermark is not None and self.n_watermark < 1:
+                raise InvalidArgument(f"n_watermark must be >= 1 (or None for all), got {self.n_watermark}")
+            if not 2 <= self.n_verify <= 1000:
+                raise InvalidArgument(f"n_verify must be in [2, 1000], got {self.n_verify}")
+            if not 0.0 <= self.certainty < 1.0:
+                raise InvalidArgument(f"certainty (alpha_c) must be in [0, 1), got {self.certainty}")
+            if self.finetune_epochs < 1:
+                raise InvalidArgument(f"finetune_epochs must be >= 1, got {self.finetune_epochs}")
+            if self.finetune_lr is not None and not self.finetune_lr > 0:
+                raise InvalidArgument(f"finetune_lr must be positive, got {self.finetune_lr}")
+            if self.wdr_draws < 1 or not 0.0 < self.wdr_fraction <= 1.0 or not 0.0 < self.wdr_alpha < 1.0:
+                raise InvalidArgument(f"need wdr_draws >= 1, wdr_fraction in (0, 1], wdr_alpha in (0, 1); got "
+                                      f"{self.wdr_draws}, {self.wdr_fraction}, {self.wdr_alpha}")
+            for name in ("source_class", "target_class"):
+                value = getattr(self, name)
+                if value is not None and value < 0:
+                    raise InvalidArgument(f"{name} must be >= 0, got {value}")
+
+    # -- watermark sets ----------------------------------------------------------------------------------------------
+    def watermark_sets(self, splits: Splits, clean: nn.Module, generator: torch.Generator) -> dict[str, Any]:
+        """Source/target classes, the watermark training inputs and the held-back verification inputs (uint8)."""
+        p = self.params
+        c = splits.num_classes
+        if p.distribution == "in":
+            source = check_class("source_class", p.source_class, c) if p.source_class is not None \
+                else random_class(c, generator)
+            target = check_class("target_class", p.target_class, c) if p.target_class is not None \
+                else random_class(c, generator, exclude=(source,))
+            if source == target:
+                raise InvalidArgument(f"source_class and target_class are both {source}; the watermark needs two classes")
+            train_pool = splits.owner_train.x[splits.owner_train.y == source]
+            verify_pool = splits.owner_holdout.x[splits.owner_holdout.y == source]
+            if len(verify_pool) < p.n_verify:
+                raise InvalidArgument(f"owner_holdout has {len(verify_pool)} inputs of source class {source}, fewer than "
+                                      f"n_verify={p.n_verify}; lower n_verify or enlarge the holdout")
+            verify_x = verify_pool[torch.randperm(len(verify_pool), generator=generator)[:p.n_verify]]
+            train_x = stamp_patch(train_pool[torch.randperm(len(train_pool), generator=generator)[:p.n_watermark]],
+                                  p.patch_size)
+        else:
+            ood = load_ood(p.ood_dataset, splits.input_shape)
+            source = p.source_class if p.source_class is not None else random_class(ood.num_classes, generator)
+            pool = ood_class_inputs(ood, source, p.ood_dataset)
+            if len(pool) <= p.n_verify:
+                raise InvalidArgument(f"ood_dataset {p.ood_dataset!r} has {len(pool)} inputs of class {source}: need more "
+                                      f"than n_verify={p.n_verify} (the rest are the watermark training inputs)")
+            pool = pool[torch.randperm(len(pool), generator=generator)]
+            verify_x, train_x = pool[:p.n_verify], pool[p.n_verify:][:p.n_watermark]
+            target = check_class("target_class", p.target_class, c) if p.target_class is not None \
+                else least_likely_class(clean, train_x)
+        if len(train_x) == 0:
+            raise InvalidArgument(f"no watermark training inputs of source class {source}")
+        return {"source": source, "target": target, "train_x": train_x, "verify_u8": to_uint8(verify_x)}
+
+    # -- embed -----------------------------------------------------------------------------------------------------
+    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
+              progress: bool | None = None) -> Embedding:
+        """Step 2 of the paper on a clean trained ``model``: fine-tune the decision layers on clean + watermark data."""
+        p = self.params
+        train = train or TrainConfig()
+        generator = torch.Generator().manual_seed(train.seed + 7877)
+        sets = self.watermark_sets(splits, model, generator)
+        source, target = sets["source"], sets["target"]
+        watermark = TensorData(sets["train_x"], torch.full((len(sets["train_x"]),), target, dtype=torch.long))
+        data = TensorData.concat([splits.owner_train, watermark])
+        config = train.replace(epochs=p.finetune_epochs, lr=p.finetune_lr or train.lr, patience=0)
+        if p.finetune == "decision-layers":
+            result = fit(FrozenFeatures(model), data, config, parameters=model.classifier.parameters(),
+                         progress=progress, desc="embed feature-sharing (decision layers)")
+        else:
+            result = fit(model, data, config, progress=progress, desc="embed feature-sharing (whole network)")
+        model.eval()
+        key = Key(
+            scheme=self.name,
+            params=p.to_dict(),
+            tensors={"verify_x": sets["verify_u8"], "source_class": torch.tensor(source),
+                     "target_class": torch.tensor(target)},
+            meta=self.key_meta(splits, model, train=train.to_dict(), finetune=config.to_dict()),
+        )
+        model.provenance.update({"scheme": self.name, "key_digest": key.digest})
+        info = {"training": result.to_dict(), "watermark_train_inputs": len(watermark)}
+        return Embedding(model, key, info)
+
+    # -- verify ----------------------------------------------------------------------------------------------------
+    def verification_inputs(self, key: Key) -> torch.Tensor:
+        x = key["verify_x"].float() / 255
+        if key.params.get("distribution", "in") == "in":
+            return torch.cat([stamp_patch(x, int(key.params.get("patch_size", 3))), x])
+        return x
+
+    def differences(self, answers: torch.Tensor, key: Key) -> tuple[np.ndarray, dict[str, float]]:
+        return certainty_differences(answers, len(key["verify_x"]), int(key["target_class"]),
+                                     float(key.params.get("certainty", 0.3)),
+                                     paired=key.params.get("distribution", "in") == "in")
+
+    def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        prm = self.Params.from_dict(key.params)
+        d, metrics = self.differences(answers, key)
+        test = signed_rank_greater(d)
+        wdr, size = detection_rate(d, draws=prm.wdr_draws, fraction=prm.wdr_fraction, alpha=prm.wdr_alpha,
+                                   seed=int(key.digest[:12], 16))
+        notes = [f"p-value exact under the signed-rank null (method {test.method}, zero_method={ZERO_METHOD}); that an "
+                 "independent model's differences are symmetric about a centre <= 0 is an assumption, checked "
+                 "empirically on innocent models"]
+        if prm.distribution == "out":
+            notes.append("out-of-distribution null compares with 1/|Y| (the paper's); it holds only when independent "
+                         "models rarely predict the target class for the OOD source images")
+        if is_one_hot(answers):
+            notes.append("the suspect answered labels only: p and q are 0/1 indicators (label-only variant of the test)")
+        return Evidence(
+            scheme=self.name,
+            null_hypothesis=self.null_hypothesis,
+            statistic_name="Wilcoxon W+ of the differences minus alpha_c",
+            statistic=test.statistic,
+            p_value=test.p_value,
+            alpha=alpha,
+            queries=queries,
+            key_digest=key.digest,
+            exact=True,
+            metrics={**metrics, "pairs": test.n, "certainty": prm.certainty,
+                     "watermark_detection_rate": wdr, "wdr_draw_size": size, "wdr_draws": prm.wdr_draws},
+            details={"method": test.method, "zero_method": ZERO_METHOD, "zeros": test.zeros, "ties": test.ties,
+                     "wdr_alpha": prm.wdr_alpha, "distribution": prm.distribution},
+            notes=notes,
+        )
