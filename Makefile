@@ -47,8 +47,11 @@ demo: $(VENV)/.installed-$(DEMO_EXTRAS) data
 test: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python -m pytest
 
+# Resumable: interrupt it and run `make bench` again; finished cells are kept (see benchmarks/README.md).
+# The report is written even when some cells failed; make then exits with bench's status.
 bench: $(VENV)/.installed-$(TEST_EXTRAS) data
-	$(BIN)/python benchmarks/schemes.py
+	$(BIN)/copycatch bench benchmarks/grids/fmnist-quick.yaml -o bench-out/fmnist-quick; status=$$?; \
+	$(BIN)/copycatch report bench-out/fmnist-quick -o bench-out/fmnist-quick/report && exit $$status
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache

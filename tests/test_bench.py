@@ -158,6 +158,13 @@ def test_unknown_removal_attack_and_bad_parameters_are_named():
         tiny_grid(**{"n_triggers: 30": "trigers: 30"})
 
 
+def test_yaml_words_read_as_values_get_a_quoting_hint():
+    with pytest.raises(GridError, match=r"key None is not a name.*quote such a key \('null': …\)"):
+        tiny_grid(**{"n_triggers: 30": "null: 30"})
+    with pytest.raises(GridError, match=r"sweep: key True is not a name"):
+        tiny_grid(**{"sweep: {budget: [300, 600]}": "sweep: {yes: [1, 2]}"})
+
+
 def test_broken_yaml_and_bad_values_are_one_line_errors(tmp_path):
     with pytest.raises(GridError, match=r"not valid YAML at line \d+"):
         parse_grid("name: x\nschemes: [margin\nattacks: []\n", source="x.yaml")
@@ -245,6 +252,26 @@ def test_rerun_computes_nothing_and_leaves_rows_untouched(serial_results):
         after = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
         assert len(store.runs()) >= 2
     assert after == before
+
+
+def test_removal_chains_and_the_leaked_victim(tmp_path):
+    grid = tiny_grid(**{"seeds: [0, 1]": "seeds: [0]", """  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
+                 sweep: {budget: [300, 600]}}""": """  - extraction: {name: soft-label, arch: mlp, budget: 600, train: {epochs: 6}}
+    removals: ["prune:rate=0.3", {name: fine-tune, params: {epochs: 1}}]
+  - extraction: none
+    removals: [{name: prune, params: {rate: 0.5}}]"""})
+    summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    assert summary.computed == 2, summary.failures
+    with ResultsStore(tmp_path, create=False) as store:
+        rows = {("leaked" if r["config"]["extraction"] is None else "stolen"): r["metrics"] for r in store.cells()}
+    stolen, leaked = rows["stolen"], rows["leaked"]
+    assert [s["name"] for s in stolen["removal_steps"]] == ["prune", "fine-tune"]
+    assert stolen["removal_steps"][0]["accuracy_before"] == pytest.approx(stolen["surrogate_acc"], abs=1e-6)
+    assert stolen["removal_steps"][-1]["accuracy_after"] == pytest.approx(stolen["suspect_acc"], abs=1e-6)
+    assert leaked["extraction_queries"] == 0 and "surrogate_p" not in leaked
+    assert [s["name"] for s in leaked["removal_steps"]] == ["prune"]
+    assert leaked["suspect_decision"]  # half the weights of the leaked victim pruned: the key still speaks
+    assert leaked["removal_steps"][0]["accuracy_before"] == pytest.approx(leaked["victim_acc"], abs=1e-6)
 
 
 def test_store_never_replaces_a_finished_cell_and_refuses_foreign_files(tmp_path):

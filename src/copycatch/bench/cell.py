@@ -21,7 +21,8 @@ for each of ``victim``/``clean``/``surrogate``/``suspect``/``innocent``: ``_stat
 (and ``_acc``, ``_fidelity`` where they apply: fidelity = agreement with the API's labels on the test set);
 ``extraction_queries``, ``verify_queries``; ``seconds_<stage>`` for data, clean, embed, extract, removal,
 innocent and verify (a cached model reports the time it took when it was trained, with ``cached_<stage>``);
-``seconds_cell`` (this cell's wall time in this run); ``peak_rss_mb`` with ``peak_rss_source``:
+``seconds_cell`` and ``cpu_seconds_cell`` (this cell's wall and CPU time in this run — on a shared machine the
+CPU time is what the cell cost); ``peak_rss_mb`` with ``peak_rss_source``:
 ``VmHWM`` is the worker's peak resident set size during this cell (Linux: the high-water mark is reset at
 the start of the cell through ``/proc/self/clear_refs``); ``ru_maxrss`` (elsewhere) is the worker's peak
 since it started, an upper bound.
@@ -43,6 +44,7 @@ from .grid import (INNOCENT_SEED_OFFSET, REMOVAL_SEED_OFFSET, THIEF_SEED_OFFSET,
 
 _SPLITS: dict[str, Any] = {}
 _QUERY_SETS: dict[str, Any] = {}
+_MEMO: dict[str, dict[str, Any]] = {}
 
 
 def versions() -> dict[str, str]:
@@ -66,13 +68,14 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     """``task``: cell_id, config, cache_dir, data_dir, device, threads. Returns the row to store."""
     os.environ.setdefault("COPYCATCH_PROGRESS", "0")
     set_threads(task.get("threads"))
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     source = _reset_peak_memory()
     row: dict[str, Any] = {"cell_id": task["cell_id"], "config": task["config"], "started_at": started,
                            "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         metrics, evidence = _run(task)
         metrics["peak_rss_mb"], metrics["peak_rss_source"] = _peak_memory_mb(source)
+        metrics["cpu_seconds_cell"] = time.process_time() - cpu_started
         row.update(status="ok", metrics=metrics, evidence=evidence, error=None)
     except KeyboardInterrupt:
         raise
@@ -138,43 +141,50 @@ def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     m["seconds_embed"] = victim_rec["seconds"]
     scheme = scheme_for_key(key)
     alpha = float(cfg["alpha"])
+    victim_hash = config_hash(specs["victim"])
+    verify_seconds = 0.0
 
     def served() -> Any:
         """The owner's prediction API (API-time schemes perturb it), a fresh query counter each time."""
         return scheme.protect(ModelOracle(victim, name="victim API"), key)
 
-    api_labels = _answers(served(), splits.test.x).argmax(1)
-    m["clean_acc"] = accuracy(clean, splits.test)
-    m["victim_acc"] = float((api_labels == splits.test.y).float().mean())
-    m["watermark_cost"] = m["clean_acc"] - m["victim_acc"]
-
-    verify_seconds = 0.0
-
-    def verify(prefix: str, suspect: Any) -> Any:
+    def verify(prefix: str, suspect: Any) -> tuple[Any, dict[str, Any]]:
         nonlocal verify_seconds
         start = time.perf_counter()
         evidence = api.verify(suspect, key, alpha=alpha)
         elapsed = time.perf_counter() - start
         verify_seconds += elapsed
-        m[f"{prefix}_stat"] = _float(evidence.statistic)
-        m[f"{prefix}_p"] = _float(evidence.p_value)
-        m[f"{prefix}_decision"] = evidence.decision
-        m[f"{prefix}_verify_seconds"] = elapsed
-        m[f"{prefix}_verify_queries"] = evidence.queries
-        return evidence
+        return evidence, {f"{prefix}_stat": _float(evidence.statistic), f"{prefix}_p": _float(evidence.p_value),
+                          f"{prefix}_decision": evidence.decision, f"{prefix}_verify_seconds": elapsed,
+                          f"{prefix}_verify_queries": evidence.queries}
 
-    def fidelity(model: Any) -> float:
+    def victim_measures() -> dict[str, Any]:
+        api_labels = _answers(served(), splits.test.x).argmax(1)
+        victim_evidence, out = verify("victim", served())
+        out.update(verify("clean", clean)[1])
+        out.update(api_labels=api_labels, clean_acc=accuracy(clean, splits.test),
+                   victim_acc=float((api_labels == splits.test.y).float().mean()),
+                   statistic_name=victim_evidence.statistic_name, exact=victim_evidence.exact)
+        out["watermark_cost"] = out["clean_acc"] - out["victim_acc"]
+        return out
+
+    shared = _memo(canonical([task["cache_dir"], "victim", victim_hash, alpha]), victim_measures)
+    api_labels = shared["api_labels"]
+    m.update({k: v for k, v in shared.items() if k != "api_labels"})
+
+    def measure(prefix: str, model: Any) -> dict[str, Any]:
+        """Accuracy, fidelity to the API and evidence of a model; the evidence itself kept for the cell's row."""
         from ..train import predict_logits
 
-        return float((predict_logits(model, splits.test.x).argmax(1) == api_labels).float().mean())
-
-    victim_evidence = verify("victim", served())
-    verify("clean", clean)
-    m["statistic_name"] = victim_evidence.statistic_name
-    m["exact"] = victim_evidence.exact
+        evidence, out = verify(prefix, model)
+        out[f"{prefix}_acc"] = accuracy(model, splits.test)
+        out[f"{prefix}_fidelity"] = float((predict_logits(model, splits.test.x).argmax(1) == api_labels).float().mean())
+        out["evidence"] = _jsonable({k: v for k, v in evidence.to_dict().items() if k != "details"})
+        return out
 
     # -- the thief ---------------------------------------------------------------------------------------------
     extraction = cfg["extraction"]
+    stolen: dict[str, Any] | None = None
     if extraction is not None:
         thief_train = TrainConfig.from_dict({**extraction["train"], "seed": seed + THIEF_SEED_OFFSET, "device": device})
 
@@ -192,19 +202,19 @@ def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             result.surrogate.provenance.update({"stolen_with": extraction["name"], "queries": result.queries})
             return result.surrogate, None, {"seconds": time.perf_counter() - start, "queries": result.queries}
 
-        surrogate, _, sur_rec, m["cached_surrogate"] = cache.get_or_build(
-            "surrogate", config_hash(specs["surrogate"]), build_surrogate, device=device)
+        surrogate_hash = config_hash(specs["surrogate"])
+        surrogate, _, sur_rec, m["cached_surrogate"] = cache.get_or_build("surrogate", surrogate_hash,
+                                                                          build_surrogate, device=device)
         m["seconds_extract"] = sur_rec["seconds"]
         m["extraction_queries"] = sur_rec["queries"]
-        m["surrogate_acc"] = accuracy(surrogate, splits.test)
-        m["surrogate_fidelity"] = fidelity(surrogate)
-        stolen_evidence = verify("surrogate", surrogate)
+        stolen = _memo(canonical([task["cache_dir"], "surrogate", surrogate_hash, alpha]),
+                       lambda: measure("surrogate", surrogate))
+        m.update({k: v for k, v in stolen.items() if k != "evidence"})
         suspect = surrogate
     else:
         m["extraction_queries"] = 0
         m["seconds_extract"] = 0.0
         suspect = victim  # the leaked weights themselves
-        stolen_evidence = None
 
     # -- removal chain -------------------------------------------------------------------------------------------
     steps = []
@@ -222,15 +232,12 @@ def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         suspect = results[-1].model
     m["removal_steps"] = steps
 
-    if cfg["removals"] or extraction is None:
-        m["suspect_acc"] = accuracy(suspect, splits.test)
-        m["suspect_fidelity"] = fidelity(suspect)
-        suspect_evidence = verify("suspect", suspect)
-    else:  # the suspect is the surrogate: reuse its evidence
-        for k in ("stat", "p", "decision", "verify_seconds", "verify_queries"):
-            m[f"suspect_{k}"] = m[f"surrogate_{k}"]
-        m["suspect_acc"], m["suspect_fidelity"] = m["surrogate_acc"], m["surrogate_fidelity"]
-        suspect_evidence = stolen_evidence
+    if stolen is not None and not cfg["removals"]:  # the suspect is the surrogate: reuse its measurements
+        final = {k.replace("surrogate_", "suspect_", 1): v for k, v in stolen.items()}
+    else:
+        final = measure("suspect", suspect)
+    suspect_evidence = final.pop("evidence")
+    m.update(final)
     m["verify_queries"] = m["suspect_verify_queries"]
 
     # -- the control ------------------------------------------------------------------------------------------------
@@ -244,18 +251,30 @@ def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                               **inn["arch_kwargs"])
             return model, None, {"seconds": time.perf_counter() - start}
 
-        innocent, _, inn_rec, m["cached_innocent"] = cache.get_or_build(
-            "innocent", config_hash(specs["innocent"]), build_innocent, device=device)
+        innocent_hash = config_hash(specs["innocent"])
+        innocent, _, inn_rec, m["cached_innocent"] = cache.get_or_build("innocent", innocent_hash, build_innocent,
+                                                                        device=device)
         m["seconds_innocent"] = inn_rec["seconds"]
-        m["innocent_acc"] = accuracy(innocent, splits.test)
-        verify("innocent", innocent)
 
-    m["seconds_verify"] = verify_seconds
-    m["suspect_metrics"] = _jsonable(suspect_evidence.metrics)
+        def innocent_measures() -> dict[str, Any]:
+            return {"innocent_acc": accuracy(innocent, splits.test), **verify("innocent", innocent)[1]}
+
+        m.update(_memo(canonical([task["cache_dir"], "innocent", innocent_hash, victim_hash, alpha]), innocent_measures))
+
+    m["seconds_verify"] = verify_seconds  # verification done in this cell (model-level results are reused)
+    m["suspect_metrics"] = suspect_evidence.get("metrics", {})
     m["seconds_cell"] = time.perf_counter() - cell_start
-    evidence = suspect_evidence.to_dict()
-    evidence.pop("details", None)
-    return m, _jsonable(evidence)
+    return m, suspect_evidence
+
+
+def _memo(key: str, compute: Any) -> dict[str, Any]:
+    """Per-worker memory of measurements that depend only on cached models (a victim's API accuracy and evidence,
+    a surrogate's, an innocent model's), so the cells sharing a model measure it once per worker."""
+    if key not in _MEMO:
+        if len(_MEMO) >= 256:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = compute()
+    return dict(_MEMO[key])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -388,6 +388,7 @@ def _sweep(entry: Mapping[str, Any], where: str, fields: tuple[str, ...]) -> Ite
         raise GridError(f"{where}: sweep must be a non-empty mapping of key → list of values")
     keys = list(sweep)
     for key in keys:
+        _key_is_text(key, f"{where}: sweep")
         if not isinstance(sweep[key], list) or not sweep[key]:
             raise GridError(f"{where}: sweep.{key} must be a non-empty list of values")
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -423,6 +424,7 @@ def _mapping(raw: Any, where: str, allowed: tuple[str, ...], *, hint: Mapping[st
     if not isinstance(raw, Mapping):
         raise GridError(f"{where}: expected a mapping with keys {', '.join(allowed)}; got {type(raw).__name__} {raw!r}")
     for key in raw:
+        _key_is_text(key, where)
         if key not in allowed:
             why = f" ({hint[key]})" if hint and key in hint else ""
             raise GridError(f"{where}: unknown key {key!r}{why}; valid keys: {', '.join(allowed)}")
@@ -476,9 +478,17 @@ def _kwargs(raw: Any, where: str) -> dict[str, Any]:
     return {str(k): v for k, v in raw.items()}
 
 
+def _key_is_text(key: Any, where: str) -> None:
+    if not isinstance(key, str):
+        raise GridError(f"{where}: key {key!r} is not a name; YAML reads bare null, true, yes, on … as values, "
+                        f"so quote such a key ('null': …)")
+
+
 def _params(cls: Any, raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise GridError(f"{where}: expected a mapping of parameters, got {raw!r}")
+    for key in raw:
+        _key_is_text(key, where)
     try:
         return cls.from_dict(dict(raw)).to_dict()
     except CopycatchError as exc:

@@ -37,6 +37,7 @@ class RunSummary:
     computed: int = 0
     failed: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # summed over the cells computed in this run (workers' CPU time)
     executor: str = ""
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     interrupted: bool = False
@@ -66,7 +67,9 @@ def run_grid(grid: Grid, results: str | os.PathLike, *, executor: str | Executor
     """Run every unfinished cell of ``grid`` into the store under ``results``; returns what happened."""
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cache_dir) if cache_dir is not None else results / CACHE_DIR
+    # absolute, because workers (Ray's above all) need not share our working directory
+    cache_dir = (Path(cache_dir) if cache_dir is not None else results / CACHE_DIR).resolve()
+    data_dir = str(Path(data_dir).resolve()) if data_dir else None
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     start = time.perf_counter()
     with ResultsStore(results) as store:
@@ -101,6 +104,7 @@ def run_grid(grid: Grid, results: str | os.PathLike, *, executor: str | Executor
                 cell = by_id[row["cell_id"]]
                 if row["status"] == "ok":
                     summary.computed += 1
+                    summary.cpu_seconds += row["metrics"].get("cpu_seconds_cell", 0.0)
                 else:
                     summary.failed += 1
                     first = (row.get("error") or "").splitlines()[0] if row.get("error") else "unknown error"

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                        retry_failed=args.retry_failed, limit=args.limit, progress=False if args.quiet else None,
                        log=log)
     print(f"grid {grid.name}: {summary.planned} cells; {summary.done_before} finished before, {summary.computed} "
-          f"computed now, {summary.failed} failed ({summary.seconds / 60:.1f} min, {summary.executor})")
+          f"computed now, {summary.failed} failed ({summary.seconds / 60:.1f} min wall, "
+          f"{summary.cpu_seconds / 60:.1f} CPU-min in cells; {summary.executor})")
     print(f"results in {store_path(results)}")
     for cell_id, error in summary.failures:
         print(textwrap.shorten(f"  failed {cell_id}: {error}", 200))
