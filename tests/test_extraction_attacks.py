@@ -67,10 +67,11 @@ def steal_with(oracle, pool, name, params=None, *, budget=None, config=FAST, arc
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("budget", [97, 240])
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
-def test_attack_spends_at_most_its_budget_and_reports_every_query(name, params, budget, splits, trained):
-    # the oracle's own hard budget equals the attack's: one query too many would raise BudgetExceeded
+def test_attack_spends_at_most_its_budget_and_reports_every_query(name, params, splits, trained):
+    # the oracle's own hard budget equals the attack's: one query too many would raise BudgetExceeded.
+    # 97 is odd on purpose: partial adaptive rounds, a cut JBDA augmentation, averaging's leftover 7 queries
+    budget = 97
     oracle = RecordingOracle(cc.ModelOracle(trained), budget=budget)
     result = steal_with(oracle, splits.attacker_pool, name, {**params, "seeds": 40} if name == "jacobian" else params,
                         budget=budget, config=cc.TrainConfig(epochs=1, seed=0))
@@ -427,7 +428,7 @@ def test_margin_extraction_plans_every_query_of_the_budget():
 def test_every_attack_documents_its_paper_and_every_parameter(name):
     cls = EXTRACTION_ATTACKS.get(name).factory
     doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "")
-    assert cls.__doc__ and EXTRACTION_ATTACKS.get(name).summary
+    assert cls.__doc__ and EXTRACTION_ATTACKS.get(name).summary and "et al." in doc + cls.__doc__  # cites its paper
     for field in dataclasses.fields(cls.Params):
         assert f"{field.name} (" in doc, f"{name}: parameter {field.name} is not documented with its default"
 

@@ -12,7 +12,10 @@ is drawn from the same distribution). It queries the victim on those inputs and 
     (1 − α) · CE(σ(z_s), y) + 2αT² · KL(σ(z_t / T) ‖ σ(z_s / T))
 
 This attack legitimately uses the pool's **true labels** ``y``: that is what distinguishes it from
-soft-label extraction. Pass a labelled pool (``TensorData``); a bare tensor of inputs has no labels.
+soft-label extraction. Pass a labelled pool of the victim's task (``TensorData``): a bare tensor of inputs
+has no labels (``copycatch.steal`` gives it zeros), and an out-of-distribution set's labels name other
+classes — labels outside the victim's classes are refused, but in-range labels of another task (MNIST
+digits against a Fashion-MNIST victim) cannot be told apart; use ``soft-label`` for such pools.
 
 The oracle returns probabilities, not logits. The teacher logits are recovered as log-probabilities,
 z_t = log p_t, which is exact up to a per-row constant that the softmax ignores; probabilities that are
