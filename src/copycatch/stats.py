@@ -73,3 +73,63 @@ def _check_ps(p_values: Sequence[float]) -> list[float]:
     if bad:
         raise InvalidArgument(f"p-values must be in [0, 1], got {bad[0]}")
     return ps
+
+
+def hypergeometric_greater(k: int, population: int, successes: int, draws: int) -> float:
+    """Exact P(X >= k) for X the successes among ``draws`` taken without replacement from ``population``
+    items of which ``successes`` are successes (Fisher's exact test, one-sided)."""
+    if not 0 <= successes <= population or not 0 <= draws <= population or k < 0:
+        raise InvalidArgument(f"hypergeometric counts must satisfy 0 <= successes, draws <= population and k >= 0, "
+                              f"got k={k}, population={population}, successes={successes}, draws={draws}")
+    if k <= max(0, draws + successes - population):
+        return 1.0
+    return float(_st.hypergeom.sf(k - 1, population, successes, draws))
+
+
+def independent_choices_greater(scores: Sequence[Sequence[float]], chosen: Sequence[int], *,
+                                resolution: int = 1 << 16) -> float:
+    """P(Σ_g scores[g][U_g] >= Σ_g scores[g][chosen[g]]) for independent U_g, each uniform over its group's choices.
+
+    The null distribution of a randomisation test whose secret is one independent, uniform choice per group (a
+    secret target label per source class, a secret index per class, …): under "the suspect is independent of the
+    secret", the secret actually drawn is one more uniform draw, so this is its exact p-value. The distribution is
+    computed by convolution, not sampling. Integer scores give the exact value; other scores are put on a grid of
+    ``resolution`` steps over their total range in the direction that can only raise the p-value (conservative by
+    at most the mass within two grid steps per group of the observed sum).
+    """
+    import numpy as np
+
+    if len(scores) != len(chosen) or not len(scores):
+        raise InvalidArgument(f"need one chosen index per group and at least one group, got {len(scores)} groups "
+                              f"and {len(chosen)} choices")
+    if resolution < 16:
+        raise InvalidArgument(f"resolution must be >= 16, got {resolution}")
+    groups = []
+    for g, (values, pick) in enumerate(zip(scores, chosen)):
+        a = np.asarray(values, dtype=np.float64).ravel()
+        if a.size == 0 or not np.isfinite(a).all():
+            raise InvalidArgument(f"group {g} needs at least one finite score")
+        if not 0 <= int(pick) < a.size:
+            raise InvalidArgument(f"chosen index {pick} is out of range for group {g} with {a.size} choices")
+        groups.append((a - a.min(), int(pick)))
+    total_range = sum(float(a.max()) for a, _ in groups)
+    if total_range == 0.0:
+        return 1.0
+    integral = all(np.array_equal(a, np.round(a)) for a, _ in groups) and total_range <= 4 * resolution
+    if integral:
+        units = [a.astype(np.int64) for a, _ in groups]
+        threshold = int(sum(u[pick] for u, (_, pick) in zip(units, groups)))
+    else:
+        # Rounding every choice up by a full step and the observed sum down keeps {sum >= observed} inside
+        # {units >= threshold}, so the grid can only overstate the p-value.
+        step = total_range / resolution
+        units = [np.floor(a / step).astype(np.int64) + 1 for a, _ in groups]
+        threshold = int(sum(np.floor(a[pick] / step) for a, pick in groups))
+    pmf = np.ones(1)
+    for u in units:
+        weights = np.bincount(u) / u.size
+        out = np.zeros(pmf.size + weights.size - 1)
+        for value in np.flatnonzero(weights):
+            out[value:value + pmf.size] += weights[value] * pmf
+        pmf = out
+    return float(min(1.0, pmf[threshold:].sum()))

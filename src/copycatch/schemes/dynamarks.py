@@ -1,0 +1,337 @@
+"""DynaMarks (Chakraborty, Xing, Liu and Srivastava, 2022): an API-time watermark in the served probabilities.
+
+Paper: "DynaMarks: Defending Against Deep Learning Model Extraction Using Dynamic Watermarking",
+../shared/papers/dynamarks.txt, Algorithms 1 and 2, Sec. IV and V-B. No public code (implementation notes §4.5).
+
+Embedding (Algorithm 1). Nothing is trained: the model's weights are untouched. ``protect(oracle, key)`` wraps
+the served oracle in a post-processor that, for every answer whose top class i has probability in (α_i, β_i],
+draws Δp ~ U(a_i, b_i) and an index j from the secret vector V_i, and moves Δp from class i to class j. Every
+class i has its own secret V_i: weight ``favoured_weight`` on one secret index drawn uniformly from the N classes
+and 1 on every other index, normalised (2/11 and 1/11 for N = 10, as in the paper). The top class keeps the
+largest probability whenever α_i >= 1/2 + b_i (checked), so accuracy (argmax) is unchanged; the post-processor
+also checks it on every answer. A thief that fits a surrogate to these answers copies the secret bias.
+
+Verification (Algorithm 2). The key holds ``n_verify`` verification inputs from the test split (uint8) and the
+owner's unwatermarked responses F_org on them. The suspect answers the same inputs. Responses are grouped into
+an N×N table: cell (i, j) holds the class-j probabilities of the inputs in row i; each cell becomes a histogram
+(``bins`` equal bins on the logit scale over ±``logit_range``). δ_org = Σ_ij JSD(D_org_ij ‖ D_sm_ij) and
+δ_alt = Σ_ij JSD(D_alt_ij ‖ D_sm_ij), with F_alt the owner's own watermarked responses, simulated from F_org
+with the secret; η = δ_org / δ_alt and the paper detects the mark when η > τ (τ = 1). η, δ_org, δ_alt and that
+decision are reported.
+
+The p-value (ours; the paper has a hand-set τ only). η compares the suspect with F_org and F_alt, but much of
+what separates F_alt from F_org is public: every confident answer loses 0.01-0.19 of its top probability. An
+independent model that is merely less confident than F_org looks like F_alt, so η > 1 is no proof. What no
+independent model can know is the *secret*: the favoured index of each class (and, with ``range_choices`` > 1,
+which sub-range of (a, b) each class uses). Null hypothesis: the suspect's answers do not depend on the secret.
+Under it the secret actually drawn is one more uniform draw from the secret space, so we recompute δ_alt for
+*every* possible secret — the same simulation with the same random numbers (stored in the key), only the
+secret changed — and the p-value is the share of secrets whose δ_alt is at most the true secret's. Grouping
+rows by F_org's predicted class (the class whose V_i perturbs the input) makes δ_alt a sum of independent
+per-class terms, so this share over all N^N (or (N·K)^N) secrets is computed exactly by convolution
+(``copycatch.stats.independent_choices_greater``; conservative on a 2^16 grid). The smallest attainable
+p-value is 1 / (N·K)^N: 1e-10 for 10 classes, 1/256 for 4 classes with range_choices=1.
+
+Parameters (defaults):
+    alpha (0.9), beta (1.0): the top-class probability range (α, β] that gets perturbed (paper: α=0.9, β=1).
+    a (0.01), b (0.19): Δp ~ U(a, b) (paper).
+    favoured_weight (2.0): weight of the secret index in V_i relative to 1 for the others (paper: 2/11 vs 1/11).
+    range_choices (1): K; K > 1 splits (a, b) into K equal sub-ranges and gives each class a secret one, which
+        adds log2(K) secret bits per class (paper: the a_i, b_i are per-class secrets; its experiments use one
+        range for all classes, i.e. K = 1).
+    n_verify (5000): verification inputs drawn from the test split (paper: the whole test set).
+    bins (40), logit_range (10.0): how each response list becomes a distribution (the paper does not say).
+    tau (1.0): the paper's detection threshold on η, reported as ``paper_detected``.
+
+Deviations: rows of the response table are grouped by F_org's predicted class instead of the true label (the
+two agree on correctly classified inputs; it makes the exact null possible and needs no labels); the range is
+(α, β] so that float32 answers saturated at exactly 1.0 are perturbed too; the API draws its noise from a
+generator seeded by the key (reproducible runs; fresh per query, so repeated queries differ as in the paper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Splits
+from ..errors import InvalidArgument
+from ..evidence import Evidence
+from ..key import Key
+from ..models import Classifier, weights_digest
+from ..oracle import Oracle
+from ..params import Params as BaseParams
+from ..stats import independent_choices_greater
+from ..train import TrainConfig, predict_logits
+from .base import Embedding, Scheme, register_scheme
+
+
+def selection_probabilities(num_classes: int, favoured: torch.Tensor, weight: float) -> torch.Tensor:
+    """V for each favoured index: ``weight`` on it, 1 elsewhere, normalised (shape favoured.shape + (N,))."""
+    weights = torch.ones(*favoured.shape, num_classes, dtype=torch.float64)
+    weights.scatter_(-1, favoured.unsqueeze(-1), weight)
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def _move(out: torch.Tensor, source: torch.Tensor, target: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Move ``delta`` of probability from class ``source`` to class ``target`` in every row of ``out`` (in place)."""
+    out.scatter_add_(-1, source.unsqueeze(-1), -delta.unsqueeze(-1))
+    out.scatter_add_(-1, target.unsqueeze(-1), delta.unsqueeze(-1))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DynaMarksSecret:
+    """Per-class secret parameters: V (N×N selection probabilities), α, β and the Δp range [low, low + width)."""
+
+    selection: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    low: torch.Tensor
+    width: torch.Tensor
+
+    @classmethod
+    def build(cls, params: DynaMarks.Params, favoured: torch.Tensor, range_index: torch.Tensor) -> DynaMarksSecret:
+        n = len(favoured)
+        width = (params.b - params.a) / params.range_choices
+        return cls(selection_probabilities(n, favoured, params.favoured_weight),
+                   torch.full((n,), params.alpha, dtype=torch.float64), torch.full((n,), params.beta, dtype=torch.float64),
+                   params.a + width * range_index.double(), torch.full((n,), width, dtype=torch.float64))
+
+    def perturb(self, probs: torch.Tensor, u_delta: torch.Tensor, u_index: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1, lines 4-11, with the uniform draws given (so verification can replay them)."""
+        out = probs.double().clone()
+        top, i = out.max(dim=1)
+        active = (top > self.alpha[i]) & (top <= self.beta[i])
+        delta = torch.where(active, self.low[i] + self.width[i] * u_delta.double(), 0.0)
+        j = torch.searchsorted(self.selection[i].cumsum(1), u_index.double().unsqueeze(1)).squeeze(1)
+        return _move(out, i, j.clamp_max(out.shape[1] - 1), delta).to(probs.dtype)
+
+
+def candidate_responses(params: DynaMarks.Params, cls: int, probs: torch.Tensor, u_delta: torch.Tensor,
+                        u_index: torch.Tensor) -> torch.Tensor:
+    """F_alt on inputs whose top class is ``cls``, for every secret of that class at once: (N·K)×n×N, candidate
+    f·K + r having favoured index f and sub-range r. Same arithmetic as :meth:`DynaMarksSecret.perturb`."""
+    n, num_classes = probs.shape
+    k = params.range_choices
+    width = (params.b - params.a) / k
+    probs = probs.double()
+    top = probs[:, cls]
+    active = (top > params.alpha) & (top <= params.beta)
+    lows = params.a + width * torch.arange(k).double()
+    delta = torch.where(active, lows[:, None] + width * u_delta.double()[None, :], 0.0)  # K×n
+    selection = selection_probabilities(num_classes, torch.arange(num_classes), params.favoured_weight)
+    j = torch.searchsorted(selection.cumsum(1), u_index.double().expand(num_classes, n).contiguous())  # N×n
+    out = probs.expand(num_classes, k, n, num_classes).clone()
+    shape = (num_classes, k, n)
+    _move(out, torch.full(shape, cls), j.clamp_max(num_classes - 1)[:, None, :].expand(shape),
+          delta[None].expand(shape))
+    return out.reshape(num_classes * k, n, num_classes)
+
+
+class DynaMarksPerturbation:
+    """The API-time post-processor: ``__call__(probs, inputs) -> probs``, row by row, fresh noise per answer."""
+
+    name = "dynamarks"
+    output_kind = "probs"
+
+    def __init__(self, secret: DynaMarksSecret, seed: int):
+        self.secret = secret
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, probs: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        if probs.shape[1] != self.secret.selection.shape[0]:
+            raise InvalidArgument(f"DynaMarks key is for {self.secret.selection.shape[0]} classes, answers have "
+                                  f"{probs.shape[1]}")
+        u = torch.rand(2, len(probs), generator=self.generator, dtype=torch.float64)
+        out = self.secret.perturb(probs, u[0], u[1])
+        if not torch.equal(out.argmax(1), probs.argmax(1)):  # guaranteed by α >= 1/2 + b; never trust, check
+            raise RuntimeError("DynaMarks changed a predicted class; this is a bug")
+        return out
+
+    def spec(self) -> str:
+        return self.name  # the parameters are secret
+
+
+@register_scheme
+class DynaMarks(Scheme):
+    """DynaMarks (Chakraborty et al. 2022): secret per-class perturbation of the served probabilities."""
+
+    name = "dynamarks"
+    acts_at = "api"
+    label_only = False
+    pretrain = True
+    default_arch = "cnn-small"
+    tiny_params = {"n_verify": 400, "range_choices": 4}
+    null_hypothesis = (
+        "The suspect's answers do not depend on the secret (each class's favoured index and sub-range): the secret "
+        "actually drawn is then one more uniform draw, and its fit to the suspect (delta_alt) ranks uniformly "
+        "among all possible secrets."
+    )
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(BaseParams):
+        kind = "DynaMarks scheme"
+        alpha: float = 0.9
+        beta: float = 1.0
+        a: float = 0.01
+        b: float = 0.19
+        favoured_weight: float = 2.0
+        range_choices: int = 1
+        n_verify: int = 5000
+        bins: int = 40
+        logit_range: float = 10.0
+        tau: float = 1.0
+
+        def validate(self) -> None:
+            if not 0.5 <= self.alpha < self.beta <= 1.0:
+                raise InvalidArgument(f"need 0.5 <= alpha < beta <= 1, got alpha={self.alpha}, beta={self.beta}")
+            if not 0.0 <= self.a <= self.b:
+                raise InvalidArgument(f"need 0 <= a <= b, got a={self.a}, b={self.b}")
+            if self.alpha < 0.5 + self.b:
+                raise InvalidArgument(f"alpha={self.alpha} < 1/2 + b={0.5 + self.b}: moving up to b could change the "
+                                      "predicted class; lower b or raise alpha")
+            if self.favoured_weight <= 0:
+                raise InvalidArgument(f"favoured_weight must be positive, got {self.favoured_weight}")
+            if self.range_choices < 1:
+                raise InvalidArgument(f"range_choices must be >= 1, got {self.range_choices}")
+            if self.n_verify < 1:
+                raise InvalidArgument(f"n_verify must be >= 1, got {self.n_verify}")
+            if self.bins < 2 or not self.logit_range > 0:
+                raise InvalidArgument(f"need bins >= 2 and logit_range > 0, got bins={self.bins}, "
+                                      f"logit_range={self.logit_range}")
+            if not self.tau > 0:
+                raise InvalidArgument(f"tau must be positive, got {self.tau}")
+
+    # -- embed -----------------------------------------------------------------------------------------------------
+    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
+              progress: bool | None = None) -> Embedding:
+        """Draw the secret and the verification set; ``model`` (already trained) is returned untouched."""
+        p = self.params
+        train = train or TrainConfig()
+        before = weights_digest(model)
+        generator = torch.Generator().manual_seed(train.seed + 49979687)
+        n = splits.num_classes
+        favoured = torch.randint(n, (n,), generator=generator)
+        range_index = torch.randint(p.range_choices, (n,), generator=generator)
+        if len(splits.test) == 0:
+            raise InvalidArgument("DynaMarks draws its verification set from the test split, which is empty")
+        pick = torch.randperm(len(splits.test), generator=generator)[: p.n_verify]
+        verify_x = (splits.test.x[pick] * 255).round().clamp(0, 255).to(torch.uint8)
+        verify_org = torch.softmax(predict_logits(model, verify_x.float() / 255), dim=1)
+        seeds = torch.randint(2**62, (2,), generator=generator)
+        tensors = {"favoured": favoured, "range_index": range_index, "verify_x": verify_x,
+                   "verify_org": verify_org.float(), "verify_seed": seeds[:1], "api_seed": seeds[1:]}
+        if weights_digest(model) != before:
+            raise RuntimeError("DynaMarks changed the model's weights; this is a bug")
+        key = Key(scheme=self.name, params=p.to_dict(), tensors=tensors, meta=self.key_meta(splits, model))
+        model.provenance.update({"scheme": self.name, "key_digest": key.digest})
+        secret = self.secret(key)
+        replay = secret.perturb(verify_org, *self._replay_draws(key))
+        info = {"weights_untouched": True, "verification_inputs": len(pick),
+                "perturbed_share": float((replay != verify_org.double()).any(1).float().mean()),
+                "argmax_preserved": bool(torch.equal(replay.argmax(1), verify_org.argmax(1)))}
+        return Embedding(model, key, info)
+
+    def secret(self, key: Key) -> DynaMarksSecret:
+        return DynaMarksSecret.build(self.Params.from_dict(key.params), key["favoured"].long(),
+                                     key["range_index"].long())
+
+    def protect(self, oracle: Oracle, key: Key) -> Oracle:
+        self.check_key(key, oracle)
+        return oracle.postprocess(DynaMarksPerturbation(self.secret(key), int(key["api_seed"][0])))
+
+    # -- verify (Algorithm 2) -------------------------------------------------------------------------------------
+    def verification_inputs(self, key: Key) -> torch.Tensor:
+        return key["verify_x"].float() / 255
+
+    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
+        if oracle.output_kind == "labels":
+            raise InvalidArgument("DynaMarks compares probability distributions: it cannot verify a suspect that "
+                                  "answers labels only")
+        return super().verify(oracle, key, alpha=alpha, progress=progress)
+
+    @staticmethod
+    def _replay_draws(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uniform draws F_alt is simulated with; the same for every candidate secret (common random numbers)."""
+        n = len(key["verify_x"])
+        u = torch.rand(2, n, generator=torch.Generator().manual_seed(int(key["verify_seed"][0])), dtype=torch.float64)
+        return u[0], u[1]
+
+    def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        p = self.Params.from_dict(key.params)
+        org = key["verify_org"].double()
+        answers = answers.double()
+        if answers.shape != org.shape:
+            raise InvalidArgument(f"answers shaped {tuple(answers.shape)} for a key expecting {tuple(org.shape)}")
+        one_hot = ((answers == 0) | (answers == 1)).all() and (answers.sum(1) == 1).all()
+        if one_hot:
+            raise InvalidArgument("the suspect answered one-hot labels; DynaMarks needs probabilities")
+        n = org.shape[1]
+        rows = org.argmax(1)
+        u_delta, u_index = self._replay_draws(key)
+        to_hist = _Histogrammer(p.bins, p.logit_range)
+        favoured, range_index = key["favoured"].long(), key["range_index"].long()
+        delta_org = 0.0
+        scores, chosen, ranks = [], [], []
+        for i in range(n):
+            members = rows == i
+            if not members.any():
+                continue
+            sm = to_hist(answers[members])
+            delta_org += float(_jsd(to_hist(org[members]), sm).sum())
+            alts = candidate_responses(p, i, org[members], u_delta[members], u_index[members])
+            distances = _jsd(to_hist(alts), sm).sum(-1)
+            true_index = int(favoured[i]) * p.range_choices + int(range_index[i])
+            scores.append(-distances)  # a smaller δ_alt is stronger evidence
+            chosen.append(true_index)
+            ranks.append(int((distances < distances[true_index]).sum()) + 1)
+        delta_alt = float(sum(-s[c] for s, c in zip(scores, chosen)))
+        eta = delta_org / delta_alt if delta_alt > 0 else float("inf")
+        p_value = independent_choices_greater(scores, chosen)
+        secrets = (n * p.range_choices) ** len(scores)
+        notes = []
+        if 1.0 / secrets > alpha:
+            notes.append(f"only {secrets} possible secrets for {len(scores)} classes: no p-value below "
+                         f"{1.0 / secrets:.3g} is attainable; raise range_choices for more secret bits")
+        return Evidence(
+            scheme=self.name, null_hypothesis=self.null_hypothesis,
+            statistic_name="delta_alt of the true secret (smaller is stronger)", statistic=delta_alt,
+            p_value=p_value, alpha=alpha, queries=queries, key_digest=key.digest, exact=True,
+            metrics={"eta": eta, "delta_org": delta_org, "delta_alt": delta_alt, "tau": p.tau,
+                     "paper_detected": eta > p.tau, "mean_secret_rank": float(np.mean(ranks)),
+                     "candidates_per_class": n * p.range_choices, "classes_compared": len(scores)},
+            details={"secret_rank_per_class": ranks},
+            notes=notes,
+        )
+
+
+class _Histogrammer:
+    """Responses (…×n×N) → one normalised histogram per column (…×N×bins), on the logit scale."""
+
+    def __init__(self, bins: int, logit_range: float):
+        self.bins, self.logit_range = bins, logit_range
+
+    def __call__(self, probs: torch.Tensor) -> np.ndarray:
+        p = probs.double().clamp(1e-300, 1.0).numpy()
+        lead, (n, columns) = p.shape[:-2], p.shape[-2:]
+        with np.errstate(divide="ignore"):
+            logit = np.log(p) - np.log1p(-np.minimum(p, 1.0 - 1e-16))
+        logit = np.clip(logit, -self.logit_range, self.logit_range)
+        index = np.minimum(((logit + self.logit_range) / (2 * self.logit_range) * self.bins).astype(np.int64),
+                           self.bins - 1).reshape(-1, n, columns)
+        cell = np.arange(len(index))[:, None, None] * columns + np.arange(columns)[None, None, :]
+        counts = np.bincount((cell * self.bins + index).ravel(), minlength=len(index) * columns * self.bins)
+        return counts.reshape(*lead, columns, self.bins) / n
+
+
+def _jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between matching rows of two histogram arrays."""
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum(-1)
+        kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum(-1)
+    return (kl_p + kl_q) / 2

@@ -1,0 +1,104 @@
+"""Plain trigger-set watermark: the baseline of the margin paper (its Eq. 1), in the style of Adi et al. 2018.
+
+Paper: "Margin-based Neural Network Watermarking" (Kim et al., ICML 2023), ../shared/papers/
+margin-based-watermarking.txt, Eq. 1 and Table 1: train on the task data plus a trigger set of held-out inputs
+with secret wrong labels, with no adversarial margin. The margin paper shows this mark does not survive
+functionality stealing; it is here as the baseline the margin scheme improves on.
+
+Triggers and verification are exactly the margin scheme's (:class:`~copycatch.schemes.margin.MarginWatermark`,
+reused by subclassing): ``n_triggers`` owner-holdout inputs quantised to uint8, each with a secret label drawn
+uniformly from the C−1 wrong classes; every training step adds λ × the cross-entropy of ``trigger_batch``
+triggers drawn with replacement. Verification: among the m triggers the suspect misclassifies, hits on the
+secret label ~ Binomial(m, 1/(C−1)) for any suspect independent of the key — exact, label-only.
+
+Parameters (defaults):
+    n_triggers (100): size of the trigger set (as the margin scheme).
+    label_strategy ("random"): "random" wrong label (exact null), or "highest"/"lowest" confidence wrong label of
+        a clean reference model (approximate null, flagged in the evidence), as the margin scheme.
+    lam (1.0): weight of the trigger loss (Eq. 1 weighs both terms equally).
+    trigger_batch (25): triggers drawn per training step (as the margin scheme).
+
+Deviations: Eq. 1 takes an expectation over the trigger set; like the margin scheme's code we sample
+``trigger_batch`` triggers per step instead of mixing them into the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Splits
+from ..errors import InvalidArgument
+from ..key import Key
+from ..models import Classifier, create_for
+from ..params import Params as BaseParams
+from ..train import TrainConfig, TrainHook, TrainState, fit
+from .base import Embedding, register_scheme
+from .margin import MarginWatermark
+
+
+class TriggerHook(TrainHook):
+    """Adds λ·CE(h(x_q), y_q) on ``trigger_batch`` triggers to every step's loss (Eq. 1, no ascent)."""
+
+    def __init__(self, trigger_x: torch.Tensor, trigger_y: torch.Tensor, lam: float, trigger_batch: int):
+        self.trigger_x, self.trigger_y = trigger_x, trigger_y
+        self.lam, self.trigger_batch = lam, trigger_batch
+        self.generator: torch.Generator | None = None
+
+    def on_start(self, state: TrainState) -> None:
+        self.trigger_x, self.trigger_y = self.trigger_x.to(state.device), self.trigger_y.to(state.device)
+        self.generator = torch.Generator().manual_seed(state.config.seed + 7919)
+
+    def extra_loss(self, state, x, y, logits, loss):
+        pick = torch.randint(len(self.trigger_x), (self.trigger_batch,), generator=self.generator).to(state.device)
+        return loss + self.lam * F.cross_entropy(state.model(self.trigger_x[pick]), self.trigger_y[pick])
+
+
+@register_scheme
+class TriggerSetWatermark(MarginWatermark):
+    """Plain trigger set (margin paper's Eq. 1 baseline): wrong-label held-out triggers, no margin."""
+
+    name = "trigger-set"
+    tiny_params = {"n_triggers": 40, "trigger_batch": 10}
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(BaseParams):
+        kind = "trigger-set scheme"
+        n_triggers: int = 100
+        label_strategy: Literal["random", "highest", "lowest"] = "random"
+        lam: float = 1.0
+        trigger_batch: int = 25
+
+        def validate(self) -> None:
+            if self.n_triggers < 1:
+                raise InvalidArgument(f"n_triggers must be >= 1, got {self.n_triggers}")
+            if self.lam < 0:
+                raise InvalidArgument(f"lam must be >= 0, got {self.lam}")
+            if self.trigger_batch < 1:
+                raise InvalidArgument(f"trigger_batch must be >= 1, got {self.trigger_batch}")
+
+    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
+              progress: bool | None = None, reference: Classifier | None = None) -> Embedding:
+        """Train ``model`` (from its current weights) on owner_train plus the trigger set."""
+        train = train or TrainConfig()
+        generator = torch.Generator().manual_seed(train.seed + 104729)
+        info: dict[str, Any] = {}
+        if self.params.label_strategy != "random" and reference is None:
+            reference = create_for(model.arch, model, seed=train.seed, **model.arch_kwargs)
+            info["reference_training"] = fit(reference, splits.owner_train, train, progress=progress,
+                                             desc="reference model").to_dict()
+        x_u8, true, labels = self.make_trigger_set(splits, generator, reference)
+        hook = TriggerHook(x_u8.float() / 255, labels, self.params.lam, self.params.trigger_batch)
+        info["training"] = fit(model, splits.owner_train, train, hooks=[hook], progress=progress,
+                               desc="embed trigger set").to_dict()
+        key = Key(
+            scheme=self.name,
+            params=self.params.to_dict(),
+            tensors={"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+            meta=self.key_meta(splits, model, train=train.to_dict()),
+        )
+        model.provenance.update({"scheme": self.name, "key_digest": key.digest})
+        return Embedding(model, key, info)
