@@ -51,6 +51,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         api = self.server.api
+        with api["lock"]:
+            api["inflight"] += 1
+        try:
+            self._predict(api)
+        finally:
+            with api["lock"]:
+                api["inflight"] -= 1
+
+    def _predict(self, api):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if api["key"] is not None and self.headers.get("X-API-Key") != api["key"]:
             return self._send(401, {"detail": "missing or wrong API key"})
@@ -88,6 +97,7 @@ def api_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.api = {"info": None, "key": None, "mode": "ok", "script": [], "asked": 0, "input_field": "inputs",
+                  "inflight": 0, "lock": threading.Lock(),
                   "layout": "nchw", "shape": (1, 8, 8), "model": None,
                   "respond": lambda p: {"probabilities": p.tolist()}}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -373,6 +383,9 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(capsys, api
     assert code == 2 and err.count("\n") == 1 and phrase in err and "--resume" in err, err
     partial = Transcript.load(tmp_path / "r" / "transcript.jsonl")
     assert partial.answered == 10 and partial.lines[-1]["kind"] == "error"
+    deadline = time.monotonic() + 30
+    while api["inflight"] and time.monotonic() < deadline:  # requests the client gave up on may still finish
+        time.sleep(0.05)
     api["mode"], api["asked"] = "ok", 0
     code, out, err = _verify(capsys, *args, "--resume")
     assert code == 0, err

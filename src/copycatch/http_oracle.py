@@ -26,7 +26,9 @@ timeout); connection errors, timeouts, 408 and 5xx are retried ``retries`` times
 (``backoff`` × 2^attempt, at most 60 s); 429 waits what ``Retry-After`` says (seconds or an HTTP date; if
 absent, the backoff), up to ``max_retry_after`` seconds, else fails at once with the server's wait in the
 message. Any other 4xx is a refusal: :class:`~copycatch.errors.SuspectError` carrying the server's
-``detail``. So do non-JSON bodies, NaN, wrong shapes and unknown labels. With a
+``detail``. So do non-JSON bodies, NaN, wrong shapes and unknown labels. A request that timed out may have
+been answered (and charged) by the server before it is sent again; a server that keeps a query ledger will
+count it twice. With a
 :class:`~copycatch.transcript.Transcript`, each request's answers are recorded as they arrive, and recorded
 answers are replayed instead of re-asked.
 
