@@ -73,7 +73,8 @@ def test_every_attack_reports_accuracy_and_leaves_a_model_that_saves_and_loads(n
     ("prune:rate=1.5", "rate=1.5"), ("quantize:bits=0", "bits=0"), ("svd:rank=0", "rank=0"),
     ("noise:sigma=-1", "sigma=-1"), ("reject:fpr=1", "fpr=1"), ("reject:detector=svm", "'svm'"),
     ("fine-tune:epochs=-1", "-1"), ("mislabel-mix:mixers=half,star", "'star'"), ("fine-prune:max_drop=2", "max_drop=2"),
-    ("prune:amount=0.5", "valid keys"), ("piracy:scheme_params={bad", "JSON"), ("no-such-attack", "valid removal attacks"),
+    ("prune:amount=0.5", "valid keys"), ("piracy:scheme_params={bad", "JSON"),
+    ("no-such-attack", "valid removal attacks"),
 ])
 def test_bad_parameters_are_named(spec, message, splits, trained):
     with pytest.raises(InvalidArgument, match=message):
@@ -288,6 +289,9 @@ def test_mad_anomaly_index():
     assert torch.allclose(index, torch.tensor([1, 0, 1, 2, 9], dtype=torch.float64) / 1.4826)
     assert flagged_labels(norms) == [4]
     assert flagged_labels(torch.tensor([10.0, 11.0, 12.0, 13.0, 30.0])) == []  # large norms are never flagged
+    # an even count takes the mean of the two middle values (as numpy; torch.median would take the lower one)
+    even = anomaly_indices(torch.tensor([1.0, 10.0, 11.0, 12.0, 13.0, 14.0]))
+    assert torch.isclose(even[0], torch.tensor(10.5 / (1.4826 * 1.5), dtype=torch.float64))
 
 
 def _stamp(x):

@@ -101,8 +101,8 @@ def test_steal_then_removals(capsys, files):
 def test_transfer_to_another_data_set_with_another_label_set(capsys, files):
     folder, victim, _ = files
     out_path = folder / "digits.safetensors"
-    code, out, err = run(capsys, "remove", "-i", victim, "-a", "transfer:layers=all", "--data", "digits", "--epochs", "8",
-                         "-o", out_path, "-q")
+    code, out, err = run(capsys, "remove", "-i", victim, "-a", "transfer:layers=all", "--data", "digits",
+                         "--epochs", "8", "-o", out_path, "-q")
     assert code == 0, err
     assert "new 10-class head (was 4)" in out
     accuracy_after = float(out.splitlines()[1].split("->")[1].split()[0])

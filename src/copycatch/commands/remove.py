@@ -25,9 +25,9 @@ HELP = "launder a model the thief holds: fine-tune, prune, compress, Neural Clea
 
 EXAMPLES = textwrap.dedent("""\
     examples:
-      copycatch remove -i stolen.safetensors --attack prune:rate=0.5 --attack fine-tune:epochs=2 -o laundered.safetensors
-      copycatch remove -i stolen.safetensors --attack neural-cleanse:unlearn=true -o cleansed.safetensors
-      copycatch remove -i stolen.safetensors --attack reject:detector=energy -o deployed.safetensors --verify victim.cckey
+      copycatch remove -i stolen.safetensors -a prune:rate=0.5 -a fine-tune:epochs=2 -o laundered.safetensors
+      copycatch remove -i stolen.safetensors -a neural-cleanse:unlearn=true -o cleansed.safetensors
+      copycatch remove -i stolen.safetensors -a reject:detector=energy -o deployed.safetensors --verify victim.cckey
       copycatch verify --key victim.cckey --suspect deployed.evasion.safetensors   # through the evasions
       copycatch steal --victim victim.safetensors -o laundered.safetensors --then prune:rate=0.5 --then fine-tune
 
@@ -47,7 +47,8 @@ def _attack_table() -> str:
         lines.append(f"  {name:<{width}}  {summary}")
         params = ", ".join(f"{n}={_show(d)}" for n, _, d in cls.Params.describe())
         if params:
-            lines.extend(textwrap.wrap(params, 110, initial_indent=" " * (width + 4), subsequent_indent=" " * (width + 4)))
+            indent = " " * (width + 4)
+            lines.extend(textwrap.wrap(params, 110, initial_indent=indent, subsequent_indent=indent))
     return "\n".join(lines)
 
 
@@ -115,8 +116,8 @@ def _check_fits(model, splits, specs: Sequence[str]) -> None:
     from ..errors import InvalidArgument
 
     if tuple(model.input_shape) != tuple(splits.input_shape):
-        raise InvalidArgument(f"the model takes inputs shaped {tuple(model.input_shape)} but data set {splits.dataset!r} "
-                              f"has {tuple(splits.input_shape)}; pick the matching --data")
+        raise InvalidArgument(f"the model takes inputs shaped {tuple(model.input_shape)} but data set "
+                              f"{splits.dataset!r} has {tuple(splits.input_shape)}; pick the matching --data")
     if model.num_classes != splits.num_classes and resolve_removal(specs[0]).name != "transfer":
         raise InvalidArgument(f"the model has {model.num_classes} classes but data set {splits.dataset!r} has "
                               f"{splits.num_classes}; only a first `transfer` attack may change the label set")
@@ -148,8 +149,9 @@ def _fmt(acc: float | None) -> str:
 
 
 def _spec_text(attack) -> str:
-    changed = {k: v for k, v in attack.params.to_dict().items()
-               if v != dict((n, _jsonable(d)) for n, _, d in type(attack).Params.describe()).get(k)}
+    """The attack as a SPEC naming only the parameters that differ from their defaults."""
+    defaults = {name: _jsonable(default) for name, _, default in type(attack).Params.describe()}
+    changed = {k: v for k, v in attack.params.to_dict().items() if v != defaults.get(k)}
     return attack.name + (":" + ",".join(f"{k}={_show(v)}" for k, v in changed.items()) if changed else "")
 
 
@@ -205,7 +207,8 @@ def launder(model, specs: Sequence[str], splits, config, output: str | Path, *, 
     _check_fits(model, splits, specs)
     final, _, report = apply_chain(model, specs, splits, config, output, progress=progress)
     if "deployment" in report:
-        _print(f"deployment (model behind {'+'.join(e.name for e in final.evasions)}) written to {report['deployment']}")
+        guards = "+".join(e.name for e in final.evasions)
+        _print(f"deployment (model behind {guards}) written to {report['deployment']}")
     return final.model
 
 

@@ -260,9 +260,9 @@ def load_deployment(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Cl
         header = json.loads(meta["copycatch"])
     except (KeyError, json.JSONDecodeError):
         raise CorruptFile(f"{path}: no copycatch deployment header") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CorruptFile(f"{path}: unsupported deployment format {header.get('format') if isinstance(header, dict) else None!r}"
-                          f" (expected {FORMAT})")
+    found = header.get("format") if isinstance(header, dict) else None
+    if found != FORMAT:
+        raise CorruptFile(f"{path}: unsupported deployment format {found!r} (expected {FORMAT})")
     entries = header.get("evasions")
     if not isinstance(entries, list) or not entries or not isinstance(header.get("model"), str):
         raise CorruptFile(f"{path}: deployment header lacks the model or the evasions")

@@ -56,7 +56,8 @@ def target_layer(model: nn.Module, name: str = "") -> tuple[str, nn.Module]:
             raise InvalidArgument(f"fine-prune layer {name!r} is not in the model; layers: "
                                   f"{', '.join(n for n, m in modules.items() if isinstance(m, _CHANNEL_LAYERS))}")
         if not isinstance(modules[name], _CHANNEL_LAYERS):
-            raise InvalidArgument(f"fine-prune layer {name!r} is a {type(modules[name]).__name__}, not a conv/linear layer")
+            raise InvalidArgument(f"fine-prune layer {name!r} is a {type(modules[name]).__name__}, "
+                                  "not a conv/linear layer")
         return name, modules[name]
     features = model.net.features
     prefix = "net.features."
@@ -116,7 +117,7 @@ def _accuracy_with_silenced(model, layer, channels: torch.Tensor, x, y) -> float
 
 @register_removal
 class FinePruning(RemovalAttack):
-    """Fine-pruning (Liu et al. 2018): prune the channels of the last conv layer dormant on clean data, then fine-tune."""
+    """Fine-pruning (Liu et al. 2018): prune the last conv layer's channels dormant on clean data, then fine-tune."""
 
     name = "fine-prune"
     uses_labels = True
@@ -144,7 +145,8 @@ class FinePruning(RemovalAttack):
         k = int(round(p.rate * channels))
         targets = thief_targets(model, data, p.labels)
         if p.max_drop is not None and k:
-            check = targets.subset(torch.randperm(len(targets), generator=torch.Generator().manual_seed(train.seed))[:2000])
+            order_check = torch.randperm(len(targets), generator=torch.Generator().manual_seed(train.seed))
+            check = targets.subset(order_check[:2000])
             y = hard_labels(check.y)
             base = _accuracy_with_silenced(model, layer, order[:0], check.x, y)
             allowed = 0

@@ -8,9 +8,9 @@ consistent label — the watermark's included.
 
 Each mixed sample combines two inputs of different classes a ≠ b (classes from the thief's
 labels, or the model's own predictions with ``labels=self``) with one of the mixers below,
-chosen at random (either image may take either role), and gets a label drawn uniformly from the classes other than a and b. The
-mixers are the combining rules of the authors' code (implementation notes §1.2–1.3), written
-for any H×W:
+chosen at random (either image may take either role), and gets a label drawn uniformly from the
+classes other than a and b. The mixers are the combining rules of the authors' code
+(implementation notes §1.2–1.3), written for any H×W:
 
 * ``half``: top rows of one image, bottom rows of the other, seam at H/2 ± H/10;
 * ``side``: left/right halves, seam at W/2 ± W/10;

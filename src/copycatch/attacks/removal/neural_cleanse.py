@@ -26,7 +26,7 @@ prediction on the clean input with ``labels=self``), and the model is fine-tuned
 weights are left as they are and the attack only reports.
 
 Parameters (defaults):
-    steps (1000): optimisation steps per label (batches of ``batch_size``).
+    steps (1000): optimisation steps (each moves every label's trigger on one batch of ``batch_size``).
     batch_size (128): clean inputs per step.
     lr (0.1): Adam step of mask and pattern (betas 0.5, 0.9, as the authors).
     init_cost (1e-3): first non-zero λ.
@@ -41,7 +41,8 @@ Parameters (defaults):
     seed (0): seeds the initial mask/pattern and batch draws.
 
 Deviations: one shared mask over channels (as the authors); steps rather than epochs, so the
-cost is the same whatever the data size. Labels that never reach ``success`` keep the norm of
+cost is the same whatever the data size; all labels are optimised side by side on the same batches
+(each has its own mask, pattern, cost and early stop, so this equals one search per label). Labels that never reach ``success`` keep the norm of
 their final mask (large), so they are never flagged.
 """
 
@@ -62,12 +63,16 @@ from .base import LabelSource, RemovalAttack, finetune_config, register_removal,
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation under normality
 
 
+def median(values: torch.Tensor) -> torch.Tensor:
+    """The usual median (mean of the two middle values for an even count, as numpy; torch.median takes the lower)."""
+    return torch.quantile(values.double(), 0.5)
+
+
 def anomaly_indices(norms: torch.Tensor) -> torch.Tensor:
     """|n − median| / (1.4826 · MAD) for every label (MAD = 0 gives inf for any deviation, 0 otherwise)."""
     norms = norms.double()
-    median = norms.median()
-    deviation = (norms - median).abs()
-    mad = MAD_CONSISTENCY * deviation.median()
+    deviation = (norms - median(norms)).abs()
+    mad = MAD_CONSISTENCY * median(deviation)
     if mad == 0:
         return torch.where(deviation > 0, torch.tensor(float("inf"), dtype=torch.float64), torch.zeros_like(norms))
     return deviation / mad
@@ -76,7 +81,7 @@ def anomaly_indices(norms: torch.Tensor) -> torch.Tensor:
 def flagged_labels(norms: torch.Tensor, threshold: float = 2.0) -> list[int]:
     """Labels whose trigger norm is below the median with an anomaly index above ``threshold``."""
     index = anomaly_indices(norms)
-    below = norms.double() < norms.double().median()
+    below = norms.double() < median(norms)
     return [int(t) for t in torch.nonzero(below & (index > threshold)).flatten()]
 
 
@@ -126,7 +131,7 @@ class _CostSchedule:
 
 @register_removal
 class NeuralCleanse(RemovalAttack):
-    """Neural Cleanse (Wang et al. 2019): reverse-engineer a trigger per class, flag MAD outliers (index > 2), unlearn."""
+    """Neural Cleanse (Wang et al. 2019): reverse-engineer a trigger per class, flag MAD outliers, unlearn."""
 
     name = "neural-cleanse"
 
@@ -152,7 +157,8 @@ class NeuralCleanse(RemovalAttack):
                 if getattr(self, name) < 1:
                     raise InvalidArgument(f"{name} must be >= 1, got {name}={getattr(self, name)}")
             if not self.lr > 0 or not self.init_cost > 0:
-                raise InvalidArgument(f"lr and init_cost must be positive, got lr={self.lr}, init_cost={self.init_cost}")
+                raise InvalidArgument(f"lr and init_cost must be positive, got lr={self.lr}, "
+                                      f"init_cost={self.init_cost}")
             if not 0 < self.success <= 1:
                 raise InvalidArgument(f"success must be in (0, 1], got success={self.success}")
             if not self.threshold > 0:
@@ -233,14 +239,14 @@ class NeuralCleanse(RemovalAttack):
             raise InvalidArgument("Neural Cleanse needs clean inputs from the thief's data")
         generator = torch.Generator().manual_seed(p.seed)
         was = model.training
+        trainable = [param.requires_grad for param in model.parameters()]
         model.eval()
-        for param in model.parameters():
-            param.requires_grad_(False)
+        model.requires_grad_(False)  # only the mask and pattern are optimised
         try:
             triggers = self.reverse_triggers(model, data.x, generator, progress)
         finally:
-            for param in model.parameters():
-                param.requires_grad_(True)
+            for param, flag in zip(model.parameters(), trainable):
+                param.requires_grad_(flag)
             model.train(was)
         norms = torch.tensor([t["norm"] for t in triggers])
         index = anomaly_indices(norms)
@@ -256,8 +262,8 @@ class NeuralCleanse(RemovalAttack):
         report["trigger_masks"] = {t: triggers[t]["mask"] for t in flagged}
         report["trigger_patterns"] = {t: triggers[t]["pattern"] for t in flagged}
         names = ", ".join(str(model.class_names[t]) for t in flagged) or "none"
-        norms = torch.tensor(report["norms"])
-        small = [a for a, n in zip(report["anomaly_index"], report["norms"]) if n < float(norms.median())]
+        middle = float(median(torch.tensor(report["norms"])))
+        small = [a for a, n in zip(report["anomaly_index"], report["norms"]) if n < middle]
         summary = (f"flagged labels: {names} (largest anomaly index below the median norm: "
                    f"{max(small, default=0.0):.2f}, threshold {p.threshold:g})")
         if p.unlearn and flagged and p.epochs:

@@ -49,7 +49,7 @@ def sparsity(layers) -> tuple[float, dict[str, float]]:
 
 @register_removal
 class MagnitudePruning(RemovalAttack):
-    """Magnitude pruning: zero the smallest weights, globally or layer by layer (rate 0.25-0.9), optionally fine-tune."""
+    """Magnitude pruning: zero the smallest weights, globally or layer by layer, optionally fine-tune after."""
 
     name = "prune"
 

@@ -127,7 +127,8 @@ class QueryRejection(InputEvasion):
     def apply(self, model, data, *, train, progress=None):
         p = self.params
         if len(data) < 4:
-            raise InvalidArgument(f"query rejection needs the thief's in-distribution data to fit; got {len(data)} inputs")
+            raise InvalidArgument(f"query rejection needs the thief's in-distribution data to fit; "
+                                  f"got {len(data)} inputs")
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(p.seed))
         if p.detector == "lof":
             n_ref = min(p.reference, len(data) // 2)
