@@ -195,6 +195,7 @@ def _evidence_section(i: int, item: dict[str, Any], evidence: Evidence, calibrat
     null_model = evidence.details.get("null_model")
     if null_model and null_model.get("type") == "binomial":
         body.append("<h3>The suspect against the null distribution</h3>" + binomial_null_svg(null_model, evidence.alpha))
+    if null_model and null_model.get("type") == "binomial" and null_model["trials"]:
         body.append(f"<p class='note small'>Bars: the probability of each value of the statistic for a model "
                     f"independent of the key (Binomial({null_model['trials']}, {null_model['rate']:.3g})); "
                     f"shaded: values that are significant at α. The red line is the suspect.</p>")
