@@ -186,6 +186,22 @@ def test_wrong_content_type_and_method_and_path(open_api):
     assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
 
 
+def test_a_client_that_hangs_up_mid_body_is_recorded_not_crashed(open_api):
+    import socket
+
+    host, port = open_api.base_url.host, open_api.base_url.port
+    before = len(read_ledger(open_api.ledger).entries)
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000\r\n\r\n{\"inputs\": [[[")
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while len(read_ledger(open_api.ledger).entries) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert read_ledger(open_api.ledger).entries[-1]["status"] == 499
+    assert open_api.get("/healthz").json() == {"status": "ok"}
+
+
 def test_body_size_limits_declared_and_streamed(model):
     with served(model, max_body_bytes=4096) as client:
         big = json.dumps({"inputs": [IMAGE] * 20}).encode()

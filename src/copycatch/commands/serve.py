@@ -76,6 +76,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, printed at start)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish after Ctrl-C/SIGTERM")
+    g.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
+                   help="answer 503 to connections beyond N open ones (bounds memory under a flood)")
     g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     g.add_argument("--no-access-log", action="store_true", help="no per-request access log lines")
     g.add_argument("--device", default="cpu", help="device of the model")
@@ -124,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise InvalidArgument("give the MODEL to serve (a .safetensors file, .onnx file or module:function)")
+    if args.limit_concurrency is not None and args.limit_concurrency < 1:
+        raise InvalidArgument(f"--limit-concurrency must be >= 1, got {args.limit_concurrency}")
     require_extra()
 
     from ..key import Key
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
               "can query the model", file=sys.stderr, flush=True)
     print(f"serving on {url} (docs {url}/docs); Ctrl-C stops after in-flight requests finish", flush=True)
     signum = run_server(app, sock, log_level=args.log_level, access_log=not args.no_access_log,
-                        shutdown_timeout=args.shutdown_timeout)
+                        shutdown_timeout=args.shutdown_timeout, limit_concurrency=args.limit_concurrency)
     why = f" on {signal.Signals(signum).name}" if signum else ""
     print(f"copycatch serve: stopped{why} after answering the requests in flight", flush=True)
     return 0

@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..errors import InvalidArgument
@@ -350,6 +351,8 @@ class Service:
             except ShuttingDown:
                 status, payload = 503, {"detail": "the server is shutting down; retry on another instance"}
                 headers["Retry-After"] = "1"
+            except ClientDisconnect:  # nobody is left to answer; recorded as nginx does (499)
+                status, payload = 499, {"detail": "client closed the connection before sending the whole body"}
             except Exception:
                 log.exception("request %s failed", request_id)
                 status = 500
