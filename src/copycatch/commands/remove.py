@@ -91,9 +91,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_data_options(p)
     p.set_defaults(data=None, split_seed=None)  # default: the data set and split recorded in the model
+    recorded = {"data": " (None: the data set recorded in the model, else fashion-mnist)",
+                "split_seed": " (None: the split seed recorded in the model, else 0)"}
     for action in p._actions:
-        if action.dest in ("data", "split_seed"):
-            action.help += " (None: as recorded in the model, else fashion-mnist and 0)"
+        action.help += recorded.get(action.dest, "") if action.help else ""
     _add_train_options(p, epochs=5)
     _add_common(p)
     p.set_defaults(func=run)

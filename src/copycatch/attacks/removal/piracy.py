@@ -14,7 +14,7 @@ rehearsal can verify both marks on the laundered model.
 Parameters (defaults):
     scheme ("margin"): a registered scheme that acts at training time.
     scheme_params (""): the scheme's parameters as ``name=value`` pairs separated by ``;``
-        (e.g. ``n_triggers=50;trigger_batch=10``) or a JSON object.
+        (e.g. ``n_triggers=50;trigger_batch=10``; quote the spec in a shell) or a JSON object.
     holdout (0.1): share of the thief's data set aside as trigger candidates (at least what the
         scheme needs, e.g. n_triggers).
     seed (1): the thief's seed: trigger choice and secret labels, and the training order.
