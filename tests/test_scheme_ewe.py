@@ -128,7 +128,7 @@ def test_label_only_suspects_run_but_the_evidence_warns(embedded):
 
 
 def test_in_distribution_patch_triggers_embed(splits, innocent):
-    emb = cc.embed("ewe", splits, arch="mlp", params={**TINY, "distribution": "in"},
+    emb = cc.embed("ewe", splits, arch="mlp", params={**TINY, "distribution": "in", "maxiter": 1},
                    config=cc.TrainConfig(epochs=4, seed=0))
     assert emb.key.meta["patch_position"] is not None
     assert int(emb.key["source_class"]) != int(emb.key["target_class"])
@@ -152,7 +152,7 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
          cc.create_for("cnn-small", splits, seed=3),
          cc.train("cnn-small", splits, on="attacker_pool", config=cc.TrainConfig(epochs=3, seed=4))]
     p_values, argmax_rates = [], []
-    for draw in range(40):
+    for draw in range(20):
         scheme = EntangledWatermark(**{**TINY, "ood_dataset": f"synthetic:seed={100 + draw};n=400", "n_triggers": 64,
                                        "maxiter": 1, "distribution": distribution})
         tap = LayerTap(trained, default_layers(trained))
@@ -168,7 +168,7 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
             p_values.append(ev.p_value)
             argmax_rates.append(ev.metrics["watermark_accuracy"])
     p = np.array(p_values)
-    assert len(p) == 200 and np.mean(p <= 0.05) <= 0.07
+    assert len(p) == 100 and np.mean(p <= 0.05) <= 0.07
     if distribution == "out":
         assert np.mean(np.array(argmax_rates) >= 0.4) >= 0.05, "no innocent dumped a class on the target: too easy"
 
@@ -188,7 +188,7 @@ def test_bad_parameters_are_named(splits):
 
 def test_cli_embed_and_verify(tmp_path, capsys):
     victim, key = tmp_path / "v.safetensors", tmp_path / "v.cckey"
-    params = "ood_dataset=synthetic:seed=11,n_triggers=128,n_verify=40,w_epochs=3,maxiter=3"
+    params = "ood_dataset=synthetic:seed=11,n_triggers=64,n_verify=30,w_epochs=2,maxiter=1"
     assert main(["embed", "--scheme", "ewe", "--arch", "mlp", "-p", params, "-o", str(victim), "--key", str(key),
                  "--epochs", "4", "--data", "synthetic", "-q"]) == 0
     capsys.readouterr()

@@ -133,9 +133,9 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
     ] + [cc.train("mlp", weak_splits, config=cc.TrainConfig(epochs=1, seed=1), hidden=16),
          cc.create_for("cnn-small", splits, seed=3)]
     p_values, certainties = [], []
-    for draw in range(40):
+    for draw in range(30):
         extra = {"ood_dataset": f"synthetic:seed={100 + draw};n=400"} if distribution == "out" else {}
-        scheme = FeatureSharingWatermark(distribution=distribution, n_verify=40, wdr_draws=20, **extra)
+        scheme = FeatureSharingWatermark(distribution=distribution, n_verify=40, wdr_draws=1, **extra)
         sets = scheme.watermark_sets(splits, trained, torch.Generator().manual_seed(draw))
         key = _key(scheme, {"verify_x": sets["verify_u8"], "source_class": torch.tensor(sets["source"]),
                             "target_class": torch.tensor(sets["target"])})
@@ -144,7 +144,7 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
             p_values.append(ev.p_value)
             certainties.append(ev.metrics["median_certainty"])
     p = np.array(p_values)
-    assert len(p) == 160 and np.mean(p <= 0.05) <= 0.07
+    assert len(p) == 120 and np.mean(p <= 0.05) <= 0.07
     assert np.median(certainties) < 0.3
 
 

@@ -37,8 +37,9 @@ verification asks for *certainty*, like the feature-sharing paper (§3.2, its α
 target probability on a trigger and q the same on the trigger's untriggered original (in-distribution) or 1/|Y|
 (out-of-distribution), a trigger counts as a hit when p − q > α_c (differences rounded to 1e-6; zeros count
 against). Null hypothesis: the suspect's median certainty on the triggers is at most α_c, i.e. a random trigger is
-a hit with probability at most 1/2. The key's triggers are a random sample of the trigger set, so hits are
-(at most) Binomial(n, 1/2): the p-value is the exact sign-test tail P(Binomial(n, 1/2) ≥ hits), valid for the
+a hit with probability at most 1/2. The key's triggers are a random sample of the trigger set (drawn without
+replacement, which only makes the binomial tail conservative, Hoeffding 1963), so hits are at most
+Binomial(n, 1/2): the p-value is the exact sign-test tail P(Binomial(n, 1/2) ≥ hits), valid for the
 composite null without any symmetry assumption. That innocent models satisfy the null is an assumption, checked
 on many innocent draws in the tests (a model unsure about foreign inputs has low certainty even when its argmax
 lands on the target; an in-distribution trigger must move the target probability by more than α_c). The scheme
@@ -69,9 +70,10 @@ Deviations from the code: the watermark batch's loss is added to the loss of the
 would update weights under the clean batch's graph), so a w-epoch here is a pass over the clean data rather than
 the code's n_clean watermark batches, and ``w_epochs`` defaults to 6 to keep embedding within 2.5× clean
 training; the verification is the certainty sign test above (the code reports the target share, which the
-evidence gives as ``watermark_accuracy``); the default target is the clean model's least likely class; distinct triggers are not tiled (above); Adam uses the training config (β₂ 0.999, ε 1e-8, not
-0.99 / 1e-5); the in-distribution patch position uses (row, column) as meant (the code swaps them); a
-temperature is kept >= 1e-3 (the code lets it go negative, which freezes the kernel at 1).
+evidence gives as ``watermark_accuracy``); the default target is the clean model's least likely class;
+distinct triggers are not tiled (above); Adam uses the training config (β₂ 0.999, ε 1e-8, not 0.99 / 1e-5);
+the in-distribution patch position uses (row, column) as meant (the code swaps them); a temperature is kept
+>= 1e-3 (the code lets it go negative, which freezes the kernel at 1).
 """
 
 from __future__ import annotations
@@ -189,7 +191,8 @@ class Temperatures:
 
 
 def watermark_snnl(tap: LayerTap, model: nn.Module, x: torch.Tensor, w_labels: torch.Tensor,
-                   temperatures: list[torch.Tensor] | list[float], distance: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                   temperatures: list[torch.Tensor] | list[float],
+                   distance: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, feats = tap.run(model, x)
     return logits, [snnl(f, w_labels, t, distance=distance) for f, t in zip(feats, temperatures)]
 
@@ -219,7 +222,8 @@ class EntangleHook(TrainHook):
 
     def _next_triggers(self) -> torch.Tensor:
         if self.cursor + self.half > len(self.order):  # cycle through a fresh permutation, like an epoch
-            self.order = torch.cat([self.order[self.cursor:], torch.randperm(len(self.triggers), generator=self.generator)])
+            fresh = torch.randperm(len(self.triggers), generator=self.generator)
+            self.order = torch.cat([self.order[self.cursor:], fresh])
             self.cursor = 0
         pick = self.order[self.cursor:self.cursor + self.half]
         self.cursor += self.half

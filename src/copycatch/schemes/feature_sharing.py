@@ -21,11 +21,12 @@ Watermark kinds (§3, §4 "Experimental settings"), chosen by ``distribution``:
 Verification (§3.2). p = f_{c_T}(x_w) is the suspect's target-class probability on a watermark input; for the
 in-distribution kind q = f_{c_T}(x) is the same on the same source image without the trigger. The paper's null is
 H0: p − q < α_c (in-distribution) or p − 1/|Y| < α_c (out-of-distribution) with certainty α_c = 0.3, tested with
-the one-sided Wilcoxon signed-rank test on the differences d = (p − q) − α_c (resp. (p − 1/|Y|) − α_c). The key
-holds ``n_verify`` watermark inputs the victim never trained on (in-distribution: owner-holdout source images;
-out-of-distribution: source-class images held back from training). The evidence's p-value uses all of them; the
-paper's watermark detection rate (WDR: the share of ``wdr_draws`` = 200 random draws of ``wdr_fraction`` = 1/10 of
-the watermark inputs on which the test rejects at ``wdr_alpha`` = 0.05) is reported alongside.
+the one-sided Wilcoxon signed-rank test on the differences d = (p − q) − α_c (resp. (p − 1/|Y|) − α_c). The
+key holds ``n_verify`` watermark inputs the victim never trained on (in-distribution: owner-holdout source
+images; out-of-distribution: source-class images held back from training). The evidence's p-value uses all of
+them; the paper's watermark detection rate (WDR: the share of ``wdr_draws`` = 200 random draws of
+``wdr_fraction`` = 1/10 of the watermark inputs on which the test rejects at ``wdr_alpha`` = 0.05) is reported
+alongside.
 
 What is exact. The signed-rank null is "the d_i are independent and symmetric about 0" (the boundary of the
 composite null; for a shift family, a centre below 0 only makes the p-value conservative). The p-value is the
@@ -226,7 +227,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def certainty_differences(answers: torch.Tensor, n: int, target: int, certainty: float, *,
                           paired: bool) -> tuple[np.ndarray, dict[str, float]]:
-    """d_i = (p_i − q_i) − α_c (``paired``: rows n.. are the same inputs without the trigger) or (p_i − 1/|Y|) − α_c.
+    """d_i = (p_i − q_i) − α_c (``paired``: rows n.. are the untriggered inputs) or (p_i − 1/|Y|) − α_c.
 
     p_i (q_i) is the target-class probability of the i-th watermark input (of its untriggered original).
     """
@@ -343,12 +344,13 @@ class FeatureSharingWatermark(Scheme):
             target = check_class("target_class", p.target_class, c) if p.target_class is not None \
                 else random_class(c, generator, exclude=(source,))
             if source == target:
-                raise InvalidArgument(f"source_class and target_class are both {source}; the watermark needs two classes")
+                raise InvalidArgument(f"source_class and target_class are both {source}; the watermark needs two "
+                                      "classes")
             train_pool = splits.owner_train.x[splits.owner_train.y == source]
             verify_pool = splits.owner_holdout.x[splits.owner_holdout.y == source]
             if len(verify_pool) < p.n_verify:
-                raise InvalidArgument(f"owner_holdout has {len(verify_pool)} inputs of source class {source}, fewer than "
-                                      f"n_verify={p.n_verify}; lower n_verify or enlarge the holdout")
+                raise InvalidArgument(f"owner_holdout has {len(verify_pool)} inputs of source class {source}, fewer "
+                                      f"than n_verify={p.n_verify}; lower n_verify or enlarge the holdout")
             verify_x = verify_pool[torch.randperm(len(verify_pool), generator=generator)[:p.n_verify]]
             train_x = stamp_patch(train_pool[torch.randperm(len(train_pool), generator=generator)[:p.n_watermark]],
                                   p.patch_size)
@@ -357,8 +359,8 @@ class FeatureSharingWatermark(Scheme):
             source = p.source_class if p.source_class is not None else random_class(ood.num_classes, generator)
             pool = ood_class_inputs(ood, source, p.ood_dataset)
             if len(pool) <= p.n_verify:
-                raise InvalidArgument(f"ood_dataset {p.ood_dataset!r} has {len(pool)} inputs of class {source}: need more "
-                                      f"than n_verify={p.n_verify} (the rest are the watermark training inputs)")
+                raise InvalidArgument(f"ood_dataset {p.ood_dataset!r} has {len(pool)} inputs of class {source}: need "
+                                      f"more than n_verify={p.n_verify} (the rest are the watermark training inputs)")
             pool = pool[torch.randperm(len(pool), generator=generator)]
             verify_x, train_x = pool[:p.n_verify], pool[p.n_verify:][:p.n_watermark]
             target = check_class("target_class", p.target_class, c) if p.target_class is not None \
@@ -421,7 +423,8 @@ class FeatureSharingWatermark(Scheme):
             notes.append("out-of-distribution null compares with 1/|Y| (the paper's); it holds only when independent "
                          "models rarely predict the target class for the OOD source images")
         if is_one_hot(answers):
-            notes.append("the suspect answered labels only: p and q are 0/1 indicators (label-only variant of the test)")
+            notes.append("the suspect answered labels only: p and q are 0/1 indicators (label-only variant of the "
+                         "test)")
         return Evidence(
             scheme=self.name,
             null_hypothesis=self.null_hypothesis,
