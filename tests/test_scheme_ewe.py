@@ -127,15 +127,34 @@ def test_label_only_suspects_run_but_the_evidence_warns(embedded):
     assert hard.verdict == "stolen" and any("labels only" in n for n in hard.notes)
 
 
-def test_in_distribution_patch_triggers_embed(splits, innocent):
-    emb = cc.embed("ewe", splits, arch="mlp", params={**TINY, "distribution": "in", "maxiter": 1},
-                   config=cc.TrainConfig(epochs=4, seed=0))
+@pytest.fixture(scope="module")
+def in_distribution(splits):
+    return cc.embed("ewe", splits, arch="mlp", params={**TINY, "distribution": "in", "maxiter": 1},
+                    config=cc.TrainConfig(epochs=4, seed=0))
+
+
+def test_in_distribution_patch_triggers_embed(in_distribution, innocent):
+    emb = in_distribution
     assert emb.key.meta["patch_position"] is not None
     assert int(emb.key["source_class"]) != int(emb.key["target_class"])
     ev = cc.verify(emb.victim, emb.key)
     assert ev.p_value <= 1e-6 and ev.queries == 80  # triggers and their untriggered originals
     assert ev.metrics["mean_p"] - ev.metrics["mean_q"] > 0.5
     assert cc.verify(innocent, emb.key, alpha=0.05).verdict == "not stolen"
+
+
+@pytest.mark.parametrize("which", ["out", "in"])
+def test_sequential_verification_keeps_pairs_and_the_verdict(embedded, in_distribution, which):
+    from copycatch.sequential import verify_sequential
+
+    emb = embedded if which == "out" else in_distribution
+    scheme = cc.scheme_for_key(emb.key)
+    fixed = scheme.verify(cc.ModelOracle(emb.victim), emb.key)
+    sequential = verify_sequential(scheme, cc.ModelOracle(emb.victim), emb.key)
+    assert sequential.verdict == fixed.verdict == "stolen" and sequential.queries <= fixed.queries
+    if which == "in":
+        x = scheme.verification_inputs(emb.key)
+        assert torch.equal(x[1::2], emb.key["original_x"].float() / 255)  # each trigger followed by its original
 
 
 @pytest.mark.parametrize("distribution", ["out", "in"])

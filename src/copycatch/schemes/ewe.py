@@ -96,7 +96,7 @@ from ..params import Params as BaseParams
 from ..stats import binomial_greater
 from ..train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from ..utils import progress as progress_bar
-from .base import Embedding, Scheme, register_scheme
+from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
 from .feature_sharing import (ROUND_DECIMALS, certainty_differences, check_class, is_one_hot, least_likely_class,
                               load_ood, ood_class_inputs, random_class, stamp_patch, to_uint8)
 
@@ -483,15 +483,44 @@ class EntangledWatermark(Scheme):
     def verification_inputs(self, key: Key) -> torch.Tensor:
         triggers = key["trigger_x"].float() / 255
         if key.params.get("distribution", "out") == "in":
-            return torch.cat([triggers, key["original_x"].float() / 255])
+            # trigger, its original, next trigger, …: every prefix of the queries holds whole pairs (sequential tests)
+            originals = key["original_x"].float() / 255
+            return torch.stack([triggers, originals], dim=1).flatten(0, 1)
         return triggers
+
+    def _differences(self, answers: torch.Tensor, key: Key, prm: EntangledWatermark.Params):
+        """Certainty differences of the answered triggers (a prefix of the queries), in key order."""
+        paired = prm.distribution == "in"
+        if paired:
+            pairs = len(answers) // 2
+            answers = torch.cat([answers[0:2 * pairs:2], answers[1:2 * pairs:2]])
+        n = len(answers) // 2 if paired else len(answers)
+        return certainty_differences(answers, n, int(key["target_class"]), prm.certainty, paired=paired)
+
+    def bernoulli_outcomes(self, answers: torch.Tensor, key: Key) -> BernoulliOutcomes:
+        """One outcome per trigger: 1 when its certainty exceeds alpha_c; Bernoulli(<= 1/2) under the null.
+
+        In-distribution triggers are decided with their original (the next query), which carries the outcome.
+        """
+        prm = self.Params.from_dict(key.params)
+        d, _ = self._differences(answers, key, prm)
+        hit = torch.from_numpy(np.round(d, ROUND_DECIMALS) > 0).to(torch.int8)
+        if prm.distribution == "in":
+            outcomes = torch.full((len(answers),), -1, dtype=torch.int8)
+            outcomes[1:2 * len(hit):2] = hit
+        else:
+            outcomes = hit
+        return BernoulliOutcomes(outcomes, 0.5, statistic_name="triggers with certainty above alpha_c")
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         prm = self.Params.from_dict(key.params)
         n = len(key["trigger_x"])
-        d, metrics = certainty_differences(answers, n, int(key["target_class"]), prm.certainty,
-                                           paired=prm.distribution == "in")
-        hits = int((np.round(d, ROUND_DECIMALS) > 0).sum())
+        expected = 2 * n if prm.distribution == "in" else n
+        if len(answers) != expected:
+            raise InvalidArgument(f"expected {expected} answers, got {len(answers)}")
+        _, metrics = self._differences(answers, key, prm)
+        outcome = self.bernoulli_outcomes(answers, key)
+        hits = outcome.successes
         notes = ["sign test, exact under the stated null (median certainty <= alpha_c); that an independent model "
                  "satisfies it is an assumption, checked empirically on innocent models"]
         if is_one_hot(answers):
@@ -500,9 +529,9 @@ class EntangledWatermark(Scheme):
         return Evidence(
             scheme=self.name,
             null_hypothesis=self.null_hypothesis,
-            statistic_name="triggers with certainty above alpha_c",
+            statistic_name=outcome.statistic_name,
             statistic=hits,
-            p_value=binomial_greater(hits, n, 0.5),
+            p_value=binomial_greater(hits, outcome.counted, outcome.null_rate),
             alpha=alpha,
             queries=queries,
             key_digest=key.digest,

@@ -243,6 +243,8 @@ def certainty_differences(answers: torch.Tensor, n: int, target: int, certainty:
     else:
         reference = torch.full_like(p, 1.0 / answers.shape[1])
     d = (p - reference - certainty).numpy()
+    if n == 0:
+        return d, {}
     metrics = {"mean_p": float(p.mean()), **extra,
                "watermark_accuracy": float((answers[:n].argmax(1) == target).float().mean()),
                "median_certainty": float(np.median(d) + certainty)}
