@@ -16,6 +16,9 @@ Per cell, in order:
 6. an **innocent** model trained on the attacker pool with true labels (the control no verification may accuse);
 7. verification of the API, clean model, surrogate, suspect and innocent model against the key.
 
+Measurements that depend only on a cached model (the API's accuracy and evidence, the clean model's, a surrogate's,
+an innocent model's) are remembered by the worker, so the many cells sharing a model measure it once per worker.
+
 Metrics (flat, in ``metrics``): ``clean_acc``, ``victim_acc`` (accuracy of the served API), ``watermark_cost``;
 for each of ``victim``/``clean``/``surrogate``/``suspect``/``innocent``: ``_stat``, ``_p``, ``_decision``
 (and ``_acc``, ``_fidelity`` where they apply: fidelity = agreement with the API's labels on the test set);

@@ -244,6 +244,16 @@ def table_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def _statistic_names(section: dict[str, Any]) -> str:
+    """``margin: trigger hits among misclassified; dynamarks: …`` (one name when all rows share it)."""
+    by_scheme = {}
+    for g in section["groups"]:
+        by_scheme.setdefault(str(g["labels"].get("scheme.name")), g["statistic_name"])
+    if len(set(by_scheme.values())) == 1:
+        return next(iter(by_scheme.values()))
+    return "; ".join(f"{scheme} — {name}" for scheme, name in by_scheme.items())
+
+
 def _markdown_table(header: list[str], body: list[list[str]]) -> str:
     esc = [[c.replace("|", "\\|") for c in row] for row in [header, *body]]
     lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
@@ -284,8 +294,7 @@ def _write_markdown(out: Path, sections: list[dict[str, Any]], store: Path, runs
                   + (f" {len(s['failed'])} failed." if s["failed"] else ""), ""]
         if s["groups"]:
             lines += [_markdown_table(*table_rows(s)), ""]
-            statistic_names = sorted({g["statistic_name"] for g in s["groups"]})
-            lines += ["Statistic: " + "; ".join(statistic_names) + ".", ""]
+            lines += ["Statistic: " + _statistic_names(s) + ".", ""]
         for png in s.get("plots", []):
             lines += [f"![{png}]({png})", ""]
         if s["fixed"]:
@@ -326,6 +335,7 @@ def _write_html(out: Path, sections: list[dict[str, Any]], store: Path, notes: l
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
             parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
             parts.append("</table>")
+            parts.append(f"<p>Statistic: {e(_statistic_names(s))}.</p>")
         parts += [f"<p><img src='{e(png)}' alt='{e(png)}'></p>" for png in s.get("plots", [])]
         if s["fixed"]:
             parts.append("<details><summary>fixed settings</summary><pre>"
@@ -433,48 +443,43 @@ class _Plotter:
         return series
 
     def _sweep(self, s: dict[str, Any], axis: str, filename: str) -> str | None:
+        """Statistic, −log10 p and accuracy against ``axis``; one row of panels per statistic (schemes whose
+        statistics differ cannot share an axis), one line per combination of the other varying settings."""
         series = self._series(s, axis)
-        if len(series) > 12:
+        if len(series) > 24:
             return None  # unreadable; the table and cells.csv still hold every number
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for name, groups in series.items():
+            rows.setdefault(groups[0]["statistic_name"], {})[name] = groups
         plt = self.plt
-        fig, panels = plt.subplots(1, 3, figsize=(15, 4.2))
-        stat_names = sorted({g["statistic_name"] for g in s["groups"]})
-        specs = [("suspect_stat", "; ".join(stat_names)), ("suspect_neglog_p", "−log10 p (suspect)"),
-                 ("suspect_acc", "suspect test accuracy")]
-        for ax, (metric, ylabel) in zip(panels, specs):
-            for name, groups in series.items():
-                pts = sorted(((g["labels"][axis], g["stats"].get(metric)) for g in groups if g["stats"].get(metric)),
-                             key=lambda t: t[0])
-                if not pts:
-                    continue
-                xs = [x for x, _ in pts]
-                ys = [st["mean"] for _, st in pts]
-                es = [st["std"] for _, st in pts]
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
-                if metric == "suspect_neglog_p":
-                    inn = sorted(((g["labels"][axis], g["stats"].get("innocent_neglog_p")) for g in groups
-                                  if g["stats"].get("innocent_neglog_p")), key=lambda t: t[0])
-                    if inn:
-                        ax.plot([x for x, _ in inn], [st["mean"] for _, st in inn], linestyle=":", color="grey")
-            if metric == "suspect_neglog_p":
-                alpha = s["fixed"].get("alpha")
-                if _finite(alpha):
-                    ax.axhline(-math.log10(alpha), color="red", linestyle="--", linewidth=1, label=f"α = {alpha:g}")
-            ax.set_xlabel(s["headers"][axis])
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-        handles, labels = panels[0].get_legend_handles_labels()
-        h2, l2 = panels[1].get_legend_handles_labels()
-        for h, lab in zip(h2, l2):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
-                       bbox_to_anchor=(0.5, -0.02))
-        fig.suptitle(f"{s['experiment']}: {'; '.join(stat_names)} vs {s['headers'][axis]} (dotted: innocent model)")
-        fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-        fig.savefig(self.out / filename, dpi=110)
+        fig, axes = plt.subplots(len(rows), 3, figsize=(15, 3.4 * len(rows) + 0.8), squeeze=False)
+        alpha = s["fixed"].get("alpha")
+        for r, (statistic, row_series) in enumerate(rows.items()):
+            specs = [("suspect_stat", statistic), ("suspect_neglog_p", "−log10 p (suspect)"),
+                     ("suspect_acc", "suspect test accuracy")]
+            for ax, (metric, ylabel) in zip(axes[r], specs):
+                for name, groups in row_series.items():
+                    pts = sorted(((g["labels"][axis], g["stats"][metric]) for g in groups if metric in g["stats"]),
+                                 key=lambda t: t[0])
+                    if pts:
+                        ax.errorbar([x for x, _ in pts], [st["mean"] for _, st in pts],
+                                    yerr=[st["std"] for _, st in pts], marker="o", capsize=3, label=name)
+                    if metric == "suspect_neglog_p":
+                        inn = sorted(((g["labels"][axis], g["stats"]["innocent_neglog_p"]) for g in groups
+                                      if "innocent_neglog_p" in g["stats"]), key=lambda t: t[0])
+                        if inn:
+                            ax.plot([x for x, _ in inn], [st["mean"] for _, st in inn], linestyle=":", color="grey")
+                if metric == "suspect_neglog_p" and _finite(alpha):
+                    ax.axhline(-math.log10(alpha), color="red", linestyle="--", linewidth=1)
+                ax.set_xlabel(s["headers"][axis])
+                ax.set_ylabel(ylabel if len(ylabel) <= 40 else ylabel[:38] + "…", fontsize="small")
+                ax.grid(alpha=0.3)
+            axes[r][0].legend(fontsize="x-small")
+        alpha_text = f"; red: α = {alpha:g}" if _finite(alpha) else ""
+        fig.suptitle(f"{s['experiment']}: against {s['headers'][axis]} (mean ± std over seeds; dotted grey: the "
+                     f"innocent model{alpha_text})")
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        fig.savefig(self.out / filename, dpi=100)
         plt.close(fig)
         return filename
 

@@ -90,17 +90,21 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=60.0)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            with self.conn:
-                self.conn.executescript(_SCHEMA)
-                row = self.conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-                if row is None:
-                    self.conn.execute("INSERT INTO meta VALUES ('format', ?)", (STORE_FORMAT,))
-                elif row[0] != STORE_FORMAT:
-                    raise CorruptFile(f"{self.path}: results store format {row[0]!r}, expected {STORE_FORMAT!r}")
+            if create:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                with self.conn:
+                    self.conn.executescript(_SCHEMA)
+                    if self.conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() is None:
+                        self.conn.execute("INSERT INTO meta VALUES ('format', ?)", (STORE_FORMAT,))
+            # readers (the report) write nothing, so they can read while a run is writing
+            row = self.conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CorruptFile(f"{self.path}: not a copycatch results store ({exc})") from None
+        if row is None or row[0] != STORE_FORMAT:
+            found = row[0] if row else None
+            self.conn.close()
+            raise CorruptFile(f"{self.path}: results store format {found!r}, expected {STORE_FORMAT!r}")
 
     def close(self) -> None:
         self.conn.close()
