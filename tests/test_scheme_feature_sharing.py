@@ -24,8 +24,17 @@ def test_signed_rank_is_scipys_exact_test_without_ties():
         d = rng.normal(0.2, 1.0, n)
         ours = signed_rank_greater(d)
         ref = stats.wilcoxon(d, zero_method="pratt", alternative="greater", method="exact")
-        assert ours.method == "exact" and ours.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+        assert ours.method == "exact" and ours.p_value == pytest.approx(ref.pvalue, rel=1e-9)
         assert ours.statistic == ref.statistic
+
+
+def test_signed_rank_keeps_tiny_p_values_where_scipy_cancels_to_zero():
+    d = np.random.default_rng(1).uniform(0.1, 0.6, 100)
+    assert stats.wilcoxon(d, zero_method="pratt", alternative="greater", method="exact").pvalue <= 0  # 1 - cdf
+    assert signed_rank_greater(d).p_value == 2.0 ** -100
+    smallest = np.argmin(np.abs(d))
+    d[smallest] = -d[smallest]  # W+ = max - 1: reached by 2 of the 2^100 sign patterns
+    assert signed_rank_greater(d).p_value == pytest.approx(2.0 ** -99, rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -30,11 +30,15 @@ alongside.
 
 What is exact. The signed-rank null is "the d_i are independent and symmetric about 0" (the boundary of the
 composite null; for a shift family, a centre below 0 only makes the p-value conservative). The p-value is the
-exact null distribution of W+ (the sum of the ranks of the positive d_i): scipy's exact distribution
-(``scipy.stats.wilcoxon(d, zero_method="pratt", alternative="greater", method="exact")``) when there are no ties
-and no zeros, else the exact conditional sign-flip distribution of the mid-rank statistic (suspects answering
-rounded or one-hot probabilities produce ties, where scipy's "exact" is not exact and its default falls back to the
-normal approximation). Nothing is asymptotic. Differences are rounded to 1e-6 first (scipy's advice: round-off
+exact null distribution of W+ (the sum of the ranks of the positive d_i), computed by convolving the n fair sign
+flips of the (mid-)ranks: without ties or zeros this is the distribution of
+``scipy.stats.wilcoxon(d, zero_method="pratt", alternative="greater", method="exact")`` (the tests check they
+agree), with them it is the exact conditional distribution given the tied ranks (suspects answering rounded or
+one-hot probabilities produce ties, where scipy's "exact" is not exact and its default falls back to the normal
+approximation). Nothing is asymptotic. We do not call scipy for the p-value itself: its exact upper tail is
+1 − CDF in floating point, which returns 0 or a negative number below about 1e-16 (e.g. for 60 or more
+all-positive differences), exactly where a victim's evidence lies; the convolution sums the tail directly
+(its smallest value, 2^−n, is exact). Differences are rounded to 1e-6 first (scipy's advice: round-off
 creates false ties). ``zero_method="pratt"``: a zero is a pair exactly at the certainty boundary; Pratt keeps it in
 the ranking (it pushes the other ranks up, as any continuous perturbation would) but gives it no sign, so it is
 evidence for neither side; with the conditional sign-flip null this equals "zsplit" and is the more conservative
@@ -111,12 +115,13 @@ class SignedRank:
 
 def _sign_flip_sf(doubled_ranks: np.ndarray, observed: int) -> float:
     """P(Σ b_i a_i ≥ observed) for independent fair coins b_i: the exact conditional null of W+ (a_i = 2·rank)."""
-    dist = np.ones(1)
+    dist = np.zeros(int(np.sum(doubled_ranks)) + 1)
+    dist[0], used = 1.0, 1
     for a in doubled_ranks:
-        grown = np.zeros(len(dist) + a)
-        grown[:len(dist)] += 0.5 * dist
-        grown[a:] += 0.5 * dist
-        dist = grown
+        shifted = dist[:used].copy()
+        dist[:used] *= 0.5
+        dist[a:a + used] += 0.5 * shifted
+        used += a
     return float(min(1.0, dist[observed:].sum()))
 
 
@@ -133,12 +138,9 @@ def signed_rank_greater(d: np.ndarray | torch.Tensor) -> SignedRank:
     ranks = _st.rankdata(np.abs(d))[nonzero]
     ties = len(np.unique(np.abs(d[nonzero]))) < int(nonzero.sum())
     w_plus = float(ranks[d[nonzero] > 0].sum())
-    if not ties and zeros == 0:
-        res = _st.wilcoxon(d, zero_method=ZERO_METHOD, alternative="greater", method="exact")
-        return SignedRank(float(res.statistic), float(res.pvalue), "exact", len(d), zeros, ties)
     doubled = np.rint(2 * ranks).astype(np.int64)  # mid-ranks are multiples of 1/2
     p = _sign_flip_sf(doubled, int(np.rint(2 * w_plus)))
-    return SignedRank(w_plus, p, "exact-conditional", len(d), zeros, ties)
+    return SignedRank(w_plus, p, "exact-conditional" if ties or zeros else "exact", len(d), zeros, ties)
 
 
 def detection_rate(d: np.ndarray, *, draws: int, fraction: float, alpha: float, seed: int) -> tuple[float, int]:
