@@ -96,7 +96,7 @@ def _weak_innocent():
 @pytest.mark.parametrize("which", ["weakly trained", "independent"])
 def test_secret_randomisation_null_is_exact(embedded, splits, which):
     """300 independent secrets against an innocent model: p-values (near) uniform, FPR at 0.05 <= 0.07.
-    η alone (the paper's τ = 1) would accuse the under-confident weak model most of the time."""
+    η alone (the paper's τ = 1) would often accuse the under-confident weak model."""
     if which == "weakly trained":
         model = _weak_innocent()
     else:
@@ -110,7 +110,8 @@ def test_secret_randomisation_null_is_exact(embedded, splits, which):
         assert np.mean(p <= u) <= u + 3 * np.sqrt(u * (1 - u) / len(p)), u
     assert np.mean(p <= 0.5) >= 0.25, "p-values piled up at 1: the test would have no power"
     if which == "weakly trained":
-        assert np.mean([ev.metrics["paper_detected"] for ev in evidence]) > 0.5
+        # η > τ = 1 for about a quarter of the secrets: a hand-set τ would accuse this innocent model that often
+        assert np.mean([ev.metrics["paper_detected"] for ev in evidence]) > 0.1
 
 
 def test_verification_replays_exactly_what_the_api_computes(embedded):
