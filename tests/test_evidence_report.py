@@ -116,6 +116,23 @@ def test_offline_recomputes_the_evidence_from_the_transcript_alone(keys, trained
         verify_suspect("anything", [keys[1]], transcript=path, offline=True)
 
 
+def test_cli_offline_check_keeps_the_recorded_head_and_never_overwrites_evidence(capsys, keys, trained, tmp_path):
+    from copycatch.cli import main
+
+    model = cc.save_model(trained, tmp_path / "m.safetensors")
+    rep = tmp_path / "rep"
+    assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--report", str(rep), "-q"]) == 0
+    head = json.loads((rep / "evidence.json").read_text())["transcript"]["head"]
+    capsys.readouterr()
+    assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--report", str(rep), "--offline"]) == 2
+    assert "would overwrite" in capsys.readouterr().err
+    assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--transcript",
+                 str(rep / "transcript.jsonl"), "--offline", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["transcript"]["head"] == head and again["transcript"]["read_only"]
+    assert again["transcript"]["answered_this_session"] == 0
+
+
 def test_pages_for_schemes_without_a_binomial_null_still_plot_the_p_value(splits):
     evidence = Evidence("dynamarks", "distributions differ by chance", "eta", 0.4, 0.2, 0.01, 100, "e" * 64,
                         exact=False, notes=["permutation test with 999 draws"])

@@ -212,6 +212,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = Path(args.report) if args.report else None
     if report is not None and report.exists() and not report.is_dir():
         raise InvalidArgument(f"--report {report} is a file; give a folder")
+    if args.offline and report is not None and (report / "evidence.json").exists():
+        raise InvalidArgument(f"--offline would overwrite the evidence in {report}; check it with --transcript "
+                              f"{report / 'transcript.jsonl'} (and --json, or --report another folder)")
     transcript = args.transcript or (report / "transcript.jsonl" if report is not None else None)
     plan = SequentialPlan.from_dict({"batch_size": args.batch, "early_share": args.early_share})
     command = _verify_command(args)

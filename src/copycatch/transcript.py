@@ -72,6 +72,7 @@ class Transcript:
 
     def __init__(self, suspect: dict[str, Any] | None = None, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else None
+        self.read_only = False  # True: records stay in memory (an offline check must not change the file it checks)
         self.lines: list[dict[str, Any]] = []
         self.repairs: list[str] = []
         self._answers: dict[str, list[torch.Tensor]] = {}
@@ -119,7 +120,7 @@ class Transcript:
             raise CorruptFile(f"{path}: not a copycatch transcript (expected a {FORMAT} header)")
         verify_chain(lines, name=str(path))
         self = cls.__new__(cls)
-        self.path, self.lines, self.repairs = path, lines, repairs
+        self.path, self.lines, self.repairs, self.read_only = path, lines, repairs, False
         self._answers, self._used = {}, Counter()
         self.new_answers = self.replayed = 0
         for line in lines:
@@ -170,7 +171,7 @@ class Transcript:
         record["prev"] = self.lines[-1]["hash"] if self.lines else GENESIS
         record["hash"] = line_hash(record)
         self.lines.append(record)
-        if write and self.path is not None:
+        if write and self.path is not None and not self.read_only:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(_canonical(record) + "\n")
                 f.flush()
@@ -265,6 +266,7 @@ class Transcript:
         out: dict[str, Any] = {
             "format": FORMAT,
             "path": str(self.path) if self.path else None,
+            "read_only": self.read_only,
             "lines": len(self.lines),
             "answers_on_record": self.answered,
             "answered_this_session": self.new_answers,

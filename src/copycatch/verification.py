@@ -78,7 +78,10 @@ class VerificationRun:
         if self.combined is not None:
             parts.append(self.combined.summary())
         t = self.transcript.summary(chain=False)
-        parts.append(f"transcript:      {t['path'] or '(not saved)'}, {t['answers_on_record']} answers on record "
+        where = t["path"] or "(not saved)"
+        if t["read_only"]:
+            where += " (read only: checked offline, not modified)"
+        parts.append(f"transcript:      {where}, {t['answers_on_record']} answers on record "
                      f"({t['replayed_this_session']} replayed), head {t['head'][:16]}…")
         return "\n\n".join(parts)
 
@@ -131,7 +134,7 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
         if transcript is None:
             raise InvalidArgument("--offline needs the transcript to replay (--transcript FILE or --report DIR)")
         record = transcript if isinstance(transcript, Transcript) else Transcript.load(transcript)
-        record.path = None  # an offline check must not write to the record it checks
+        record.read_only = True  # an offline check must not write to the record it checks
         if classes is None:
             raise InvalidArgument("the key does not record the number of classes; pass num_classes")
         oracle: Oracle = _ReplayOnly(int(classes), shape, name=str(suspect))
@@ -147,8 +150,9 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
             raise InvalidArgument("--resume needs the transcript to continue (--transcript FILE or --report DIR)")
         else:
             record = Transcript(fingerprint)
-    record.record_session(keys=[k.digest for k in key_list], schemes=[k.scheme for k in key_list], alpha=alpha,
-                          sequential=sequential, offline=offline, **(session or {}))
+    if not offline:  # offline, the head must stay the recorded one, for comparison with the evidence's
+        record.record_session(keys=[k.digest for k in key_list], schemes=[k.scheme for k in key_list], alpha=alpha,
+                              sequential=sequential, **(session or {}))
     wrapped: Oracle = TranscriptOracle(oracle, record, chunk=chunk, budget=budget)
     if postprocess:
         wrapped = wrapped.postprocess(*postprocess)
@@ -160,7 +164,7 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
             evidences.append(_verify_one(scheme, wrapped, key, alpha=alpha, sequential=sequential, plan=plan,
                                          progress=progress, stop_alpha=stop_alpha))
     except (CopycatchError, KeyboardInterrupt) as exc:
-        path = record.path
+        path = None if offline else record.path
         if path is None and record.answered and not offline:
             path = record.save_as(Path(f"copycatch-transcript-{key_list[0].digest[:12]}.jsonl"))
         if isinstance(exc, KeyboardInterrupt):
