@@ -163,12 +163,13 @@ def test_bad_parameters_and_inputs_are_named(splits, trained):
     with pytest.raises(cc.CopycatchError, match="'kind_of'"):
         cc.create_scheme("feature-sharing", kind_of="in")
     with pytest.raises(cc.CopycatchError, match="both 2"):
-        FeatureSharingWatermark(source_class=2, target_class=2).watermark_sets(splits, trained, torch.Generator())
+        FeatureSharingWatermark(distribution="in", source_class=2, target_class=2).watermark_sets(
+            splits, trained, torch.Generator())
     with pytest.raises(cc.CopycatchError, match="target_class=7"):
-        FeatureSharingWatermark(target_class=7).watermark_sets(splits, trained, torch.Generator())
+        FeatureSharingWatermark(distribution="in", target_class=7).watermark_sets(splits, trained, torch.Generator())
     with pytest.raises(cc.CopycatchError, match="n_verify=500"):
-        FeatureSharingWatermark(n_verify=500).watermark_sets(splits, trained, torch.Generator())
-    with pytest.raises(cc.CopycatchError, match=r"shaped \(1, 28, 28\)"):
+        FeatureSharingWatermark(distribution="in", n_verify=500).watermark_sets(splits, trained, torch.Generator())
+    with pytest.raises(cc.CopycatchError, match=r"shaped \(1, 28, 28\).*distribution=in"):
         FeatureSharingWatermark(distribution="out", ood_dataset="synthetic:size=28").watermark_sets(
             splits, trained, torch.Generator())
 

@@ -50,7 +50,9 @@ runs on 0/1 indicators (a label-only variant: "does the trigger flip the predict
 the evidence says so.
 
 Parameters (defaults):
-    distribution ("in"): "in" (in-distribution, patch trigger) or "out" (out-of-distribution source class).
+    distribution ("out"): "out" (out-of-distribution source class) or "in" (in-distribution, patch trigger).
+        The paper reports both; "out" is the default because on Fashion-MNIST only it survived soft-label
+        extraction in our runs (the in-distribution mark did not transfer at all, see Deviations).
     source_class (None): c_S, a class of the task (in-distribution) or of ``ood_dataset`` (out-of-distribution);
         None draws it at random (seeded by the training seed) and keeps it secret in the key.
     target_class (None): c_T; None draws it at random among the other classes (in-distribution) or, for
@@ -71,7 +73,13 @@ Parameters (defaults):
 
 Deviations: the trigger sits flush in the bottom-right corner (the paper says "right-bottom corner" without an
 offset); the out-of-distribution target defaults to the clean model's least likely class (the paper leaves the
-choice open). Step 2's epochs and learning rate are unstated in the paper.
+choice open); the default kind is out-of-distribution. Step 2's epochs and learning rate are unstated in the paper.
+
+Measured (Fashion-MNIST, cnn-small, 10 clean epochs, soft-label surrogate on the attacker pool; see the report of
+issue 3): out-of-distribution marks transfer (surrogate p ≈ 2e-27, 94 % of watermark inputs to the target, WDR
+0.995), but so does the paper's whole-network baseline (p ≈ 3e-21, 85 %), against the paper's 0.15 % for its
+baseline; the in-distribution mark does not transfer at all (surrogate p = 1, 0 %, also with finetune_lr=0.01),
+against the paper's 99.7 % on MNIST.
 """
 
 from __future__ import annotations
@@ -189,7 +197,7 @@ def load_ood(spec: str, input_shape: tuple[int, ...]) -> Dataset:
     ood = load_dataset(name, **kwargs)
     if tuple(ood.input_shape) != tuple(input_shape):
         raise InvalidArgument(f"ood_dataset {spec!r} has inputs shaped {tuple(ood.input_shape)} but the model takes "
-                              f"{tuple(input_shape)}")
+                              f"{tuple(input_shape)}; name an OOD set of that shape or use distribution=in")
     return ood
 
 
@@ -301,7 +309,7 @@ class FeatureSharingWatermark(Scheme):
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):
         kind = "feature-sharing scheme"
-        distribution: Literal["in", "out"] = "in"
+        distribution: Literal["in", "out"] = "out"
         source_class: int | None = None
         target_class: int | None = None
         patch_size: int = 3
@@ -405,14 +413,14 @@ class FeatureSharingWatermark(Scheme):
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
         x = key["verify_x"].float() / 255
-        if key.params.get("distribution", "in") == "in":
+        if key.params.get("distribution", "out") == "in":
             return torch.cat([stamp_patch(x, int(key.params.get("patch_size", 3))), x])
         return x
 
     def differences(self, answers: torch.Tensor, key: Key) -> tuple[np.ndarray, dict[str, float]]:
         return certainty_differences(answers, len(key["verify_x"]), int(key["target_class"]),
                                      float(key.params.get("certainty", 0.3)),
-                                     paired=key.params.get("distribution", "in") == "in")
+                                     paired=key.params.get("distribution", "out") == "in")
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         prm = self.Params.from_dict(key.params)
