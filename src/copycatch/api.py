@@ -105,7 +105,8 @@ def steal(victim: Any, pool: TensorData | torch.Tensor, *, attack: str = "soft-l
     ``postprocess`` adds output post-processors (top-k, hard-label, rounding …).
     """
     if isinstance(pool, torch.Tensor):
-        pool = TensorData(pool, torch.zeros(len(pool), dtype=torch.long))
+        # -1: no true labels; attacks that need them (distillation, JBDA's seeds) refuse instead of training on zeros
+        pool = TensorData(pool, torch.full((len(pool),), -1, dtype=torch.long))
     oracle = as_oracle(victim, num_classes=num_classes, input_shape=input_shape or tuple(pool.x.shape[1:]))
     if key is not None:
         k = _key(key)

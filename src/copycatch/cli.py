@@ -168,6 +168,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_steal(args: argparse.Namespace) -> int:
+    import torch
+
     from . import api
     from .data import TensorData, load_dataset
     from .models import save_model
@@ -179,7 +181,8 @@ def cmd_steal(args: argparse.Namespace) -> int:
         pool = splits.attacker_pool
     else:  # an out-of-distribution query set: another data set's images, used whole
         other = load_dataset(args.queries, data_dir=args.data_dir)
-        pool = TensorData(other.x, other.y)
+        # its labels name another task's classes, so they are withheld (-1) from attacks that use true labels
+        pool = TensorData(other.x, torch.full((len(other.x),), -1, dtype=torch.long))
     result = api.steal(args.victim, pool, attack=args.attack, arch=args.arch, params=_params(args.param),
                        budget=args.budget, config=_train_config(args), key=args.protect, postprocess=args.post or (),
                        progress=_progress(args))
