@@ -135,7 +135,7 @@ def in_distribution(splits):
 
 def test_in_distribution_patch_triggers_embed(in_distribution, innocent):
     emb = in_distribution
-    assert emb.key.meta["patch_position"] is not None
+    assert emb.key["patch_position"].shape == (2,) and "patch_position" not in emb.key.meta
     assert int(emb.key["source_class"]) != int(emb.key["target_class"])
     ev = cc.verify(emb.victim, emb.key)
     assert ev.p_value <= 1e-6 and ev.queries == 80  # triggers and their untriggered originals

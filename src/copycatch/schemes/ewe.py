@@ -458,6 +458,7 @@ class EntangledWatermark(Scheme):
                        "target_class": torch.tensor(made["target"])}
             if p.distribution == "in":
                 tensors["original_x"] = made["sources_u8"][verify_pick]
+                tensors["patch_position"] = torch.tensor(made["patch_position"])  # part of the secret trigger
             clean_rate = float((predict_logits(model, triggers).argmax(1) == made["target"]).float().mean())
             temperatures = Temperatures(p.temperature, len(layers), p.t_lr)
             hook = EntangleHook(triggers, made["target_x"], made["target"], tap, temperatures, p)
@@ -471,7 +472,7 @@ class EntangledWatermark(Scheme):
             params=p.to_dict(),
             tensors=tensors,
             meta=self.key_meta(splits, model, train=train.to_dict(), layers=list(layers),
-                               temperatures=temperatures.values, patch_position=made["patch_position"]),
+                               temperatures=temperatures.values),
         )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
         victim_rate = float((predict_logits(model, triggers).argmax(1) == made["target"]).float().mean())
