@@ -109,7 +109,7 @@ def _section(grid: str, experiment: str, ids: Sequence[str], rows: list[dict[str
     paths = sorted({k for f in flat for k in f})
     varying = [p for p in paths if len({canonical(f.get(p)) for f in flat}) > 1]
     fixed = {p: flat[0].get(p) for p in paths if p not in varying} if flat else {}
-    label_paths = _distinguishing(varying, flat)
+    label_paths = sorted(_distinguishing(varying, flat), key=_column_order)
     groups: dict[str, dict[str, Any]] = {}
     for row, f in zip(rows, flat):
         key = canonical({p: f.get(p) for p in varying})
@@ -135,6 +135,14 @@ def _section(grid: str, experiment: str, ids: Sequence[str], rows: list[dict[str
         "numeric_paths": [p for p in label_paths if _numeric_axis([a["labels"].get(p) for a in aggregated])],
         "plots": [],
     }
+
+
+def _column_order(path: str) -> tuple[int, str]:
+    """Scheme first, then data, victim, extraction, removals and the rest, as a reader follows the story."""
+    for rank, prefix in enumerate(("scheme.name", "scheme.", "data.", "victim.", "extraction", "removals")):
+        if path.startswith(prefix):
+            return rank, path
+    return 9, path
 
 
 def _distinguishing(varying: list[str], flat: list[dict[str, Any]]) -> list[str]:
