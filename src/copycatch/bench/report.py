@@ -493,11 +493,12 @@ class _Plotter:
 
     def _tradeoff(self, s: dict[str, Any], filename: str) -> str:
         plt = self.plt
-        fig, panels = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, panels = plt.subplots(1, 3, figsize=(16, 4.2))
         by_scheme: dict[str, list[dict[str, Any]]] = {}
         for g in s["groups"]:
             by_scheme.setdefault(str(g["labels"].get("scheme.name", "")), []).append(g)
-        for ax, (metric, xlabel) in zip(panels, (("suspect_acc", "suspect test accuracy"),
+        for ax, (metric, xlabel) in zip(panels, (("victim_acc", "victim API accuracy (the owner's cost)"),
+                                                 ("suspect_acc", "suspect test accuracy (the thief's gain)"),
                                                  ("suspect_fidelity", "fidelity (agreement with the victim API)"))):
             for scheme, groups in by_scheme.items():
                 pts = [(g["stats"][metric], g["stats"]["suspect_neglog_p"]) for g in groups

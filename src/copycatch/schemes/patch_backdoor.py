@@ -134,7 +134,8 @@ class PatchBackdoor(Scheme):
         p = self.params
         train = train or TrainConfig()
         channels, height, width = splits.input_shape
-        if 2 * p.patch_size > min(height, width) and p.n_patches > 1 or p.patch_size > min(height, width):
+        corners_needed = 2 if p.n_patches > 1 else 1  # several patches sit in opposite corners and must not overlap
+        if corners_needed * p.patch_size > min(height, width):
             raise InvalidArgument(f"patch_size={p.patch_size} does not fit {p.n_patches} corner(s) of "
                                   f"{height}×{width} inputs")
         c = splits.num_classes
