@@ -133,3 +133,22 @@ def test_unwritable_output_fails_before_any_training(capsys, tmp_path):
     (tmp_path / "adir").mkdir()
     code, _, err = run(capsys, "train", "--arch", "mlp", "-o", str(tmp_path / "adir"), *DATA)
     _one_line_error(code, err, "is a directory")
+
+
+def test_demo_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
+    """The demo's whole path on a small real data set (scikit-learn's 8×8 digits, every class represented)."""
+    pytest.importorskip("sklearn")
+    from copycatch.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", "digits", "--out", str(out), "--epochs", "10", "-p", "n_triggers=40", "-p", "lam=1",
+                 "--surrogate-arch", "mlp", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "watermark: margin lam=1, n_triggers=40" in printed and "cost" in printed
+    report = json.loads((out / "demo-results.json").read_text())
+    rows = {r["model"].split(" ")[0]: r for r in report["rows"]}
+    assert set(rows) == {"victim", "surrogate", "innocent", "clean"}
+    assert rows["victim"]["verdict"] == "stolen" and rows["clean"]["verdict"] == "not stolen"
+    assert rows["innocent"]["p_value"] > 1e-3
+    for name in ("victim.safetensors", "victim.cckey", "surrogate.safetensors", "innocent.safetensors"):
+        assert (out / name).is_file()
