@@ -333,3 +333,24 @@ def test_cli_embeds_and_verifies(tmp_path, capsys):
     assert main(["embed", "--scheme", "mea-defender", "-p", "rule=rotate", "-o", str(victim), "--key", str(key),
                  "--data", "synthetic", "-q"]) == 2
     assert "rule" in capsys.readouterr().err
+
+
+def test_target_lookalikes_are_the_classes_nearest_the_target_and_leave_three_controls():
+    from copycatch.data import TensorData
+
+    gen = torch.Generator().manual_seed(0)
+    prototypes = torch.rand(10, 1, 8, 8, generator=gen)
+    prototypes[7] = prototypes[2] + 0.01  # two planted look-alikes of the target (class 2)
+    prototypes[5] = prototypes[2] - 0.02
+    y = torch.arange(10).repeat(20)
+    data = TensorData((prototypes[y] + 0.01 * torch.randn(len(y), 1, 8, 8, generator=gen)).clamp(0, 1), y)
+    assert MEADefender().target_lookalikes(data, 10) == [7, 5]
+    assert MEADefender(shared_skip_similar=0).target_lookalikes(data, 10) == []
+    assert MEADefender(shared_skip_similar=5).target_lookalikes(data, 10)[:2] == [7, 5]
+    assert len(MEADefender(shared_skip_similar=5).target_lookalikes(data, 10)) == 4  # 7 third classes, 3 stay
+    scheme = MEADefender()
+    pairs = scheme.shared_class_pairs(10, skip=[7, 5])
+    assert all(7 not in pair and 5 not in pair for pair in pairs) and len(pairs) == 10
+    assert all(7 not in pair and 5 not in pair for pair in scheme.false_pair_list(10, gen, skip=[7, 5]))
+    small = TensorData(data.x[data.y < 4], data.y[data.y < 4])
+    assert scheme.target_lookalikes(small, 4) == []  # one third class only: nothing is left out
