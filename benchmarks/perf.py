@@ -61,7 +61,9 @@ hyp = {
     "extraction": {"budget": 2000, "epochs": 2, "surrogate": "mlp"},
     "scaling": {"sizes": [4000, 8000, 16000], "epochs": 1},   # owner_train examples: N, 2N, 4N
     "repeats": 3,
-    "targets": {"loop": 0.9, "margin": 1.5, "frontier-stitching": 1.5, "feature-sharing": 1.5,
+    # extra embedding rows: label -> (scheme, params); "margin:free" is the margin scheme's amortised ascent
+    "variants": {"margin:free": ("margin", {"ascent": "free"})},
+    "targets": {"loop": 0.9, "margin": 1.5, "margin:free": 1.5, "frontier-stitching": 1.5, "feature-sharing": 1.5,
                 "mea-defender": 2.5, "ewe": 2.5, "dynamarks": 1.05},
 }
 
@@ -89,7 +91,8 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
     rows = []
     arch = hyp["arch"]
     config = cc.TrainConfig(epochs=hyp["embed_epochs"], seed=0)
-    for scheme in schemes:
+    for label in schemes:
+        scheme, params = hyp["variants"].get(label, (label, {}))
         cls = SCHEMES.get(scheme).factory
         ratios, steps, clean_cpu, embed_cpu = [], [], [], []
         embedding = None
@@ -97,7 +100,7 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
             if cls.pretrain:
                 clean, c_cpu, _ = timed(lambda: cc.train(arch, splits, config=config, progress=False))
                 embedding, s_cpu, _ = timed(lambda: cc.embed(scheme, splits, model=copy.deepcopy(clean), config=config,
-                                                             progress=False))
+                                                             params=params, progress=False))
                 e_cpu = c_cpu + s_cpu
                 steps.append(s_cpu / c_cpu)
             else:
@@ -108,7 +111,7 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
                         _, got[what], _ = timed(lambda: cc.train(arch, splits, config=config, progress=False))
                     else:
                         embedding, got[what], _ = timed(lambda: cc.embed(scheme, splits, arch=arch, config=config,
-                                                                         progress=False))
+                                                                         params=params, progress=False))
                 c_cpu, e_cpu = got["clean"], got["embed"]
             clean_cpu.append(c_cpu)
             embed_cpu.append(e_cpu)
@@ -116,16 +119,16 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
         victim, key = embedding.victim, embedding.key
         oracle = cc.scheme_for_key(key).protect(cc.ModelOracle(victim), key)
         evidence, v_cpu, v_wall = timed(lambda: cc.verify(oracle, key, alpha=1e-3))
-        row = {"scheme": scheme, "pretrain": cls.pretrain, "acts_at": cls.acts_at,
+        row = {"scheme": label, "params": params, "pretrain": cls.pretrain, "acts_at": cls.acts_at,
                "clean_cpu_s": statistics.median(clean_cpu), "embed_cpu_s": statistics.median(embed_cpu),
                "ratio": statistics.median(ratios), "ratios": ratios,
-               "step_ratio": statistics.median(steps) if steps else None, "target": hyp["targets"].get(scheme),
+               "step_ratio": statistics.median(steps) if steps else None, "target": hyp["targets"].get(label),
                "verify_queries": evidence.queries, "verify_cpu_s": v_cpu, "verify_wall_s": v_wall,
                "verify_p": evidence.p_value, "verify_decision": evidence.decision,
                "victim_acc": cc.accuracy(victim, splits.test)}
         rows.append(row)
         step = f", its own step {row['step_ratio']:.2f}×" if steps else ""
-        print(f"  embed {scheme:<20} {row['ratio']:.2f}× clean (CPU {row['embed_cpu_s']:.0f}s vs "
+        print(f"  embed {label:<20} {row['ratio']:.2f}× clean (CPU {row['embed_cpu_s']:.0f}s vs "
               f"{row['clean_cpu_s']:.0f}s{step}); verify: {evidence.queries} queries, {v_cpu:.2f} CPU s, "
               f"p={evidence.p_value:.2g}", flush=True)
     return rows
@@ -311,7 +314,7 @@ def summary_table(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=["loop", "embed", "extraction", "scaling"], default=None)
-    parser.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme")
+    parser.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme and the variants in hyp")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--scaling-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -333,7 +336,7 @@ def main() -> int:
         results["loop"] = bench_loop(splits)
     if "embed" in parts:
         print("embedding vs clean training, and verification cost:", flush=True)
-        results["embed"] = bench_embedding(splits, args.schemes or cc.list_schemes())
+        results["embed"] = bench_embedding(splits, args.schemes or [*cc.list_schemes(), *hyp["variants"]])
     if "extraction" in parts:
         print("extraction throughput:", flush=True)
         results["extraction"] = bench_extraction(splits)

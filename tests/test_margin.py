@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import copycatch as cc
+from copycatch.errors import InvalidArgument
 from copycatch.key import Key
 from copycatch.schemes.margin import MarginWatermark
 
@@ -88,3 +89,29 @@ def test_verify_rejects_a_key_for_another_scheme_or_shape(embedded):
         MarginWatermark().verify(cc.ModelOracle(embedded.victim), wrong)
     with pytest.raises(cc.CopycatchError, match="classes"):
         MarginWatermark().verify(cc.ModelOracle(cc.create_model("mlp", (1, 8, 8), 5)), embedded.key)
+
+
+def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits):
+    from copycatch.schemes.margin import MarginHook
+
+    params = MarginWatermark.Params(n_triggers=40, trigger_batch=10, ascent="free")
+    embedded = cc.embed("margin", splits, arch="mlp", params=params.to_dict(), config=cc.TrainConfig(epochs=10, seed=0))
+    assert embedded.key.params["ascent"] == "free"
+    evidence = cc.verify(embedded.victim, embedded.key)
+    assert evidence.verdict == "stolen" and evidence.p_value <= 1e-6
+    innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
+    assert cc.verify(innocent, embedded.key, alpha=0.05).verdict == "not stolen"
+
+    # The hook's perturbations move (the ascent ran) and stay inside the ε-ball and the pixel range.
+    x = embedded.key["trigger_x"].float() / 255
+    hook = MarginHook(x, embedded.key["trigger_label"].long(), params)
+    model = cc.create_model("mlp", x.shape[1:], 4, seed=0)
+    cc.fit(model, splits.owner_train, cc.TrainConfig(epochs=2, seed=0), hooks=[hook])
+    assert hook.delta.abs().max() > 0
+    assert hook.delta.abs().max() <= params.eps + 1e-6
+    assert ((x + hook.delta) >= -1e-6).all() and ((x + hook.delta) <= 1 + 1e-6).all()
+
+
+def test_unknown_ascent_is_rejected():
+    with pytest.raises(InvalidArgument, match="ascent"):
+        MarginWatermark.Params(ascent="fgsm")
