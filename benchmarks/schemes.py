@@ -3,8 +3,9 @@
 One row per scheme, mean ± std over seeds:
   clean acc | watermarked acc | victim statistic, p | surrogate acc, statistic, p | innocent statistic, p
 
-The surrogate is stolen by soft-label extraction from the attacker pool (disjoint from the owner's data);
-the innocent model is trained on the same attacker pool with true labels. Targets (issue 3): accuracy cost
+The surrogate is stolen by soft-label extraction from the attacker pool (disjoint from the owner's data) into
+the victim's own architecture (the papers' setting); the innocent model, same architecture, is trained on the
+same attacker pool with true labels. Clean and innocent models are trained once per seed and shared by the schemes. Targets (issue 3): accuracy cost
 ≤ 1.5 points; victim p ≤ 1e-6; innocent p ≥ 0.01 on every seed.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/schemes.py                 # all schemes, 3 seeds
@@ -36,23 +37,42 @@ hyp = {
     "data": "fashion-mnist",
     "split_seed": 0,
     "owner": {"epochs": 10, "batch_size": 128, "lr": 1e-3},           # clean and watermarked victims, same recipe
-    "thief": {"arch": "mlp", "epochs": 20, "budget": None},           # soft-label extraction; None = whole pool
-    "innocent": {"arch": "mlp", "epochs": 20},                        # true labels on the attacker pool
+    # soft-label extraction into the victim's own architecture, as the MEA-Defender (Table 1), DynaMarks (Table I)
+    # and margin (Table 2) papers steal; "mlp" etc. names another one. budget None = one query per pool image
+    "thief": {"arch": "victim", "epochs": 20, "budget": None},
+    "innocent": {"arch": "victim", "epochs": 20},                     # true labels on the attacker pool, same arch
     "alpha": 1e-3,
     "seeds": [0, 1, 2],
-    "scheme_params": {},                                              # per scheme overrides, e.g. {"margin": {...}}
+    # per scheme overrides. margin / trigger-set: λ = 0.1 as in `copycatch demo` (Algorithm 1's λ = 1 cost 2.8 / 2.4
+    # points here; the authors' code weighs the trigger loss ≈ 0.02). mea-defender: com_weight 0.05 (its docstring)
+    "scheme_params": {"margin": {"lam": 0.1}, "trigger-set": {"lam": 0.1}, "mea-defender": {"com_weight": 0.05}},
+    # extra rows, label -> (scheme, params); run with --schemes LABEL
+    "variants": {"margin:free": ("margin", {"lam": 0.1, "ascent": "free"}),
+                 "margin:paper": ("margin", {}), "trigger-set:paper": ("trigger-set", {})},
 }
 
 
-def run_one(scheme: str, seed: int, splits, progress: bool) -> dict:
+_shared: dict = {}  # (what, arch, seed) -> (model, seconds): clean victims and innocents are the same for every scheme
+
+
+def shared(what: str, arch: str, seed: int, make) -> tuple:
+    if (what, arch, seed) not in _shared:
+        t = time.perf_counter()
+        model = make()
+        _shared[what, arch, seed] = (model, time.perf_counter() - t)
+    return _shared[what, arch, seed]
+
+
+def run_one(label: str, seed: int, splits, progress: bool) -> dict:
+    scheme, params = hyp["variants"].get(label, (label, hyp["scheme_params"].get(label, {})))
     owner = cc.TrainConfig(seed=seed, **hyp["owner"])
-    row: dict = {"scheme": scheme, "seed": seed}
-    t = time.perf_counter()
-    clean = cc.train(SCHEMES.get(scheme).factory.default_arch, splits, config=owner, progress=progress)
-    row["clean_seconds"] = time.perf_counter() - t
+    row: dict = {"scheme": label, "params": params, "seed": seed}
+    arch = SCHEMES.get(scheme).factory.default_arch
+    clean, row["clean_seconds"] = shared("clean", arch, seed,
+                                         lambda: cc.train(arch, splits, config=owner, progress=progress))
     row["clean_acc"] = cc.accuracy(clean, splits.test)
     t = time.perf_counter()
-    embedding = cc.embed(scheme, splits, params=hyp["scheme_params"].get(scheme, {}), config=owner, progress=progress)
+    embedding = cc.embed(scheme, splits, params=params, config=owner, progress=progress)
     row["embed_seconds"] = time.perf_counter() - t
     victim, key = embedding.victim, embedding.key
     sch = cc.scheme_for_key(key)
@@ -62,15 +82,19 @@ def run_one(scheme: str, seed: int, splits, progress: bool) -> dict:
 
     thief = cc.TrainConfig(seed=seed + 100, epochs=hyp["thief"]["epochs"])
     api = sch.protect(ModelOracle(victim), key)
-    stolen = cc.steal(api, splits.attacker_pool, arch=hyp["thief"]["arch"], budget=hyp["thief"]["budget"],
+    thief_arch = victim.arch if hyp["thief"]["arch"] == "victim" else hyp["thief"]["arch"]
+    row["thief_arch"] = thief_arch
+    stolen = cc.steal(api, splits.attacker_pool, arch=thief_arch, budget=hyp["thief"]["budget"],
                       config=thief, progress=progress)
     ev = cc.verify(stolen.surrogate, key, alpha=hyp["alpha"])
     row.update(surrogate_acc=cc.accuracy(stolen.surrogate, splits.test), surrogate_stat=float(ev.statistic),
                surrogate_p=ev.p_value, surrogate_metrics=ev.metrics, queries=stolen.queries,
                fidelity=cc.agreement(stolen.surrogate, victim, splits.test.x))
 
-    innocent = cc.train(hyp["innocent"]["arch"], splits, on="attacker_pool",
-                        config=cc.TrainConfig(seed=seed + 200, epochs=hyp["innocent"]["epochs"]), progress=progress)
+    innocent_arch = arch if hyp["innocent"]["arch"] == "victim" else hyp["innocent"]["arch"]
+    innocent, _ = shared("innocent", innocent_arch, seed, lambda: cc.train(
+        innocent_arch, splits, on="attacker_pool",
+        config=cc.TrainConfig(seed=seed + 200, epochs=hyp["innocent"]["epochs"]), progress=progress))
     ev = cc.verify(innocent, key, alpha=hyp["alpha"])
     row.update(innocent_acc=cc.accuracy(innocent, splits.test), innocent_stat=float(ev.statistic),
                innocent_p=ev.p_value, innocent_metrics=ev.metrics)
@@ -101,7 +125,8 @@ def summarise(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme")
+    parser.add_argument("--schemes", nargs="*", default=None,
+                        help=f"default: every registered scheme; variants: {', '.join(hyp['variants'])}")
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--progress", action="store_true")

@@ -91,8 +91,12 @@ Parameters (defaults):
         (which must beat those false watermarks too) could not tell the victim from a model that generalises.
     balance ("fixed"): stage-2 balancing, see above: "fixed", "mgda-four", "mgda-three", "mgda-two-group".
     com_weight (0.025): L_com's weight in "fixed" balancing. It sets how much target probability the victim
-        gives its source classes (about 0.2 on Fashion-MNIST): more survives extraction better and costs
-        accuracy on the source classes (0.05 gave 95 % surrogate WSR at −4 points).
+        gives its source classes: more survives extraction better and costs accuracy on the source classes, and
+        on the tiny test task 0.05 let other mixtures of the sources reach the target (WFPR 0.52 > 0.5).
+        Measured on Fashion-MNIST (cnn-small victim, 10 epochs on 30,000 images, seed 0; soft-label thief on the
+        disjoint 27,000-image pool, 20 epochs): 0.05 cost 0.9 points and a cnn-small surrogate kept 80.8 % WSR
+        (p = 1e-13), an MLP surrogate 15 %; 0.025 cost 0.5 points, cnn-small surrogate 61 %, MLP 2-34 %.
+        benchmarks/schemes.py uses 0.05.
     com_source_scale (1.0): share of L_com's gradient that reaches the source images: 1 = Eq. 6 as written,
         0 = the code (source outputs held constant, which leaves nothing for a thief to copy).
     mgda_normalization ("loss+"): gradient normalisation before the min-norm solve: "loss+", "l2" or "none".
