@@ -27,7 +27,7 @@ from copycatch.serve.batching import Batcher
 from copycatch.serve.keys import Keyring, hash_secret, new_key
 from copycatch.serve.ledger import read_ledger, row_digests
 from copycatch.serve.limits import NEVER_RETRY_AFTER, Budget, QueryLimiter, Rate
-from copycatch.serve.png import PngError, decode_png, encode_png
+from copycatch.png import PngError, decode_png, encode_png
 
 SHAPE = (1, 8, 8)
 

@@ -15,7 +15,8 @@ import torch
 import copycatch as cc
 from copycatch.cli import main
 from copycatch.errors import InvalidArgument, SuspectError
-from copycatch.http_oracle import HttpOracle, _retry_after, decode_png, encode_png
+from copycatch.http_oracle import HttpOracle, _retry_after
+from copycatch.png import decode_png, encode_png
 from copycatch.suspects import describe_suspect, open_suspect
 from copycatch.transcript import Transcript
 
@@ -83,8 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _inputs(self, body, api):
         if "images" in body:
-            imgs = [decode_png(base64.b64decode(s)) for s in body["images"]]
-            return torch.tensor(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+            imgs = [decode_png(base64.b64decode(s), expect=api["shape"]) for s in body["images"]]
+            return torch.tensor(np.stack(imgs))
         x = torch.tensor(body[api["input_field"]], dtype=torch.float32)
         if api["layout"] == "flat":
             x = x.reshape(len(x), *api["shape"])
@@ -167,14 +168,13 @@ def test_http_png_encoding_reaches_the_server_as_the_quantised_image(api_server,
 
 def test_png_codec_round_trips_and_reads_other_encoders_filters(tmp_path):
     rng = np.random.default_rng(0)
-    for shape in [(7, 5), (6, 4, 3), (3, 9, 4)]:
-        img = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        back = decode_png(encode_png(img))
-        assert np.array_equal(back.reshape(img.shape), img)
+    for shape in [(1, 7, 5), (3, 6, 4), (3, 9, 4)]:
+        img = rng.integers(0, 256, size=shape).astype(np.float32) / 255
+        assert np.array_equal(decode_png(encode_png(img), expect=shape), img)
     pil = pytest.importorskip("PIL.Image")
     smooth = (np.add.outer(np.arange(16), np.arange(16)) * 7 % 256).astype(np.uint8)
     pil.fromarray(smooth).save(tmp_path / "p.png", optimize=True)  # zlib picks Sub/Up/Average/Paeth rows
-    assert np.array_equal(decode_png((tmp_path / "p.png").read_bytes())[:, :, 0], smooth)
+    assert np.array_equal(decode_png((tmp_path / "p.png").read_bytes(), expect=(1, 16, 16))[0], smooth / np.float32(255))
 
 
 def test_http_fields_layouts_and_label_answers_are_configurable(api_server, trained, splits):

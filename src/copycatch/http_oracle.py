@@ -33,8 +33,8 @@ count it twice. With a
 answers are replayed instead of re-asked.
 
 Implementation choice: the client uses only the standard library (``urllib``), so the core package can
-query an API without the ``serve`` extra. PNG encoding is done here too (:func:`encode_png`, 8-bit
-grayscale/RGB/RGBA, with :func:`decode_png` for servers and tests); PNG inputs are quantised to 1/255.
+query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.png`,
+the codec ``copycatch serve`` decodes with, and are quantised to 1/255.
 """
 
 from __future__ import annotations
@@ -45,12 +45,10 @@ import http.client
 import json
 import math
 import socket
-import struct
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +57,7 @@ import torch
 
 from .errors import InvalidArgument, SuspectError
 from .oracle import Oracle
+from .png import encode_png
 
 ENCODINGS = ("lists", "png")
 LAYOUTS = ("nchw", "nhwc", "flat")
@@ -165,10 +164,9 @@ class HttpOracle(Oracle):
     def _encode(self, x: torch.Tensor) -> list[Any]:
         arr = x.numpy()
         if self.encoding == "png":
-            if arr.ndim != 4 or arr.shape[1] not in (1, 2, 3, 4):
-                raise InvalidArgument(f"PNG encoding needs N×C×H×W inputs with 1–4 channels, got {arr.shape}")
-            u8 = np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-            return [base64.b64encode(encode_png(img)).decode("ascii") for img in u8]
+            if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+                raise InvalidArgument(f"PNG encoding needs N×C×H×W inputs with 1 or 3 channels, got {arr.shape}")
+            return [base64.b64encode(encode_png(img)).decode("ascii") for img in np.clip(arr, 0.0, 1.0)]
         if self.input_layout == "nhwc":
             if arr.ndim != 4:
                 raise InvalidArgument(f"input_layout='nhwc' needs N×C×H×W inputs, got {arr.shape}")
@@ -343,89 +341,3 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# PNG (8-bit, non-interlaced): enough for base64 image APIs without an imaging library
-# ---------------------------------------------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels → PNG colour type
-_CHANNELS = {v: k for k, v in _COLOR_TYPES.items()}
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an 8-bit H×W or H×W×C (C in 1–4) array."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        raise InvalidArgument(f"encode_png needs uint8 pixels, got {img.dtype}")
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.ndim != 3 or img.shape[2] not in _COLOR_TYPES:
-        raise InvalidArgument(f"encode_png needs H×W or H×W×C with C in 1..4, got shape {img.shape}")
-    h, w, c = img.shape
-    raw = b"".join(b"\x00" + img[row].tobytes() for row in range(h))
-    header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPES[c], 0, 0, 0)
-    return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """An H×W×C uint8 array from PNG bytes written by :func:`encode_png` or any 8-bit non-interlaced PNG."""
-    if not data.startswith(_PNG_SIGNATURE):
-        raise InvalidArgument("not a PNG image")
-    pos, idat, header = len(_PNG_SIGNATURE), [], None
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-    if header is None:
-        raise InvalidArgument("PNG without IHDR")
-    w, h, depth, ctype, _, _, interlace = header
-    if depth != 8 or interlace or ctype not in _CHANNELS:
-        raise InvalidArgument(f"unsupported PNG (bit depth {depth}, colour type {ctype}, interlace {interlace})")
-    c = _CHANNELS[ctype]
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise InvalidArgument(f"damaged PNG data ({exc})") from None
-    stride = w * c
-    if len(raw) != h * (stride + 1):
-        raise InvalidArgument("PNG data does not match its size")
-    out = np.zeros((h, stride), dtype=np.int32)
-    prev = np.zeros(stride, dtype=np.int32)
-    for y in range(h):
-        kind = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int32)
-        if kind == 0:
-            cur = line
-        elif kind == 2:
-            cur = (line + prev) & 0xFF
-        else:  # Sub, Average and Paeth depend on the left neighbour: decode byte by byte
-            cur = np.zeros(stride, dtype=np.int32)
-            for i in range(stride):
-                left = cur[i - c] if i >= c else 0
-                up, up_left = prev[i], (prev[i - c] if i >= c else 0)
-                if kind == 1:
-                    pred = left
-                elif kind == 3:
-                    pred = (left + up) // 2
-                elif kind == 4:
-                    p = left + up - up_left
-                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
-                    pred = left if pa <= pb and pa <= pc else (up if pb <= pc else up_left)
-                else:
-                    raise InvalidArgument(f"PNG row {y} uses unknown filter {kind}")
-                cur[i] = (line[i] + pred) & 0xFF
-        out[y] = cur
-        prev = cur
-    return out.astype(np.uint8).reshape(h, w, c)

@@ -21,7 +21,7 @@ from typing import Any
 from .keys import Keyring, new_key
 from .ledger import Ledger, read_ledger, row_digests, summarize
 from .limits import Budget, QueryLimiter, Rate
-from .png import decode_png, encode_png
+from ..png import decode_png, encode_png
 
 EXTRA_HINT = "pip install 'copycatch[serve]'"
 

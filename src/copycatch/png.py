@@ -1,4 +1,7 @@
-"""A strict, small PNG codec for the prediction API (no Pillow needed, nothing decoded that we did not ask for).
+"""A strict, small PNG codec (no Pillow needed, nothing decoded that we did not ask for).
+
+The one codec of the package: ``copycatch serve`` decodes the images its clients send with it, and
+:class:`~copycatch.http_oracle.HttpOracle` encodes the images it sends to a PNG-taking API with it.
 
 ``decode_png(data, expect=(C, H, W))`` checks the header *before* decompressing: the width and height must be
 the model's, so a decompression bomb is refused after 33 bytes, and inflation is capped at the exact size the
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from .errors import InvalidArgument
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
