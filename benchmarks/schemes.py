@@ -5,11 +5,12 @@ One row per scheme, mean ± std over seeds:
 
 The surrogate is stolen by soft-label extraction from the attacker pool (disjoint from the owner's data) into
 the victim's own architecture (the papers' setting); the innocent model, same architecture, is trained on the
-same attacker pool with true labels. Clean and innocent models are trained once per seed and shared by the schemes. Targets (issue 3): accuracy cost
-≤ 1.5 points; victim p ≤ 1e-6; innocent p ≥ 0.01 on every seed.
+same attacker pool with true labels. Clean and innocent models are trained once per seed and shared by the
+schemes. Targets (issue 3): accuracy cost ≤ 1.5 points; victim p ≤ 1e-6; innocent p ≥ 0.01 on every seed.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/schemes.py                 # all schemes, 3 seeds
     .venv/bin/python benchmarks/schemes.py --schemes margin --seeds 0        # one scheme, one seed
+    .venv/bin/python benchmarks/schemes.py --merge bench-out/schemes-*.json  # one table from several runs
 
 The resolved configuration, this file's source and every per-seed row are saved to bench-out/schemes-<time>.json.
 """
@@ -108,14 +109,15 @@ def mean_std(values: list[float], fmt: str = "{:.4f}") -> str:
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = ["| scheme | clean acc | wm acc | victim stat | victim p (max) | surrogate acc | surrogate stat | "
+    lines = ["| scheme | clean acc | wm acc | cost (points) | victim stat | victim p (max) | surrogate acc | surrogate stat | "
              "surrogate p (max) | innocent stat | innocent p (min) | embed ÷ clean time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         rs = [r for r in rows if r["scheme"] == scheme]
         col = lambda k: [r[k] for r in rs]  # noqa: E731
         lines.append(
             f"| {scheme} | {mean_std(col('clean_acc'))} | {mean_std(col('victim_acc'))} | "
+            f"{mean_std([100 * (r['clean_acc'] - r['victim_acc']) for r in rs], '{:.2f}')} | "
             f"{mean_std(col('victim_stat'), '{:.3g}')} | {max(col('victim_p')):.2g} | {mean_std(col('surrogate_acc'))} | "
             f"{mean_std(col('surrogate_stat'), '{:.3g}')} | {max(col('surrogate_p')):.2g} | "
             f"{mean_std(col('innocent_stat'), '{:.3g}')} | {min(col('innocent_p')):.2g} | "
@@ -130,7 +132,13 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier runs' result files")
     args = parser.parse_args()
+    if args.merge:
+        runs = [json.loads(Path(f).read_text()) for f in args.merge]
+        print(summarise([row for run in runs for row in run["rows"]]))
+        print(f"\nwall time {sum(run['wall_seconds'] for run in runs) / 60:.1f} process-minutes over {len(runs)} runs")
+        return 0
     schemes = args.schemes or cc.list_schemes()
     seeds = args.seeds if args.seeds is not None else hyp["seeds"]
     splits = cc.load_splits(hyp["data"], seed=hyp["split_seed"])
