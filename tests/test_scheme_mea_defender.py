@@ -230,6 +230,35 @@ def test_hook_writes_exactly_the_weighted_task_gradient(splits, monkeypatch, bal
     assert grad.abs().sum() > 0
 
 
+def test_watermark_loss_ablation_drops_exactly_its_term(splits):
+    """Table 5's switches: "ver" is the stage-2 loss without L_com; "com" removes L_ver's gradient, so the
+    watermark samples move only through L_com."""
+    both_value, both_grad = _one_step(splits)
+    ver_value, ver_grad = _one_step(splits, watermark_losses="ver")
+    no_com_value, no_com_grad = _one_step(splits, com_weight=0.0)
+    assert ver_value == pytest.approx(no_com_value) and torch.allclose(ver_grad, no_com_grad)
+    com_value, com_grad = _one_step(splits, watermark_losses="com")
+    assert not torch.allclose(com_grad, both_grad) and not torch.allclose(ver_grad, both_grad)
+    assert com_value < both_value  # the L_ver term (a positive cross-entropy) is gone
+
+
+def test_watermark_loss_ablation_reproduces_table_5_on_the_victim(splits):
+    """The paper's Table 5: L_com alone does not teach the target label, L_ver alone does."""
+    config = cc.TrainConfig(epochs=8, seed=0)
+    wsr = {}
+    for losses in ("com", "ver"):
+        embedding = cc.embed("mea-defender", splits, arch="mlp", params={**TINY, "watermark_losses": losses},
+                             config=config)
+        wsr[losses] = cc.verify(embedding.victim, embedding.key).metrics["watermark_success_rate"]
+    assert wsr["com"] <= 0.3 < 0.9 <= wsr["ver"], wsr
+
+
+def test_watermark_loss_ablation_needs_a_balance_that_can_drop_a_term():
+    with pytest.raises(cc.CopycatchError, match="watermark_losses='ver' needs balance"):
+        MEADefender(watermark_losses="ver", balance="mgda-three")
+    MEADefender(watermark_losses="com", balance="mgda-four")
+
+
 def test_shared_class_evasion_targets_half_each_ingredient(splits):
     """Evasion samples of a source mixed with another class by the secret rule target ½ of each ingredient."""
     scheme = MEADefender(**TINY, shared_evasion=0.5)

@@ -97,6 +97,9 @@ Parameters (defaults):
         disjoint 27,000-image pool, 20 epochs): 0.05 cost 0.9 points and a cnn-small surrogate kept 80.8 % WSR
         (p = 1e-13), an MLP surrogate 15 %; 0.025 cost 0.5 points, cnn-small surrogate 61 %, MLP 2-34 %.
         benchmarks/schemes.py uses 0.05.
+    watermark_losses ("both"): which parts of L_wm (Eq. 5) train: "both" (L_com and L_ver, the scheme), "ver"
+        (L_ver only) or "com" (L_com only) — the ablation of the paper's Table 5. Needs balance "fixed" or
+        "mgda-four" (the other balancings are defined over both parts).
     com_source_scale (1.0): share of L_com's gradient that reaches the source images: 1 = Eq. 6 as written,
         0 = the code (source outputs held constant, which leaves nothing for a thief to copy).
     mgda_normalization ("loss+"): gradient normalisation before the min-norm solve: "loss+", "l2" or "none".
@@ -261,6 +264,7 @@ class MEADefenderHook(TrainHook):
         model = state.model
         n_wm = max(1, round(len(x) * p.wm_fraction))
         n_eva = max(1, round(len(x) * p.evasion_fraction)) if p.evasion_fraction > 0 else 0
+        use_ver, use_com = p.watermark_losses != "com", p.watermark_losses != "ver"
         xa, xb = self._pairs(n_wm)
         logits_wm = model(self.make_watermark(xa, xb))
         target = torch.full((n_wm,), p.target, dtype=torch.long, device=x.device)
@@ -271,8 +275,10 @@ class MEADefenderHook(TrainHook):
             l_eva = torch.zeros((), device=x.device)
         # the code's "loss_A": one cross-entropy over the mixed batch of clean, watermark and evasion samples
         shares = np.array([len(x), n_wm, n_eva]) / (len(x) + n_wm + n_eva)
+        if not use_ver:  # Table 5's "L_com only": the watermark samples are still built (L_com needs them)
+            shares[1] = 0.0
         loss_a = shares[0] * loss + shares[1] * l_ver + shares[2] * l_eva
-        if self.stage == 1:
+        if self.stage == 1 or not use_com and p.balance == "fixed":
             self._losses.append([float(loss.detach()), float("nan"), float(l_ver.detach()), float(l_eva.detach())])
             self._weights.append(np.array([shares[0], 0.0, shares[1], shares[2]]))
             return loss_a
@@ -292,12 +298,15 @@ class MEADefenderHook(TrainHook):
             return loss_a + p.com_weight * l_com
         params = [q for group in state.optimizer.param_groups for q in group["params"] if q.requires_grad]
         if p.balance == "mgda-four":
-            tasks = losses if n_eva else losses[:3]
+            keep = [True, use_com, use_ver, bool(n_eva)]
+            tasks = [v for v, k in zip(losses, keep) if k]
             grads = self._task_gradients(tasks, params)
             weights = self._solve(grads, [float(v.detach()) for v in tasks])
             total = sum(w * v for w, v in zip(weights, tasks))
             combined = sum(w * g for w, g in zip(weights, grads))
-            self._weights.append(np.pad(weights, (0, 4 - len(weights))))
+            full = np.zeros(4)
+            full[[i for i, k in enumerate(keep) if k]] = weights
+            self._weights.append(full)
         elif p.balance == "mgda-three":
             # Eq. 4's three coefficients by MGDA, over L_utility, L_wm = L_com + L_ver (Eq. 5, β = 1) and L_eva
             tasks = [loss, l_com + l_ver] + ([l_eva] if n_eva else [])
@@ -422,6 +431,7 @@ class MEADefender(Scheme):
         evasion_fraction: float = 0.125
         shared_evasion: float = 0.5
         balance: Literal["fixed", "mgda-four", "mgda-three", "mgda-two-group"] = "fixed"
+        watermark_losses: Literal["both", "ver", "com"] = "both"
         com_source_scale: float = 1.0
         stage1_fraction: float = 0.5
         stage2_lr_factor: float = 0.1
@@ -468,6 +478,9 @@ class MEADefender(Scheme):
                                       f"{self.wm_fraction}, {self.evasion_fraction}")
             if not 0.0 <= self.shared_evasion <= 1.0:
                 raise InvalidArgument(f"shared_evasion must be in [0, 1], got {self.shared_evasion}")
+            if self.watermark_losses != "both" and self.balance not in ("fixed", "mgda-four"):
+                raise InvalidArgument(f"watermark_losses={self.watermark_losses!r} needs balance 'fixed' or "
+                                      f"'mgda-four', got balance={self.balance!r}")
             if self.two_group_lambda < 0:
                 raise InvalidArgument(f"two_group_lambda must be >= 0, got {self.two_group_lambda}")
             if self.finetune_epochs is not None and self.finetune_epochs < 1:
