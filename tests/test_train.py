@@ -52,3 +52,22 @@ def test_soft_targets_train_with_kl(splits, trained):
     student = cc.create_for("mlp", splits, hidden=32)
     cc.fit(student, TensorData(splits.attacker_pool.x, probs), cc.TrainConfig(epochs=3))
     assert cc.agreement(student, trained, splits.test.x) > 0.9
+
+
+def test_train_with_patience_stops_on_the_holdout_never_the_test_split(splits, monkeypatch):
+    import copycatch.api as api
+
+    seen = []
+    real_fit = api.fit
+
+    def spy(model, data, config, *, val=None, **kwargs):
+        seen.append(val)
+        return real_fit(model, data, config, val=val, **kwargs)
+
+    monkeypatch.setattr(api, "fit", spy)
+    for on, expected in (("owner_train", splits.owner_holdout), ("attacker_pool", splits.owner_holdout),
+                         ("owner_holdout", splits.owner_train)):
+        cc.train("mlp", splits, on=on, config=cc.TrainConfig(epochs=2, patience=1), hidden=8)
+        assert seen[-1] is expected and seen[-1] is not splits.test
+    cc.train("mlp", splits, config=cc.TrainConfig(epochs=1), hidden=8)
+    assert seen[-1] is None

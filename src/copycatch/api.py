@@ -62,8 +62,10 @@ def train(arch: str, splits: Splits, *, on: str = "owner_train", config: TrainCo
         raise InvalidArgument(f"cannot train on {on!r}; use owner_train, attacker_pool or owner_holdout")
     config = config or TrainConfig()
     model = create_for(arch, splits, seed=config.seed, **arch_kwargs)
-    result = fit(model, getattr(splits, on), config, val=splits.test if config.patience else None, progress=progress,
-                 desc=f"train {arch}")
+    # Early stopping never looks at the test split (its accuracy is what gets reported): it watches the owner's
+    # holdout, disjoint from both training parts, or owner_train when the holdout itself is trained on.
+    val = (splits.owner_train if on == "owner_holdout" else splits.owner_holdout) if config.patience else None
+    result = fit(model, getattr(splits, on), config, val=val, progress=progress, desc=f"train {arch}")
     model.provenance.update({**splits.provenance(), "trained_on": on, "train": config.to_dict(),
                              "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2)})
     return model
