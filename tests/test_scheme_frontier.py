@@ -26,6 +26,11 @@ def clean(splits):
 def test_victim_is_stitched_and_stolen(embedded, splits):
     info = embedded.info
     assert info["stitched"] and 1 <= info["finetune_epochs"] <= TINY["max_epochs"]
+    # fine-tuning stopped at the first check that found the key stitched: a multiple of check_every or an epoch end
+    steps_per_epoch = -(-len(splits.owner_train) // 128)
+    steps = info["finetune_steps"]
+    assert 0 < steps <= info["finetune_epochs"] * steps_per_epoch
+    assert steps % FrontierStitching.Params().check_every == 0 or steps % steps_per_epoch == 0
     assert info["key_accuracy_per_epoch"][-1] == 1.0 and "pretrained_clean" in info
     evidence = cc.verify(embedded.victim, embedded.key)
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-3

@@ -35,6 +35,28 @@ def test_hooks_add_loss_terms_and_can_stop_training(splits):
     assert result.stopped_early
 
 
+def test_a_hook_can_stop_training_mid_epoch(splits):
+    class StopAtStep(TrainHook):
+        def __init__(self, at):
+            self.at, self.calls, self.epoch_ends = at, 0, 0
+
+        def extra_loss(self, state, x, y, logits, loss):
+            self.calls += 1
+
+        def on_step_end(self, state):
+            state.stop = state.step == self.at
+
+        def on_epoch_end(self, state):
+            self.epoch_ends += 1
+
+    steps_per_epoch = -(-len(splits.owner_train) // 100)
+    hook = StopAtStep(steps_per_epoch + 3)
+    result = cc.fit(cc.create_for("mlp", splits, hidden=16), splits.owner_train,
+                    cc.TrainConfig(epochs=5, batch_size=100), hooks=[hook])
+    assert hook.calls == steps_per_epoch + 3  # not one step more
+    assert result.epochs_run == 2 and hook.epoch_ends == 2 and result.stopped_early
+
+
 def test_early_stopping_restores_the_best_epoch(splits):
     model = cc.create_for("mlp", splits, hidden=16)
     result = cc.fit(model, splits.owner_train, cc.TrainConfig(epochs=30, patience=2, lr=0.05), val=splits.test)

@@ -92,6 +92,9 @@ class TrainHook:
         """Return the step's total loss given the base ``loss`` (or None to keep it)."""
         return None
 
+    def on_step_end(self, state: TrainState) -> None:
+        """After each optimiser step; setting ``state.stop`` ends training at once, mid-epoch."""
+
     def on_epoch_end(self, state: TrainState) -> None:
         pass
 
@@ -185,6 +188,10 @@ def fit(model: nn.Module, data: TensorData, config: TrainConfig | None = None, *
             total_loss += loss.detach() * len(idx)
             seen += len(idx)
             next(bar_iter, None)
+            for hook in hooks:
+                hook.on_step_end(state)
+            if state.stop:
+                break
         if scheduler is not None:
             scheduler.step()
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(total_loss) / max(seen, 1),

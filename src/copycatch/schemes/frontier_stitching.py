@@ -13,8 +13,8 @@ are sorted into true and false, so the key is exactly what verification queries.
 
 Embedding. The trained model is fine-tuned at ``lr_factor`` × its training learning rate on its own training
 data, with λ × the cross-entropy of ``key_batch`` key inputs added to every step's loss, until every key input
-is classified as its key label (checked after each epoch; at most ``max_epochs``). ``Embedding.info`` reports
-the epochs taken and whether the key was fully stitched.
+is classified as its key label (checked every ``check_every`` steps; at most ``max_epochs``). ``Embedding.info``
+reports the epochs and steps taken and whether the key was fully stitched.
 
 Verification (Algorithm 2). The suspect labels the key; m_K is the Hamming distance between its answers and the
 key labels. The paper models an unmarked model as matching each key label with probability ½, so
@@ -45,6 +45,8 @@ Parameters (defaults):
     lam (0.25): weight of the key loss. On Fashion-MNIST (cnn-small) λ = 0.25 stitched the key in 2 epochs at an
         accuracy cost of 0.3 points, λ = 1 in 2 epochs at 1.6 points (the paper gives no weight).
     candidate_batch (512): owner-training examples turned into FGSM candidates at a time.
+    check_every (10): fine-tuning steps between checks of the key; fine-tuning stops at the first check that finds
+        the whole key classified as labelled (also checked at every epoch's end).
 
 Deviations: the paper's TRAIN(k̂, K) does not say on what data; we fine-tune on the training data with the key
 added to every step (as WRT does with a boosted key) so accuracy is kept, and stop as soon as the whole key is
@@ -85,13 +87,15 @@ def paper_threshold(key_length: int, alpha: float) -> int:
 
 
 class StitchHook(TrainHook):
-    """Adds λ·CE on a batch of key inputs to every step; stops once the whole key is classified as labelled."""
+    """Adds λ·CE on a batch of key inputs to every step; stops as soon as the whole key is classified as labelled
+    (checked every ``check_every`` steps and at every epoch's end)."""
 
     def __init__(self, key_x: torch.Tensor, key_y: torch.Tensor, params: FrontierStitching.Params):
         self.key_x, self.key_y, self.params = key_x, key_y, params
         self.generator: torch.Generator | None = None
         self.stitched = False
         self.epochs = 0
+        self.steps = 0
         self.key_accuracy: list[float] = []
 
     def on_start(self, state: TrainState) -> None:
@@ -102,15 +106,26 @@ class StitchHook(TrainHook):
         pick = torch.randint(len(self.key_x), (self.params.key_batch,), generator=self.generator).to(state.device)
         return loss + self.params.lam * F.cross_entropy(state.model(self.key_x[pick]), self.key_y[pick])
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def _check(self, state: TrainState) -> float:
         pred = predict_logits(state.model, self.key_x).argmax(1).to(self.key_y.device)
         accuracy = (pred == self.key_y).float().mean().item()
-        self.key_accuracy.append(accuracy)
-        state.logs["key_accuracy"] = accuracy
-        self.epochs = state.epoch + 1
+        self.steps = state.step
         if accuracy == 1.0:
             self.stitched = True
             state.stop = True
+        return accuracy
+
+    def on_step_end(self, state: TrainState) -> None:
+        # The key is 100 inputs: checking it costs a fraction of a step, and stopping the moment it is stitched
+        # spares the rest of the epoch (the paper trains "until" the key is classified as labelled).
+        if state.step % self.params.check_every == 0:
+            self._check(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        accuracy = 1.0 if self.stitched else self._check(state)
+        self.key_accuracy.append(accuracy)
+        state.logs["key_accuracy"] = accuracy
+        self.epochs = state.epoch + 1
 
 
 @register_scheme
@@ -145,6 +160,7 @@ class FrontierStitching(Scheme):
         key_batch: int = 32
         lam: float = 0.25
         candidate_batch: int = 512
+        check_every: int = 10
 
         def validate(self) -> None:
             if self.key_length < 2 or self.key_length % 2:
@@ -159,6 +175,8 @@ class FrontierStitching(Scheme):
                 raise InvalidArgument(f"lr_factor must be positive, got {self.lr_factor}")
             if self.max_epochs < 1:
                 raise InvalidArgument(f"max_epochs must be >= 1, got {self.max_epochs}")
+            if self.check_every < 1:
+                raise InvalidArgument(f"check_every must be >= 1, got {self.check_every}")
             if self.key_batch < 1 or self.candidate_batch < 1:
                 raise InvalidArgument(f"key_batch and candidate_batch must be >= 1, got {self.key_batch}, "
                                       f"{self.candidate_batch}")
@@ -247,8 +265,11 @@ class FrontierStitching(Scheme):
             warnings.warn(f"frontier stitching: {hook.key_accuracy[-1]:.0%} of the key is classified as labelled after "
                           f"max_epochs={p.max_epochs}; verification will be weaker (raise max_epochs or lam)",
                           stacklevel=2)
+        steps_per_epoch = -(-len(splits.owner_train) // finetune.batch_size)
         info: dict[str, Any] = {
             "finetune_epochs": hook.epochs,
+            "finetune_steps": hook.steps,
+            "finetune_epochs_exact": round(hook.steps / steps_per_epoch, 3),
             "stitched": hook.stitched,
             "key_accuracy_per_epoch": hook.key_accuracy,
             "finetune": result.to_dict(),
@@ -258,7 +279,7 @@ class FrontierStitching(Scheme):
             params=p.to_dict(),
             tensors=tensors,
             meta=self.key_meta(splits, model, train=finetune.to_dict(), finetune_epochs=hook.epochs,
-                               stitched=hook.stitched),
+                               finetune_steps=hook.steps, stitched=hook.stitched),
         )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
         return Embedding(model, key, info)
