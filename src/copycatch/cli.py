@@ -55,7 +55,9 @@ def _add_train_options(p: argparse.ArgumentParser, *, epochs: int = 10) -> None:
     g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--schedule", choices=["constant", "cosine", "step"], default="constant")
-    g.add_argument("--patience", type=int, default=0, help="early stopping on owner_holdout accuracy (never the test split) after this many flat epochs (0: off)")
+    g.add_argument("--patience", type=int, default=0,
+                   help="early stopping on owner_holdout accuracy (never the test split) after this many flat epochs "
+                        "(0: off)")
     g.add_argument("--seed", type=int, default=0, help="training seed")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
 
