@@ -27,7 +27,7 @@ def test_victim_is_stitched_and_stolen(embedded, splits):
     info = embedded.info
     assert info["stitched"] and 1 <= info["finetune_epochs"] <= TINY["max_epochs"]
     # fine-tuning stopped at the first check that found the key stitched: a multiple of check_every or an epoch end
-    steps_per_epoch = -(-len(splits.owner_train) // 128)
+    steps_per_epoch = -(-len(splits.owner_train) // cc.TrainConfig().batch_size)
     steps = info["finetune_steps"]
     assert 0 < steps <= info["finetune_epochs"] * steps_per_epoch
     assert steps % FrontierStitching.Params().check_every == 0 or steps % steps_per_epoch == 0

@@ -95,7 +95,8 @@ class StitchHook(TrainHook):
         self.generator: torch.Generator | None = None
         self.stitched = False
         self.epochs = 0
-        self.steps = 0
+        self.steps = 0  # the training step of the latest check
+        self.checked_accuracy = 0.0  # the key accuracy that check found
         self.key_accuracy: list[float] = []
 
     def on_start(self, state: TrainState) -> None:
@@ -109,7 +110,7 @@ class StitchHook(TrainHook):
     def _check(self, state: TrainState) -> float:
         pred = predict_logits(state.model, self.key_x).argmax(1).to(self.key_y.device)
         accuracy = (pred == self.key_y).float().mean().item()
-        self.steps = state.step
+        self.steps, self.checked_accuracy = state.step, accuracy
         if accuracy == 1.0:
             self.stitched = True
             state.stop = True
@@ -122,7 +123,8 @@ class StitchHook(TrainHook):
             self._check(state)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        accuracy = 1.0 if self.stitched else self._check(state)
+        # no step since the last check (a stop mid-epoch, or a check on the epoch's last step): same weights
+        accuracy = self.checked_accuracy if self.steps == state.step else self._check(state)
         self.key_accuracy.append(accuracy)
         state.logs["key_accuracy"] = accuracy
         self.epochs = state.epoch + 1

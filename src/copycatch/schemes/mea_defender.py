@@ -289,15 +289,18 @@ class MEADefenderHook(TrainHook):
             self._losses.append([float(loss.detach()), float("nan"), float(l_ver.detach()), float(l_eva.detach())])
             self._weights.append(np.array([shares[0], 0.0, shares[1], shares[2]]))
             return loss_a
-        # Eq. 6 minimises over f_v on both sides of the KL; the code treats the source outputs as constants.
-        # com_source_scale scales the gradient that reaches the source images (0: the code, 1: Eq. 6 as written).
-        with torch.set_grad_enabled(p.com_source_scale > 0):
-            log_pa = _scale_grad(F.log_softmax(model(xa), dim=1), p.com_source_scale)
-            log_pb = _scale_grad(F.log_softmax(model(xb), dim=1), p.com_source_scale)
-        log_p_wm = F.log_softmax(logits_wm, dim=1)
-        p_wm = log_p_wm.exp()
-        # KL(P_wm ‖ P_a) + KL(P_wm ‖ P_b): the code's KLDivLoss(log_softmax(f(A)), softmax(f(C))), batch mean
-        l_com = ((p_wm * (log_p_wm - log_pa)).sum(1) + (p_wm * (log_p_wm - log_pb)).sum(1)).mean()
+        if use_com:
+            # Eq. 6 minimises over f_v on both sides of the KL; the code treats the source outputs as constants.
+            # com_source_scale scales the gradient that reaches the source images (0: the code, 1: Eq. 6 as written).
+            with torch.set_grad_enabled(p.com_source_scale > 0):
+                log_pa = _scale_grad(F.log_softmax(model(xa), dim=1), p.com_source_scale)
+                log_pb = _scale_grad(F.log_softmax(model(xb), dim=1), p.com_source_scale)
+            log_p_wm = F.log_softmax(logits_wm, dim=1)
+            p_wm = log_p_wm.exp()
+            # KL(P_wm ‖ P_a) + KL(P_wm ‖ P_b): the code's KLDivLoss(log_softmax(f(A)), softmax(f(C))), batch mean
+            l_com = ((p_wm * (log_p_wm - log_pa)).sum(1) + (p_wm * (log_p_wm - log_pb)).sum(1)).mean()
+        else:  # "L_ver only" under MGDA: no L_com task (logged as nan, like stage 1), so no source forwards for it
+            l_com = torch.full((), float("nan"), device=x.device)
         losses = [loss, l_com, l_ver, l_eva]
         self._losses.append([float(v.detach()) for v in losses])
         if p.balance == "fixed":
