@@ -44,9 +44,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import copycatch as cc  # noqa: E402
-from copycatch.attacks.extraction import EXTRACTION_ATTACKS  # noqa: E402
-from copycatch.attacks.extraction.base import query_all  # noqa: E402
-from copycatch.schemes import SCHEMES  # noqa: E402
+from copycatch.attacks.extraction import EXTRACTION_ATTACKS
+from copycatch.attacks.extraction.base import query_all
+from copycatch.schemes import SCHEMES
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #

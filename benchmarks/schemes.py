@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
-from copycatch.oracle import ModelOracle
+from copycatch.oracles.base import ModelOracle
 from copycatch.schemes import SCHEMES
 
 ####################################################################################################################

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
-from copycatch.oracle import ModelOracle
+from copycatch.oracles.base import ModelOracle
 from copycatch.schemes import SCHEMES, Scheme
-from copycatch.sequential import SequentialPlan, verify_sequential
+from copycatch.verification.sequential import SequentialPlan, verify_sequential
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #

@@ -81,7 +81,7 @@ def build_victim(work: Path, data: str, seed: int) -> tuple[Path, Path, torch.Te
 def start_server(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen, str, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
     log = open(work / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli", "serve", *args, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=work)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -228,7 +228,7 @@ def summary(slices: list[Slice]) -> dict:
 def micro_benchmark(victim: Path, key: Path, x: torch.Tensor, repeats: int = 300) -> dict:
     """In process, no HTTP, on the oracle chains the server builds: a 512-input forward pass, the protected
     call, and the protection's post-processor alone, timed interleaved (so background load hits all three alike); medians in ms."""
-    from copycatch.oracle import ModelOracle
+    from copycatch.oracles.base import ModelOracle
     from copycatch.serve.app import PrevalidatedOracle, answer_validated, protected_oracle
 
     model = cc.load_model(victim)

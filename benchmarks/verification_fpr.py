@@ -1,6 +1,6 @@
 """False-positive rate of every registered scheme's verification on innocent models.
 
-One pool of innocent reference models (`copycatch.calibration.build_reference_models`: other seeds and
+One pool of innocent reference models (`copycatch.verification.calibration.build_reference_models`: other seeds and
 architectures, the owner's data, the thief's data, random data subsets, and surrogates extracted from a
 *different* owner's model) is verified against one key of every scheme in `list_schemes()`. Innocent models are
 independent of every key by construction, so each "stolen" verdict is a false positive. Printed per scheme:
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
-from copycatch.calibration import CalibrationPlan, build_reference_models, calibrate
-from copycatch.oracle import ModelOracle
+from copycatch.verification.calibration import CalibrationPlan, build_reference_models, calibrate
+from copycatch.oracles.base import ModelOracle
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #

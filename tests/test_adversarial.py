@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from copycatch.adversarial import fgsm, pgd
-from copycatch.errors import InvalidArgument
+from copycatch.models.adversarial import fgsm, pgd
+from copycatch.core.errors import InvalidArgument
 
 
 def _linear(seed=0, d=6, c=3):

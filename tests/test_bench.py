@@ -18,8 +18,8 @@ from copycatch.bench import GridError, ResultsStore, load_grid, parse_grid, run_
 from copycatch.bench.executors import LocalPoolExecutor, SerialExecutor, create_executor
 from copycatch.bench.grid import artifact_specs, config_hash, flatten
 from copycatch.bench.report import make_report
-from copycatch.cli import main
-from copycatch.errors import CorruptFile, InvalidArgument
+from copycatch.cli.main import main
+from copycatch.core.errors import CorruptFile, InvalidArgument
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "benchmarks" / "grids"
@@ -314,7 +314,7 @@ def _bench_until_first_row(tmp_path: Path, *args: str) -> tuple[subprocess.Popen
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
     # A shell that starts the suite in the background (`make test &`, nohup, some CI runners) leaves SIGINT ignored,
     # and a child inherits that, so Ctrl-C would mean nothing to it: give the bench process the default disposition.
-    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli", "bench", str(grid_file), "-o", str(out), "-q",
+    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli.main", "bench", str(grid_file), "-o", str(out), "-q",
                              *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store_file = out / "results.sqlite"

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from copycatch.bench import ResultsStore, parse_grid, run_grid  # noqa: E402
-from copycatch.bench.executors import RayExecutor  # noqa: E402
+from copycatch.bench import ResultsStore, parse_grid, run_grid
+from copycatch.bench.executors import RayExecutor
 from test_bench import TINY  # noqa: E402
 
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.calibration import (KINDS, Calibration, CalibrationPlan, ReferenceModel, build_reference_models,
-                                   calibrate, calibration_path, clopper_pearson)
-from copycatch.cli import main
-from copycatch.errors import CorruptFile, InvalidArgument
-from copycatch.key import Key
+from copycatch.verification.calibration import KINDS, Calibration, CalibrationPlan, ReferenceModel, build_reference_models, calibrate, calibration_path, clopper_pearson
+from copycatch.cli.main import main
+from copycatch.core.errors import CorruptFile, InvalidArgument
+from copycatch.core.key import Key
 from copycatch.schemes.margin import MarginWatermark
 
 

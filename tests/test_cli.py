@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from copycatch.cli import main
+from copycatch.cli.main import main
 
 DATA = ["--data", "synthetic", "-q"]
 FAST = ["--epochs", "3"]
@@ -78,7 +78,7 @@ def _one_line_error(code, err, *needles):
 
 def test_missing_data_is_one_line_with_instructions(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("COPYCATCH_DATA_DIR", raising=False)
-    monkeypatch.setattr("copycatch.data.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr("copycatch.data.base.DEBIAN_FASHION_MNIST", tmp_path / "none")
     code, _, err = run(capsys, "data", "show", "--data", "fashion-mnist", "--data-dir", str(tmp_path))
     _one_line_error(code, err, "apt-get install")
 
@@ -138,7 +138,7 @@ def test_unwritable_output_fails_before_any_training(capsys, tmp_path):
 def test_demo_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
     """The demo's whole path on a small real data set (scikit-learn's 8×8 digits, every class represented)."""
     pytest.importorskip("sklearn")
-    from copycatch.cli import main
+    from copycatch.cli.main import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--data", "digits", "--out", str(out), "--epochs", "10", "-p", "n_triggers=40", "-p", "lam=1",

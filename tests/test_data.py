@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.data import DATASETS, DataNotFound, read_idx
-from copycatch.errors import CorruptFile, InvalidArgument
+from copycatch.data.base import DATASETS, DataNotFound, read_idx
+from copycatch.core.errors import CorruptFile, InvalidArgument
 
 
 def _write_idx(path, array):
@@ -52,7 +52,7 @@ def test_fashion_mnist_found_through_environment_variable(fake_fashion, monkeypa
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("COPYCATCH_DATA_DIR", raising=False)
-    monkeypatch.setattr("copycatch.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr("copycatch.data.base.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataNotFound) as err:
         cc.load_dataset("fashion-mnist", data_dir=tmp_path)
     msg = str(err.value)

@@ -8,16 +8,15 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.combine import combine_evidence
-from copycatch.errors import InvalidArgument
-from copycatch.evidence import Evidence
-from copycatch.evidence_report import (binomial_null_svg, calibration_svg, evidence_document, pvalue_svg,
-                                       render_html, trajectory_svg, write_report)
-from copycatch.key import Key
+from copycatch.verification.combine import combine_evidence
+from copycatch.core.errors import InvalidArgument
+from copycatch.core.evidence import Evidence
+from copycatch.verification.report import binomial_null_svg, calibration_svg, evidence_document, pvalue_svg, render_html, trajectory_svg, write_report
+from copycatch.core.key import Key
 from copycatch.schemes.margin import MarginWatermark
-from copycatch.stats import fisher_combine, holm_adjust
-from copycatch.transcript import Transcript, row_hashes
-from copycatch.verification import VerificationRun, verify_suspect
+from copycatch.core.stats import fisher_combine, holm_adjust
+from copycatch.verification.transcript import Transcript, row_hashes
+from copycatch.verification.session import VerificationRun, verify_suspect
 
 
 def margin_key(splits, seed):
@@ -88,7 +87,7 @@ def test_report_records_everything_a_second_expert_needs(keys, trained, tmp_path
     assert MarginWatermark.null_hypothesis[:60] in html.replace("&#x27;", "'")
     svgs = re.findall(r"<svg.*?</svg>", html, re.S)
     assert len(svgs) == 2 and all(_svg_ok(s) for s in svgs)  # null distribution + e-value path
-    assert "class='observed'" in svgs[0] and "python -m copycatch.transcript" in html
+    assert "class='observed'" in svgs[0] and "python -m copycatch.verification.transcript" in html
 
 
 def test_several_keys_are_combined_in_the_verdict_and_the_report(keys, trained, tmp_path):
@@ -117,7 +116,7 @@ def test_offline_recomputes_the_evidence_from_the_transcript_alone(keys, trained
 
 
 def test_cli_offline_check_keeps_the_recorded_head_and_never_overwrites_evidence(capsys, keys, trained, tmp_path):
-    from copycatch.cli import main
+    from copycatch.cli.main import main
 
     model = cc.save_model(trained, tmp_path / "m.safetensors")
     rep = tmp_path / "rep"

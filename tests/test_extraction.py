@@ -2,7 +2,7 @@ import pytest
 
 import copycatch as cc
 from copycatch.attacks.extraction import EXTRACTION_ATTACKS, create_extraction_attack
-from copycatch.errors import BudgetExceeded, InvalidArgument
+from copycatch.core.errors import BudgetExceeded, InvalidArgument
 
 
 @pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())

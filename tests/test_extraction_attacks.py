@@ -15,10 +15,10 @@ from copycatch.attacks.extraction.base import answers_to_targets, draw_indices
 from copycatch.attacks.extraction.distillation import distillation_loss
 from copycatch.attacks.extraction.jacobian import jacobian_step
 from copycatch.attacks.extraction.knockoff import kmeans
-from copycatch.cli import main
-from copycatch.errors import BudgetExceeded, InvalidArgument
-from copycatch.oracle import Oracle
-from copycatch.train import predict_logits
+from copycatch.cli.main import main
+from copycatch.core.errors import BudgetExceeded, InvalidArgument
+from copycatch.oracles.base import Oracle
+from copycatch.models.train import predict_logits
 
 FAST = cc.TrainConfig(epochs=2, seed=0)
 

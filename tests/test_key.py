@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from copycatch.errors import CorruptFile
-from copycatch.key import Key
+from copycatch.core.errors import CorruptFile
+from copycatch.core.key import Key
 
 
 def _key():

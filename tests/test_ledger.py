@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from copycatch.cli import main
-from copycatch.errors import CorruptFile, InvalidArgument
-from copycatch.serve.ledger import (Ledger, LedgerError, ledger_files, read_ledger, row_digests, spent_by_key,
-                                    summarize)
+from copycatch.cli.main import main
+from copycatch.core.errors import CorruptFile, InvalidArgument
+from copycatch.serve.ledger import Ledger, LedgerError, ledger_files, read_ledger, row_digests, spent_by_key, summarize
 
 
 def _entry(key="alice", n=2, status=200, inputs=None):
@@ -187,7 +186,7 @@ def test_ledger_verb_summarises_per_key(tmp_path, capsys):
 
 
 def test_ledger_verb_since_and_errors(tmp_path, capsys):
-    from copycatch.commands.ledger import parse_since
+    from copycatch.cli.commands.ledger import parse_since
 
     assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
     assert parse_since("2025-01-01") == parse_since("2025-01-01T00:00:00Z")

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.errors import InvalidArgument
-from copycatch.key import Key
+from copycatch.core.errors import InvalidArgument
+from copycatch.core.key import Key
 from copycatch.schemes.margin import MarginWatermark
 
 

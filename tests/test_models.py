@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.errors import CorruptFile, InvalidArgument, UnknownName
-from copycatch.models import MODELS, read_model_info
+from copycatch.core.errors import CorruptFile, InvalidArgument, UnknownName
+from copycatch.models.base import MODELS, read_model_info
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 SMALL_KWARGS = {"resnet18": {"width": 8}, "vgg-like": {"width": 8}}

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.errors import BudgetExceeded, InvalidArgument, SuspectError, UnknownName
-from copycatch.postprocess import POSTPROCESSORS, create_postprocessor
+from copycatch.core.errors import BudgetExceeded, InvalidArgument, SuspectError, UnknownName
+from copycatch.oracles.postprocess import POSTPROCESSORS, create_postprocessor
 
 
 def _probs(n=64, c=6, seed=0):

@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from copycatch.errors import InvalidArgument, UnknownName
-from copycatch.params import Params, parse_assignments, parse_spec
-from copycatch.registry import Registry
+from copycatch.core.errors import InvalidArgument, UnknownName
+from copycatch.core.params import Params, parse_assignments, parse_spec
+from copycatch.core.registry import Registry
 
 
 def test_registry_register_create_list_and_unknown_name_lists_valid():

@@ -8,16 +8,15 @@ from torch import nn
 
 import copycatch as cc
 from copycatch.attacks.removal import REMOVAL_ATTACKS, create_removal_attack, list_removal_attacks, run_chain
-from copycatch.attacks.removal.evasion import (EvadingOracle, deployment_path, load_deployment, open_deployment,
-                                               save_deployment)
+from copycatch.attacks.removal.evasion import EvadingOracle, deployment_path, load_deployment, open_deployment, save_deployment
 from copycatch.attacks.removal.fine_prune import mean_activations
 from copycatch.attacks.removal.mislabel_mix import mislabelled_mixtures
 from copycatch.attacks.removal.neural_cleanse import anomaly_indices, flagged_labels
 from copycatch.attacks.removal.quantize import quantize_tensor
-from copycatch.data import TensorData
-from copycatch.errors import CorruptFile, InvalidArgument
-from copycatch.models import load_model, save_model, weights_digest
-from copycatch.train import predict_logits
+from copycatch.data.base import TensorData
+from copycatch.core.errors import CorruptFile, InvalidArgument
+from copycatch.models.base import load_model, save_model, weights_digest
+from copycatch.models.train import predict_logits
 
 FAST = cc.TrainConfig(epochs=2, batch_size=64, seed=0)
 
@@ -236,7 +235,7 @@ def test_quantize_all_covers_biases_and_constant_tensors_are_kept():
 
 
 def test_adversarial_overwriting_fine_tunes_on_fgsm_adversaries(splits, trained):
-    from copycatch.adversarial import fgsm
+    from copycatch.models.adversarial import fgsm
 
     result = run_chain(trained, ["adv-overwrite:n=600,eps=0.25"], splits.attacker_pool, test=splits.test,
                        train=FAST)[-1]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from copycatch.attacks.removal import REMOVAL_ATTACKS
-from copycatch.cli import main
-from copycatch.key import Key
-from copycatch.models import load_model
+from copycatch.cli.main import main
+from copycatch.core.key import Key
+from copycatch.models.base import load_model
 
 DATA = ["--data", "synthetic", "-q"]
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.cli import main
-from copycatch.key import Key
+from copycatch.cli.main import main
+from copycatch.core.key import Key
 from copycatch.schemes import create_scheme, list_schemes
 from copycatch.schemes.patch_backdoor import CORNERS, PatchBackdoor, stamp
 from copycatch.schemes.trigger_set import TriggerSetWatermark

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.key import Key
-from copycatch.models import weights_digest
+from copycatch.core.key import Key
+from copycatch.models.base import weights_digest
 from copycatch.schemes.dynamarks import DynaMarks, DynaMarksPerturbation, candidate_responses
-from copycatch.stats import independent_choices_greater
+from copycatch.core.stats import independent_choices_greater
 
 TINY = DynaMarks.tiny_params
 

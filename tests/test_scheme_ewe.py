@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.cli import main
-from copycatch.key import Key
-from copycatch.schemes.ewe import (EntangledWatermark, LayerTap, Temperatures, default_layers, optimise_triggers,
-                                   resolve_layers, snnl)
+from copycatch.cli.main import main
+from copycatch.core.key import Key
+from copycatch.schemes.ewe import EntangledWatermark, LayerTap, Temperatures, default_layers, optimise_triggers, resolve_layers, snnl
 
 TINY = {"ood_dataset": "synthetic:seed=11", "n_triggers": 128, "n_verify": 40, "w_epochs": 3, "maxiter": 3}
 
@@ -145,7 +144,7 @@ def test_in_distribution_patch_triggers_embed(in_distribution, innocent):
 
 @pytest.mark.parametrize("which", ["out", "in"])
 def test_sequential_verification_keeps_pairs_and_the_verdict(embedded, in_distribution, which):
-    from copycatch.sequential import verify_sequential
+    from copycatch.verification.sequential import verify_sequential
 
     emb = embedded if which == "out" else in_distribution
     scheme = cc.scheme_for_key(emb.key)

@@ -6,10 +6,9 @@ import torch
 from scipy import stats
 
 import copycatch as cc
-from copycatch.cli import main
-from copycatch.key import Key
-from copycatch.schemes.feature_sharing import (FeatureSharingWatermark, detection_rate, signed_rank_greater,
-                                               stamp_patch)
+from copycatch.cli.main import main
+from copycatch.core.key import Key
+from copycatch.schemes.feature_sharing import FeatureSharingWatermark, detection_rate, signed_rank_greater, stamp_patch
 
 OOD = {"distribution": "out", "ood_dataset": "synthetic:seed=11", "n_verify": 30}
 # a 3×3 white square on 8×8 inputs; the frozen-extractor fine-tune needs the paper's larger MNIST learning rate here

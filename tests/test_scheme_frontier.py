@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.key import Key
+from copycatch.core.key import Key
 from copycatch.schemes.frontier_stitching import CONTROL, FALSE_ADVERSARY, TRUE_ADVERSARY, FrontierStitching, paper_threshold
-from copycatch.stats import hypergeometric_greater
-from copycatch.train import predict_logits
+from copycatch.core.stats import hypergeometric_greater
+from copycatch.models.train import predict_logits
 
 TINY = FrontierStitching.tiny_params
 

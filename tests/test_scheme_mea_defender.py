@@ -9,12 +9,12 @@ import torch
 from scipy import stats as st
 
 import copycatch as cc
-from copycatch.key import Key
+from copycatch.core.key import Key
 from copycatch.schemes import _mixers as mixers
 from copycatch.schemes.mea_defender import MEADefender, MEADefenderHook, _fisher_greater, min_norm_weights
 import torch.nn.functional as F
 
-from copycatch.train import TrainConfig, TrainState, make_optimizer
+from copycatch.models.train import TrainConfig, TrainState, make_optimizer
 
 TINY = {"n_verify": 200, "n_false_per_group": 40}
 
@@ -350,7 +350,7 @@ def test_verify_rejects_a_key_for_another_scheme(embedded):
 
 
 def test_cli_embeds_and_verifies(tmp_path, capsys):
-    from copycatch.cli import main
+    from copycatch.cli.main import main
 
     victim, key = tmp_path / "victim.safetensors", tmp_path / "victim.cckey"
     assert main(["embed", "--scheme", "mea-defender", "--arch", "mlp", "-p", "n_verify=100,n_false_per_group=20",
@@ -365,7 +365,7 @@ def test_cli_embeds_and_verifies(tmp_path, capsys):
 
 
 def test_target_lookalikes_are_the_classes_nearest_the_target_and_leave_three_controls():
-    from copycatch.data import TensorData
+    from copycatch.data.base import TensorData
 
     gen = torch.Generator().manual_seed(0)
     prototypes = torch.rand(10, 1, 8, 8, generator=gen)

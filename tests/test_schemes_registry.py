@@ -4,8 +4,8 @@ model, and round-trips its key, on tiny synthetic data with the scheme's ``tiny_
 import pytest
 
 import copycatch as cc
-from copycatch.key import Key
-from copycatch.oracle import ModelOracle
+from copycatch.core.key import Key
+from copycatch.oracles.base import ModelOracle
 from copycatch.schemes import SCHEMES
 
 

@@ -9,13 +9,13 @@ import torch
 from scipy import integrate
 
 import copycatch as cc
-from copycatch.errors import InvalidArgument
-from copycatch.evidence import Evidence
-from copycatch.key import Key
+from copycatch.core.errors import InvalidArgument
+from copycatch.core.evidence import Evidence
+from copycatch.core.key import Key
 from copycatch.schemes import SCHEMES, Scheme
 from copycatch.schemes.base import BernoulliOutcomes
-from copycatch.sequential import SequentialPlan, log_mixture_e_value, minimum_p_value, verify_sequential
-from copycatch.stats import binomial_greater
+from copycatch.verification.sequential import SequentialPlan, log_mixture_e_value, minimum_p_value, verify_sequential
+from copycatch.core.stats import binomial_greater
 
 SUCCESS, FAILURE, SKIP = 1, 0, -1
 

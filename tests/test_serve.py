@@ -20,14 +20,14 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.cli import main
-from copycatch.errors import CorruptFile, InvalidArgument
+from copycatch.cli.main import main
+from copycatch.core.errors import CorruptFile, InvalidArgument
 from copycatch.serve import ServeConfig, create_app, serve_in_thread
 from copycatch.serve.batching import Batcher
 from copycatch.serve.keys import Keyring, hash_secret, new_key
 from copycatch.serve.ledger import read_ledger, row_digests
 from copycatch.serve.limits import NEVER_RETRY_AFTER, Budget, QueryLimiter, Rate
-from copycatch.png import PngError, decode_png, encode_png
+from copycatch.data.png import PngError, decode_png, encode_png
 
 SHAPE = (1, 8, 8)
 

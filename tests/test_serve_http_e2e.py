@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.cli import main
-from copycatch.errors import SuspectError
+from copycatch.cli.main import main
+from copycatch.core.errors import SuspectError
 from copycatch.serve import ServeConfig, create_app, new_key, read_ledger, serve_in_thread
 
 DATA = ["--data", "synthetic", "--max-train", "800", "-q"]
@@ -38,7 +38,7 @@ SLOW_MODEL = textwrap.dedent("""
 
 def _start_cli_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli", "serve", *args, "--port", "0", "--log-level",
+    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0", "--log-level",
                              "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=tmp_path)
     deadline = time.monotonic() + 60
@@ -64,7 +64,7 @@ def test_cli_server_with_keys_ledger_and_a_graceful_shutdown(tmp_path):
                                   "--api-keys", str(keys), "--ledger", str(ledger), "--batch-wait-ms", "0",
                                   "--class-names", "w,x,y,z")
     try:
-        from copycatch.http_oracle import HttpOracle
+        from copycatch.oracles.http import HttpOracle
 
         oracle = HttpOracle(url, api_key=secret)
         assert oracle.num_classes == 4 and oracle.input_shape == (1, 4, 4) and oracle.class_names == list("wxyz")
@@ -125,7 +125,7 @@ def test_steal_and_verify_over_http_with_the_cli(margin_victim, capsys):
 
 
 def test_png_transport_and_budget_refusal_reach_the_client(margin_victim):
-    from copycatch.http_oracle import HttpOracle
+    from copycatch.oracles.http import HttpOracle
 
     _, victim, _ = margin_victim
     model = cc.load_model(victim)

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.cli import main
-from copycatch.errors import InvalidArgument, SuspectError
-from copycatch.http_oracle import HttpOracle, _retry_after
-from copycatch.png import decode_png, encode_png
-from copycatch.suspects import describe_suspect, open_suspect
-from copycatch.transcript import Transcript
+from copycatch.cli.main import main
+from copycatch.core.errors import InvalidArgument, SuspectError
+from copycatch.oracles.http import HttpOracle, _retry_after
+from copycatch.data.png import decode_png, encode_png
+from copycatch.oracles.suspects import describe_suspect, open_suspect
+from copycatch.verification.transcript import Transcript
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_bad_http_options_are_named():
 
 
 def test_onnx_export_answers_like_the_model_and_describes_itself(trained, splits, tmp_path):
-    from copycatch.onnx_oracle import OnnxOracle, export_onnx
+    from copycatch.oracles.onnx import OnnxOracle, export_onnx
 
     path = export_onnx(trained, tmp_path / "m.onnx")
     oracle = open_suspect(str(path))
@@ -273,7 +273,7 @@ def test_onnx_export_answers_like_the_model_and_describes_itself(trained, splits
 
 def test_onnx_logit_and_label_graphs(trained, splits, tmp_path):
     """A foreign ONNX file without our metadata: logits are softmaxed, integer outputs are labels."""
-    from copycatch.onnx_oracle import OnnxOracle
+    from copycatch.oracles.onnx import OnnxOracle
 
     class Labels(torch.nn.Module):
         def __init__(self, m):
@@ -344,7 +344,7 @@ def test_cli_verifies_a_scikit_learn_classifier(capsys, key_file, sklearn_file, 
 
 
 def test_cli_verifies_an_onnx_export(capsys, key_file, embedded, trained, tmp_path):
-    from copycatch.onnx_oracle import export_onnx
+    from copycatch.oracles.onnx import export_onnx
 
     victim = export_onnx(embedded.victim, tmp_path / "victim.onnx")
     code, out, err = _verify(capsys, "--key", key_file, "--suspect", victim, "--json")
@@ -401,7 +401,7 @@ def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(ca
     module = tmp_path / "flaky_suspect.py"
     module.write_text(
         "import torch\n"
-        "from copycatch.models import load_model\n"
+        "from copycatch.models.base import load_model\n"
         f"model = load_model({str(tmp_path / 'v.safetensors')!r})\n"
         "calls = [0]\n"
         "def predict(x):\n"

@@ -1,7 +1,7 @@
 import torch
 
 import copycatch as cc
-from copycatch.train import TrainHook
+from copycatch.models.train import TrainHook
 
 
 def test_training_is_seeded_and_learns(splits):
@@ -67,8 +67,8 @@ def test_early_stopping_restores_the_best_epoch(splits):
 
 
 def test_soft_targets_train_with_kl(splits, trained):
-    from copycatch.data import TensorData
-    from copycatch.train import predict_logits
+    from copycatch.data.base import TensorData
+    from copycatch.models.train import predict_logits
 
     probs = torch.softmax(predict_logits(trained, splits.attacker_pool.x), 1)
     student = cc.create_for("mlp", splits, hidden=32)

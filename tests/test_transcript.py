@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.errors import BudgetExceeded, CorruptFile, InvalidArgument, SuspectError
-from copycatch.transcript import Transcript, TranscriptOracle, main, row_hashes, verify_chain
+from copycatch.core.errors import BudgetExceeded, CorruptFile, InvalidArgument, SuspectError
+from copycatch.verification.transcript import Transcript, TranscriptOracle, main, row_hashes, verify_chain
 
 SUSPECT = {"kind": "python callable", "identity": "tests:model"}
 

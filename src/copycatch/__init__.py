@@ -6,15 +6,15 @@ The Python API mirrors the CLI (``copycatch train|embed|steal|verify``); see :mo
 from ._version import __version__
 from .api import as_oracle, embed, steal, train, verify
 from .attacks.extraction import create_extraction_attack, list_extraction_attacks
-from .data import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
-from .errors import CopycatchError
-from .evidence import Evidence
-from .key import Key
-from .models import Classifier, create_for, create_model, list_models, load_model, save_model
-from .oracle import CallableOracle, ModelOracle, Oracle
-from .postprocess import create_postprocessor, list_postprocessors
+from .data.base import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
+from .core.errors import CopycatchError
+from .core.evidence import Evidence
+from .core.key import Key
+from .models.base import Classifier, create_for, create_model, list_models, load_model, save_model
+from .oracles.base import CallableOracle, ModelOracle, Oracle
+from .oracles.postprocess import create_postprocessor, list_postprocessors
 from .schemes import create_scheme, list_schemes, scheme_for_key
-from .train import TrainConfig, accuracy, agreement, fit
+from .models.train import TrainConfig, accuracy, agreement, fit
 
 __all__ = [
     "__version__", "as_oracle", "embed", "steal", "train", "verify",

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 
 from .attacks.extraction import ExtractionResult, create_extraction_attack
-from .data import Splits, TensorData
-from .errors import InvalidArgument
-from .evidence import Evidence
-from .key import Key
-from .models import Classifier, create_for, load_model
-from .oracle import Oracle
+from .data.base import Splits, TensorData
+from .core.errors import InvalidArgument
+from .core.evidence import Evidence
+from .core.key import Key
+from .models.base import Classifier, create_for, load_model
+from .oracles.base import Oracle
 from .schemes import Embedding, create_scheme, scheme_for_key
-from .suspects import open_suspect
-from .train import TrainConfig, accuracy, fit
+from .oracles.suspects import open_suspect
+from .models.train import TrainConfig, accuracy, fit
 
 PathLike = str | os.PathLike
 
@@ -120,7 +120,7 @@ def steal(victim: Any, pool: TensorData | torch.Tensor, *, attack: str = "soft-l
     atk = create_extraction_attack(attack, **(params or {}))
     shape = tuple(oracle.input_shape or input_shape or pool.x.shape[1:])
     names = tuple(class_names) if class_names else getattr(getattr(oracle, "model", None), "class_names", None)
-    from .models import create_model
+    from .models.base import create_model
 
     surrogate = create_model(arch, shape, oracle.num_classes, class_names=names, seed=(config or TrainConfig()).seed)
     result = atk.run(oracle, pool, surrogate, train=config, progress=progress)

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFile
-from ..key import Key
-from ..models import Classifier, load_model, save_model
+from ..core.errors import CorruptFile
+from ..core.key import Key
+from ..models.base import Classifier, load_model, save_model
 
 KINDS = ("clean", "victim", "surrogate", "innocent")
 

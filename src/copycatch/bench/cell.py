@@ -42,8 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .grid import (INNOCENT_SEED_OFFSET, REMOVAL_SEED_OFFSET, THIEF_SEED_OFFSET, SPLIT_PARTS, artifact_specs,
-                   canonical, config_hash)
+from .grid import INNOCENT_SEED_OFFSET, REMOVAL_SEED_OFFSET, THIEF_SEED_OFFSET, SPLIT_PARTS, artifact_specs, canonical, config_hash
 
 _SPLITS: dict[str, Any] = {}
 _QUERY_SETS: dict[str, Any] = {}
@@ -95,10 +94,10 @@ def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     from .. import api
     from ..attacks.extraction import create_extraction_attack
     from ..attacks.removal import create_removal_attack, run_chain
-    from ..models import create_for, create_model
-    from ..oracle import ModelOracle
+    from ..models.base import create_for, create_model
+    from ..oracles.base import ModelOracle
     from ..schemes import SCHEMES, scheme_for_key
-    from ..train import TrainConfig, accuracy
+    from ..models.train import TrainConfig, accuracy
     from .cache import ArtifactCache
 
     cfg = task["config"]
@@ -177,7 +176,7 @@ def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
     def measure(prefix: str, model: Any) -> dict[str, Any]:
         """Accuracy, fidelity to the API and evidence of a model; the evidence itself kept for the cell's row."""
-        from ..train import predict_logits
+        from ..models.train import predict_logits
 
         evidence, out = verify(prefix, model)
         out[f"{prefix}_acc"] = accuracy(model, splits.test)
@@ -286,7 +285,7 @@ def _memo(key: str, compute: Any) -> dict[str, Any]:
 
 
 def _splits(data: dict[str, Any], data_dir: str | None) -> Any:
-    from ..data import SplitFractions, load_splits
+    from ..data.base import SplitFractions, load_splits
 
     key = canonical({"data": data, "dir": data_dir})
     if key not in _SPLITS:
@@ -299,8 +298,8 @@ def _splits(data: dict[str, Any], data_dir: str | None) -> Any:
 
 def _query_set(name: str, splits: Any, data_dir: str | None) -> Any:
     """The thief's queries: a part of the split, or another data set's training images (out of distribution)."""
-    from ..data import TensorData, load_dataset
-    from ..errors import InvalidArgument
+    from ..data.base import TensorData, load_dataset
+    from ..core.errors import InvalidArgument
 
     if name in SPLIT_PARTS:
         return getattr(splits, name)
@@ -315,7 +314,7 @@ def _query_set(name: str, splits: Any, data_dir: str | None) -> Any:
 
 
 def _post(entry: dict[str, Any]) -> Any:
-    from ..postprocess import create_postprocessor
+    from ..oracles.postprocess import create_postprocessor
 
     return create_postprocessor(entry["name"], **entry["params"])
 

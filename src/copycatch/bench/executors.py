@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import CopycatchError, InvalidArgument
+from ..core.errors import CopycatchError, InvalidArgument
 from .cell import run_cell, set_threads
 
 EXECUTORS = ("local", "serial", "ray")

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CopycatchError, InvalidArgument
+from ..core.errors import CopycatchError, InvalidArgument
 
 CELL_FORMAT = "copycatch.bench.cell/1"
 
@@ -234,7 +234,7 @@ def _expand_experiment(spec: Mapping[str, Any], exp_name: str, where: str) -> li
 
 
 def _data_entries(raw: Any, where: str) -> list[dict[str, Any]]:
-    from ..data import DATASETS, SplitFractions
+    from ..data.base import DATASETS, SplitFractions
 
     entries = raw if isinstance(raw, list) else [raw]
     out = []
@@ -257,7 +257,7 @@ def _data_entries(raw: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _train(raw: Any, where: str) -> dict[str, Any]:
-    from ..train import TrainConfig
+    from ..models.train import TrainConfig
 
     m = _mapping(raw or {}, where, tuple(k for k in TrainConfig.field_names() if k not in ("seed", "device")),
                  hint={"seed": "seeds come from the grid's `seeds`", "device": "the device is `copycatch bench --device`"})
@@ -320,7 +320,7 @@ def _extractions(raw: Any, where: str) -> list[dict[str, Any] | None]:
         _arch(arch, f"{at}: arch")
         queries = _string(entry.get("queries", "attacker_pool"), f"{at}: queries")
         if queries not in SPLIT_PARTS and not queries.endswith(".npz"):
-            from ..data import DATASETS
+            from ..data.base import DATASETS
 
             if queries not in DATASETS:
                 raise GridError(f"{at}: queries {queries!r} is neither a part of the split ({', '.join(SPLIT_PARTS)}) "
@@ -342,8 +342,8 @@ def _extractions(raw: Any, where: str) -> list[dict[str, Any] | None]:
 def _components(raw: Any, where: str, kind: str) -> list[dict[str, Any]]:
     """Removal attacks and post-processors: ``"name:k=v"`` or ``{name, params, sweep}``."""
     from ..attacks.removal import REMOVAL_ATTACKS
-    from ..params import parse_spec
-    from ..postprocess import POSTPROCESSORS
+    from ..core.params import parse_spec
+    from ..oracles.postprocess import POSTPROCESSORS
 
     registry = REMOVAL_ATTACKS if kind == "removal" else POSTPROCESSORS
     if isinstance(raw, str):
@@ -498,7 +498,7 @@ def _params(cls: Any, raw: Any, where: str) -> dict[str, Any]:
 
 
 def _arch(name: str, where: str) -> None:
-    from ..models import MODELS
+    from ..models.base import MODELS
 
     if not isinstance(name, str):
         raise GridError(f"{where}: expected an architecture name, got {name!r} (sweep: {{arch: [...]}} for several)")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgument
+from ..core.errors import InvalidArgument
 from .grid import canonical, flatten
 from .store import ResultsStore
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..utils import progress_enabled
+from ..core.runtime import progress_enabled
 from .cell import versions
 from .executors import Executor, create_executor
 from .grid import Cell, Grid, artifact_specs, config_hash, describe_cell

@@ -27,7 +27,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFile, InvalidArgument
+from ..core.errors import CorruptFile, InvalidArgument
 
 STORE_FORMAT = "copycatch.bench.store/1"
 STORE_NAME = "results.sqlite"

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import InvalidArgument
+from ..core.errors import InvalidArgument
 
 WATERMARK_RULES = ("crop-paste", "merge", "stripes", "autoencoder")
 EXTRA_MIXERS = ("top-bottom", "centre-square", "diagonal", "band")
@@ -226,8 +226,8 @@ class BlendAutoencoder(nn.Module):
 def train_autoencoder(x: torch.Tensor, *, width: int = 16, epochs: int = 5, batch_size: int = 128, lr: float = 1e-3,
                       seed: int = 0, progress: bool | None = None) -> BlendAutoencoder:
     """Train a :class:`BlendAutoencoder` to reconstruct ``x`` (MSE) with the shared training loop."""
-    from ..data import TensorData
-    from ..train import TrainConfig, fit
+    from ..data.base import TensorData
+    from ..models.train import TrainConfig, fit
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

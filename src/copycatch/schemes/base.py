@@ -1,8 +1,8 @@
 """The interface every watermarking scheme implements.
 
-``embed(model, splits)`` → victim + :class:`~copycatch.key.Key` (training-time
+``embed(model, splits)`` → victim + :class:`~copycatch.core.key.Key` (training-time
 schemes), ``protect(oracle, key)`` → an oracle (API-time schemes; identity
-otherwise), ``verify(oracle, key, alpha)`` → :class:`~copycatch.evidence.Evidence`
+otherwise), ``verify(oracle, key, alpha)`` → :class:`~copycatch.core.evidence.Evidence`
 with an exact (or explicitly approximate) p-value under the scheme's stated null.
 """
 
@@ -13,15 +13,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier, weights_digest
-from ..oracle import Oracle
-from ..params import Params as BaseParams
-from ..registry import Registry
-from ..train import TrainConfig
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier, weights_digest
+from ..oracles.base import Oracle
+from ..core.params import Params as BaseParams
+from ..core.registry import Registry
+from ..models.train import TrainConfig
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ class Scheme:
         raise NotImplementedError
 
     def bernoulli_outcomes(self, answers: torch.Tensor, key: Key) -> BernoulliOutcomes | None:
-        """Optional hook for sequential verification (:mod:`copycatch.sequential`).
+        """Optional hook for sequential verification (:mod:`copycatch.verification.sequential`).
 
         ``answers`` are the suspect's answers to the first ``len(answers)`` verification inputs (a prefix, maybe
         empty). Implement it only when the scheme's statistic is a count of per-query Bernoulli outcomes with an

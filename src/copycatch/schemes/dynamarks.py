@@ -31,7 +31,7 @@ more uniform draw from the secret space, so a statistic computed for *every* pos
 one uniformly; the p-value is the share of secrets that fit the suspect at least as well as the true one.
 Grouping rows by F_org's predicted class (the class whose V_i perturbs the input) makes each statistic a sum of
 independent per-class terms, so that share over all (N·K)^N secrets is computed exactly by convolution
-(``copycatch.stats.independent_choices_greater``, conservative on a 2^16 grid). Two statistics are ranked:
+(``copycatch.core.stats.independent_choices_greater``, conservative on a 2^16 grid). Two statistics are ranked:
 
 * Algorithm 2's δ_alt with F_alt answered once per candidate secret, all with the same random numbers (stored
   in the key): it recognises the API itself, whose answers are such draws;
@@ -77,15 +77,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier, weights_digest
-from ..oracle import Oracle
-from ..params import Params as BaseParams
-from ..stats import independent_choices_greater
-from ..train import TrainConfig, predict_logits
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier, weights_digest
+from ..oracles.base import Oracle
+from ..core.params import Params as BaseParams
+from ..core.stats import independent_choices_greater
+from ..models.train import TrainConfig, predict_logits
 from .base import Embedding, Scheme, register_scheme
 
 LOG_FLOOR = 1e-6  # probabilities below this are equal for the paired statistic (float32 answers saturate)

@@ -87,18 +87,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier
-from ..params import Params as BaseParams
-from ..stats import binomial_greater
-from ..train import TrainConfig, TrainHook, TrainState, fit, predict_logits
-from ..utils import progress as progress_bar
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier
+from ..core.params import Params as BaseParams
+from ..core.stats import binomial_greater
+from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
+from ..core.runtime import progress as progress_bar
 from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
-from .feature_sharing import (ROUND_DECIMALS, certainty_differences, check_class, is_one_hot, least_likely_class,
-                              load_ood, ood_class_inputs, random_class, stamp_patch, to_uint8)
+from .feature_sharing import ROUND_DECIMALS, certainty_differences, check_class, is_one_hot, least_likely_class, load_ood, ood_class_inputs, random_class, stamp_patch, to_uint8
 
 MIN_TEMPERATURE = 1e-3
 MAX_DESCENT_STEPS = 50

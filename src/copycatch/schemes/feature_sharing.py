@@ -92,14 +92,14 @@ import torch
 from scipy import stats as _st
 from torch import nn
 
-from ..data import Dataset, Splits, TensorData, load_dataset
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier
-from ..params import Params as BaseParams
-from ..params import parse_spec
-from ..train import TrainConfig, fit, predict_logits
+from ..data.base import Dataset, Splits, TensorData, load_dataset
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier
+from ..core.params import Params as BaseParams
+from ..core.params import parse_spec
+from ..models.train import TrainConfig, fit, predict_logits
 from .base import Embedding, Scheme, register_scheme
 
 ZERO_METHOD = "pratt"

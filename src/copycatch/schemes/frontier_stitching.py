@@ -4,7 +4,7 @@ Paper: "Adversarial frontier stitching for remote neural network watermarking",
 ../shared/papers/frontier-stitching.txt, Algorithms 1 and 2, Sec. 3 and 4.1. Ports read: WRT
 ``frontier_stitching.py`` and dunky11's TensorFlow port (implementation notes §5).
 
-Key (Algorithm 1). FGSM (``copycatch.adversarial.fgsm``, L∞, step ``eps`` on [0, 1] inputs, the true label as
+Key (Algorithm 1). FGSM (``copycatch.models.adversarial.fgsm``, L∞, step ``eps`` on [0, 1] inputs, the true label as
 target of the ascent) turns owner-training examples that the trained model classifies correctly into
 candidates. A candidate the model now misclassifies is a *true adversary*, one it still classifies correctly a
 *false adversary*; both sit close to the decision frontier. The key K holds ℓ/2 true and ℓ/2 false adversaries,
@@ -65,15 +65,15 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as st
 
-from ..adversarial import fgsm
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier
-from ..params import Params as BaseParams
-from ..stats import binomial_less, hypergeometric_greater
-from ..train import TrainConfig, TrainHook, TrainState, fit, predict_logits
+from ..models.adversarial import fgsm
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier
+from ..core.params import Params as BaseParams
+from ..core.stats import binomial_less, hypergeometric_greater
+from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from .base import Embedding, Scheme, register_scheme
 
 FALSE_ADVERSARY, TRUE_ADVERSARY, CONTROL = 0, 1, 2
@@ -199,7 +199,7 @@ class FrontierStitching(Scheme):
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(true adversaries as uint8, their labels, false adversaries, their labels) from random owner-training
         examples the model classifies correctly (Algorithm 1, lines 1-9)."""
-        from ..utils import progress as progress_bar
+        from ..core.runtime import progress as progress_bar
 
         p = self.params
         pool = splits.owner_train

@@ -57,15 +57,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..adversarial import pgd
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier, create_for
-from ..params import Params as BaseParams
-from ..stats import binomial_greater
-from ..train import TrainConfig, TrainHook, TrainState, fit, predict_logits
+from ..models.adversarial import pgd
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier, create_for
+from ..core.params import Params as BaseParams
+from ..core.stats import binomial_greater
+from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
 
 

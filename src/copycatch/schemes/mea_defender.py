@@ -169,14 +169,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Splits, TensorData
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier
-from ..params import Params as BaseParams
-from ..stats import binomial_greater, hypergeometric_greater
-from ..train import TrainConfig, TrainHook, TrainState, fit
+from ..data.base import Splits, TensorData
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier
+from ..core.params import Params as BaseParams
+from ..core.stats import binomial_greater, hypergeometric_greater
+from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from . import _mixers as mixers
 from .base import Embedding, Scheme, register_scheme
 

@@ -22,7 +22,7 @@ Verification (exact). The suspect labels the stamped key inputs; group them by (
 hypothesis: the suspect's answers do not depend on the secret mapping. Then, given its answers, every group's
 target is still a uniform draw from its C−1 wrong classes, independently, so the total number of hits is the
 sum over groups of the count of answers equal to an independent uniform wrong class; its distribution is
-computed exactly by convolution (``copycatch.stats.independent_choices_greater``). Labels only are needed. The
+computed exactly by convolution (``copycatch.core.stats.independent_choices_greater``). Labels only are needed. The
 smallest attainable p-value is (C−1)^−G for G groups: 2.9e-10 for 10 classes and one patch.
 
 Parameters (defaults):
@@ -45,14 +45,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..evidence import Evidence
-from ..key import Key
-from ..models import Classifier
-from ..params import Params as BaseParams
-from ..stats import independent_choices_greater
-from ..train import TrainConfig, TrainHook, TrainState, fit
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..models.base import Classifier
+from ..core.params import Params as BaseParams
+from ..core.stats import independent_choices_greater
+from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from .base import Embedding, Scheme, register_scheme
 
 CORNERS = ("bottom-right", "top-left", "top-right", "bottom-left")

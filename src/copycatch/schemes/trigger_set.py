@@ -30,12 +30,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..data import Splits
-from ..errors import InvalidArgument
-from ..key import Key
-from ..models import Classifier, create_for
-from ..params import Params as BaseParams
-from ..train import TrainConfig, TrainHook, TrainState, fit
+from ..data.base import Splits
+from ..core.errors import InvalidArgument
+from ..core.key import Key
+from ..models.base import Classifier, create_for
+from ..core.params import Params as BaseParams
+from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from .base import Embedding, register_scheme
 from .margin import MarginWatermark
 

@@ -21,7 +21,7 @@ from typing import Any
 from .keys import Keyring, new_key
 from .ledger import Ledger, read_ledger, row_digests, summarize
 from .limits import Budget, QueryLimiter, Rate
-from ..png import decode_png, encode_png
+from ..data.png import decode_png, encode_png
 
 EXTRA_HINT = "pip install 'copycatch[serve]'"
 
@@ -30,8 +30,8 @@ _LAZY = {"create_app": "app", "ServeConfig": "app", "Service": "app", "protected
 
 
 def require_extra() -> None:
-    """Raise a one-line :class:`~copycatch.errors.CopycatchError` when FastAPI or uvicorn is missing."""
-    from ..errors import CopycatchError
+    """Raise a one-line :class:`~copycatch.core.errors.CopycatchError` when FastAPI or uvicorn is missing."""
+    from ..core.errors import CopycatchError
 
     missing = []
     for name in ("fastapi", "uvicorn"):

@@ -37,10 +37,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .._version import __version__
-from ..errors import InvalidArgument
-from ..key import Key
-from ..oracle import Oracle
-from ..params import Params
+from ..core.errors import InvalidArgument
+from ..core.key import Key
+from ..oracles.base import Oracle
+from ..core.params import Params
 from .batching import Batcher, ShuttingDown
 from .keys import HEADER, Keyring
 from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests, spent_by_key
@@ -413,13 +413,13 @@ _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, tex
 def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str | None = None,
                keyring: Keyring | str | None = None, class_names: Sequence[str] | None = None,
                num_classes: int | None = None, input_shape: Sequence[int] | None = None) -> FastAPI:
-    """A FastAPI app serving ``model`` (an :class:`Oracle`, a :class:`~copycatch.models.Classifier`, a model
-    file, or anything :func:`copycatch.suspects.open_suspect` opens) under ``config``.
+    """A FastAPI app serving ``model`` (an :class:`Oracle`, a :class:`~copycatch.models.base.Classifier`, a model
+    file, or anything :func:`copycatch.oracles.suspects.open_suspect` opens) under ``config``.
 
     ``key`` applies its scheme's API-time protection server-side; ``keyring`` (or a key file path) requires
     an ``X-API-Key`` on every ``/v1`` request. The app opens its ledger at once and closes it on shutdown.
     """
-    from ..suspects import open_suspect
+    from ..oracles.suspects import open_suspect
 
     config = config or ServeConfig()
     oracle = open_suspect(model, num_classes=num_classes, input_shape=input_shape)

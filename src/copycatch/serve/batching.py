@@ -7,7 +7,7 @@ thread (so the event loop keeps accepting and parsing requests meanwhile, and th
 two threads at once) and hands each request its own rows. Under load, requests that arrive during a
 forward pass form the next batch without any waiting.
 
-Answers are row-wise (post-processors and protections must be, see :mod:`copycatch.postprocess`), so a
+Answers are row-wise (post-processors and protections must be, see :mod:`copycatch.oracles.postprocess`), so a
 request's answer does not depend on which other requests shared its batch, up to float rounding.
 """
 

@@ -19,7 +19,7 @@ import re
 import secrets
 from pathlib import Path
 
-from ..errors import CorruptFile, InvalidArgument
+from ..core.errors import CorruptFile, InvalidArgument
 
 HEADER = "X-API-Key"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")

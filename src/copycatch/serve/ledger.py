@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import CorruptFile, CopycatchError, InvalidArgument
+from ..core.errors import CorruptFile, CopycatchError, InvalidArgument
 
 FsyncPolicy = Literal["always", "interval", "never"]
 DIGEST_HEX = 32

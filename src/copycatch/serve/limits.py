@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from ..errors import InvalidArgument
+from ..core.errors import InvalidArgument
 
 NEVER_RETRY_AFTER = 365 * 24 * 3600
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import InvalidArgument
+from ..core.errors import InvalidArgument
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
-from ..png import PngError, decode_png
+from ..data.png import PngError, decode_png
 
 _DATA_URL = "data:image/png;base64,"
 

@@ -1,8 +1,7 @@
 """Extraction attacks (see :mod:`.base`); one file per attack, registered on import (every module here is imported)."""
 
-from ..._discover import import_submodules
-from .base import (EXTRACTION_ATTACKS, ExtractionAttack, ExtractionResult, create_extraction_attack,
-                   list_extraction_attacks, query_all, register_extraction)
+from ...core.discover import import_submodules
+from .base import EXTRACTION_ATTACKS, ExtractionAttack, ExtractionResult, create_extraction_attack, list_extraction_attacks, query_all, register_extraction
 
 import_submodules(__name__, __path__)
 

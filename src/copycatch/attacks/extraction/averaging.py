@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...oracle import Oracle
-from ...train import soft_cross_entropy
-from ...utils import progress as progress_bar
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...oracles.base import Oracle
+from ...models.train import soft_cross_entropy
+from ...core.runtime import progress as progress_bar
 from .base import TransferSetAttack, answers_to_targets, register_extraction
 
 

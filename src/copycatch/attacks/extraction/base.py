@@ -1,4 +1,4 @@
-"""The interface of extraction attacks: they see only an :class:`~copycatch.oracle.Oracle`.
+"""The interface of extraction attacks: they see only an :class:`~copycatch.oracles.base.Oracle`.
 
 Every attack has a query budget, never spends more than it, and reports what it spent.
 The surrogate's architecture is the thief's free choice: the attack trains whatever
@@ -14,14 +14,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...data import TensorData
-from ...errors import BudgetExceeded, InvalidArgument
-from ...models import Classifier
-from ...oracle import Oracle
-from ...params import Params as BaseParams
-from ...registry import Registry
-from ...train import TrainConfig, fit
-from ...utils import progress as progress_bar
+from ...data.base import TensorData
+from ...core.errors import BudgetExceeded, InvalidArgument
+from ...models.base import Classifier
+from ...oracles.base import Oracle
+from ...core.params import Params as BaseParams
+from ...core.registry import Registry
+from ...models.train import TrainConfig, fit
+from ...core.runtime import progress as progress_bar
 
 
 @dataclasses.dataclass

@@ -44,9 +44,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...oracle import Oracle
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...oracles.base import Oracle
 from .base import TransferSetAttack, register_extraction
 
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from ...data import TensorData
-from ...errors import SuspectError
-from ...oracle import Oracle
+from ...data.base import TensorData
+from ...core.errors import SuspectError
+from ...oracles.base import Oracle
 from .base import TransferSetAttack, register_extraction
 
 

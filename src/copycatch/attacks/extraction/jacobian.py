@@ -50,13 +50,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...models import Classifier
-from ...oracle import Oracle
-from ...train import TrainConfig, fit, soft_cross_entropy
-from .base import (ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, query_all, register_extraction,
-                   timed)
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.base import Classifier
+from ...oracles.base import Oracle
+from ...models.train import TrainConfig, fit, soft_cross_entropy
+from .base import ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, query_all, register_extraction, timed
 
 
 def jacobian_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, lam: float, *,

@@ -58,12 +58,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...models import Classifier
-from ...oracle import Oracle
-from ...train import TrainConfig, fit, predict_logits, soft_cross_entropy
-from ...utils import progress as progress_bar
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.base import Classifier
+from ...oracles.base import Oracle
+from ...models.train import TrainConfig, fit, predict_logits, soft_cross_entropy
+from ...core.runtime import progress as progress_bar
 from .base import ExtractionResult, TransferSetAttack, answers_to_targets, register_extraction
 
 

@@ -44,12 +44,12 @@ import dataclasses
 
 import torch
 
-from ...adversarial import pgd
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...models import Classifier
-from ...oracle import Oracle
-from ...train import TrainConfig, fit, soft_cross_entropy
+from ...models.adversarial import pgd
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.base import Classifier
+from ...oracles.base import Oracle
+from ...models.train import TrainConfig, fit, soft_cross_entropy
 from .base import ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, query_all, register_extraction, timed
 
 

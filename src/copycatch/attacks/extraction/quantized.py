@@ -5,7 +5,7 @@ Paper: Tang et al., "Was my model stolen? Feature sharing for robust and transfe
 precision is from 1000-level to 2-level (hard-label)"; Tramèr et al. (2016) and Orekondy et al. (2019b)
 for lower-precision predictions as a way around perturbation-based defences.
 
-Every answer is passed through the ``quantize`` post-processor (:mod:`copycatch.postprocess`): each
+Every answer is passed through the ``quantize`` post-processor (:mod:`copycatch.oracles.postprocess`): each
 probability becomes the nearest of the k levels {0, 1/(k−1), …, 1}. Those k-level answers are what the
 thief keeps; it trains the surrogate on them, rescaled to sum to one, with the soft-label KL loss.
 The same information reaches the plain ``soft-label`` attack through ``--post quantize:levels=K``
@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...oracle import Oracle
-from ...postprocess import Quantize
-from ...train import soft_cross_entropy
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...oracles.base import Oracle
+from ...oracles.postprocess import Quantize
+from ...models.train import soft_cross_entropy
 from .base import TransferSetAttack, answers_to_targets, register_extraction
 
 MAX_LEVELS = 1000

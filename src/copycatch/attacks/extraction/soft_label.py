@@ -21,10 +21,10 @@ import dataclasses
 
 import torch
 
-from ...data import TensorData
-from ...models import Classifier
-from ...oracle import Oracle
-from ...train import TrainConfig, fit, soft_cross_entropy
+from ...data.base import TensorData
+from ...models.base import Classifier
+from ...oracles.base import Oracle
+from ...models.train import TrainConfig, fit, soft_cross_entropy
 from .base import ExtractionAttack, ExtractionResult, query_all, register_extraction, timed
 
 

@@ -1,8 +1,7 @@
 """Removal attacks (see :mod:`.base`); one file per attack, registered on import (every module here is imported)."""
 
-from ..._discover import import_submodules
-from .base import (REMOVAL_ATTACKS, RemovalAttack, RemovalResult, create_removal_attack, list_removal_attacks,
-                   register_removal, run_chain)
+from ...core.discover import import_submodules
+from .base import REMOVAL_ATTACKS, RemovalAttack, RemovalResult, create_removal_attack, list_removal_attacks, register_removal, run_chain
 
 import_submodules(__name__, __path__)
 

@@ -29,12 +29,11 @@ import dataclasses
 
 import torch
 
-from ...adversarial import fgsm
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...train import fit
-from .base import (LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal,
-                   thief_targets)
+from ...models.adversarial import fgsm
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.train import fit
+from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal, thief_targets
 
 
 @register_removal

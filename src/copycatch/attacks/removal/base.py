@@ -1,6 +1,6 @@
 """The interface of removal attacks: white-box laundering of a model the thief holds.
 
-A removal attack takes a :class:`~copycatch.models.Classifier` and the thief's data
+A removal attack takes a :class:`~copycatch.models.base.Classifier` and the thief's data
 (``attacker_pool``: inputs, and labels only where the attack may use them) and returns
 a new model. Every attack reports test accuracy before and after when test data are given.
 Attacks chain: ``steal`` then any sequence of removals (see :func:`run_chain`).
@@ -26,13 +26,13 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...models import Classifier
-from ...params import Params as BaseParams
-from ...params import parse_spec
-from ...registry import Registry
-from ...train import TrainConfig, accuracy, predict_logits
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.base import Classifier
+from ...core.params import Params as BaseParams
+from ...core.params import parse_spec
+from ...core.registry import Registry
+from ...models.train import TrainConfig, accuracy, predict_logits
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ class RemovalResult:
     evasions: list[Any] = dataclasses.field(default_factory=list)
 
     def oracle(self, **options: Any):
-        """The thief's deployment as an :class:`~copycatch.oracle.Oracle`: the model behind its evasions."""
+        """The thief's deployment as an :class:`~copycatch.oracles.base.Oracle`: the model behind its evasions."""
         from .evasion import EvadingOracle
 
         return EvadingOracle(self.model, self.evasions, **options)

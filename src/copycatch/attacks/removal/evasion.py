@@ -8,7 +8,7 @@ behind a chain of evasions, outermost first.
 Design (the simplest honest one we found):
 
 * **Python.** ``evasion.wrap(model)`` (or ``RemovalResult.oracle()``) returns an
-  :class:`EvadingOracle`, an ordinary :class:`~copycatch.oracle.Oracle` that a verifier queries
+  :class:`EvadingOracle`, an ordinary :class:`~copycatch.oracles.base.Oracle` that a verifier queries
   exactly as it would query the thief's API: ``cc.verify(result.oracle(), key)``. Noise also wraps
   any black-box oracle; rejection needs the model itself (its features or logits), which the
   thief has.
@@ -18,7 +18,7 @@ Design (the simplest honest one we found):
   state (thresholds); tensors hold what a detector must remember (LOF's reference features).
   Nothing is pickled; loading refits LOF from the stored features (deterministic).
   ``copycatch verify --suspect stolen.evasion.safetensors`` queries the deployment (see
-  :func:`open_deployment`; :mod:`copycatch.suspects` recognises the suffix), while
+  :func:`open_deployment`; :mod:`copycatch.oracles.suspects` recognises the suffix), while
   ``--suspect stolen.safetensors`` still queries the bare model. The verifier never has to
   know which evasions the thief used: a deployment file is just another suspect.
 
@@ -39,11 +39,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...data import TensorData
-from ...errors import CorruptFile, InvalidArgument
-from ...models import Classifier, load_model, weights_digest
-from ...oracle import Oracle
-from ...train import TrainConfig
+from ...data.base import TensorData
+from ...core.errors import CorruptFile, InvalidArgument
+from ...models.base import Classifier, load_model, weights_digest
+from ...oracles.base import Oracle
+from ...models.train import TrainConfig
 from .base import REMOVAL_ATTACKS, RemovalAttack, RemovalResult
 
 FORMAT = "copycatch.evasion/1"
@@ -112,7 +112,7 @@ class InputEvasion(RemovalAttack):
 def deployed_accuracy(model: Classifier, evasions: Sequence[InputEvasion], test: TensorData) -> float:
     """Accuracy of the deployment (model behind ``evasions``) on ``test``; a fresh, seeded oracle."""
     if not evasions:
-        from ...train import accuracy
+        from ...models.train import accuracy
 
         return accuracy(model, test)
     oracle = EvadingOracle(model, evasions)
@@ -129,7 +129,7 @@ class EvadingOracle(Oracle):
 
     def __init__(self, target: Any, evasions: Sequence[InputEvasion], *, budget: int | None = None,
                  batch_size: int = 1024, name: str | None = None, check_digest: bool = True):
-        from ...oracle import ModelOracle
+        from ...oracles.base import ModelOracle
 
         self.evasions = list(evasions)
         for ev in self.evasions:

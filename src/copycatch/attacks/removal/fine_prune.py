@@ -39,10 +39,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ...errors import InvalidArgument
-from ...train import fit
-from .base import (LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal,
-                   thief_targets)
+from ...core.errors import InvalidArgument
+from ...models.train import fit
+from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal, thief_targets
 
 _CHANNEL_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -31,8 +31,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...errors import InvalidArgument
-from ...train import fit
+from ...core.errors import InvalidArgument
+from ...models.train import fit
 from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, register_removal, thief_targets
 
 

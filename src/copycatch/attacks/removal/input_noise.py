@@ -26,7 +26,7 @@ import dataclasses
 
 import torch
 
-from ...errors import InvalidArgument
+from ...core.errors import InvalidArgument
 from .base import register_removal
 from .evasion import AnswerFn, EvadingOracle, InputEvasion
 

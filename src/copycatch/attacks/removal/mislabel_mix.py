@@ -40,11 +40,10 @@ import dataclasses
 
 import torch
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...train import fit
-from .base import (LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal,
-                   thief_targets)
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.train import fit
+from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal, thief_targets
 
 MIXERS = ("half", "side", "diag", "donut", "hotdog")
 

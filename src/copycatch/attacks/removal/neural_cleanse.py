@@ -54,10 +54,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...data import TensorData
-from ...errors import InvalidArgument
-from ...train import fit
-from ...utils import progress as progress_bar
+from ...data.base import TensorData
+from ...core.errors import InvalidArgument
+from ...models.train import fit
+from ...core.runtime import progress as progress_bar
 from .base import LabelSource, RemovalAttack, finetune_config, register_removal, thief_targets
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation under normality

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from ...data import SplitFractions, Splits, TensorData
-from ...errors import InvalidArgument
-from ...params import parse_assignments
+from ...data.base import SplitFractions, Splits, TensorData
+from ...core.errors import InvalidArgument
+from ...core.params import parse_assignments
 from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, register_removal, thief_targets
 
 

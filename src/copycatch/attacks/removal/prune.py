@@ -29,10 +29,9 @@ from typing import Literal
 
 from torch.nn.utils import prune
 
-from ...errors import InvalidArgument
-from ...train import fit
-from .base import (LabelSource, RemovalAttack, TrainingParams, finetune_config, register_removal, thief_targets,
-                   weight_layers)
+from ...core.errors import InvalidArgument
+from ...models.train import fit
+from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, register_removal, thief_targets, weight_layers
 
 
 def sparsity(layers) -> tuple[float, dict[str, float]]:

@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from ...errors import InvalidArgument
+from ...core.errors import InvalidArgument
 from .base import RemovalAttack, register_removal, weight_layers
 
 

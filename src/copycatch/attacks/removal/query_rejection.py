@@ -39,10 +39,10 @@ from typing import Any, Literal
 
 import torch
 
-from ...data import TensorData
-from ...errors import CopycatchError, InvalidArgument
-from ...models import Classifier
-from ...train import predict_logits
+from ...data.base import TensorData
+from ...core.errors import CopycatchError, InvalidArgument
+from ...models.base import Classifier
+from ...models.train import predict_logits
 from .base import register_removal
 from .evasion import AnswerFn, EvadingOracle, InputEvasion
 

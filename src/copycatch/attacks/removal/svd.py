@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from ...errors import InvalidArgument
+from ...core.errors import InvalidArgument
 from .base import RemovalAttack, register_removal, weight_layers
 from .fine_tune import last_linear
 

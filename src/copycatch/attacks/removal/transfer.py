@@ -30,8 +30,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...errors import InvalidArgument
-from ...train import fit
+from ...core.errors import InvalidArgument
+from ...models.train import fit
 from .base import RemovalAttack, TrainingParams, finetune_config, register_removal
 from .fine_tune import last_linear
 

@@ -1,0 +1,210 @@
+"""Black-box access to a model: inputs in, probabilities (or labels) out, every query counted.
+
+Extraction attacks and verification only ever see an :class:`Oracle`. Every
+oracle answers ``query(x)`` with an N×C float tensor of probabilities; a
+label-only oracle answers one-hot rows and says so in ``output_kind``.
+
+Post-processors (:mod:`copycatch.oracles.postprocess`) compose around any oracle with
+:meth:`Oracle.postprocess`; API-time watermarks are post-processors too.
+
+Budgets are hard: a query that would overrun raises :class:`BudgetExceeded` before
+anything is asked, so a thief's (or verifier's) spending is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import BudgetExceeded, InvalidArgument, SuspectError
+
+OutputKind = Literal["probs", "labels"]
+
+
+class Oracle:
+    """Base class. Subclasses implement :meth:`_answer` on an already-validated batch."""
+
+    output_kind: OutputKind = "probs"
+
+    def __init__(self, num_classes: int, input_shape: Sequence[int] | None = None, *, budget: int | None = None,
+                 name: str = "oracle"):
+        if num_classes < 2:
+            raise InvalidArgument(f"an oracle needs at least 2 classes, got {num_classes}")
+        if budget is not None and budget < 0:
+            raise InvalidArgument(f"query budget must be >= 0, got {budget}")
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
+        self.budget = budget
+        self.queries = 0
+        self.name = name
+
+    # -- budget ----------------------------------------------------------------------------------------------------
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.queries
+
+    def set_budget(self, budget: int | None) -> Oracle:
+        if budget is not None and budget < 0:
+            raise InvalidArgument(f"query budget must be >= 0, got {budget}")
+        self.budget = budget
+        return self
+
+    def _charge(self, n: int) -> None:
+        if self.budget is not None and self.queries + n > self.budget:
+            raise BudgetExceeded(
+                f"query budget exceeded on {self.name}: {self.budget} queries allowed, {self.queries} spent, "
+                f"this batch asks for {n}"
+            )
+        self.queries += n
+
+    # -- queries ---------------------------------------------------------------------------------------------------
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Answer a batch N×C×H×W of [0, 1] inputs with N×C probabilities (CPU float32)."""
+        x = self._check_input(x)
+        self._charge(len(x))
+        if len(x) == 0:
+            return torch.empty(0, self.num_classes)
+        out = self._answer(x)
+        return self._check_output(out, len(x))
+
+    def query_labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query(x).argmax(dim=1)
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_input(self, x: Any) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        x = x.detach().float().cpu()
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise InvalidArgument(f"{self.name} expects inputs of shape N×{'×'.join(map(str, self.input_shape))}, "
+                                  f"got {tuple(x.shape)}")
+        if x.ndim < 2:
+            raise InvalidArgument(f"{self.name} expects a batch of inputs, got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise InvalidArgument(f"query to {self.name} contains NaN or Inf")
+        return x
+
+    def _check_output(self, out: Any, n: int) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            try:
+                out = torch.as_tensor(np.asarray(out, dtype=np.float32))
+            except (TypeError, ValueError) as exc:
+                raise SuspectError(f"{self.name} answered something that is not numbers ({exc})") from None
+        out = out.detach().float().cpu()
+        if out.shape != (n, self.num_classes):
+            raise SuspectError(f"{self.name} answered shape {tuple(out.shape)}, expected ({n}, {self.num_classes})")
+        if not torch.isfinite(out).all():
+            raise SuspectError(f"{self.name} answered NaN or Inf")
+        return out
+
+    # -- composition -----------------------------------------------------------------------------------------------
+    def postprocess(self, *processors: Any) -> Oracle:
+        """Wrap this oracle with post-processors (objects or spec strings like ``"top-k:k=3"``)."""
+        from .postprocess import resolve
+
+        return PostProcessedOracle(self, [resolve(p) for p in processors])
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes, "output_kind": self.output_kind,
+                "queries": self.queries, "budget": self.budget}
+
+
+class ModelOracle(Oracle):
+    """A local ``nn.Module`` answering softmax probabilities."""
+
+    def __init__(self, model: nn.Module, *, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
+                 budget: int | None = None, batch_size: int = 1024, device: str | torch.device | None = None,
+                 name: str = "model"):
+        num_classes = num_classes or getattr(model, "num_classes", None)
+        if num_classes is None:
+            raise InvalidArgument("ModelOracle needs num_classes for a plain nn.Module")
+        super().__init__(num_classes, input_shape or getattr(model, "input_shape", None), budget=budget, name=name)
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @torch.no_grad()
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(0, len(x), self.batch_size):
+            logits = self.model(x[i:i + self.batch_size].to(self.device))
+            outs.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(outs)
+
+
+class CallableOracle(Oracle):
+    """Any Python callable: ``fn(batch) -> probabilities (N×C) or labels (N,)``.
+
+    ``batch`` is passed as a NumPy array shaped like ``input_format``: ``"nchw"``
+    (default), ``"nhwc"`` or ``"flat"`` (N×D, e.g. scikit-learn's ``predict_proba``).
+    A 1-D integer answer is taken as labels and turned into one-hot rows.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], num_classes: int, *, input_shape: Sequence[int] | None = None,
+                 input_format: Literal["nchw", "nhwc", "flat", "torch"] = "nchw", budget: int | None = None,
+                 output_kind: OutputKind | None = None, name: str = "callable"):
+        super().__init__(num_classes, input_shape, budget=budget, name=name)
+        if input_format not in ("nchw", "nhwc", "flat", "torch"):
+            raise InvalidArgument(f"input_format must be nchw, nhwc, flat or torch, got {input_format!r}")
+        self.fn = fn
+        self.input_format = input_format
+        if output_kind is not None:
+            self.output_kind = output_kind
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_format == "torch":
+            batch: Any = x
+        else:
+            arr = x.numpy()
+            if self.input_format == "nhwc":
+                arr = arr.transpose(0, 2, 3, 1)
+            elif self.input_format == "flat":
+                arr = arr.reshape(len(arr), -1)
+            batch = arr
+        try:
+            out = self.fn(batch)
+        except Exception as exc:  # the suspect's own failure, reported as such
+            raise SuspectError(f"{self.name} raised {type(exc).__name__}: {exc}") from None
+        out_t = torch.as_tensor(np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out))
+        if out_t.ndim == 1:
+            if out_t.dtype.is_floating_point and not torch.equal(out_t, out_t.round()):
+                raise SuspectError(f"{self.name} answered a 1-D array of non-integers; expected labels or N×C probabilities")
+            labels = out_t.long()
+            if len(labels) != len(x):
+                raise SuspectError(f"{self.name} answered {len(labels)} labels for {len(x)} inputs")
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise SuspectError(f"{self.name} answered labels outside 0..{self.num_classes - 1}")
+            self.output_kind = "labels"
+            return torch.nn.functional.one_hot(labels, self.num_classes).float()
+        return out_t.float()
+
+
+class PostProcessedOracle(Oracle):
+    """An oracle whose answers pass through a chain of post-processors."""
+
+    def __init__(self, inner: Oracle, processors: Sequence[Any], *, budget: int | None = None):
+        super().__init__(inner.num_classes, inner.input_shape, budget=budget, name=inner.name)
+        self.inner = inner
+        self.processors = list(processors)
+        self.output_kind = inner.output_kind
+        for p in self.processors:
+            if getattr(p, "output_kind", "probs") == "labels":
+                self.output_kind = "labels"
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner.query(x)
+        for p in self.processors:
+            out = p(out, x)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["postprocessors"] = [p.spec() if hasattr(p, "spec") else type(p).__name__ for p in self.processors]
+        d["inner"] = self.inner.describe()
+        return d

@@ -1,0 +1,343 @@
+"""A prediction API over HTTP as an :class:`~copycatch.oracles.base.Oracle`: the client ``steal`` and ``verify`` use.
+
+Its defaults speak copycatch's own serving protocol; every field is configurable for other APIs.
+
+Protocol (defaults)::
+
+    POST {url}/v1/predict   {"inputs": [N×C×H×W nested lists of floats in [0, 1]]}
+                        or  {"images": ["<base64 PNG>", ...]}                    (encoding="png")
+        → 200 {"probabilities": [[...], ...]}  or  {"labels": [...]}
+    GET  {url}/v1/info      → {"input_shape": [C, H, W], "num_classes": C, "class_names": [...],
+                               "output": "probs" | "top-k" | "label" | "rounded"}
+    API key in the header X-API-Key; errors are 4xx JSON {"detail": "..."};
+    rate or budget limits answer 429 with Retry-After (seconds).
+
+Other APIs: ``predict_path`` / ``info_path`` ("" to use ``url`` as is), ``input_field`` (default "inputs" for
+lists, "images" for PNG), ``input_layout`` ("nchw", "nhwc" or "flat" rows), ``extra_body`` (constant JSON
+fields), ``headers``, ``api_key_header``, ``output_field`` (a dotted path such as ``"data.scores"``; default:
+``probabilities``, else ``labels``, else a bare JSON list) and ``output_kind``:
+
+* ``"auto"``: a 2-D answer is probabilities, a 1-D answer is labels (class indices, or class names when
+  ``class_names`` are known);
+* ``"probs"``, ``"labels"`` (a 2-D answer is reduced to its argmax), or ``"logits"`` (softmax is applied).
+
+Reliability: each request has a ``timeout`` (seconds, per network operation: the standard library's socket
+timeout); connection errors, timeouts, 408 and 5xx are retried ``retries`` times with exponential backoff
+(``backoff`` × 2^attempt, at most 60 s); 429 waits what ``Retry-After`` says (seconds or an HTTP date; if
+absent, the backoff), up to ``max_retry_after`` seconds, else fails at once with the server's wait in the
+message. Any other 4xx is a refusal: :class:`~copycatch.core.errors.SuspectError` carrying the server's
+``detail``. So do non-JSON bodies, NaN, wrong shapes and unknown labels. A request that timed out may have
+been answered (and charged) by the server before it is sent again; a server that keeps a query ledger will
+count it twice. With a
+:class:`~copycatch.verification.transcript.Transcript`, each request's answers are recorded as they arrive, and recorded
+answers are replayed instead of re-asked.
+
+Implementation choice: the client uses only the standard library (``urllib``), so the core package can
+query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.data.png`,
+the codec ``copycatch serve`` decodes with, and are quantised to 1/255.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.client
+import json
+import math
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import InvalidArgument, SuspectError
+from .base import Oracle
+from ..data.png import encode_png
+
+ENCODINGS = ("lists", "png")
+LAYOUTS = ("nchw", "nhwc", "flat")
+OUTPUT_KINDS = ("auto", "probs", "labels", "logits")
+_RETRY_STATUS = {408, 500, 502, 503, 504}
+_MAX_BACKOFF = 60.0
+
+
+class HttpOracle(Oracle):
+    """A remote prediction API; see the module docstring for the protocol and every option."""
+
+    def __init__(self, url: str, *, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
+                 budget: int | None = None, api_key: str | None = None, api_key_header: str = "X-API-Key",
+                 headers: Mapping[str, str] | None = None, predict_path: str = "/v1/predict",
+                 info_path: str = "/v1/info", input_field: str | None = None, encoding: str = "lists",
+                 input_layout: str = "nchw", output_field: str | None = None, output_kind: str = "auto",
+                 extra_body: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
+                 timeout: float = 30.0, retries: int = 5, backoff: float = 0.5, max_retry_after: float = 300.0,
+                 batch_size: int = 256, transcript: Any = None, name: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InvalidArgument(f"not an http(s) URL: {url!r}")
+        if encoding not in ENCODINGS:
+            raise InvalidArgument(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        if input_layout not in LAYOUTS:
+            raise InvalidArgument(f"input_layout must be one of {', '.join(LAYOUTS)}, got {input_layout!r}")
+        if output_kind not in OUTPUT_KINDS:
+            raise InvalidArgument(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+        if not timeout > 0:
+            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
+        if retries < 0 or backoff < 0 or max_retry_after < 0:
+            raise InvalidArgument(f"retries, backoff and max_retry_after must be >= 0, got {retries}, {backoff}, "
+                                  f"{max_retry_after}")
+        if batch_size < 1:
+            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+        self.base_url = url.rstrip("/")
+        self.predict_url = self.base_url + predict_path if predict_path else url
+        self.info_url = (self.base_url + info_path) if info_path else None
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json",
+                        "User-Agent": "copycatch-http-oracle"}
+        self.headers.update(headers or {})
+        if api_key:
+            self.headers[api_key_header] = api_key
+        self.encoding, self.input_layout = encoding, input_layout
+        self.input_field = input_field or ("images" if encoding == "png" else "inputs")
+        self.output_field, self.requested_output = output_field, output_kind
+        self.extra_body = dict(extra_body or {})
+        self.timeout, self.retries, self.backoff, self.max_retry_after = float(timeout), retries, backoff, max_retry_after
+        self.batch_size, self.transcript, self._sleep = batch_size, transcript, sleep
+        self.requests = 0
+        self.retried = 0
+        self.info: dict[str, Any] | None = None
+        if num_classes is None or input_shape is None or class_names is None:
+            self.info = self._fetch_info(required=num_classes is None)
+        info = self.info or {}
+        if num_classes is not None and isinstance(info.get("num_classes"), int) and info["num_classes"] != num_classes:
+            raise InvalidArgument(f"{url} says it has {info['num_classes']} classes, but {num_classes} were expected "
+                                  "(the key's model has that many); is this the right API?")
+        if input_shape is not None and info.get("input_shape") and list(info["input_shape"]) != list(input_shape):
+            raise InvalidArgument(f"{url} takes inputs shaped {tuple(info['input_shape'])}, but "
+                                  f"{tuple(input_shape)} were expected (the key's inputs); is this the right API?")
+        num_classes = num_classes if num_classes is not None else info.get("num_classes")
+        if input_shape is None and info.get("input_shape"):
+            input_shape = info["input_shape"]
+        if not isinstance(num_classes, int):
+            raise SuspectError(f"{self.info_url} gave num_classes={num_classes!r}; pass num_classes explicitly")
+        super().__init__(num_classes, input_shape, budget=budget, name=name or self.base_url)
+        self.class_names = list(class_names or info.get("class_names") or []) or None
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise InvalidArgument(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if output_kind == "labels" or (output_kind == "auto" and info.get("output") == "label"):
+            self.output_kind = "labels"
+
+    # -- protocol --------------------------------------------------------------------------------------------------
+    def _fetch_info(self, *, required: bool) -> dict[str, Any] | None:
+        if self.info_url is None:
+            if required:
+                raise InvalidArgument("this API has no info endpoint: pass num_classes (--num-classes)")
+            return None
+        try:
+            info = self._request("GET", self.info_url, None)
+        except SuspectError as exc:
+            if required:
+                raise SuspectError(f"cannot learn the number of classes from {self.info_url} ({exc}); pass "
+                                   "num_classes (--num-classes) and input_shape") from None
+            return None
+        if not isinstance(info, dict):
+            raise SuspectError(f"{self.info_url} answered {type(info).__name__}, expected a JSON object")
+        return info
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transcript is not None:
+            return self.transcript.answer(x, self._ask, chunk=self.batch_size, output_kind=lambda: self.output_kind)
+        return torch.cat([self._ask(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+    def _ask(self, x: torch.Tensor) -> torch.Tensor:
+        """One request, answers validated (so only good answers reach a transcript)."""
+        body = dict(self.extra_body)
+        body[self.input_field] = self._encode(x)
+        payload = self._request("POST", self.predict_url, body)
+        return self._check_output(self._decode(payload, len(x)), len(x))
+
+    def _encode(self, x: torch.Tensor) -> list[Any]:
+        arr = x.numpy()
+        if self.encoding == "png":
+            if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+                raise InvalidArgument(f"PNG encoding needs N×C×H×W inputs with 1 or 3 channels, got {arr.shape}")
+            return [base64.b64encode(encode_png(img)).decode("ascii") for img in np.clip(arr, 0.0, 1.0)]
+        if self.input_layout == "nhwc":
+            if arr.ndim != 4:
+                raise InvalidArgument(f"input_layout='nhwc' needs N×C×H×W inputs, got {arr.shape}")
+            arr = arr.transpose(0, 2, 3, 1)
+        elif self.input_layout == "flat":
+            arr = arr.reshape(len(arr), -1)
+        return arr.tolist()
+
+    def _decode(self, payload: Any, n: int) -> torch.Tensor:
+        value, field = self._output_value(payload)
+        kind = self.requested_output
+        if kind == "auto":
+            kind = "labels" if field == "labels" or _depth(value) == 1 else "probs"
+        if kind == "labels":
+            self.output_kind = "labels"
+            labels = self._labels(value, n)
+            return torch.nn.functional.one_hot(labels, self.num_classes).float()
+        try:
+            out = torch.tensor(np.asarray(value, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise SuspectError(f"{self.name} answered {field!r} that is not a matrix of numbers ({exc})") from None
+        if out.ndim != 2:
+            raise SuspectError(f"{self.name} answered {field!r} of shape {tuple(out.shape)}, expected ({n}, "
+                               f"{self.num_classes})")
+        if kind == "logits":
+            out = torch.softmax(out, dim=1)
+        return out
+
+    def _output_value(self, payload: Any) -> tuple[Any, str]:
+        if self.output_field:
+            value: Any = payload
+            for part in self.output_field.split("."):
+                if isinstance(value, dict) and part in value:
+                    value = value[part]
+                elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                    value = value[int(part)]
+                else:
+                    raise SuspectError(f"{self.name} answered without the field {self.output_field!r}"
+                                       + _keys_hint(payload))
+            return value, self.output_field.rsplit(".", 1)[-1]
+        if isinstance(payload, dict):
+            for field in ("probabilities", "labels"):
+                if field in payload:
+                    return payload[field], field
+            raise SuspectError(f"{self.name} answered neither 'probabilities' nor 'labels'{_keys_hint(payload)}; "
+                               "name the field with output_field (--output-field)")
+        if isinstance(payload, list):
+            return payload, "(body)"
+        raise SuspectError(f"{self.name} answered a JSON {type(payload).__name__}, expected an object or a list")
+
+    def _labels(self, value: Any, n: int) -> torch.Tensor:
+        if not isinstance(value, list) or len(value) != n:
+            got = len(value) if isinstance(value, list) else type(value).__name__
+            raise SuspectError(f"{self.name} answered {got} labels for {n} inputs")
+        if value and isinstance(value[0], list):  # one row of scores per input: take the argmax
+            try:
+                return torch.tensor(np.asarray(value, dtype=np.float32)).argmax(dim=1)
+            except (TypeError, ValueError):
+                raise SuspectError(f"{self.name} answered label rows that are not numbers") from None
+        out = []
+        for v in value:
+            if isinstance(v, str):
+                if not self.class_names or v not in self.class_names:
+                    raise SuspectError(f"{self.name} answered the label {v!r}, which is not a known class name")
+                out.append(self.class_names.index(v))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer():
+                out.append(int(v))
+            else:
+                raise SuspectError(f"{self.name} answered the label {v!r}; expected a class index or name")
+        labels = torch.tensor(out, dtype=torch.long)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise SuspectError(f"{self.name} answered labels outside 0..{self.num_classes - 1}")
+        return labels
+
+    # -- transport -------------------------------------------------------------------------------------------------
+    def _request(self, method: str, url: str, body: Any) -> Any:
+        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        attempt = 0
+        while True:
+            self.requests += 1
+            payload, failure, wait = self._try_once(method, url, data, attempt)
+            if failure is None:
+                return payload
+            if attempt >= self.retries:
+                raise SuspectError(f"{url}: {failure}; gave up after {attempt + 1} attempts")
+            attempt += 1
+            self.retried += 1
+            self._sleep(wait)
+
+    def _try_once(self, method: str, url: str, data: bytes | None, attempt: int) -> tuple[Any, str | None, float]:
+        """(decoded JSON, None, 0) on success; (None, reason, seconds to wait) when worth retrying; raises otherwise."""
+        delay = min(_MAX_BACKOFF, self.backoff * 2**attempt)
+        request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = _detail(exc)
+            if exc.code == 429:
+                retry_after = _retry_after(exc.headers.get("Retry-After"))
+                wait = delay if retry_after is None else retry_after
+                if wait > self.max_retry_after:
+                    raise SuspectError(f"{url}: rate-limited (HTTP 429{detail}); the server asks to wait {wait:.0f} s, "
+                                       f"more than max_retry_after={self.max_retry_after:g} s; resume later") from None
+                return None, f"rate-limited (HTTP 429{detail})", wait
+            if exc.code in _RETRY_STATUS:
+                return None, f"HTTP {exc.code}{detail}", delay
+            hint = " (check the API key)" if exc.code in (401, 403) else ""
+            raise SuspectError(f"{url} refused the query: HTTP {exc.code}{detail}{hint}") from None
+        except (TimeoutError, socket.timeout):
+            return None, f"no answer within {self.timeout:g} s (timeout)", delay
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                return None, f"no answer within {self.timeout:g} s (timeout)", delay
+            return None, f"cannot connect ({reason})", delay
+        except (ConnectionError, http.client.HTTPException) as exc:
+            return None, f"connection failed ({type(exc).__name__}: {exc})", delay
+        try:
+            return json.loads(raw), None, 0.0
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            snippet = raw[:80].decode("utf-8", "replace")
+            raise SuspectError(f"{url} answered something that is not JSON: {snippet!r}") from None
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update({"url": self.predict_url, "encoding": self.encoding, "input_field": self.input_field,
+                  "output_field": self.output_field, "requests": self.requests, "retried": self.retried})
+        return d
+
+
+def _depth(value: Any) -> int:
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return depth
+
+
+def _keys_hint(payload: Any) -> str:
+    if isinstance(payload, dict):
+        return f" (it has {', '.join(map(repr, list(payload)[:8]))})"
+    return ""
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = exc.read()[:2000]
+    except Exception:  # the body is only for the message; a broken one must not hide the status
+        return ""
+    try:
+        parsed = json.loads(body)
+        detail = parsed.get("detail") if isinstance(parsed, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        detail = body.decode("utf-8", "replace").strip()[:200]
+    return f": {detail}" if detail else ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

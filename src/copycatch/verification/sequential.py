@@ -1,0 +1,235 @@
+"""Sequential verification: query the key in batches and stop as soon as the decision is reached.
+
+Every query costs money and shows the suspect part of the key, so ``copycatch verify`` asks the key's
+inputs a batch at a time and stops when the answer is settled. It works for every scheme whose statistic is
+a count of per-query Bernoulli outcomes under an exact binomial null (the optional
+:meth:`~copycatch.schemes.base.Scheme.bernoulli_outcomes` hook: margin, frontier stitching …); other
+schemes fall back to the fixed test on the whole key, and the evidence says so.
+
+The test (valid at any stopping time). Split α into an early share ``w`` (default 0.2) and ``1 − w``:
+
+* **always-valid part**: over the counted outcomes, the mixture likelihood ratio
+  ``E_t = ∫ Π (p/q)^x (1−p)/(1−q))^(1−x) dπ(p)`` with π uniform on [q, 1] is a non-negative martingale with
+  ``E_0 = 1`` under the null (success rate q), so by Ville's inequality ``P(sup_t E_t ≥ 1/a) ≤ a`` whatever
+  the stopping rule. ``p_e = 1 / max_t E_t``.
+* **fixed part**: the exact binomial p-value of the whole key, ``p_f = P(Bin(m, q) ≥ s)``. Before the whole key
+  is asked, ``p_f`` is bounded by its least favourable completion (every unasked input a counted failure),
+  which is never below the value the full key would give.
+
+Reported p-value ``p = min(1, p_e / w, p_f / (1 − w))`` (weighted Bonferroni: ``P(p ≤ a) ≤ w·a + (1−w)·a``).
+The test stops after a batch as soon as
+
+* ``p_e ≤ w·α`` (early rejection: stolen),
+* or ``p_f``'s bound ``≤ (1 − w)·α`` (curtailment: the full key would reject whatever the rest answers),
+* or neither part can reach its share even if every remaining input were a success (futility: not stolen);
+
+otherwise it goes on to the end of the key. So the decision equals that of the fixed test at level
+``(1 − w)·α`` unless the always-valid part rejects first; the price of early stopping is that borderline
+fixed p-values in ``((1 − w)·α, α]`` are no longer enough.
+
+Parameters (defaults): ``batch_size`` (10) inputs per round; ``early_share`` (0.2) the share w of α spent on
+the always-valid part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from scipy import special
+
+from ..core.errors import InvalidArgument
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..oracles.base import Oracle
+from ..core.params import Params
+from ..core.stats import binomial_greater
+from ..core.runtime import progress as progress_bar
+
+
+@dataclasses.dataclass(frozen=True)
+class SequentialPlan(Params):
+    """How sequential verification spends queries and α."""
+
+    kind = "sequential verification"
+    batch_size: int = 10
+    early_share: float = 0.2
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise InvalidArgument(f"sequential batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 < self.early_share < 1.0:
+            raise InvalidArgument(f"early_share must be in (0, 1), got {self.early_share}")
+
+
+def log_mixture_e_value(successes: int, trials: int, null_rate: float) -> float:
+    """log E for ``successes`` of ``trials`` Bernoulli outcomes; E mixes likelihood ratios uniformly over [q, 1]."""
+    q = float(null_rate)
+    if not 0.0 < q < 1.0:
+        raise InvalidArgument(f"null rate must be in (0, 1), got {q}")
+    if trials == 0:
+        return 0.0
+    a, b = successes + 1, trials - successes + 1
+    tail = float(special.betaincc(a, b, q))  # P(Beta(a, b) > q)
+    if tail <= 0.0:
+        return -math.inf
+    log_integral = float(special.betaln(a, b)) + math.log(tail) - math.log1p(-q)
+    return log_integral - successes * math.log(q) - (trials - successes) * math.log1p(-q)
+
+
+@dataclasses.dataclass
+class SequentialState:
+    """The test's state after some batches (also one row of the recorded trajectory)."""
+
+    queried: int
+    successes: int
+    counted: int
+    max_log_e: float
+    p_early: float
+    p_fixed_bound: float
+    p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["max_e_value"] = math.exp(min(self.max_log_e, 700.0))
+        del d["max_log_e"]
+        return d
+
+
+STOP_REASONS = {
+    "early": "the always-valid e-value crossed its threshold",
+    "curtailed": "the whole key would reject whatever the remaining inputs answer",
+    "futility": "no answers to the remaining inputs could reach the stopping level",
+    "exhausted": "every input of the key was asked",
+}
+
+
+def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1e-3,
+                      plan: SequentialPlan | None = None, progress: bool | None = None,
+                      stop_alpha: float | None = None) -> Evidence:
+    """Sequential verification of ``oracle`` against ``key``; the fixed test when the scheme has no hook.
+
+    ``stop_alpha`` (default ``alpha``) is the level the stopping rule aims at; the p-value does not depend on it.
+    Combining k keys with Holm needs one p-value ≤ α/k, so :func:`copycatch.verification.session.verify_suspect`
+    passes α/k there.
+    """
+    plan = plan or SequentialPlan()
+    decision_alpha = scheme.check_alpha(alpha)
+    alpha = scheme.check_alpha(stop_alpha if stop_alpha is not None else alpha)
+    scheme.check_key(key, oracle)
+    probe = scheme.bernoulli_outcomes(torch.empty(0, oracle.num_classes), key)
+    if probe is None:
+        evidence = scheme.verify(oracle, key, alpha=decision_alpha, progress=progress)
+        evidence.notes.append(f"scheme {scheme.name!r} has no per-query Bernoulli statistic: verified with the fixed "
+                              "test on the whole key (no sequential stopping)")
+        evidence.details.setdefault("sequential", {"used": False})
+        return evidence
+    q = float(probe.null_rate)
+    x = scheme.verification_inputs(key)
+    n = len(x)
+    w = plan.early_share
+    answers: list[torch.Tensor] = []
+    trajectory: list[SequentialState] = []
+    start_queries = oracle.queries
+    reason, max_log_e, outcome = "exhausted", 0.0, probe
+    starts = range(0, n, plan.batch_size)
+    for start in progress_bar(starts, total=len(starts), desc="verify (sequential)", enabled=progress, unit="batch"):
+        answers.append(oracle.query(x[start:start + plan.batch_size]))
+        outcome = scheme.bernoulli_outcomes(torch.cat(answers), key)
+        state, can_still_reject = _update(outcome, n, q, w, alpha, max_log_e)
+        max_log_e = state.max_log_e
+        trajectory.append(state)
+        if state.p_early <= w * alpha:
+            reason = "early"
+        elif state.p_fixed_bound <= (1 - w) * alpha:
+            reason = "curtailed"
+        elif state.queried == n:
+            break
+        elif not can_still_reject:
+            reason = "futility"
+        if reason != "exhausted":
+            break
+    if not trajectory:  # an empty key: no evidence at all
+        trajectory.append(SequentialState(0, 0, 0, 0.0, 1.0, 1.0, 1.0))
+    last = trajectory[-1]
+    all_answers = torch.cat(answers) if answers else torch.empty(0, oracle.num_classes)
+    queries = oracle.queries - start_queries
+    metrics: dict[str, Any] = {}
+    notes = list(outcome.notes)
+    details: dict[str, Any] = {}
+    if last.queried == n and n:
+        full = scheme.evidence_from_answers(all_answers, key, alpha=decision_alpha, queries=queries)
+        metrics.update(full.metrics)
+        notes += [note for note in full.notes if note not in notes]
+        details["fixed_test_p_value"] = full.p_value
+    metrics.update({
+        "queried": last.queried,
+        "key_size": n,
+        "successes": last.successes,
+        "counted": last.counted,
+        "null_rate": q,
+        "max_e_value": math.exp(min(max_log_e, 700.0)),
+        "stopped": reason,
+    })
+    saved = n - last.queried
+    notes.append(
+        f"sequential test, valid at any stopping time: p = min(1, p_e/{w:g}, p_fixed/{1 - w:g}), where p_e = 1/max "
+        f"e-value (mixture likelihood ratio over success rates in [{q:.3g}, 1]; Ville's inequality) and p_fixed = the "
+        "exact binomial p-value of the whole key under the least favourable answers to the unasked inputs")
+    notes.append(f"stopped after {last.queried} of {n} inputs ({saved} queries saved): {STOP_REASONS[reason]}")
+    if alpha != decision_alpha:
+        notes.append(f"the stopping rule aimed at {alpha:g} (α shared among combined keys), the decision uses "
+                     f"α = {decision_alpha:g}")
+    details["null_model"] = {"type": "binomial", "trials": last.counted, "rate": q, "observed": last.successes,
+                             "statistic_name": outcome.statistic_name}
+    details["sequential"] = {
+        "used": True,
+        "batch_size": plan.batch_size,
+        "early_share": w,
+        "stop_alpha": alpha,
+        "early_threshold": w * alpha,
+        "fixed_threshold": (1 - w) * alpha,
+        "stop_reason": reason,
+        "queries_saved": saved,
+        "trajectory": [s.to_dict() for s in trajectory],
+    }
+    return Evidence(
+        scheme=scheme.name,
+        null_hypothesis=scheme.null_hypothesis,
+        statistic_name=outcome.statistic_name,
+        statistic=last.successes,
+        p_value=last.p_value,
+        alpha=decision_alpha,
+        queries=queries,
+        key_digest=key.digest,
+        exact=outcome.exact,
+        metrics=metrics,
+        details=details,
+        notes=notes,
+    )
+
+
+def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: float) -> tuple[SequentialState, bool]:
+    queried = len(outcome.outcomes)
+    s, m = outcome.successes, outcome.counted
+    remaining = n - queried
+    max_log_e = max(max_log_e, log_mixture_e_value(s, m, q))
+    p_early = min(1.0, math.exp(-max_log_e))
+    p_fixed_bound = binomial_greater(s, m + remaining, q)
+    p_value = min(1.0, p_early / w, p_fixed_bound / (1 - w))
+    # Each further success raises every likelihood ratio in the mixture, so all-successes is the best case.
+    best_log_e = max(max_log_e, log_mixture_e_value(s + remaining, m + remaining, q))
+    best_p_fixed = binomial_greater(s + remaining, m + remaining, q)
+    can_still_reject = best_log_e >= -math.log(w * alpha) or best_p_fixed <= (1 - w) * alpha
+    return SequentialState(queried, s, m, max_log_e, p_early, p_fixed_bound, p_value), can_still_reject
+
+
+def minimum_p_value(scheme: Any, key: Key, num_classes: int) -> float | None:
+    """The smallest p-value the key can ever give (every input a counted success); None without the hook."""
+    probe = scheme.bernoulli_outcomes(torch.empty(0, num_classes), key)
+    if probe is None:
+        return None
+    n = len(scheme.verification_inputs(key))
+    return binomial_greater(n, n, float(probe.null_rate)) if n else 1.0

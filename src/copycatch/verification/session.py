@@ -1,0 +1,249 @@
+"""A verification session: one suspect, one or more keys, a transcript, and everything a report needs.
+
+:func:`verify_suspect` is what ``copycatch verify`` runs (and the Python API for it):
+
+1. opens the suspect (:func:`~copycatch.oracles.suspects.open_suspect`) and fingerprints it;
+2. puts a :class:`~copycatch.verification.transcript.Transcript` in front of it (a file to resume, or memory), so every
+   answer is recorded as it arrives and a re-run replays instead of re-asking;
+3. verifies each key, sequentially by default (:mod:`copycatch.verification.sequential`; ``sequential=False`` runs the
+   fixed test on the whole key);
+4. adds the key's calibration when one lies beside the key (:mod:`copycatch.verification.calibration`);
+5. combines the keys' p-values (:mod:`copycatch.verification.combine`) when there are several.
+
+If the suspect fails (NaN, wrong shapes, refusals, timeouts, an exhausted budget) the answers so far stay on
+record; an in-memory transcript is then written to ``copycatch-transcript-<key digest>.jsonl`` and the error
+(:class:`VerificationInterrupted`) says how to resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .calibration import Calibration, calibration_path
+from .combine import CombinedEvidence, combine_evidence
+from ..core.errors import CopycatchError, CorruptFile, InvalidArgument, SuspectError
+from ..core.evidence import Evidence
+from ..core.key import Key
+from ..oracles.base import Oracle
+from ..schemes import Scheme, scheme_for_key
+from .sequential import SequentialPlan, verify_sequential
+from ..oracles.suspects import describe_suspect, open_suspect
+from .transcript import Transcript, TranscriptOracle
+
+
+class VerificationInterrupted(CopycatchError):
+    """The suspect failed mid-verification; the partial transcript is at ``transcript_path``."""
+
+    def __init__(self, message: str, transcript_path: Path | None):
+        super().__init__(message)
+        self.transcript_path = transcript_path
+
+
+@dataclasses.dataclass
+class VerificationRun:
+    """Everything one verification produced (what ``--report`` writes)."""
+
+    evidences: list[Evidence]
+    keys: list[Key]
+    suspect: dict[str, Any]
+    transcript: Transcript
+    combined: CombinedEvidence | None = None
+    calibrations: dict[str, Calibration] = dataclasses.field(default_factory=dict)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def alpha(self) -> float:
+        return self.evidences[0].alpha
+
+    @property
+    def decision(self) -> bool:
+        return self.combined.decision if self.combined is not None else self.evidences[0].decision
+
+    @property
+    def verdict(self) -> str:
+        return self.combined.verdict if self.combined is not None else self.evidences[0].verdict
+
+    @property
+    def queries(self) -> int:
+        return sum(e.queries for e in self.evidences)
+
+    def summary(self) -> str:
+        parts = [e.summary() for e in self.evidences]
+        if self.combined is not None:
+            parts.append(self.combined.summary())
+        t = self.transcript.summary(chain=False)
+        where = t["path"] or "(not saved)"
+        if t["read_only"]:
+            where += " (read only: checked offline, not modified)"
+        parts.append(f"transcript:      {where}, {t['answers_on_record']} answers on record "
+                     f"({t['replayed_this_session']} replayed), head {t['head'][:16]}…")
+        return "\n\n".join(parts)
+
+
+class _ReplayOnly(Oracle):
+    """The suspect in ``offline`` mode: every answer must come from the transcript."""
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        raise SuspectError(f"offline: the transcript holds no answer for {len(x)} of the key's inputs; verify "
+                           "against the suspect itself (without --offline) to ask them")
+
+
+def load_keys(keys: Sequence[Key | str | os.PathLike]) -> tuple[list[Key], list[Path | None]]:
+    loaded, paths = [], []
+    for k in keys:
+        if isinstance(k, Key):
+            loaded.append(k)
+            paths.append(None)
+        else:
+            loaded.append(Key.load(k))
+            paths.append(Path(k))
+    if not loaded:
+        raise InvalidArgument("give at least one key")
+    digests = [k.digest for k in loaded]
+    if len(set(digests)) != len(digests):
+        raise InvalidArgument("the same key is given twice")
+    classes = {k.meta.get("num_classes") for k in loaded} - {None}
+    shapes = {tuple(k.meta["input_shape"]) for k in loaded if k.meta.get("input_shape")}
+    if len(classes) > 1 or len(shapes) > 1:
+        raise InvalidArgument(f"the keys are for different models ({sorted(classes)} classes, input shapes "
+                              f"{sorted(shapes)}); verify them separately")
+    return loaded, paths
+
+
+def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alpha: float = 1e-3,
+                   sequential: bool = True, plan: SequentialPlan | None = None, combine: str = "holm",
+                   transcript: Transcript | str | os.PathLike | None = None, resume: bool = False,
+                   offline: bool = False, budget: int | None = None, postprocess: Sequence[Any] = (),
+                   suspect_options: dict[str, Any] | None = None, num_classes: int | None = None,
+                   chunk: int = 256, calibrations: bool = True, progress: bool | None = None,
+                   session: dict[str, Any] | None = None) -> VerificationRun:
+    """Verify ``suspect`` against every key; see the module docstring."""
+    Scheme.check_alpha(alpha)
+    key_list, key_paths = load_keys(keys)
+    schemes = [scheme_for_key(k) for k in key_list]
+    meta = key_list[0].meta
+    classes = num_classes or meta.get("num_classes")
+    shape = meta.get("input_shape")
+    if offline:
+        if transcript is None:
+            raise InvalidArgument("--offline needs the transcript to replay (--transcript FILE or --report DIR)")
+        record = transcript if isinstance(transcript, Transcript) else Transcript.load(transcript)
+        record.read_only = True  # an offline check must not write to the record it checks
+        if classes is None:
+            raise InvalidArgument("the key does not record the number of classes; pass num_classes")
+        oracle: Oracle = _ReplayOnly(int(classes), shape, name=str(suspect))
+        fingerprint = dict(record.suspect)
+    else:
+        oracle = open_suspect(suspect, num_classes=classes, input_shape=shape, **(suspect_options or {}))
+        fingerprint = describe_suspect(suspect, oracle)
+        if isinstance(transcript, Transcript):
+            record = transcript
+        elif transcript is not None:
+            record = Transcript.open(transcript, fingerprint, resume=resume)
+        elif resume:
+            raise InvalidArgument("--resume needs the transcript to continue (--transcript FILE or --report DIR)")
+        else:
+            record = Transcript(fingerprint)
+    if not offline:  # offline, the head must stay the recorded one, for comparison with the evidence's
+        record.record_session(keys=[k.digest for k in key_list], schemes=[k.scheme for k in key_list], alpha=alpha,
+                              sequential=sequential, **(session or {}))
+    wrapped: Oracle = TranscriptOracle(oracle, record, chunk=chunk, budget=budget)
+    if postprocess:
+        wrapped = wrapped.postprocess(*postprocess)
+    plan = plan or SequentialPlan()
+    evidences: list[Evidence] = []
+    stop_alpha = alpha / len(key_list)  # Holm (and Fisher, roughly) needs the strongest key to pass α/k
+    try:
+        for scheme, key in zip(schemes, key_list):
+            evidences.append(_verify_one(scheme, wrapped, key, alpha=alpha, sequential=sequential, plan=plan,
+                                         progress=progress, stop_alpha=stop_alpha))
+    except (CopycatchError, KeyboardInterrupt) as exc:
+        path = None if offline else record.path
+        if path is None and record.answered and not offline:
+            path = record.save_as(Path(f"copycatch-transcript-{key_list[0].digest[:12]}.jsonl"))
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        where = ""
+        if path is not None:
+            again = "--resume" if transcript is not None else f"--resume --transcript {path}"
+            where = f"; {record.answered} answers are on record in {path}: run the same command with {again} to continue"
+        raise VerificationInterrupted(f"{exc}{where}", path) from exc
+    fingerprint.update({"output_kind": wrapped.output_kind})
+    run = VerificationRun(evidences, key_list, fingerprint, record,
+                          settings={"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(),
+                                    "combine": combine, "budget": budget, "offline": offline,
+                                    "postprocess": [str(p) for p in postprocess]})
+    if calibrations:
+        for key, path, evidence in zip(key_list, key_paths, evidences):
+            _attach_calibration(evidence, key, path, run)
+    if len(evidences) > 1:
+        run.combined = combine_evidence(evidences, alpha=alpha, method=combine)
+    return run
+
+
+def _verify_one(scheme: Scheme, oracle: Oracle, key: Key, *, alpha: float, sequential: bool, plan: SequentialPlan,
+                progress: bool | None, stop_alpha: float) -> Evidence:
+    if oracle.output_kind == "labels" and not scheme.label_only:
+        raise InvalidArgument(f"scheme {scheme.name!r} needs probabilities but the suspect answers labels only")
+    if sequential:
+        evidence = verify_sequential(scheme, oracle, key, alpha=alpha, plan=plan, progress=progress,
+                                     stop_alpha=stop_alpha)
+    else:
+        evidence = _verify_fixed(scheme, oracle, key, alpha=alpha, progress=progress)
+    if oracle.output_kind == "labels" and not scheme.label_only:
+        raise InvalidArgument(f"scheme {scheme.name!r} needs probabilities but the suspect answered labels only; "
+                              "its evidence would be meaningless")
+    evidence.details["suspect_output_kind"] = oracle.output_kind
+    return evidence
+
+
+def _verify_fixed(scheme: Scheme, oracle: Oracle, key: Key, *, alpha: float, progress: bool | None) -> Evidence:
+    """The fixed test on the whole key; records the binomial null when the scheme exposes one (for the plot)."""
+    from ..attacks.extraction.base import query_all
+
+    if type(scheme).verify is not Scheme.verify:  # the scheme plans its own queries
+        evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
+        evidence.details.setdefault("sequential", {"used": False})
+        return evidence
+    scheme.check_key(key, oracle)
+    x = scheme.verification_inputs(key)
+    before = oracle.queries
+    answers = query_all(oracle, x, progress=progress, desc="verify")
+    evidence = scheme.evidence_from_answers(answers, key, alpha=alpha, queries=oracle.queries - before)
+    outcome = scheme.bernoulli_outcomes(answers, key)
+    if outcome is not None:
+        evidence.details["null_model"] = {"type": "binomial", "trials": outcome.counted, "rate": outcome.null_rate,
+                                          "observed": outcome.successes, "statistic_name": outcome.statistic_name}
+    evidence.details.setdefault("sequential", {"used": False})
+    return evidence
+
+
+def _attach_calibration(evidence: Evidence, key: Key, key_path: Path | None, run: VerificationRun) -> None:
+    if key_path is None:
+        return
+    path = calibration_path(key_path)
+    if not path.is_file():
+        return
+    try:
+        cal = Calibration.load(path, key=key)
+    except CorruptFile as exc:
+        evidence.notes.append(f"calibration ignored: {exc}")
+        return
+    run.calibrations[key.digest] = cal
+    empirical = cal.empirical_p_value(evidence.p_value)
+    evidence.metrics["calibrated_p_value"] = empirical
+    evidence.details["calibration"] = {
+        "file": str(path),
+        "references": cal.n,
+        "empirical_p_value": empirical,
+        "false_positive_rates": [cal.false_positive_rate(a) for a in sorted({*cal.alphas, evidence.alpha})],
+        "warnings": cal.warnings(),
+    }
+    evidence.notes.append(f"calibrated against {cal.n} innocent reference models: empirical p-value {empirical:.3g} "
+                          f"(cannot go below {1 / (cal.n + 1):.3g}); the verdict rests on the exact p-value")
