@@ -35,27 +35,42 @@ from copycatch.attacks.extraction import list_extraction_attacks
 hyp = {
     "data": "fashion-mnist",
     "split_seed": 0,
-    "victim": {"arch": "cnn-small", "epochs": 10, "seed": 0},    # the clean victim every attack faces
+    "victim": {"arch": "cnn-small", "epochs": 10, "seed": 0},  # the clean victim every attack faces
     "thief": {"arch": "mlp", "epochs": 10, "batch_size": 128, "lr": 1e-3},
     "budgets": [1000, 5000, 20000],
     "seeds": [0, 1, 2],
-    "attack_params": {},                                          # per attack overrides, e.g. {"knockoff": {...}}
+    "attack_params": {},  # per attack overrides, e.g. {"knockoff": {...}}
 }
 
 
 def run_one(victim, splits, attack: str, budget: int, seed: int, progress: bool) -> dict:
-    thief = cc.TrainConfig(seed=seed, epochs=hyp["thief"]["epochs"], batch_size=hyp["thief"]["batch_size"],
-                           lr=hyp["thief"]["lr"])
+    thief = cc.TrainConfig(
+        seed=seed, epochs=hyp["thief"]["epochs"], batch_size=hyp["thief"]["batch_size"], lr=hyp["thief"]["lr"]
+    )
     oracle = cc.ModelOracle(victim)
     start = time.perf_counter()
-    result = cc.steal(oracle, splits.attacker_pool, attack=attack, arch=hyp["thief"]["arch"],
-                      params=hyp["attack_params"].get(attack, {}), budget=budget, config=thief, progress=progress)
+    result = cc.steal(
+        oracle,
+        splits.attacker_pool,
+        attack=attack,
+        arch=hyp["thief"]["arch"],
+        params=hyp["attack_params"].get(attack, {}),
+        budget=budget,
+        config=thief,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     if oracle.queries > budget:  # the attack's own accounting is not trusted: the oracle counted every answer
         raise RuntimeError(f"{attack} spent {oracle.queries} queries on a budget of {budget}")
-    return {"attack": attack, "budget": budget, "seed": seed, "queries": oracle.queries, "seconds": seconds,
-            "surrogate_acc": cc.accuracy(result.surrogate, splits.test),
-            "agreement": cc.agreement(result.surrogate, victim, splits.test.x)}
+    return {
+        "attack": attack,
+        "budget": budget,
+        "seed": seed,
+        "queries": oracle.queries,
+        "seconds": seconds,
+        "surrogate_acc": cc.accuracy(result.surrogate, splits.test),
+        "agreement": cc.agreement(result.surrogate, victim, splits.test.x),
+    }
 
 
 def mean_std(values: list[float], fmt: str) -> str:
@@ -65,14 +80,20 @@ def mean_std(values: list[float], fmt: str) -> str:
 
 
 def summarise(rows: list[dict], victim_acc: float) -> str:
-    lines = [f"victim ({hyp['victim']['arch']}, clean) test accuracy {victim_acc:.4f}", "",
-             "| attack | budget | queries spent | surrogate acc | agreement | seconds |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"victim ({hyp['victim']['arch']}, clean) test accuracy {victim_acc:.4f}",
+        "",
+        "| attack | budget | queries spent | surrogate acc | agreement | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for attack, budget in dict.fromkeys((r["attack"], r["budget"]) for r in rows):
         rs = [r for r in rows if r["attack"] == attack and r["budget"] == budget]
         col = lambda k: [float(r[k]) for r in rs]  # noqa: E731
-        lines.append(f"| {attack} | {budget} | {mean_std(col('queries'), '{:.0f}')} | "
-                     f"{mean_std(col('surrogate_acc'), '{:.4f}')} | {mean_std(col('agreement'), '{:.4f}')} | "
-                     f"{mean_std(col('seconds'), '{:.1f}')} |")
+        lines.append(
+            f"| {attack} | {budget} | {mean_std(col('queries'), '{:.0f}')} | "
+            f"{mean_std(col('surrogate_acc'), '{:.4f}')} | {mean_std(col('agreement'), '{:.4f}')} | "
+            f"{mean_std(col('seconds'), '{:.1f}')} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,8 +111,9 @@ def main() -> int:
     wall_start = time.perf_counter()
     splits = cc.load_splits(hyp["data"], seed=hyp["split_seed"])
     v = hyp["victim"]
-    victim = cc.train(v["arch"], splits, config=cc.TrainConfig(epochs=v["epochs"], seed=v["seed"]),
-                      progress=args.progress)
+    victim = cc.train(
+        v["arch"], splits, config=cc.TrainConfig(epochs=v["epochs"], seed=v["seed"]), progress=args.progress
+    )
     victim_acc = cc.accuracy(victim, splits.test)
     print(json.dumps({"victim_acc": victim_acc}), flush=True)
     rows = []
@@ -109,10 +131,24 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"extraction-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"hyp": hyp, "attacks": attacks, "budgets": budgets, "seeds": seeds, "rows": rows,
-                                "victim_acc": victim_acc, "table": table, "wall_seconds": wall,
-                                "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
-                                "source": Path(__file__).read_text()}, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "hyp": hyp,
+                "attacks": attacks,
+                "budgets": budgets,
+                "seeds": seeds,
+                "rows": rows,
+                "victim_acc": victim_acc,
+                "table": table,
+                "wall_seconds": wall,
+                "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
+                "source": Path(__file__).read_text(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"results in {path}")
     return 0
 

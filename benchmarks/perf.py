@@ -40,12 +40,12 @@ from typing import Any
 
 os.environ.setdefault("COPYCATCH_PROGRESS", "0")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import copycatch as cc  # noqa: E402
+import copycatch as cc
 from copycatch.attacks.extraction import EXTRACTION_ATTACKS
-from copycatch.attacks.extraction.base import query_all
+from copycatch.oracles.base import query_all
 from copycatch.schemes import SCHEMES
 
 ####################################################################################################################
@@ -54,7 +54,7 @@ from copycatch.schemes import SCHEMES
 
 hyp = {
     "data": "fashion-mnist",
-    "max_train": 12000,            # owner 6,000 · holdout 1,200 · thief 4,800 (the test split stays 10,000)
+    "max_train": 12000,  # owner 6,000 · holdout 1,200 · thief 4,800 (the test split stays 10,000)
     "fractions": {"owner_train": 0.5, "owner_holdout": 0.1, "attacker_pool": 0.4},
     "arch": "cnn-small",
     # Embedding at the victim recipe of benchmarks/schemes.py (all 60,000 training images, so owner_train 30,000;
@@ -64,12 +64,20 @@ hyp = {
     "embed": {"max_train": None, "epochs": 10},
     "loop": {"archs": ["cnn-small", "mlp"], "epochs": 2, "batch_size": 128},
     "extraction": {"budget": 2000, "epochs": 2, "surrogate": "mlp"},
-    "scaling": {"sizes": [4000, 8000, 16000], "epochs": 1},   # owner_train examples: N, 2N, 4N
+    "scaling": {"sizes": [4000, 8000, 16000], "epochs": 1},  # owner_train examples: N, 2N, 4N
     "repeats": 3,
     # extra embedding rows: label -> (scheme, params); "margin:free" is the margin scheme's amortised ascent
     "variants": {"margin:free": ("margin", {"ascent": "free"})},
-    "targets": {"loop": 0.9, "margin": 1.5, "margin:free": 1.5, "frontier-stitching": 1.5, "feature-sharing": 1.5,
-                "mea-defender": 2.5, "ewe": 2.5, "dynamarks": 1.05},
+    "targets": {
+        "loop": 0.9,
+        "margin": 1.5,
+        "margin:free": 1.5,
+        "frontier-stitching": 1.5,
+        "feature-sharing": 1.5,
+        "mea-defender": 2.5,
+        "ewe": 2.5,
+        "dynamarks": 1.05,
+    },
 }
 
 
@@ -81,8 +89,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def splits_for(max_train: int):
-    return cc.load_splits(hyp["data"], seed=0, max_train=max_train,
-                          fractions=cc.SplitFractions.from_dict(hyp["fractions"]))
+    return cc.load_splits(
+        hyp["data"], seed=0, max_train=max_train, fractions=cc.SplitFractions.from_dict(hyp["fractions"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -104,8 +113,11 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
         for r in range(hyp["repeats"]):
             if cls.pretrain:
                 clean, c_cpu, _ = timed(lambda: cc.train(arch, splits, config=config, progress=False))
-                embedding, s_cpu, _ = timed(lambda: cc.embed(scheme, splits, model=copy.deepcopy(clean), config=config,
-                                                             params=params, progress=False))
+                embedding, s_cpu, _ = timed(
+                    lambda: cc.embed(
+                        scheme, splits, model=copy.deepcopy(clean), config=config, params=params, progress=False
+                    )
+                )
                 e_cpu = c_cpu + s_cpu
                 steps.append(s_cpu / c_cpu)
             else:
@@ -115,8 +127,9 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
                     if what == "clean":
                         _, got[what], _ = timed(lambda: cc.train(arch, splits, config=config, progress=False))
                     else:
-                        embedding, got[what], _ = timed(lambda: cc.embed(scheme, splits, arch=arch, config=config,
-                                                                         params=params, progress=False))
+                        embedding, got[what], _ = timed(
+                            lambda: cc.embed(scheme, splits, arch=arch, config=config, params=params, progress=False)
+                        )
                 c_cpu, e_cpu = got["clean"], got["embed"]
             clean_cpu.append(c_cpu)
             embed_cpu.append(e_cpu)
@@ -124,18 +137,32 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
         victim, key = embedding.victim, embedding.key
         oracle = cc.scheme_for_key(key).protect(cc.ModelOracle(victim), key)
         evidence, v_cpu, v_wall = timed(lambda: cc.verify(oracle, key, alpha=1e-3))
-        row = {"scheme": label, "params": params, "pretrain": cls.pretrain, "acts_at": cls.acts_at,
-               "clean_cpu_s": statistics.median(clean_cpu), "embed_cpu_s": statistics.median(embed_cpu),
-               "ratio": statistics.median(ratios), "ratios": ratios,
-               "step_ratio": statistics.median(steps) if steps else None, "target": hyp["targets"].get(label),
-               "verify_queries": evidence.queries, "verify_cpu_s": v_cpu, "verify_wall_s": v_wall,
-               "verify_p": evidence.p_value, "verify_decision": evidence.decision,
-               "victim_acc": cc.accuracy(victim, splits.test)}
+        row = {
+            "scheme": label,
+            "params": params,
+            "pretrain": cls.pretrain,
+            "acts_at": cls.acts_at,
+            "clean_cpu_s": statistics.median(clean_cpu),
+            "embed_cpu_s": statistics.median(embed_cpu),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+            "step_ratio": statistics.median(steps) if steps else None,
+            "target": hyp["targets"].get(label),
+            "verify_queries": evidence.queries,
+            "verify_cpu_s": v_cpu,
+            "verify_wall_s": v_wall,
+            "verify_p": evidence.p_value,
+            "verify_decision": evidence.decision,
+            "victim_acc": cc.accuracy(victim, splits.test),
+        }
         rows.append(row)
         step = f", its own step {row['step_ratio']:.2f}×" if steps else ""
-        print(f"  embed {label:<20} {row['ratio']:.2f}× clean (CPU {row['embed_cpu_s']:.0f}s vs "
-              f"{row['clean_cpu_s']:.0f}s{step}); verify: {evidence.queries} queries, {v_cpu:.2f} CPU s, "
-              f"p={evidence.p_value:.2g}", flush=True)
+        print(
+            f"  embed {label:<20} {row['ratio']:.2f}× clean (CPU {row['embed_cpu_s']:.0f}s vs "
+            f"{row['clean_cpu_s']:.0f}s{step}); verify: {evidence.queries} queries, {v_cpu:.2f} CPU s, "
+            f"p={evidence.p_value:.2g}",
+            flush=True,
+        )
     return rows
 
 
@@ -144,7 +171,9 @@ def bench_embedding(splits, schemes: list[str]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, seed: int) -> None:
+def bare_loop(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, seed: int
+) -> None:
     """The minimal PyTorch loop: same permutation, optimiser and loss as ``fit``."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -153,7 +182,7 @@ def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: 
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -183,12 +212,21 @@ def bench_loop(splits) -> list[dict[str, Any]]:
                 got[what] = cpu
             fit_cpu.append(got["fit"]), bare_cpu.append(got["bare"])
             ratios.append((samples / got["fit"]) / (samples / got["bare"]))
-        row = {"arch": arch, "samples": samples, "fit_samples_per_cpu_s": samples / statistics.median(fit_cpu),
-               "bare_samples_per_cpu_s": samples / statistics.median(bare_cpu), "ratio": statistics.median(ratios),
-               "ratios": ratios, "target": hyp["targets"]["loop"]}
+        row = {
+            "arch": arch,
+            "samples": samples,
+            "fit_samples_per_cpu_s": samples / statistics.median(fit_cpu),
+            "bare_samples_per_cpu_s": samples / statistics.median(bare_cpu),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+            "target": hyp["targets"]["loop"],
+        }
         rows.append(row)
-        print(f"  loop {arch:<10} fit {row['fit_samples_per_cpu_s']:.0f} vs bare {row['bare_samples_per_cpu_s']:.0f} "
-              f"samples/CPU-s: {row['ratio']:.3f}×", flush=True)
+        print(
+            f"  loop {arch:<10} fit {row['fit_samples_per_cpu_s']:.0f} vs bare {row['bare_samples_per_cpu_s']:.0f} "
+            f"samples/CPU-s: {row['ratio']:.3f}×",
+            flush=True,
+        )
     return rows
 
 
@@ -202,8 +240,10 @@ def bench_extraction(splits) -> dict[str, Any]:
     victim = cc.train(hyp["arch"], splits, config=cc.TrainConfig(epochs=1, seed=0), progress=False)
     x = splits.attacker_pool.x
     api = {}
-    for name, make in (("model", lambda: cc.ModelOracle(victim)),
-                       ("model + round:decimals=2", lambda: cc.ModelOracle(victim).postprocess("round:decimals=2"))):
+    for name, make in (
+        ("model", lambda: cc.ModelOracle(victim)),
+        ("model + round:decimals=2", lambda: cc.ModelOracle(victim).postprocess("round:decimals=2")),
+    ):
         oracle = make()
         _, cpu, wall = timed(lambda: query_all(oracle, x, batch_size=256))
         api[name] = {"queries": len(x), "queries_per_cpu_s": len(x) / cpu, "queries_per_wall_s": len(x) / wall}
@@ -213,17 +253,35 @@ def bench_extraction(splits) -> dict[str, Any]:
         oracle = cc.ModelOracle(victim)
         config = cc.TrainConfig(epochs=p["epochs"], seed=1)
         try:
-            result, cpu, wall = timed(lambda: cc.steal(oracle, splits.attacker_pool, attack=attack, arch=p["surrogate"],
-                                                       budget=p["budget"], config=config, progress=False))
+            result, cpu, wall = timed(
+                lambda: cc.steal(
+                    oracle,
+                    splits.attacker_pool,
+                    attack=attack,
+                    arch=p["surrogate"],
+                    budget=p["budget"],
+                    config=config,
+                    progress=False,
+                )
+            )
         except cc.CopycatchError as exc:  # an attack whose budget semantics do not fit; say so and go on
             print(f"  extraction {attack:<18} skipped: {exc}", flush=True)
             attacks.append({"attack": attack, "error": str(exc)})
             continue
-        row = {"attack": attack, "queries": result.queries, "cpu_s": cpu, "wall_s": wall,
-               "queries_per_cpu_s": result.queries / cpu, "surrogate_acc": cc.accuracy(result.surrogate, splits.test)}
+        row = {
+            "attack": attack,
+            "queries": result.queries,
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "queries_per_cpu_s": result.queries / cpu,
+            "surrogate_acc": cc.accuracy(result.surrogate, splits.test),
+        }
         attacks.append(row)
-        print(f"  extraction {attack:<18} {result.queries} queries in {cpu:.1f} CPU s (query + {p['epochs']} epochs): "
-              f"{row['queries_per_cpu_s']:,.0f} queries/CPU-s end to end", flush=True)
+        print(
+            f"  extraction {attack:<18} {result.queries} queries in {cpu:.1f} CPU s (query + {p['epochs']} epochs): "
+            f"{row['queries_per_cpu_s']:,.0f} queries/CPU-s end to end",
+            flush=True,
+        )
     return {"api": api, "attacks": attacks}
 
 
@@ -239,7 +297,7 @@ def scaling_child(owner_train: int) -> dict[str, Any]:
     import resource
 
     fractions = hyp["fractions"]
-    splits = splits_for(int(round(owner_train / fractions["owner_train"])))
+    splits = splits_for(round(owner_train / fractions["owner_train"]))
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -248,26 +306,44 @@ def scaling_child(owner_train: int) -> dict[str, Any]:
         source = "ru_maxrss"
     config = cc.TrainConfig(epochs=hyp["scaling"]["epochs"], seed=0)
     train_cpu = min(timed(lambda: cc.train(hyp["arch"], splits, config=config, progress=False))[1] for _ in range(2))
-    embed_cpu = min(timed(lambda: cc.embed("margin", splits, arch=hyp["arch"], config=config, progress=False))[1]
-                    for _ in range(2))
+    embed_cpu = min(
+        timed(lambda: cc.embed("margin", splits, arch=hyp["arch"], config=config, progress=False))[1] for _ in range(2)
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if source == "VmHWM":
-        peak = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("VmHWM:"))
-    return {"owner_train": len(splits.owner_train), "train_cpu_s": train_cpu, "embed_cpu_s": embed_cpu,
-            "loading_peak_rss_mb": loaded_rss, "peak_rss_mb": peak, "peak_rss_source": source}
+        peak = next(
+            int(line.split()[1]) / 1024
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        )
+    return {
+        "owner_train": len(splits.owner_train),
+        "train_cpu_s": train_cpu,
+        "embed_cpu_s": embed_cpu,
+        "loading_peak_rss_mb": loaded_rss,
+        "peak_rss_mb": peak,
+        "peak_rss_source": source,
+    }
 
 
 def bench_scaling() -> list[dict[str, Any]]:
     rows = []
     for n in hyp["scaling"]["sizes"]:
-        out = subprocess.run([sys.executable, __file__, "--scaling-child", str(n)], capture_output=True, text=True,
-                             check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        out = subprocess.run(
+            [sys.executable, __file__, "--scaling-child", str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"  N={row['owner_train']:>6}: train {row['train_cpu_s']:.1f} CPU s, margin {row['embed_cpu_s']:.1f} "
-              f"CPU s, peak RSS of that work {row['peak_rss_mb']:.0f} MB ({row['peak_rss_source']}; loading the data "
-              f"peaked at {row['loading_peak_rss_mb']:.0f} MB)", flush=True)
+        print(
+            f"  N={row['owner_train']:>6}: train {row['train_cpu_s']:.1f} CPU s, margin {row['embed_cpu_s']:.1f} "
+            f"CPU s, peak RSS of that work {row['peak_rss_mb']:.0f} MB ({row['peak_rss_source']}; loading the data "
+            f"peaked at {row['loading_peak_rss_mb']:.0f} MB)",
+            flush=True,
+        )
     base = rows[0]
     for row in rows:
         row["train_time_ratio"] = row["train_cpu_s"] / base["train_cpu_s"]
@@ -291,38 +367,55 @@ def verdict(value: float, target: float | None, *, at_least: bool = False) -> st
 def summary_table(results: dict[str, Any]) -> str:
     lines = ["| measure | ratio / value | target |", "|---|---|---|"]
     for row in results.get("loop", []):
-        lines.append(f"| training loop ÷ bare loop, {row['arch']} (samples/CPU-s) | {row['ratio']:.3f}× | "
-                     f"{verdict(row['ratio'], row['target'], at_least=True)} |")
+        lines.append(
+            f"| training loop ÷ bare loop, {row['arch']} (samples/CPU-s) | {row['ratio']:.3f}× | "
+            f"{verdict(row['ratio'], row['target'], at_least=True)} |"
+        )
     for row in results.get("embed", []):
         step = f" (its own step: {row['step_ratio']:.2f}×)" if row.get("step_ratio") is not None else ""
-        lines.append(f"| embed ÷ clean training, {row['scheme']} ({hyp['embed']['epochs']} epochs"
-                     f"{'; clean pretraining + its step' if row['pretrain'] else ''}) | {row['ratio']:.2f}×{step} | "
-                     f"{verdict(row['ratio'], row['target'])} |")
+        lines.append(
+            f"| embed ÷ clean training, {row['scheme']} ({hyp['embed']['epochs']} epochs"
+            f"{'; clean pretraining + its step' if row['pretrain'] else ''}) | {row['ratio']:.2f}×{step} | "
+            f"{verdict(row['ratio'], row['target'])} |"
+        )
     for row in results.get("embed", []):
-        lines.append(f"| verification cost, {row['scheme']} | {row['verify_queries']} queries, "
-                     f"{row['verify_cpu_s']:.2f} CPU s (p = {row['verify_p']:.2g}) | — |")
+        lines.append(
+            f"| verification cost, {row['scheme']} | {row['verify_queries']} queries, "
+            f"{row['verify_cpu_s']:.2f} CPU s (p = {row['verify_p']:.2g}) | — |"
+        )
     ext = results.get("extraction")
     if ext:
         for name, row in ext["api"].items():
             lines.append(f"| API throughput, {name} | {row['queries_per_cpu_s']:,.0f} queries/CPU-s | — |")
         for row in ext["attacks"]:
             if "error" not in row:
-                lines.append(f"| extraction end to end, {row['attack']} ({row['queries']} queries, "
-                             f"{hyp['extraction']['epochs']} epochs) | {row['queries_per_cpu_s']:,.0f} queries/CPU-s | — |")
+                lines.append(
+                    f"| extraction end to end, {row['attack']} ({row['queries']} queries, "
+                    f"{hyp['extraction']['epochs']} epochs) | {row['queries_per_cpu_s']:,.0f} queries/CPU-s | — |"
+                )
     for row in results.get("scaling", []):
-        lines.append(f"| scaling N={row['owner_train']}: time ÷ time(N), train / margin; peak RSS of the work | "
-                     f"{row['train_time_ratio']:.2f}× / {row['embed_time_ratio']:.2f}×; {row['peak_rss_mb']:.0f} MB "
-                     f"({row['peak_rss_ratio']:.2f}×) | — |")
+        lines.append(
+            f"| scaling N={row['owner_train']}: time ÷ time(N), train / margin; peak RSS of the work | "
+            f"{row['train_time_ratio']:.2f}× / {row['embed_time_ratio']:.2f}×; {row['peak_rss_mb']:.0f} MB "
+            f"({row['peak_rss_ratio']:.2f}×) | — |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=["loop", "embed", "extraction", "scaling"], default=None)
-    parser.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme and the variants in hyp")
+    parser.add_argument(
+        "--schemes", nargs="*", default=None, help="default: every registered scheme and the variants in hyp"
+    )
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--embed-max-train", type=int, default=None, metavar="N",
-                        help="embedding rows on N training images instead of all of them (quick looks)")
+    parser.add_argument(
+        "--embed-max-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="embedding rows on N training images instead of all of them (quick looks)",
+    )
     parser.add_argument("--embed-epochs", type=int, default=None, metavar="E", help="embedding rows at E epochs")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--scaling-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -340,8 +433,11 @@ def main() -> int:
     parts = args.only or ["loop", "embed", "extraction", "scaling"]
     start = time.perf_counter()
     splits = splits_for(hyp["max_train"])
-    print(f"data: {splits.summary()}; {torch.get_num_threads()} thread; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    print(
+        f"data: {splits.summary()}; {torch.get_num_threads()} thread; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
     results: dict[str, Any] = {}
     if "loop" in parts:
         print("training loop vs bare loop:", flush=True)
@@ -365,9 +461,19 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"perf-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"hyp": hyp, "results": results, "table": table, "wall_seconds": wall,
-                                "versions": {"copycatch": cc.__version__, "torch": torch.__version__}},
-                               indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "hyp": hyp,
+                "results": results,
+                "table": table,
+                "wall_seconds": wall,
+                "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"results in {path}")
     return 0
 

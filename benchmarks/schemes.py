@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
-from copycatch.oracles.base import ModelOracle
+from copycatch.oracles.local import ModelOracle
 from copycatch.schemes import SCHEMES
 
 ####################################################################################################################
@@ -37,19 +37,22 @@ from copycatch.schemes import SCHEMES
 hyp = {
     "data": "fashion-mnist",
     "split_seed": 0,
-    "owner": {"epochs": 10, "batch_size": 128, "lr": 1e-3},           # clean and watermarked victims, same recipe
+    "owner": {"epochs": 10, "batch_size": 128, "lr": 1e-3},  # clean and watermarked victims, same recipe
     # soft-label extraction into the victim's own architecture, as the MEA-Defender (Table 1), DynaMarks (Table I)
     # and margin (Table 2) papers steal; "mlp" etc. names another one. budget None = one query per pool image
     "thief": {"arch": "victim", "epochs": 20, "budget": None},
-    "innocent": {"arch": "victim", "epochs": 20},                     # true labels on the attacker pool, same arch
+    "innocent": {"arch": "victim", "epochs": 20},  # true labels on the attacker pool, same arch
     "alpha": 1e-3,
     "seeds": [0, 1, 2],
     # per scheme overrides. margin / trigger-set: λ = 0.1 as in `copycatch demo` (Algorithm 1's λ = 1 cost 2.8 / 2.4
     # points here; the authors' code weighs the trigger loss ≈ 0.02). mea-defender: com_weight 0.05 (its docstring)
     "scheme_params": {"margin": {"lam": 0.1}, "trigger-set": {"lam": 0.1}, "mea-defender": {"com_weight": 0.05}},
     # extra rows, label -> (scheme, params); run with --schemes LABEL
-    "variants": {"margin:free": ("margin", {"lam": 0.1, "ascent": "free"}),
-                 "margin:paper": ("margin", {}), "trigger-set:paper": ("trigger-set", {})},
+    "variants": {
+        "margin:free": ("margin", {"lam": 0.1, "ascent": "free"}),
+        "margin:paper": ("margin", {}),
+        "trigger-set:paper": ("trigger-set", {}),
+    },
 }
 
 
@@ -69,8 +72,9 @@ def run_one(label: str, seed: int, splits, progress: bool) -> dict:
     owner = cc.TrainConfig(seed=seed, **hyp["owner"])
     row: dict = {"scheme": label, "params": params, "seed": seed}
     arch = SCHEMES.get(scheme).factory.default_arch
-    clean, row["clean_seconds"] = shared("clean", arch, seed,
-                                         lambda: cc.train(arch, splits, config=owner, progress=progress))
+    clean, row["clean_seconds"] = shared(
+        "clean", arch, seed, lambda: cc.train(arch, splits, config=owner, progress=progress)
+    )
     row["clean_acc"] = cc.accuracy(clean, splits.test)
     t = time.perf_counter()
     embedding = cc.embed(scheme, splits, params=params, config=owner, progress=progress)
@@ -85,20 +89,39 @@ def run_one(label: str, seed: int, splits, progress: bool) -> dict:
     api = sch.protect(ModelOracle(victim), key)
     thief_arch = victim.arch if hyp["thief"]["arch"] == "victim" else hyp["thief"]["arch"]
     row["thief_arch"] = thief_arch
-    stolen = cc.steal(api, splits.attacker_pool, arch=thief_arch, budget=hyp["thief"]["budget"],
-                      config=thief, progress=progress)
+    stolen = cc.steal(
+        api, splits.attacker_pool, arch=thief_arch, budget=hyp["thief"]["budget"], config=thief, progress=progress
+    )
     ev = cc.verify(stolen.surrogate, key, alpha=hyp["alpha"])
-    row.update(surrogate_acc=cc.accuracy(stolen.surrogate, splits.test), surrogate_stat=float(ev.statistic),
-               surrogate_p=ev.p_value, surrogate_metrics=ev.metrics, queries=stolen.queries,
-               fidelity=cc.agreement(stolen.surrogate, victim, splits.test.x))
+    row.update(
+        surrogate_acc=cc.accuracy(stolen.surrogate, splits.test),
+        surrogate_stat=float(ev.statistic),
+        surrogate_p=ev.p_value,
+        surrogate_metrics=ev.metrics,
+        queries=stolen.queries,
+        fidelity=cc.agreement(stolen.surrogate, victim, splits.test.x),
+    )
 
     innocent_arch = arch if hyp["innocent"]["arch"] == "victim" else hyp["innocent"]["arch"]
-    innocent, _ = shared("innocent", innocent_arch, seed, lambda: cc.train(
-        innocent_arch, splits, on="attacker_pool",
-        config=cc.TrainConfig(seed=seed + 200, epochs=hyp["innocent"]["epochs"]), progress=progress))
+    innocent, _ = shared(
+        "innocent",
+        innocent_arch,
+        seed,
+        lambda: cc.train(
+            innocent_arch,
+            splits,
+            on="attacker_pool",
+            config=cc.TrainConfig(seed=seed + 200, epochs=hyp["innocent"]["epochs"]),
+            progress=progress,
+        ),
+    )
     ev = cc.verify(innocent, key, alpha=hyp["alpha"])
-    row.update(innocent_acc=cc.accuracy(innocent, splits.test), innocent_stat=float(ev.statistic),
-               innocent_p=ev.p_value, innocent_metrics=ev.metrics)
+    row.update(
+        innocent_acc=cc.accuracy(innocent, splits.test),
+        innocent_stat=float(ev.statistic),
+        innocent_p=ev.p_value,
+        innocent_metrics=ev.metrics,
+    )
     return row
 
 
@@ -109,9 +132,11 @@ def mean_std(values: list[float], fmt: str = "{:.4f}") -> str:
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = ["| scheme | clean acc | wm acc | cost (points) | victim stat | victim p (max) | surrogate acc | surrogate stat | "
-             "surrogate p (max) | innocent stat | innocent p (min) | embed ÷ clean time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scheme | clean acc | wm acc | cost (points) | victim stat | victim p (max) | surrogate acc | surrogate stat | "
+        "surrogate p (max) | innocent stat | innocent p (min) | embed ÷ clean time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         rs = [r for r in rows if r["scheme"] == scheme]
         col = lambda k: [r[k] for r in rs]  # noqa: E731
@@ -121,14 +146,19 @@ def summarise(rows: list[dict]) -> str:
             f"{mean_std(col('victim_stat'), '{:.3g}')} | {max(col('victim_p')):.2g} | {mean_std(col('surrogate_acc'))} | "
             f"{mean_std(col('surrogate_stat'), '{:.3g}')} | {max(col('surrogate_p')):.2g} | "
             f"{mean_std(col('innocent_stat'), '{:.3g}')} | {min(col('innocent_p')):.2g} | "
-            f"{mean_std([r['embed_seconds'] / r['clean_seconds'] for r in rs], '{:.2f}')} |")
+            f"{mean_std([r['embed_seconds'] / r['clean_seconds'] for r in rs], '{:.2f}')} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schemes", nargs="*", default=None,
-                        help=f"default: every registered scheme; variants: {', '.join(hyp['variants'])}")
+    parser.add_argument(
+        "--schemes",
+        nargs="*",
+        default=None,
+        help=f"default: every registered scheme; variants: {', '.join(hyp['variants'])}",
+    )
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--progress", action="store_true")
@@ -157,9 +187,22 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"schemes-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"hyp": hyp, "schemes": schemes, "seeds": seeds, "rows": rows, "table": table,
-                                "wall_seconds": wall, "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
-                                "source": Path(__file__).read_text()}, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "hyp": hyp,
+                "schemes": schemes,
+                "seeds": seeds,
+                "rows": rows,
+                "table": table,
+                "wall_seconds": wall,
+                "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
+                "source": Path(__file__).read_text(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"results in {path}")
     return 0
 

@@ -47,16 +47,16 @@ from copycatch.serve.keys import new_key
 
 hyp = {
     "data": "fashion-mnist",
-    "max_train": 12000,                         # the owner's model only needs to be confident, not state of the art
-    "victim": {"arch": "mlp", "epochs": 3},     # a cheap forward pass makes the protection's share largest (strict)
-    "dynamarks": {"n_verify": 1000},            # paper defaults otherwise (alpha 0.9, beta 1, a 0.01, b 0.19)
-    "clients": 8,                               # concurrent keep-alive connections per server
-    "batch": 16,                                # inputs per request
-    "bodies": 64,                               # distinct pre-encoded request bodies, cycled
-    "duration": 60.0,                           # seconds of load, both servers at once
-    "slice": 5.0,                               # seconds per slice (one throughput ratio each)
+    "max_train": 12000,  # the owner's model only needs to be confident, not state of the art
+    "victim": {"arch": "mlp", "epochs": 3},  # a cheap forward pass makes the protection's share largest (strict)
+    "dynamarks": {"n_verify": 1000},  # paper defaults otherwise (alpha 0.9, beta 1, a 0.01, b 0.19)
+    "clients": 8,  # concurrent keep-alive connections per server
+    "batch": 16,  # inputs per request
+    "bodies": 64,  # distinct pre-encoded request bodies, cycled
+    "duration": 60.0,  # seconds of load, both servers at once
+    "slice": 5.0,  # seconds per slice (one throughput ratio each)
     "serve": ["--batch-wait-ms", "2", "--forward-batch", "512", "--no-access-log", "--log-level", "warning"],
-    "check_every": 25,                          # parse every n-th answer and compare its argmax
+    "check_every": 25,  # parse every n-th answer and compare its argmax
 }
 
 
@@ -68,21 +68,29 @@ hyp = {
 def build_victim(work: Path, data: str, seed: int) -> tuple[Path, Path, torch.Tensor]:
     splits = cc.load_splits(data, seed=seed, max_train=hyp["max_train"])
     model = cc.train(hyp["victim"]["arch"], splits, config=cc.TrainConfig(epochs=hyp["victim"]["epochs"], seed=seed))
-    embedding = cc.embed("dynamarks", splits, model=model, params=hyp["dynamarks"],
-                         config=cc.TrainConfig(seed=seed))
+    embedding = cc.embed("dynamarks", splits, model=model, params=hyp["dynamarks"], config=cc.TrainConfig(seed=seed))
     victim, key = work / "victim.safetensors", work / "victim.cckey"
     cc.save_model(embedding.victim, victim)
     embedding.key.save(key)
-    print(f"victim: {hyp['victim']['arch']} on {data}, test accuracy {cc.accuracy(model, splits.test):.4f}; "
-          f"DynaMarks perturbs {embedding.info['perturbed_share']:.1%} of answers", flush=True)
+    print(
+        f"victim: {hyp['victim']['arch']} on {data}, test accuracy {cc.accuracy(model, splits.test):.4f}; "
+        f"DynaMarks perturbs {embedding.info['perturbed_share']:.1%} of answers",
+        flush=True,
+    )
     return victim, key, splits.test.x
 
 
 def start_server(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen, str, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
     log = open(work / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=work)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        cwd=work,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -138,8 +146,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def client(host: str, port: int, requests: list[bytes], labels: list[list[int]], until: float,
-                 record: Slice, offset: int) -> None:
+async def client(
+    host: str, port: int, requests: list[bytes], labels: list[list[int]], until: float, record: Slice, offset: int
+) -> None:
     i = offset
     reader = writer = None
     while time.perf_counter() < until:
@@ -176,23 +185,31 @@ async def run_paired_slice(servers: dict, requests: dict, seconds: float) -> dic
     records = {mode: Slice(mode) for mode in servers}
     started = time.perf_counter()
     until = started + seconds
-    await asyncio.gather(*(client(host, port, *requests[mode], until, records[mode], offset=17 * c)
-                           for mode, (_, host, port) in servers.items() for c in range(hyp["clients"])))
+    await asyncio.gather(
+        *(
+            client(host, port, *requests[mode], until, records[mode], offset=17 * c)
+            for mode, (_, host, port) in servers.items()
+            for c in range(hyp["clients"])
+        )
+    )
     for record in records.values():
         record.seconds = time.perf_counter() - started
     return records
 
 
-def build_requests(x: torch.Tensor, model: torch.nn.Module, host: str, port: int, secret: str,
-                   seed: int) -> tuple[list[bytes], list[list[int]]]:
+def build_requests(
+    x: torch.Tensor, model: torch.nn.Module, host: str, port: int, secret: str, seed: int
+) -> tuple[list[bytes], list[list[int]]]:
     rng = random.Random(seed)
     requests, labels = [], []
     for _ in range(hyp["bodies"]):
         idx = rng.sample(range(len(x)), hyp["batch"])
         batch = x[idx]
         body = json.dumps({"inputs": batch.tolist()}, separators=(",", ":")).encode()
-        head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"X-API-Key: {secret}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {secret}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         requests.append(head + body)
         with torch.no_grad():
             labels.append(model(batch).argmax(1).tolist())
@@ -212,7 +229,9 @@ def summary(slices: list[Slice]) -> dict:
         for code, count in s.status.items():
             status[code] = status.get(code, 0) + count
     return {
-        "seconds": round(seconds, 2), "requests": int(len(lat)), "inputs": sum(s.inputs for s in slices),
+        "seconds": round(seconds, 2),
+        "requests": len(lat),
+        "inputs": sum(s.inputs for s in slices),
         "inputs_per_s": round(sum(s.inputs for s in slices) / seconds, 1),
         "requests_per_s": round(len(lat) / seconds, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
@@ -228,7 +247,7 @@ def summary(slices: list[Slice]) -> dict:
 def micro_benchmark(victim: Path, key: Path, x: torch.Tensor, repeats: int = 300) -> dict:
     """In process, no HTTP, on the oracle chains the server builds: a 512-input forward pass, the protected
     call, and the protection's post-processor alone, timed interleaved (so background load hits all three alike); medians in ms."""
-    from copycatch.oracles.base import ModelOracle
+    from copycatch.oracles.local import ModelOracle
     from copycatch.serve.app import PrevalidatedOracle, answer_validated, protected_oracle
 
     model = cc.load_model(victim)
@@ -237,8 +256,10 @@ def micro_benchmark(victim: Path, key: Path, x: torch.Tensor, repeats: int = 300
     processors = getattr(protected, "processors", [])
     batch = x[:512]
     probs = plain.query(batch)
-    calls = {"forward": lambda: answer_validated(plain, batch),
-             "protected_call": lambda: answer_validated(protected, batch)}
+    calls = {
+        "forward": lambda: answer_validated(plain, batch),
+        "protected_call": lambda: answer_validated(protected, batch),
+    }
     if processors:
         calls["protection_only"] = lambda: processors[-1](probs, batch)
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -269,8 +290,11 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=hyp["batch"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--control", action="store_true",
-                        help="A/A calibration: the second server is unprotected too, so the ratio shows the harness noise")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="A/A calibration: the second server is unprotected too, so the ratio shows the harness noise",
+    )
     args = parser.parse_args()
     if args.duration <= 0 or args.slice <= 0 or args.clients < 1 or args.batch < 1:
         parser.error("duration, slice, clients and batch must be positive")
@@ -286,30 +310,53 @@ def main() -> int:
         second = "control" if args.control else "dynamarks"  # --control: A/A, both servers unprotected
         servers = {
             "unprotected": start_server([str(victim), "--ledger", str(work / "plain.jsonl"), *common], work, "plain"),
-            second: start_server([str(victim), *([] if args.control else ["--protect", str(key)]),
-                                  "--ledger", str(work / "dyn.jsonl"), *common], work, second),
+            second: start_server(
+                [
+                    str(victim),
+                    *([] if args.control else ["--protect", str(key)]),
+                    "--ledger",
+                    str(work / "dyn.jsonl"),
+                    *common,
+                ],
+                work,
+                second,
+            ),
         }
         model = cc.load_model(victim)
-        requests = {mode: build_requests(test_x, model, host, port, secret, args.seed)
-                    for mode, (_, host, port) in servers.items()}
+        requests = {
+            mode: build_requests(test_x, model, host, port, secret, args.seed)
+            for mode, (_, host, port) in servers.items()
+        }
         rounds = max(1, round(args.duration / args.slice))
-        print(f"load: {args.clients} clients per server × {args.batch} inputs per request, both servers at once, "
-              f"{rounds} slices of {args.slice:g} s", flush=True)
+        print(
+            f"load: {args.clients} clients per server × {args.batch} inputs per request, both servers at once, "
+            f"{rounds} slices of {args.slice:g} s",
+            flush=True,
+        )
         slices: dict[str, list[Slice]] = {mode: [] for mode in servers}
         try:
             for r in range(rounds):
                 records = asyncio.run(run_paired_slice(servers, requests, args.slice))
                 for mode, record in records.items():
                     slices[mode].append(record)
-                print(f"  slice {r + 1:2d}/{rounds} " + "  ".join(
-                    f"{mode} {rec.inputs / rec.seconds:7.1f} inputs/s p50 "
-                    f"{np.percentile(rec.latencies, 50) * 1000 if rec.latencies else float('nan'):6.1f} ms "
-                    f"{rec.status} err {rec.errors}" for mode, rec in records.items()), flush=True)
+                print(
+                    f"  slice {r + 1:2d}/{rounds} "
+                    + "  ".join(
+                        f"{mode} {rec.inputs / rec.seconds:7.1f} inputs/s p50 "
+                        f"{np.percentile(rec.latencies, 50) * 1000 if rec.latencies else float('nan'):6.1f} ms "
+                        f"{rec.status} err {rec.errors}"
+                        for mode, rec in records.items()
+                    ),
+                    flush=True,
+                )
         finally:
             exits = {mode: stop_server(proc) for mode, (proc, _, _) in servers.items()}
         results = {mode: summary(s) for mode, s in slices.items()}
-        ratios = [p.inputs / p.seconds / (u.inputs / u.seconds)
-                  for p, u in zip(slices[second], slices["unprotected"]) if u.inputs]
+        ratios = [
+            p.inputs / p.seconds / (u.inputs / u.seconds)
+            for p, u in zip(slices[second], slices["unprotected"])
+            if u.inputs
+        ]
         micro = micro_benchmark(victim, key, test_x)
         ledger_lines = {name: sum(1 for _ in open(work / f"{name}.jsonl")) for name in ("plain", "dyn")}
 
@@ -317,35 +364,59 @@ def main() -> int:
     median_ratio = statistics.median(ratios)
     print("\nmode         seconds  requests    inputs  inputs/s  req/s   p50 ms   p99 ms  5xx  conn-err  argmax-ok")
     for mode, s in results.items():
-        print(f"{mode:<12} {s['seconds']:7.1f} {s['requests']:9d} {s['inputs']:9d} {s['inputs_per_s']:9.1f} "
-              f"{s['requests_per_s']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['server_errors_5xx']:4d} "
-              f"{s['connection_errors']:9d}  {s['answers_checked'] - s['argmax_mismatches']}/{s['answers_checked']}")
+        print(
+            f"{mode:<12} {s['seconds']:7.1f} {s['requests']:9d} {s['inputs']:9d} {s['inputs_per_s']:9.1f} "
+            f"{s['requests_per_s']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['server_errors_5xx']:4d} "
+            f"{s['connection_errors']:9d}  {s['answers_checked'] - s['argmax_mismatches']}/{s['answers_checked']}"
+        )
     low, high = bootstrap_median_ci(ratios)
-    print(f"{second} / unprotected throughput: {median_ratio:.3f} median over "
-          f"{len(ratios)} paired slices (bootstrap 95 % CI {low:.3f}-{high:.3f}; min {min(ratios):.3f}, max "
-          f"{max(ratios):.3f}); {overall:.3f} overall")
-    print(f"micro-benchmark, {micro['batch']} inputs (medians, interleaved): forward {micro['forward_ms']} ms, "
-          f"protected call {micro['protected_call_ms']} ms, DynaMarks post-processor alone "
-          f"{micro.get('protection_only_ms', float('nan'))} ms "
-          f"({micro.get('protection_share_of_forward', float('nan')):.1%} of the forward pass)")
+    print(
+        f"{second} / unprotected throughput: {median_ratio:.3f} median over "
+        f"{len(ratios)} paired slices (bootstrap 95 % CI {low:.3f}-{high:.3f}; min {min(ratios):.3f}, max "
+        f"{max(ratios):.3f}); {overall:.3f} overall"
+    )
+    print(
+        f"micro-benchmark, {micro['batch']} inputs (medians, interleaved): forward {micro['forward_ms']} ms, "
+        f"protected call {micro['protected_call_ms']} ms, DynaMarks post-processor alone "
+        f"{micro.get('protection_only_ms', float('nan'))} ms "
+        f"({micro.get('protection_share_of_forward', float('nan')):.1%} of the forward pass)"
+    )
     print(f"ledger lines: unprotected {ledger_lines['plain']}, {second} {ledger_lines['dyn']}; server exits {exits}")
     no_5xx = all(s["server_errors_5xx"] == 0 and s["connection_errors"] == 0 for s in results.values())
     argmax_kept = all(s["argmax_mismatches"] == 0 for s in results.values())
     within = median_ratio >= 0.95
-    print(f"targets: zero 5xx/connection errors {'PASS' if no_5xx else 'FAIL'}; served argmax = model argmax "
-          f"{'PASS' if argmax_kept else 'FAIL'}; {second} costs <= 5 % throughput {'PASS' if within else 'FAIL'} "
-          f"({(1 - median_ratio) * 100:+.1f} %)")
+    print(
+        f"targets: zero 5xx/connection errors {'PASS' if no_5xx else 'FAIL'}; served argmax = model argmax "
+        f"{'PASS' if argmax_kept else 'FAIL'}; {second} costs <= 5 % throughput {'PASS' if within else 'FAIL'} "
+        f"({(1 - median_ratio) * 100:+.1f} %)"
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"serve-load-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({
-        "hyp": hyp, "results": results, "paired_ratios": ratios, "median_ratio": median_ratio,
-        "overall_ratio": overall, "median_ratio_ci95": [low, high], "control": args.control, "micro": micro, "ledger_lines": ledger_lines, "server_exits": exits,
-        "slices": {m: [{"inputs": s.inputs, "seconds": s.seconds, "status": s.status, "errors": s.errors}
-                       for s in v] for m, v in slices.items()},
-        "command": sys.argv, "source": Path(__file__).read_text(),
-    }, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "hyp": hyp,
+                "results": results,
+                "paired_ratios": ratios,
+                "median_ratio": median_ratio,
+                "overall_ratio": overall,
+                "median_ratio_ci95": [low, high],
+                "control": args.control,
+                "micro": micro,
+                "ledger_lines": ledger_lines,
+                "server_exits": exits,
+                "slices": {
+                    m: [{"inputs": s.inputs, "seconds": s.seconds, "status": s.status, "errors": s.errors} for s in v]
+                    for m, v in slices.items()
+                },
+                "command": sys.argv,
+                "source": Path(__file__).read_text(),
+            },
+            indent=2,
+        )
+    )
     print(f"results written to {path}")
     return 0 if no_5xx and argmax_kept and within else 1
 

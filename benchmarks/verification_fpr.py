@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
+from copycatch.oracles.local import ModelOracle
 from copycatch.verification.calibration import CalibrationPlan, build_reference_models, calibrate
-from copycatch.oracles.base import ModelOracle
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
@@ -37,10 +37,9 @@ from copycatch.oracles.base import ModelOracle
 hyp = {
     "data": "fashion-mnist",
     "split_seed": 0,
-    "max_train": 20000,                                                  # images the split is drawn from
-    "owner": {"epochs": 6, "seed": 0},                                   # each scheme's victim, default arch
-    "references": {"n_models": 24, "archs": ["mlp", "cnn-small", "lenet"], "epochs": 4, "subset": 0.5,
-                   "seed": 1000},
+    "max_train": 20000,  # images the split is drawn from
+    "owner": {"epochs": 6, "seed": 0},  # each scheme's victim, default arch
+    "references": {"n_models": 24, "archs": ["mlp", "cnn-small", "lenet"], "epochs": 4, "subset": 0.5, "seed": 1000},
     "alphas": [1e-3, 0.05],
     # per-scheme overrides (default: the paper's): the 5 % holdout of 12–20k images has ~50–100 images per class,
     # fewer than feature-sharing's 100 verification inputs of one source class
@@ -57,27 +56,42 @@ def run_scheme(scheme: str, splits, references, progress: bool) -> dict:
     victim = sch.verify(sch.protect(ModelOracle(embedding.victim), key), key, alpha=hyp["alphas"][0])
     cal = calibrate(key, references, alphas=hyp["alphas"])
     strict, loose = (cal.false_positive_rate(a) for a in hyp["alphas"])
-    return {"scheme": scheme, "references": cal.n, "stolen_at_strict": strict["false_positives"],
-            "fpr_loose": loose["rate"], "fp_loose": loose["false_positives"], "ci_loose": loose["ci95"],
-            "consistent": loose["consistent_with_alpha"], "min_innocent_p": min(cal.p_values),
-            "min_key_p": cal.min_p_value, "victim_p": victim.p_value, "exact": all(r["exact"] for r in cal.references),
-            "warnings": cal.warnings(), "seconds": time.perf_counter() - t, "calibration": cal.to_dict()}
+    return {
+        "scheme": scheme,
+        "references": cal.n,
+        "stolen_at_strict": strict["false_positives"],
+        "fpr_loose": loose["rate"],
+        "fp_loose": loose["false_positives"],
+        "ci_loose": loose["ci95"],
+        "consistent": loose["consistent_with_alpha"],
+        "min_innocent_p": min(cal.p_values),
+        "min_key_p": cal.min_p_value,
+        "victim_p": victim.p_value,
+        "exact": all(r["exact"] for r in cal.references),
+        "warnings": cal.warnings(),
+        "seconds": time.perf_counter() - t,
+        "calibration": cal.to_dict(),
+    }
 
 
 def summarise(rows: list[dict]) -> str:
     a_strict, a_loose = hyp["alphas"]
-    lines = [f"| scheme | innocents | stolen at α={a_strict:g} | FPR at α={a_loose:g} (95% CI) | CI reaches ≤ {a_loose:g} "
-             "| smallest innocent p | smallest possible p | victim p | exact null |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| scheme | innocents | stolen at α={a_strict:g} | FPR at α={a_loose:g} (95% CI) | CI reaches ≤ {a_loose:g} "
+        "| smallest innocent p | smallest possible p | victim p | exact null |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['scheme']} | error: {r['error']} |||||||| ")
             continue
         min_key = f"{r['min_key_p']:.2g}" if r["min_key_p"] is not None else "n/a"
-        lines.append(f"| {r['scheme']} | {r['references']} | {r['stolen_at_strict']} | {r['fp_loose']}/{r['references']}"
-                     f" = {r['fpr_loose']:.3f} ({r['ci_loose'][0]:.3f}–{r['ci_loose'][1]:.3f}) | "
-                     f"{'yes' if r['consistent'] else 'NO'} | {r['min_innocent_p']:.2g} | {min_key} | "
-                     f"{r['victim_p']:.2g} | {'yes' if r['exact'] else 'approximate'} |")
+        lines.append(
+            f"| {r['scheme']} | {r['references']} | {r['stolen_at_strict']} | {r['fp_loose']}/{r['references']}"
+            f" = {r['fpr_loose']:.3f} ({r['ci_loose'][0]:.3f}–{r['ci_loose'][1]:.3f}) | "
+            f"{'yes' if r['consistent'] else 'NO'} | {r['min_innocent_p']:.2g} | {min_key} | "
+            f"{r['victim_p']:.2g} | {'yes' if r['exact'] else 'approximate'} |"
+        )
     return "\n".join(lines)
 
 
@@ -118,10 +132,22 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"fpr-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"hyp": hyp, "schemes": schemes, "rows": rows, "reference_accuracy": accuracies,
-                                "table": table, "wall_seconds": wall,
-                                "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
-                                "source": Path(__file__).read_text()}, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "hyp": hyp,
+                "schemes": schemes,
+                "rows": rows,
+                "reference_accuracy": accuracies,
+                "table": table,
+                "wall_seconds": wall,
+                "versions": {"copycatch": cc.__version__, "torch": torch.__version__},
+                "source": Path(__file__).read_text(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"results in {path}")
     return 0
 

@@ -19,7 +19,9 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
 def splits():
     """Synthetic 1×8×8, 4 classes; owner_holdout is large enough for 40-trigger keys."""
     data = cc.load_dataset("synthetic", n=2400, num_classes=4, size=8, noise=0.25, seed=0)
-    return cc.make_splits(data, seed=0, fractions=cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45))
+    return cc.make_splits(
+        data, seed=0, fractions=cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
+    )
 
 
 @pytest.fixture(scope="session")

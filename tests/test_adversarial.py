@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from copycatch.models.adversarial import fgsm, pgd
 from copycatch.core.errors import InvalidArgument
+from copycatch.models.adversarial import fgsm, pgd
 
 
 def _linear(seed=0, d=6, c=3):
@@ -41,8 +41,14 @@ def test_fgsm_matches_the_closed_form_on_a_linear_model(eps, seed, targeted):
 
 
 @settings(max_examples=30, deadline=None)
-@given(eps=st.floats(0.0, 0.3), steps=st.integers(1, 6), seed=st.integers(0, 1000), rand_init=st.booleans(),
-       lo=st.floats(-1.0, 0.4), width=st.floats(0.2, 1.5))
+@given(
+    eps=st.floats(0.0, 0.3),
+    steps=st.integers(1, 6),
+    seed=st.integers(0, 1000),
+    rand_init=st.booleans(),
+    lo=st.floats(-1.0, 0.4),
+    width=st.floats(0.2, 1.5),
+)
 def test_pgd_stays_in_the_ball_and_the_clip_range(eps, steps, seed, rand_init, lo, width):
     net = _toy(seed)
     g = torch.Generator().manual_seed(seed)
@@ -83,10 +89,13 @@ def test_targeted_pgd_moves_towards_the_target():
     assert before == 0 and after > 0.5
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"eps": -0.1}, "eps"),
-    ({"eps": 0.1, "clip": (1.0, 0.0)}, "clip"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eps": -0.1}, "eps"),
+        ({"eps": 0.1, "clip": (1.0, 0.0)}, "clip"),
+    ],
+)
 def test_fgsm_rejects_bad_values_naming_them(kwargs, match):
     with pytest.raises(InvalidArgument, match=match):
         fgsm(_toy(), torch.rand(2, 4), **kwargs)

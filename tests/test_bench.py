@@ -113,15 +113,23 @@ def test_cells_share_victims_but_not_surrogates():
     assert len(victims) == 1 and len(surrogates) == 2
 
 
-@pytest.mark.parametrize("snippet, replacement, where, bad", [
-    ("name: tiny", "colour: red\nname: tiny", "tiny.yaml", "colour"),
-    ("data: {name: synthetic,", "data: {nam: 1, name: synthetic,", "data", "nam"),
-    ("victim: {arch: mlp,", "victim: {archh: mlp, arch: mlp,", "victim", "archh"),
-    ("train: {epochs: 8, batch_size: 64}", "train: {epochs: 8, batch_size: 64, epoch: 3}", "victim: train", "epoch"),
-    ("{name: margin,", "{name: margin, param: {},", "schemes[0]", "param"),
-    ("{name: soft-label,", "{name: soft-label, budgt: 3,", "attacks[0]: extraction", "budgt"),
-    ("  - extraction:", "  - removal: []\n    extraction:", "attacks[0]", "removal"),
-])
+@pytest.mark.parametrize(
+    "snippet, replacement, where, bad",
+    [
+        ("name: tiny", "colour: red\nname: tiny", "tiny.yaml", "colour"),
+        ("data: {name: synthetic,", "data: {nam: 1, name: synthetic,", "data", "nam"),
+        ("victim: {arch: mlp,", "victim: {archh: mlp, arch: mlp,", "victim", "archh"),
+        (
+            "train: {epochs: 8, batch_size: 64}",
+            "train: {epochs: 8, batch_size: 64, epoch: 3}",
+            "victim: train",
+            "epoch",
+        ),
+        ("{name: margin,", "{name: margin, param: {},", "schemes[0]", "param"),
+        ("{name: soft-label,", "{name: soft-label, budgt: 3,", "attacks[0]: extraction", "budgt"),
+        ("  - extraction:", "  - removal: []\n    extraction:", "attacks[0]", "removal"),
+    ],
+)
 def test_unknown_keys_name_the_place_the_key_and_the_valid_ones(snippet, replacement, where, bad):
     with pytest.raises(GridError) as err:
         parse_grid(TINY.replace(snippet, replacement, 1), source="tiny.yaml")
@@ -135,12 +143,19 @@ def test_seed_in_a_training_config_is_refused_with_the_reason():
         tiny_grid(**{"train: {epochs: 8, batch_size: 64}": "train: {epochs: 8, seed: 3}"})
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("{name: margin,", "{name: no-such-scheme,", "unknown scheme 'no-such-scheme'; valid schemes: "),
-    ("{name: soft-label,", "{name: telepathy,", "unknown extraction attack 'telepathy'; valid extraction attacks: "),
-    ("arch: mlp, arch_kwargs: {hidden: 128}", "arch: transformer-xl", "unknown architecture 'transformer-xl'"),
-    ("data: {name: synthetic,", "data: {name: imagenet-22k,", "unknown data set 'imagenet-22k'"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("{name: margin,", "{name: no-such-scheme,", "unknown scheme 'no-such-scheme'; valid schemes: "),
+        (
+            "{name: soft-label,",
+            "{name: telepathy,",
+            "unknown extraction attack 'telepathy'; valid extraction attacks: ",
+        ),
+        ("arch: mlp, arch_kwargs: {hidden: 128}", "arch: transformer-xl", "unknown architecture 'transformer-xl'"),
+        ("data: {name: synthetic,", "data: {name: imagenet-22k,", "unknown data set 'imagenet-22k'"),
+    ],
+)
 def test_unknown_names_list_the_registered_ones(old, new, message):
     with pytest.raises(GridError) as err:
         tiny_grid(**{old: new})
@@ -191,8 +206,11 @@ def test_every_shipped_grid_loads_or_names_a_scheme_or_attack_that_has_not_lande
             grid = load_grid(path)
         except GridError as exc:  # only a name that is not registered yet may stop a shipped grid
             message = str(exc)
-            assert "unknown scheme" in message or "unknown extraction attack" in message \
-                or "unknown removal attack" in message, message
+            assert (
+                "unknown scheme" in message
+                or "unknown extraction attack" in message
+                or "unknown removal attack" in message
+            ), message
             missing = message.split("'")[1]
             assert missing not in registered, message
             continue
@@ -255,11 +273,16 @@ def test_rerun_computes_nothing_and_leaves_rows_untouched(serial_results):
 
 
 def test_removal_chains_and_the_leaked_victim(tmp_path):
-    grid = tiny_grid(**{"seeds: [0, 1]": "seeds: [0]", """  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
+    grid = tiny_grid(
+        **{
+            "seeds: [0, 1]": "seeds: [0]",
+            """  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
                  sweep: {budget: [300, 600]}}""": """  - extraction: {name: soft-label, arch: mlp, budget: 600, train: {epochs: 6}}
     removals: ["prune:rate=0.3", {name: fine-tune, params: {epochs: 1}}]
   - extraction: none
-    removals: [{name: prune, params: {rate: 0.5}}]"""})
+    removals: [{name: prune, params: {rate: 0.5}}]""",
+        }
+    )
     summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
     assert summary.computed == 2, summary.failures
     with ResultsStore(tmp_path, create=False) as store:
@@ -292,8 +315,9 @@ def test_store_never_replaces_a_finished_cell_and_refuses_foreign_files(tmp_path
 
 def test_a_failing_cell_is_recorded_then_retried(tmp_path):
     # mnist-5k images are 28×28, the synthetic victim takes 8×8: the cell fails at run time, the grid goes on
-    grid = tiny_grid(**{"sweep: {budget: [300, 600]}}": "queries: mnist-5k, budget: 300}",
-                        "seeds: [0, 1]": "seeds: [0]"})
+    grid = tiny_grid(
+        **{"sweep: {budget: [300, 600]}}": "queries: mnist-5k, budget: 300}", "seeds: [0, 1]": "seeds: [0]"}
+    )
     summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
     assert summary.failed == 1 and summary.computed == 0 and "shaped" in summary.failures[0][1]
     with ResultsStore(tmp_path, create=False) as store:
@@ -301,8 +325,9 @@ def test_a_failing_cell_is_recorded_then_retried(tmp_path):
     assert "InvalidArgument" in row["error"] and row["metrics"] is None
     again = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
     assert again.failed == 1 and again.done_before == 0
-    skipped = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), retry_failed=False, progress=False,
-                       log=lambda line: None)
+    skipped = run_grid(
+        grid, tmp_path, executor=SerialExecutor(threads=1), retry_failed=False, progress=False, log=lambda line: None
+    )
     assert skipped.failed == 0 and skipped.computed == 0
 
 
@@ -314,9 +339,14 @@ def _bench_until_first_row(tmp_path: Path, *args: str) -> tuple[subprocess.Popen
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
     # A shell that starts the suite in the background (`make test &`, nohup, some CI runners) leaves SIGINT ignored,
     # and a child inherits that, so Ctrl-C would mean nothing to it: give the bench process the default disposition.
-    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli.main", "bench", str(grid_file), "-o", str(out), "-q",
-                             *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copycatch.cli.main", "bench", str(grid_file), "-o", str(out), "-q", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     store_file = out / "results.sqlite"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -339,8 +369,9 @@ def _resume_and_check(grid_file: Path, out: Path) -> None:
         finished = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
         assert store.count("failed") == 0  # the cells in flight left nothing behind
     assert 0 < len(finished) < 4, "the run must be stopped part-way for this test to mean anything"
-    summary = run_grid(load_grid(grid_file), out, executor=SerialExecutor(threads=1), progress=False,
-                       log=lambda line: None)
+    summary = run_grid(
+        load_grid(grid_file), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None
+    )
     assert summary.done_before == len(finished) and summary.computed == 4 - len(finished) and summary.failed == 0
     with ResultsStore(out, create=False) as store:
         rows = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
@@ -380,8 +411,9 @@ def test_interrupted_pool_run_stops_its_workers_and_resumes(tmp_path):
 
 def test_local_pool_runs_the_same_cells_as_serial(serial_results, tmp_path):
     serial_out, _ = serial_results
-    summary = run_grid(tiny_grid(), tmp_path, executor=LocalPoolExecutor(jobs=2, threads=1), progress=False,
-                       log=lambda line: None)
+    summary = run_grid(
+        tiny_grid(), tmp_path, executor=LocalPoolExecutor(jobs=2, threads=1), progress=False, log=lambda line: None
+    )
     assert summary.computed == 4 and summary.failed == 0
     with ResultsStore(serial_out, create=False) as a, ResultsStore(tmp_path, create=False) as b:
         serial = {r["cell_id"]: r["metrics"] for r in a.cells()}

@@ -8,15 +8,16 @@ import pytest
 
 pytest.importorskip("ray")
 
+from test_bench import TINY
+
 from copycatch.bench import ResultsStore, parse_grid, run_grid
 from copycatch.bench.executors import RayExecutor
-from test_bench import TINY  # noqa: E402
 
 
 def test_tiny_grid_runs_on_ray_and_resumes(tmp_path):
     grid = parse_grid(TINY.replace("seeds: [0, 1]", "seeds: [0]"), source="tiny.yaml")
     executor = RayExecutor(num_cpus=1)
-    assert "ray on a local Ray instance (1 CPUs)" == executor.describe()
+    assert executor.describe() == "ray on a local Ray instance (1 CPUs)"
     summary = run_grid(grid, tmp_path, executor=executor, progress=False, log=lambda line: None)
     assert summary.computed == 2 and summary.failed == 0, summary.failures
     with ResultsStore(tmp_path, create=False) as store:

@@ -7,18 +7,31 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.verification.calibration import KINDS, Calibration, CalibrationPlan, ReferenceModel, build_reference_models, calibrate, calibration_path, clopper_pearson
 from copycatch.cli.main import main
 from copycatch.core.errors import CorruptFile, InvalidArgument
 from copycatch.core.key import Key
 from copycatch.schemes.margin import MarginWatermark
+from copycatch.verification.calibration import (
+    KINDS,
+    Calibration,
+    CalibrationPlan,
+    ReferenceModel,
+    build_reference_models,
+    calibrate,
+    calibration_path,
+    clopper_pearson,
+)
 
 
 def margin_key(splits, n_triggers=40, seed=0):
     scheme = MarginWatermark(n_triggers=n_triggers)
     x_u8, true, labels = scheme.make_trigger_set(splits, torch.Generator().manual_seed(seed))
-    return Key("margin", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
-               meta={"num_classes": 4, "input_shape": [1, 8, 8], "dataset": "synthetic"})
+    return Key(
+        "margin",
+        scheme.params.to_dict(),
+        {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+        meta={"num_classes": 4, "input_shape": [1, 8, 8], "dataset": "synthetic"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +79,7 @@ def test_warns_when_the_key_can_never_reach_alpha(references, splits):
 
 
 def test_warns_when_innocent_models_are_called_stolen_too_often():
-    refs = [{"name": f"r{i}", "kind": "given", "statistic": 9.0, "p_value": 1e-4 if i < 6 else 0.5}
-            for i in range(20)]
+    refs = [{"name": f"r{i}", "kind": "given", "statistic": 9.0, "p_value": 1e-4 if i < 6 else 0.5} for i in range(20)]
     cal = Calibration("d" * 64, "margin", "hits", refs, [0.05])
     fpr = cal.false_positive_rate(0.05)
     assert fpr["false_positives"] == 6 and fpr["ci95"][0] > 0.05 and not fpr["consistent_with_alpha"]

@@ -25,16 +25,36 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def victim_files(workdir):
     victim, key = workdir / "victim.safetensors", workdir / "victim.cckey"
-    assert main(["embed", "--scheme", "margin", "--arch", "mlp", "-p", "n_triggers=30", "-o", str(victim),
-                 "--key", str(key), "--epochs", "6", *DATA]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "margin",
+                "--arch",
+                "mlp",
+                "-p",
+                "n_triggers=30",
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "6",
+                *DATA,
+            ]
+        )
+        == 0
+    )
     return victim, key
 
 
 def test_embed_steal_verify_train_flow(capsys, victim_files, workdir):
     victim, key = victim_files
     surrogate = workdir / "surrogate.safetensors"
-    code, out, _ = run(capsys, "steal", "--victim", str(victim), "--arch", "mlp", "--budget", "500", "-o", str(surrogate),
-                       *FAST, *DATA)
+    code, out, _ = run(
+        capsys, "steal", "--victim", str(victim), "--arch", "mlp", "--budget", "500", "-o", str(surrogate), *FAST, *DATA
+    )
     assert code == 0 and "500 queries" in out
     code, out, _ = run(capsys, "verify", "--key", str(key), "--suspect", str(victim), "--json")
     evidence = json.loads(out)
@@ -78,7 +98,7 @@ def _one_line_error(code, err, *needles):
 
 def test_missing_data_is_one_line_with_instructions(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("COPYCATCH_DATA_DIR", raising=False)
-    monkeypatch.setattr("copycatch.data.base.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr("copycatch.data.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "none")
     code, _, err = run(capsys, "data", "show", "--data", "fashion-mnist", "--data-dir", str(tmp_path))
     _one_line_error(code, err, "apt-get install")
 
@@ -86,7 +106,9 @@ def test_missing_data_is_one_line_with_instructions(capsys, tmp_path, monkeypatc
 def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--arch", "resnet9000", "-o", str(tmp_path / "m"), *DATA)
     _one_line_error(code, err, "unknown architecture 'resnet9000'", "cnn-small")
-    code, _, err = run(capsys, "embed", "--scheme", "nope", "-o", str(tmp_path / "m"), "--key", str(tmp_path / "k"), *DATA)
+    code, _, err = run(
+        capsys, "embed", "--scheme", "nope", "-o", str(tmp_path / "m"), "--key", str(tmp_path / "k"), *DATA
+    )
     _one_line_error(code, err, "unknown scheme 'nope'", "margin")
     code, _, err = run(capsys, "data", "show", "--data", "imagenet")
     _one_line_error(code, err, "unknown data set 'imagenet'", "fashion-mnist")
@@ -141,8 +163,27 @@ def test_demo_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
     from copycatch.cli.main import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--data", "digits", "--out", str(out), "--epochs", "10", "-p", "n_triggers=40", "-p", "lam=1",
-                 "--surrogate-arch", "mlp", "-q"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                "digits",
+                "--out",
+                str(out),
+                "--epochs",
+                "10",
+                "-p",
+                "n_triggers=40",
+                "-p",
+                "lam=1",
+                "--surrogate-arch",
+                "mlp",
+                "-q",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "watermark: margin lam=1, n_triggers=40" in printed and "cost" in printed
     report = json.loads((out / "demo-results.json").read_text())

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.data.base import DATASETS, DataNotFound, read_idx
-from copycatch.core.errors import CorruptFile, InvalidArgument
+from copycatch.core.errors import CorruptFile, DataNotFound, InvalidArgument
+from copycatch.data import DATASETS
+from copycatch.data.fashion_mnist import read_idx
 
 
 def _write_idx(path, array):
@@ -40,7 +41,7 @@ def _load(name, fake_fashion, monkeypatch):
 def test_every_dataset_loads_as_unit_interval_nchw(name, fake_fashion, monkeypatch):
     data = _load(name, fake_fashion, monkeypatch)
     assert data.x.ndim == 4 and data.x.dtype == torch.float32
-    assert 0.0 <= data.x.min() and data.x.max() <= 1.0
+    assert data.x.min() >= 0.0 and data.x.max() <= 1.0
     assert data.y.dtype == torch.int64 and data.y.max() < data.num_classes
     assert len(data.class_names) == data.num_classes
 
@@ -52,7 +53,7 @@ def test_fashion_mnist_found_through_environment_variable(fake_fashion, monkeypa
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("COPYCATCH_DATA_DIR", raising=False)
-    monkeypatch.setattr("copycatch.data.base.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr("copycatch.data.fashion_mnist.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataNotFound) as err:
         cc.load_dataset("fashion-mnist", data_dir=tmp_path)
     msg = str(err.value)
@@ -74,7 +75,7 @@ def test_standard_split_is_disjoint_complete_and_seeded(seed):
     parts = ["owner_train", "owner_holdout", "attacker_pool", "test"]
     index = {p: set(s.indices[p].tolist()) for p in parts}
     for i, a in enumerate(parts):
-        for b in parts[i + 1:]:
+        for b in parts[i + 1 :]:
             assert not index[a] & index[b], f"{a} and {b} overlap"
         assert torch.equal(getattr(s, a).x, data.x[s.indices[a]])
     assert s.summary() == {"owner_train": 400, "owner_holdout": 40, "attacker_pool": 360, "test": 200}
@@ -86,7 +87,9 @@ def test_standard_split_is_disjoint_complete_and_seeded(seed):
 
 def test_official_test_split_is_kept_whole(fake_fashion):
     s = cc.load_splits("fashion-mnist", data_dir=fake_fashion)
-    assert len(s.test) == 50 and sum(len(getattr(s, p)) for p in ("owner_train", "owner_holdout", "attacker_pool")) == 300
+    assert (
+        len(s.test) == 50 and sum(len(getattr(s, p)) for p in ("owner_train", "owner_holdout", "attacker_pool")) == 300
+    )
 
 
 def test_split_fractions_are_validated():
@@ -96,12 +99,15 @@ def test_split_fractions_are_validated():
         cc.SplitFractions.from_dict({"thief": 0.5})
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"x": np.zeros((4, 2, 2, 2, 2)), "y": np.zeros(4, int)}, "shape"),
-    ({"x": np.full((4, 3, 3), 2.0), "y": np.zeros(4, int)}, "values in"),
-    ({"x": np.zeros((4, 3, 3)), "y": np.zeros(3, int)}, "4 labels"),
-    ({"x": np.zeros((4, 3, 3))}, "missing array 'y'"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"x": np.zeros((4, 2, 2, 2, 2)), "y": np.zeros(4, int)}, "shape"),
+        ({"x": np.full((4, 3, 3), 2.0), "y": np.zeros(4, int)}, "values in"),
+        ({"x": np.zeros((4, 3, 3)), "y": np.zeros(3, int)}, "4 labels"),
+        ({"x": np.zeros((4, 3, 3))}, "missing array 'y'"),
+    ],
+)
 def test_bad_npz_gets_a_named_error(tmp_path, bad, match):
     path = tmp_path / "bad.npz"
     np.savez(path, **bad)
@@ -109,8 +115,10 @@ def test_bad_npz_gets_a_named_error(tmp_path, bad, match):
         cc.load_dataset(str(path))
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_real_fashion_mnist_when_installed():
     data = cc.load_dataset("fashion-mnist")
     assert data.x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)

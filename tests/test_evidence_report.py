@@ -8,22 +8,34 @@ import pytest
 import torch
 
 import copycatch as cc
-from copycatch.verification.combine import combine_evidence
 from copycatch.core.errors import InvalidArgument
 from copycatch.core.evidence import Evidence
-from copycatch.verification.report import binomial_null_svg, calibration_svg, evidence_document, pvalue_svg, render_html, trajectory_svg, write_report
 from copycatch.core.key import Key
-from copycatch.schemes.margin import MarginWatermark
 from copycatch.core.stats import fisher_combine, holm_adjust
-from copycatch.verification.transcript import Transcript, row_hashes
+from copycatch.schemes.margin import MarginWatermark
+from copycatch.verification.combine import combine_evidence
+from copycatch.verification.report import (
+    binomial_null_svg,
+    calibration_svg,
+    evidence_document,
+    pvalue_svg,
+    render_html,
+    trajectory_svg,
+    write_report,
+)
 from copycatch.verification.session import VerificationRun, verify_suspect
+from copycatch.verification.transcript import Transcript, row_hashes
 
 
 def margin_key(splits, seed):
     scheme = MarginWatermark(n_triggers=30)
     x_u8, true, labels = scheme.make_trigger_set(splits, torch.Generator().manual_seed(seed))
-    return Key("margin", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
-               meta={"num_classes": 4, "input_shape": [1, 8, 8]})
+    return Key(
+        "margin",
+        scheme.params.to_dict(),
+        {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+        meta={"num_classes": 4, "input_shape": [1, 8, 8]},
+    )
 
 
 class Copycat(cc.Oracle):
@@ -74,8 +86,19 @@ def test_report_records_everything_a_second_expert_needs(keys, trained, tmp_path
     run = verify_suspect(suspect, [keys[0]], transcript=tmp_path / "rep" / "transcript.jsonl")
     paths = write_report(tmp_path / "rep", run, command=["copycatch", "verify", "--key", "k1.cckey"])
     doc = json.loads(paths["json"].read_text())
-    for field in ("scheme", "null_hypothesis", "statistic", "p_value", "alpha", "decision", "queries_used",
-                  "key_digest", "suspect", "environment", "transcript"):
+    for field in (
+        "scheme",
+        "null_hypothesis",
+        "statistic",
+        "p_value",
+        "alpha",
+        "decision",
+        "queries_used",
+        "key_digest",
+        "suspect",
+        "environment",
+        "transcript",
+    ):
         assert field in doc, field
     assert doc["verdict"] == "stolen" and doc["key_digest"] == key.digest
     assert doc["queries_used"] == suspect.asked < 30  # sequential by default
@@ -97,8 +120,11 @@ def test_several_keys_are_combined_in_the_verdict_and_the_report(keys, trained, 
     assert run.combined is not None and run.verdict == "stolen"
     assert run.combined.p_value == pytest.approx(min(1.0, 2 * min(e.p_value for e in run.evidences)))
     doc = evidence_document(run)
-    assert doc["combined"]["method"] == "holm" and len(doc["evidence"]) == 2 and doc["key_digest"] == [
-        e.key_digest for e in run.evidences]
+    assert (
+        doc["combined"]["method"] == "holm"
+        and len(doc["evidence"]) == 2
+        and doc["key_digest"] == [e.key_digest for e in run.evidences]
+    )
     html = render_html(doc, run)
     assert "Combined evidence (holm decides)" in html and "Fisher combined p-value" in html
 
@@ -125,16 +151,40 @@ def test_cli_offline_check_keeps_the_recorded_head_and_never_overwrites_evidence
     capsys.readouterr()
     assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--report", str(rep), "--offline"]) == 2
     assert "would overwrite" in capsys.readouterr().err
-    assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--transcript",
-                 str(rep / "transcript.jsonl"), "--offline", "--json"]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                "--key",
+                str(keys[0]),
+                "--suspect",
+                str(model),
+                "--transcript",
+                str(rep / "transcript.jsonl"),
+                "--offline",
+                "--json",
+            ]
+        )
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert again["transcript"]["head"] == head and again["transcript"]["read_only"]
     assert again["transcript"]["answered_this_session"] == 0
 
 
 def test_pages_for_schemes_without_a_binomial_null_still_plot_the_p_value(splits):
-    evidence = Evidence("dynamarks", "distributions differ by chance", "eta", 0.4, 0.2, 0.01, 100, "e" * 64,
-                        exact=False, notes=["permutation test with 999 draws"])
+    evidence = Evidence(
+        "dynamarks",
+        "distributions differ by chance",
+        "eta",
+        0.4,
+        0.2,
+        0.01,
+        100,
+        "e" * 64,
+        exact=False,
+        notes=["permutation test with 999 draws"],
+    )
     key = margin_key(splits, 3)
     run = VerificationRun([evidence], [key], {"kind": "http", "identity": "http://x"}, Transcript({"kind": "http"}))
     html = render_html(evidence_document(run), run)

@@ -9,8 +9,9 @@ from copycatch.core.errors import BudgetExceeded, InvalidArgument
 def test_every_extraction_attack_copies_a_toy_victim_within_its_budget(name, splits, trained):
     oracle = cc.ModelOracle(trained)
     budget = 600
-    result = cc.steal(oracle, splits.attacker_pool, attack=name, arch="mlp", budget=budget,
-                      config=cc.TrainConfig(epochs=6, seed=0))
+    result = cc.steal(
+        oracle, splits.attacker_pool, attack=name, arch="mlp", budget=budget, config=cc.TrainConfig(epochs=6, seed=0)
+    )
     assert result.queries <= budget and oracle.queries == result.queries
     assert cc.agreement(result.surrogate, trained, splits.test.x) >= 0.9
 

@@ -17,8 +17,8 @@ from copycatch.attacks.extraction.jacobian import jacobian_step
 from copycatch.attacks.extraction.knockoff import kmeans
 from copycatch.cli.main import main
 from copycatch.core.errors import BudgetExceeded, InvalidArgument
-from copycatch.oracles.base import Oracle
 from copycatch.models.train import predict_logits
+from copycatch.oracles.base import Oracle
 
 FAST = cc.TrainConfig(epochs=2, seed=0)
 
@@ -73,8 +73,14 @@ def test_attack_spends_at_most_its_budget_and_reports_every_query(name, params, 
     # 97 is odd on purpose: partial adaptive rounds, a cut JBDA augmentation, averaging's leftover 7 queries
     budget = 97
     oracle = RecordingOracle(cc.ModelOracle(trained), budget=budget)
-    result = steal_with(oracle, splits.attacker_pool, name, {**params, "seeds": 40} if name == "jacobian" else params,
-                        budget=budget, config=cc.TrainConfig(epochs=1, seed=0))
+    result = steal_with(
+        oracle,
+        splits.attacker_pool,
+        name,
+        {**params, "seeds": 40} if name == "jacobian" else params,
+        budget=budget,
+        config=cc.TrainConfig(epochs=1, seed=0),
+    )
     assert result.queries == oracle.queries == len(oracle.asked) <= budget
     assert oracle.inner.queries == oracle.queries  # nothing reached the victim behind the thief's back
     if name == "averaging":
@@ -96,7 +102,7 @@ def test_default_budget_is_planned_from_the_pool_or_schedule(splits, trained):
     assert steal_with(cc.ModelOracle(trained), pool, "hard-label").queries == 60
     assert steal_with(cc.ModelOracle(trained), pool, "averaging", {"repeats": 3}).queries == 180
     jbda = steal_with(cc.ModelOracle(trained), pool, "jacobian", {"seeds": 8, "rounds": 3})
-    assert jbda.queries == 8 * (2 ** 2 - 1) and jbda.info["transfer_set"] == 32
+    assert jbda.queries == 8 * (2**2 - 1) and jbda.info["transfer_set"] == 32
 
 
 def test_data_fraction_gamma_limits_the_thiefs_pool(splits, trained):
@@ -113,7 +119,7 @@ def test_data_fraction_gamma_limits_the_thiefs_pool(splits, trained):
 
 def test_draw_indices_refills_with_fresh_permutations():
     index = draw_indices(10, 25, seed=0, refill=True)
-    assert len(index) == 25 and all(sorted(index[i:i + 10].tolist()) == list(range(10)) for i in (0, 10))
+    assert len(index) == 25 and all(sorted(index[i : i + 10].tolist()) == list(range(10)) for i in (0, 10))
     assert len(draw_indices(10, 25, seed=0)) == 10
     assert draw_indices(5, 5, seed=0, shuffle=False).tolist() == [0, 1, 2, 3, 4]
 
@@ -125,8 +131,12 @@ def test_draw_indices_refills_with_fresh_permutations():
 
 def _scaled_oracle(model, scale: float) -> Oracle:
     """Same argmax as ``model``, different probabilities (logits multiplied by ``scale``)."""
-    return cc.CallableOracle(lambda x: torch.softmax(predict_logits(model, x) * scale, dim=1), model.num_classes,
-                             input_shape=model.input_shape, input_format="torch")
+    return cc.CallableOracle(
+        lambda x: torch.softmax(predict_logits(model, x) * scale, dim=1),
+        model.num_classes,
+        input_shape=model.input_shape,
+        input_format="torch",
+    )
 
 
 def _weights(model):
@@ -173,7 +183,9 @@ def _spread_oracle(num_classes: int = 4) -> Oracle:
 def _spread_pool(n: int = 400) -> cc.TensorData:
     gen = torch.Generator().manual_seed(1)
     brightness = torch.linspace(0.05, 1.0, n).view(n, 1, 1, 1)
-    return cc.TensorData((torch.rand(n, 1, 8, 8, generator=gen) * brightness).clamp(0, 1), torch.zeros(n, dtype=torch.long))
+    return cc.TensorData(
+        (torch.rand(n, 1, 8, 8, generator=gen) * brightness).clamp(0, 1), torch.zeros(n, dtype=torch.long)
+    )
 
 
 @pytest.mark.parametrize("levels", [2, 3, 5, 11])
@@ -212,7 +224,9 @@ def test_quantized_attack_ignores_differences_below_its_resolution(splits, train
 
 def test_steal_with_post_quantize_and_hard_label_runs_end_to_end(splits, trained):
     for post in ("quantize:levels=3", "hard-label"):
-        result = cc.steal(trained, splits.attacker_pool, attack="soft-label", budget=300, config=FAST, postprocess=[post])
+        result = cc.steal(
+            trained, splits.attacker_pool, attack="soft-label", budget=300, config=FAST, postprocess=[post]
+        )
         assert result.queries == 300 and cc.agreement(result.surrogate, trained, splits.test.x) >= 0.9
 
 
@@ -232,17 +246,19 @@ def test_distillation_loss_is_equation_7():
     alpha, t = 0.7, 20.0
     teacher_t, student_t = torch.softmax(teacher_logits / t, 1), torch.softmax(logits / t, 1)
     kl = (teacher_t * (teacher_t.log() - student_t.log())).sum(1).mean()
-    expected = (1 - alpha) * F.cross_entropy(logits, labels) + 2 * alpha * t ** 2 * kl
+    expected = (1 - alpha) * F.cross_entropy(logits, labels) + 2 * alpha * t**2 * kl
     assert torch.allclose(distillation_loss(alpha, t)(logits, packed), expected, atol=1e-5)
     assert torch.allclose(distillation_loss(0.0, t)(logits, packed), F.cross_entropy(logits, labels))
 
 
 def test_distillation_learns_from_the_true_labels(splits, trained):
     # an API that answers noise teaches nothing; with α = 0.2 the true labels still make a good surrogate
-    noise = cc.CallableOracle(lambda x: torch.softmax(torch.randn(len(x), 4), 1), 4, input_shape=trained.input_shape,
-                              input_format="torch")
-    with_labels = steal_with(noise, splits.attacker_pool, "distillation", {"alpha": 0.2}, budget=300,
-                             config=cc.TrainConfig(epochs=4, seed=0))
+    noise = cc.CallableOracle(
+        lambda x: torch.softmax(torch.randn(len(x), 4), 1), 4, input_shape=trained.input_shape, input_format="torch"
+    )
+    with_labels = steal_with(
+        noise, splits.attacker_pool, "distillation", {"alpha": 0.2}, budget=300, config=cc.TrainConfig(epochs=4, seed=0)
+    )
     assert with_labels.info["uses_true_labels"] and cc.accuracy(with_labels.surrogate, splits.test) >= 0.9
     without = steal_with(noise, splits.attacker_pool, "soft-label", budget=300, config=cc.TrainConfig(epochs=4, seed=0))
     assert cc.accuracy(without.surrogate, splits.test) < 0.7
@@ -261,8 +277,13 @@ def test_distillation_refuses_a_pool_without_the_victims_labels(trained):
 
 def test_soft_label_steals_with_an_out_of_distribution_pool(splits, trained):
     digits = cc.load_dataset("digits")
-    result = cc.steal(trained, cc.TensorData(digits.x, digits.y), attack="soft-label", budget=800,
-                      config=cc.TrainConfig(epochs=6, seed=0))
+    result = cc.steal(
+        trained,
+        cc.TensorData(digits.x, digits.y),
+        attack="soft-label",
+        budget=800,
+        config=cc.TrainConfig(epochs=6, seed=0),
+    )
     assert result.queries == 800
     # the thief never saw the owner's distribution, yet copies a good share of the victim's behaviour on it
     assert cc.agreement(result.surrogate, trained, splits.test.x) >= 0.6
@@ -300,17 +321,30 @@ def test_averaging_asks_each_input_n_times_and_recovers_the_expected_answer(spli
 
 def test_averaging_beats_single_queries_against_a_randomising_api(splits, trained):
     config = cc.TrainConfig(epochs=6, seed=0)
-    averaged = steal_with(_randomising_oracle(trained, flip=0.7), splits.attacker_pool, "averaging",
-                          {"repeats": 20}, budget=2000, config=config)
-    single = steal_with(_randomising_oracle(trained, flip=0.7), splits.attacker_pool, "soft-label", budget=100,
-                        config=config)
+    averaged = steal_with(
+        _randomising_oracle(trained, flip=0.7),
+        splits.attacker_pool,
+        "averaging",
+        {"repeats": 20},
+        budget=2000,
+        config=config,
+    )
+    single = steal_with(
+        _randomising_oracle(trained, flip=0.7), splits.attacker_pool, "soft-label", budget=100, config=config
+    )
     agree_avg = cc.agreement(averaged.surrogate, trained, splits.test.x)
     assert agree_avg >= 0.9 and agree_avg > cc.agreement(single.surrogate, trained, splits.test.x)
 
 
 def test_averaging_with_the_papers_100_repeats_at_an_honest_budget(splits, trained):
-    result = steal_with(cc.ModelOracle(trained), splits.attacker_pool, "averaging", {"repeats": 100}, budget=6000,
-                        config=cc.TrainConfig(epochs=6, seed=0))
+    result = steal_with(
+        cc.ModelOracle(trained),
+        splits.attacker_pool,
+        "averaging",
+        {"repeats": 100},
+        budget=6000,
+        config=cc.TrainConfig(epochs=6, seed=0),
+    )
     assert result.queries == 6000 and result.info["inputs_queried"] == 60
     assert cc.agreement(result.surrogate, trained, splits.test.x) >= 0.9
     with pytest.raises(InvalidArgument, match="at least 100"):
@@ -332,8 +366,13 @@ def test_knockoff_adaptive_learns_to_avoid_an_uninformative_part_of_the_pool(spl
     # a fifth action of blank images: the victim says the same thing about all of them
     pool = splits.attacker_pool
     blank = cc.TensorData(torch.zeros(400, *pool.x.shape[1:]), torch.full((400,), 4))
-    result = steal_with(cc.ModelOracle(trained), cc.TensorData.concat([pool, blank]), "knockoff",
-                        {"policy": "adaptive", "actions": "labels"}, budget=600)
+    result = steal_with(
+        cc.ModelOracle(trained),
+        cc.TensorData.concat([pool, blank]),
+        "knockoff",
+        {"policy": "adaptive", "actions": "labels"},
+        budget=600,
+    )
     counts, policy = result.info["action_counts"], result.info["final_policy"]
     assert result.queries == 600 and sum(counts) == 600 and len(counts) == 5
     assert counts[4] < 600 / 5 / 2 and policy[4] == min(policy) and policy[4] < 0.1
@@ -383,7 +422,9 @@ def test_jacobian_doubles_the_set_with_oracle_labels_and_truth_labelled_seeds(sp
 
 
 def test_jacobian_cuts_the_last_augmentation_to_fit_the_budget(splits, trained):
-    result = steal_with(cc.ModelOracle(trained), splits.attacker_pool, "jacobian", {"seeds": 20, "rounds": 6}, budget=50)
+    result = steal_with(
+        cc.ModelOracle(trained), splits.attacker_pool, "jacobian", {"seeds": 20, "rounds": 6}, budget=50
+    )
     assert result.queries == 50 and result.info["transfer_set"] == 70
     assert cc.agreement(result.surrogate, trained, splits.test.x) >= 0.8
 
@@ -394,11 +435,17 @@ def test_jacobian_cuts_the_last_augmentation_to_fit_the_budget(splits, trained):
 def test_margin_extraction_queries_within_eps_and_moves_towards_the_victims_boundary(splits, trained):
     eps = 0.25
     oracle = RecordingOracle(cc.ModelOracle(trained))
-    result = steal_with(oracle, splits.attacker_pool, "margin-extraction",
-                        {"eps": eps, "step_size": eps / 4, "steps": 10}, budget=400, config=cc.TrainConfig(epochs=6))
+    result = steal_with(
+        oracle,
+        splits.attacker_pool,
+        "margin-extraction",
+        {"eps": eps, "step_size": eps / 4, "steps": 10},
+        budget=400,
+        config=cc.TrainConfig(epochs=6),
+    )
     asked = oracle.asked.flatten(1)
-    clean = asked[:result.info["clean_queries"]]
-    perturbed = asked[result.info["clean_queries"]:]
+    clean = asked[: result.info["clean_queries"]]
+    perturbed = asked[result.info["clean_queries"] :]
     assert result.queries == 400 and len(clean) == 200 and len(perturbed) == 200
     distance = torch.cdist(perturbed, clean, p=float("inf")).min(dim=1).values
     assert (distance <= eps + 1e-6).all() and (distance > 0).all()
@@ -427,7 +474,7 @@ def test_margin_extraction_plans_every_query_of_the_budget():
 @pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())
 def test_every_attack_documents_its_paper_and_every_parameter(name):
     cls = EXTRACTION_ATTACKS.get(name).factory
-    doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "")
+    doc = __import__(cls.__module__, fromlist=["_"]).__doc__ or ""
     assert cls.__doc__ and EXTRACTION_ATTACKS.get(name).summary and "et al." in doc + cls.__doc__  # cites its paper
     for field in dataclasses.fields(cls.Params):
         assert f"{field.name} (" in doc, f"{name}: parameter {field.name} is not documented with its default"
@@ -451,23 +498,75 @@ def test_steal_help_lists_every_attack_with_its_summary(capsys):
 @pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())
 def test_cli_steal_reaches_every_attack(name, cli_victim, tmp_path, capsys):
     out = tmp_path / "surrogate.safetensors"
-    code = main(["steal", "--victim", str(cli_victim), "--attack", name, "--budget", "200", "-o", str(out),
-                 "--epochs", "2", "--data", "synthetic", "-q", *(["-p", "seeds=40"] if name == "jacobian" else [])])
+    code = main(
+        [
+            "steal",
+            "--victim",
+            str(cli_victim),
+            "--attack",
+            name,
+            "--budget",
+            "200",
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+            "--data",
+            "synthetic",
+            "-q",
+            *(["-p", "seeds=40"] if name == "jacobian" else []),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and f"with {name}" in printed and "200 queries" in printed
     assert cc.load_model(out).provenance["stolen_with"] == name
 
 
-@pytest.mark.parametrize("extra", [["--queries", "digits"], ["--post", "quantize:levels=3"],
-                                   ["--attack", "quantized", "-p", "levels=4,data_fraction=0.5"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--queries", "digits"],
+        ["--post", "quantize:levels=3"],
+        ["--attack", "quantized", "-p", "levels=4,data_fraction=0.5"],
+    ],
+)
 def test_cli_steal_with_ood_queries_post_processing_and_parameters(extra, cli_victim, tmp_path, capsys):
-    code = main(["steal", "--victim", str(cli_victim), "--budget", "150", "-o", str(tmp_path / "s.safetensors"),
-                 "--epochs", "2", "--data", "synthetic", "-q", *extra])
+    code = main(
+        [
+            "steal",
+            "--victim",
+            str(cli_victim),
+            "--budget",
+            "150",
+            "-o",
+            str(tmp_path / "s.safetensors"),
+            "--epochs",
+            "2",
+            "--data",
+            "synthetic",
+            "-q",
+            *extra,
+        ]
+    )
     assert code == 0 and "150 queries" in capsys.readouterr().out
 
 
 def test_cli_names_a_bad_attack_parameter(cli_victim, tmp_path, capsys):
-    code = main(["steal", "--victim", str(cli_victim), "--attack", "knockoff", "-p", "policy=greedy",
-                 "-o", str(tmp_path / "s"), "--data", "synthetic", "-q"])
+    code = main(
+        [
+            "steal",
+            "--victim",
+            str(cli_victim),
+            "--attack",
+            "knockoff",
+            "-p",
+            "policy=greedy",
+            "-o",
+            str(tmp_path / "s"),
+            "--data",
+            "synthetic",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "policy" in err and "greedy" in err and len(err.strip().splitlines()) == 1

@@ -6,10 +6,15 @@ from copycatch.core.key import Key
 
 
 def _key():
-    return Key("margin", {"n_triggers": 3, "eps": 0.02}, {
-        "trigger_x": torch.arange(12, dtype=torch.uint8).reshape(3, 1, 2, 2),
-        "trigger_label": torch.tensor([1, 2, 0]),
-    }, {"dataset": "synthetic", "num_classes": 3})
+    return Key(
+        "margin",
+        {"n_triggers": 3, "eps": 0.02},
+        {
+            "trigger_x": torch.arange(12, dtype=torch.uint8).reshape(3, 1, 2, 2),
+            "trigger_label": torch.tensor([1, 2, 0]),
+        },
+        {"dataset": "synthetic", "num_classes": 3},
+    )
 
 
 def test_key_round_trips_with_the_same_digest(tmp_path):

@@ -21,8 +21,15 @@ from copycatch.serve.ledger import Ledger, LedgerError, ledger_files, read_ledge
 
 def _entry(key="alice", n=2, status=200, inputs=None):
     inputs = inputs if inputs is not None else [f"{key}-{i}-{time.perf_counter_ns()}" for i in range(n)]
-    return {"request": "r", "key": key, "status": status, "n": n, "output": "probs", "inputs": inputs,
-            "outputs": ["o"] * n}
+    return {
+        "request": "r",
+        "key": key,
+        "status": status,
+        "n": n,
+        "output": "probs",
+        "inputs": inputs,
+        "outputs": ["o"] * n,
+    }
 
 
 def test_each_record_is_one_parseable_line_with_a_timestamp(tmp_path):
@@ -62,9 +69,8 @@ def test_rotation_keep_deletes_only_the_oldest(tmp_path):
 
 def test_a_second_server_cannot_append_to_the_same_ledger(tmp_path):
     path = tmp_path / "ledger.jsonl"
-    with Ledger(path):
-        with pytest.raises(LedgerError, match="in use by another server"):
-            Ledger(path)
+    with Ledger(path), pytest.raises(LedgerError, match="in use by another server"):
+        Ledger(path)
     Ledger(path).close()  # released on close
 
 
@@ -119,8 +125,9 @@ def test_a_process_killed_mid_write_leaves_no_torn_line(tmp_path):
     path = tmp_path / "ledger.jsonl"
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(0.4)
@@ -140,19 +147,23 @@ def test_row_digests_are_per_example_and_batch_independent():
     assert len(set(digests)) == 5 and all(len(d) == 32 for d in digests)
     assert row_digests(x[2:3]) == digests[2:3]
     assert row_digests(x.double()) == digests  # the float32 value is what is hashed
-    assert row_digests(np.array([3, 1, 3])) [0] == row_digests(np.array([3]))[0]
+    assert row_digests(np.array([3, 1, 3]))[0] == row_digests(np.array([3]))[0]
 
 
 def test_summary_counts_answers_refusals_and_repeats():
-    entries = [_entry("alice", 2, inputs=["a", "b"]), _entry("alice", 2, inputs=["a", "c"]),
-               {**_entry("alice", 0, 429), "inputs": None}, _entry("bob", 1, inputs=["z"]),
-               {"key": "(unauthenticated)", "status": 401}]
+    entries = [
+        _entry("alice", 2, inputs=["a", "b"]),
+        _entry("alice", 2, inputs=["a", "c"]),
+        {**_entry("alice", 0, 429), "inputs": None},
+        _entry("bob", 1, inputs=["z"]),
+        {"key": "(unauthenticated)", "status": 401},
+    ]
     rows = {r.key: r for r in summarize(entries)}
     alice = rows["alice"]
     assert (alice.requests, alice.answered, alice.queries, alice.unique_inputs) == (3, 2, 4, 3)
     assert alice.refused == {"429": 1} and alice.repeat_rate == pytest.approx(0.25)
     assert rows["(unauthenticated)"].refused == {"401": 1}
-    assert [r.key for r in summarize(entries)][0] == "alice"  # busiest first
+    assert next(r.key for r in summarize(entries)) == "alice"  # busiest first
     assert [r.key for r in summarize(entries, keys=["bob"])] == ["bob"]
 
 

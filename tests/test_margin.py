@@ -10,12 +10,17 @@ from copycatch.schemes.margin import MarginWatermark
 
 @pytest.fixture(scope="module")
 def embedded(splits):
-    return cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40, "trigger_batch": 10},
-                    config=cc.TrainConfig(epochs=10, seed=0))
+    return cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 40, "trigger_batch": 10},
+        config=cc.TrainConfig(epochs=10, seed=0),
+    )
 
 
 def test_victim_is_stolen_and_stays_useful(embedded, splits):
-    evidence = cc.verify(embedded.victim, embedded.key)
+    evidence = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.p_value <= 1e-6 and evidence.exact
     assert evidence.metrics["watermark_accuracy"] >= 0.9 and evidence.queries == 40
     # 40 wrong-label triggers on a 4-prototype toy task cost a few points; the real cost is measured in benchmarks/
@@ -24,13 +29,13 @@ def test_victim_is_stolen_and_stays_useful(embedded, splits):
 
 def test_innocent_model_is_cleared(embedded, splits):
     innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
-    evidence = cc.verify(innocent, embedded.key, alpha=0.05)
+    evidence = cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence
     assert evidence.verdict == "not stolen"
 
 
 def test_label_only_suspects_verify_the_same(embedded):
-    soft = cc.verify(embedded.victim, embedded.key)
-    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
+    soft = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
+    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False).evidence
     assert hard.p_value == soft.p_value and hard.statistic == soft.statistic
 
 
@@ -53,13 +58,20 @@ def test_exact_null_p_values_are_uniform_over_independent_keys(splits, which):
     """≥ 200 independently drawn keys against an innocent model: p-values (near) uniform, FPR at 0.05 ≤ 0.07."""
     model = _innocent_models(splits)[which]
     scheme = MarginWatermark(n_triggers=100)
-    holdout = cc.make_splits(cc.load_dataset("synthetic", n=6000, num_classes=4, size=8, noise=0.9, seed=7), seed=1,
-                             fractions=cc.SplitFractions(owner_train=0.1, owner_holdout=0.5, attacker_pool=0.1))
+    holdout = cc.make_splits(
+        cc.load_dataset("synthetic", n=6000, num_classes=4, size=8, noise=0.9, seed=7),
+        seed=1,
+        fractions=cc.SplitFractions(owner_train=0.1, owner_holdout=0.5, attacker_pool=0.1),
+    )
     p_values, ms = [], []
     for draw in range(300):
         x_u8, true, labels = scheme.make_trigger_set(holdout, torch.Generator().manual_seed(10_000 + draw))
-        key = Key("margin", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
-                  {"num_classes": 4, "input_shape": [1, 8, 8]})
+        key = Key(
+            "margin",
+            scheme.params.to_dict(),
+            {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+            {"num_classes": 4, "input_shape": [1, 8, 8]},
+        )
         ev = scheme.verify(cc.ModelOracle(model), key, alpha=0.05)
         p_values.append(ev.p_value)
         ms.append(ev.metrics["misclassified"])
@@ -77,8 +89,12 @@ def test_highest_confidence_labels_flag_the_null_as_approximate(splits, trained)
     scheme = MarginWatermark(n_triggers=20, label_strategy="highest")
     x_u8, true, labels = scheme.make_trigger_set(splits, torch.Generator().manual_seed(0), reference=trained)
     assert (labels != true).all()
-    key = Key("margin", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
-              {"num_classes": 4})
+    key = Key(
+        "margin",
+        scheme.params.to_dict(),
+        {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+        {"num_classes": 4},
+    )
     ev = scheme.verify(cc.ModelOracle(trained), key)
     assert not ev.exact and "approximate" in ev.notes[0]
 
@@ -97,10 +113,10 @@ def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits):
     params = MarginWatermark.Params(n_triggers=40, trigger_batch=10, ascent="free")
     embedded = cc.embed("margin", splits, arch="mlp", params=params.to_dict(), config=cc.TrainConfig(epochs=10, seed=0))
     assert embedded.key.params["ascent"] == "free"
-    evidence = cc.verify(embedded.victim, embedded.key)
+    evidence = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.p_value <= 1e-6
     innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
-    assert cc.verify(innocent, embedded.key, alpha=0.05).verdict == "not stolen"
+    assert cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
     # The hook's perturbations move (the ascent ran) and stay inside the ε-ball and the pixel range.
     x = embedded.key["trigger_x"].float() / 255

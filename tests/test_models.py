@@ -5,7 +5,8 @@ import torch
 
 import copycatch as cc
 from copycatch.core.errors import CorruptFile, InvalidArgument, UnknownName
-from copycatch.models.base import MODELS, read_model_info
+from copycatch.models import MODELS
+from copycatch.models.io import read_model_info
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 SMALL_KWARGS = {"resnet18": {"width": 8}, "vgg-like": {"width": 8}}
@@ -26,8 +27,9 @@ def test_every_architecture_adapts_to_shape_and_classes(arch, shape):
 
 @pytest.mark.parametrize("arch", MODELS.list())
 def test_every_architecture_round_trips_through_a_model_file(arch, tmp_path):
-    model = cc.create_model(arch, (1, 8, 8), 4, mean=0.3, std=0.2, class_names=("a", "b", "c", "d"),
-                            **SMALL_KWARGS.get(arch, {})).eval()
+    model = cc.create_model(
+        arch, (1, 8, 8), 4, mean=0.3, std=0.2, class_names=("a", "b", "c", "d"), **SMALL_KWARGS.get(arch, {})
+    ).eval()
     path = cc.save_model(model, tmp_path / "m.safetensors", provenance={"note": "test"})
     loaded = cc.load_model(path)
     x = torch.rand(5, 1, 8, 8)
@@ -82,6 +84,6 @@ def test_foreign_safetensors_file_is_rejected(tmp_path):
 def test_model_file_holds_no_pickle(tmp_path):
     path = cc.save_model(cc.create_model("mlp", (1, 8, 8), 4, hidden=16), tmp_path / "m.safetensors")
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
-    header = json.loads(path.read_bytes()[8:8 + header_len])
+    header = json.loads(path.read_bytes()[8 : 8 + header_len])
     assert "copycatch" in header["__metadata__"]
-    assert b"\x80\x04" not in path.read_bytes()[:8 + header_len]  # no pickle protocol marker in the header
+    assert b"\x80\x04" not in path.read_bytes()[: 8 + header_len]  # no pickle protocol marker in the header

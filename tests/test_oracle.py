@@ -17,7 +17,7 @@ def test_every_postprocessor_answers_each_row_independently_of_its_batch(name):
     proc = create_postprocessor(name)
     probs = _probs()
     batch = proc(probs)
-    single = torch.cat([proc(probs[i:i + 1]) for i in range(len(probs))])
+    single = torch.cat([proc(probs[i : i + 1]) for i in range(len(probs))])
     assert torch.equal(batch, single)
     assert batch.shape == probs.shape and torch.isfinite(batch).all()
 
@@ -26,7 +26,7 @@ def test_postprocessors_through_an_oracle_match_per_example_queries(trained, spl
     oracle = cc.ModelOracle(trained).postprocess("top-k:k=2", "round:decimals=2")
     x = splits.test.x[:32]
     batch = oracle.query(x)
-    single = torch.cat([oracle.query(x[i:i + 1]) for i in range(len(x))])
+    single = torch.cat([oracle.query(x[i : i + 1]) for i in range(len(x))])
     assert torch.allclose(batch, single, atol=0)
     assert ((batch > 0).sum(1) <= 2).all()
 
@@ -106,12 +106,15 @@ def test_callable_oracle_accepts_probabilities_labels_and_flat_inputs():
     assert set(out.flatten().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("answer, match", [
-    (lambda x: np.full((len(x), 3), np.nan), "NaN"),
-    (lambda x: np.ones((len(x), 4)), "shape"),
-    (lambda x: np.full(len(x), 7), "labels outside"),
-    (lambda x: (_ for _ in ()).throw(TimeoutError("slow")), "TimeoutError"),
-])
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        (lambda x: np.full((len(x), 3), np.nan), "NaN"),
+        (lambda x: np.ones((len(x), 4)), "shape"),
+        (lambda x: np.full(len(x), 7), "labels outside"),
+        (lambda x: (_ for _ in ()).throw(TimeoutError("slow")), "TimeoutError"),
+    ],
+)
 def test_misbehaving_suspects_give_clear_errors(answer, match):
     oracle = cc.CallableOracle(answer, 3)
     with pytest.raises(SuspectError, match=match):

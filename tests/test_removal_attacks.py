@@ -8,14 +8,20 @@ from torch import nn
 
 import copycatch as cc
 from copycatch.attacks.removal import REMOVAL_ATTACKS, create_removal_attack, list_removal_attacks, run_chain
-from copycatch.attacks.removal.evasion import EvadingOracle, deployment_path, load_deployment, open_deployment, save_deployment
+from copycatch.attacks.removal.evasion import (
+    EvadingOracle,
+    deployment_path,
+    load_deployment,
+    open_deployment,
+    save_deployment,
+)
 from copycatch.attacks.removal.fine_prune import mean_activations
 from copycatch.attacks.removal.mislabel_mix import mislabelled_mixtures
 from copycatch.attacks.removal.neural_cleanse import anomaly_indices, flagged_labels
 from copycatch.attacks.removal.quantize import quantize_tensor
-from copycatch.data.base import TensorData
 from copycatch.core.errors import CorruptFile, InvalidArgument
-from copycatch.models.base import load_model, save_model, weights_digest
+from copycatch.data import TensorData
+from copycatch.models.io import load_model, save_model, weights_digest
 from copycatch.models.train import predict_logits
 
 FAST = cc.TrainConfig(epochs=2, batch_size=64, seed=0)
@@ -27,8 +33,17 @@ TINY = {
     "reject": {"reference": 200},
     "adv-overwrite": {"n": 200},
 }
-CHANGES_WEIGHTS = {"adv-overwrite", "fine-prune", "fine-tune", "mislabel-mix", "piracy", "prune", "quantize", "svd",
-                   "transfer"}
+CHANGES_WEIGHTS = {
+    "adv-overwrite",
+    "fine-prune",
+    "fine-tune",
+    "mislabel-mix",
+    "piracy",
+    "prune",
+    "quantize",
+    "svd",
+    "transfer",
+}
 KEEPS_WEIGHTS = {"neural-cleanse", "noise", "reject"}  # NC without unlearning only reports; evasions act on queries
 
 
@@ -53,8 +68,9 @@ def test_every_registered_attack_is_classified_here():
 @pytest.mark.parametrize("name", list_removal_attacks())
 def test_every_attack_reports_accuracy_and_leaves_a_model_that_saves_and_loads(name, splits, trained, tmp_path):
     before = copy.deepcopy(trained.state_dict())
-    result = run_chain(trained, [create_removal_attack(name, **TINY.get(name, {}))], splits.attacker_pool,
-                       test=splits.test, train=FAST)[-1]
+    result = run_chain(
+        trained, [create_removal_attack(name, **TINY.get(name, {}))], splits.attacker_pool, test=splits.test, train=FAST
+    )[-1]
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items()), "the input model was modified"
     assert 0.0 <= result.accuracy_before <= 1.0 and 0.0 <= result.accuracy_after <= 1.0
     assert result.info["summary"]
@@ -68,13 +84,23 @@ def test_every_attack_reports_accuracy_and_leaves_a_model_that_saves_and_loads(n
     assert bool(result.evasions) == REMOVAL_ATTACKS.get(name).factory.input_side
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("prune:rate=1.5", "rate=1.5"), ("quantize:bits=0", "bits=0"), ("svd:rank=0", "rank=0"),
-    ("noise:sigma=-1", "sigma=-1"), ("reject:fpr=1", "fpr=1"), ("reject:detector=svm", "'svm'"),
-    ("fine-tune:epochs=-1", "-1"), ("mislabel-mix:mixers=half,star", "'star'"), ("fine-prune:max_drop=2", "max_drop=2"),
-    ("prune:amount=0.5", "valid keys"), ("piracy:scheme_params={bad", "JSON"),
-    ("no-such-attack", "valid removal attacks"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("prune:rate=1.5", "rate=1.5"),
+        ("quantize:bits=0", "bits=0"),
+        ("svd:rank=0", "rank=0"),
+        ("noise:sigma=-1", "sigma=-1"),
+        ("reject:fpr=1", "fpr=1"),
+        ("reject:detector=svm", "'svm'"),
+        ("fine-tune:epochs=-1", "-1"),
+        ("mislabel-mix:mixers=half,star", "'star'"),
+        ("fine-prune:max_drop=2", "max_drop=2"),
+        ("prune:amount=0.5", "valid keys"),
+        ("piracy:scheme_params={bad", "JSON"),
+        ("no-such-attack", "valid removal attacks"),
+    ],
+)
 def test_bad_parameters_are_named(spec, message, splits, trained):
     with pytest.raises(InvalidArgument, match=message):
         run_chain(trained, [spec], splits.attacker_pool)
@@ -87,8 +113,9 @@ def test_bad_parameters_are_named(spec, message, splits, trained):
 
 def test_fine_tuning_changes_weights_and_keeps_accuracy(splits, trained):
     result = run_chain(trained, ["fine-tune"], splits.attacker_pool, test=splits.test, train=FAST)[-1]
-    moved = sum(float((a - b).abs().sum()) for a, b in zip(result.model.state_dict().values(),
-                                                           trained.state_dict().values()))
+    moved = sum(
+        float((a - b).abs().sum()) for a, b in zip(result.model.state_dict().values(), trained.state_dict().values())
+    )
     assert moved > 1.0
     assert result.accuracy_after >= result.accuracy_before - 0.02 and result.accuracy_after >= 0.95
 
@@ -103,8 +130,9 @@ def test_self_labelled_fine_tuning_needs_no_labels(splits, trained):
 
 def test_fine_tuning_soft_oracle_answers_works(splits, trained):
     answers = cc.ModelOracle(trained).query(splits.attacker_pool.x)
-    result = run_chain(trained, ["fine-tune"], TensorData(splits.attacker_pool.x, answers), test=splits.test,
-                       train=FAST)[-1]
+    result = run_chain(
+        trained, ["fine-tune"], TensorData(splits.attacker_pool.x, answers), test=splits.test, train=FAST
+    )[-1]
     assert result.accuracy_after >= 0.95
 
 
@@ -148,8 +176,9 @@ def test_global_pruning_hits_the_requested_sparsity_exactly(rate, splits, cnn):
 
 
 def test_layerwise_pruning_prunes_each_layer_at_the_rate_and_survives_fine_tuning(splits, trained):
-    result = run_chain(trained, ["prune:rate=0.6,scope=layer,epochs=2"], splits.attacker_pool, test=splits.test,
-                       train=FAST)[-1]
+    result = run_chain(
+        trained, ["prune:rate=0.6,scope=layer,epochs=2"], splits.attacker_pool, test=splits.test, train=FAST
+    )[-1]
     for w in _weights(result.model):
         assert int((w == 0).sum()) == round(0.6 * w.numel())
     assert result.accuracy_after >= 0.9
@@ -180,15 +209,18 @@ def test_fine_pruned_channels_stay_silent_through_fine_tuning(splits, cnn):
 
 def test_fine_pruning_stops_at_the_allowed_accuracy_drop(splits, trained):
     full = run_chain(trained, ["fine-prune:rate=0.95,epochs=0"], splits.attacker_pool, test=splits.test)[-1]
-    careful = run_chain(trained, ["fine-prune:rate=0.95,epochs=0,max_drop=0.01"], splits.attacker_pool,
-                        test=splits.test)[-1]
+    careful = run_chain(
+        trained, ["fine-prune:rate=0.95,epochs=0,max_drop=0.01"], splits.attacker_pool, test=splits.test
+    )[-1]
     assert len(careful.info["pruned"]) < len(full.info["pruned"])
     assert careful.info["pruned"] == sorted(careful.info["pruned"])
     assert careful.accuracy_after >= careful.accuracy_before - 0.03
 
 
-@pytest.mark.parametrize("spec, expect", [("svd:rank=3", lambda full: min(3, full)),
-                                          ("svd:rate=0.75", lambda full: max(1, round(0.25 * full)))])
+@pytest.mark.parametrize(
+    "spec, expect",
+    [("svd:rank=3", lambda full: min(3, full)), ("svd:rate=0.75", lambda full: max(1, round(0.25 * full)))],
+)
 def test_svd_reaches_the_requested_rank(spec, expect, splits, cnn):
     result = run_chain(cnn, [spec], splits.attacker_pool)[-1]
     for w in _weights(result.model):
@@ -211,12 +243,12 @@ def test_quantisation_uses_exactly_2_to_the_k_levels_per_tensor(bits, splits, cn
     for w0, w in zip(_weights(cnn), _weights(result.model)):
         values = torch.unique(w.detach())
         lo, hi = w0.min().double(), w0.max().double()
-        step = (hi - lo) / (2 ** bits - 1)
+        step = (hi - lo) / (2**bits - 1)
         grid = (values.double() - lo) / step
         assert torch.allclose(grid, grid.round(), atol=1e-3)  # every value sits on the tensor's own grid
-        assert len(values) <= 2 ** bits
+        assert len(values) <= 2**bits
         if w.numel() >= 400:  # plenty of spread-out weights: every level is used
-            assert len(values) == 2 ** bits
+            assert len(values) == 2**bits
         assert torch.isclose(values.min().double(), lo) and torch.isclose(values.max().double(), hi)
 
 
@@ -237,8 +269,9 @@ def test_quantize_all_covers_biases_and_constant_tensors_are_kept():
 def test_adversarial_overwriting_fine_tunes_on_fgsm_adversaries(splits, trained):
     from copycatch.models.adversarial import fgsm
 
-    result = run_chain(trained, ["adv-overwrite:n=600,eps=0.25"], splits.attacker_pool, test=splits.test,
-                       train=FAST)[-1]
+    result = run_chain(trained, ["adv-overwrite:n=600,eps=0.25"], splits.attacker_pool, test=splits.test, train=FAST)[
+        -1
+    ]
     assert result.info["adversaries"] == 600 and result.info["fooled_before"] > 0.5
     x, y = splits.test.x, splits.test.y
     adversaries = fgsm(trained, x, 0.25, y=y)  # adversaries of the model as stolen
@@ -252,8 +285,9 @@ def test_mixtures_are_labelled_with_neither_source_class():
     classes = 5
     y = torch.arange(200) % classes
     x = (y.float() / 10).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()  # each pixel tells its source class
-    mixed = mislabelled_mixtures(x, y, 300, classes, ("half", "side", "diag", "donut", "hotdog"),
-                                 torch.Generator().manual_seed(0))
+    mixed = mislabelled_mixtures(
+        x, y, 300, classes, ("half", "side", "diag", "donut", "hotdog"), torch.Generator().manual_seed(0)
+    )
     for image, label in zip(mixed.x, mixed.y):
         sources = set((image.flatten() * 10).round().long().tolist())
         assert len(sources) == 2 and int(label) not in sources
@@ -267,12 +301,21 @@ def test_mislabel_mix_needs_three_classes():
 
 
 def test_piracy_embeds_the_thiefs_own_verifiable_watermark(splits, trained):
-    result = run_chain(trained, ["piracy:scheme_params=n_triggers=30;trigger_batch=10,epochs=10"], splits.attacker_pool,
-                       test=splits.test, train=FAST)[-1]
+    result = run_chain(
+        trained,
+        ["piracy:scheme_params=n_triggers=30;trigger_batch=10,epochs=10"],
+        splits.attacker_pool,
+        test=splits.test,
+        train=FAST,
+    )[-1]
     pirate_key = result.info["key"]
     assert pirate_key.scheme == "margin" and len(pirate_key["trigger_label"]) == 30
-    assert cc.verify(result.model, pirate_key).p_value < 1e-3  # the thief can now "prove" its ownership
-    assert cc.verify(trained, pirate_key).p_value > 0.01  # a mark the model did not have before
+    assert (
+        cc.verify(result.model, pirate_key, sequential=False).evidence.p_value < 1e-3
+    )  # the thief can now "prove" its ownership
+    assert (
+        cc.verify(trained, pirate_key, sequential=False).evidence.p_value > 0.01
+    )  # a mark the model did not have before
     assert result.accuracy_after >= 0.9
 
 
@@ -302,8 +345,11 @@ def _stamp(x):
 @pytest.fixture(scope="module")
 def backdoor_world():
     """Ten classes (the MAD needs a few labels); a clean MLP and one with a 2×2 corner patch → label 1."""
-    splits = cc.make_splits(cc.load_dataset("synthetic", n=2000, num_classes=10, size=8, noise=0.25, seed=1), seed=0,
-                            fractions=cc.SplitFractions(owner_train=0.5, owner_holdout=0.0, attacker_pool=0.5))
+    splits = cc.make_splits(
+        cc.load_dataset("synthetic", n=2000, num_classes=10, size=8, noise=0.25, seed=1),
+        seed=0,
+        fractions=cc.SplitFractions(owner_train=0.5, owner_holdout=0.0, attacker_pool=0.5),
+    )
     config = cc.TrainConfig(epochs=15, batch_size=64, seed=1)
     clean = cc.create_for("mlp", splits, seed=1, hidden=64)
     cc.fit(clean, splits.owner_train, config)
@@ -331,8 +377,13 @@ def _attack_success(model, data):
 def test_neural_cleanse_flags_the_planted_backdoor_label_and_unlearns_it(backdoor_world):
     splits, _, backdoored = backdoor_world
     assert _attack_success(backdoored, splits.test) > 0.8
-    result = run_chain(backdoored, [NC_TOY + ",unlearn=true,epochs=2"], splits.attacker_pool, test=splits.test,
-                       train=cc.TrainConfig(batch_size=64, seed=0))[-1]
+    result = run_chain(
+        backdoored,
+        [NC_TOY + ",unlearn=true,epochs=2"],
+        splits.attacker_pool,
+        test=splits.test,
+        train=cc.TrainConfig(batch_size=64, seed=0),
+    )[-1]
     assert result.info["flagged"] == [1]
     norms = result.info["norms"]
     assert norms[1] < 0.5 * sorted(norms)[len(norms) // 2]
@@ -381,8 +432,9 @@ def test_noise_changes_answers_reproducibly_and_wraps_black_box_oracles(splits, 
     a, b = result.oracle().query(x), result.oracle().query(x)
     assert torch.equal(a, b)  # fresh oracles with the same seed answer alike
     assert not torch.allclose(a, torch.softmax(predict_logits(trained, x), 1))
-    black_box = cc.CallableOracle(lambda batch: torch.softmax(trained(torch.as_tensor(batch)), 1).detach(), 4,
-                                  input_shape=(1, 8, 8))
+    black_box = cc.CallableOracle(
+        lambda batch: torch.softmax(trained(torch.as_tensor(batch)), 1).detach(), 4, input_shape=(1, 8, 8)
+    )
     assert result.evasions[-1].wrap(black_box).query(x).shape == (50, 4)
     silent = create_removal_attack("noise", sigma=0.0).wrap(trained)
     assert torch.allclose(silent.query(x), torch.softmax(predict_logits(trained, x), 1), atol=1e-6)
@@ -398,8 +450,12 @@ def test_query_rejection_needs_the_model_not_a_black_box(splits, trained):
 def test_evasions_come_last_and_refuse_a_changed_model(splits, trained):
     with pytest.raises(InvalidArgument, match="evasions last"):
         run_chain(trained, ["noise", "prune"], splits.attacker_pool)
-    results = run_chain(trained, ["prune:rate=0.3", "reject:detector=energy", "noise:sigma=0.05"], splits.attacker_pool,
-                        test=splits.test)
+    results = run_chain(
+        trained,
+        ["prune:rate=0.3", "reject:detector=energy", "noise:sigma=0.05"],
+        splits.attacker_pool,
+        test=splits.test,
+    )
     assert [e.name for e in results[-1].evasions] == ["reject", "noise"]
     assert results[-1].accuracy_before == results[1].accuracy_after  # accuracy through the evasions so far
     other = copy.deepcopy(results[-1].model)
@@ -437,11 +493,16 @@ def test_deployment_file_refuses_a_swapped_model(splits, trained, tmp_path):
 
 def test_verification_through_the_deployment(splits, trained):
     """A watermark verified on the bare model and through the thief's deployment (rehearsal in Python)."""
-    embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 30, "trigger_batch": 10},
-                         config=cc.TrainConfig(epochs=4, seed=0))
+    embedding = cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 30, "trigger_batch": 10},
+        config=cc.TrainConfig(epochs=4, seed=0),
+    )
     victim, key = embedding.victim, embedding.key
     result = run_chain(victim, ["noise:sigma=0.02"], splits.attacker_pool)[-1]
-    bare = cc.verify(result.model, key)
-    deployed = cc.verify(result.oracle(), key)
+    bare = cc.verify(result.model, key, sequential=False).evidence
+    deployed = cc.verify(result.oracle(), key, sequential=False).evidence
     assert bare.p_value < 1e-3 and deployed.queries == bare.queries
     assert weights_digest(result.model) == weights_digest(victim)

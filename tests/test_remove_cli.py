@@ -9,7 +9,7 @@ import torch
 from copycatch.attacks.removal import REMOVAL_ATTACKS
 from copycatch.cli.main import main
 from copycatch.core.key import Key
-from copycatch.models.base import load_model
+from copycatch.models.io import load_model
 
 DATA = ["--data", "synthetic", "-q"]
 
@@ -33,8 +33,27 @@ def run(capsys, *argv):
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("remove")
     victim, key = folder / "victim.safetensors", folder / "victim.cckey"
-    assert main(["embed", "--scheme", "margin", "--arch", "mlp", "-p", "n_triggers=30", "-o", str(victim),
-                 "--key", str(key), "--epochs", "6", *DATA]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "margin",
+                "--arch",
+                "mlp",
+                "-p",
+                "n_triggers=30",
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "6",
+                *DATA,
+            ]
+        )
+        == 0
+    )
     return folder, victim, key
 
 
@@ -52,8 +71,19 @@ def test_help_lists_every_attack_with_its_summary(capsys):
 def test_remove_chains_attacks_in_order_and_writes_a_model(capsys, files):
     folder, victim, _ = files
     out_path = folder / "laundered.safetensors"
-    code, out, err = run(capsys, "remove", "-i", victim, "--attack", "prune:rate=0.5", "--attack", "fine-tune:epochs=1",
-                         "-o", out_path, *DATA)
+    code, out, err = run(
+        capsys,
+        "remove",
+        "-i",
+        victim,
+        "--attack",
+        "prune:rate=0.5",
+        "--attack",
+        "fine-tune:epochs=1",
+        "-o",
+        out_path,
+        *DATA,
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("[1/2] prune:") and "50.0%" in lines[0]
@@ -67,8 +97,21 @@ def test_remove_chains_attacks_in_order_and_writes_a_model(capsys, files):
 def test_evasions_write_a_deployment_that_verify_queries(capsys, files):
     folder, victim, key = files
     out_path = folder / "deployed.safetensors"
-    code, out, err = run(capsys, "remove", "-i", victim, "-a", "reject:detector=energy", "-a", "noise:sigma=0.02",
-                         "-o", out_path, "--verify", key, *DATA)
+    code, out, err = run(
+        capsys,
+        "remove",
+        "-i",
+        victim,
+        "-a",
+        "reject:detector=energy",
+        "-a",
+        "noise:sigma=0.02",
+        "-o",
+        out_path,
+        "--verify",
+        key,
+        *DATA,
+    )
     assert code == 0, err
     deployment = folder / "deployed.evasion.safetensors"
     assert deployment.is_file() and f"written to {deployment}" in out
@@ -79,8 +122,9 @@ def test_evasions_write_a_deployment_that_verify_queries(capsys, files):
     assert evidence["queries_used"] >= 1 and 0 <= evidence["p_value"] <= 1
     assert evidence["suspect"]["identity"] == deployment.name
     # a deployment file can take further evasions, never weight changes
-    code, _, err = run(capsys, "remove", "-i", deployment, "-a", "noise:sigma=0.01", "-o", folder / "more.safetensors",
-                       *DATA)
+    code, _, err = run(
+        capsys, "remove", "-i", deployment, "-a", "noise:sigma=0.01", "-o", folder / "more.safetensors", *DATA
+    )
     assert code == 0, err
     code, _, err = run(capsys, "remove", "-i", deployment, "-a", "prune", "-o", folder / "bad.safetensors", *DATA)
     assert code == 2 and "evasions last" in err and "Traceback" not in err
@@ -89,8 +133,25 @@ def test_evasions_write_a_deployment_that_verify_queries(capsys, files):
 def test_steal_then_removals(capsys, files):
     folder, victim, _ = files
     out_path = folder / "stolen.safetensors"
-    code, out, err = run(capsys, "steal", "--victim", victim, "--arch", "mlp", "--budget", "400", "--epochs", "3",
-                         "-o", out_path, "--then", "quantize:bits=6", "--then", "svd:rank=8", *DATA)
+    code, out, err = run(
+        capsys,
+        "steal",
+        "--victim",
+        victim,
+        "--arch",
+        "mlp",
+        "--budget",
+        "400",
+        "--epochs",
+        "3",
+        "-o",
+        out_path,
+        "--then",
+        "quantize:bits=6",
+        "--then",
+        "svd:rank=8",
+        *DATA,
+    )
     assert code == 0, err
     assert out.index("stole a mlp surrogate") < out.index("[1/2] quantize:bits=6") < out.index("[2/2] svd:rank=8")
     model = load_model(out_path)
@@ -101,8 +162,21 @@ def test_steal_then_removals(capsys, files):
 def test_transfer_to_another_data_set_with_another_label_set(capsys, files):
     folder, victim, _ = files
     out_path = folder / "digits.safetensors"
-    code, out, err = run(capsys, "remove", "-i", victim, "-a", "transfer:layers=all", "--data", "digits",
-                         "--epochs", "8", "-o", out_path, "-q")
+    code, out, err = run(
+        capsys,
+        "remove",
+        "-i",
+        victim,
+        "-a",
+        "transfer:layers=all",
+        "--data",
+        "digits",
+        "--epochs",
+        "8",
+        "-o",
+        out_path,
+        "-q",
+    )
     assert code == 0, err
     assert "new 10-class head (was 4)" in out
     accuracy_after = float(out.splitlines()[1].split("->")[1].split()[0])
@@ -113,8 +187,20 @@ def test_transfer_to_another_data_set_with_another_label_set(capsys, files):
 def test_piracy_writes_the_thiefs_key_and_json_report(capsys, files):
     folder, victim, _ = files
     out_path = folder / "pirated.safetensors"
-    code, out, err = run(capsys, "remove", "-i", victim, "-a", "piracy:scheme_params=n_triggers=20;trigger_batch=5",
-                         "-o", out_path, "--epochs", "2", "--json", *DATA)
+    code, out, err = run(
+        capsys,
+        "remove",
+        "-i",
+        victim,
+        "-a",
+        "piracy:scheme_params=n_triggers=20;trigger_batch=5",
+        "-o",
+        out_path,
+        "--epochs",
+        "2",
+        "--json",
+        *DATA,
+    )
     assert code == 0, err
     report = json.loads(out)
     step = report["steps"][0]
@@ -124,12 +210,15 @@ def test_piracy_writes_the_thiefs_key_and_json_report(capsys, files):
     assert report["output"] == str(out_path) and 0 <= step["accuracy_after"] <= 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["-a", "no-such-attack"], "valid removal attacks"),
-    (["-a", "prune:rate=2"], "rate=2"),
-    (["-a", "prune", "--data", "digits"], "only a first `transfer`"),  # 8×8 like the model, but 10 classes
-    (["-a", "prune", "--data", "mnist-5k"], "inputs shaped"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-a", "no-such-attack"], "valid removal attacks"),
+        (["-a", "prune:rate=2"], "rate=2"),
+        (["-a", "prune", "--data", "digits"], "only a first `transfer`"),  # 8×8 like the model, but 10 classes
+        (["-a", "prune", "--data", "mnist-5k"], "inputs shaped"),
+    ],
+)
 def test_mistakes_are_one_line_errors(capsys, files, argv, message):
     folder, victim, _ = files
     try:  # argparse rejects bad specs before any work (SystemExit); the rest is a CopycatchError (exit 2)

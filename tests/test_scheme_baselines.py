@@ -16,14 +16,20 @@ MINE = ["dynamarks", "frontier-stitching", "patch-backdoor", "trigger-set"]
 
 @pytest.fixture(scope="module")
 def trigger_set(splits):
-    return cc.embed("trigger-set", splits, arch="mlp", params=TriggerSetWatermark.tiny_params,
-                    config=cc.TrainConfig(epochs=10, seed=0))
+    return cc.embed(
+        "trigger-set",
+        splits,
+        arch="mlp",
+        params=TriggerSetWatermark.tiny_params,
+        config=cc.TrainConfig(epochs=10, seed=0),
+    )
 
 
 @pytest.fixture(scope="module")
 def backdoor(splits):
-    return cc.embed("patch-backdoor", splits, arch="mlp", params=PatchBackdoor.tiny_params,
-                    config=cc.TrainConfig(epochs=10, seed=0))
+    return cc.embed(
+        "patch-backdoor", splits, arch="mlp", params=PatchBackdoor.tiny_params, config=cc.TrainConfig(epochs=10, seed=0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +41,11 @@ def innocent(splits):
 
 
 def test_trigger_set_victim_is_stolen_and_innocent_cleared(trigger_set, splits, innocent):
-    evidence = cc.verify(trigger_set.victim, trigger_set.key)
+    evidence = cc.verify(trigger_set.victim, trigger_set.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-6
     assert evidence.metrics["watermark_accuracy"] >= 0.9 and evidence.scheme == "trigger-set"
     assert cc.accuracy(trigger_set.victim, splits.test) >= 0.85
-    assert cc.verify(innocent, trigger_set.key, alpha=0.05).verdict == "not stolen"
+    assert cc.verify(innocent, trigger_set.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
     key = trigger_set.key
     assert (key["trigger_label"] != key["trigger_true"]).all() and key["trigger_x"].dtype == torch.uint8
 
@@ -52,14 +58,21 @@ def test_trigger_set_has_no_margin_parameters():
 
 def test_trigger_set_null_is_exact_over_independent_keys(splits, innocent):
     scheme = TriggerSetWatermark(n_triggers=100)
-    holdout = cc.make_splits(cc.load_dataset("synthetic", n=6000, num_classes=4, size=8, noise=0.9, seed=7), seed=1,
-                             fractions=cc.SplitFractions(owner_train=0.1, owner_holdout=0.5, attacker_pool=0.1))
+    holdout = cc.make_splits(
+        cc.load_dataset("synthetic", n=6000, num_classes=4, size=8, noise=0.9, seed=7),
+        seed=1,
+        fractions=cc.SplitFractions(owner_train=0.1, owner_holdout=0.5, attacker_pool=0.1),
+    )
     weak = cc.train("mlp", holdout, config=cc.TrainConfig(epochs=1, seed=1), hidden=16)
     p = []
     for draw in range(300):
         x_u8, true, labels = scheme.make_trigger_set(holdout, torch.Generator().manual_seed(40_000 + draw))
-        key = Key("trigger-set", scheme.params.to_dict(), {"trigger_x": x_u8, "trigger_true": true,
-                                                           "trigger_label": labels}, {"num_classes": 4})
+        key = Key(
+            "trigger-set",
+            scheme.params.to_dict(),
+            {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+            {"num_classes": 4},
+        )
         p.append(scheme.verify(cc.ModelOracle(weak), key, alpha=0.05).p_value)
     p = np.array(p)
     assert np.mean(p <= 0.05) <= 0.07 and np.mean(p <= 0.5) >= 0.25
@@ -71,13 +84,13 @@ def test_trigger_set_null_is_exact_over_independent_keys(splits, innocent):
 
 
 def test_backdoor_victim_is_stolen_and_innocent_cleared(backdoor, splits, innocent):
-    evidence = cc.verify(backdoor.victim, backdoor.key)
+    evidence = cc.verify(backdoor.victim, backdoor.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-3
     assert evidence.metrics["watermark_accuracy"] >= 0.9 and evidence.metrics["groups"] == 8
     assert cc.accuracy(backdoor.victim, splits.test) >= 0.9
-    hard = cc.verify(cc.ModelOracle(backdoor.victim).postprocess("hard-label"), backdoor.key)
+    hard = cc.verify(cc.ModelOracle(backdoor.victim).postprocess("hard-label"), backdoor.key, sequential=False).evidence
     assert hard.p_value == evidence.p_value  # labels only are enough
-    assert cc.verify(innocent, backdoor.key, alpha=0.05).verdict == "not stolen"
+    assert cc.verify(innocent, backdoor.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
 
 def test_backdoor_targets_are_wrong_classes_and_the_patch_sits_in_its_corner(backdoor, splits):
@@ -171,8 +184,28 @@ def test_cli_embeds_and_verifies_every_scheme(capsys, tmp_path, name):
     tiny = SCHEMES.get(name).factory.tiny_params
     victim, key = tmp_path / "victim.safetensors", tmp_path / "victim.cckey"
     params = [arg for k, v in tiny.items() for arg in ("-p", f"{k}={v}")]
-    assert main(["embed", "--scheme", name, "--arch", "mlp", *params, "-o", str(victim), "--key", str(key),
-                 "--epochs", "5", "--data", "synthetic", "-q"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                name,
+                "--arch",
+                "mlp",
+                *params,
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "5",
+                "--data",
+                "synthetic",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["verify", "--key", str(key), "--suspect", str(victim), "--json", "--alpha", "0.05"]) == 0
     evidence = json.loads(capsys.readouterr().out)

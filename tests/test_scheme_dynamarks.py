@@ -6,9 +6,9 @@ import torch
 
 import copycatch as cc
 from copycatch.core.key import Key
-from copycatch.models.base import weights_digest
-from copycatch.schemes.dynamarks import DynaMarks, DynaMarksPerturbation, candidate_responses
 from copycatch.core.stats import independent_choices_greater
+from copycatch.models.io import weights_digest
+from copycatch.schemes.dynamarks import DynaMarks, DynaMarksPerturbation, candidate_responses
 
 TINY = DynaMarks.tiny_params
 
@@ -60,20 +60,22 @@ def test_repeated_queries_draw_fresh_noise(embedded, splits):
 
 
 def test_protected_api_is_stolen_and_raw_victim_and_innocent_are_not(embedded, splits):
-    evidence = cc.verify(protected(embedded), embedded.key)
+    evidence = cc.verify(protected(embedded), embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-3
     assert evidence.metrics["eta"] > 1 and evidence.metrics["paper_detected"]
     assert evidence.queries == TINY["n_verify"]
-    raw = cc.verify(embedded.victim, embedded.key, alpha=0.05)  # the weights carry no mark: the API does
+    raw = cc.verify(
+        embedded.victim, embedded.key, alpha=0.05, sequential=False
+    ).evidence  # the weights carry no mark: the API does
     assert raw.verdict == "not stolen" and raw.metrics["eta"] < 1
     innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
-    assert cc.verify(innocent, embedded.key, alpha=0.05).verdict == "not stolen"
+    assert cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
 
 def test_label_only_suspects_are_refused(embedded):
     with pytest.raises(cc.CopycatchError, match="labels only"):
-        cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
-    assert DynaMarks.label_only is False and DynaMarks.acts_at == "api"
+        cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False).evidence
+    assert DynaMarks.needs == "probs" and DynaMarks.acts_at == "api"
 
 
 def _keys(embedded, draws, seed=0):

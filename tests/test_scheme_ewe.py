@@ -7,12 +7,21 @@ import torch
 import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.key import Key
-from copycatch.schemes.ewe import EntangledWatermark, LayerTap, Temperatures, default_layers, optimise_triggers, resolve_layers, snnl
+from copycatch.schemes.ewe import (
+    EntangledWatermark,
+    LayerTap,
+    Temperatures,
+    default_layers,
+    optimise_triggers,
+    resolve_layers,
+    snnl,
+)
 
 TINY = {"ood_dataset": "synthetic:seed=11", "n_triggers": 128, "n_verify": 40, "w_epochs": 3, "maxiter": 3}
 
 
 # -- the soft nearest-neighbour loss --------------------------------------------------------------------------------
+
 
 def _snnl_by_the_formula(x, w, temperature, distance):
     """The notes' definition, one pair at a time."""
@@ -38,8 +47,9 @@ def test_snnl_matches_the_formula(distance):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(10, 3, 2, 2, generator=gen)
     w = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
-    assert float(snnl(x, w, 30.0, distance=distance)) == pytest.approx(_snnl_by_the_formula(x, w, 30.0, distance),
-                                                                       rel=1e-5)
+    assert float(snnl(x, w, 30.0, distance=distance)) == pytest.approx(
+        _snnl_by_the_formula(x, w, 30.0, distance), rel=1e-5
+    )
 
 
 def test_snnl_is_high_when_groups_are_entangled_and_low_when_separated():
@@ -61,6 +71,7 @@ def test_temperature_step_lowers_the_snnl():
 
 
 # -- layers and triggers --------------------------------------------------------------------------------------------
+
 
 def test_default_layers_follow_the_code_choice():
     small = cc.create_model("cnn-small", (1, 28, 28), 10)
@@ -89,8 +100,17 @@ def test_trigger_optimisation_pushes_the_clean_models_target_rate_below_threshol
     scheme = EntangledWatermark(**{**TINY, "maxiter": 2, "w_lr": 0.05})
     tap = LayerTap(trained, default_layers(trained))
     try:
-        out = optimise_triggers(trained, tap, x, splits.owner_train.x[splits.owner_train.y == target], target, 16,
-                                [1.0, 1.0], scheme.params, torch.Generator().manual_seed(0))
+        out = optimise_triggers(
+            trained,
+            tap,
+            x,
+            splits.owner_train.x[splits.owner_train.y == target],
+            target,
+            16,
+            [1.0, 1.0],
+            scheme.params,
+            torch.Generator().manual_seed(0),
+        )
     finally:
         tap.remove()
     rate = (trained(out).argmax(1) == target).float().mean()
@@ -99,6 +119,7 @@ def test_trigger_optimisation_pushes_the_clean_models_target_rate_below_threshol
 
 
 # -- embedding and verification -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def embedded(splits):
@@ -111,35 +132,43 @@ def innocent(splits):
 
 
 def test_victim_is_stolen_and_innocent_cleared(embedded, innocent, splits):
-    ev = cc.verify(embedded.victim, embedded.key)
+    ev = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     assert ev.verdict == "stolen" and ev.p_value <= 1e-6 and ev.exact and "sign test" in ev.notes[0]
-    assert ev.queries == 40 and ev.metrics["watermark_accuracy"] >= 0.9 and ev.p_value == 0.5 ** ev.statistic
+    assert ev.queries == 40 and ev.metrics["watermark_accuracy"] >= 0.9 and ev.p_value == 0.5**ev.statistic
     assert cc.accuracy(embedded.victim, splits.test) >= 0.9
     assert embedded.info["clean_model_trigger_rate"] <= 0.1 < embedded.info["victim_trigger_rate"]
     history = embedded.info["training"]["history"]
     assert len(history) == 3 and all("snnl" in h and len(h["temperatures"]) == 2 for h in history)
-    assert cc.verify(innocent, embedded.key, alpha=0.05).verdict == "not stolen"
+    assert cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
 
-def test_label_only_suspects_run_but_the_evidence_warns(embedded):
-    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
+def test_label_only_suspects_run_at_the_scheme_level_but_the_evidence_warns(embedded):
+    labels = cc.ModelOracle(embedded.victim).postprocess("hard-label")
+    hard = cc.scheme_for_key(embedded.key).verify(labels, embedded.key)
     assert hard.verdict == "stolen" and any("labels only" in n for n in hard.notes)
+    with pytest.raises(cc.CopycatchError, match="needs probabilities"):  # the product path refuses them
+        cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
 
 
 @pytest.fixture(scope="module")
 def in_distribution(splits):
-    return cc.embed("ewe", splits, arch="mlp", params={**TINY, "distribution": "in", "maxiter": 1},
-                    config=cc.TrainConfig(epochs=4, seed=0))
+    return cc.embed(
+        "ewe",
+        splits,
+        arch="mlp",
+        params={**TINY, "distribution": "in", "maxiter": 1},
+        config=cc.TrainConfig(epochs=4, seed=0),
+    )
 
 
 def test_in_distribution_patch_triggers_embed(in_distribution, innocent):
     emb = in_distribution
     assert emb.key["patch_position"].shape == (2,) and "patch_position" not in emb.key.meta
     assert int(emb.key["source_class"]) != int(emb.key["target_class"])
-    ev = cc.verify(emb.victim, emb.key)
+    ev = cc.verify(emb.victim, emb.key, sequential=False).evidence
     assert ev.p_value <= 1e-6 and ev.queries == 80  # triggers and their untriggered originals
     assert ev.metrics["mean_p"] - ev.metrics["mean_q"] > 0.5
-    assert cc.verify(innocent, emb.key, alpha=0.05).verdict == "not stolen"
+    assert cc.verify(innocent, emb.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
 
 @pytest.mark.parametrize("which", ["out", "in"])
@@ -166,20 +195,33 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
     weak_splits = cc.make_splits(cc.load_dataset("synthetic", n=2400, num_classes=4, size=8, noise=0.9, seed=0), seed=0)
     innocents = [
         cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=3, seed=s), hidden=32) for s in (1, 2)
-    ] + [cc.train("mlp", weak_splits, config=cc.TrainConfig(epochs=1, seed=1), hidden=16),
-         cc.create_for("cnn-small", splits, seed=3),
-         cc.train("cnn-small", splits, on="attacker_pool", config=cc.TrainConfig(epochs=3, seed=4))]
+    ] + [
+        cc.train("mlp", weak_splits, config=cc.TrainConfig(epochs=1, seed=1), hidden=16),
+        cc.create_for("cnn-small", splits, seed=3),
+        cc.train("cnn-small", splits, on="attacker_pool", config=cc.TrainConfig(epochs=3, seed=4)),
+    ]
     p_values, argmax_rates = [], []
     for draw in range(20):
-        scheme = EntangledWatermark(**{**TINY, "ood_dataset": f"synthetic:seed={100 + draw};n=400", "n_triggers": 64,
-                                       "maxiter": 1, "distribution": distribution})
+        scheme = EntangledWatermark(
+            **{
+                **TINY,
+                "ood_dataset": f"synthetic:seed={100 + draw};n=400",
+                "n_triggers": 64,
+                "maxiter": 1,
+                "distribution": distribution,
+            }
+        )
         tap = LayerTap(trained, default_layers(trained))
         try:
             made = scheme.make_triggers(trained, splits, tap, 32, torch.Generator().manual_seed(draw))
         finally:
             tap.remove()
-        tensors = {"trigger_x": made["triggers_u8"][:40], "original_x": made["sources_u8"][:40],
-                   "source_class": torch.tensor(made["source"]), "target_class": torch.tensor(made["target"])}
+        tensors = {
+            "trigger_x": made["triggers_u8"][:40],
+            "original_x": made["sources_u8"][:40],
+            "source_class": torch.tensor(made["source"]),
+            "target_class": torch.tensor(made["target"]),
+        }
         key = Key("ewe", scheme.params.to_dict(), tensors, {"num_classes": 4, "input_shape": [1, 8, 8]})
         for model in innocents:
             ev = scheme.verify(cc.ModelOracle(model), key, alpha=0.05)
@@ -207,8 +249,29 @@ def test_bad_parameters_are_named(splits):
 def test_cli_embed_and_verify(tmp_path, capsys):
     victim, key = tmp_path / "v.safetensors", tmp_path / "v.cckey"
     params = "ood_dataset=synthetic:seed=11,n_triggers=64,n_verify=30,w_epochs=2,maxiter=1"
-    assert main(["embed", "--scheme", "ewe", "--arch", "mlp", "-p", params, "-o", str(victim), "--key", str(key),
-                 "--epochs", "4", "--data", "synthetic", "-q"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "ewe",
+                "--arch",
+                "mlp",
+                "-p",
+                params,
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "4",
+                "--data",
+                "synthetic",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["verify", "--key", str(key), "--suspect", str(victim)]) == 0
     out = capsys.readouterr().out

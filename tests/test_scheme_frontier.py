@@ -6,9 +6,15 @@ import torch
 
 import copycatch as cc
 from copycatch.core.key import Key
-from copycatch.schemes.frontier_stitching import CONTROL, FALSE_ADVERSARY, TRUE_ADVERSARY, FrontierStitching, paper_threshold
 from copycatch.core.stats import hypergeometric_greater
 from copycatch.models.train import predict_logits
+from copycatch.schemes.frontier_stitching import (
+    CONTROL,
+    FALSE_ADVERSARY,
+    TRUE_ADVERSARY,
+    FrontierStitching,
+    paper_threshold,
+)
 
 TINY = FrontierStitching.tiny_params
 
@@ -32,22 +38,24 @@ def test_victim_is_stitched_and_stolen(embedded, splits):
     assert 0 < steps <= info["finetune_epochs"] * steps_per_epoch
     assert steps % FrontierStitching.Params().check_every == 0 or steps % steps_per_epoch == 0
     assert info["key_accuracy_per_epoch"][-1] == 1.0 and "pretrained_clean" in info
-    evidence = cc.verify(embedded.victim, embedded.key)
+    evidence = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-3
     m = evidence.metrics
-    assert m["hamming_distance"] == 0 and m["paper_detected"] and m["true_adversaries_matched"] == TINY["key_length"] // 2
+    assert (
+        m["hamming_distance"] == 0 and m["paper_detected"] and m["true_adversaries_matched"] == TINY["key_length"] // 2
+    )
     assert evidence.queries == TINY["key_length"] + TINY["n_control"]
     assert cc.accuracy(embedded.victim, splits.test) >= 0.9
 
 
 def test_innocent_model_is_cleared(embedded, innocent_models):
-    evidence = cc.verify(innocent_models["independent"], embedded.key, alpha=0.05)
+    evidence = cc.verify(innocent_models["independent"], embedded.key, alpha=0.05, sequential=False).evidence
     assert evidence.verdict == "not stolen"
 
 
 def test_label_only_suspects_verify_the_same(embedded):
-    soft = cc.verify(embedded.victim, embedded.key)
-    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
+    soft = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
+    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False).evidence
     assert hard.p_value == soft.p_value and hard.metrics == soft.metrics
 
 
@@ -57,7 +65,11 @@ def test_key_holds_true_false_and_control_adversaries_of_the_clean_model(clean, 
     roles, labels, x = tensors["key_role"], tensors["key_label"], tensors["key_x"]
     half = TINY["key_length"] // 2
     assert x.dtype == torch.uint8 and len(x) == TINY["key_length"] + TINY["n_control"]
-    assert [int((roles == r).sum()) for r in (FALSE_ADVERSARY, TRUE_ADVERSARY, CONTROL)] == [half, half, TINY["n_control"]]
+    assert [int((roles == r).sum()) for r in (FALSE_ADVERSARY, TRUE_ADVERSARY, CONTROL)] == [
+        half,
+        half,
+        TINY["n_control"],
+    ]
     pred = predict_logits(clean, x.float() / 255).argmax(1)
     assert (pred[roles == FALSE_ADVERSARY] == labels[roles == FALSE_ADVERSARY]).all()  # still correct
     assert (pred[roles != FALSE_ADVERSARY] != labels[roles != FALSE_ADVERSARY]).all()  # flipped by FGSM
@@ -135,8 +147,9 @@ def test_paper_null_is_flagged_and_can_accuse_an_innocent_model(innocent_models,
     accused_paper = accused_control = 0
     for key in _random_keys(paper, adversary_pool, 40, seed=30_000):
         ev_paper = paper.verify(cc.ModelOracle(innocent), key, alpha=0.05)
-        ev_control = control.verify(cc.ModelOracle(innocent), Key(key.scheme, control.params.to_dict(), key.tensors,
-                                                                   key.meta), alpha=0.05)
+        ev_control = control.verify(
+            cc.ModelOracle(innocent), Key(key.scheme, control.params.to_dict(), key.tensors, key.meta), alpha=0.05
+        )
         assert not ev_paper.exact and "assumption" in ev_paper.notes[0] and ev_control.exact
         assert ev_paper.metrics == ev_control.metrics
         accused_paper += ev_paper.decision
@@ -146,7 +159,9 @@ def test_paper_null_is_flagged_and_can_accuse_an_innocent_model(innocent_models,
 
 def test_impossible_eps_and_bad_parameters_are_one_line_errors(clean, splits):
     with pytest.raises(cc.CopycatchError, match="eps=0.001 gave 0 true"):
-        FrontierStitching(eps=0.001, key_length=20, n_control=20).make_key(clean, splits, torch.Generator().manual_seed(0))
+        FrontierStitching(eps=0.001, key_length=20, n_control=20).make_key(
+            clean, splits, torch.Generator().manual_seed(0)
+        )
     with pytest.raises(cc.CopycatchError, match="key_length must be an even"):
         FrontierStitching(key_length=15)
     with pytest.raises(cc.CopycatchError, match="n_control >= 1"):

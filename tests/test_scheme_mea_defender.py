@@ -6,15 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import stats as st
 
 import copycatch as cc
 from copycatch.core.key import Key
+from copycatch.models.train import TrainConfig, TrainState, make_optimizer
 from copycatch.schemes import _mixers as mixers
 from copycatch.schemes.mea_defender import MEADefender, MEADefenderHook, _fisher_greater, min_norm_weights
-import torch.nn.functional as F
-
-from copycatch.models.train import TrainConfig, TrainState, make_optimizer
 
 TINY = {"n_verify": 200, "n_false_per_group": 40}
 
@@ -26,22 +25,23 @@ def embedded(splits):
 
 # -- embedding and verification on tiny data --------------------------------------------------------------------------
 
+
 def test_victim_is_stolen_and_innocent_is_cleared(embedded, splits):
-    victim_ev = cc.verify(embedded.victim, embedded.key, alpha=0.05)
+    victim_ev = cc.verify(embedded.victim, embedded.key, alpha=0.05, sequential=False).evidence
     assert victim_ev.verdict == "stolen", victim_ev.summary()
     assert victim_ev.metrics["watermark_success_rate"] >= 0.9
     assert victim_ev.metrics["wfpr"] <= 0.5  # evasion training keeps other mixtures of the sources off the target
     assert victim_ev.queries == len(embedded.key["verify_x"]) and not victim_ev.exact
     assert cc.accuracy(embedded.victim, splits.test) >= 0.9
     innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
-    innocent_ev = cc.verify(innocent, embedded.key, alpha=0.05)
+    innocent_ev = cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence
     assert innocent_ev.verdict == "not stolen", innocent_ev.summary()
     assert innocent_ev.p_value >= 0.05
 
 
 def test_label_only_suspects_verify_the_same(embedded):
-    soft = cc.verify(embedded.victim, embedded.key)
-    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key)
+    soft = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
+    hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False).evidence
     assert hard.p_value == soft.p_value and hard.statistic == soft.statistic
 
 
@@ -73,9 +73,14 @@ def test_build_is_deterministic_in_the_seed(splits):
 @pytest.mark.parametrize("rule", ["merge", "stripes", "autoencoder"])
 def test_other_rules_embed_and_verify(splits, rule):
     params = {**TINY, "rule": rule, "ae_epochs": 40}
-    embedding = cc.embed("mea-defender", splits, arch="mlp", params=params, config=cc.TrainConfig(epochs=8, seed=0),
-                         )
-    ev = cc.verify(embedding.victim, embedding.key, alpha=0.05)
+    embedding = cc.embed(
+        "mea-defender",
+        splits,
+        arch="mlp",
+        params=params,
+        config=cc.TrainConfig(epochs=8, seed=0),
+    )
+    ev = cc.verify(embedding.victim, embedding.key, alpha=0.05, sequential=False).evidence
     assert ev.verdict == "stolen", ev.summary()
     families = embedding.key["group_family"].tolist()
     names = [mixers.ALL_MIXERS[i] for i in embedding.key["group_mixer"].tolist()]
@@ -88,7 +93,8 @@ def test_other_rules_embed_and_verify(splits, rule):
 def test_pretrained_mode_trains_a_clean_model_first(splits):
     model = cc.create_for("mlp", splits, seed=0, hidden=64)
     embedding = MEADefender(**TINY, mode="pretrained", finetune_epochs=4).embed(
-        model, splits, train=cc.TrainConfig(epochs=4, seed=0))
+        model, splits, train=cc.TrainConfig(epochs=4, seed=0)
+    )
     assert "pretraining" in embedding.info
     assert [(st["stage"], st["epochs_run"]) for st in embedding.info["stages"]] == [(1, 2), (2, 2)]
     assert [st["config"]["lr"] for st in embedding.info["stages"]] == pytest.approx([1e-4, 1e-4])
@@ -96,6 +102,7 @@ def test_pretrained_mode_trains_a_clean_model_first(splits):
 
 
 # -- the null: false-positive rate over many innocent draws ----------------------------------------------------------
+
 
 def _random_key(splits, draw: int) -> Key:
     gen = torch.Generator().manual_seed(draw)
@@ -108,8 +115,10 @@ def _random_key(splits, draw: int) -> Key:
 
 def test_false_positive_rate_over_random_keys_and_innocent_models(splits):
     """Innocent models (never saw any key) against 150 independently drawn keys: FPR at α=0.05 ≤ 0.07."""
-    innocents = [cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=3, seed=s), hidden=32)
-                 for s in range(3)]
+    innocents = [
+        cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=3, seed=s), hidden=32)
+        for s in range(3)
+    ]
     innocents.append(cc.create_for("mlp", splits, seed=9, hidden=32))  # untrained: arbitrary, not-so-random answers
     p_values, wsr = [], []
     for draw in range(150):
@@ -127,9 +136,10 @@ def test_false_positive_rate_over_random_keys_and_innocent_models(splits):
 def test_false_positive_rate_of_the_default_key_over_many_innocent_models(embedded, splits):
     p_values = []
     for seed in range(40):
-        innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=2, seed=100 + seed),
-                            hidden=16)
-        p_values.append(cc.verify(innocent, embedded.key, alpha=0.05).p_value)
+        innocent = cc.train(
+            "mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=2, seed=100 + seed), hidden=16
+        )
+        p_values.append(cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.p_value)
     assert np.mean(np.array(p_values) <= 0.05) <= 0.07
 
 
@@ -144,10 +154,18 @@ def test_paired_binomial_against_a_pooled_rate_would_accuse_where_the_fisher_uni
     answers = torch.zeros(len(groups), 4)
     answers[success, 2] = 1.0
     answers[~success, 0] = 1.0
-    key = Key(scheme.name, scheme.params.to_dict(),
-              {"verify_x": torch.zeros(len(groups), 1, 2, 2, dtype=torch.uint8), "verify_group": groups,
-               "group_pair": torch.zeros(7, 2, dtype=torch.long), "group_mixer": torch.zeros(7, dtype=torch.long),
-               "group_family": torch.tensor([0, 1, 1, 1, 1, 1, 1])}, {"num_classes": 4})
+    key = Key(
+        scheme.name,
+        scheme.params.to_dict(),
+        {
+            "verify_x": torch.zeros(len(groups), 1, 2, 2, dtype=torch.uint8),
+            "verify_group": groups,
+            "group_pair": torch.zeros(7, 2, dtype=torch.long),
+            "group_mixer": torch.zeros(7, dtype=torch.long),
+            "group_family": torch.tensor([0, 1, 1, 1, 1, 1, 1]),
+        },
+        {"num_classes": 4},
+    )
     ev = scheme.evidence_from_answers(answers, key, alpha=0.05, queries=len(groups))
     assert ev.metrics["binomial_p_pooled"] < 1e-6
     assert ev.p_value > 0.05 and ev.verdict == "not stolen"
@@ -155,8 +173,10 @@ def test_paired_binomial_against_a_pooled_rate_would_accuse_where_the_fisher_uni
 
 # -- statistics helpers -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k1,n1,k2,n2", [(700, 1000, 10, 100), (12, 200, 3, 40), (0, 50, 5, 50), (50, 50, 0, 40),
-                                          (30, 100, 30, 100)])
+
+@pytest.mark.parametrize(
+    "k1,n1,k2,n2", [(700, 1000, 10, 100), (12, 200, 3, 40), (0, 50, 5, 50), (50, 50, 0, 40), (30, 100, 30, 100)]
+)
 def test_fisher_greater_matches_scipy(k1, n1, k2, n2):
     expected = st.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater").pvalue
     assert _fisher_greater(k1, n1, k2, n2) == pytest.approx(expected, rel=1e-9, abs=1e-300)
@@ -168,7 +188,7 @@ def _brute_min_norm(gram: np.ndarray, steps: int = 60) -> float:
     for combo in itertools.product(range(steps + 1), repeat=t - 1):
         if sum(combo) > steps:
             continue
-        w = np.array(list(combo) + [steps - sum(combo)]) / steps
+        w = np.array([*list(combo), steps - sum(combo)]) / steps
         best = min(best, w @ gram @ w)
     return best
 
@@ -202,8 +222,9 @@ def _one_step(splits, **params):
     pool_b = splits.owner_train.x[splits.owner_train.y == 1]
     model = cc.create_for("mlp", splits, seed=0, hidden=16)
     config = TrainConfig(seed=0)
-    state = TrainState(model, make_optimizer(model.parameters(), config), config, torch.device("cpu"),
-                       torch.Generator().manual_seed(0))
+    state = TrainState(
+        model, make_optimizer(model.parameters(), config), config, torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     hook = MEADefenderHook(pool_a, pool_b, make_watermark, evasion, scheme.params, seed=0)
     hook.on_start(state)
     x, y = splits.owner_train.x[:64], splits.owner_train.y[:64]
@@ -220,8 +241,9 @@ def test_hook_writes_exactly_the_weighted_task_gradient(splits, monkeypatch, bal
     batch shares (64 clean, 16 watermark, 8 evasion samples) and L_com weighted like L_ver, both MGDA modes give
     the code's mixed-batch loss plus w·L_com, whose gradient autograd computes directly in "fixed" mode."""
     n = 64 + 16 + 8
-    reference_value, reference_grad = _one_step(splits, balance="fixed", com_weight=16 / n,
-                                                com_source_scale=source_scale)
+    reference_value, reference_grad = _one_step(
+        splits, balance="fixed", com_weight=16 / n, com_source_scale=source_scale
+    )
     forced = {"mgda-four": [64 / n, 16 / n, 16 / n, 8 / n], "mgda-three": [64 / n, 16 / n, 8 / n]}[balance]
     monkeypatch.setattr(MEADefenderHook, "_solve", lambda self, grads, losses: np.array(forced))
     value, grad = _one_step(splits, balance=balance, com_source_scale=source_scale)
@@ -247,9 +269,12 @@ def test_watermark_loss_ablation_reproduces_table_5_on_the_victim(splits):
     config = cc.TrainConfig(epochs=8, seed=0)
     wsr = {}
     for losses in ("com", "ver"):
-        embedding = cc.embed("mea-defender", splits, arch="mlp", params={**TINY, "watermark_losses": losses},
-                             config=config)
-        wsr[losses] = cc.verify(embedding.victim, embedding.key).metrics["watermark_success_rate"]
+        embedding = cc.embed(
+            "mea-defender", splits, arch="mlp", params={**TINY, "watermark_losses": losses}, config=config
+        )
+        wsr[losses] = cc.verify(embedding.victim, embedding.key, sequential=False).evidence.metrics[
+            "watermark_success_rate"
+        ]
     assert wsr["com"] <= 0.3 < 0.9 <= wsr["ver"], wsr
 
 
@@ -265,8 +290,9 @@ def test_shared_class_evasion_targets_half_each_ingredient(splits):
     _, make_watermark, evasion, _ = scheme.build_key_material(splits, 0)
     train = splits.owner_train
     other = train.where(train.y == 3)
-    hook = MEADefenderHook(train.x[train.y == 0], train.x[train.y == 1], make_watermark, evasion, scheme.params,
-                           seed=0, pool_other=other)
+    hook = MEADefenderHook(
+        train.x[train.y == 0], train.x[train.y == 1], make_watermark, evasion, scheme.params, seed=0, pool_other=other
+    )
     hook.generator = torch.Generator().manual_seed(0)
 
     def uniform(x):
@@ -282,6 +308,7 @@ def test_shared_class_evasion_targets_half_each_ingredient(splits):
 
 
 # -- mixers -----------------------------------------------------------------------------------------------------------
+
 
 def test_masks_take_the_documented_parts():
     xa, xb = torch.ones(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
@@ -327,6 +354,7 @@ def test_autoencoder_blend_is_between_its_inputs(splits):
 
 # -- parameters and errors --------------------------------------------------------------------------------------------
 
+
 def test_params_reject_bad_values():
     with pytest.raises(cc.CopycatchError, match="three different classes"):
         MEADefender(source_a=1, source_b=1)
@@ -353,19 +381,57 @@ def test_cli_embeds_and_verifies(tmp_path, capsys):
     from copycatch.cli.main import main
 
     victim, key = tmp_path / "victim.safetensors", tmp_path / "victim.cckey"
-    assert main(["embed", "--scheme", "mea-defender", "--arch", "mlp", "-p", "n_verify=100,n_false_per_group=20",
-                 "-o", str(victim), "--key", str(key), "--epochs", "6", "--data", "synthetic", "-q"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "mea-defender",
+                "--arch",
+                "mlp",
+                "-p",
+                "n_verify=100,n_false_per_group=20",
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "6",
+                "--data",
+                "synthetic",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["verify", "--key", str(key), "--suspect", str(victim), "--alpha", "0.01", "--json"]) == 0
     evidence = json.loads(capsys.readouterr().out)
     assert evidence["scheme"] == "mea-defender" and evidence["verdict"] == "stolen" and evidence["exact"] is False
-    assert main(["embed", "--scheme", "mea-defender", "-p", "rule=rotate", "-o", str(victim), "--key", str(key),
-                 "--data", "synthetic", "-q"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "mea-defender",
+                "-p",
+                "rule=rotate",
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--data",
+                "synthetic",
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "rule" in capsys.readouterr().err
 
 
 def test_target_lookalikes_are_the_classes_nearest_the_target_and_leave_three_controls():
-    from copycatch.data.base import TensorData
+    from copycatch.data import TensorData
 
     gen = torch.Generator().manual_seed(0)
     prototypes = torch.rand(10, 1, 8, 8, generator=gen)

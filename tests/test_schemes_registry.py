@@ -5,7 +5,7 @@ import pytest
 
 import copycatch as cc
 from copycatch.core.key import Key
-from copycatch.oracles.base import ModelOracle
+from copycatch.oracles.local import ModelOracle
 from copycatch.schemes import SCHEMES
 
 
@@ -35,6 +35,6 @@ def test_every_scheme_catches_its_victim_and_clears_an_innocent(name, splits, in
 @pytest.mark.parametrize("name", SCHEMES.list())
 def test_every_scheme_documents_its_parameters(name):
     cls = SCHEMES.get(name).factory
-    doc = cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or ""
+    doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__) or ""
     for field, _, _ in cls.Params.describe():
         assert field in doc or field in (cls.__doc__ or ""), f"{name}: parameter {field!r} is not documented"

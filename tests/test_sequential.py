@@ -10,12 +10,11 @@ from scipy import integrate
 
 import copycatch as cc
 from copycatch.core.errors import InvalidArgument
-from copycatch.core.evidence import Evidence
 from copycatch.core.key import Key
+from copycatch.core.stats import binomial_greater
 from copycatch.schemes import SCHEMES, Scheme
 from copycatch.schemes.base import BernoulliOutcomes
 from copycatch.verification.sequential import SequentialPlan, log_mixture_e_value, minimum_p_value, verify_sequential
-from copycatch.core.stats import binomial_greater
 
 SUCCESS, FAILURE, SKIP = 1, 0, -1
 
@@ -28,7 +27,8 @@ class CoinScheme(Scheme):
 
     def __init__(self, q, n, hook=True):
         super().__init__()
-        self.q, self.n, self.hook = q, n, hook
+        self.q, self.n = q, n
+        self.sequential = hook  # the capability is declared per instance here: one stand-in class, both kinds
 
     def verification_inputs(self, key):
         return torch.arange(self.n, dtype=torch.float32).view(-1, 1, 1, 1)
@@ -38,12 +38,18 @@ class CoinScheme(Scheme):
         return BernoulliOutcomes(torch.where(code == 2, -1, code).to(torch.int8), self.q, "successes")
 
     def bernoulli_outcomes(self, answers, key):
-        return self._outcomes(answers) if self.hook else None
+        return self._outcomes(answers) if self.sequential else None
 
     def evidence_from_answers(self, answers, key, *, alpha, queries):
         out = self._outcomes(answers)
-        return Evidence(self.name, self.null_hypothesis, "successes", out.successes,
-                        binomial_greater(out.successes, out.counted, self.q), alpha, queries, key.digest)
+        return self.evidence(
+            key,
+            statistic_name="successes",
+            statistic=out.successes,
+            p_value=binomial_greater(out.successes, out.counted, self.q),
+            alpha=alpha,
+            queries=queries,
+        )
 
 
 COIN_KEY = Key("coin", {}, {"seed": torch.zeros(1)})
@@ -79,8 +85,9 @@ def test_false_positive_rate_under_the_null_is_at_most_alpha():
     scheme = CoinScheme(q, n)
     rejections = 0
     for _ in range(runs):
-        evidence = verify_sequential(scheme, scripted(draw(n, q, 0.7, rng)), COIN_KEY, alpha=alpha,
-                                     plan=SequentialPlan(batch_size=4))
+        evidence = verify_sequential(
+            scheme, scripted(draw(n, q, 0.7, rng)), COIN_KEY, alpha=alpha, plan=SequentialPlan(batch_size=4)
+        )
         rejections += evidence.decision
     assert rejections / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
 
@@ -107,8 +114,9 @@ def test_stopping_decisions_hold_whatever_the_unasked_inputs_would_have_answered
     seen = set()
     for _ in range(300):
         outcomes = draw(n, rng.choice([0.1, 0.2, 0.5, 0.8]), 0.8, rng)
-        evidence = verify_sequential(scheme, scripted(outcomes), COIN_KEY, alpha=alpha,
-                                     plan=SequentialPlan(batch_size=4, early_share=w))
+        evidence = verify_sequential(
+            scheme, scripted(outcomes), COIN_KEY, alpha=alpha, plan=SequentialPlan(batch_size=4, early_share=w)
+        )
         reason, asked = evidence.details["sequential"]["stop_reason"], evidence.metrics["queried"]
         seen.add(reason)
         if reason == "curtailed":  # all the rest counted failures: the full key still rejects
@@ -140,8 +148,13 @@ def test_plan_rejects_bad_values():
 
 
 def test_margin_victim_is_caught_with_fewer_queries_and_the_same_verdict(splits):
-    embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 60, "trigger_batch": 10},
-                         config=cc.TrainConfig(epochs=6, seed=0))
+    embedding = cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 60, "trigger_batch": 10},
+        config=cc.TrainConfig(epochs=6, seed=0),
+    )
     scheme, key = cc.scheme_for_key(embedding.key), embedding.key
     fixed = scheme.verify(cc.ModelOracle(embedding.victim), key)
     sequential = verify_sequential(scheme, cc.ModelOracle(embedding.victim), key)
@@ -164,12 +177,15 @@ def test_every_scheme_hook_matches_its_fixed_test(name, splits):
     scheme, key = cc.scheme_for_key(embedding.key), embedding.key
     n = len(scheme.verification_inputs(key))
     g = torch.Generator().manual_seed(0)
-    for answers in [torch.softmax(torch.randn(n, 4, generator=g) * 3, 1),
-                    torch.nn.functional.one_hot(torch.randint(4, (n,), generator=g), 4).float()]:
+    for answers in [
+        torch.softmax(torch.randn(n, 4, generator=g) * 3, 1),
+        torch.nn.functional.one_hot(torch.randint(4, (n,), generator=g), 4).float(),
+    ]:
         outcome = scheme.bernoulli_outcomes(answers, key)
         assert outcome.outcomes.shape == (n,) and set(outcome.outcomes.tolist()) <= {-1, 0, 1}
         evidence = scheme.evidence_from_answers(answers, key, alpha=0.01, queries=n)
-        assert evidence.p_value == pytest.approx(binomial_greater(outcome.successes, outcome.counted,
-                                                                  outcome.null_rate), rel=1e-9)
+        assert evidence.p_value == pytest.approx(
+            binomial_greater(outcome.successes, outcome.counted, outcome.null_rate), rel=1e-9
+        )
         prefix = scheme.bernoulli_outcomes(answers[: n // 2], key)
         assert torch.equal(prefix.outcomes, outcome.outcomes[: n // 2])

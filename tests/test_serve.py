@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import struct
 import sys
 import threading
@@ -22,12 +21,12 @@ import torch
 import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.errors import CorruptFile, InvalidArgument
+from copycatch.data.png import PngError, decode_png, encode_png
 from copycatch.serve import ServeConfig, create_app, serve_in_thread
 from copycatch.serve.batching import Batcher
 from copycatch.serve.keys import Keyring, hash_secret, new_key
 from copycatch.serve.ledger import read_ledger, row_digests
 from copycatch.serve.limits import NEVER_RETRY_AFTER, Budget, QueryLimiter, Rate
-from copycatch.data.png import PngError, decode_png, encode_png
 
 SHAPE = (1, 8, 8)
 
@@ -113,9 +112,14 @@ def test_each_request_is_one_ledger_line_with_its_digests(open_api, inputs):
     assert "error" in entries[1] and "outputs" not in entries[1]
 
 
-@pytest.mark.parametrize("output,check", [
-    ("top-k", "top-k"), ("label", "label"), ("rounded", "rounded"),
-])
+@pytest.mark.parametrize(
+    "output,check",
+    [
+        ("top-k", "top-k"),
+        ("label", "label"),
+        ("rounded", "rounded"),
+    ],
+)
 def test_output_modes(model, inputs, output, check):
     with served(model, output=output, top_k=2, decimals=2) as client:
         assert client.get("/v1/info").json()["output"] == output
@@ -143,34 +147,50 @@ ROW = [0.5] * 8
 IMAGE = [[ROW] * 8]
 
 
-@pytest.mark.parametrize("body,status,needle", [
-    (b"", 400, "empty"),
-    (b"{", 400, "not valid JSON"),
-    (b"[1, 2]", 422, "JSON object"),
-    (b'{"inputs": []}', 422, "empty"),
-    (json.dumps({"inputs": [IMAGE], "images": ["x"]}).encode(), 422, "exactly one"),
-    (b"{}", 422, "exactly one"),
-    (b'{"pixels": []}', 422, "unknown field 'pixels'"),
-    (json.dumps({"inputs": [[[ROW] * 7]]}).encode(), 422, "has 7 rows, expected 8"),
-    (json.dumps({"inputs": [[[ROW[:5]] * 8]]}).encode(), 422, "has 5 values per row, expected 8"),
-    (json.dumps({"inputs": [IMAGE * 3]}).encode(), 422, "has 3 channels, expected 1"),
-    (json.dumps({"inputs": IMAGE}).encode(), 422, "must be a list"),
-    (json.dumps({"inputs": [[[[True] * 8] * 8]]}).encode(), 422, "must be a number in [0, 1], got bool"),
-    (json.dumps({"inputs": [[[["0.5"] * 8] * 8]]}).encode(), 422, "got str"),
-    (json.dumps({"inputs": [[[[None] * 8] * 8]]}).encode(), 422, "got null"),
-    (b'{"inputs": [[[[NaN' + b", 0.5" * 7 + b"]" + b", [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]" * 7 + b"]]]}",
-     422, "NaN or Infinity"),
-    (json.dumps({"inputs": [[[ROW] * 7 + [[0.5] * 7 + [1.5]]]]}).encode(), 422, "inputs[0][0][7][7] = 1.5 is outside"),
-    (json.dumps({"inputs": [[[ROW] * 7 + [[0.5] * 7 + [-1e39]]]]}).encode(), 422, "is outside [0, 1]"),
-    (json.dumps({"images": ["not base64!"]}).encode(), 422, "not valid base64"),
-    (json.dumps({"images": [base64.b64encode(b"GIF89a").decode()]}).encode(), 422, "not a PNG"),
-    (json.dumps({"images": [base64.b64encode(encode_png(torch.rand(1, 9, 8))).decode()]}).encode(), 422,
-     "PNG is 8×9 pixels but the model takes 8×8"),
-    (json.dumps({"images": [base64.b64encode(encode_png(torch.rand(3, 8, 8))).decode()]}).encode(), 422,
-     "PNG is colour"),
-    (json.dumps({"images": [7]}).encode(), 422, "base64 PNG string"),
-    (json.dumps({"inputs": [IMAGE] * 257}).encode(), 413, "at most 256 per request"),
-])
+@pytest.mark.parametrize(
+    "body,status,needle",
+    [
+        (b"", 400, "empty"),
+        (b"{", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b'{"inputs": []}', 422, "empty"),
+        (json.dumps({"inputs": [IMAGE], "images": ["x"]}).encode(), 422, "exactly one"),
+        (b"{}", 422, "exactly one"),
+        (b'{"pixels": []}', 422, "unknown field 'pixels'"),
+        (json.dumps({"inputs": [[[ROW] * 7]]}).encode(), 422, "has 7 rows, expected 8"),
+        (json.dumps({"inputs": [[[ROW[:5]] * 8]]}).encode(), 422, "has 5 values per row, expected 8"),
+        (json.dumps({"inputs": [IMAGE * 3]}).encode(), 422, "has 3 channels, expected 1"),
+        (json.dumps({"inputs": IMAGE}).encode(), 422, "must be a list"),
+        (json.dumps({"inputs": [[[[True] * 8] * 8]]}).encode(), 422, "must be a number in [0, 1], got bool"),
+        (json.dumps({"inputs": [[[["0.5"] * 8] * 8]]}).encode(), 422, "got str"),
+        (json.dumps({"inputs": [[[[None] * 8] * 8]]}).encode(), 422, "got null"),
+        (
+            b'{"inputs": [[[[NaN' + b", 0.5" * 7 + b"]" + b", [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]" * 7 + b"]]]}",
+            422,
+            "NaN or Infinity",
+        ),
+        (
+            json.dumps({"inputs": [[[ROW] * 7 + [[0.5] * 7 + [1.5]]]]}).encode(),
+            422,
+            "inputs[0][0][7][7] = 1.5 is outside",
+        ),
+        (json.dumps({"inputs": [[[ROW] * 7 + [[0.5] * 7 + [-1e39]]]]}).encode(), 422, "is outside [0, 1]"),
+        (json.dumps({"images": ["not base64!"]}).encode(), 422, "not valid base64"),
+        (json.dumps({"images": [base64.b64encode(b"GIF89a").decode()]}).encode(), 422, "not a PNG"),
+        (
+            json.dumps({"images": [base64.b64encode(encode_png(torch.rand(1, 9, 8))).decode()]}).encode(),
+            422,
+            "PNG is 8×9 pixels but the model takes 8×8",
+        ),
+        (
+            json.dumps({"images": [base64.b64encode(encode_png(torch.rand(3, 8, 8))).decode()]}).encode(),
+            422,
+            "PNG is colour",
+        ),
+        (json.dumps({"images": [7]}).encode(), 422, "base64 PNG string"),
+        (json.dumps({"inputs": [IMAGE] * 257}).encode(), 413, "at most 256 per request"),
+    ],
+)
 def test_bad_requests_get_a_clear_4xx(open_api, body, status, needle):
     r = open_api.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
@@ -192,8 +212,10 @@ def test_a_client_that_hangs_up_mid_body_is_recorded_not_crashed(open_api):
     host, port = open_api.base_url.host, open_api.base_url.port
     before = len(read_ledger(open_api.ledger).entries)
     with socket.create_connection((host, port)) as sock:
-        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 5000\r\n\r\n{\"inputs\": [[[")
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 5000\r\n\r\n{"inputs": [[['
+        )
         time.sleep(0.2)
     deadline = time.monotonic() + 10
     while len(read_ledger(open_api.ledger).entries) == before and time.monotonic() < deadline:
@@ -208,8 +230,9 @@ def test_body_size_limits_declared_and_streamed(model):
         r = client.post("/v1/predict", content=big, headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and "at most 4096 bytes" in r.json()["detail"]
         # no Content-Length (chunked): the limit holds on the bytes actually received
-        r = client.post("/v1/predict", content=iter([big[:3000], big[3000:]]),
-                        headers={"Content-Type": "application/json"})
+        r = client.post(
+            "/v1/predict", content=iter([big[:3000], big[3000:]]), headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 413 and "too large" in r.json()["detail"]
         assert post(client, {"inputs": [IMAGE]}).status_code == 200
 
@@ -262,7 +285,9 @@ def test_budget_is_per_key_and_survives_a_restart_through_the_ledger(model, inpu
         r = post(client, {"inputs": inputs[:4].tolist()}, headers={"X-API-Key": alice})
         assert r.status_code == 200 and r.headers["X-Budget-Remaining"] == "2"
         r = post(client, {"inputs": inputs[:4].tolist()}, headers={"X-API-Key": alice})
-        assert r.status_code == 429 and "budget exhausted" in r.json()["detail"] and "does not renew" in r.json()["detail"]
+        assert (
+            r.status_code == 429 and "budget exhausted" in r.json()["detail"] and "does not renew" in r.json()["detail"]
+        )
         assert int(r.headers["Retry-After"]) == NEVER_RETRY_AFTER and r.headers["X-Budget-Remaining"] == "2"
         assert post(client, {"inputs": inputs[:2].tolist()}, headers={"X-API-Key": alice}).status_code == 200
         assert post(client, {"inputs": inputs[:6].tolist()}, headers={"X-API-Key": bob}).status_code == 200
@@ -276,8 +301,9 @@ def test_budget_is_per_key_and_survives_a_restart_through_the_ledger(model, inpu
 def test_token_bucket_and_budget_windows_with_a_fake_clock():
     now = [0.0]
     wall = [1000.0 * 86400 + 100.0]
-    limiter = QueryLimiter(rate=Rate.parse("10/s"), burst=20, budget=Budget.parse("50/day"),
-                           clock=lambda: now[0], wall=lambda: wall[0])
+    limiter = QueryLimiter(
+        rate=Rate.parse("10/s"), burst=20, budget=Budget.parse("50/day"), clock=lambda: now[0], wall=lambda: wall[0]
+    )
     assert limiter.admit("k", 20).allowed
     refused = limiter.admit("k", 5)
     assert not refused.allowed and refused.kind == "rate" and refused.retry_after == pytest.approx(0.5)
@@ -304,8 +330,17 @@ def test_token_bucket_and_budget_windows_with_a_fake_clock():
 
 
 def test_serve_config_rejects_bad_values():
-    for bad in [dict(output="logits"), dict(top_k=0), dict(max_batch=0), dict(burst=5), dict(rate="many"),
-                dict(budget="lots"), dict(fsync="sometimes"), dict(decimals=12), dict(colour="blue")]:
+    for bad in [
+        {"output": "logits"},
+        {"top_k": 0},
+        {"max_batch": 0},
+        {"burst": 5},
+        {"rate": "many"},
+        {"budget": "lots"},
+        {"fsync": "sometimes"},
+        {"decimals": 12},
+        {"colour": "blue"},
+    ]:
         with pytest.raises(InvalidArgument):
             ServeConfig.from_dict(bad)
 
@@ -364,8 +399,9 @@ def test_concurrent_requests_share_forward_passes(model, inputs):
     oracle = cc.CallableOracle(slow_model, 4, input_shape=SHAPE)
     results: dict[int, list] = {}
     with served(oracle, batch_wait_ms=20) as client:
+
         def ask(i):
-            results[i] = post(client, {"inputs": inputs[i:i + 2].tolist()}).json()["probabilities"]
+            results[i] = post(client, {"inputs": inputs[i : i + 2].tolist()}).json()["probabilities"]
 
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
         for t in threads:
@@ -374,7 +410,7 @@ def test_concurrent_requests_share_forward_passes(model, inputs):
             t.join()
     assert sum(forward_sizes) == 24 and len(forward_sizes) <= 4 and max(forward_sizes) > 2
     for i in range(12):  # each request got its own rows back
-        assert torch.allclose(torch.tensor(results[i]), local_probs(model, inputs[i:i + 2]), atol=1e-5)
+        assert torch.allclose(torch.tensor(results[i]), local_probs(model, inputs[i : i + 2]), atol=1e-5)
 
 
 def test_batcher_splits_answers_propagates_errors_and_drains_on_close():
@@ -431,7 +467,8 @@ def _png(width, height, depth, ctype, rows, *, filters=None, palette=None, inter
     chunks += [(b"IDAT", zlib.compress(raw)), (b"IEND", b"")]
     return b"\x89PNG\r\n\x1a\n" + b"".join(
         struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        for kind, body in chunks)
+        for kind, body in chunks
+    )
 
 
 def _paeth(a, b, c):
@@ -458,8 +495,10 @@ def test_png_decodes_every_filter_and_colour_type():
     palette = bytes(rng.integers(0, 256, 12, dtype=np.uint8))
     index = rng.integers(0, 4, (2, 3), dtype=np.uint8)
     data = _png(3, 2, 8, 3, [bytes(r) for r in index], palette=palette)
-    assert np.allclose(decode_png(data, expect=(3, 2, 3)),
-                       np.frombuffer(palette, np.uint8).reshape(4, 3)[index].transpose(2, 0, 1) / 255)
+    assert np.allclose(
+        decode_png(data, expect=(3, 2, 3)),
+        np.frombuffer(palette, np.uint8).reshape(4, 3)[index].transpose(2, 0, 1) / 255,
+    )
     # greyscale is replicated for an RGB model; encode/decode round-trips at 1/255
     x = torch.rand(1, 4, 4)
     assert decode_png(encode_png(x), expect=(3, 4, 4)).shape == (3, 4, 4)
@@ -485,11 +524,14 @@ def test_png_matches_pillow_when_available():
         assert np.allclose(got, want.transpose(2, 0, 1) if want.ndim == 3 else want[None])
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda d: d[:20], "truncated"),
-    (lambda d: d[:16] + bytes([d[16] ^ 1]) + d[17:], "bad CRC"),
-    (lambda d: b"GIF89a" + d[6:], "bad signature"),
-])
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda d: d[:20], "truncated"),
+        (lambda d: d[:16] + bytes([d[16] ^ 1]) + d[17:], "bad CRC"),
+        (lambda d: b"GIF89a" + d[6:], "bad signature"),
+    ],
+)
 def test_png_rejects_damage(mutate, needle):
     with pytest.raises(PngError, match=needle):
         decode_png(mutate(encode_png(torch.rand(1, 4, 4))), expect=(1, 4, 4))
@@ -499,8 +541,14 @@ def test_png_rejects_bombs_interlace_transparency_and_colour_for_grey_models():
     bomb = _png(8, 8, 8, 0, [bytes(8)] * 8)
     ihdr_end = 8 + 8 + 13 + 4
     huge = zlib.compress(bytes(50_000_000))  # 50 MB of zeros in ~50 kB
-    bomb = bomb[:ihdr_end] + struct.pack(">I", len(huge)) + b"IDAT" + huge + struct.pack(
-        ">I", zlib.crc32(b"IDAT" + huge) & 0xFFFFFFFF) + bomb[-12:]
+    bomb = (
+        bomb[:ihdr_end]
+        + struct.pack(">I", len(huge))
+        + b"IDAT"
+        + huge
+        + struct.pack(">I", zlib.crc32(b"IDAT" + huge) & 0xFFFFFFFF)
+        + bomb[-12:]
+    )
     started = time.perf_counter()
     with pytest.raises(PngError, match="expected 72"):
         decode_png(bomb, expect=(1, 8, 8))
@@ -522,14 +570,24 @@ def test_png_rejects_bombs_interlace_transparency_and_colour_for_grey_models():
 
 def test_protect_with_a_training_time_key_serves_the_models_own_answers(tmp_path, inputs):
     splits = cc.make_splits(cc.load_dataset("synthetic", n=600, num_classes=4, size=8, seed=0), seed=0)
-    result = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 10},
-                      config=cc.TrainConfig(epochs=1, seed=0))
+    result = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 10}, config=cc.TrainConfig(epochs=1, seed=0))
     key_path = tmp_path / "victim.cckey"
     result.key.save(key_path)
     with served(result.victim, key=str(key_path)) as client:
         info = client.get("/v1/info").json()
-        assert set(info) == {"input_shape", "num_classes", "class_names", "output", "top_k", "decimals", "max_batch",
-                             "max_body_bytes", "input_formats", "auth", "server"}
+        assert set(info) == {
+            "input_shape",
+            "num_classes",
+            "class_names",
+            "output",
+            "top_k",
+            "decimals",
+            "max_batch",
+            "max_body_bytes",
+            "input_formats",
+            "auth",
+            "server",
+        }
         probs = torch.tensor(post(client, {"inputs": inputs[:6].tolist()}).json()["probabilities"])
     assert torch.allclose(probs, local_probs(result.victim, inputs[:6]), atol=1e-6)
     wrong = cc.create_model("mlp", SHAPE, 3, hidden=8, seed=0)
@@ -580,4 +638,3 @@ def test_serve_module_imports_without_fastapi(monkeypatch):
     assert serve.Ledger and serve.encode_png
     with pytest.raises(cc.CopycatchError, match="pip install"):
         serve.create_app  # noqa: B018 - the lazy attribute is the thing under test
-

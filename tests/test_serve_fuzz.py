@@ -10,9 +10,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.config import SchemathesisConfig
-from schemathesis.checks import (content_type_conformance, negative_data_rejection, not_a_server_error,
-                                 response_schema_conformance, status_code_conformance)
 
 import copycatch as cc
 from copycatch.serve import Keyring, ServeConfig, create_app, serve_in_thread
@@ -21,15 +26,24 @@ from copycatch.serve.keys import hash_secret
 SECRET = "cc_fuzz-secret"
 _model = cc.create_model("mlp", (1, 4, 4), 3, hidden=8, seed=0)
 open_app = create_app(_model, ServeConfig(max_batch=8, max_body_bytes=64 * 1024, batch_wait_ms=0))
-guarded_app = create_app(_model, ServeConfig(max_batch=8, rate="1000/s", budget="100000", batch_wait_ms=0),
-                         keyring=Keyring({"fuzzer": hash_secret(SECRET)}))
+guarded_app = create_app(
+    _model,
+    ServeConfig(max_batch=8, rate="1000/s", budget="100000", batch_wait_ms=0),
+    keyring=Keyring({"fuzzer": hash_secret(SECRET)}),
+)
 # 413 (batch or body too large) is a correct rejection of schema-violating data (too many items).
-CONFIG = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": [400, 401, 404, 405, 413, 415, 422, 429]}}})
+CONFIG = SchemathesisConfig.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 404, 405, 413, 415, 422, 429]}}}
+)
 open_schema = schemathesis.openapi.from_dict(open_app.openapi(), config=CONFIG)
 guarded_schema = schemathesis.openapi.from_dict(guarded_app.openapi(), config=CONFIG)
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -69,13 +83,17 @@ def test_schema_fuzz_with_keys_rate_and_budget(case, guarded_url):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(["inputs", "images", "x"]), inner,
-                                                                max_size=3),
-    max_leaves=60)
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(["inputs", "images", "x"]), inner, max_size=3)
+    ),
+    max_leaves=60,
+)
 
 
-@given(body=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode())),
-       ctype=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", None]))
+@given(
+    body=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode())),
+    ctype=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", None]),
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_raw_bodies_never_5xx(open_client, body, ctype):
     headers = {"Content-Type": ctype} if ctype else {}

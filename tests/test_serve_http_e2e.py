@@ -38,9 +38,14 @@ SLOW_MODEL = textwrap.dedent("""
 
 def _start_cli_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    proc = subprocess.Popen([sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0", "--log-level",
-                             "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     deadline = time.monotonic() + 60
     lines = []
     while time.monotonic() < deadline:
@@ -60,9 +65,22 @@ def test_cli_server_with_keys_ledger_and_a_graceful_shutdown(tmp_path):
     keys = tmp_path / "keys.txt"
     secret = new_key(keys, "owner-test")
     ledger = tmp_path / "ledger.jsonl"
-    proc, url = _start_cli_server(tmp_path, "slowmodel:predict", "--input-shape", "1,4,4", "--num-classes", "4",
-                                  "--api-keys", str(keys), "--ledger", str(ledger), "--batch-wait-ms", "0",
-                                  "--class-names", "w,x,y,z")
+    proc, url = _start_cli_server(
+        tmp_path,
+        "slowmodel:predict",
+        "--input-shape",
+        "1,4,4",
+        "--num-classes",
+        "4",
+        "--api-keys",
+        str(keys),
+        "--ledger",
+        str(ledger),
+        "--batch-wait-ms",
+        "0",
+        "--class-names",
+        "w,x,y,z",
+    )
     try:
         from copycatch.oracles.http import HttpOracle
 
@@ -77,8 +95,12 @@ def test_cli_server_with_keys_ledger_and_a_graceful_shutdown(tmp_path):
         slow: dict[str, httpx.Response] = {}
 
         def in_flight():
-            slow["r"] = httpx.post(url + "/v1/predict", json={"inputs": torch.ones(1, 1, 4, 4).tolist()},
-                                   headers={"X-API-Key": secret}, timeout=30)
+            slow["r"] = httpx.post(
+                url + "/v1/predict",
+                json={"inputs": torch.ones(1, 1, 4, 4).tolist()},
+                headers={"X-API-Key": secret},
+                timeout=30,
+            )
 
         thread = threading.Thread(target=in_flight)
         thread.start()
@@ -101,8 +123,27 @@ def test_cli_server_with_keys_ledger_and_a_graceful_shutdown(tmp_path):
 def margin_victim(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     victim, key = work / "victim.safetensors", work / "victim.cckey"
-    assert main(["embed", "--scheme", "margin", "--arch", "mlp", "-p", "n_triggers=30", "-o", str(victim),
-                 "--key", str(key), "--epochs", "6", *DATA]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "margin",
+                "--arch",
+                "mlp",
+                "-p",
+                "n_triggers=30",
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "6",
+                *DATA,
+            ]
+        )
+        == 0
+    )
     return work, victim, key
 
 
@@ -112,8 +153,25 @@ def test_steal_and_verify_over_http_with_the_cli(margin_victim, capsys):
     app = create_app(str(victim), ServeConfig(ledger=str(ledger)), key=str(key))
     surrogate = work / "surrogate.safetensors"
     with serve_in_thread(app) as url:
-        assert main(["steal", "--oracle", url, "--arch", "mlp", "--budget", "300", "-o", str(surrogate),
-                     "--epochs", "3", *DATA]) == 0
+        assert (
+            main(
+                [
+                    "steal",
+                    "--oracle",
+                    url,
+                    "--arch",
+                    "mlp",
+                    "--budget",
+                    "300",
+                    "-o",
+                    str(surrogate),
+                    "--epochs",
+                    "3",
+                    *DATA,
+                ]
+            )
+            == 0
+        )
         assert "300 queries" in capsys.readouterr().out
         assert main(["verify", "--key", str(key), "--suspect", url, "--json"]) == 0
         served_evidence = json.loads(capsys.readouterr().out)
@@ -143,15 +201,37 @@ def test_dynamarks_protected_api_is_stolen_and_verified_over_http(tmp_path, caps
         pytest.skip("the DynaMarks scheme is not registered yet")
     victim, key = tmp_path / "victim.safetensors", tmp_path / "victim.cckey"
     data = ["--data", "synthetic", "-q"]
-    assert main(["embed", "--scheme", "dynamarks", "--arch", "mlp", "-p", "range_choices=4", "-p", "n_verify=400",
-                 "-o", str(victim), "--key", str(key), "--epochs", "8", *data]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--scheme",
+                "dynamarks",
+                "--arch",
+                "mlp",
+                "-p",
+                "range_choices=4",
+                "-p",
+                "n_verify=400",
+                "-o",
+                str(victim),
+                "--key",
+                str(key),
+                "--epochs",
+                "8",
+                *data,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     model = cc.load_model(victim)
     probe = cc.load_splits("synthetic").test.x[:200]
     surrogate = tmp_path / "surrogate.safetensors"
     with serve_in_thread(create_app(model, key=str(key))) as url:
-        served = torch.tensor(httpx.post(url + "/v1/predict", json={"inputs": probe.tolist()},
-                                         timeout=60).json()["probabilities"])
+        served = torch.tensor(
+            httpx.post(url + "/v1/predict", json={"inputs": probe.tolist()}, timeout=60).json()["probabilities"]
+        )
         assert main(["steal", "--oracle", url, "--arch", "mlp", "--epochs", "10", "-o", str(surrogate), *data]) == 0
         assert "720 queries" in capsys.readouterr().out
         # The owner checks the live API with the secret: its answers carry the mark.

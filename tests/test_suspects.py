@@ -15,11 +15,10 @@ import torch
 import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.errors import InvalidArgument, SuspectError
-from copycatch.oracles.http import HttpOracle, _retry_after
 from copycatch.data.png import decode_png, encode_png
+from copycatch.oracles.http import HttpOracle, _retry_after
 from copycatch.oracles.suspects import describe_suspect, open_suspect
 from copycatch.verification.transcript import Transcript
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # a tiny prediction API with switchable misbehaviour
@@ -97,10 +96,20 @@ def api_server():
     """Yields (url, api): api is the mutable behaviour of the server (model, mode, scripted modes, counters)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
-    server.api = {"info": None, "key": None, "mode": "ok", "script": [], "asked": 0, "input_field": "inputs",
-                  "inflight": 0, "lock": threading.Lock(),
-                  "layout": "nchw", "shape": (1, 8, 8), "model": None,
-                  "respond": lambda p: {"probabilities": p.tolist()}}
+    server.api = {
+        "info": None,
+        "key": None,
+        "mode": "ok",
+        "script": [],
+        "asked": 0,
+        "input_field": "inputs",
+        "inflight": 0,
+        "lock": threading.Lock(),
+        "layout": "nchw",
+        "shape": (1, 8, 8),
+        "model": None,
+        "respond": lambda p: {"probabilities": p.tolist()},
+    }
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", server.api
@@ -111,8 +120,12 @@ def api_server():
 def _serve(api, model):
     oracle = cc.ModelOracle(model)
     api["model"] = lambda x: oracle.query(x).clone()
-    api["info"] = {"input_shape": list(model.input_shape), "num_classes": model.num_classes,
-                   "class_names": list(model.class_names), "output": "probs"}
+    api["info"] = {
+        "input_shape": list(model.input_shape),
+        "num_classes": model.num_classes,
+        "class_names": list(model.class_names),
+        "output": "probs",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -122,8 +135,13 @@ def _serve(api, model):
 
 @pytest.fixture(scope="module")
 def embedded(splits):
-    return cc.embed("margin", splits, arch="mlp", params={"n_triggers": 30, "trigger_batch": 10},
-                    config=cc.TrainConfig(epochs=6, seed=0))
+    return cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 30, "trigger_batch": 10},
+        config=cc.TrainConfig(epochs=6, seed=0),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +165,9 @@ def test_http_oracle_speaks_the_copycatch_protocol(api_server, trained, splits):
     _serve(api, trained)
     api["key"] = "s3cret"
     oracle = HttpOracle(url, api_key="s3cret", batch_size=7)
-    assert oracle.num_classes == 4 and oracle.input_shape == (1, 8, 8) and oracle.class_names == list(trained.class_names)
+    assert (
+        oracle.num_classes == 4 and oracle.input_shape == (1, 8, 8) and oracle.class_names == list(trained.class_names)
+    )
     x = splits.test.x[:20]
     assert torch.allclose(oracle.query(x), cc.ModelOracle(trained).query(x), atol=1e-6)
     assert oracle.requests == 1 + 3 and oracle.queries == 20  # info + ceil(20 / 7) predictions
@@ -174,7 +194,9 @@ def test_png_codec_round_trips_and_reads_other_encoders_filters(tmp_path):
     pil = pytest.importorskip("PIL.Image")
     smooth = (np.add.outer(np.arange(16), np.arange(16)) * 7 % 256).astype(np.uint8)
     pil.fromarray(smooth).save(tmp_path / "p.png", optimize=True)  # zlib picks Sub/Up/Average/Paeth rows
-    assert np.array_equal(decode_png((tmp_path / "p.png").read_bytes(), expect=(1, 16, 16))[0], smooth / np.float32(255))
+    assert np.array_equal(
+        decode_png((tmp_path / "p.png").read_bytes(), expect=(1, 16, 16))[0], smooth / np.float32(255)
+    )
 
 
 def test_http_fields_layouts_and_label_answers_are_configurable(api_server, trained, splits):
@@ -187,9 +209,17 @@ def test_http_fields_layouts_and_label_answers_are_configurable(api_server, trai
     api["respond"] = lambda p: {"result": {"labels": [names[i] for i in p.argmax(1).tolist()]}}
     with pytest.raises(SuspectError, match="--num-classes"):
         HttpOracle(url + "/api", predict_path="")
-    oracle = HttpOracle(url + "/predict", predict_path="", info_path="", num_classes=4, input_field="data",
-                        input_layout="flat", output_field="result.labels", class_names=names,
-                        extra_body={"model": "v2"})
+    oracle = HttpOracle(
+        url + "/predict",
+        predict_path="",
+        info_path="",
+        num_classes=4,
+        input_field="data",
+        input_layout="flat",
+        output_field="result.labels",
+        class_names=names,
+        extra_body={"model": "v2"},
+    )
     x = splits.test.x[:9]
     out = oracle.query(x)
     assert oracle.output_kind == "labels" and torch.equal(out.argmax(1), cc.ModelOracle(trained).query(x).argmax(1))
@@ -215,10 +245,16 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert 25 <= _retry_after(future) <= 31
 
 
-@pytest.mark.parametrize("mode, message", [("nan", "NaN"), ("short", r"shape \(2, 4\), expected \(3, 4\)"),
-                                           ("refuse", "refused the query: HTTP 403: query budget of this key is spent"),
-                                           ("slow", "timeout.*gave up after 2 attempts"),
-                                           ("notjson", "not JSON")])
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("nan", "NaN"),
+        ("short", r"shape \(2, 4\), expected \(3, 4\)"),
+        ("refuse", "refused the query: HTTP 403: query budget of this key is spent"),
+        ("slow", "timeout.*gave up after 2 attempts"),
+        ("notjson", "not JSON"),
+    ],
+)
 def test_http_misbehaviour_is_one_clear_error(api_server, trained, splits, mode, message):
     url, api = api_server
     _serve(api, trained)
@@ -287,8 +323,14 @@ def test_onnx_logit_and_label_graphs(trained, splits, tmp_path):
     for name, module in [("logits", trained), ("labels", Labels(trained))]:
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), x[:1], str(tmp_path / f"{name}.onnx"), input_names=["x"],
-                              dynamic_axes={"x": {0: "n"}}, dynamo=False)
+            torch.onnx.export(
+                module.eval(),
+                x[:1],
+                str(tmp_path / f"{name}.onnx"),
+                input_names=["x"],
+                dynamic_axes={"x": {0: "n"}},
+                dynamo=False,
+            )
         oracle = OnnxOracle(tmp_path / f"{name}.onnx", num_classes=4)
         out = oracle.query(x)
         assert torch.equal(out.argmax(1), trained(x).argmax(1))
@@ -296,7 +338,7 @@ def test_onnx_logit_and_label_graphs(trained, splits, tmp_path):
         assert torch.allclose(out.sum(1), torch.ones(len(x)), atol=1e-5)
 
 
-SKLEARN_SUSPECT = '''
+SKLEARN_SUSPECT = """
 import copycatch as cc
 from sklearn.linear_model import LogisticRegression
 
@@ -305,7 +347,7 @@ _splits = cc.make_splits(_data, seed=0, fractions=cc.SplitFractions(owner_train=
                                                                     attacker_pool=0.45))
 clf = LogisticRegression(max_iter=300).fit(_splits.attacker_pool.x.reshape(len(_splits.attacker_pool.x), -1).numpy(),
                                            _splits.attacker_pool.y.numpy())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -333,8 +375,9 @@ def test_sklearn_predict_proba_and_predict_work_unchanged(sklearn_file, splits):
 
 
 def test_cli_verifies_a_scikit_learn_classifier(capsys, key_file, sklearn_file, tmp_path):
-    code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict_proba", "--report",
-                             tmp_path / "sk")
+    code, out, err = _verify(
+        capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict_proba", "--report", tmp_path / "sk"
+    )
     assert code == 0, err
     assert "NOT STOLEN" in out
     record = json.loads((tmp_path / "sk" / "evidence.json").read_text())
@@ -347,7 +390,7 @@ def test_cli_verifies_an_onnx_export(capsys, key_file, embedded, trained, tmp_pa
     from copycatch.oracles.onnx import export_onnx
 
     victim = export_onnx(embedded.victim, tmp_path / "victim.onnx")
-    code, out, err = _verify(capsys, "--key", key_file, "--suspect", victim, "--json")
+    code, out, _err = _verify(capsys, "--key", key_file, "--suspect", victim, "--json")
     record = json.loads(out)
     assert code == 0 and record["verdict"] == "stolen" and record["suspect"]["kind"] == "onnx"
     innocent = export_onnx(trained, tmp_path / "innocent.onnx")
@@ -369,16 +412,33 @@ def test_cli_verifies_a_model_behind_an_http_server(capsys, api_server, key_file
     assert "k3y" not in (tmp_path / "http" / "evidence.json").read_text()
 
 
-@pytest.mark.parametrize("mode, phrase", [("nan", "NaN"), ("short", "answered shape"), ("refuse", "HTTP 403"),
-                                          ("slow", "timeout")])
-def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(capsys, api_server, key_file, embedded,
-                                                                     tmp_path, mode, phrase):
+@pytest.mark.parametrize(
+    "mode, phrase", [("nan", "NaN"), ("short", "answered shape"), ("refuse", "HTTP 403"), ("slow", "timeout")]
+)
+def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
+    capsys, api_server, key_file, embedded, tmp_path, mode, phrase
+):
     url, api = api_server
     _serve(api, embedded.victim)
     api["script"] = ["ok"]  # the first request is answered, then the suspect misbehaves
     api["mode"] = mode
-    args = ["--key", key_file, "--suspect", url, "--fixed", "--request-batch", "10", "--report", tmp_path / "r",
-            "--timeout", "0.3", "--retries", "1", "--backoff", "0"]
+    args = [
+        "--key",
+        key_file,
+        "--suspect",
+        url,
+        "--fixed",
+        "--request-batch",
+        "10",
+        "--report",
+        tmp_path / "r",
+        "--timeout",
+        "0.3",
+        "--retries",
+        "1",
+        "--backoff",
+        "0",
+    ]
     code, out, err = _verify(capsys, *args)
     assert code == 2 and err.count("\n") == 1 and phrase in err and "--resume" in err, err
     partial = Transcript.load(tmp_path / "r" / "transcript.jsonl")
@@ -387,21 +447,25 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(capsys, api
     while api["inflight"] and time.monotonic() < deadline:  # requests the client gave up on may still finish
         time.sleep(0.05)
     api["mode"], api["asked"] = "ok", 0
-    code, out, err = _verify(capsys, *args, "--resume")
+    code, _out, err = _verify(capsys, *args, "--resume")
     assert code == 0, err
     record = json.loads((tmp_path / "r" / "evidence.json").read_text())
     assert api["asked"] == 20 and record["queries_used"] == 30  # only the unanswered 20 were asked again
     assert record["transcript"]["replayed_this_session"] == 10 and record["verdict"] == "stolen"
-    assert record["transcript"]["chain"][-1] == record["transcript"]["head"] == Transcript.load(
-        tmp_path / "r" / "transcript.jsonl").head
+    assert (
+        record["transcript"]["chain"][-1]
+        == record["transcript"]["head"]
+        == Transcript.load(tmp_path / "r" / "transcript.jsonl").head
+    )
 
 
-def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(capsys, key_file, embedded, tmp_path,
-                                                                               monkeypatch):
+def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(
+    capsys, key_file, embedded, tmp_path, monkeypatch
+):
     module = tmp_path / "flaky_suspect.py"
     module.write_text(
         "import torch\n"
-        "from copycatch.models.base import load_model\n"
+        "from copycatch.models import load_model\n"
         f"model = load_model({str(tmp_path / 'v.safetensors')!r})\n"
         "calls = [0]\n"
         "def predict(x):\n"
@@ -409,10 +473,11 @@ def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(ca
         "    p = torch.softmax(model(torch.as_tensor(x)), 1).detach()\n"
         "    if calls[0] > 1:\n"
         "        p[0, 0] = float('nan')\n"
-        "    return p.numpy()\n")
+        "    return p.numpy()\n"
+    )
     cc.save_model(embedded.victim, tmp_path / "v.safetensors")
     monkeypatch.chdir(tmp_path)
-    code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{module}:predict", "--request-batch", "5")
+    code, _out, err = _verify(capsys, "--key", key_file, "--suspect", f"{module}:predict", "--request-batch", "5")
     assert code == 2 and "NaN" in err and "--resume --transcript" in err, err
     saved = next(tmp_path.glob("copycatch-transcript-*.jsonl"))
     assert Transcript.load(saved).answered == 5

@@ -51,8 +51,12 @@ def test_a_hook_can_stop_training_mid_epoch(splits):
 
     steps_per_epoch = -(-len(splits.owner_train) // 100)
     hook = StopAtStep(steps_per_epoch + 3)
-    result = cc.fit(cc.create_for("mlp", splits, hidden=16), splits.owner_train,
-                    cc.TrainConfig(epochs=5, batch_size=100), hooks=[hook])
+    result = cc.fit(
+        cc.create_for("mlp", splits, hidden=16),
+        splits.owner_train,
+        cc.TrainConfig(epochs=5, batch_size=100),
+        hooks=[hook],
+    )
     assert hook.calls == steps_per_epoch + 3  # not one step more
     assert result.epochs_run == 2 and hook.epoch_ends == 2 and result.stopped_early
 
@@ -67,7 +71,7 @@ def test_early_stopping_restores_the_best_epoch(splits):
 
 
 def test_soft_targets_train_with_kl(splits, trained):
-    from copycatch.data.base import TensorData
+    from copycatch.data import TensorData
     from copycatch.models.train import predict_logits
 
     probs = torch.softmax(predict_logits(trained, splits.attacker_pool.x), 1)
@@ -77,18 +81,21 @@ def test_soft_targets_train_with_kl(splits, trained):
 
 
 def test_train_with_patience_stops_on_the_holdout_never_the_test_split(splits, monkeypatch):
-    import copycatch.api as api
+    import copycatch.models.train as training
 
     seen = []
-    real_fit = api.fit
+    real_fit = training.fit
 
     def spy(model, data, config, *, val=None, **kwargs):
         seen.append(val)
         return real_fit(model, data, config, val=val, **kwargs)
 
-    monkeypatch.setattr(api, "fit", spy)
-    for on, expected in (("owner_train", splits.owner_holdout), ("attacker_pool", splits.owner_holdout),
-                         ("owner_holdout", splits.owner_train)):
+    monkeypatch.setattr(training, "fit", spy)
+    for on, expected in (
+        ("owner_train", splits.owner_holdout),
+        ("attacker_pool", splits.owner_holdout),
+        ("owner_holdout", splits.owner_train),
+    ):
         cc.train("mlp", splits, on=on, config=cc.TrainConfig(epochs=2, patience=1), hidden=8)
         assert seen[-1] is expected and seen[-1] is not splits.test
     cc.train("mlp", splits, config=cc.TrainConfig(epochs=1), hidden=8)

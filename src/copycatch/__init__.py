@@ -1,27 +1,87 @@
-"""copycatch: watermark a classifier so the mark survives extraction, and prove theft with an exact p-value.
+"""copycatch: watermark a model so the mark survives extraction, and prove theft with an exact p-value.
 
-The Python API mirrors the CLI (``copycatch train|embed|steal|verify``); see :mod:`copycatch.api`.
+The Python API (:mod:`copycatch.api`) runs the code each ``copycatch`` verb runs; the names below are the public
+surface. The layers underneath (``core``, ``data``, ``models``, ``oracles``, ``schemes``, ``attacks``, ``serve``,
+``verification``, ``bench``, ``cli``) are described in docs/ARCHITECTURE.md.
 """
 
 from ._version import __version__
-from .api import as_oracle, embed, steal, train, verify
+from .api import (
+    as_oracle,
+    bench_report,
+    calibrate,
+    demo,
+    embed,
+    ledger_summary,
+    new_api_key,
+    plan_bench,
+    remove,
+    run_bench,
+    serve,
+    steal,
+    train,
+    verify,
+)
 from .attacks.extraction import create_extraction_attack, list_extraction_attacks
-from .data.base import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
+from .attacks.removal import create_removal_attack, list_removal_attacks
 from .core.errors import CopycatchError
 from .core.evidence import Evidence
 from .core.key import Key
-from .models.base import Classifier, create_for, create_model, list_models, load_model, save_model
-from .oracles.base import CallableOracle, ModelOracle, Oracle
+from .data import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
+from .models import Classifier, create_for, create_model, list_models, load_model, save_model
+from .models.train import TrainConfig, accuracy, agreement, fit
+from .oracles.base import Oracle
+from .oracles.callable import CallableOracle
+from .oracles.local import ModelOracle
 from .oracles.postprocess import create_postprocessor, list_postprocessors
 from .schemes import create_scheme, list_schemes, scheme_for_key
-from .models.train import TrainConfig, accuracy, agreement, fit
 
 __all__ = [
-    "__version__", "as_oracle", "embed", "steal", "train", "verify",
-    "create_extraction_attack", "list_extraction_attacks",
-    "SplitFractions", "Splits", "TensorData", "list_datasets", "load_dataset", "load_splits", "make_splits",
-    "CopycatchError", "Evidence", "Key",
-    "Classifier", "create_for", "create_model", "list_models", "load_model", "save_model",
-    "CallableOracle", "ModelOracle", "Oracle", "create_postprocessor", "list_postprocessors",
-    "create_scheme", "list_schemes", "scheme_for_key", "TrainConfig", "accuracy", "agreement", "fit",
+    "CallableOracle",
+    "Classifier",
+    "CopycatchError",
+    "Evidence",
+    "Key",
+    "ModelOracle",
+    "Oracle",
+    "SplitFractions",
+    "Splits",
+    "TensorData",
+    "TrainConfig",
+    "__version__",
+    "accuracy",
+    "agreement",
+    "as_oracle",
+    "bench_report",
+    "calibrate",
+    "create_extraction_attack",
+    "create_for",
+    "create_model",
+    "create_postprocessor",
+    "create_removal_attack",
+    "create_scheme",
+    "demo",
+    "embed",
+    "fit",
+    "ledger_summary",
+    "list_datasets",
+    "list_extraction_attacks",
+    "list_models",
+    "list_postprocessors",
+    "list_removal_attacks",
+    "list_schemes",
+    "load_dataset",
+    "load_model",
+    "load_splits",
+    "make_splits",
+    "new_api_key",
+    "plan_bench",
+    "remove",
+    "run_bench",
+    "save_model",
+    "scheme_for_key",
+    "serve",
+    "steal",
+    "train",
+    "verify",
 ]

@@ -1,32 +1,64 @@
-"""The Python API, one function per CLI verb: ``train``, ``embed``, ``steal``, ``verify``.
+"""The Python API: one function per CLI verb, running the very code the verb runs.
 
-Each accepts objects or file paths, so a notebook and the CLI run the same code::
+Every verb of ``copycatch`` is *parse → one call here → print*, so a notebook and the command line give the same
+models, keys, evidence and files. Functions take objects or file paths, and write files only when given a path.
 
-    import copycatch as cc
-    splits = cc.load_splits("fashion-mnist")
-    victim, key = cc.embed("margin", splits, arch="cnn-small")
-    surrogate = cc.steal(victim, splits.attacker_pool, arch="mlp", budget=20000).surrogate
-    print(cc.verify(surrogate, key).summary())
+>>> import copycatch as cc
+>>> splits = cc.load_splits("synthetic", fractions=cc.SplitFractions(owner_holdout=0.1))
+>>> config = cc.TrainConfig(epochs=3, seed=0)
+>>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40, "lam": 0.1}, config=config)
+>>> stolen = cc.steal(embedding.victim, splits.attacker_pool, arch="mlp", config=config)
+>>> cc.verify(stolen.surrogate, embedding.key).verdict
+'stolen'
+>>> innocent = cc.train("mlp", splits, on="attacker_pool", config=config)
+>>> cc.verify(innocent, embedding.key).verdict
+'not stolen'
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .attacks.extraction import ExtractionResult, create_extraction_attack
-from .data.base import Splits, TensorData
+from .attacks.extraction import ExtractionResult
+from .attacks.launder import Laundering, launder
+from .attacks.removal.evasion import is_deployment, load_deployment
+from .attacks.steal import query_set, unlabelled
+from .attacks.steal import steal as _steal
+from .bench.demo import DemoConfig, run_demo
+from .bench.grid import Grid, load_grid
+from .bench.report import make_report
+from .bench.runner import RunSummary, run_grid
+from .bench.store import ResultsStore, store_path
 from .core.errors import InvalidArgument
-from .core.evidence import Evidence
 from .core.key import Key
-from .models.base import Classifier, create_for, load_model
+from .data.base import Splits, TensorData
+from .models.base import Classifier
+from .models.io import load_model, save_model
+from .models.train import TrainConfig, accuracy, agreement, train_model
 from .oracles.base import Oracle
-from .schemes import Embedding, create_scheme, scheme_for_key
 from .oracles.suspects import open_suspect
-from .models.train import TrainConfig, accuracy, fit
+from .schemes import Embedding, embed_scheme, scheme_for_key
+from .serve import require_extra
+from .serve.config import ServeConfig
+from .serve.keys import Keyring, new_key
+from .serve.ledger import read_ledger, summarize
+from .serve.runner import Server, open_server
+from .verification.calibration import (
+    Calibration,
+    CalibrationPlan,
+    ReferenceModel,
+    build_reference_models,
+    calibration_path,
+)
+from .verification.calibration import calibrate as _calibrate
+from .verification.report import write_report
+from .verification.sequential import SequentialPlan
+from .verification.session import VerificationRun, load_keys, verify_suspect
 
 PathLike = str | os.PathLike
 
@@ -47,98 +79,367 @@ def _key(obj: Key | PathLike) -> Key:
     raise InvalidArgument(f"expected a Key or a key file path, got {type(obj).__name__}")
 
 
-def as_oracle(suspect: Any, *, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-              budget: int | None = None, device: str | None = None, **options: Any) -> Oracle:
+def _record_accuracy(model: Classifier, test: TensorData) -> float:
+    acc = accuracy(model, test) if len(test) else float("nan")
+    model.provenance["test_accuracy"] = acc
+    return acc
+
+
+def as_oracle(
+    suspect: Any,
+    *,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    budget: int | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> Oracle:
     """Wrap a model, model file, URL, ONNX file, ``module:function`` or callable as an :class:`Oracle`."""
-    return open_suspect(suspect, num_classes=num_classes, input_shape=input_shape, budget=budget, device=device,
-                        **options)
+    return open_suspect(
+        suspect, num_classes=num_classes, input_shape=input_shape, budget=budget, device=device, **options
+    )
 
 
-def train(arch: str, splits: Splits, *, on: str = "owner_train", config: TrainConfig | None = None,
-          progress: bool | None = None, **arch_kwargs: Any) -> Classifier:
-    """Train ``arch`` with true labels on one part of the split (``owner_train``, or ``attacker_pool``
-    for an innocent model trained on the thief's data)."""
-    if on not in ("owner_train", "attacker_pool", "owner_holdout"):
-        raise InvalidArgument(f"cannot train on {on!r}; use owner_train, attacker_pool or owner_holdout")
-    config = config or TrainConfig()
-    model = create_for(arch, splits, seed=config.seed, **arch_kwargs)
-    # Early stopping never looks at the test split (its accuracy is what gets reported): it watches the owner's
-    # holdout, disjoint from both training parts, or owner_train when the holdout itself is trained on.
-    val = (splits.owner_train if on == "owner_holdout" else splits.owner_holdout) if config.patience else None
-    result = fit(model, getattr(splits, on), config, val=val, progress=progress, desc=f"train {arch}")
-    model.provenance.update({**splits.provenance(), "trained_on": on, "train": config.to_dict(),
-                             "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2)})
+def train(
+    arch: str,
+    splits: Splits,
+    *,
+    on: str = "owner_train",
+    config: TrainConfig | None = None,
+    output: PathLike | None = None,
+    progress: bool | None = None,
+    **arch_kwargs: Any,
+) -> Classifier:
+    """Train ``arch`` with true labels on one part of the split (``owner_train``, or ``attacker_pool`` for an
+    innocent model trained on the thief's data); its test accuracy goes in ``provenance["test_accuracy"]``."""
+    model = train_model(arch, splits, on=on, config=config, progress=progress, **arch_kwargs)
+    _record_accuracy(model, splits.test)
+    if output is not None:
+        save_model(model, output)
     return model
 
 
-def embed(scheme: str, splits: Splits, *, arch: str | None = None, model: Classifier | PathLike | None = None,
-          params: dict[str, Any] | None = None, config: TrainConfig | None = None, progress: bool | None = None,
-          **embed_kwargs: Any) -> Embedding:
-    """Watermark a model with ``scheme``: a fresh ``arch`` (default: the scheme's), or a given ``model``."""
-    sch = create_scheme(scheme, **(params or {}))
-    if model is not None and arch is not None:
-        raise InvalidArgument("give either arch (train a new model) or model (start from it), not both")
-    config = config or TrainConfig()
-    info: dict[str, Any] = {}
-    if model is not None:
-        base = _model(model)
-    elif sch.pretrain:  # the scheme fine-tunes a trained model: train a clean one first, the same way
-        base = train(arch or sch.default_arch, splits, config=config, progress=progress)
-        info["pretrained_clean"] = dict(base.provenance)
-    else:
-        base = create_for(arch or sch.default_arch, splits, seed=config.seed)
-    if tuple(base.input_shape) != tuple(splits.input_shape) or base.num_classes != splits.num_classes:
-        raise InvalidArgument(f"model takes {base.input_shape} with {base.num_classes} classes but the data are "
-                              f"{splits.input_shape} with {splits.num_classes} classes")
-    result = sch.embed(base, splits, train=config, progress=progress, **embed_kwargs)
-    result.info.update(info)
-    result.victim.provenance.update({**splits.provenance(), "trained_on": "owner_train", "train": config.to_dict()})
+def embed(
+    scheme: str,
+    splits: Splits,
+    *,
+    arch: str | None = None,
+    model: Classifier | PathLike | None = None,
+    params: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    output: PathLike | None = None,
+    key_path: PathLike | None = None,
+    progress: bool | None = None,
+) -> Embedding:
+    """Watermark a model with ``scheme``: a fresh ``arch`` (default: the scheme's), or a given ``model``.
+
+    ``info["test_accuracy"]`` is the victim's test accuracy; ``output`` and ``key_path`` write the victim and the
+    (secret) key.
+    """
+    base = _model(model) if model is not None else None
+    result = embed_scheme(scheme, splits, arch=arch, model=base, params=params, config=config, progress=progress)
+    result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
+    if output is not None:
+        save_model(result.victim, output)
+    if key_path is not None:
+        result.key.save(key_path)
     return result
 
 
-def steal(victim: Any, pool: TensorData | torch.Tensor, *, attack: str = "soft-label", arch: str = "mlp",
-          params: dict[str, Any] | None = None, budget: int | None = None, config: TrainConfig | None = None,
-          key: Key | PathLike | None = None, postprocess: Sequence[Any] = (), progress: bool | None = None,
-          num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-          class_names: Sequence[str] | None = None) -> ExtractionResult:
-    """Extract a surrogate of ``arch`` from ``victim`` (model, file, callable or oracle) with ``attack``.
+def steal(
+    victim: Any,
+    pool: TensorData | torch.Tensor | str,
+    *,
+    attack: str = "soft-label",
+    arch: str = "mlp",
+    params: dict[str, Any] | None = None,
+    budget: int | None = None,
+    config: TrainConfig | None = None,
+    key: Key | PathLike | None = None,
+    postprocess: Sequence[Any] = (),
+    splits: Splits | None = None,
+    then: Sequence[str] = (),
+    output: PathLike | None = None,
+    progress: bool | None = None,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    **suspect_options: Any,
+) -> ExtractionResult:
+    """Extract a surrogate of ``arch`` from ``victim`` (model, file, URL, callable or oracle) with ``attack``.
 
-    ``key`` applies an API-time scheme's protection (``scheme.protect``) before the thief sees the oracle;
-    ``postprocess`` adds output post-processors (top-k, hard-label, rounding …).
+    ``pool`` is the thief's data, a bare tensor of inputs, or a name: a part of ``splits`` or another data set
+    (out-of-distribution queries, labels withheld). ``key`` applies an API-time scheme's protection
+    (``scheme.protect``) before the thief sees the oracle; ``postprocess`` adds output post-processors (top-k,
+    hard-label, rounding …). With ``splits``, ``info`` gains the surrogate's test accuracy (and its agreement with
+    a local victim); ``then`` launders the surrogate with removal attacks on the thief's data
+    (``info["laundering"]``). ``output`` writes the surrogate (and any deployment or pirate key beside it).
     """
-    if isinstance(pool, torch.Tensor):
-        # -1: no true labels; attacks that need them (distillation, JBDA's seeds) refuse instead of training on zeros
-        pool = TensorData(pool, torch.full((len(pool),), -1, dtype=torch.long))
-    oracle = as_oracle(victim, num_classes=num_classes, input_shape=input_shape or tuple(pool.x.shape[1:]))
+    if isinstance(pool, str):
+        if splits is None:
+            raise InvalidArgument(f"the query set {pool!r} is named; give the splits it comes from")
+        pool = query_set(pool, splits)
+    elif isinstance(pool, torch.Tensor):
+        pool = unlabelled(pool)
+    if then and splits is None:
+        raise InvalidArgument("laundering (then=...) needs the splits: it runs on the thief's data")
+    oracle = as_oracle(
+        victim, num_classes=num_classes, input_shape=input_shape or tuple(pool.x.shape[1:]), **suspect_options
+    )
     if key is not None:
         k = _key(key)
         oracle = scheme_for_key(k).protect(oracle, k)
-    if postprocess:
-        oracle = oracle.postprocess(*postprocess)
-    if budget is not None:
-        params = {**(params or {}), "budget": budget}
-    atk = create_extraction_attack(attack, **(params or {}))
-    shape = tuple(oracle.input_shape or input_shape or pool.x.shape[1:])
-    names = tuple(class_names) if class_names else getattr(getattr(oracle, "model", None), "class_names", None)
-    from .models.base import create_model
-
-    surrogate = create_model(arch, shape, oracle.num_classes, class_names=names, seed=(config or TrainConfig()).seed)
-    result = atk.run(oracle, pool, surrogate, train=config, progress=progress)
-    result.surrogate.provenance.update({"stolen_with": attack, "attack_params": atk.params.to_dict(),
-                                        "queries": result.queries, "train": (config or TrainConfig()).to_dict()})
+    result = _steal(
+        oracle,
+        pool,
+        attack=attack,
+        arch=arch,
+        params=params,
+        budget=budget,
+        config=config,
+        postprocess=postprocess,
+        class_names=class_names,
+        progress=progress,
+    )
+    if splits is not None:
+        result.info["test_accuracy"] = _record_accuracy(result.surrogate, splits.test)
+        local = victim if isinstance(victim, Classifier) else None
+        if isinstance(victim, (str, os.PathLike)) and str(victim).endswith(".safetensors"):
+            local = load_model(victim)
+        if local is not None and len(splits.test):
+            result.info["agreement"] = agreement(result.surrogate, local, splits.test.x)
+    if then:
+        laundering = launder(result.surrogate, then, splits, config=config, progress=progress)
+        result.surrogate, result.info["laundering"] = laundering.model, laundering
+        if output is not None:
+            laundering.save(output)
+    elif output is not None:
+        save_model(result.surrogate, output)
     return result
 
 
-def verify(suspect: Any, key: Key | PathLike, *, alpha: float = 1e-3, postprocess: Sequence[Any] = (),
-           num_classes: int | None = None, input_shape: Sequence[int] | None = None, budget: int | None = None) -> Evidence:
-    """Verify ``suspect`` (model, file, callable or oracle) against ``key``; returns :class:`Evidence`."""
-    k = _key(key)
-    oracle = as_oracle(suspect, num_classes=num_classes or k.meta.get("num_classes"),
-                       input_shape=input_shape or k.meta.get("input_shape"), budget=budget)
-    if postprocess:
-        oracle = oracle.postprocess(*postprocess)
-    return scheme_for_key(k).verify(oracle, k, alpha=alpha)
+def remove(
+    model: Classifier | PathLike,
+    attacks: Sequence[str],
+    splits: Splits,
+    *,
+    evasions: Sequence[Any] = (),
+    config: TrainConfig | None = None,
+    output: PathLike | None = None,
+    pirate_key: PathLike | None = None,
+    progress: bool | None = None,
+) -> Laundering:
+    """Launder a model the thief holds with removal attacks, in order, on ``splits.attacker_pool``.
+
+    ``model`` may be a deployment file (``.evasion.safetensors``), or a model with the ``evasions`` it already
+    answers through: those stay in front of the model and new ones are added. ``output`` writes the laundered model, its deployment file and any pirate keys; the report in
+    ``Laundering.report`` then names them.
+    """
+    if isinstance(model, (str, os.PathLike)) and is_deployment(model):
+        model, evasions = load_deployment(model)
+    laundering = launder(_model(model), attacks, splits, config=config, evasions=evasions, progress=progress)
+    if output is not None:
+        laundering.save(output, pirate_key=pirate_key)
+    return laundering
 
 
-def test_accuracy(model: Classifier | PathLike, splits: Splits) -> float:
-    return accuracy(_model(model), splits.test)
+def verify(
+    suspect: Any,
+    key: Key | PathLike | Sequence[Key | PathLike],
+    *,
+    alpha: float = 1e-3,
+    sequential: bool = True,
+    batch: int = 10,
+    early_share: float = 0.2,
+    combine: str = "holm",
+    transcript: PathLike | None = None,
+    resume: bool = False,
+    offline: bool = False,
+    budget: int | None = None,
+    postprocess: Sequence[Any] = (),
+    num_classes: int | None = None,
+    calibrations: bool = True,
+    report: PathLike | None = None,
+    command: Sequence[str] | None = None,
+    progress: bool | None = None,
+    **suspect_options: Any,
+) -> VerificationRun:
+    """Verify ``suspect`` against one key or several: exactly what ``copycatch verify`` runs.
+
+    Sequential by default (``sequential=False`` asks the whole key: the fixed test), every answer on a
+    hash-chained transcript (in memory, or ``transcript``; ``resume`` continues one, ``offline`` recomputes from it
+    alone), calibration files beside key files, several keys combined (``combine``: Holm or Fisher). ``report``
+    names a folder for ``evidence.json``, ``report.html`` and ``transcript.jsonl``. ``suspect_options`` reach the
+    suspect's protocol (HTTP fields, ONNX outputs, callable layouts).
+    """
+    keys = list(key) if isinstance(key, (list, tuple)) else [key]
+    folder = Path(report) if report is not None else None
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise InvalidArgument(f"report {folder} is a file; give a folder")
+    if offline and folder is not None and (folder / "evidence.json").exists():
+        raise InvalidArgument(
+            f"offline verification would overwrite the evidence in {folder}; check it with the transcript "
+            f"{folder / 'transcript.jsonl'} alone, or report to another folder"
+        )
+    if transcript is None and folder is not None:
+        transcript = folder / "transcript.jsonl"
+    run = verify_suspect(
+        suspect,
+        keys,
+        alpha=alpha,
+        sequential=sequential,
+        plan=SequentialPlan.from_dict({"batch_size": batch, "early_share": early_share}),
+        combine=combine,
+        transcript=transcript,
+        resume=resume,
+        offline=offline,
+        budget=budget,
+        postprocess=postprocess,
+        suspect_options=suspect_options,
+        num_classes=num_classes,
+        chunk=suspect_options.get("batch_size") or 256,
+        calibrations=calibrations,
+        progress=progress,
+        session={"command": list(command)} if command else None,
+    )
+    if folder is not None:
+        run.report_paths = write_report(folder, run, command=command)
+    return run
+
+
+def calibrate(
+    keys: Sequence[Key | PathLike],
+    *,
+    splits: Splits | None = None,
+    plan: CalibrationPlan | None = None,
+    innocents: Sequence[Any] = (),
+    alphas: Sequence[float] = (1e-3, 0.05),
+    output: PathLike | None = None,
+    save_models: PathLike | None = None,
+    progress: bool | None = None,
+) -> list[tuple[Calibration, Path | None]]:
+    """Each key's statistic on innocent reference models: references trained on ``splits`` by ``plan`` and the
+    given ``innocents``; each calibration is written beside its key file (or to ``output``, for one key)."""
+    key_list, key_paths = load_keys(keys)
+    if output is not None and len(key_list) > 1:
+        raise InvalidArgument("one output file names one calibration; with several keys each goes beside its key")
+    references: list[ReferenceModel] = []
+    if plan is not None and plan.n_models:
+        if splits is None:
+            raise InvalidArgument("training reference models needs the splits")
+        references += build_reference_models(splits, plan, progress=progress)
+    meta = key_list[0].meta
+    for i, spec in enumerate(innocents):
+        oracle = open_suspect(spec, num_classes=meta.get("num_classes"), input_shape=meta.get("input_shape"))
+        references.append(ReferenceModel(f"given{i:02d}", "given", oracle, {"source": str(spec)}))
+    if not references:
+        raise InvalidArgument("no reference models: train some (plan) and/or give innocent models")
+    if save_models is not None:
+        for ref in references:
+            if ref.model is not None:
+                save_model(ref.model, Path(save_models) / f"{ref.name}.safetensors")
+    out = []
+    for key, key_path in zip(key_list, key_paths):
+        calibration = _calibrate(key, references, alphas=alphas, progress=progress)
+        path = Path(output) if output else (calibration_path(key_path) if key_path is not None else None)
+        if path is not None:
+            calibration.save(path)
+        out.append((calibration, path))
+    return out
+
+
+def demo(config: DemoConfig | None = None, *, progress: bool | None = None, echo: bool = True) -> dict[str, Any]:
+    """The product's main job end to end: protect a model, steal it, verify the stolen copy and innocent models."""
+    return run_demo(config, progress=progress, echo=echo)
+
+
+def run_bench(
+    grid: Grid | PathLike,
+    results: PathLike | None = None,
+    *,
+    executor: str = "local",
+    jobs: int | None = None,
+    address: str | None = None,
+    device: str = "cpu",
+    data_dir: str | None = None,
+    cache_dir: PathLike | None = None,
+    retry_failed: bool = True,
+    limit: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run a benchmark grid (a YAML file or a parsed :class:`Grid`) into a resumable results store."""
+    grid = grid if isinstance(grid, Grid) else load_grid(grid)
+    results = Path(results) if results is not None else Path("bench-out") / grid.name
+    return run_grid(
+        grid,
+        results,
+        executor=executor,
+        jobs=jobs,
+        address=address,
+        device=device,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        retry_failed=retry_failed,
+        limit=limit,
+        progress=progress,
+        log=log,
+    )
+
+
+def bench_report(results: PathLike, output: PathLike, *, grid: str | None = None, plots: bool = True) -> dict:
+    """Tables (mean ± std over seeds, p-values) and plots of a results store, written to ``output``."""
+    return make_report(results, output, grid=grid, plots=plots)
+
+
+def plan_bench(grid: Grid | PathLike, results: PathLike | None = None) -> tuple[Grid, Path, set[str]]:
+    """A grid's cells without running them: (grid, results folder, ids of the cells already finished there)."""
+    grid = grid if isinstance(grid, Grid) else load_grid(grid)
+    results = Path(results) if results is not None else Path("bench-out") / grid.name
+    done: set[str] = set()
+    if store_path(results).exists():
+        with ResultsStore(results, create=False) as store:
+            done = store.finished_ids()
+    return grid, results, done
+
+
+def serve(
+    model: Any,
+    config: ServeConfig | None = None,
+    *,
+    protect: Key | PathLike | None = None,
+    api_keys: PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    device: str | None = None,
+) -> Server:
+    """A protected prediction API for ``model`` (model file, ``.onnx``, ``module:function`` or object), bound to
+    ``host:port``; ``protect`` applies a key's API-time scheme on the server, ``api_keys`` names the key file.
+    Call ``.run()`` on the result to serve in the foreground."""
+    require_extra()
+    key = _key(protect) if protect is not None else None
+    keyring = Keyring.load(api_keys) if api_keys else None
+    oracle = open_suspect(model, num_classes=num_classes, input_shape=input_shape, device=device)
+    return open_server(
+        oracle, config or ServeConfig(), host=host, port=port, key=key, keyring=keyring, class_names=class_names
+    )
+
+
+def new_api_key(path: PathLike, key_id: str) -> str:
+    """Add a fresh API key ``key_id`` to the key file at ``path``; returns its secret (stored only as a hash)."""
+    return new_key(path, key_id)
+
+
+def ledger_summary(path: PathLike, *, since: float | None = None, keys: Sequence[str] | None = None) -> dict:
+    """Per-API-key totals of a serve ledger (with its rotated files): requests, inputs, refusals, repeats."""
+    read = read_ledger(path)
+    return {
+        "files": [str(f) for f in read.files],
+        "lines": len(read.entries),
+        "unreadable_lines": read.corrupt_lines,
+        "since": since,
+        "keys": summarize(read.entries, since=since, keys=keys),
+    }

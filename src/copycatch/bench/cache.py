@@ -26,7 +26,8 @@ from typing import Any
 
 from ..core.errors import CorruptFile
 from ..core.key import Key
-from ..models.base import Classifier, load_model, save_model
+from ..models.base import Classifier
+from ..models.io import load_model, save_model
 
 KINDS = ("clean", "victim", "surrogate", "innocent")
 
@@ -39,11 +40,21 @@ class ArtifactCache:
         if kind not in KINDS:
             raise ValueError(f"unknown cache kind {kind!r}")
         base = self.root / kind / digest
-        return {"model": base.with_suffix(".safetensors"), "key": base.with_suffix(".cckey"),
-                "record": base.with_suffix(".json"), "lock": base.with_suffix(".lock")}
+        return {
+            "model": base.with_suffix(".safetensors"),
+            "key": base.with_suffix(".cckey"),
+            "record": base.with_suffix(".json"),
+            "lock": base.with_suffix(".lock"),
+        }
 
-    def get_or_build(self, kind: str, digest: str, build: Callable[[], tuple[Classifier, Key | None, dict[str, Any]]],
-                     *, device: str = "cpu") -> tuple[Classifier, Key | None, dict[str, Any], bool]:
+    def get_or_build(
+        self,
+        kind: str,
+        digest: str,
+        build: Callable[[], tuple[Classifier, Key | None, dict[str, Any]]],
+        *,
+        device: str = "cpu",
+    ) -> tuple[Classifier, Key | None, dict[str, Any], bool]:
         """(model, key, record, was_cached). ``build`` returns (model, key or None, record dict)."""
         paths = self._paths(kind, digest)
         found = self._read(paths, device)

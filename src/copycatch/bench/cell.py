@@ -42,7 +42,25 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .grid import INNOCENT_SEED_OFFSET, REMOVAL_SEED_OFFSET, THIEF_SEED_OFFSET, SPLIT_PARTS, artifact_specs, canonical, config_hash
+from ..attacks.removal import create_removal_attack, run_chain
+from ..attacks.steal import query_set, steal
+from ..models.base import create_for
+from ..models.train import TrainConfig, accuracy, predict_logits, train_model
+from ..oracles.base import query_all
+from ..oracles.local import ModelOracle
+from ..oracles.postprocess import create_postprocessor
+from ..schemes import SCHEMES, embed_scheme, scheme_for_key
+from ..verification.session import fixed_test
+from .cache import ArtifactCache
+from .grid import (
+    INNOCENT_SEED_OFFSET,
+    REMOVAL_SEED_OFFSET,
+    SPLIT_PARTS,
+    THIEF_SEED_OFFSET,
+    artifact_specs,
+    canonical,
+    config_hash,
+)
 
 _SPLITS: dict[str, Any] = {}
 _QUERY_SETS: dict[str, Any] = {}
@@ -55,8 +73,13 @@ def versions() -> dict[str, str]:
 
     from .._version import __version__
 
-    return {"copycatch": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "platform": platform.platform(terse=True)}
+    return {
+        "copycatch": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
 
 
 def set_threads(threads: int | None) -> None:
@@ -72,8 +95,12 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     set_threads(task.get("threads"))
     started, cpu_started = time.time(), time.process_time()
     source = _reset_peak_memory()
-    row: dict[str, Any] = {"cell_id": task["cell_id"], "config": task["config"], "started_at": started,
-                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    row: dict[str, Any] = {
+        "cell_id": task["cell_id"],
+        "config": task["config"],
+        "started_at": started,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
     try:
         metrics, evidence = _run(task)
         metrics["peak_rss_mb"], metrics["peak_rss_source"] = _peak_memory_mb(source)
@@ -91,182 +118,227 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from .. import api
-    from ..attacks.extraction import create_extraction_attack
-    from ..attacks.removal import create_removal_attack, run_chain
-    from ..models.base import create_for, create_model
-    from ..oracles.base import ModelOracle
-    from ..schemes import SCHEMES, scheme_for_key
-    from ..models.train import TrainConfig, accuracy
-    from .cache import ArtifactCache
+    cell = _Cell(task)
+    cell.build_victim()
+    cell.measure_victim()
+    suspect, stolen = cell.steal()
+    suspect = cell.launder(suspect)
+    if stolen is not None and not cell.cfg["removals"]:  # the suspect is the surrogate: reuse its measurements
+        final = {k.replace("surrogate_", "suspect_", 1): v for k, v in stolen.items()}
+    else:
+        final = cell.measure("suspect", suspect)
+    suspect_evidence = final.pop("evidence")
+    m = cell.m
+    m.update(final)
+    m["verify_queries"] = m["suspect_verify_queries"]
+    if cell.cfg["innocent"] is not None:
+        cell.control()
+    m["seconds_verify"] = cell.verify_seconds  # verification done in this cell (model-level results are reused)
+    m["suspect_metrics"] = suspect_evidence.get("metrics", {})
+    m["seconds_cell"] = time.perf_counter() - cell.started
+    return m, suspect_evidence
 
-    cfg = task["config"]
-    seed = int(cfg["seed"])
-    device = task.get("device") or "cpu"
-    cache = ArtifactCache(task["cache_dir"])
-    specs = artifact_specs(cfg)
-    m: dict[str, Any] = {}
-    cell_start = time.perf_counter()
 
-    t = time.perf_counter()
-    splits = _splits(cfg["data"], task.get("data_dir"))
-    m["seconds_data"] = time.perf_counter() - t
+class _Cell:
+    """One cell's state: its configuration, data, cached models and the metrics it has gathered so far."""
 
-    victim_arch = cfg["victim"]["arch"]
-    arch_kwargs = cfg["victim"]["arch_kwargs"]
-    owner_train = TrainConfig.from_dict({**cfg["victim"]["train"], "seed": seed, "device": device})
+    def __init__(self, task: dict[str, Any]):
+        self.task, self.cfg = task, task["config"]
+        self.seed = int(self.cfg["seed"])
+        self.device = task.get("device") or "cpu"
+        self.cache = ArtifactCache(task["cache_dir"])
+        self.specs = artifact_specs(self.cfg)
+        self.alpha = float(self.cfg["alpha"])
+        self.m: dict[str, Any] = {}
+        self.verify_seconds = 0.0
+        self.started = t = time.perf_counter()
+        self.splits = _splits(self.cfg["data"], task.get("data_dir"))
+        self.m["seconds_data"] = time.perf_counter() - t
 
-    def build_clean():
-        start = time.perf_counter()
-        model = api.train(victim_arch, splits, config=owner_train, progress=False, **arch_kwargs)
-        return model, None, {"seconds": time.perf_counter() - start}
+    def training(self, section: dict[str, Any], offset: int = 0) -> TrainConfig:
+        return TrainConfig.from_dict({**section, "seed": self.seed + offset, "device": self.device})
 
-    clean, _, clean_rec, m["cached_clean"] = cache.get_or_build("clean", config_hash(specs["clean"]), build_clean,
-                                                                device=device)
-    m["seconds_clean"] = clean_rec["seconds"]
+    def cached(self, kind: str, build: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """A model from the artifact cache (built and stored on a miss); records ``cached_<kind>``."""
+        model, key, record, self.m[f"cached_{kind}"] = self.cache.get_or_build(
+            kind, config_hash(self.specs[kind]), _timed(build), device=self.device
+        )
+        return model, key, record
 
-    scheme_cls = SCHEMES.get(cfg["scheme"]["name"]).factory
+    def build_victim(self) -> None:
+        victim_cfg, splits = self.cfg["victim"], self.splits
+        owner_train = self.training(victim_cfg["train"])
+        self.clean, _, clean_rec = self.cached(
+            "clean",
+            lambda: train_model(
+                victim_cfg["arch"], splits, config=owner_train, progress=False, **victim_cfg["arch_kwargs"]
+            ),
+        )
+        self.m["seconds_clean"] = clean_rec["seconds"]
+        pretrain = SCHEMES.get(self.cfg["scheme"]["name"]).factory.pretrain
 
-    def build_victim():
-        start = time.perf_counter()
-        if scheme_cls.pretrain:  # fine-tuning schemes start from the clean model, trained exactly once
-            base = copy.deepcopy(clean)
-        else:
-            base = create_for(victim_arch, splits, seed=seed, **arch_kwargs)
-        embedding = api.embed(cfg["scheme"]["name"], splits, model=base, params=cfg["scheme"]["params"],
-                              config=owner_train, progress=False)
-        seconds = time.perf_counter() - start + (clean_rec["seconds"] if scheme_cls.pretrain else 0.0)
-        return embedding.victim, embedding.key, {"seconds": seconds}
+        def embed() -> tuple[Any, Any]:
+            # fine-tuning schemes start from the clean model, trained exactly once
+            base = (
+                copy.deepcopy(self.clean)
+                if pretrain
+                else create_for(victim_cfg["arch"], splits, seed=self.seed, **victim_cfg["arch_kwargs"])
+            )
+            embedding = embed_scheme(
+                self.cfg["scheme"]["name"],
+                splits,
+                model=base,
+                params=self.cfg["scheme"]["params"],
+                config=owner_train,
+                progress=False,
+            )
+            return embedding.victim, embedding.key
 
-    victim, key, victim_rec, m["cached_victim"] = cache.get_or_build("victim", config_hash(specs["victim"]),
-                                                                     build_victim, device=device)
-    m["seconds_embed"] = victim_rec["seconds"]
-    scheme = scheme_for_key(key)
-    alpha = float(cfg["alpha"])
-    victim_hash = config_hash(specs["victim"])
-    verify_seconds = 0.0
+        self.victim, self.key, victim_rec = self.cached("victim", embed)
+        self.m["seconds_embed"] = victim_rec["seconds"] + (clean_rec["seconds"] if pretrain else 0.0)
+        self.scheme = scheme_for_key(self.key)
 
-    def served() -> Any:
+    def served(self) -> Any:
         """The owner's prediction API (API-time schemes perturb it), a fresh query counter each time."""
-        return scheme.protect(ModelOracle(victim, name="victim API"), key)
+        return self.scheme.protect(ModelOracle(self.victim, name="victim API"), self.key)
 
-    def verify(prefix: str, suspect: Any) -> tuple[Any, dict[str, Any]]:
-        nonlocal verify_seconds
+    def verify(self, prefix: str, suspect: Any) -> tuple[Any, dict[str, Any]]:
         start = time.perf_counter()
-        evidence = api.verify(suspect, key, alpha=alpha)
+        evidence = fixed_test(suspect, self.key, alpha=self.alpha)
         elapsed = time.perf_counter() - start
-        verify_seconds += elapsed
-        return evidence, {f"{prefix}_stat": _float(evidence.statistic), f"{prefix}_p": _float(evidence.p_value),
-                          f"{prefix}_decision": evidence.decision, f"{prefix}_verify_seconds": elapsed,
-                          f"{prefix}_verify_queries": evidence.queries}
+        self.verify_seconds += elapsed
+        return evidence, {
+            f"{prefix}_stat": _float(evidence.statistic),
+            f"{prefix}_p": _float(evidence.p_value),
+            f"{prefix}_decision": evidence.decision,
+            f"{prefix}_verify_seconds": elapsed,
+            f"{prefix}_verify_queries": evidence.queries,
+        }
 
-    def victim_measures() -> dict[str, Any]:
-        api_labels = _answers(served(), splits.test.x).argmax(1)
-        victim_evidence, out = verify("victim", served())
-        out.update(verify("clean", clean)[1])
-        out.update(api_labels=api_labels, clean_acc=accuracy(clean, splits.test),
-                   victim_acc=float((api_labels == splits.test.y).float().mean()),
-                   statistic_name=victim_evidence.statistic_name, exact=victim_evidence.exact)
-        out["watermark_cost"] = out["clean_acc"] - out["victim_acc"]
-        return out
+    def measure_victim(self) -> None:
+        test = self.splits.test
 
-    shared = _memo(canonical([task["cache_dir"], "victim", victim_hash, alpha]), victim_measures)
-    api_labels = shared["api_labels"]
-    m.update({k: v for k, v in shared.items() if k != "api_labels"})
+        def compute() -> dict[str, Any]:
+            api_labels = query_all(self.served(), test.x, batch_size=1024, progress=False).argmax(1)
+            victim_evidence, out = self.verify("victim", self.served())
+            out.update(self.verify("clean", self.clean)[1])
+            out.update(
+                api_labels=api_labels,
+                clean_acc=accuracy(self.clean, test),
+                victim_acc=float((api_labels == test.y).float().mean()),
+                statistic_name=victim_evidence.statistic_name,
+                exact=victim_evidence.exact,
+            )
+            out["watermark_cost"] = out["clean_acc"] - out["victim_acc"]
+            return out
 
-    def measure(prefix: str, model: Any) -> dict[str, Any]:
+        shared = _memo(self.memo_key("victim", config_hash(self.specs["victim"])), compute)
+        self.api_labels = shared.pop("api_labels")
+        self.m.update(shared)
+
+    def memo_key(self, *parts: Any) -> str:
+        return canonical([self.task["cache_dir"], *parts, self.alpha])
+
+    def measure(self, prefix: str, model: Any) -> dict[str, Any]:
         """Accuracy, fidelity to the API and evidence of a model; the evidence itself kept for the cell's row."""
-        from ..models.train import predict_logits
-
-        evidence, out = verify(prefix, model)
-        out[f"{prefix}_acc"] = accuracy(model, splits.test)
-        out[f"{prefix}_fidelity"] = float((predict_logits(model, splits.test.x).argmax(1) == api_labels).float().mean())
+        evidence, out = self.verify(prefix, model)
+        out[f"{prefix}_acc"] = accuracy(model, self.splits.test)
+        predicted = predict_logits(model, self.splits.test.x).argmax(1)
+        out[f"{prefix}_fidelity"] = float((predicted == self.api_labels).float().mean())
         out["evidence"] = _jsonable({k: v for k, v in evidence.to_dict().items() if k != "details"})
         return out
 
-    # -- the thief ---------------------------------------------------------------------------------------------
-    extraction = cfg["extraction"]
-    stolen: dict[str, Any] | None = None
-    if extraction is not None:
-        thief_train = TrainConfig.from_dict({**extraction["train"], "seed": seed + THIEF_SEED_OFFSET, "device": device})
+    def steal(self) -> tuple[Any, dict[str, Any] | None]:
+        """The thief's surrogate (or, with ``extraction: none``, the leaked victim) and its measurements."""
+        extraction = self.cfg["extraction"]
+        if extraction is None:
+            self.m.update(extraction_queries=0, seconds_extract=0.0)
+            return self.victim, None
+        thief_train = self.training(extraction["train"], THIEF_SEED_OFFSET)
 
-        def build_surrogate():
-            start = time.perf_counter()
-            oracle = served()
-            if extraction["post"]:
-                oracle = oracle.postprocess(*[_post(p) for p in extraction["post"]])
-            pool = _query_set(extraction["queries"], splits, task.get("data_dir"))
-            attack = create_extraction_attack(extraction["name"], **extraction["params"])
-            surrogate = create_model(extraction["arch"], splits.input_shape, splits.num_classes,
-                                     class_names=tuple(splits.class_names), seed=thief_train.seed,
-                                     **extraction["arch_kwargs"])
-            result = attack.run(oracle, pool, surrogate, train=thief_train, progress=False)
-            result.surrogate.provenance.update({"stolen_with": extraction["name"], "queries": result.queries})
-            return result.surrogate, None, {"seconds": time.perf_counter() - start, "queries": result.queries}
+        def build() -> tuple[Any, None, dict[str, Any]]:
+            result = steal(
+                self.served(),
+                _query_set(extraction["queries"], self.splits, self.task.get("data_dir")),
+                attack=extraction["name"],
+                arch=extraction["arch"],
+                params=extraction["params"],
+                config=thief_train,
+                postprocess=[_post(p) for p in extraction["post"]],
+                class_names=self.splits.class_names,
+                arch_kwargs=extraction["arch_kwargs"],
+                progress=False,
+            )
+            return result.surrogate, None, {"queries": result.queries}
 
-        surrogate_hash = config_hash(specs["surrogate"])
-        surrogate, _, sur_rec, m["cached_surrogate"] = cache.get_or_build("surrogate", surrogate_hash,
-                                                                          build_surrogate, device=device)
-        m["seconds_extract"] = sur_rec["seconds"]
-        m["extraction_queries"] = sur_rec["queries"]
-        stolen = _memo(canonical([task["cache_dir"], "surrogate", surrogate_hash, alpha]),
-                       lambda: measure("surrogate", surrogate))
-        m.update({k: v for k, v in stolen.items() if k != "evidence"})
-        suspect = surrogate
-    else:
-        m["extraction_queries"] = 0
-        m["seconds_extract"] = 0.0
-        suspect = victim  # the leaked weights themselves
+        surrogate, _, record = self.cached("surrogate", build)
+        self.m.update(seconds_extract=record["seconds"], extraction_queries=record["queries"])
+        stolen = _memo(
+            self.memo_key("surrogate", config_hash(self.specs["surrogate"])),
+            lambda: self.measure("surrogate", surrogate),
+        )
+        self.m.update({k: v for k, v in stolen.items() if k != "evidence"})
+        return surrogate, stolen
 
-    # -- removal chain -------------------------------------------------------------------------------------------
-    steps = []
-    m["seconds_removal"] = 0.0
-    if cfg["removals"]:
-        removal_train = TrainConfig.from_dict({**cfg["removal_train"], "seed": seed + REMOVAL_SEED_OFFSET,
-                                               "device": device})
-        attacks = [create_removal_attack(r["name"], **r["params"]) for r in cfg["removals"]]
+    def launder(self, suspect: Any) -> Any:
+        """The removal chain on the thief's data; every step's accuracy and time go into ``removal_steps``."""
+        self.m.update(seconds_removal=0.0, removal_steps=[])
+        removals = self.cfg["removals"]
+        if not removals:
+            return suspect
+        attacks = [create_removal_attack(r["name"], **r["params"]) for r in removals]
         start = time.perf_counter()
-        results = run_chain(suspect, attacks, splits.attacker_pool, test=splits.test, train=removal_train,
-                            progress=False)
-        m["seconds_removal"] = time.perf_counter() - start
-        steps = [{"name": r["name"], "accuracy_before": res.accuracy_before, "accuracy_after": res.accuracy_after,
-                  "seconds": res.seconds} for r, res in zip(cfg["removals"], results)]
-        suspect = results[-1].model
-    m["removal_steps"] = steps
+        results = run_chain(
+            suspect,
+            attacks,
+            self.splits.attacker_pool,
+            test=self.splits.test,
+            train=self.training(self.cfg["removal_train"], REMOVAL_SEED_OFFSET),
+            progress=False,
+        )
+        self.m["seconds_removal"] = time.perf_counter() - start
+        self.m["removal_steps"] = [
+            {
+                "name": r["name"],
+                "accuracy_before": res.accuracy_before,
+                "accuracy_after": res.accuracy_after,
+                "seconds": res.seconds,
+            }
+            for r, res in zip(removals, results)
+        ]
+        return results[-1].model
 
-    if stolen is not None and not cfg["removals"]:  # the suspect is the surrogate: reuse its measurements
-        final = {k.replace("surrogate_", "suspect_", 1): v for k, v in stolen.items()}
-    else:
-        final = measure("suspect", suspect)
-    suspect_evidence = final.pop("evidence")
-    m.update(final)
-    m["verify_queries"] = m["suspect_verify_queries"]
+    def control(self) -> None:
+        """The innocent model on the thief's data with true labels: no verification may accuse it."""
+        inn = self.cfg["innocent"]
+        inn_train = self.training(inn["train"], INNOCENT_SEED_OFFSET)
+        innocent, _, record = self.cached(
+            "innocent",
+            lambda: train_model(
+                inn["arch"], self.splits, on="attacker_pool", config=inn_train, progress=False, **inn["arch_kwargs"]
+            ),
+        )
+        self.m["seconds_innocent"] = record["seconds"]
+        key = self.memo_key("innocent", config_hash(self.specs["innocent"]), config_hash(self.specs["victim"]))
+        self.m.update(
+            _memo(
+                key,
+                lambda: {"innocent_acc": accuracy(innocent, self.splits.test), **self.verify("innocent", innocent)[1]},
+            )
+        )
 
-    # -- the control ------------------------------------------------------------------------------------------------
-    if cfg["innocent"] is not None:
-        inn = cfg["innocent"]
-        inn_train = TrainConfig.from_dict({**inn["train"], "seed": seed + INNOCENT_SEED_OFFSET, "device": device})
 
-        def build_innocent():
-            start = time.perf_counter()
-            model = api.train(inn["arch"], splits, on="attacker_pool", config=inn_train, progress=False,
-                              **inn["arch_kwargs"])
-            return model, None, {"seconds": time.perf_counter() - start}
+def _timed(build: Any) -> Any:
+    """A cache builder returning (model, key, record) with the seconds it took, from ``build() -> model`` or
+    ``(model, key)`` or ``(model, key, record)``."""
 
-        innocent_hash = config_hash(specs["innocent"])
-        innocent, _, inn_rec, m["cached_innocent"] = cache.get_or_build("innocent", innocent_hash, build_innocent,
-                                                                        device=device)
-        m["seconds_innocent"] = inn_rec["seconds"]
+    def wrapped() -> tuple[Any, Any, dict[str, Any]]:
+        start = time.perf_counter()
+        out = build()
+        model, key, record = (out, None, {}) if not isinstance(out, tuple) else (*out, {})[:3]
+        return model, key, {**record, "seconds": time.perf_counter() - start}
 
-        def innocent_measures() -> dict[str, Any]:
-            return {"innocent_acc": accuracy(innocent, splits.test), **verify("innocent", innocent)[1]}
-
-        m.update(_memo(canonical([task["cache_dir"], "innocent", innocent_hash, victim_hash, alpha]), innocent_measures))
-
-    m["seconds_verify"] = verify_seconds  # verification done in this cell (model-level results are reused)
-    m["suspect_metrics"] = suspect_evidence.get("metrics", {})
-    m["seconds_cell"] = time.perf_counter() - cell_start
-    return m, suspect_evidence
+    return wrapped
 
 
 def _memo(key: str, compute: Any) -> dict[str, Any]:
@@ -291,38 +363,28 @@ def _splits(data: dict[str, Any], data_dir: str | None) -> Any:
     if key not in _SPLITS:
         if len(_SPLITS) >= 2:  # a worker holds at most two data sets in memory
             _SPLITS.pop(next(iter(_SPLITS)))
-        _SPLITS[key] = load_splits(data["name"], seed=data["split_seed"], data_dir=data_dir,
-                                   fractions=SplitFractions.from_dict(data["fractions"]), max_train=data["max_train"])
+        _SPLITS[key] = load_splits(
+            data["name"],
+            seed=data["split_seed"],
+            data_dir=data_dir,
+            fractions=SplitFractions.from_dict(data["fractions"]),
+            max_train=data["max_train"],
+        )
     return _SPLITS[key]
 
 
 def _query_set(name: str, splits: Any, data_dir: str | None) -> Any:
-    """The thief's queries: a part of the split, or another data set's training images (out of distribution)."""
-    from ..data.base import TensorData, load_dataset
-    from ..core.errors import InvalidArgument
-
+    """The thief's queries (:func:`~copycatch.attacks.steal.query_set`); another data set stays loaded in the worker."""
     if name in SPLIT_PARTS:
         return getattr(splits, name)
     if name not in _QUERY_SETS:
-        other = load_dataset(name, data_dir=data_dir)
-        if tuple(other.input_shape) != tuple(splits.input_shape):
-            raise InvalidArgument(f"query set {name!r} has inputs shaped {tuple(other.input_shape)} but the victim "
-                                  f"takes {tuple(splits.input_shape)}")
         _QUERY_SETS.clear()
-        _QUERY_SETS[name] = TensorData(other.x, other.y)
+        _QUERY_SETS[name] = query_set(name, splits, data_dir=data_dir)
     return _QUERY_SETS[name]
 
 
 def _post(entry: dict[str, Any]) -> Any:
-    from ..oracles.postprocess import create_postprocessor
-
     return create_postprocessor(entry["name"], **entry["params"])
-
-
-def _answers(oracle: Any, x: Any) -> Any:
-    from ..attacks.extraction.base import query_all
-
-    return query_all(oracle, x, batch_size=1024, progress=False)
 
 
 def _float(value: Any) -> float:

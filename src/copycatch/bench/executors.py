@@ -75,8 +75,12 @@ class LocalPoolExecutor(Executor):
         return f"local pool of {self.jobs} workers × {self.threads} threads"
 
     def run(self, tasks):
-        self.pool = cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(self.threads,))
+        self.pool = cf.ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads,),
+        )
         futures = [self.pool.submit(run_cell, {**task, "threads": self.threads}) for task in tasks]
         finished = False
         try:
@@ -84,8 +88,10 @@ class LocalPoolExecutor(Executor):
                 yield future.result()
             finished = True
         except cf.process.BrokenProcessPool:
-            raise CopycatchError("a worker process died (out of memory, or killed); the cells finished so far are "
-                                 "saved: run the same command again to resume, perhaps with fewer --jobs") from None
+            raise CopycatchError(
+                "a worker process died (out of memory, or killed); the cells finished so far are "
+                "saved: run the same command again to resume, perhaps with fewer --jobs"
+            ) from None
         finally:
             self.close(stop_workers=not finished)
 
@@ -117,8 +123,12 @@ class RayExecutor(Executor):
         self.address = address
         self.owns = not ray.is_initialized()
         if self.owns:
-            kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False,
-                                      "log_to_driver": False, "logging_level": "ERROR"}
+            kwargs: dict[str, Any] = {
+                "ignore_reinit_error": True,
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": "ERROR",
+            }
             if address:
                 kwargs["address"] = address
             else:

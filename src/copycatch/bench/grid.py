@@ -101,8 +101,9 @@ class Grid:
             for cell in cells:
                 if cell.cell_id in seen:
                     seen[cell.cell_id] = dataclasses.replace(
-                        seen[cell.cell_id], experiments=tuple(dict.fromkeys(seen[cell.cell_id].experiments
-                                                                             + cell.experiments)))
+                        seen[cell.cell_id],
+                        experiments=tuple(dict.fromkeys(seen[cell.cell_id].experiments + cell.experiments)),
+                    )
                 else:
                     seen[cell.cell_id] = cell
         return list(seen.values())
@@ -200,10 +201,15 @@ def _expand_experiment(spec: Mapping[str, Any], exp_name: str, where: str) -> li
     scheme_entries = _list(spec["schemes"], f"{where}: schemes")
     schemes = [s for i, e in enumerate(scheme_entries) for s in _schemes(e, f"{where}: schemes[{i}]")]
     victims = _victims(spec.get("victim", {}), f"{where}: victim")
-    chains = [c for i, e in enumerate(_list(spec["attacks"], f"{where}: attacks"))
-              for c in _chains(e, f"{where}: attacks[{i}]")]
+    chains = [
+        c
+        for i, e in enumerate(_list(spec["attacks"], f"{where}: attacks"))
+        for c in _chains(e, f"{where}: attacks[{i}]")
+    ]
     innocent_raw = spec.get("innocent", {})
-    innocent_spec = None if innocent_raw in (None, False) else _mapping(innocent_raw, f"{where}: innocent", INNOCENT_KEYS)
+    innocent_spec = (
+        None if innocent_raw in (None, False) else _mapping(innocent_raw, f"{where}: innocent", INNOCENT_KEYS)
+    )
 
     cells = []
     for data, victim, scheme, chain, seed in itertools.product(datas, victims, schemes, chains, seeds):
@@ -245,8 +251,9 @@ def _data_entries(raw: Any, where: str) -> list[dict[str, Any]]:
         m = _mapping(entry, at, DATA_KEYS)
         name = _string(m.get("name", "fashion-mnist"), f"{at}: name")
         if not name.endswith(".npz") and name not in DATASETS:
-            raise GridError(f"{at}: unknown data set {name!r}; valid data sets: {', '.join(DATASETS.list())} "
-                            "(or a .npz file)")
+            raise GridError(
+                f"{at}: unknown data set {name!r}; valid data sets: {', '.join(DATASETS.list())} (or a .npz file)"
+            )
         split_seed = _int(m.get("split_seed", 0), f"{at}: split_seed", minimum=0)
         max_train = m.get("max_train")
         if max_train is not None:
@@ -259,8 +266,12 @@ def _data_entries(raw: Any, where: str) -> list[dict[str, Any]]:
 def _train(raw: Any, where: str) -> dict[str, Any]:
     from ..models.train import TrainConfig
 
-    m = _mapping(raw or {}, where, tuple(k for k in TrainConfig.field_names() if k not in ("seed", "device")),
-                 hint={"seed": "seeds come from the grid's `seeds`", "device": "the device is `copycatch bench --device`"})
+    m = _mapping(
+        raw or {},
+        where,
+        tuple(k for k in TrainConfig.field_names() if k not in ("seed", "device")),
+        hint={"seed": "seeds come from the grid's `seeds`", "device": "the device is `copycatch bench --device`"},
+    )
     resolved = _params(TrainConfig, m, where)
     return {k: v for k, v in resolved.items() if k not in ("seed", "device")}
 
@@ -271,8 +282,13 @@ def _victims(raw: Any, where: str) -> list[dict[str, Any]]:
         arch = entry.get("arch")
         if arch is not None:
             _arch(arch, f"{at}: arch")
-        out.append({"arch": arch, "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
-                    "train": _train(entry.get("train"), f"{at}: train")})
+        out.append(
+            {
+                "arch": arch,
+                "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
+                "train": _train(entry.get("train"), f"{at}: train"),
+            }
+        )
     return out
 
 
@@ -293,8 +309,10 @@ def _chains(raw: Any, where: str) -> list[dict[str, Any]]:
     if "extraction" not in m:
         raise GridError(f"{where}: missing 'extraction' (an attack name, a mapping, or none for the leaked victim)")
     extractions = _extractions(m["extraction"], f"{where}: extraction")
-    removal_lists = [_components(e, f"{where}: removals[{i}]", "removal")
-                     for i, e in enumerate(_list(m.get("removals") or [], f"{where}: removals", allow_empty=True))]
+    removal_lists = [
+        _components(e, f"{where}: removals[{i}]", "removal")
+        for i, e in enumerate(_list(m.get("removals") or [], f"{where}: removals", allow_empty=True))
+    ]
     removal_train = _train(m.get("removal_train"), f"{where}: removal_train")
     out = []
     for extraction in extractions:
@@ -323,19 +341,26 @@ def _extractions(raw: Any, where: str) -> list[dict[str, Any] | None]:
             from ..data.base import DATASETS
 
             if queries not in DATASETS:
-                raise GridError(f"{at}: queries {queries!r} is neither a part of the split ({', '.join(SPLIT_PARTS)}) "
-                                f"nor a data set ({', '.join(DATASETS.list())})")
-        post = [p for i, e in enumerate(_list(entry.get("post") or [], f"{at}: post", allow_empty=True))
-                for p in _components(e, f"{at}: post[{i}]", "post")]
-        out.append({
-            "name": name,
-            "params": _params(cls.Params, params, f"{at}: params"),
-            "arch": arch,
-            "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
-            "queries": queries,
-            "post": post,
-            "train": _train(entry.get("train"), f"{at}: train"),
-        })
+                raise GridError(
+                    f"{at}: queries {queries!r} is neither a part of the split ({', '.join(SPLIT_PARTS)}) "
+                    f"nor a data set ({', '.join(DATASETS.list())})"
+                )
+        post = [
+            p
+            for i, e in enumerate(_list(entry.get("post") or [], f"{at}: post", allow_empty=True))
+            for p in _components(e, f"{at}: post[{i}]", "post")
+        ]
+        out.append(
+            {
+                "name": name,
+                "params": _params(cls.Params, params, f"{at}: params"),
+                "arch": arch,
+                "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
+                "queries": queries,
+                "post": post,
+                "train": _train(entry.get("train"), f"{at}: train"),
+            }
+        )
     return out
 
 
@@ -359,8 +384,9 @@ def _components(raw: Any, where: str, kind: str) -> list[dict[str, Any]]:
     return out
 
 
-def _innocent(spec: Mapping[str, Any] | None, extraction: Mapping[str, Any] | None, victim: Mapping[str, Any],
-              where: str) -> dict[str, Any] | None:
+def _innocent(
+    spec: Mapping[str, Any] | None, extraction: Mapping[str, Any] | None, victim: Mapping[str, Any], where: str
+) -> dict[str, Any] | None:
     """The control: a model trained on the attacker pool with true labels (default: shaped like the surrogate)."""
     if spec is None:
         return None
@@ -420,7 +446,9 @@ def _set_path(item: dict[str, Any], dotted: str, value: Any, where: str) -> None
     target[parts[-1]] = value
 
 
-def _mapping(raw: Any, where: str, allowed: tuple[str, ...], *, hint: Mapping[str, str] | None = None) -> dict[str, Any]:
+def _mapping(
+    raw: Any, where: str, allowed: tuple[str, ...], *, hint: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise GridError(f"{where}: expected a mapping with keys {', '.join(allowed)}; got {type(raw).__name__} {raw!r}")
     for key in raw:
@@ -480,8 +508,10 @@ def _kwargs(raw: Any, where: str) -> dict[str, Any]:
 
 def _key_is_text(key: Any, where: str) -> None:
     if not isinstance(key, str):
-        raise GridError(f"{where}: key {key!r} is not a name; YAML reads bare null, true, yes, on … as values, "
-                        f"so quote such a key ('null': …)")
+        raise GridError(
+            f"{where}: key {key!r} is not a name; YAML reads bare null, true, yes, on … as values, "
+            f"so quote such a key ('null': …)"
+        )
 
 
 def _params(cls: Any, raw: Any, where: str) -> dict[str, Any]:

@@ -57,8 +57,9 @@ COLUMNS: list[tuple[str, str, str]] = [
 _LOW_PRIORITY = ("innocent.", "removal_train.", "data.fractions.", "victim.arch_kwargs", "extraction.arch_kwargs")
 
 
-def make_report(results: str | os.PathLike, out_dir: str | os.PathLike, *, grid: str | None = None,
-                plots: bool = True) -> dict[str, Any]:
+def make_report(
+    results: str | os.PathLike, out_dir: str | os.PathLike, *, grid: str | None = None, plots: bool = True
+) -> dict[str, Any]:
     """Write the report files; returns ``{"files": [...], "experiments": n, "notes": [...]}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,12 +89,22 @@ def make_report(results: str | os.PathLike, out_dir: str | os.PathLike, *, grid:
                 section["plots"] = plotter.experiment(section)
             sections.append(section)
             for r in rows:
-                csv_rows.append({"grid": grid_name, "experiment": exp_name, "cell_id": r["cell_id"],
-                                 **{f"config.{k}": v for k, v in flatten(r["config"]).items()},
-                                 **{k: v for k, v in flatten(r["metrics"]).items()}})
+                csv_rows.append(
+                    {
+                        "grid": grid_name,
+                        "experiment": exp_name,
+                        "cell_id": r["cell_id"],
+                        **{f"config.{k}": v for k, v in flatten(r["config"]).items()},
+                        **dict(flatten(r["metrics"]).items()),
+                    }
+                )
 
-    files = [_write_markdown(out, sections, store_path, runs, notes), _write_html(out, sections, store_path, notes),
-             _write_csv(out, csv_rows), _write_summary(out, sections)]
+    files = [
+        _write_markdown(out, sections, store_path, runs, notes),
+        _write_html(out, sections, store_path, notes),
+        _write_csv(out, csv_rows),
+        _write_summary(out, sections),
+    ]
     files += [out / p for s in sections for p in s.get("plots", [])]
     return {"files": [str(f) for f in files], "experiments": len(sections), "notes": notes}
 
@@ -103,8 +114,14 @@ def make_report(results: str | os.PathLike, out_dir: str | os.PathLike, *, grid:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _section(grid: str, experiment: str, ids: Sequence[str], rows: list[dict[str, Any]],
-             failed: dict[str, dict[str, Any]], descriptions: dict[tuple[str, str | None], str]) -> dict[str, Any]:
+def _section(
+    grid: str,
+    experiment: str,
+    ids: Sequence[str],
+    rows: list[dict[str, Any]],
+    failed: dict[str, dict[str, Any]],
+    descriptions: dict[tuple[str, str | None], str],
+) -> dict[str, Any]:
     flat = [{k: v for k, v in flatten(r["config"]).items() if k != "seed"} for r in rows]
     paths = sorted({k for f in flat for k in f})
     varying = [p for p in paths if len({canonical(f.get(p)) for f in flat}) > 1]
@@ -115,10 +132,15 @@ def _section(grid: str, experiment: str, ids: Sequence[str], rows: list[dict[str
         key = canonical({p: f.get(p) for p in varying})
         group = groups.setdefault(key, {"labels": {p: f.get(p) for p in label_paths}, "rows": []})
         group["rows"].append(row)
-    aggregated = [{"labels": g["labels"], "seeds": sorted(r["config"]["seed"] for r in g["rows"]),
-                   "stats": _aggregate([r["metrics"] for r in g["rows"]]),
-                   "statistic_name": g["rows"][0]["metrics"].get("statistic_name", "statistic")}
-                  for g in groups.values()]
+    aggregated = [
+        {
+            "labels": g["labels"],
+            "seeds": sorted(r["config"]["seed"] for r in g["rows"]),
+            "stats": _aggregate([r["metrics"] for r in g["rows"]]),
+            "statistic_name": g["rows"][0]["metrics"].get("statistic_name", "statistic"),
+        }
+        for g in groups.values()
+    ]
     headers = {p: _short(p, fixed) for p in label_paths}
     if "scheme.name" not in label_paths and rows:
         headers = {"scheme.name": "scheme", **headers}
@@ -126,12 +148,17 @@ def _section(grid: str, experiment: str, ids: Sequence[str], rows: list[dict[str
             a["labels"] = {"scheme.name": fixed.get("scheme.name"), **a["labels"]}
     missing = [i for i in ids if i not in {r["cell_id"] for r in rows}]
     return {
-        "grid": grid, "experiment": experiment,
+        "grid": grid,
+        "experiment": experiment,
         "description": descriptions.get((grid, experiment)) or "",
         "grid_description": descriptions.get((grid, None)) or "",
-        "planned": len(ids), "finished": len(rows),
+        "planned": len(ids),
+        "finished": len(rows),
         "failed": [(i, (failed[i].get("error") or "").splitlines()[0]) for i in missing if i in failed],
-        "fixed": fixed, "label_paths": list(headers), "headers": headers, "groups": aggregated,
+        "fixed": fixed,
+        "label_paths": list(headers),
+        "headers": headers,
+        "groups": aggregated,
         "numeric_paths": [p for p in label_paths if _numeric_axis([a["labels"].get(p) for a in aggregated])],
         "plots": [],
     }
@@ -173,14 +200,26 @@ def _aggregate(metrics: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         nums = [float(v) for v in values if _finite(v)]
         if not nums:
             continue
-        out[key] = {"mean": statistics.fmean(nums), "std": statistics.stdev(nums) if len(nums) > 1 else 0.0,
-                    "median": statistics.median(nums), "min": min(nums), "max": max(nums), "n": len(nums)}
+        out[key] = {
+            "mean": statistics.fmean(nums),
+            "std": statistics.stdev(nums) if len(nums) > 1 else 0.0,
+            "median": statistics.median(nums),
+            "min": min(nums),
+            "max": max(nums),
+            "n": len(nums),
+        }
     logs = [_neglog(m.get("suspect_p")) for m in metrics if _finite(m.get("suspect_p"))]
     if logs:
-        out["suspect_neglog_p"] = {"mean": statistics.fmean(logs), "std": statistics.stdev(logs) if len(logs) > 1 else 0.0}
+        out["suspect_neglog_p"] = {
+            "mean": statistics.fmean(logs),
+            "std": statistics.stdev(logs) if len(logs) > 1 else 0.0,
+        }
     inn = [_neglog(m.get("innocent_p")) for m in metrics if _finite(m.get("innocent_p"))]
     if inn:
-        out["innocent_neglog_p"] = {"mean": statistics.fmean(inn), "std": statistics.stdev(inn) if len(inn) > 1 else 0.0}
+        out["innocent_neglog_p"] = {
+            "mean": statistics.fmean(inn),
+            "std": statistics.stdev(inn) if len(inn) > 1 else 0.0,
+        }
     return out
 
 
@@ -194,17 +233,32 @@ def _short(path: str, fixed: dict[str, Any]) -> str:
     if m:
         return f"{'removal' if m.group(1) == 'removals' else 'post'} {int(m.group(2)) + 1}"
     names = {
-        "scheme.name": "scheme", "extraction.name": "extraction", "extraction.arch": "surrogate arch",
-        "victim.arch": "victim arch", "extraction.queries": "query set", "data.name": "data", "removals": "removals",
-        "extraction": "extraction", "extraction.params.budget": "budget", "data.split_seed": "split seed",
-        "data.max_train": "max train", "innocent.arch": "innocent arch", "alpha": "alpha",
+        "scheme.name": "scheme",
+        "extraction.name": "extraction",
+        "extraction.arch": "surrogate arch",
+        "victim.arch": "victim arch",
+        "extraction.queries": "query set",
+        "data.name": "data",
+        "removals": "removals",
+        "extraction": "extraction",
+        "extraction.params.budget": "budget",
+        "data.split_seed": "split seed",
+        "data.max_train": "max train",
+        "innocent.arch": "innocent arch",
+        "alpha": "alpha",
     }
     if path in names:
         return names[path]
-    for prefix, who in (("scheme.params.", ""), ("extraction.params.", "extraction "), ("victim.train.", "victim "),
-                        ("extraction.train.", "thief "), ("removal_train.", "removal "), ("innocent.train.", "innocent ")):
+    for prefix, who in (
+        ("scheme.params.", ""),
+        ("extraction.params.", "extraction "),
+        ("victim.train.", "victim "),
+        ("extraction.train.", "thief "),
+        ("removal_train.", "removal "),
+        ("innocent.train.", "innocent "),
+    ):
         if path.startswith(prefix):
-            return who + path[len(prefix):]
+            return who + path[len(prefix) :]
     return path
 
 
@@ -247,8 +301,11 @@ def table_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = [section["headers"][p] for p in section["label_paths"]] + ["seeds"] + [h for _, h, _ in present]
     body = []
     for g in section["groups"]:
-        body.append([_label(g["labels"].get(p)) for p in section["label_paths"]] + [str(len(g["seeds"]))]
-                    + [_cell(g["stats"], k, kind) for k, _, kind in present])
+        body.append(
+            [_label(g["labels"].get(p)) for p in section["label_paths"]]
+            + [str(len(g["seeds"]))]
+            + [_cell(g["stats"], k, kind) for k, _, kind in present]
+        )
     return header, body
 
 
@@ -273,20 +330,26 @@ def _fixed_lines(fixed: dict[str, Any]) -> list[str]:
     return [f"{k} = {_label(v)}" for k, v in sorted(fixed.items())]
 
 
-def _write_markdown(out: Path, sections: list[dict[str, Any]], store: Path, runs: list[dict[str, Any]],
-                    notes: list[str]) -> Path:
+def _write_markdown(
+    out: Path, sections: list[dict[str, Any]], store: Path, runs: list[dict[str, Any]], notes: list[str]
+) -> Path:
     lines = ["# copycatch benchmark report", "", f"Results: `{store}`.", ""]
     lines += [
         "Each row groups the cells that differ only in their seed: accuracies and statistics are mean ± std over "
         "seeds; p-values are the median and the worst (largest) over seeds; *detected* and *innocent accused* count "
         "the seeds whose verification rejected the null at the grid's α. The suspect is the thief's final model "
         "(surrogate after the removal chain); the innocent model is trained on the thief's data with true labels; "
-        "the clean model is the owner's own model without a watermark.", ""]
+        "the clean model is the owner's own model without a watermark.",
+        "",
+    ]
     if runs:
         last = runs[-1]
         versions = json.loads(last["versions"] or "{}")
-        lines += [f"Last run `{last['run_id']}` of grid `{last['grid']}` on {last['host']} "
-                  f"({last['executor']}): versions " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
+        lines += [
+            f"Last run `{last['run_id']}` of grid `{last['grid']}` on {last['host']} "
+            f"({last['executor']}): versions " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+            "",
+        ]
     lines += [f"> {n}" for n in notes]
     current = None
     for s in sections:
@@ -298,16 +361,27 @@ def _write_markdown(out: Path, sections: list[dict[str, Any]], store: Path, runs
         lines += [f"### {s['experiment']}", ""]
         if s["description"]:
             lines += [s["description"], ""]
-        lines += [f"{s['finished']} of {s['planned']} cells finished."
-                  + (f" {len(s['failed'])} failed." if s["failed"] else ""), ""]
+        lines += [
+            f"{s['finished']} of {s['planned']} cells finished."
+            + (f" {len(s['failed'])} failed." if s["failed"] else ""),
+            "",
+        ]
         if s["groups"]:
             lines += [_markdown_table(*table_rows(s)), ""]
             lines += ["Statistic: " + _statistic_names(s) + ".", ""]
         for png in s.get("plots", []):
             lines += [f"![{png}]({png})", ""]
         if s["fixed"]:
-            lines += ["<details><summary>fixed settings</summary>", "", "```"] + _fixed_lines(s["fixed"]) + ["```", "",
-                                                                                                         "</details>", ""]
+            lines += [
+                "<details><summary>fixed settings</summary>",
+                "",
+                "```",
+                *_fixed_lines(s["fixed"]),
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
         for cid, err in s["failed"]:
             lines.append(f"- failed `{cid}`: {err}")
     path = out / "report.md"
@@ -317,14 +391,17 @@ def _write_markdown(out: Path, sections: list[dict[str, Any]], store: Path, runs
 
 def _write_html(out: Path, sections: list[dict[str, Any]], store: Path, notes: list[str]) -> Path:
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>copycatch benchmark report</title><style>",
-             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-             "margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-             "pre{background:#f7f7f7;padding:.5em}</style></head><body>",
-             "<h1>copycatch benchmark report</h1>", f"<p>Results: <code>{e(str(store))}</code>. Rows group cells that "
-             "differ only in their seed: mean ± std over seeds; p-values median / worst; detections and false "
-             "accusations counted at the grid's α.</p>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>copycatch benchmark report</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+        "margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "pre{background:#f7f7f7;padding:.5em}</style></head><body>",
+        "<h1>copycatch benchmark report</h1>",
+        f"<p>Results: <code>{e(str(store))}</code>. Rows group cells that "
+        "differ only in their seed: mean ± std over seeds; p-values median / worst; detections and false "
+        "accusations counted at the grid's α.</p>",
+    ]
     parts += [f"<p><em>{e(n)}</em></p>" for n in notes]
     current = None
     for s in sections:
@@ -336,8 +413,11 @@ def _write_html(out: Path, sections: list[dict[str, Any]], store: Path, notes: l
         parts.append(f"<h3>{e(s['experiment'])}</h3>")
         if s["description"]:
             parts.append(f"<p>{e(s['description'])}</p>")
-        parts.append(f"<p>{s['finished']} of {s['planned']} cells finished"
-                     + (f"; {len(s['failed'])} failed" if s["failed"] else "") + ".</p>")
+        parts.append(
+            f"<p>{s['finished']} of {s['planned']} cells finished"
+            + (f"; {len(s['failed'])} failed" if s["failed"] else "")
+            + ".</p>"
+        )
         if s["groups"]:
             header, body = table_rows(s)
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
@@ -346,11 +426,15 @@ def _write_html(out: Path, sections: list[dict[str, Any]], store: Path, notes: l
             parts.append(f"<p>Statistic: {e(_statistic_names(s))}.</p>")
         parts += [f"<p><img src='{e(png)}' alt='{e(png)}'></p>" for png in s.get("plots", [])]
         if s["fixed"]:
-            parts.append("<details><summary>fixed settings</summary><pre>"
-                         + e("\n".join(_fixed_lines(s["fixed"]))) + "</pre></details>")
+            parts.append(
+                "<details><summary>fixed settings</summary><pre>"
+                + e("\n".join(_fixed_lines(s["fixed"])))
+                + "</pre></details>"
+            )
         if s["failed"]:
-            parts.append("<ul>" + "".join(f"<li>failed <code>{e(c)}</code>: {e(m)}</li>" for c, m in s["failed"])
-                         + "</ul>")
+            parts.append(
+                "<ul>" + "".join(f"<li>failed <code>{e(c)}</code>: {e(m)}</li>" for c, m in s["failed"]) + "</ul>"
+            )
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
@@ -370,8 +454,9 @@ def _write_csv(out: Path, rows: list[dict[str, Any]]) -> Path:
 def _write_summary(out: Path, sections: list[dict[str, Any]]) -> Path:
     path = out / "summary.json"
     keep = ("grid", "experiment", "description", "planned", "finished", "failed", "headers", "groups", "plots")
-    path.write_text(json.dumps([{k: s[k] for k in keep} for s in sections], indent=1, sort_keys=True, default=str),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps([{k: s[k] for k in keep} for s in sections], indent=1, sort_keys=True, default=str), encoding="utf-8"
+    )
     return path
 
 
@@ -463,18 +548,35 @@ class _Plotter:
         fig, axes = plt.subplots(len(rows), 3, figsize=(15, 3.4 * len(rows) + 0.8), squeeze=False)
         alpha = s["fixed"].get("alpha")
         for r, (statistic, row_series) in enumerate(rows.items()):
-            specs = [("suspect_stat", statistic), ("suspect_neglog_p", "−log10 p (suspect)"),
-                     ("suspect_acc", "suspect test accuracy")]
+            specs = [
+                ("suspect_stat", statistic),
+                ("suspect_neglog_p", "−log10 p (suspect)"),
+                ("suspect_acc", "suspect test accuracy"),
+            ]
             for ax, (metric, ylabel) in zip(axes[r], specs):
                 for name, groups in row_series.items():
-                    pts = sorted(((g["labels"][axis], g["stats"][metric]) for g in groups if metric in g["stats"]),
-                                 key=lambda t: t[0])
+                    pts = sorted(
+                        ((g["labels"][axis], g["stats"][metric]) for g in groups if metric in g["stats"]),
+                        key=lambda t: t[0],
+                    )
                     if pts:
-                        ax.errorbar([x for x, _ in pts], [st["mean"] for _, st in pts],
-                                    yerr=[st["std"] for _, st in pts], marker="o", capsize=3, label=name)
+                        ax.errorbar(
+                            [x for x, _ in pts],
+                            [st["mean"] for _, st in pts],
+                            yerr=[st["std"] for _, st in pts],
+                            marker="o",
+                            capsize=3,
+                            label=name,
+                        )
                     if metric == "suspect_neglog_p":
-                        inn = sorted(((g["labels"][axis], g["stats"]["innocent_neglog_p"]) for g in groups
-                                      if "innocent_neglog_p" in g["stats"]), key=lambda t: t[0])
+                        inn = sorted(
+                            (
+                                (g["labels"][axis], g["stats"]["innocent_neglog_p"])
+                                for g in groups
+                                if "innocent_neglog_p" in g["stats"]
+                            ),
+                            key=lambda t: t[0],
+                        )
                         if inn:
                             ax.plot([x for x, _ in inn], [st["mean"] for _, st in inn], linestyle=":", color="grey")
                 if metric == "suspect_neglog_p" and _finite(alpha):
@@ -484,8 +586,10 @@ class _Plotter:
                 ax.grid(alpha=0.3)
             axes[r][0].legend(fontsize="x-small")
         alpha_text = f"; red: α = {alpha:g}" if _finite(alpha) else ""
-        fig.suptitle(f"{s['experiment']}: against {s['headers'][axis]} (mean ± std over seeds; dotted grey: the "
-                     f"innocent model{alpha_text})")
+        fig.suptitle(
+            f"{s['experiment']}: against {s['headers'][axis]} (mean ± std over seeds; dotted grey: the "
+            f"innocent model{alpha_text})"
+        )
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         fig.savefig(self.out / filename, dpi=100)
         plt.close(fig)
@@ -497,16 +601,30 @@ class _Plotter:
         by_scheme: dict[str, list[dict[str, Any]]] = {}
         for g in s["groups"]:
             by_scheme.setdefault(str(g["labels"].get("scheme.name", "")), []).append(g)
-        for ax, (metric, xlabel) in zip(panels, (("victim_acc", "victim API accuracy (the owner's cost)"),
-                                                 ("suspect_acc", "suspect test accuracy (the thief's gain)"),
-                                                 ("suspect_fidelity", "fidelity (agreement with the victim API)"))):
+        for ax, (metric, xlabel) in zip(
+            panels,
+            (
+                ("victim_acc", "victim API accuracy (the owner's cost)"),
+                ("suspect_acc", "suspect test accuracy (the thief's gain)"),
+                ("suspect_fidelity", "fidelity (agreement with the victim API)"),
+            ),
+        ):
             for scheme, groups in by_scheme.items():
-                pts = [(g["stats"][metric], g["stats"]["suspect_neglog_p"]) for g in groups
-                       if metric in g["stats"] and "suspect_neglog_p" in g["stats"]]
+                pts = [
+                    (g["stats"][metric], g["stats"]["suspect_neglog_p"])
+                    for g in groups
+                    if metric in g["stats"] and "suspect_neglog_p" in g["stats"]
+                ]
                 if pts:
-                    ax.errorbar([x["mean"] for x, _ in pts], [y["mean"] for _, y in pts],
-                                xerr=[x["std"] for x, _ in pts], yerr=[y["std"] for _, y in pts], fmt="o", capsize=3,
-                                label=scheme)
+                    ax.errorbar(
+                        [x["mean"] for x, _ in pts],
+                        [y["mean"] for _, y in pts],
+                        xerr=[x["std"] for x, _ in pts],
+                        yerr=[y["std"] for _, y in pts],
+                        fmt="o",
+                        capsize=3,
+                        label=scheme,
+                    )
             alpha = s["fixed"].get("alpha")
             if _finite(alpha):
                 ax.axhline(-math.log10(alpha), color="red", linestyle="--", linewidth=1)

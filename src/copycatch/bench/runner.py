@@ -60,10 +60,21 @@ def schedule(cells: list[Cell]) -> list[Cell]:
     return out
 
 
-def run_grid(grid: Grid, results: str | os.PathLike, *, executor: str | Executor = "local", jobs: int | None = None,
-             address: str | None = None, device: str = "cpu", data_dir: str | None = None,
-             cache_dir: str | os.PathLike | None = None, retry_failed: bool = True, limit: int | None = None,
-             progress: bool | None = None, log: Callable[[str], None] | None = None) -> RunSummary:
+def run_grid(
+    grid: Grid,
+    results: str | os.PathLike,
+    *,
+    executor: str | Executor = "local",
+    jobs: int | None = None,
+    address: str | None = None,
+    device: str = "cpu",
+    data_dir: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    retry_failed: bool = True,
+    limit: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
     """Run every unfinished cell of ``grid`` into the store under ``results``; returns what happened."""
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
@@ -80,22 +91,45 @@ def run_grid(grid: Grid, results: str | os.PathLike, *, executor: str | Executor
         pending = [c for c in cells if c.cell_id not in done and (retry_failed or c.cell_id not in failed_before)]
         pending = schedule(pending)
         if limit is not None:
-            pending = pending[:max(0, limit)]
+            pending = pending[: max(0, limit)]
         done_before = sum(c.cell_id in done for c in cells)
         if isinstance(executor, str):
-            executor = create_executor(executor, jobs=min(jobs or os.cpu_count() or 1, max(1, len(pending))),
-                                       address=address) if pending else None
+            executor = (
+                create_executor(executor, jobs=min(jobs or os.cpu_count() or 1, max(1, len(pending))), address=address)
+                if pending
+                else None
+            )
         run_versions = {**versions(), **_git()}
-        run_id = store.start_run(grid.name, grid_file=grid.path, grid_text=grid.text,
-                                 executor=executor.describe() if executor else "none", planned=len(cells),
-                                 done_before=done_before, versions=run_versions)
-        summary = RunSummary(grid.name, str(results), run_id, len(cells), done_before,
-                             executor=executor.describe() if executor else "none")
+        run_id = store.start_run(
+            grid.name,
+            grid_file=grid.path,
+            grid_text=grid.text,
+            executor=executor.describe() if executor else "none",
+            planned=len(cells),
+            done_before=done_before,
+            versions=run_versions,
+        )
+        summary = RunSummary(
+            grid.name,
+            str(results),
+            run_id,
+            len(cells),
+            done_before,
+            executor=executor.describe() if executor else "none",
+        )
         if not pending:
             store.finish_run(run_id, computed=0, failed=0)
             return summary
-        tasks = [{"cell_id": c.cell_id, "config": c.config, "cache_dir": str(cache_dir), "data_dir": data_dir,
-                  "device": device} for c in pending]
+        tasks = [
+            {
+                "cell_id": c.cell_id,
+                "config": c.config,
+                "cache_dir": str(cache_dir),
+                "data_dir": data_dir,
+                "device": device,
+            }
+            for c in pending
+        ]
         by_id = {c.cell_id: c for c in pending}
         bar = _bar(len(pending), grid.name, progress)
         try:
@@ -134,8 +168,10 @@ def _line(summary: RunSummary, total: int, cell: Cell, row: dict[str, Any]) -> s
         first = (row.get("error") or "").splitlines()[0]
         return f"[{n}/{total}] FAILED {cell.cell_id} {describe_cell(cell.config)}: {first}"
     m = row["metrics"]
-    return (f"[{n}/{total}] ok {cell.cell_id} {describe_cell(cell.config)}: suspect acc {m['suspect_acc']:.3f}, "
-            f"p={m['suspect_p']:.2g}, innocent p={m.get('innocent_p', float('nan')):.2g} ({row['seconds']:.0f}s)")
+    return (
+        f"[{n}/{total}] ok {cell.cell_id} {describe_cell(cell.config)}: suspect acc {m['suspect_acc']:.3f}, "
+        f"p={m['suspect_p']:.2g}, innocent p={m.get('innocent_p', float('nan')):.2g} ({row['seconds']:.0f}s)"
+    )
 
 
 def _bar(total: int, name: str, progress: bool | None):
@@ -150,10 +186,17 @@ def _git() -> dict[str, str]:
     """The commit of the source tree copycatch runs from, when it is a git checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                               text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     if out.returncode != 0:

@@ -122,9 +122,18 @@ class ResultsStore:
     def write_cell(self, row: dict[str, Any], *, run_id: str | None = None) -> None:
         """Insert a finished (or failed) cell in one transaction; an ``ok`` row is never replaced."""
         values = (
-            row["cell_id"], row["status"], _dump(row["config"]), _dump(row.get("metrics")), _dump(row.get("evidence")),
-            _dump(row.get("versions")), row.get("error"), run_id, row.get("worker"), row.get("started_at"),
-            row.get("finished_at"), row.get("seconds"),
+            row["cell_id"],
+            row["status"],
+            _dump(row["config"]),
+            _dump(row.get("metrics")),
+            _dump(row.get("evidence")),
+            _dump(row.get("versions")),
+            row.get("error"),
+            run_id,
+            row.get("worker"),
+            row.get("started_at"),
+            row.get("finished_at"),
+            row.get("seconds"),
         )
         with self.conn:
             self.conn.execute(
@@ -137,8 +146,10 @@ class ResultsStore:
             )
 
     def cells(self, cell_ids: Iterable[str] | None = None, *, status: str | None = "ok") -> Iterator[dict[str, Any]]:
-        query = "SELECT cell_id, status, config, metrics, evidence, versions, error, run_id, worker, started_at, " \
-                "finished_at, seconds FROM cells"
+        query = (
+            "SELECT cell_id, status, config, metrics, evidence, versions, error, run_id, worker, started_at, "
+            "finished_at, seconds FROM cells"
+        )
         clauses, args = [], []
         if status is not None:
             clauses.append("status = ?")
@@ -146,8 +157,20 @@ class ResultsStore:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         wanted = set(cell_ids) if cell_ids is not None else None
-        names = ("cell_id", "status", "config", "metrics", "evidence", "versions", "error", "run_id", "worker",
-                 "started_at", "finished_at", "seconds")
+        names = (
+            "cell_id",
+            "status",
+            "config",
+            "metrics",
+            "evidence",
+            "versions",
+            "error",
+            "run_id",
+            "worker",
+            "started_at",
+            "finished_at",
+            "seconds",
+        )
         with closing(self.conn.execute(query, args)) as cursor:
             for values in cursor:
                 if wanted is not None and values[0] not in wanted:
@@ -183,19 +206,45 @@ class ResultsStore:
             out.setdefault(g, {}).setdefault(exp, []).append(cid)
         return out
 
-    def start_run(self, grid: str, *, grid_file: str | None, grid_text: str, executor: str, planned: int,
-                  done_before: int, versions: dict[str, Any]) -> str:
+    def start_run(
+        self,
+        grid: str,
+        *,
+        grid_file: str | None,
+        grid_text: str,
+        executor: str,
+        planned: int,
+        done_before: int,
+        versions: dict[str, Any],
+    ) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.conn:
-            self.conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                              (run_id, grid, grid_file, grid_text, executor, time.time(), None, planned, done_before,
-                               0, 0, _dump(versions), socket.gethostname()))
+            self.conn.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    grid,
+                    grid_file,
+                    grid_text,
+                    executor,
+                    time.time(),
+                    None,
+                    planned,
+                    done_before,
+                    0,
+                    0,
+                    _dump(versions),
+                    socket.gethostname(),
+                ),
+            )
         return run_id
 
     def finish_run(self, run_id: str, *, computed: int, failed: int) -> None:
         with self.conn:
-            self.conn.execute("UPDATE runs SET finished_at=?, computed=?, failed=? WHERE run_id=?",
-                              (time.time(), computed, failed, run_id))
+            self.conn.execute(
+                "UPDATE runs SET finished_at=?, computed=?, failed=? WHERE run_id=?",
+                (time.time(), computed, failed, run_id),
+            )
 
     def runs(self) -> list[dict[str, Any]]:
         names = [d[1] for d in self.conn.execute("PRAGMA table_info(runs)")]

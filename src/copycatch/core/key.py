@@ -86,7 +86,7 @@ class Key:
             tensors = {}
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
                     tensors[name] = f.get_tensor(name)
         except Exception as exc:  # safetensors raises several types for damaged files
             raise CorruptFile(f"{path}: not a readable key file ({exc})") from None
@@ -100,8 +100,10 @@ class Key:
             raise CorruptFile(f"{path}: unsupported key format {header.get('format')!r} (expected {FORMAT})")
         actual = compute_digest(header, tensors)
         if actual != meta["digest"]:
-            raise CorruptFile(f"{path}: key digest mismatch (stored {meta['digest'][:12]}…, computed {actual[:12]}…): "
-                              "the key was modified or damaged")
+            raise CorruptFile(
+                f"{path}: key digest mismatch (stored {meta['digest'][:12]}…, computed {actual[:12]}…): "
+                "the key was modified or damaged"
+            )
         return cls(header["scheme"], header.get("params") or {}, tensors, header.get("meta") or {})
 
     # -- display ---------------------------------------------------------------------------------------------------
@@ -112,8 +114,10 @@ class Key:
             "digest": self.digest,
             "params": self.params,
             "meta": self.meta,
-            "tensors": {name: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
-                        for name, t in sorted(self.tensors.items())},
+            "tensors": {
+                name: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
+                for name, t in sorted(self.tensors.items())
+            },
         }
         if secrets:
             for name, t in self.tensors.items():

@@ -148,8 +148,12 @@ class Params:
         hints = typing.get_type_hints(cls)
         out = []
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+                )
             )
             out.append((f.name, _type_name(hints[f.name]), default))
         return out

@@ -40,7 +40,9 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str | None = None, *, summary: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str | None = None, *, summary: str | None = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering a factory (function or class) under ``name``."""
 
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:

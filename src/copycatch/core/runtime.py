@@ -37,7 +37,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise InvalidArgument(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgument(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+        raise InvalidArgument(
+            f"device {device!r} requested but CUDA is not available on this machine; use --device cpu"
+        )
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise InvalidArgument(f"device {device!r} requested but MPS is not available on this machine; use --device cpu")
     return dev
@@ -52,8 +54,15 @@ def progress_enabled(requested: bool | None = None) -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None,
-             unit: str = "it", leave: bool = False) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T],
+    *,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool | None = None,
+    unit: str = "it",
+    leave: bool = False,
+) -> Iterator[T]:
     """tqdm when wanted (a terminal, or COPYCATCH_PROGRESS=1), the bare iterable otherwise."""
     if not progress_enabled(enabled):
         yield from iterable

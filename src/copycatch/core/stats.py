@@ -79,15 +79,18 @@ def hypergeometric_greater(k: int, population: int, successes: int, draws: int) 
     """Exact P(X >= k) for X the successes among ``draws`` taken without replacement from ``population``
     items of which ``successes`` are successes (Fisher's exact test, one-sided)."""
     if not 0 <= successes <= population or not 0 <= draws <= population or k < 0:
-        raise InvalidArgument(f"hypergeometric counts must satisfy 0 <= successes, draws <= population and k >= 0, "
-                              f"got k={k}, population={population}, successes={successes}, draws={draws}")
+        raise InvalidArgument(
+            f"hypergeometric counts must satisfy 0 <= successes, draws <= population and k >= 0, "
+            f"got k={k}, population={population}, successes={successes}, draws={draws}"
+        )
     if k <= max(0, draws + successes - population):
         return 1.0
     return float(_st.hypergeom.sf(k - 1, population, successes, draws))
 
 
-def independent_choices_greater(scores: Sequence[Sequence[float]], chosen: Sequence[int], *,
-                                resolution: int = 1 << 16) -> float:
+def independent_choices_greater(
+    scores: Sequence[Sequence[float]], chosen: Sequence[int], *, resolution: int = 1 << 16
+) -> float:
     """P(Σ_g scores[g][U_g] >= Σ_g scores[g][chosen[g]]) for independent U_g, each uniform over its group's choices.
 
     The null distribution of a randomisation test whose secret is one independent, uniform choice per group (a
@@ -100,8 +103,10 @@ def independent_choices_greater(scores: Sequence[Sequence[float]], chosen: Seque
     import numpy as np
 
     if len(scores) != len(chosen) or not len(scores):
-        raise InvalidArgument(f"need one chosen index per group and at least one group, got {len(scores)} groups "
-                              f"and {len(chosen)} choices")
+        raise InvalidArgument(
+            f"need one chosen index per group and at least one group, got {len(scores)} groups "
+            f"and {len(chosen)} choices"
+        )
     if resolution < 16:
         raise InvalidArgument(f"resolution must be >= 16, got {resolution}")
     groups = []
@@ -130,6 +135,6 @@ def independent_choices_greater(scores: Sequence[Sequence[float]], chosen: Seque
         weights = np.bincount(u) / u.size
         out = np.zeros(pmf.size + weights.size - 1)
         for value in np.flatnonzero(weights):
-            out[value:value + pmf.size] += weights[value] * pmf
+            out[value : value + pmf.size] += weights[value] * pmf
         pmf = out
     return float(min(1.0, pmf[threshold:].sum()))

@@ -36,12 +36,12 @@ def _chunks(data: bytes):
     while pos < len(data):
         if pos + 8 > len(data):
             raise PngError("truncated PNG (chunk header cut off)")
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length
         if end + 4 > len(data):
             raise PngError(f"truncated PNG ({kind.decode('latin-1')!r} chunk cut off)")
-        body = data[pos + 8:end]
-        (crc,) = struct.unpack(">I", data[end:end + 4])
+        body = data[pos + 8 : end]
+        (crc,) = struct.unpack(">I", data[end : end + 4])
         if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
             raise PngError(f"corrupt PNG (bad CRC in {kind.decode('latin-1')!r} chunk)")
         yield kind, body
@@ -79,10 +79,7 @@ def _unfilter(raw: bytes, height: int, rowbytes: int, bpp: int) -> np.ndarray:
             for i in range(rowbytes):
                 left = cur_list[i - bpp] if i >= bpp else 0
                 up = prior_l[i]
-                if ftype == 3:
-                    pred = (left + up) // 2
-                else:
-                    pred = _paeth(left, up, prior_l[i - bpp] if i >= bpp else 0)
+                pred = (left + up) // 2 if ftype == 3 else _paeth(left, up, prior_l[i - bpp] if i >= bpp else 0)
                 cur_list[i] = (line_l[i] + pred) & 0xFF
             cur = np.asarray(cur_list, dtype=np.uint8)
         else:
@@ -114,8 +111,9 @@ def decode_png(data: bytes, *, expect: Sequence[int]) -> np.ndarray:
                 raise PngError(f"corrupt PNG (colour type {ctype})")
             allowed = {0: (1, 2, 4, 8, 16), 3: (1, 2, 4, 8)}.get(ctype, (8, 16))
             if depth not in allowed:
-                raise PngError(f"invalid {depth}-bit {_KIND[ctype]} PNG (allowed depths: "
-                               f"{', '.join(map(str, allowed))})")
+                raise PngError(
+                    f"invalid {depth}-bit {_KIND[ctype]} PNG (allowed depths: {', '.join(map(str, allowed))})"
+                )
             if compression != 0 or filter_method != 0:
                 raise PngError("corrupt PNG (unknown compression or filter method)")
             if interlace != 0:
@@ -173,8 +171,10 @@ def decode_png(data: bytes, *, expect: Sequence[int]) -> np.ndarray:
         img = np.repeat(img, 3, axis=2)
     else:
         got = "greyscale" if channels == 1 else "colour"
-        raise PngError(f"PNG is {got} ({channels} channel{'s' if channels > 1 else ''}) but the model takes "
-                       f"{c_want}-channel images")
+        raise PngError(
+            f"PNG is {got} ({channels} channel{'s' if channels > 1 else ''}) but the model takes "
+            f"{c_want}-channel images"
+        )
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 

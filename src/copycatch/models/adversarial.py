@@ -40,7 +40,9 @@ def _labels(model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor | None) -> torch
         return model_fn(x).argmax(dim=1)
 
 
-def _signed_gradient(model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, targeted: bool, loss_fn: LossFn) -> torch.Tensor:
+def _signed_gradient(
+    model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, targeted: bool, loss_fn: LossFn
+) -> torch.Tensor:
     with torch.enable_grad():  # callers may sit inside torch.no_grad()
         x = x.detach().clone().requires_grad_(True)
         loss = loss_fn(model_fn(x), y)
@@ -50,8 +52,16 @@ def _signed_gradient(model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, target
     return grad.sign()
 
 
-def fgsm(model_fn: ModelFn, x: torch.Tensor, eps: float, *, y: torch.Tensor | None = None, targeted: bool = False,
-         clip: tuple[float, float] | None = (0.0, 1.0), loss_fn: LossFn | None = None) -> torch.Tensor:
+def fgsm(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    eps: float,
+    *,
+    y: torch.Tensor | None = None,
+    targeted: bool = False,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    loss_fn: LossFn | None = None,
+) -> torch.Tensor:
     """Fast Gradient Sign Method (Goodfellow et al., 2015), L∞.
 
     :param model_fn: callable mapping inputs to logits.
@@ -72,9 +82,20 @@ def fgsm(model_fn: ModelFn, x: torch.Tensor, eps: float, *, y: torch.Tensor | No
     return x_adv.detach()
 
 
-def pgd(model_fn: ModelFn, x: torch.Tensor, eps: float, step_size: float, steps: int, *, y: torch.Tensor | None = None,
-        targeted: bool = False, clip: tuple[float, float] | None = (0.0, 1.0), rand_init: bool = False,
-        generator: torch.Generator | None = None, loss_fn: LossFn | None = None) -> torch.Tensor:
+def pgd(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    *,
+    y: torch.Tensor | None = None,
+    targeted: bool = False,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    rand_init: bool = False,
+    generator: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
+) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al., 2018), L∞.
 
     :param eps: radius of the L∞ ball around ``x``.

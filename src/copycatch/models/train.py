@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.base import TensorData
 from ..core.errors import InvalidArgument
 from ..core.params import Params
 from ..core.runtime import progress as progress_bar
 from ..core.runtime import resolve_device
+from ..data.base import Splits, TensorData
+from .base import Classifier, create_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,9 @@ class TrainHook:
     def on_start(self, state: TrainState) -> None:
         pass
 
-    def extra_loss(self, state: TrainState, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
-                   loss: torch.Tensor) -> torch.Tensor | None:
+    def extra_loss(
+        self, state: TrainState, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor
+    ) -> torch.Tensor | None:
         """Return the step's total loss given the base ``loss`` (or None to keep it)."""
         return None
 
@@ -139,10 +141,18 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
-def fit(model: nn.Module, data: TensorData, config: TrainConfig | None = None, *, val: TensorData | None = None,
-        hooks: Sequence[TrainHook] = (), loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        parameters: Iterable[torch.nn.Parameter] | None = None, progress: bool | None = None,
-        desc: str = "train") -> TrainResult:
+def fit(
+    model: nn.Module,
+    data: TensorData,
+    config: TrainConfig | None = None,
+    *,
+    val: TensorData | None = None,
+    hooks: Sequence[TrainHook] = (),
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+    progress: bool | None = None,
+    desc: str = "train",
+) -> TrainResult:
     """Train ``model`` in place on ``data`` (labels, or soft targets for distillation)."""
     config = config or TrainConfig()
     if len(data) == 0:
@@ -163,8 +173,13 @@ def fit(model: nn.Module, data: TensorData, config: TrainConfig | None = None, *
     stopped_early = False
     start = time.perf_counter()
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    bar = progress_bar(range(config.epochs * steps_per_epoch), total=config.epochs * steps_per_epoch, desc=desc,
-                       enabled=progress, unit="step")
+    bar = progress_bar(
+        range(config.epochs * steps_per_epoch),
+        total=config.epochs * steps_per_epoch,
+        desc=desc,
+        enabled=progress,
+        unit="step",
+    )
     bar_iter = iter(bar)
     for epoch in range(config.epochs):
         state.epoch = epoch
@@ -173,7 +188,7 @@ def fit(model: nn.Module, data: TensorData, config: TrainConfig | None = None, *
         total_loss, seen = 0.0, 0
         epoch_start = time.perf_counter()
         for i in range(0, n, config.batch_size):
-            idx = order[i:i + config.batch_size]
+            idx = order[i : i + config.batch_size]
             x, y = x_all[idx], y_all[idx]
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -194,8 +209,11 @@ def fit(model: nn.Module, data: TensorData, config: TrainConfig | None = None, *
                 break
         if scheduler is not None:
             scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(total_loss) / max(seen, 1),
-                                  "seconds": time.perf_counter() - epoch_start}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(total_loss) / max(seen, 1),
+            "seconds": time.perf_counter() - epoch_start,
+        }
         if val is not None and len(val):
             record["val_accuracy"] = accuracy(model, val, batch_size=config.eval_batch_size, device=device)
         state.logs = record
@@ -223,17 +241,21 @@ def fit(model: nn.Module, data: TensorData, config: TrainConfig | None = None, *
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device: str | torch.device | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Logits for ``x`` in eval mode, batched, returned on the CPU."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    outs = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def accuracy(model: nn.Module, data: TensorData, *, batch_size: int = 1024, device: str | torch.device | None = None) -> float:
+def accuracy(
+    model: nn.Module, data: TensorData, *, batch_size: int = 1024, device: str | torch.device | None = None
+) -> float:
     if len(data) == 0:
         return float("nan")
     pred = predict_logits(model, data.x, batch_size=batch_size, device=device).argmax(1)
@@ -245,3 +267,37 @@ def agreement(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor, *, batch_
     a = predict_logits(model_a, x, batch_size=batch_size).argmax(1)
     b = predict_logits(model_b, x, batch_size=batch_size).argmax(1)
     return (a == b).float().mean().item()
+
+
+TRAINABLE_PARTS = ("owner_train", "attacker_pool", "owner_holdout")
+
+
+def train_model(
+    arch: str,
+    splits: Splits,
+    *,
+    on: str = "owner_train",
+    config: TrainConfig | None = None,
+    progress: bool | None = None,
+    **arch_kwargs: Any,
+) -> Classifier:
+    """Train ``arch`` with true labels on one part of the split: ``owner_train`` (the owner's clean model),
+    ``attacker_pool`` (an innocent model on the thief's data) or ``owner_holdout``."""
+    if on not in TRAINABLE_PARTS:
+        raise InvalidArgument(f"cannot train on {on!r}; use {', '.join(TRAINABLE_PARTS)}")
+    config = config or TrainConfig()
+    model = create_for(arch, splits, seed=config.seed, **arch_kwargs)
+    # Early stopping never looks at the test split (its accuracy is what gets reported): it watches the owner's
+    # holdout, disjoint from both training parts, or owner_train when the holdout itself is trained on.
+    val = (splits.owner_train if on == "owner_holdout" else splits.owner_holdout) if config.patience else None
+    result = fit(model, getattr(splits, on), config, val=val, progress=progress, desc=f"train {arch}")
+    model.provenance.update(
+        {
+            **splits.provenance(),
+            "trained_on": on,
+            "train": config.to_dict(),
+            "epochs_run": result.epochs_run,
+            "train_seconds": round(result.seconds, 2),
+        }
+    )
+    return model

@@ -13,14 +13,15 @@ anything is asked, so a thief's (or verifier's) spending is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..core.errors import BudgetExceeded, InvalidArgument, SuspectError
+from ..core.runtime import progress as progress_bar
+from .postprocess import resolve
 
 OutputKind = Literal["probs", "labels"]
 
@@ -30,8 +31,14 @@ class Oracle:
 
     output_kind: OutputKind = "probs"
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int] | None = None, *, budget: int | None = None,
-                 name: str = "oracle"):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int] | None = None,
+        *,
+        budget: int | None = None,
+        name: str = "oracle",
+    ):
         if num_classes < 2:
             raise InvalidArgument(f"an oracle needs at least 2 classes, got {num_classes}")
         if budget is not None and budget < 0:
@@ -82,8 +89,9 @@ class Oracle:
             x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
         x = x.detach().float().cpu()
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
-            raise InvalidArgument(f"{self.name} expects inputs of shape N×{'×'.join(map(str, self.input_shape))}, "
-                                  f"got {tuple(x.shape)}")
+            raise InvalidArgument(
+                f"{self.name} expects inputs of shape N×{'×'.join(map(str, self.input_shape))}, got {tuple(x.shape)}"
+            )
         if x.ndim < 2:
             raise InvalidArgument(f"{self.name} expects a batch of inputs, got shape {tuple(x.shape)}")
         if not torch.isfinite(x).all():
@@ -106,83 +114,16 @@ class Oracle:
     # -- composition -----------------------------------------------------------------------------------------------
     def postprocess(self, *processors: Any) -> Oracle:
         """Wrap this oracle with post-processors (objects or spec strings like ``"top-k:k=3"``)."""
-        from .postprocess import resolve
-
         return PostProcessedOracle(self, [resolve(p) for p in processors])
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "output_kind": self.output_kind,
-                "queries": self.queries, "budget": self.budget}
-
-
-class ModelOracle(Oracle):
-    """A local ``nn.Module`` answering softmax probabilities."""
-
-    def __init__(self, model: nn.Module, *, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-                 budget: int | None = None, batch_size: int = 1024, device: str | torch.device | None = None,
-                 name: str = "model"):
-        num_classes = num_classes or getattr(model, "num_classes", None)
-        if num_classes is None:
-            raise InvalidArgument("ModelOracle needs num_classes for a plain nn.Module")
-        super().__init__(num_classes, input_shape or getattr(model, "input_shape", None), budget=budget, name=name)
-        self.model = model.eval()
-        self.batch_size = batch_size
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-
-    @torch.no_grad()
-    def _answer(self, x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for i in range(0, len(x), self.batch_size):
-            logits = self.model(x[i:i + self.batch_size].to(self.device))
-            outs.append(torch.softmax(logits.float(), dim=1).cpu())
-        return torch.cat(outs)
-
-
-class CallableOracle(Oracle):
-    """Any Python callable: ``fn(batch) -> probabilities (N×C) or labels (N,)``.
-
-    ``batch`` is passed as a NumPy array shaped like ``input_format``: ``"nchw"``
-    (default), ``"nhwc"`` or ``"flat"`` (N×D, e.g. scikit-learn's ``predict_proba``).
-    A 1-D integer answer is taken as labels and turned into one-hot rows.
-    """
-
-    def __init__(self, fn: Callable[[Any], Any], num_classes: int, *, input_shape: Sequence[int] | None = None,
-                 input_format: Literal["nchw", "nhwc", "flat", "torch"] = "nchw", budget: int | None = None,
-                 output_kind: OutputKind | None = None, name: str = "callable"):
-        super().__init__(num_classes, input_shape, budget=budget, name=name)
-        if input_format not in ("nchw", "nhwc", "flat", "torch"):
-            raise InvalidArgument(f"input_format must be nchw, nhwc, flat or torch, got {input_format!r}")
-        self.fn = fn
-        self.input_format = input_format
-        if output_kind is not None:
-            self.output_kind = output_kind
-
-    def _answer(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_format == "torch":
-            batch: Any = x
-        else:
-            arr = x.numpy()
-            if self.input_format == "nhwc":
-                arr = arr.transpose(0, 2, 3, 1)
-            elif self.input_format == "flat":
-                arr = arr.reshape(len(arr), -1)
-            batch = arr
-        try:
-            out = self.fn(batch)
-        except Exception as exc:  # the suspect's own failure, reported as such
-            raise SuspectError(f"{self.name} raised {type(exc).__name__}: {exc}") from None
-        out_t = torch.as_tensor(np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out))
-        if out_t.ndim == 1:
-            if out_t.dtype.is_floating_point and not torch.equal(out_t, out_t.round()):
-                raise SuspectError(f"{self.name} answered a 1-D array of non-integers; expected labels or N×C probabilities")
-            labels = out_t.long()
-            if len(labels) != len(x):
-                raise SuspectError(f"{self.name} answered {len(labels)} labels for {len(x)} inputs")
-            if labels.min() < 0 or labels.max() >= self.num_classes:
-                raise SuspectError(f"{self.name} answered labels outside 0..{self.num_classes - 1}")
-            self.output_kind = "labels"
-            return torch.nn.functional.one_hot(labels, self.num_classes).float()
-        return out_t.float()
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "output_kind": self.output_kind,
+            "queries": self.queries,
+            "budget": self.budget,
+        }
 
 
 class PostProcessedOracle(Oracle):
@@ -208,3 +149,15 @@ class PostProcessedOracle(Oracle):
         d["postprocessors"] = [p.spec() if hasattr(p, "spec") else type(p).__name__ for p in self.processors]
         d["inner"] = self.inner.describe()
         return d
+
+
+def query_all(
+    oracle: Oracle, x: torch.Tensor, *, batch_size: int = 256, progress: bool | None = None, desc: str = "query"
+) -> torch.Tensor:
+    """Answers for every row of ``x``, in batches, with a progress bar."""
+    if batch_size < 1:
+        raise InvalidArgument(f"query batch size must be >= 1, got {batch_size}")
+    starts = range(0, len(x), batch_size)
+    batches = progress_bar(starts, total=len(starts), desc=desc, enabled=progress, unit="batch")
+    outs = [oracle.query(x[s : s + batch_size]) for s in batches]
+    return torch.cat(outs) if outs else torch.empty(0, oracle.num_classes)

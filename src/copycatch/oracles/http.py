@@ -56,8 +56,8 @@ import numpy as np
 import torch
 
 from ..core.errors import InvalidArgument, SuspectError
-from .base import Oracle
 from ..data.png import encode_png
+from .base import Oracle
 
 ENCODINGS = ("lists", "png")
 LAYOUTS = ("nchw", "nhwc", "flat")
@@ -69,15 +69,34 @@ _MAX_BACKOFF = 60.0
 class HttpOracle(Oracle):
     """A remote prediction API; see the module docstring for the protocol and every option."""
 
-    def __init__(self, url: str, *, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-                 budget: int | None = None, api_key: str | None = None, api_key_header: str = "X-API-Key",
-                 headers: Mapping[str, str] | None = None, predict_path: str = "/v1/predict",
-                 info_path: str = "/v1/info", input_field: str | None = None, encoding: str = "lists",
-                 input_layout: str = "nchw", output_field: str | None = None, output_kind: str = "auto",
-                 extra_body: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
-                 timeout: float = 30.0, retries: int = 5, backoff: float = 0.5, max_retry_after: float = 300.0,
-                 batch_size: int = 256, transcript: Any = None, name: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        url: str,
+        *,
+        num_classes: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        budget: int | None = None,
+        api_key: str | None = None,
+        api_key_header: str = "X-API-Key",
+        headers: Mapping[str, str] | None = None,
+        predict_path: str = "/v1/predict",
+        info_path: str = "/v1/info",
+        input_field: str | None = None,
+        encoding: str = "lists",
+        input_layout: str = "nchw",
+        output_field: str | None = None,
+        output_kind: str = "auto",
+        extra_body: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_retry_after: float = 300.0,
+        batch_size: int = 256,
+        transcript: Any = None,
+        name: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise InvalidArgument(f"not an http(s) URL: {url!r}")
@@ -90,15 +109,19 @@ class HttpOracle(Oracle):
         if not timeout > 0:
             raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
         if retries < 0 or backoff < 0 or max_retry_after < 0:
-            raise InvalidArgument(f"retries, backoff and max_retry_after must be >= 0, got {retries}, {backoff}, "
-                                  f"{max_retry_after}")
+            raise InvalidArgument(
+                f"retries, backoff and max_retry_after must be >= 0, got {retries}, {backoff}, {max_retry_after}"
+            )
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
         self.base_url = url.rstrip("/")
         self.predict_url = self.base_url + predict_path if predict_path else url
         self.info_url = (self.base_url + info_path) if info_path else None
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json",
-                        "User-Agent": "copycatch-http-oracle"}
+        self.headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "copycatch-http-oracle",
+        }
         self.headers.update(headers or {})
         if api_key:
             self.headers[api_key_header] = api_key
@@ -106,7 +129,12 @@ class HttpOracle(Oracle):
         self.input_field = input_field or ("images" if encoding == "png" else "inputs")
         self.output_field, self.requested_output = output_field, output_kind
         self.extra_body = dict(extra_body or {})
-        self.timeout, self.retries, self.backoff, self.max_retry_after = float(timeout), retries, backoff, max_retry_after
+        self.timeout, self.retries, self.backoff, self.max_retry_after = (
+            float(timeout),
+            retries,
+            backoff,
+            max_retry_after,
+        )
         self.batch_size, self.transcript, self._sleep = batch_size, transcript, sleep
         self.requests = 0
         self.retried = 0
@@ -115,11 +143,15 @@ class HttpOracle(Oracle):
             self.info = self._fetch_info(required=num_classes is None)
         info = self.info or {}
         if num_classes is not None and isinstance(info.get("num_classes"), int) and info["num_classes"] != num_classes:
-            raise InvalidArgument(f"{url} says it has {info['num_classes']} classes, but {num_classes} were expected "
-                                  "(the key's model has that many); is this the right API?")
+            raise InvalidArgument(
+                f"{url} says it has {info['num_classes']} classes, but {num_classes} were expected "
+                "(the key's model has that many); is this the right API?"
+            )
         if input_shape is not None and info.get("input_shape") and list(info["input_shape"]) != list(input_shape):
-            raise InvalidArgument(f"{url} takes inputs shaped {tuple(info['input_shape'])}, but "
-                                  f"{tuple(input_shape)} were expected (the key's inputs); is this the right API?")
+            raise InvalidArgument(
+                f"{url} takes inputs shaped {tuple(info['input_shape'])}, but "
+                f"{tuple(input_shape)} were expected (the key's inputs); is this the right API?"
+            )
         num_classes = num_classes if num_classes is not None else info.get("num_classes")
         if input_shape is None and info.get("input_shape"):
             input_shape = info["input_shape"]
@@ -142,8 +174,10 @@ class HttpOracle(Oracle):
             info = self._request("GET", self.info_url, None)
         except SuspectError as exc:
             if required:
-                raise SuspectError(f"cannot learn the number of classes from {self.info_url} ({exc}); pass "
-                                   "num_classes (--num-classes) and input_shape") from None
+                raise SuspectError(
+                    f"cannot learn the number of classes from {self.info_url} ({exc}); pass "
+                    "num_classes (--num-classes) and input_shape"
+                ) from None
             return None
         if not isinstance(info, dict):
             raise SuspectError(f"{self.info_url} answered {type(info).__name__}, expected a JSON object")
@@ -152,7 +186,7 @@ class HttpOracle(Oracle):
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
         if self.transcript is not None:
             return self.transcript.answer(x, self._ask, chunk=self.batch_size, output_kind=lambda: self.output_kind)
-        return torch.cat([self._ask(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+        return torch.cat([self._ask(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
 
     def _ask(self, x: torch.Tensor) -> torch.Tensor:
         """One request, answers validated (so only good answers reach a transcript)."""
@@ -189,8 +223,9 @@ class HttpOracle(Oracle):
         except (TypeError, ValueError) as exc:
             raise SuspectError(f"{self.name} answered {field!r} that is not a matrix of numbers ({exc})") from None
         if out.ndim != 2:
-            raise SuspectError(f"{self.name} answered {field!r} of shape {tuple(out.shape)}, expected ({n}, "
-                               f"{self.num_classes})")
+            raise SuspectError(
+                f"{self.name} answered {field!r} of shape {tuple(out.shape)}, expected ({n}, {self.num_classes})"
+            )
         if kind == "logits":
             out = torch.softmax(out, dim=1)
         return out
@@ -204,15 +239,18 @@ class HttpOracle(Oracle):
                 elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
                     value = value[int(part)]
                 else:
-                    raise SuspectError(f"{self.name} answered without the field {self.output_field!r}"
-                                       + _keys_hint(payload))
+                    raise SuspectError(
+                        f"{self.name} answered without the field {self.output_field!r}" + _keys_hint(payload)
+                    )
             return value, self.output_field.rsplit(".", 1)[-1]
         if isinstance(payload, dict):
             for field in ("probabilities", "labels"):
                 if field in payload:
                     return payload[field], field
-            raise SuspectError(f"{self.name} answered neither 'probabilities' nor 'labels'{_keys_hint(payload)}; "
-                               "name the field with output_field (--output-field)")
+            raise SuspectError(
+                f"{self.name} answered neither 'probabilities' nor 'labels'{_keys_hint(payload)}; "
+                "name the field with output_field (--output-field)"
+            )
         if isinstance(payload, list):
             return payload, "(body)"
         raise SuspectError(f"{self.name} answered a JSON {type(payload).__name__}, expected an object or a list")
@@ -269,14 +307,16 @@ class HttpOracle(Oracle):
                 retry_after = _retry_after(exc.headers.get("Retry-After"))
                 wait = delay if retry_after is None else retry_after
                 if wait > self.max_retry_after:
-                    raise SuspectError(f"{url}: rate-limited (HTTP 429{detail}); the server asks to wait {wait:.0f} s, "
-                                       f"more than max_retry_after={self.max_retry_after:g} s; resume later") from None
+                    raise SuspectError(
+                        f"{url}: rate-limited (HTTP 429{detail}); the server asks to wait {wait:.0f} s, "
+                        f"more than max_retry_after={self.max_retry_after:g} s; resume later"
+                    ) from None
                 return None, f"rate-limited (HTTP 429{detail})", wait
             if exc.code in _RETRY_STATUS:
                 return None, f"HTTP {exc.code}{detail}", delay
             hint = " (check the API key)" if exc.code in (401, 403) else ""
             raise SuspectError(f"{url} refused the query: HTTP {exc.code}{detail}{hint}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None, f"no answer within {self.timeout:g} s (timeout)", delay
         except urllib.error.URLError as exc:
             reason = exc.reason
@@ -293,8 +333,16 @@ class HttpOracle(Oracle):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"url": self.predict_url, "encoding": self.encoding, "input_field": self.input_field,
-                  "output_field": self.output_field, "requests": self.requests, "retried": self.retried})
+        d.update(
+            {
+                "url": self.predict_url,
+                "encoding": self.encoding,
+                "input_field": self.input_field,
+                "output_field": self.output_field,
+                "requests": self.requests,
+                "retried": self.retried,
+            }
+        )
         return d
 
 

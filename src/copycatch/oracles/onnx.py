@@ -48,10 +48,20 @@ def _runtime() -> Any:
 class OnnxOracle(Oracle):
     """An ONNX file answering probabilities, logits or labels (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, *, num_classes: int | None = None,
-                 input_shape: Sequence[int] | None = None, budget: int | None = None, output: str = "auto",
-                 input_format: str = "auto", input_name: str | None = None, output_name: str | None = None,
-                 batch_size: int = 256, name: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        num_classes: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        budget: int | None = None,
+        output: str = "auto",
+        input_format: str = "auto",
+        input_name: str | None = None,
+        output_name: str | None = None,
+        batch_size: int = 256,
+        name: str | None = None,
+    ):
         ort = _runtime()
         path = Path(path)
         if not path.is_file():
@@ -97,7 +107,7 @@ class OnnxOracle(Oracle):
         return json.loads(value) if value is not None else None
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+        return torch.cat([self._run(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.numpy()
@@ -109,7 +119,9 @@ class OnnxOracle(Oracle):
         try:
             out = self.session.run([self.output.name], {self.input.name: arr})[0]
         except Exception as exc:  # the suspect's own failure (bad shapes, unsupported ops), reported as such
-            raise SuspectError(f"{self.name} failed on a batch of {len(arr)}: {str(exc).splitlines()[0][:300]}") from None
+            raise SuspectError(
+                f"{self.name} failed on a batch of {len(arr)}: {str(exc).splitlines()[0][:300]}"
+            ) from None
         out = np.asarray(out)
         kind = self._kind or _guess_kind(out)
         self._kind = kind
@@ -187,7 +199,8 @@ def export_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17) -> Path
     The batch dimension is dynamic; the file's metadata records the input shape, the number of classes,
     the class names and the weights' SHA-256, which :class:`OnnxOracle` reads back.
     """
-    from ..models.base import Classifier, weights_digest
+    from ..models.base import Classifier
+    from ..models.io import weights_digest
 
     if not isinstance(model, Classifier):
         raise InvalidArgument(f"export_onnx needs a copycatch Classifier, got {type(model).__name__}")
@@ -203,16 +216,26 @@ def export_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17) -> Path
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of one that needs onnxscript; it is what works offline
         warnings.simplefilter("ignore")
-        kwargs = dict(input_names=["input"], output_names=["probabilities"], opset_version=opset,
-                      dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})
+        kwargs = {
+            "input_names": ["input"],
+            "output_names": ["probabilities"],
+            "opset_version": opset,
+            "dynamic_axes": {"input": {0: "batch"}, "probabilities": {0: "batch"}},
+        }
         try:
             torch.onnx.export(wrapped, example, str(tmp), dynamo=False, **kwargs)
         except TypeError:  # a torch without the dynamo switch
             torch.onnx.export(wrapped, example, str(tmp), **kwargs)
     graph = onnx.load(str(tmp))
-    meta = {"format": "copycatch.onnx/1", "num_classes": model.num_classes, "input_shape": list(model.input_shape),
-            "class_names": list(model.class_names or []), "arch": model.arch, "output": "probs",
-            "weights_sha256": weights_digest(model)}
+    meta = {
+        "format": "copycatch.onnx/1",
+        "num_classes": model.num_classes,
+        "input_shape": list(model.input_shape),
+        "class_names": list(model.class_names or []),
+        "arch": model.arch,
+        "output": "probs",
+        "weights_sha256": weights_digest(model),
+    }
     for field, value in meta.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = META_PREFIX + field, json.dumps(value)

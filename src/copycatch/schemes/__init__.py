@@ -2,7 +2,17 @@
 
 from ..core.discover import import_submodules
 from .base import SCHEMES, Embedding, Scheme, create_scheme, list_schemes, register_scheme, scheme_for_key
+from .embedding import embed_scheme
 
-import_submodules(__name__, __path__)
+import_submodules(__name__, __path__, skip=("base", "embedding"))
 
-__all__ = ["SCHEMES", "Embedding", "Scheme", "create_scheme", "list_schemes", "register_scheme", "scheme_for_key"]
+__all__ = [
+    "SCHEMES",
+    "Embedding",
+    "Scheme",
+    "create_scheme",
+    "embed_scheme",
+    "list_schemes",
+    "register_scheme",
+    "scheme_for_key",
+]

@@ -44,6 +44,7 @@ ALL_MIXERS = WATERMARK_RULES + EXTRA_MIXERS
 # Masks
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def jitter_radius(side: int) -> int:
     """The code's ±3 px seam jitter on 32 px images, scaled to ``side`` (at least 1)."""
     return max(1, round(3 * side / 32))
@@ -72,13 +73,13 @@ def stripes_mask(h: int, w: int, from_b: Sequence[bool]) -> torch.Tensor:
     m = torch.ones(h, w)
     for i, b in enumerate(from_b):
         if b:
-            m[:, bounds[i]:bounds[i + 1]] = 0.0
+            m[:, bounds[i] : bounds[i + 1]] = 0.0
     return m
 
 
 def centre_square_mask(h: int, w: int) -> torch.Tensor:
     m = torch.zeros(h, w)
-    m[round(6 * h / 32):round(25 * h / 32), round(6 * w / 32):round(25 * w / 32)] = 1.0
+    m[round(6 * h / 32) : round(25 * h / 32), round(6 * w / 32) : round(25 * w / 32)] = 1.0
     return m
 
 
@@ -90,13 +91,13 @@ def diagonal_mask(h: int, w: int) -> torch.Tensor:
 
 def band_mask(h: int, w: int) -> torch.Tensor:
     m = torch.ones(h, w)
-    m[h // 4:(3 * h) // 4, :] = 0.0
+    m[h // 4 : (3 * h) // 4, :] = 0.0
     return m
 
 
 def is_single_split(pattern: Sequence[bool]) -> bool:
     """A stripe pattern that is just one left/right seam (e.g. AAABB): crop-paste's geometry."""
-    changes = sum(1 for a, b in zip(pattern, pattern[1:]) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(pattern) if a != b)
     return changes <= 1
 
 
@@ -110,8 +111,16 @@ def stripe_patterns(n_stripes: int, from_b: int) -> list[tuple[bool, ...]]:
     return out
 
 
-def mask_bank(mixer: str, h: int, w: int, *, merge_alpha: float = 0.5, n_stripes: int = 5, stripes_from_b: int = 2,
-              swap: bool = True) -> torch.Tensor:
+def mask_bank(
+    mixer: str,
+    h: int,
+    w: int,
+    *,
+    merge_alpha: float = 0.5,
+    n_stripes: int = 5,
+    stripes_from_b: int = 2,
+    swap: bool = True,
+) -> torch.Tensor:
     """Every mask an evasion mixer can draw (jitters, patterns, and a/b swaps), K×H×W."""
     if mixer == "crop-paste":
         r = jitter_radius(w)
@@ -130,8 +139,9 @@ def mask_bank(mixer: str, h: int, w: int, *, merge_alpha: float = 0.5, n_stripes
     elif mixer == "band":
         masks = [band_mask(h, w)]
     else:
-        raise InvalidArgument(f"no mask for mixer {mixer!r}; mask mixers: "
-                              f"{', '.join(m for m in ALL_MIXERS if m != 'autoencoder')}")
+        raise InvalidArgument(
+            f"no mask for mixer {mixer!r}; mask mixers: {', '.join(m for m in ALL_MIXERS if m != 'autoencoder')}"
+        )
     if swap:
         masks = masks + [1.0 - m for m in masks]
     return torch.stack(masks)
@@ -147,17 +157,28 @@ def apply_mask(mask: torch.Tensor, xa: torch.Tensor, xb: torch.Tensor) -> torch.
 class EvasionMixer:
     """Draws random mixtures of (x_a, x_b) pairs with a uniformly chosen mixer per sample."""
 
-    def __init__(self, mixers: Sequence[str], h: int, w: int, *, autoencoder: BlendAutoencoder | None = None,
-                 merge_alpha: float = 0.5, n_stripes: int = 5, stripes_from_b: int = 2):
+    def __init__(
+        self,
+        mixers: Sequence[str],
+        h: int,
+        w: int,
+        *,
+        autoencoder: BlendAutoencoder | None = None,
+        merge_alpha: float = 0.5,
+        n_stripes: int = 5,
+        stripes_from_b: int = 2,
+    ):
         if not mixers:
             raise InvalidArgument("the evasion set needs at least one mixer")
         self.mixers = tuple(mixers)
         self.autoencoder = autoencoder
         if "autoencoder" in self.mixers and autoencoder is None:
             raise InvalidArgument("the autoencoder evasion mixer needs a trained autoencoder")
-        self.banks = {m: mask_bank(m, h, w, merge_alpha=merge_alpha, n_stripes=n_stripes,
-                                   stripes_from_b=stripes_from_b)
-                      for m in self.mixers if m != "autoencoder"}
+        self.banks = {
+            m: mask_bank(m, h, w, merge_alpha=merge_alpha, n_stripes=n_stripes, stripes_from_b=stripes_from_b)
+            for m in self.mixers
+            if m != "autoencoder"
+        }
 
     def __call__(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = len(xa)
@@ -185,6 +206,7 @@ class EvasionMixer:
 # Autoencoder blending
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class BlendAutoencoder(nn.Module):
     """A small convolutional autoencoder: two stride-2 convolutions down, two transposed convolutions up.
 
@@ -195,11 +217,14 @@ class BlendAutoencoder(nn.Module):
     def __init__(self, channels: int, width: int = 16):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),
             nn.ConvTranspose2d(width, channels, 3, stride=2, padding=1, output_padding=1),
         )
 
@@ -223,8 +248,16 @@ class BlendAutoencoder(nn.Module):
         return out
 
 
-def train_autoencoder(x: torch.Tensor, *, width: int = 16, epochs: int = 5, batch_size: int = 128, lr: float = 1e-3,
-                      seed: int = 0, progress: bool | None = None) -> BlendAutoencoder:
+def train_autoencoder(
+    x: torch.Tensor,
+    *,
+    width: int = 16,
+    epochs: int = 5,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> BlendAutoencoder:
     """Train a :class:`BlendAutoencoder` to reconstruct ``x`` (MSE) with the shared training loop."""
     from ..data.base import TensorData
     from ..models.train import TrainConfig, fit
@@ -244,8 +277,10 @@ def train_autoencoder(x: torch.Tensor, *, width: int = 16, epochs: int = 5, batc
 # The watermark rule
 # ---------------------------------------------------------------------------------------------------------------------
 
-def watermark_mask(rule: str, h: int, w: int, *, merge_alpha: float = 0.5,
-                   stripe_pattern: Sequence[bool] | None = None) -> torch.Tensor:
+
+def watermark_mask(
+    rule: str, h: int, w: int, *, merge_alpha: float = 0.5, stripe_pattern: Sequence[bool] | None = None
+) -> torch.Tensor:
     """The fixed mask of a mask-based watermark rule (no jitter, no swap: the secret configuration)."""
     if rule == "crop-paste":
         return left_right_mask(h, w, w // 2)

@@ -9,19 +9,20 @@ with an exact (or explicitly approximate) p-value under the scheme's stated null
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier, weights_digest
-from ..oracles.base import Oracle
 from ..core.params import Params as BaseParams
 from ..core.registry import Registry
+from ..data.base import Splits
+from ..models.base import Classifier
+from ..models.io import weights_digest
 from ..models.train import TrainConfig
+from ..oracles.base import Oracle, OutputKind, query_all
 
 
 @dataclasses.dataclass
@@ -61,13 +62,17 @@ class BernoulliOutcomes:
 class Scheme:
     """Base class; subclasses set the class attributes and implement ``embed``/``verify``."""
 
+    # -- what the scheme is, needs and offers (declared, never detected) ---------------------------------------------
     name: ClassVar[str] = ""
-    acts_at: ClassVar[str] = "training"  # or "api"
+    acts_at: ClassVar[Literal["training", "api"]] = "training"  # "api": protect() perturbs the served answers
     null_hypothesis: ClassVar[str] = ""
-    label_only: ClassVar[bool] = True  # can it verify a suspect that answers labels only?
+    # what a suspect must answer: "labels" (labels suffice) or "probs" (the statistic reads probabilities)
+    needs: ClassVar[OutputKind] = "labels"
+    # True: bernoulli_outcomes() gives per-query outcomes, so verification may stop early (sequential test)
+    sequential: ClassVar[bool] = False
     default_arch: ClassVar[str] = "cnn-small"
-    # True: embed() expects a trained model (frontier stitching fine-tunes one); api.embed trains a clean model first
-    # when it is handed an architecture name instead of a model.
+    # True: embed() expects a trained model (frontier stitching fine-tunes one), so a clean model is trained first
+    # when the scheme is handed an architecture name instead of a model.
     pretrain: ClassVar[bool] = False
     # Parameters for the registry-generated tests on tiny synthetic data (1×8×8, 4 classes, a few hundred examples).
     tiny_params: ClassVar[dict[str, Any]] = {}
@@ -85,8 +90,9 @@ class Scheme:
         return f"{type(self).__name__}({self.params})"
 
     # -- interface -------------------------------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         raise NotImplementedError
 
     def protect(self, oracle: Oracle, key: Key) -> Oracle:
@@ -101,27 +107,71 @@ class Scheme:
         raise NotImplementedError
 
     def bernoulli_outcomes(self, answers: torch.Tensor, key: Key) -> BernoulliOutcomes | None:
-        """Optional hook for sequential verification (:mod:`copycatch.verification.sequential`).
+        """Per-query outcomes for sequential verification (:mod:`copycatch.verification.sequential`).
 
-        ``answers`` are the suspect's answers to the first ``len(answers)`` verification inputs (a prefix, maybe
-        empty). Implement it only when the scheme's statistic is a count of per-query Bernoulli outcomes with an
-        exact binomial null and ``verify`` asks exactly ``verification_inputs`` (no adaptive plan); then
-        ``evidence_from_answers`` on all answers must give the p-value
-        ``P(Binomial(counted, null_rate) >= successes)`` (a registry test checks this). The default, None,
-        makes ``copycatch verify`` fall back to the fixed test on all verification inputs.
+        Schemes that declare ``sequential = True`` implement it. ``answers`` are the suspect's answers to the first
+        ``len(answers)`` verification inputs (a prefix, maybe empty). It fits only a statistic that counts per-query
+        Bernoulli outcomes with an exact binomial null, asked over exactly ``verification_inputs``; then
+        ``evidence_from_answers`` on all answers must give the p-value ``P(Binomial(counted, null_rate) >= successes)``
+        (a registry test checks this). Other schemes are verified with the fixed test on all verification inputs.
         """
         return None
 
     def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
-        """Query the verification inputs and test the null. Schemes override only to do more than that."""
-        from ..attacks.extraction.base import query_all
-
+        """The fixed test: query every verification input and test the null on all the answers."""
         alpha = self.check_alpha(alpha)
         self.check_key(key, oracle)
         x = self.verification_inputs(key)
         before = oracle.queries
         answers = query_all(oracle, x, progress=progress, desc="verify")
-        return self.evidence_from_answers(answers, key, alpha=alpha, queries=oracle.queries - before)
+        evidence = self.evidence_from_answers(answers, key, alpha=alpha, queries=oracle.queries - before)
+        outcome = self.bernoulli_outcomes(answers, key) if self.sequential else None
+        if outcome is not None:  # the null distribution, for the evidence page's plot
+            evidence.details["null_model"] = {
+                "type": "binomial",
+                "trials": outcome.counted,
+                "rate": outcome.null_rate,
+                "observed": outcome.successes,
+                "statistic_name": outcome.statistic_name,
+            }
+        evidence.details.setdefault("sequential", {"used": False})
+        return evidence
+
+    def evidence(
+        self,
+        key: Key,
+        *,
+        statistic_name: str,
+        statistic: float,
+        p_value: float,
+        alpha: float,
+        queries: int,
+        exact: bool = True,
+        metrics: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
+        null_hypothesis: str | None = None,
+    ) -> Evidence:
+        """The one way evidence is made: this scheme's name and null hypothesis, the key's digest, the test's result."""
+        return Evidence(
+            scheme=self.name,
+            null_hypothesis=null_hypothesis or self.null_hypothesis,
+            statistic_name=statistic_name,
+            statistic=statistic,
+            p_value=p_value,
+            alpha=alpha,
+            queries=queries,
+            key_digest=key.digest,
+            exact=exact,
+            metrics=dict(metrics or {}),
+            details=dict(details or {}),
+            notes=list(notes or []),
+        )
+
+    def check_oracle(self, oracle: Oracle) -> None:
+        """Refuse a suspect that answers labels when the statistic reads probabilities."""
+        if oracle.output_kind == "labels" and self.needs == "probs":
+            raise InvalidArgument(f"scheme {self.name!r} needs probabilities but the suspect answers labels only")
 
     # -- helpers for subclasses ------------------------------------------------------------------------------------
     def check_key(self, key: Key, oracle: Oracle | None = None) -> None:
@@ -129,11 +179,19 @@ class Scheme:
             raise InvalidArgument(f"key is for scheme {key.scheme!r}, not {self.name!r}")
         classes = key.meta.get("num_classes")
         if oracle is not None and classes is not None and classes != oracle.num_classes:
-            raise InvalidArgument(f"key is for a {classes}-class model but the suspect has {oracle.num_classes} classes")
-        if oracle is not None and key.meta.get("input_shape") and oracle.input_shape is not None \
-                and tuple(key.meta["input_shape"]) != tuple(oracle.input_shape):
-            raise InvalidArgument(f"key is for inputs shaped {tuple(key.meta['input_shape'])} but the suspect takes "
-                                  f"{tuple(oracle.input_shape)}")
+            raise InvalidArgument(
+                f"key is for a {classes}-class model but the suspect has {oracle.num_classes} classes"
+            )
+        if (
+            oracle is not None
+            and key.meta.get("input_shape")
+            and oracle.input_shape is not None
+            and tuple(key.meta["input_shape"]) != tuple(oracle.input_shape)
+        ):
+            raise InvalidArgument(
+                f"key is for inputs shaped {tuple(key.meta['input_shape'])} but the suspect takes "
+                f"{tuple(oracle.input_shape)}"
+            )
 
     def key_meta(self, splits: Splits, victim: Classifier, **extra: Any) -> dict[str, Any]:
         return {

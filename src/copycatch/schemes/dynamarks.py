@@ -72,20 +72,20 @@ runs; fresh per query, so repeated queries differ as in the paper).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier, weights_digest
-from ..oracles.base import Oracle
 from ..core.params import Params as BaseParams
 from ..core.stats import independent_choices_greater
+from ..data.base import Splits
+from ..models.base import Classifier
+from ..models.io import weights_digest
 from ..models.train import TrainConfig, predict_logits
+from ..oracles.base import Oracle
 from .base import Embedding, Scheme, register_scheme
 
 LOG_FLOOR = 1e-6  # probabilities below this are equal for the paired statistic (float32 answers saturate)
@@ -119,9 +119,13 @@ class DynaMarksSecret:
     def build(cls, params: DynaMarks.Params, favoured: torch.Tensor, range_index: torch.Tensor) -> DynaMarksSecret:
         n = len(favoured)
         width = (params.b - params.a) / params.range_choices
-        return cls(selection_probabilities(n, favoured, params.favoured_weight),
-                   torch.full((n,), params.alpha, dtype=torch.float64), torch.full((n,), params.beta, dtype=torch.float64),
-                   params.a + width * range_index.double(), torch.full((n,), width, dtype=torch.float64))
+        return cls(
+            selection_probabilities(n, favoured, params.favoured_weight),
+            torch.full((n,), params.alpha, dtype=torch.float64),
+            torch.full((n,), params.beta, dtype=torch.float64),
+            params.a + width * range_index.double(),
+            torch.full((n,), width, dtype=torch.float64),
+        )
 
     def perturb(self, probs: torch.Tensor, u_delta: torch.Tensor, u_index: torch.Tensor) -> torch.Tensor:
         """Algorithm 1, lines 4-11, with the uniform draws given (so verification can replay them)."""
@@ -133,8 +137,9 @@ class DynaMarksSecret:
         return _move(out, i, j.clamp_max(out.shape[1] - 1), delta).to(probs.dtype)
 
 
-def candidate_responses(params: DynaMarks.Params, cls: int, probs: torch.Tensor, u_delta: torch.Tensor,
-                        u_index: torch.Tensor) -> torch.Tensor:
+def candidate_responses(
+    params: DynaMarks.Params, cls: int, probs: torch.Tensor, u_delta: torch.Tensor, u_index: torch.Tensor
+) -> torch.Tensor:
     """F_alt on inputs whose top class is ``cls``, for every secret of that class at once: (N·K)×n×N, candidate
     f·K + r having favoured index f and sub-range r. Same arithmetic as :meth:`DynaMarksSecret.perturb`."""
     n, num_classes = probs.shape
@@ -149,8 +154,9 @@ def candidate_responses(params: DynaMarks.Params, cls: int, probs: torch.Tensor,
     j = torch.searchsorted(selection.cumsum(1), u_index.double().expand(num_classes, n).contiguous())  # N×n
     out = probs.expand(num_classes, k, n, num_classes).clone()
     shape = (num_classes, k, n)
-    _move(out, torch.full(shape, cls), j.clamp_max(num_classes - 1)[:, None, :].expand(shape),
-          delta[None].expand(shape))
+    _move(
+        out, torch.full(shape, cls), j.clamp_max(num_classes - 1)[:, None, :].expand(shape), delta[None].expand(shape)
+    )
     return out.reshape(num_classes * k, n, num_classes)
 
 
@@ -182,8 +188,9 @@ class DynaMarksPerturbation:
 
     def __call__(self, probs: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         if probs.shape[1] != self.secret.selection.shape[0]:
-            raise InvalidArgument(f"DynaMarks key is for {self.secret.selection.shape[0]} classes, answers have "
-                                  f"{probs.shape[1]}")
+            raise InvalidArgument(
+                f"DynaMarks key is for {self.secret.selection.shape[0]} classes, answers have {probs.shape[1]}"
+            )
         u = torch.rand(2, len(probs), generator=self.generator, dtype=torch.float64)
         out = self.secret.perturb(probs, u[0], u[1])
         if not torch.equal(out.argmax(1), probs.argmax(1)):  # guaranteed by α >= 1/2 + b; never trust, check
@@ -200,7 +207,7 @@ class DynaMarks(Scheme):
 
     name = "dynamarks"
     acts_at = "api"
-    label_only = False
+    needs = "probs"
     pretrain = True
     default_arch = "cnn-small"
     tiny_params = {"n_verify": 400, "range_choices": 4}
@@ -229,8 +236,10 @@ class DynaMarks(Scheme):
             if not 0.0 <= self.a <= self.b:
                 raise InvalidArgument(f"need 0 <= a <= b, got a={self.a}, b={self.b}")
             if self.alpha < 0.5 + self.b:
-                raise InvalidArgument(f"alpha={self.alpha} < 1/2 + b={0.5 + self.b}: moving up to b could change the "
-                                      "predicted class; lower b or raise alpha")
+                raise InvalidArgument(
+                    f"alpha={self.alpha} < 1/2 + b={0.5 + self.b}: moving up to b could change the "
+                    "predicted class; lower b or raise alpha"
+                )
             if self.favoured_weight <= 0:
                 raise InvalidArgument(f"favoured_weight must be positive, got {self.favoured_weight}")
             if self.range_choices < 1:
@@ -243,8 +252,9 @@ class DynaMarks(Scheme):
                 raise InvalidArgument(f"tau must be positive, got {self.tau}")
 
     # -- embed -----------------------------------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         """Draw the secret and the verification set; ``model`` (already trained) is returned untouched."""
         p = self.params
         train = train or TrainConfig()
@@ -259,22 +269,32 @@ class DynaMarks(Scheme):
         verify_x = (splits.test.x[pick] * 255).round().clamp(0, 255).to(torch.uint8)
         verify_org = torch.softmax(predict_logits(model, verify_x.float() / 255), dim=1)
         seeds = torch.randint(2**62, (2,), generator=generator)
-        tensors = {"favoured": favoured, "range_index": range_index, "verify_x": verify_x,
-                   "verify_org": verify_org.float(), "verify_seed": seeds[:1], "api_seed": seeds[1:]}
+        tensors = {
+            "favoured": favoured,
+            "range_index": range_index,
+            "verify_x": verify_x,
+            "verify_org": verify_org.float(),
+            "verify_seed": seeds[:1],
+            "api_seed": seeds[1:],
+        }
         if weights_digest(model) != before:
             raise RuntimeError("DynaMarks changed the model's weights; this is a bug")
         key = Key(scheme=self.name, params=p.to_dict(), tensors=tensors, meta=self.key_meta(splits, model))
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
         secret = self.secret(key)
         replay = secret.perturb(verify_org, *self._replay_draws(key))
-        info = {"weights_untouched": True, "verification_inputs": len(pick),
-                "perturbed_share": float((replay != verify_org.double()).any(1).float().mean()),
-                "argmax_preserved": bool(torch.equal(replay.argmax(1), verify_org.argmax(1)))}
+        info = {
+            "weights_untouched": True,
+            "verification_inputs": len(pick),
+            "perturbed_share": float((replay != verify_org.double()).any(1).float().mean()),
+            "argmax_preserved": bool(torch.equal(replay.argmax(1), verify_org.argmax(1))),
+        }
         return Embedding(model, key, info)
 
     def secret(self, key: Key) -> DynaMarksSecret:
-        return DynaMarksSecret.build(self.Params.from_dict(key.params), key["favoured"].long(),
-                                     key["range_index"].long())
+        return DynaMarksSecret.build(
+            self.Params.from_dict(key.params), key["favoured"].long(), key["range_index"].long()
+        )
 
     def protect(self, oracle: Oracle, key: Key) -> Oracle:
         self.check_key(key, oracle)
@@ -285,9 +305,7 @@ class DynaMarks(Scheme):
         return key["verify_x"].float() / 255
 
     def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
-        if oracle.output_kind == "labels":
-            raise InvalidArgument("DynaMarks compares probability distributions: it cannot verify a suspect that "
-                                  "answers labels only")
+        self.check_oracle(oracle)  # DynaMarks compares probability distributions: labels carry none
         return super().verify(oracle, key, alpha=alpha, progress=progress)
 
     @staticmethod
@@ -338,17 +356,32 @@ class DynaMarks(Scheme):
         secrets = (n * p.range_choices) ** len(chosen)
         notes = []
         if 2.0 / secrets > alpha:
-            notes.append(f"only {secrets} possible secrets for {len(chosen)} classes: no p-value below "
-                         f"{2.0 / secrets:.3g} is attainable; raise range_choices for more secret bits")
-        return Evidence(
-            scheme=self.name, null_hypothesis=self.null_hypothesis,
-            statistic_name="eta = delta_org / delta_alt (Algorithm 2)", statistic=eta,
-            p_value=p_value, alpha=alpha, queries=queries, key_digest=key.digest, exact=True,
-            metrics={"eta": eta, "tau": p.tau, "paper_detected": eta > p.tau, "delta_org": delta_org,
-                     "delta_alt": delta_alt, "delta_alt_drawn": delta_draw, "delta_alt_expected": delta_mean,
-                     "p_distributions": p_distributions, "p_paired": p_paired,
-                     "mean_secret_rank": float(np.mean(ranks)) if ranks else float("nan"),
-                     "candidates_per_class": n * p.range_choices, "classes_compared": len(chosen)},
+            notes.append(
+                f"only {secrets} possible secrets for {len(chosen)} classes: no p-value below "
+                f"{2.0 / secrets:.3g} is attainable; raise range_choices for more secret bits"
+            )
+        return self.evidence(
+            key,
+            statistic_name="eta = delta_org / delta_alt (Algorithm 2)",
+            statistic=eta,
+            p_value=p_value,
+            alpha=alpha,
+            queries=queries,
+            exact=True,
+            metrics={
+                "eta": eta,
+                "tau": p.tau,
+                "paper_detected": eta > p.tau,
+                "delta_org": delta_org,
+                "delta_alt": delta_alt,
+                "delta_alt_drawn": delta_draw,
+                "delta_alt_expected": delta_mean,
+                "p_distributions": p_distributions,
+                "p_paired": p_paired,
+                "mean_secret_rank": float(np.mean(ranks)) if ranks else float("nan"),
+                "candidates_per_class": n * p.range_choices,
+                "classes_compared": len(chosen),
+            },
             details={"secret_rank_per_class": ranks},
             notes=notes,
         )

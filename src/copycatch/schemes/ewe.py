@@ -43,7 +43,7 @@ Binomial(n, 1/2): the p-value is the exact sign-test tail P(Binomial(n, 1/2) ≥
 composite null without any symmetry assumption. That innocent models satisfy the null is an assumption, checked
 on many innocent draws in the tests (a model unsure about foreign inputs has low certainty even when its argmax
 lands on the target; an in-distribution trigger must move the target probability by more than α_c). The scheme
-needs probabilities (``label_only = False``); one-hot answers still run (certainty 1 − 1/|Y| per target label)
+needs probabilities (``needs = "probs"``); one-hot answers still run (certainty 1 − 1/|Y| per target label)
 and the evidence says the null is then much weaker.
 
 Parameters (defaults; notes §3.5, Fashion-MNIST 2_conv row unless said):
@@ -87,25 +87,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier
 from ..core.params import Params as BaseParams
-from ..core.stats import binomial_greater
-from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from ..core.runtime import progress as progress_bar
+from ..core.stats import binomial_greater
+from ..data.base import Splits
+from ..models.base import Classifier
+from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
-from .feature_sharing import ROUND_DECIMALS, certainty_differences, check_class, is_one_hot, least_likely_class, load_ood, ood_class_inputs, random_class, stamp_patch, to_uint8
+from .feature_sharing import (
+    ROUND_DECIMALS,
+    certainty_differences,
+    check_class,
+    is_one_hot,
+    least_likely_class,
+    load_ood,
+    ood_class_inputs,
+    random_class,
+    stamp_patch,
+    to_uint8,
+)
 
 MIN_TEMPERATURE = 1e-3
 MAX_DESCENT_STEPS = 50
 FINAL_DESCENT_STEPS = 5
 
 
-def snnl(features: torch.Tensor, w_labels: torch.Tensor, temperature: torch.Tensor | float, *,
-         distance: str = "cosine") -> torch.Tensor:
+def snnl(
+    features: torch.Tensor, w_labels: torch.Tensor, temperature: torch.Tensor | float, *, distance: str = "cosine"
+) -> torch.Tensor:
     """Soft nearest-neighbour loss of ``features`` (N×…) grouped by ``w_labels``, as in EWE's ``models.snnl``."""
     x = F.relu(features).flatten(1)
     if distance == "cosine":
@@ -135,6 +147,7 @@ class LayerTap:
         def record(module, inputs, output):
             if self.active:
                 self.outputs[name] = output
+
         return record
 
     def run(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -153,8 +166,11 @@ class LayerTap:
 
 def default_layers(model: nn.Module, count: int = 3) -> tuple[str, ...]:
     """The last ``count`` ReLU or residual-block modules, in forward (registration) order."""
-    picked = [name for name, m in model.named_modules()
-              if name and (isinstance(m, nn.ReLU) or type(m).__name__.endswith("Block"))]
+    picked = [
+        name
+        for name, m in model.named_modules()
+        if name and (isinstance(m, nn.ReLU) or type(m).__name__.endswith("Block"))
+    ]
     if not picked:
         raise InvalidArgument("found no ReLU or residual-block module to tap for the SNNL; name them with layers=")
     return tuple(picked[-count:])
@@ -166,8 +182,10 @@ def resolve_layers(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
     valid = {name for name, _ in model.named_modules() if name}
     for name in names:
         if name not in valid:
-            raise InvalidArgument(f"layers: {name!r} is not a module of this model; automatic choice would be "
-                                  f"{', '.join(default_layers(model))}")
+            raise InvalidArgument(
+                f"layers: {name!r} is not a module of this model; automatic choice would be "
+                f"{', '.join(default_layers(model))}"
+            )
     return tuple(names)
 
 
@@ -189,9 +207,14 @@ class Temperatures:
                 self.values[i] = max(MIN_TEMPERATURE, self.values[i] - self.lr * float(g))
 
 
-def watermark_snnl(tap: LayerTap, model: nn.Module, x: torch.Tensor, w_labels: torch.Tensor,
-                   temperatures: list[torch.Tensor] | list[float],
-                   distance: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def watermark_snnl(
+    tap: LayerTap,
+    model: nn.Module,
+    x: torch.Tensor,
+    w_labels: torch.Tensor,
+    temperatures: list[torch.Tensor] | list[float],
+    distance: str,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, feats = tap.run(model, x)
     return logits, [snnl(f, w_labels, t, distance=distance) for f, t in zip(feats, temperatures)]
 
@@ -199,8 +222,15 @@ def watermark_snnl(tap: LayerTap, model: nn.Module, x: torch.Tensor, w_labels: t
 class EntangleHook(TrainHook):
     """Adds a watermark batch's (CE − factor·ΣSNNL) to every ``ratio``-th clean step and learns the temperatures."""
 
-    def __init__(self, triggers: torch.Tensor, target_x: torch.Tensor, target: int, tap: LayerTap,
-                 temperatures: Temperatures, params: EntangledWatermark.Params):
+    def __init__(
+        self,
+        triggers: torch.Tensor,
+        target_x: torch.Tensor,
+        target: int,
+        tap: LayerTap,
+        temperatures: Temperatures,
+        params: EntangledWatermark.Params,
+    ):
         self.triggers, self.target_x, self.target = triggers, target_x, target
         self.tap, self.temperatures, self.params = tap, temperatures, params
         self.snnl_sum, self.batches = 0.0, 0
@@ -222,9 +252,9 @@ class EntangleHook(TrainHook):
     def _next_triggers(self) -> torch.Tensor:
         if self.cursor + self.half > len(self.order):  # cycle through a fresh permutation, like an epoch
             fresh = torch.randperm(len(self.triggers), generator=self.generator)
-            self.order = torch.cat([self.order[self.cursor:], fresh])
+            self.order = torch.cat([self.order[self.cursor :], fresh])
             self.cursor = 0
-        pick = self.order[self.cursor:self.cursor + self.half]
+        pick = self.order[self.cursor : self.cursor + self.half]
         self.cursor += self.half
         return self.triggers[pick.to(self.triggers.device)]
 
@@ -264,8 +294,9 @@ def _descend_target_logit(model: nn.Module, x: torch.Tensor, target: int, step: 
     return (x - step * grad.sign()).clamp(0, 1).detach()
 
 
-def _snnl_input_grad(model: nn.Module, tap: LayerTap, x: torch.Tensor, w_labels: torch.Tensor,
-                     temperatures: list[float], distance: str) -> torch.Tensor:
+def _snnl_input_grad(
+    model: nn.Module, tap: LayerTap, x: torch.Tensor, w_labels: torch.Tensor, temperatures: list[float], distance: str
+) -> torch.Tensor:
     x = x.clone().requires_grad_(True)
     _, terms = watermark_snnl(tap, model, x, w_labels, temperatures, distance)
     (grad,) = torch.autograd.grad(sum(terms), x)
@@ -280,17 +311,25 @@ def _w_labels(n_trigger: int, n_target: int, device: torch.device) -> torch.Tens
     return torch.cat([torch.ones(n_trigger), torch.zeros(n_target)]).to(device)
 
 
-def patch_position(model: nn.Module, tap: LayerTap, sources: torch.Tensor, target_x: torch.Tensor, half: int,
-                   temperatures: list[float], params: EntangledWatermark.Params,
-                   generator: torch.Generator) -> tuple[int, int]:
+def patch_position(
+    model: nn.Module,
+    tap: LayerTap,
+    sources: torch.Tensor,
+    target_x: torch.Tensor,
+    half: int,
+    temperatures: list[float],
+    params: EntangledWatermark.Params,
+    generator: torch.Generator,
+) -> tuple[int, int]:
     """(row, col) of the ``patch_size`` window where the mean SNNL input-gradient of the source images is smallest."""
     total = torch.zeros(sources.shape[1:])
     for part in _batches(len(sources), half):
         x = sources[part]
         tgt = target_x[torch.randint(len(target_x), (len(x),), generator=generator)]
-        grad = _snnl_input_grad(model, tap, torch.cat([x, tgt]), _w_labels(len(x), len(tgt), x.device), temperatures,
-                                params.distance)
-        total += grad[:len(x)].sum(0).cpu()
+        grad = _snnl_input_grad(
+            model, tap, torch.cat([x, tgt]), _w_labels(len(x), len(tgt), x.device), temperatures, params.distance
+        )
+        total += grad[: len(x)].sum(0).cpu()
     mean = (total / len(sources)).sum(0)  # summed over channels, like the code's window sum over H×W×C
     k = params.patch_size
     windows = F.avg_pool2d(mean[None, None], k, stride=1)[0, 0]
@@ -298,9 +337,18 @@ def patch_position(model: nn.Module, tap: LayerTap, sources: torch.Tensor, targe
     return flat // windows.shape[1], flat % windows.shape[1]
 
 
-def optimise_triggers(model: nn.Module, tap: LayerTap, triggers: torch.Tensor, target_x: torch.Tensor, target: int,
-                      half: int, temperatures: list[float], params: EntangledWatermark.Params,
-                      generator: torch.Generator, progress: bool | None = None) -> torch.Tensor:
+def optimise_triggers(
+    model: nn.Module,
+    tap: LayerTap,
+    triggers: torch.Tensor,
+    target_x: torch.Tensor,
+    target: int,
+    half: int,
+    temperatures: list[float],
+    params: EntangledWatermark.Params,
+    generator: torch.Generator,
+    progress: bool | None = None,
+) -> torch.Tensor:
     """EWE's trigger search (notes §3.4) against the clean model, batch by batch."""
     out = triggers.clone()
     parts = _batches(len(out), half)
@@ -314,7 +362,7 @@ def optimise_triggers(model: nn.Module, tap: LayerTap, triggers: torch.Tensor, t
                 cur = _descend_target_logit(model, cur, target, params.w_lr)
                 steps += 1
             grad = _snnl_input_grad(model, tap, torch.cat([cur, tgt]), w_labels, temperatures, params.distance)
-            cur = (cur + params.w_lr * grad[:len(cur)].sign()).clamp(0, 1)
+            cur = (cur + params.w_lr * grad[: len(cur)].sign()).clamp(0, 1)
         for _ in range(FINAL_DESCENT_STEPS):
             cur = _descend_target_logit(model, cur, target, params.w_lr)
         out[part] = cur
@@ -332,11 +380,11 @@ class EntangledWatermark(Scheme):
 
     name = "ewe"
     acts_at = "training"
-    label_only = False
+    needs = "probs"
+    sequential = True
     pretrain = True
     default_arch = "cnn-small"
-    tiny_params = {"ood_dataset": "synthetic:seed=11", "n_triggers": 128, "n_verify": 40, "w_epochs": 3,
-                   "maxiter": 3}
+    tiny_params = {"ood_dataset": "synthetic:seed=11", "n_triggers": 128, "n_verify": 40, "w_epochs": 3, "maxiter": 3}
     null_hypothesis = (
         "The suspect's median certainty on the triggers is at most alpha_c: a random trigger has p - q > alpha_c "
         "(in-distribution; q = target probability without the trigger) or p - 1/|Y| > alpha_c (out-of-distribution) "
@@ -380,8 +428,10 @@ class EntangledWatermark(Scheme):
             if self.w_epochs < 1:
                 raise InvalidArgument(f"w_epochs must be >= 1, got {self.w_epochs}")
             if not 0.0 <= self.threshold < 1.0 or not self.w_lr > 0 or self.maxiter < 0:
-                raise InvalidArgument(f"need threshold in [0, 1), w_lr > 0, maxiter >= 0; got {self.threshold}, "
-                                      f"{self.w_lr}, {self.maxiter}")
+                raise InvalidArgument(
+                    f"need threshold in [0, 1), w_lr > 0, maxiter >= 0; got {self.threshold}, "
+                    f"{self.w_lr}, {self.maxiter}"
+                )
             if self.patch_size < 1:
                 raise InvalidArgument(f"patch_size must be >= 1, got {self.patch_size}")
             if not 0.0 <= self.certainty < 1.0:
@@ -397,8 +447,11 @@ class EntangledWatermark(Scheme):
         p = self.params
         if p.distribution == "in":
             c = splits.num_classes
-            source = check_class("source_class", p.source_class, c) if p.source_class is not None \
+            source = (
+                check_class("source_class", p.source_class, c)
+                if p.source_class is not None
                 else random_class(c, generator)
+            )
             pool = splits.owner_train.x[splits.owner_train.y == source]
             where = "owner_train"
         else:
@@ -407,12 +460,20 @@ class EntangledWatermark(Scheme):
             pool = ood_class_inputs(ood, source, p.ood_dataset)
             where = f"ood_dataset {p.ood_dataset!r}"
         if len(pool) < p.n_verify:
-            raise InvalidArgument(f"{where} has {len(pool)} inputs of source class {source}, fewer than "
-                                  f"n_verify={p.n_verify}")
-        return source, pool[torch.randperm(len(pool), generator=generator)[:p.n_triggers]]
+            raise InvalidArgument(
+                f"{where} has {len(pool)} inputs of source class {source}, fewer than n_verify={p.n_verify}"
+            )
+        return source, pool[torch.randperm(len(pool), generator=generator)[: p.n_triggers]]
 
-    def make_triggers(self, model: Classifier, splits: Splits, tap: LayerTap, half: int, generator: torch.Generator,
-                      progress: bool | None = None) -> dict[str, Any]:
+    def make_triggers(
+        self,
+        model: Classifier,
+        splits: Splits,
+        tap: LayerTap,
+        half: int,
+        generator: torch.Generator,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
         p = self.params
         source, sources = self.source_inputs(splits, generator)
         c = splits.num_classes
@@ -434,14 +495,22 @@ class EntangledWatermark(Scheme):
             position = patch_position(model, tap, sources, target_x, half, temperatures, p, generator)
             triggers = stamp_patch(sources, p.patch_size, row=position[0], col=position[1], channels=0)
         if p.optimize_triggers:
-            triggers = optimise_triggers(model, tap, triggers, target_x, target, half, temperatures, p, generator,
-                                         progress)
-        return {"source": source, "target": target, "triggers_u8": to_uint8(triggers), "sources_u8": to_uint8(sources),
-                "target_x": target_x, "patch_position": position}
+            triggers = optimise_triggers(
+                model, tap, triggers, target_x, target, half, temperatures, p, generator, progress
+            )
+        return {
+            "source": source,
+            "target": target,
+            "triggers_u8": to_uint8(triggers),
+            "sources_u8": to_uint8(sources),
+            "target_x": target_x,
+            "patch_position": position,
+        }
 
     # -- embed -----------------------------------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         """Trigger search on the clean trained ``model``, then the entangling phase."""
         p = self.params
         train = train or TrainConfig()
@@ -452,9 +521,12 @@ class EntangledWatermark(Scheme):
         try:
             made = self.make_triggers(model, splits, tap, half, generator, progress)
             triggers = made["triggers_u8"].float() / 255
-            verify_pick = torch.randperm(len(triggers), generator=generator)[:p.n_verify]
-            tensors = {"trigger_x": made["triggers_u8"][verify_pick], "source_class": torch.tensor(made["source"]),
-                       "target_class": torch.tensor(made["target"])}
+            verify_pick = torch.randperm(len(triggers), generator=generator)[: p.n_verify]
+            tensors = {
+                "trigger_x": made["triggers_u8"][verify_pick],
+                "source_class": torch.tensor(made["source"]),
+                "target_class": torch.tensor(made["target"]),
+            }
             if p.distribution == "in":
                 tensors["original_x"] = made["sources_u8"][verify_pick]
                 tensors["patch_position"] = torch.tensor(made["patch_position"])  # part of the secret trigger
@@ -470,13 +542,19 @@ class EntangledWatermark(Scheme):
             scheme=self.name,
             params=p.to_dict(),
             tensors=tensors,
-            meta=self.key_meta(splits, model, train=train.to_dict(), layers=list(layers),
-                               temperatures=temperatures.values),
+            meta=self.key_meta(
+                splits, model, train=train.to_dict(), layers=list(layers), temperatures=temperatures.values
+            ),
         )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
         victim_rate = float((predict_logits(model, triggers).argmax(1) == made["target"]).float().mean())
-        info = {"training": result.to_dict(), "layers": list(layers), "triggers": len(triggers),
-                "clean_model_trigger_rate": clean_rate, "victim_trigger_rate": victim_rate}
+        info = {
+            "training": result.to_dict(),
+            "layers": list(layers),
+            "triggers": len(triggers),
+            "clean_model_trigger_rate": clean_rate,
+            "victim_trigger_rate": victim_rate,
+        }
         return Embedding(model, key, info)
 
     # -- verify ----------------------------------------------------------------------------------------------------
@@ -493,7 +571,7 @@ class EntangledWatermark(Scheme):
         paired = prm.distribution == "in"
         if paired:
             pairs = len(answers) // 2
-            answers = torch.cat([answers[0:2 * pairs:2], answers[1:2 * pairs:2]])
+            answers = torch.cat([answers[0 : 2 * pairs : 2], answers[1 : 2 * pairs : 2]])
         n = len(answers) // 2 if paired else len(answers)
         return certainty_differences(answers, n, int(key["target_class"]), prm.certainty, paired=paired)
 
@@ -507,7 +585,7 @@ class EntangledWatermark(Scheme):
         hit = torch.from_numpy(np.round(d, ROUND_DECIMALS) > 0).to(torch.int8)
         if prm.distribution == "in":
             outcomes = torch.full((len(answers),), -1, dtype=torch.int8)
-            outcomes[1:2 * len(hit):2] = hit
+            outcomes[1 : 2 * len(hit) : 2] = hit
         else:
             outcomes = hit
         return BernoulliOutcomes(outcomes, 0.5, statistic_name="triggers with certainty above alpha_c")
@@ -521,20 +599,22 @@ class EntangledWatermark(Scheme):
         _, metrics = self._differences(answers, key, prm)
         outcome = self.bernoulli_outcomes(answers, key)
         hits = outcome.successes
-        notes = ["sign test, exact under the stated null (median certainty <= alpha_c); that an independent model "
-                 "satisfies it is an assumption, checked empirically on innocent models"]
+        notes = [
+            "sign test, exact under the stated null (median certainty <= alpha_c); that an independent model "
+            "satisfies it is an assumption, checked empirically on innocent models"
+        ]
         if is_one_hot(answers):
-            notes.append("the suspect answered labels only: every target label counts as certain, so the null no "
-                         "longer protects a model that happens to label the triggers' class as the target")
-        return Evidence(
-            scheme=self.name,
-            null_hypothesis=self.null_hypothesis,
+            notes.append(
+                "the suspect answered labels only: every target label counts as certain, so the null no "
+                "longer protects a model that happens to label the triggers' class as the target"
+            )
+        return self.evidence(
+            key,
             statistic_name=outcome.statistic_name,
             statistic=hits,
             p_value=binomial_greater(hits, outcome.counted, outcome.null_rate),
             alpha=alpha,
             queries=queries,
-            key_digest=key.digest,
             exact=True,
             metrics={"hits": hits, "triggers": n, **metrics, "certainty": prm.certainty},
             details={"distribution": prm.distribution, "test": "sign test, Binomial(n, 1/2)"},

@@ -45,7 +45,7 @@ evidence for neither side; with the conditional sign-flip null this equals "zspl
 choice over "wilcox", which would discard how many pairs sat at the boundary. Whether an innocent model satisfies
 H0 is an assumption, not a theorem: the tests check it empirically (FPR at 0.05 over many innocent draws).
 
-Label-only suspects: the scheme needs probabilities (``label_only = False``). Given one-hot answers the same test
+Label-only suspects: the scheme needs probabilities (``needs = "probs"``). Given one-hot answers the same test
 runs on 0/1 indicators (a label-only variant: "does the trigger flip the prediction to c_T by more than α_c"), and
 the evidence says so.
 
@@ -92,13 +92,13 @@ import torch
 from scipy import stats as _st
 from torch import nn
 
-from ..data.base import Dataset, Splits, TensorData, load_dataset
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier
 from ..core.params import Params as BaseParams
 from ..core.params import parse_spec
+from ..data.base import Dataset, Splits, TensorData, load_dataset
+from ..models.base import Classifier
 from ..models.train import TrainConfig, fit, predict_logits
 from .base import Embedding, Scheme, register_scheme
 
@@ -128,7 +128,7 @@ def _sign_flip_sf(doubled_ranks: np.ndarray, observed: int) -> float:
     for a in doubled_ranks:
         shifted = dist[:used].copy()
         dist[:used] *= 0.5
-        dist[a:a + used] += 0.5 * shifted
+        dist[a : a + used] += 0.5 * shifted
         used += a
     return float(min(1.0, dist[observed:].sum()))
 
@@ -153,7 +153,7 @@ def signed_rank_greater(d: np.ndarray | torch.Tensor) -> SignedRank:
 
 def detection_rate(d: np.ndarray, *, draws: int, fraction: float, alpha: float, seed: int) -> tuple[float, int]:
     """The paper's WDR: share of ``draws`` random subsets (``fraction`` of the pairs) on which the test rejects."""
-    size = max(1, int(round(fraction * len(d))))
+    size = max(1, round(fraction * len(d)))
     rng = np.random.default_rng(seed)
     hits = sum(signed_rank_greater(d[rng.choice(len(d), size, replace=False)]).p_value <= alpha for _ in range(draws))
     return hits / draws, size
@@ -164,8 +164,15 @@ def detection_rate(d: np.ndarray, *, draws: int, fraction: float, alpha: float, 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def stamp_patch(x: torch.Tensor, size: int, *, value: float = 1.0, row: int | None = None, col: int | None = None,
-                channels: slice | int = slice(None)) -> torch.Tensor:
+def stamp_patch(
+    x: torch.Tensor,
+    size: int,
+    *,
+    value: float = 1.0,
+    row: int | None = None,
+    col: int | None = None,
+    channels: slice | int = slice(None),
+) -> torch.Tensor:
     """A copy of ``x`` (N×C×H×W) with a ``size``×``size`` square of ``value``; default: the bottom-right corner."""
     h, w = x.shape[-2:]
     if not 1 <= size <= min(h, w):
@@ -173,7 +180,7 @@ def stamp_patch(x: torch.Tensor, size: int, *, value: float = 1.0, row: int | No
     row = h - size if row is None else row
     col = w - size if col is None else col
     out = x.clone()
-    out[:, channels, row:row + size, col:col + size] = value
+    out[:, channels, row : row + size, col : col + size] = value
     return out
 
 
@@ -196,8 +203,10 @@ def load_ood(spec: str, input_shape: tuple[int, ...]) -> Dataset:
             kwargs[k] = v
     ood = load_dataset(name, **kwargs)
     if tuple(ood.input_shape) != tuple(input_shape):
-        raise InvalidArgument(f"ood_dataset {spec!r} has inputs shaped {tuple(ood.input_shape)} but the model takes "
-                              f"{tuple(input_shape)}; name an OOD set of that shape or use distribution=in")
+        raise InvalidArgument(
+            f"ood_dataset {spec!r} has inputs shaped {tuple(ood.input_shape)} but the model takes "
+            f"{tuple(input_shape)}; name an OOD set of that shape or use distribution=in"
+        )
     return ood
 
 
@@ -207,8 +216,9 @@ def ood_class_inputs(ood: Dataset, source_class: int, spec: str) -> torch.Tensor
     if ood.test_x is not None:
         x, y = torch.cat([x, ood.test_x]), torch.cat([y, ood.test_y])
     if not 0 <= source_class < ood.num_classes:
-        raise InvalidArgument(f"source_class={source_class} is not a class of ood_dataset {spec!r} "
-                              f"(0..{ood.num_classes - 1})")
+        raise InvalidArgument(
+            f"source_class={source_class} is not a class of ood_dataset {spec!r} (0..{ood.num_classes - 1})"
+        )
     return x[y == source_class]
 
 
@@ -235,8 +245,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def certainty_differences(answers: torch.Tensor, n: int, target: int, certainty: float, *,
-                          paired: bool) -> tuple[np.ndarray, dict[str, float]]:
+def certainty_differences(
+    answers: torch.Tensor, n: int, target: int, certainty: float, *, paired: bool
+) -> tuple[np.ndarray, dict[str, float]]:
     """d_i = (p_i − q_i) − α_c (``paired``: rows n.. are the untriggered inputs) or (p_i − 1/|Y|) − α_c.
 
     p_i (q_i) is the target-class probability of the i-th watermark input (of its untriggered original).
@@ -255,9 +266,12 @@ def certainty_differences(answers: torch.Tensor, n: int, target: int, certainty:
     d = (p - reference - certainty).numpy()
     if n == 0:
         return d, {}
-    metrics = {"mean_p": float(p.mean()), **extra,
-               "watermark_accuracy": float((answers[:n].argmax(1) == target).float().mean()),
-               "median_certainty": float(np.median(d) + certainty)}
+    metrics = {
+        "mean_p": float(p.mean()),
+        **extra,
+        "watermark_accuracy": float((answers[:n].argmax(1) == target).float().mean()),
+        "median_certainty": float(np.median(d) + certainty),
+    }
     return d, metrics
 
 
@@ -295,11 +309,10 @@ class FeatureSharingWatermark(Scheme):
 
     name = "feature-sharing"
     acts_at = "training"
-    label_only = False
+    needs = "probs"
     pretrain = True
     default_arch = "cnn-small"
-    tiny_params = {"distribution": "out", "ood_dataset": "synthetic:seed=11", "n_verify": 30,
-                   "finetune_epochs": 5}
+    tiny_params = {"distribution": "out", "ood_dataset": "synthetic:seed=11", "n_verify": 30, "finetune_epochs": 5}
     null_hypothesis = (
         "The suspect's watermark certainty is below alpha_c: the differences (p - q) - alpha_c (in-distribution; "
         "p, q = target-class probability with and without the trigger) or (p - 1/|Y|) - alpha_c "
@@ -338,8 +351,10 @@ class FeatureSharingWatermark(Scheme):
             if self.finetune_lr is not None and not self.finetune_lr > 0:
                 raise InvalidArgument(f"finetune_lr must be positive, got {self.finetune_lr}")
             if self.wdr_draws < 1 or not 0.0 < self.wdr_fraction <= 1.0 or not 0.0 < self.wdr_alpha < 1.0:
-                raise InvalidArgument(f"need wdr_draws >= 1, wdr_fraction in (0, 1], wdr_alpha in (0, 1); got "
-                                      f"{self.wdr_draws}, {self.wdr_fraction}, {self.wdr_alpha}")
+                raise InvalidArgument(
+                    f"need wdr_draws >= 1, wdr_fraction in (0, 1], wdr_alpha in (0, 1); got "
+                    f"{self.wdr_draws}, {self.wdr_fraction}, {self.wdr_alpha}"
+                )
             for name in ("source_class", "target_class"):
                 value = getattr(self, name)
                 if value is not None and value < 0:
@@ -351,39 +366,55 @@ class FeatureSharingWatermark(Scheme):
         p = self.params
         c = splits.num_classes
         if p.distribution == "in":
-            source = check_class("source_class", p.source_class, c) if p.source_class is not None \
+            source = (
+                check_class("source_class", p.source_class, c)
+                if p.source_class is not None
                 else random_class(c, generator)
-            target = check_class("target_class", p.target_class, c) if p.target_class is not None \
+            )
+            target = (
+                check_class("target_class", p.target_class, c)
+                if p.target_class is not None
                 else random_class(c, generator, exclude=(source,))
+            )
             if source == target:
-                raise InvalidArgument(f"source_class and target_class are both {source}; the watermark needs two "
-                                      "classes")
+                raise InvalidArgument(
+                    f"source_class and target_class are both {source}; the watermark needs two classes"
+                )
             train_pool = splits.owner_train.x[splits.owner_train.y == source]
             verify_pool = splits.owner_holdout.x[splits.owner_holdout.y == source]
             if len(verify_pool) < p.n_verify:
-                raise InvalidArgument(f"owner_holdout has {len(verify_pool)} inputs of source class {source}, fewer "
-                                      f"than n_verify={p.n_verify}; lower n_verify or enlarge the holdout")
-            verify_x = verify_pool[torch.randperm(len(verify_pool), generator=generator)[:p.n_verify]]
-            train_x = stamp_patch(train_pool[torch.randperm(len(train_pool), generator=generator)[:p.n_watermark]],
-                                  p.patch_size)
+                raise InvalidArgument(
+                    f"owner_holdout has {len(verify_pool)} inputs of source class {source}, fewer "
+                    f"than n_verify={p.n_verify}; lower n_verify or enlarge the holdout"
+                )
+            verify_x = verify_pool[torch.randperm(len(verify_pool), generator=generator)[: p.n_verify]]
+            train_x = stamp_patch(
+                train_pool[torch.randperm(len(train_pool), generator=generator)[: p.n_watermark]], p.patch_size
+            )
         else:
             ood = load_ood(p.ood_dataset, splits.input_shape)
             source = p.source_class if p.source_class is not None else random_class(ood.num_classes, generator)
             pool = ood_class_inputs(ood, source, p.ood_dataset)
             if len(pool) <= p.n_verify:
-                raise InvalidArgument(f"ood_dataset {p.ood_dataset!r} has {len(pool)} inputs of class {source}: need "
-                                      f"more than n_verify={p.n_verify} (the rest are the watermark training inputs)")
+                raise InvalidArgument(
+                    f"ood_dataset {p.ood_dataset!r} has {len(pool)} inputs of class {source}: need "
+                    f"more than n_verify={p.n_verify} (the rest are the watermark training inputs)"
+                )
             pool = pool[torch.randperm(len(pool), generator=generator)]
-            verify_x, train_x = pool[:p.n_verify], pool[p.n_verify:][:p.n_watermark]
-            target = check_class("target_class", p.target_class, c) if p.target_class is not None \
+            verify_x, train_x = pool[: p.n_verify], pool[p.n_verify :][: p.n_watermark]
+            target = (
+                check_class("target_class", p.target_class, c)
+                if p.target_class is not None
                 else least_likely_class(clean, train_x)
+            )
         if len(train_x) == 0:
             raise InvalidArgument(f"no watermark training inputs of source class {source}")
         return {"source": source, "target": target, "train_x": train_x, "verify_u8": to_uint8(verify_x)}
 
     # -- embed -----------------------------------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         """Step 2 of the paper on a clean trained ``model``: fine-tune the decision layers on clean + watermark data."""
         p = self.params
         train = train or TrainConfig()
@@ -394,16 +425,25 @@ class FeatureSharingWatermark(Scheme):
         data = TensorData.concat([splits.owner_train, watermark])
         config = train.replace(epochs=p.finetune_epochs, lr=p.finetune_lr or train.lr, patience=0)
         if p.finetune == "decision-layers":
-            result = fit(FrozenFeatures(model), data, config, parameters=model.classifier.parameters(),
-                         progress=progress, desc="embed feature-sharing (decision layers)")
+            result = fit(
+                FrozenFeatures(model),
+                data,
+                config,
+                parameters=model.classifier.parameters(),
+                progress=progress,
+                desc="embed feature-sharing (decision layers)",
+            )
         else:
             result = fit(model, data, config, progress=progress, desc="embed feature-sharing (whole network)")
         model.eval()
         key = Key(
             scheme=self.name,
             params=p.to_dict(),
-            tensors={"verify_x": sets["verify_u8"], "source_class": torch.tensor(source),
-                     "target_class": torch.tensor(target)},
+            tensors={
+                "verify_x": sets["verify_u8"],
+                "source_class": torch.tensor(source),
+                "target_class": torch.tensor(target),
+            },
             meta=self.key_meta(splits, model, train=train.to_dict(), finetune=config.to_dict()),
         )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
@@ -418,38 +458,58 @@ class FeatureSharingWatermark(Scheme):
         return x
 
     def differences(self, answers: torch.Tensor, key: Key) -> tuple[np.ndarray, dict[str, float]]:
-        return certainty_differences(answers, len(key["verify_x"]), int(key["target_class"]),
-                                     float(key.params.get("certainty", 0.3)),
-                                     paired=key.params.get("distribution", "out") == "in")
+        return certainty_differences(
+            answers,
+            len(key["verify_x"]),
+            int(key["target_class"]),
+            float(key.params.get("certainty", 0.3)),
+            paired=key.params.get("distribution", "out") == "in",
+        )
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         prm = self.Params.from_dict(key.params)
         d, metrics = self.differences(answers, key)
         test = signed_rank_greater(d)
-        wdr, size = detection_rate(d, draws=prm.wdr_draws, fraction=prm.wdr_fraction, alpha=prm.wdr_alpha,
-                                   seed=int(key.digest[:12], 16))
-        notes = [f"p-value exact under the signed-rank null (method {test.method}, zero_method={ZERO_METHOD}); that an "
-                 "independent model's differences are symmetric about a centre <= 0 is an assumption, checked "
-                 "empirically on innocent models"]
+        wdr, size = detection_rate(
+            d, draws=prm.wdr_draws, fraction=prm.wdr_fraction, alpha=prm.wdr_alpha, seed=int(key.digest[:12], 16)
+        )
+        notes = [
+            f"p-value exact under the signed-rank null (method {test.method}, zero_method={ZERO_METHOD}); that an "
+            "independent model's differences are symmetric about a centre <= 0 is an assumption, checked "
+            "empirically on innocent models"
+        ]
         if prm.distribution == "out":
-            notes.append("out-of-distribution null compares with 1/|Y| (the paper's); it holds only when independent "
-                         "models rarely predict the target class for the OOD source images")
+            notes.append(
+                "out-of-distribution null compares with 1/|Y| (the paper's); it holds only when independent "
+                "models rarely predict the target class for the OOD source images"
+            )
         if is_one_hot(answers):
-            notes.append("the suspect answered labels only: p and q are 0/1 indicators (label-only variant of the "
-                         "test)")
-        return Evidence(
-            scheme=self.name,
-            null_hypothesis=self.null_hypothesis,
+            notes.append(
+                "the suspect answered labels only: p and q are 0/1 indicators (label-only variant of the test)"
+            )
+        return self.evidence(
+            key,
             statistic_name="Wilcoxon W+ of the differences minus alpha_c",
             statistic=test.statistic,
             p_value=test.p_value,
             alpha=alpha,
             queries=queries,
-            key_digest=key.digest,
             exact=True,
-            metrics={**metrics, "pairs": test.n, "certainty": prm.certainty,
-                     "watermark_detection_rate": wdr, "wdr_draw_size": size, "wdr_draws": prm.wdr_draws},
-            details={"method": test.method, "zero_method": ZERO_METHOD, "zeros": test.zeros, "ties": test.ties,
-                     "wdr_alpha": prm.wdr_alpha, "distribution": prm.distribution},
+            metrics={
+                **metrics,
+                "pairs": test.n,
+                "certainty": prm.certainty,
+                "watermark_detection_rate": wdr,
+                "wdr_draw_size": size,
+                "wdr_draws": prm.wdr_draws,
+            },
+            details={
+                "method": test.method,
+                "zero_method": ZERO_METHOD,
+                "zeros": test.zeros,
+                "ties": test.ties,
+                "wdr_alpha": prm.wdr_alpha,
+                "distribution": prm.distribution,
+            },
             notes=notes,
         )

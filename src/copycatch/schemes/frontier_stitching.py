@@ -65,14 +65,14 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as st
 
-from ..models.adversarial import fgsm
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier
 from ..core.params import Params as BaseParams
 from ..core.stats import binomial_less, hypergeometric_greater
+from ..data.base import Splits
+from ..models.adversarial import fgsm
+from ..models.base import Classifier
 from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from .base import Embedding, Scheme, register_scheme
 
@@ -136,7 +136,7 @@ class FrontierStitching(Scheme):
 
     name = "frontier-stitching"
     acts_at = "training"
-    label_only = True
+    needs = "labels"
     pretrain = True
     default_arch = "cnn-small"
     tiny_params = {"key_length": 30, "n_control": 30, "eps": 0.25, "max_epochs": 20, "key_batch": 32, "lam": 1.0}
@@ -180,23 +180,32 @@ class FrontierStitching(Scheme):
             if self.check_every < 1:
                 raise InvalidArgument(f"check_every must be >= 1, got {self.check_every}")
             if self.key_batch < 1 or self.candidate_batch < 1:
-                raise InvalidArgument(f"key_batch and candidate_batch must be >= 1, got {self.key_batch}, "
-                                      f"{self.candidate_batch}")
+                raise InvalidArgument(
+                    f"key_batch and candidate_batch must be >= 1, got {self.key_batch}, {self.candidate_batch}"
+                )
             if self.lam < 0:
                 raise InvalidArgument(f"lam must be >= 0, got {self.lam}")
 
     # -- key (Algorithm 1, lines 1-10) ----------------------------------------------------------------------------
-    def make_key(self, model: Classifier, splits: Splits, generator: torch.Generator,
-                 progress: bool | None = None) -> dict[str, torch.Tensor]:
+    def make_key(
+        self, model: Classifier, splits: Splits, generator: torch.Generator, progress: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """Key tensors: inputs (uint8), original labels and roles, in a secret random order."""
         half = self.params.key_length // 2
-        adversaries = self.find_adversaries(model, splits, generator, half + self.params.n_control, half,
-                                            progress=progress)
+        adversaries = self.find_adversaries(
+            model, splits, generator, half + self.params.n_control, half, progress=progress
+        )
         return self.assemble_key(*adversaries, generator)
 
-    def find_adversaries(self, model: Classifier, splits: Splits, generator: torch.Generator, want_true: int,
-                         want_false: int, progress: bool | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def find_adversaries(
+        self,
+        model: Classifier,
+        splits: Splits,
+        generator: torch.Generator,
+        want_true: int,
+        want_false: int,
+        progress: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(true adversaries as uint8, their labels, false adversaries, their labels) from random owner-training
         examples the model classifies correctly (Algorithm 1, lines 1-9)."""
         from ..core.runtime import progress as progress_bar
@@ -208,7 +217,7 @@ class FrontierStitching(Scheme):
         n_true = n_false = examined = 0
         chunks = range(0, len(order), p.candidate_batch)
         for start in progress_bar(chunks, total=len(chunks), desc="frontier candidates", enabled=progress):
-            idx = order[start:start + p.candidate_batch]
+            idx = order[start : start + p.candidate_batch]
             x, y = pool.x[idx], pool.y[idx]
             examined += len(idx)
             correct = predict_logits(model, x).argmax(1) == y
@@ -229,19 +238,28 @@ class FrontierStitching(Scheme):
             raise InvalidArgument(
                 f"eps={p.eps} gave {n_true} true and {n_false} false adversaries from {examined} training examples; "
                 f"the key needs {want_true} true (including {p.n_control} controls) and {want_false} false. "
-                f"{'Lower' if n_false < want_false else 'Raise'} eps or shorten the key")
+                f"{'Lower' if n_false < want_false else 'Raise'} eps or shorten the key"
+            )
         true_x, true_y = (torch.cat(parts) for parts in zip(*found[TRUE_ADVERSARY]))
         false_x, false_y = (torch.cat(parts) for parts in zip(*found[FALSE_ADVERSARY]))
         return true_x, true_y, false_x, false_y
 
-    def assemble_key(self, true_x: torch.Tensor, true_y: torch.Tensor, false_x: torch.Tensor, false_y: torch.Tensor,
-                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def assemble_key(
+        self,
+        true_x: torch.Tensor,
+        true_y: torch.Tensor,
+        false_x: torch.Tensor,
+        false_y: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
         """The secret draw the exact test rests on: which true adversaries are stitched (ℓ/2, uniformly at random)
         and which are controls; then everything in a secret random order."""
         half = self.params.key_length // 2
         if len(true_x) != half + self.params.n_control or len(false_x) != half:
-            raise InvalidArgument(f"need {half + self.params.n_control} true and {half} false adversaries, got "
-                                  f"{len(true_x)} and {len(false_x)}")
+            raise InvalidArgument(
+                f"need {half + self.params.n_control} true and {half} false adversaries, got "
+                f"{len(true_x)} and {len(false_x)}"
+            )
         roles = torch.full((len(true_x),), CONTROL, dtype=torch.long)
         roles[torch.randperm(len(true_x), generator=generator)[:half]] = TRUE_ADVERSARY
         x_all = torch.cat([true_x, false_x])
@@ -251,8 +269,9 @@ class FrontierStitching(Scheme):
         return {"key_x": x_all[shuffle], "key_label": y_all[shuffle], "key_role": role_all[shuffle]}
 
     # -- embed (Algorithm 1, line 11) -----------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         """Build the key from ``model`` (already trained) and fine-tune it until the key is stitched."""
         p = self.params
         train = train or TrainConfig()
@@ -260,13 +279,16 @@ class FrontierStitching(Scheme):
         tensors = self.make_key(model, splits, generator, progress=progress)
         stitched = tensors["key_role"] != CONTROL
         hook = StitchHook(tensors["key_x"][stitched].float() / 255, tensors["key_label"][stitched], p)
-        finetune = train.replace(lr=train.lr * p.lr_factor, epochs=p.max_epochs, schedule="constant", patience=0,
-                                 seed=train.seed + 1)
+        finetune = train.replace(
+            lr=train.lr * p.lr_factor, epochs=p.max_epochs, schedule="constant", patience=0, seed=train.seed + 1
+        )
         result = fit(model, splits.owner_train, finetune, hooks=[hook], progress=progress, desc="stitch frontier")
         if not hook.stitched:
-            warnings.warn(f"frontier stitching: {hook.key_accuracy[-1]:.0%} of the key is classified as labelled after "
-                          f"max_epochs={p.max_epochs}; verification will be weaker (raise max_epochs or lam)",
-                          stacklevel=2)
+            warnings.warn(
+                f"frontier stitching: {hook.key_accuracy[-1]:.0%} of the key is classified as labelled after "
+                f"max_epochs={p.max_epochs}; verification will be weaker (raise max_epochs or lam)",
+                stacklevel=2,
+            )
         steps_per_epoch = -(-len(splits.owner_train) // finetune.batch_size)
         info: dict[str, Any] = {
             "finetune_epochs": hook.epochs,
@@ -280,8 +302,14 @@ class FrontierStitching(Scheme):
             scheme=self.name,
             params=p.to_dict(),
             tensors=tensors,
-            meta=self.key_meta(splits, model, train=finetune.to_dict(), finetune_epochs=hook.epochs,
-                               finetune_steps=hook.steps, stitched=hook.stitched),
+            meta=self.key_meta(
+                splits,
+                model,
+                train=finetune.to_dict(),
+                finetune_epochs=hook.epochs,
+                finetune_steps=hook.steps,
+                stitched=hook.stitched,
+            ),
         )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
         return Embedding(model, key, info)
@@ -319,17 +347,30 @@ class FrontierStitching(Scheme):
         }
         null = key.params.get("null", "control")
         if null == "paper":
-            return Evidence(
-                scheme=self.name, null_hypothesis=self.paper_null_hypothesis,
-                statistic_name="Hamming distance m_K (smaller is stronger)", statistic=distance, p_value=paper_p,
-                alpha=alpha, queries=queries, key_digest=key.digest, exact=False, metrics=metrics,
-                notes=["the paper's null model (each key label matched with probability 1/2) is an assumption, not a "
-                       "guarantee: independently trained models can match far more than half of a key built with a "
-                       "small eps; use null='control' for an exact test"],
+            return self.evidence(
+                key,
+                null_hypothesis=self.paper_null_hypothesis,
+                statistic_name="Hamming distance m_K (smaller is stronger)",
+                statistic=distance,
+                p_value=paper_p,
+                alpha=alpha,
+                queries=queries,
+                exact=False,
+                metrics=metrics,
+                notes=[
+                    "the paper's null model (each key label matched with probability 1/2) is an assumption, not a "
+                    "guarantee: independently trained models can match far more than half of a key built with a "
+                    "small eps; use null='control' for an exact test"
+                ],
             )
         p_value = hypergeometric_greater(hits, n_stitched + n_control, hits + control_hits, n_stitched)
-        return Evidence(
-            scheme=self.name, null_hypothesis=self.null_hypothesis,
-            statistic_name="stitched true adversaries matched", statistic=hits, p_value=p_value, alpha=alpha,
-            queries=queries, key_digest=key.digest, exact=True, metrics=metrics,
+        return self.evidence(
+            key,
+            statistic_name="stitched true adversaries matched",
+            statistic=hits,
+            p_value=p_value,
+            alpha=alpha,
+            queries=queries,
+            exact=True,
+            metrics=metrics,
         )

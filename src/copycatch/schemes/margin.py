@@ -57,14 +57,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..models.adversarial import pgd
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier, create_for
 from ..core.params import Params as BaseParams
 from ..core.stats import binomial_greater
+from ..data.base import Splits
+from ..models.adversarial import pgd
+from ..models.base import Classifier, create_for
 from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
 
@@ -128,7 +128,8 @@ class MarginWatermark(Scheme):
 
     name = "margin"
     acts_at = "training"
-    label_only = True
+    needs = "labels"
+    sequential = True
     default_arch = "cnn-small"
     tiny_params = {"n_triggers": 40, "trigger_batch": 10}
     null_hypothesis = (
@@ -154,21 +155,26 @@ class MarginWatermark(Scheme):
             if self.steps < 0:
                 raise InvalidArgument(f"steps must be >= 0, got {self.steps}")
             if self.eps < 0 or self.step_size <= 0:
-                raise InvalidArgument(f"eps must be >= 0 and step_size > 0, got eps={self.eps}, step_size={self.step_size}")
+                raise InvalidArgument(
+                    f"eps must be >= 0 and step_size > 0, got eps={self.eps}, step_size={self.step_size}"
+                )
             if self.lam < 0:
                 raise InvalidArgument(f"lam must be >= 0, got {self.lam}")
             if self.trigger_batch < 1:
                 raise InvalidArgument(f"trigger_batch must be >= 1, got {self.trigger_batch}")
 
     # -- trigger set -----------------------------------------------------------------------------------------------
-    def make_trigger_set(self, splits: Splits, generator: torch.Generator,
-                         reference: Classifier | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def make_trigger_set(
+        self, splits: Splits, generator: torch.Generator, reference: Classifier | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs quantised to uint8, true labels, secret labels) drawn from the owner's holdout."""
         p = self.params
         pool = splits.owner_holdout
         if len(pool) < p.n_triggers:
-            raise InvalidArgument(f"owner_holdout has {len(pool)} inputs, fewer than n_triggers={p.n_triggers}; "
-                                  "raise the holdout fraction or lower n_triggers")
+            raise InvalidArgument(
+                f"owner_holdout has {len(pool)} inputs, fewer than n_triggers={p.n_triggers}; "
+                "raise the holdout fraction or lower n_triggers"
+            )
         pick = torch.randperm(len(pool), generator=generator)[: p.n_triggers]
         x_u8 = (pool.x[pick] * 255).round().clamp(0, 255).to(torch.uint8)
         true = pool.y[pick].clone()
@@ -186,8 +192,15 @@ class MarginWatermark(Scheme):
         return x_u8, true, labels
 
     # -- embed -----------------------------------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None, reference: Classifier | None = None) -> Embedding:
+    def embed(
+        self,
+        model: Classifier,
+        splits: Splits,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+        reference: Classifier | None = None,
+    ) -> Embedding:
         """Train ``model`` (from its current weights) on owner_train with the margin loss."""
         train = train or TrainConfig()
         generator = torch.Generator().manual_seed(train.seed + 104729)
@@ -218,12 +231,22 @@ class MarginWatermark(Scheme):
         n = len(answers)
         pred = answers.argmax(dim=1)
         true, labels = key["trigger_true"].long()[:n], key["trigger_label"].long()[:n]
-        outcomes = torch.where(pred != true, (pred == labels).to(torch.int8), torch.full_like(pred, -1, dtype=torch.int8))
+        outcomes = torch.where(
+            pred != true, (pred == labels).to(torch.int8), torch.full_like(pred, -1, dtype=torch.int8)
+        )
         strategy = key.params.get("label_strategy", "random")
-        notes = [] if strategy == "random" else [f"secret labels follow the {strategy!r}-confidence strategy: the "
-                                                 "binomial null is approximate"]
-        return BernoulliOutcomes(outcomes, 1.0 / (answers.shape[1] - 1), "trigger hits among misclassified",
-                                 exact=strategy == "random", notes=notes)
+        notes = (
+            []
+            if strategy == "random"
+            else [f"secret labels follow the {strategy!r}-confidence strategy: the binomial null is approximate"]
+        )
+        return BernoulliOutcomes(
+            outcomes,
+            1.0 / (answers.shape[1] - 1),
+            "trigger hits among misclassified",
+            exact=strategy == "random",
+            notes=notes,
+        )
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         pred = answers.argmax(dim=1)
@@ -238,17 +261,17 @@ class MarginWatermark(Scheme):
         notes = []
         exact = strategy == "random"
         if not exact:
-            notes.append(f"secret labels follow the {strategy!r}-confidence strategy, not a uniform draw: the binomial "
-                         "null is approximate; calibrate against innocent models before relying on it")
-        return Evidence(
-            scheme=self.name,
-            null_hypothesis=self.null_hypothesis,
+            notes.append(
+                f"secret labels follow the {strategy!r}-confidence strategy, not a uniform draw: the binomial "
+                "null is approximate; calibrate against innocent models before relying on it"
+            )
+        return self.evidence(
+            key,
             statistic_name="trigger hits among misclassified",
             statistic=hits,
             p_value=p_value,
             alpha=alpha,
             queries=queries,
-            key_digest=key.digest,
             exact=exact,
             metrics={
                 "hits": hits,

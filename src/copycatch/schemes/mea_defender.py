@@ -169,13 +169,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.base import Splits, TensorData
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier
 from ..core.params import Params as BaseParams
 from ..core.stats import binomial_greater, hypergeometric_greater
+from ..data.base import Splits, TensorData
+from ..models.base import Classifier
 from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from . import _mixers as mixers
 from .base import Embedding, Scheme, register_scheme
@@ -187,6 +187,7 @@ FAMILIES = ("watermark", "other rule", "shared class", "other pair")
 # ---------------------------------------------------------------------------------------------------------------------
 # MGDA
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def min_norm_weights(gram: np.ndarray) -> np.ndarray:
     """argmin_{w in simplex} wᵀ·gram·w, exactly, by enumerating the support (fine for a handful of tasks)."""
@@ -230,6 +231,7 @@ def gradient_normalizers(losses: list[float], norms: list[float], kind: str) -> 
 # Training hook
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _scale_grad(t: torch.Tensor, scale: float) -> torch.Tensor:
     """``t`` in value, ``scale``·∂t in gradient."""
     if not t.requires_grad or scale == 1.0:
@@ -240,8 +242,17 @@ def _scale_grad(t: torch.Tensor, scale: float) -> torch.Tensor:
 class MEADefenderHook(TrainHook):
     """Adds L_com, L_ver and L_eva to each step and balances the four losses (MGDA, the code's variant, or a sum)."""
 
-    def __init__(self, pool_a: torch.Tensor, pool_b: torch.Tensor, make_watermark, evasion: mixers.EvasionMixer,
-                 params: MEADefender.Params, seed: int, stage: int = 2, pool_other: TensorData | None = None):
+    def __init__(
+        self,
+        pool_a: torch.Tensor,
+        pool_b: torch.Tensor,
+        make_watermark,
+        evasion: mixers.EvasionMixer,
+        params: MEADefender.Params,
+        seed: int,
+        stage: int = 2,
+        pool_other: TensorData | None = None,
+    ):
         self.pool_a, self.pool_b = pool_a, pool_b
         # images of the classes outside {source_a, source_b, target}, for "shared class" evasion samples
         self.pool_other = pool_other if pool_other is not None and len(pool_other) else None
@@ -285,7 +296,7 @@ class MEADefenderHook(TrainHook):
         if not use_ver:  # Table 5's "L_com only": the watermark samples are still built (L_com needs them)
             shares[1] = 0.0
         loss_a = shares[0] * loss + shares[1] * l_ver + shares[2] * l_eva
-        if self.stage == 1 or not use_com and p.balance == "fixed":
+        if self.stage == 1 or (not use_com and p.balance == "fixed"):
             self._losses.append([float(loss.detach()), float("nan"), float(l_ver.detach()), float(l_eva.detach())])
             self._weights.append(np.array([shares[0], 0.0, shares[1], shares[2]]))
             return loss_a
@@ -339,7 +350,7 @@ class MEADefenderHook(TrainHook):
         surrogate = torch.zeros((), device=x.device)
         for q in params:
             size = q.numel()
-            surrogate = surrogate + (q * combined[offset:offset + size].view_as(q)).sum()
+            surrogate = surrogate + (q * combined[offset : offset + size].view_as(q)).sum()
             offset += size
         return surrogate - surrogate.detach() + total.detach()
 
@@ -373,8 +384,9 @@ class MEADefenderHook(TrainHook):
         for i, task in enumerate(tasks):
             # L_com and L_ver share the watermark forward pass; keep its graph until the last task that needs it
             grads = torch.autograd.grad(task, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
-            out.append(torch.cat([(g if g is not None else torch.zeros_like(q)).reshape(-1)
-                                  for g, q in zip(grads, params)]))
+            out.append(
+                torch.cat([(g if g is not None else torch.zeros_like(q)).reshape(-1) for g, q in zip(grads, params)])
+            )
         return out
 
     def _solve(self, grads: list[torch.Tensor], losses: list[float]) -> np.ndarray:
@@ -401,6 +413,7 @@ class MEADefenderHook(TrainHook):
 # The scheme
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
     """One-sided Fisher exact test that group 1's success rate exceeds group 2's (k successes of n each)."""
     return hypergeometric_greater(k1, n1 + n2, k1 + k2, n1)
@@ -412,7 +425,7 @@ class MEADefender(Scheme):
 
     name = "mea-defender"
     acts_at = "training"
-    label_only = True
+    needs = "labels"
     pretrain = False  # "pretrained" mode trains the clean model inside embed() when it is handed an untrained one
     default_arch = "cnn-small"
     tiny_params = {"n_verify": 200, "n_false_per_group": 40}
@@ -460,37 +473,53 @@ class MEADefender(Scheme):
         def validate(self) -> None:
             classes = (self.source_a, self.source_b, self.target)
             if min(classes) < 0:
-                raise InvalidArgument(f"class indices must be >= 0, got source_a={self.source_a}, "
-                                      f"source_b={self.source_b}, target={self.target}")
+                raise InvalidArgument(
+                    f"class indices must be >= 0, got source_a={self.source_a}, "
+                    f"source_b={self.source_b}, target={self.target}"
+                )
             if len(set(classes)) != 3:
-                raise InvalidArgument(f"source_a, source_b and target must be three different classes, got "
-                                      f"{self.source_a}, {self.source_b}, {self.target}")
+                raise InvalidArgument(
+                    f"source_a, source_b and target must be three different classes, got "
+                    f"{self.source_a}, {self.source_b}, {self.target}"
+                )
             if not 0.0 < self.merge_alpha < 1.0 or not 0.0 < self.ae_alpha < 1.0:
-                raise InvalidArgument(f"merge_alpha and ae_alpha must be in (0, 1), got "
-                                      f"merge_alpha={self.merge_alpha}, "
-                                      f"ae_alpha={self.ae_alpha}")
+                raise InvalidArgument(
+                    f"merge_alpha and ae_alpha must be in (0, 1), got "
+                    f"merge_alpha={self.merge_alpha}, "
+                    f"ae_alpha={self.ae_alpha}"
+                )
             if self.n_stripes < 3 or not 1 <= self.stripes_from_b <= self.n_stripes - 1:
-                raise InvalidArgument(f"stripes need n_stripes >= 3 and 1 <= stripes_from_b < n_stripes, got "
-                                      f"n_stripes={self.n_stripes}, stripes_from_b={self.stripes_from_b}")
+                raise InvalidArgument(
+                    f"stripes need n_stripes >= 3 and 1 <= stripes_from_b < n_stripes, got "
+                    f"n_stripes={self.n_stripes}, stripes_from_b={self.stripes_from_b}"
+                )
             if not mixers.stripe_patterns(self.n_stripes, self.stripes_from_b):
-                raise InvalidArgument(f"n_stripes={self.n_stripes}, stripes_from_b={self.stripes_from_b} allow only "
-                                      "single left/right seams (crop-paste's geometry); use more stripes")
+                raise InvalidArgument(
+                    f"n_stripes={self.n_stripes}, stripes_from_b={self.stripes_from_b} allow only "
+                    "single left/right seams (crop-paste's geometry); use more stripes"
+                )
             unknown = [m for m in self.evasion_mixers if m not in mixers.ALL_MIXERS]
             if unknown:
                 raise InvalidArgument(f"unknown evasion mixer {unknown[0]!r}; valid: {', '.join(mixers.ALL_MIXERS)}")
             if not self.evasion_set:
-                raise InvalidArgument(f"evasion_mixers={list(self.evasion_mixers)} leaves nothing once the watermark "
-                                      f"rule {self.rule!r} is removed")
+                raise InvalidArgument(
+                    f"evasion_mixers={list(self.evasion_mixers)} leaves nothing once the watermark "
+                    f"rule {self.rule!r} is removed"
+                )
             if self.ae_epochs < 1 or self.ae_width < 1:
                 raise InvalidArgument(f"ae_epochs and ae_width must be >= 1, got {self.ae_epochs}, {self.ae_width}")
             if not 0.0 < self.wm_fraction <= 4.0 or not 0.0 <= self.evasion_fraction <= 4.0:
-                raise InvalidArgument(f"wm_fraction must be in (0, 4] and evasion_fraction in [0, 4], got "
-                                      f"{self.wm_fraction}, {self.evasion_fraction}")
+                raise InvalidArgument(
+                    f"wm_fraction must be in (0, 4] and evasion_fraction in [0, 4], got "
+                    f"{self.wm_fraction}, {self.evasion_fraction}"
+                )
             if not 0.0 <= self.shared_evasion <= 1.0:
                 raise InvalidArgument(f"shared_evasion must be in [0, 1], got {self.shared_evasion}")
             if self.watermark_losses != "both" and self.balance not in ("fixed", "mgda-four"):
-                raise InvalidArgument(f"watermark_losses={self.watermark_losses!r} needs balance 'fixed' or "
-                                      f"'mgda-four', got balance={self.balance!r}")
+                raise InvalidArgument(
+                    f"watermark_losses={self.watermark_losses!r} needs balance 'fixed' or "
+                    f"'mgda-four', got balance={self.balance!r}"
+                )
             if self.two_group_lambda < 0:
                 raise InvalidArgument(f"two_group_lambda must be >= 0, got {self.two_group_lambda}")
             if self.finetune_epochs is not None and self.finetune_epochs < 1:
@@ -506,8 +535,10 @@ class MEADefender(Scheme):
             if self.shared_skip_similar < 0:
                 raise InvalidArgument(f"shared_skip_similar must be >= 0, got {self.shared_skip_similar}")
             if self.n_verify < 1 or self.n_false_per_group < 1 or self.false_pairs < 0:
-                raise InvalidArgument(f"n_verify and n_false_per_group must be >= 1 and false_pairs >= 0, got "
-                                      f"{self.n_verify}, {self.n_false_per_group}, {self.false_pairs}")
+                raise InvalidArgument(
+                    f"n_verify and n_false_per_group must be >= 1 and false_pairs >= 0, got "
+                    f"{self.n_verify}, {self.n_false_per_group}, {self.false_pairs}"
+                )
             if not 0.0 < self.paper_threshold < 1.0:
                 raise InvalidArgument(f"paper_threshold must be in (0, 1), got {self.paper_threshold}")
 
@@ -524,11 +555,14 @@ class MEADefender(Scheme):
         p = self.params
         high = max(p.source_a, p.source_b, p.target)
         if high >= num_classes:
-            raise InvalidArgument(f"class index {high} (source_a={p.source_a}, source_b={p.source_b}, "
-                                  f"target={p.target}) does not exist in a {num_classes}-class task")
+            raise InvalidArgument(
+                f"class index {high} (source_a={p.source_a}, source_b={p.source_b}, "
+                f"target={p.target}) does not exist in a {num_classes}-class task"
+            )
 
-    def watermark_maker(self, h: int, w: int, stripe_pattern: tuple[bool, ...] | None,
-                        autoencoder: mixers.BlendAutoencoder | None):
+    def watermark_maker(
+        self, h: int, w: int, stripe_pattern: tuple[bool, ...] | None, autoencoder: mixers.BlendAutoencoder | None
+    ):
         """A function (x_a, x_b) -> watermark samples for this key's secret configuration."""
         p = self.params
         if p.rule == "autoencoder":
@@ -538,8 +572,15 @@ class MEADefender(Scheme):
 
     def evasion_mixer(self, h: int, w: int, autoencoder: mixers.BlendAutoencoder | None) -> mixers.EvasionMixer:
         p = self.params
-        return mixers.EvasionMixer(p.evasion_set, h, w, autoencoder=autoencoder, merge_alpha=p.merge_alpha,
-                                   n_stripes=p.n_stripes, stripes_from_b=p.stripes_from_b)
+        return mixers.EvasionMixer(
+            p.evasion_set,
+            h,
+            w,
+            autoencoder=autoencoder,
+            merge_alpha=p.merge_alpha,
+            n_stripes=p.n_stripes,
+            stripes_from_b=p.stripes_from_b,
+        )
 
     # -- verification set ------------------------------------------------------------------------------------------
     def third_classes(self, num_classes: int, skip: tuple[int, ...] | list[int] = ()) -> list[int]:
@@ -561,7 +602,7 @@ class MEADefender(Scheme):
             return []
         ranked = sorted((c for c in others if c in means), key=lambda c: float((means[c] - means[p.target]).norm()))
         # keep at least three third classes as controls: on small tasks nothing is left out
-        return ranked[:min(p.shared_skip_similar, max(0, len(others) - 3))]
+        return ranked[: min(p.shared_skip_similar, max(0, len(others) - 3))]
 
     def shared_class_pairs(self, num_classes: int, skip: tuple[int, ...] | list[int] = ()) -> list[tuple[int, int]]:
         """(source_a, c) and (c, source_b) for every class c outside {source_a, source_b, target} and ``skip``."""
@@ -569,8 +610,9 @@ class MEADefender(Scheme):
         others = self.third_classes(num_classes, skip)
         return [(p.source_a, c) for c in others] + [(c, p.source_b) for c in others]
 
-    def false_pair_list(self, num_classes: int, generator: torch.Generator,
-                        skip: tuple[int, ...] | list[int] = ()) -> list[tuple[int, int]]:
+    def false_pair_list(
+        self, num_classes: int, generator: torch.Generator, skip: tuple[int, ...] | list[int] = ()
+    ) -> list[tuple[int, int]]:
         """Ordered pairs of classes outside {source_a, source_b, target} and ``skip``, drawn without replacement."""
         p = self.params
         others = self.third_classes(num_classes, skip)
@@ -580,9 +622,15 @@ class MEADefender(Scheme):
         order = torch.randperm(len(pairs), generator=generator).tolist()
         return [pairs[i] for i in order[: p.false_pairs]]
 
-    def make_verification_set(self, holdout: TensorData, num_classes: int, generator: torch.Generator,
-                              make_watermark, evasion: mixers.EvasionMixer,
-                              skip: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
+    def make_verification_set(
+        self,
+        holdout: TensorData,
+        num_classes: int,
+        generator: torch.Generator,
+        make_watermark,
+        evasion: mixers.EvasionMixer,
+        skip: tuple[int, ...] | list[int] = (),
+    ) -> dict[str, Any]:
         """Fresh true and false watermarks from holdout images (never trained on), as uint8 with group ids."""
         p = self.params
         by_class = {c: holdout.x[holdout.y == c] for c in range(num_classes)}
@@ -590,12 +638,17 @@ class MEADefender(Scheme):
         def pairs(c: int, d: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
             xc, xd = by_class[c], by_class[d]
             if len(xc) < 1 or len(xd) < 1:
-                raise InvalidArgument(f"owner_holdout has {len(xc)} images of class {c} and {len(xd)} of class {d}; "
-                                      "MEA-Defender's verification needs both: enlarge the holdout")
+                raise InvalidArgument(
+                    f"owner_holdout has {len(xc)} images of class {c} and {len(xd)} of class {d}; "
+                    "MEA-Defender's verification needs both: enlarge the holdout"
+                )
             total = len(xc) * len(xd)
             # distinct (image, image) pairs while there are enough of them
-            flat = torch.randperm(total, generator=generator)[:n] if total >= n else \
-                torch.randint(total, (n,), generator=generator)
+            flat = (
+                torch.randperm(total, generator=generator)[:n]
+                if total >= n
+                else torch.randint(total, (n,), generator=generator)
+            )
             return xc[flat // len(xd)], xd[flat % len(xd)]
 
         xs, groups, descriptions = [], [], []
@@ -605,14 +658,20 @@ class MEADefender(Scheme):
         descriptions.append({"family": "watermark", "mixer": p.rule, "pair": [p.source_a, p.source_b]})
         for mixer in evasion.mixers:
             xa, xb = pairs(p.source_a, p.source_b, p.n_false_per_group)
-            single = mixers.EvasionMixer((mixer,), *xa.shape[-2:], autoencoder=evasion.autoencoder,
-                                         merge_alpha=p.merge_alpha, n_stripes=p.n_stripes,
-                                         stripes_from_b=p.stripes_from_b)
+            single = mixers.EvasionMixer(
+                (mixer,),
+                *xa.shape[-2:],
+                autoencoder=evasion.autoencoder,
+                merge_alpha=p.merge_alpha,
+                n_stripes=p.n_stripes,
+                stripes_from_b=p.stripes_from_b,
+            )
             xs.append(single(xa, xb, generator))
             groups.append(torch.full((p.n_false_per_group,), len(descriptions), dtype=torch.long))
             descriptions.append({"family": "other rule", "mixer": mixer, "pair": [p.source_a, p.source_b]})
-        same_rule = [("shared class", pair) for pair in self.shared_class_pairs(num_classes, skip)] + \
-                    [("other pair", pair) for pair in self.false_pair_list(num_classes, generator, skip)]
+        same_rule = [("shared class", pair) for pair in self.shared_class_pairs(num_classes, skip)] + [
+            ("other pair", pair) for pair in self.false_pair_list(num_classes, generator, skip)
+        ]
         for family, (c, d) in same_rule:
             xc, xd = pairs(c, d, p.n_false_per_group)
             xs.append(make_watermark(xc, xd))
@@ -624,13 +683,13 @@ class MEADefender(Scheme):
             "verify_group": torch.cat(groups),
             "group_pair": torch.tensor([g["pair"] for g in descriptions], dtype=torch.long),
             "group_mixer": torch.tensor([mixers.ALL_MIXERS.index(g["mixer"]) for g in descriptions], dtype=torch.long),
-            "group_family": torch.tensor([FAMILIES.index(g["family"])
-                                          for g in descriptions], dtype=torch.long),
+            "group_family": torch.tensor([FAMILIES.index(g["family"]) for g in descriptions], dtype=torch.long),
         }
 
     # -- embed -----------------------------------------------------------------------------------------------------
-    def build_key_material(self, splits: Splits, seed: int, *, progress: bool | None = None
-                           ) -> tuple[dict[str, torch.Tensor], Any, mixers.EvasionMixer, dict[str, Any]]:
+    def build_key_material(
+        self, splits: Splits, seed: int, *, progress: bool | None = None
+    ) -> tuple[dict[str, torch.Tensor], Any, mixers.EvasionMixer, dict[str, Any]]:
         """Secret configuration, autoencoder (if needed), evasion mixer and the verification tensors — no training
         of the classifier. Used by ``embed`` and by tests that need many independent keys."""
         p = self.params
@@ -646,18 +705,23 @@ class MEADefender(Scheme):
             tensors["stripe_pattern"] = torch.tensor(stripe_pattern, dtype=torch.uint8)
         autoencoder = None
         if p.rule == "autoencoder" or "autoencoder" in p.evasion_set:
-            autoencoder = mixers.train_autoencoder(splits.owner_train.x, width=p.ae_width, epochs=p.ae_epochs,
-                                                   seed=seed, progress=progress)
+            autoencoder = mixers.train_autoencoder(
+                splits.owner_train.x, width=p.ae_width, epochs=p.ae_epochs, seed=seed, progress=progress
+            )
         make_watermark = self.watermark_maker(h, w, stripe_pattern, autoencoder)
         evasion = self.evasion_mixer(h, w, autoencoder)
         lookalikes = self.target_lookalikes(splits.owner_train, splits.num_classes)
         tensors["lookalike_classes"] = torch.tensor(lookalikes, dtype=torch.long)
-        tensors.update(self.make_verification_set(splits.owner_holdout, splits.num_classes, generator,
-                                                  make_watermark, evasion, skip=lookalikes))
+        tensors.update(
+            self.make_verification_set(
+                splits.owner_holdout, splits.num_classes, generator, make_watermark, evasion, skip=lookalikes
+            )
+        )
         return tensors, make_watermark, evasion, info
 
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         """Train ``model`` on owner_train with the four MEA-Defender losses (from scratch, or fine-tuning)."""
         p = self.params
         train = train or TrainConfig()
@@ -667,8 +731,10 @@ class MEADefender(Scheme):
         others = ~torch.isin(splits.owner_train.y, torch.tensor([p.source_a, p.source_b, p.target]))
         pool_other = splits.owner_train.where(others)
         if len(pool_a) == 0 or len(pool_b) == 0:
-            raise InvalidArgument(f"owner_train has {len(pool_a)} images of source_a={p.source_a} and {len(pool_b)} "
-                                  f"of source_b={p.source_b}; both are needed")
+            raise InvalidArgument(
+                f"owner_train has {len(pool_a)} images of source_a={p.source_a} and {len(pool_b)} "
+                f"of source_b={p.source_b}; both are needed"
+            )
         tensors, make_watermark, evasion, info = self.build_key_material(splits, train.seed, progress=progress)
         epochs, lr = train.epochs, train.lr
         if p.mode == "pretrained":
@@ -677,7 +743,7 @@ class MEADefender(Scheme):
                 info["pretraining"] = result.to_dict()
             epochs = p.finetune_epochs if p.finetune_epochs is not None else train.epochs
             lr = train.lr * p.finetune_lr_factor
-        stage1_epochs = int(round(epochs * p.stage1_fraction))
+        stage1_epochs = round(epochs * p.stage1_fraction)
         # fine-tuning already runs at a reduced rate; from scratch, stage 2 drops it like the code's second stage
         stage2_lr = lr if p.mode == "pretrained" else lr * p.stage2_lr_factor
         stages = [(1, stage1_epochs, lr), (2, epochs - stage1_epochs, stage2_lr)]
@@ -686,14 +752,33 @@ class MEADefender(Scheme):
             if stage_epochs == 0:
                 continue
             config = train.replace(epochs=stage_epochs, lr=stage_lr, seed=train.seed + stage - 1)
-            hook = MEADefenderHook(pool_a, pool_b, make_watermark, evasion, p, seed=train.seed + 104729 + stage,
-                                   stage=stage, pool_other=pool_other)
-            result = fit(model, splits.owner_train, config, hooks=[hook], progress=progress,
-                         desc=f"embed mea-defender (stage {stage})")
+            hook = MEADefenderHook(
+                pool_a,
+                pool_b,
+                make_watermark,
+                evasion,
+                p,
+                seed=train.seed + 104729 + stage,
+                stage=stage,
+                pool_other=pool_other,
+            )
+            result = fit(
+                model,
+                splits.owner_train,
+                config,
+                hooks=[hook],
+                progress=progress,
+                desc=f"embed mea-defender (stage {stage})",
+            )
             info["stages"].append({"stage": stage, "config": config.to_dict(), **result.to_dict()})
-        key = Key(scheme=self.name, params=p.to_dict(), tensors=tensors,
-                  meta=self.key_meta(splits, model, train=train.to_dict(),
-                                     stages=[stage["config"] for stage in info["stages"]]))
+        key = Key(
+            scheme=self.name,
+            params=p.to_dict(),
+            tensors=tensors,
+            meta=self.key_meta(
+                splits, model, train=train.to_dict(), stages=[stage["config"] for stage in info["stages"]]
+            ),
+        )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
         return Embedding(model, key, info)
 
@@ -707,8 +792,9 @@ class MEADefender(Scheme):
         if len(answers) != len(groups):
             raise InvalidArgument(f"{len(answers)} answers for {len(groups)} verification inputs")
         if p.target >= answers.shape[1]:
-            raise InvalidArgument(f"the key's target class {p.target} does not exist for a "
-                                  f"{answers.shape[1]}-class suspect")
+            raise InvalidArgument(
+                f"the key's target class {p.target} does not exist for a {answers.shape[1]}-class suspect"
+            )
         success = answers.argmax(dim=1) == p.target
         n_groups = int(groups.max()) + 1
         k = [int(success[groups == g].sum()) for g in range(n_groups)]
@@ -719,9 +805,17 @@ class MEADefender(Scheme):
         k_wm, n_wm = k[0], n[0]
         table = []
         for g in range(1, n_groups):
-            table.append({"family": FAMILIES[families[g]], "mixer": mixer_names[g],
-                          "pair": pairs[g], "successes": k[g], "queries": n[g], "rate": k[g] / max(n[g], 1),
-                          "fisher_p": _fisher_greater(k_wm, n_wm, k[g], n[g])})
+            table.append(
+                {
+                    "family": FAMILIES[families[g]],
+                    "mixer": mixer_names[g],
+                    "pair": pairs[g],
+                    "successes": k[g],
+                    "queries": n[g],
+                    "rate": k[g] / max(n[g], 1),
+                    "fisher_p": _fisher_greater(k_wm, n_wm, k[g], n[g]),
+                }
+            )
         # the decision: the true watermark must beat every false-watermark group (intersection-union test)
         p_value = max((row["fisher_p"] for row in table), default=1.0)
         # reported alongside: each family's groups pooled, its rate and its one two-sample test
@@ -760,20 +854,23 @@ class MEADefender(Scheme):
             "and queries sharing a holdout image are not independent (exact=False)",
         ]
         if 3 not in families:
-            notes.append("no 'other pair' false watermarks: the task has too few classes outside the source and "
-                         "target classes")
-        return Evidence(
-            scheme=self.name,
-            null_hypothesis=self.null_hypothesis,
+            notes.append(
+                "no 'other pair' false watermarks: the task has too few classes outside the source and target classes"
+            )
+        return self.evidence(
+            key,
             statistic_name="watermark success rate",
             statistic=wsr,
             p_value=p_value,
             alpha=alpha,
             queries=queries,
-            key_digest=key.digest,
             exact=False,
             metrics=metrics,
-            details={"false_watermarks": table, "target": p.target, "sources": [p.source_a, p.source_b],
-                     "rule": p.rule},
+            details={
+                "false_watermarks": table,
+                "target": p.target,
+                "sources": [p.source_a, p.source_b],
+                "rule": p.rule,
+            },
             notes=notes,
         )

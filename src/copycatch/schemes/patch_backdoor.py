@@ -39,19 +39,18 @@ copies of each batch's inputs added to the step's loss, not relabelled members o
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..models.base import Classifier
 from ..core.params import Params as BaseParams
 from ..core.stats import independent_choices_greater
+from ..data.base import Splits
+from ..models.base import Classifier
 from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from .base import Embedding, Scheme, register_scheme
 
@@ -69,7 +68,7 @@ def stamp(x: torch.Tensor, patches: torch.Tensor, which: torch.Tensor) -> torch.
         corner = CORNERS[j]
         top = h - k if corner.startswith("bottom") else 0
         left = w - k if corner.endswith("right") else 0
-        out[rows, :, top:top + k, left:left + k] = patches[j].to(out.dtype)
+        out[rows, :, top : top + k, left : left + k] = patches[j].to(out.dtype)
     return out
 
 
@@ -97,7 +96,7 @@ class PatchBackdoor(Scheme):
 
     name = "patch-backdoor"
     acts_at = "training"
-    label_only = True
+    needs = "labels"
     default_arch = "cnn-small"
     tiny_params = {"n_key": 80, "n_patches": 2, "patch_size": 3}
     null_hypothesis = (
@@ -128,21 +127,25 @@ class PatchBackdoor(Scheme):
                 raise InvalidArgument(f"lam must be >= 0, got {self.lam}")
 
     # -- embed -----------------------------------------------------------------------------------------------------
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None) -> Embedding:
+    def embed(
+        self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
+    ) -> Embedding:
         """Train ``model`` (from its current weights) on owner_train with the backdoor loss."""
         p = self.params
         train = train or TrainConfig()
         channels, height, width = splits.input_shape
         corners_needed = 2 if p.n_patches > 1 else 1  # several patches sit in opposite corners and must not overlap
         if corners_needed * p.patch_size > min(height, width):
-            raise InvalidArgument(f"patch_size={p.patch_size} does not fit {p.n_patches} corner(s) of "
-                                  f"{height}×{width} inputs")
+            raise InvalidArgument(
+                f"patch_size={p.patch_size} does not fit {p.n_patches} corner(s) of {height}×{width} inputs"
+            )
         c = splits.num_classes
         pool = splits.owner_holdout
         if len(pool) < p.n_key:
-            raise InvalidArgument(f"owner_holdout has {len(pool)} inputs, fewer than n_key={p.n_key}; raise the "
-                                  "holdout fraction or lower n_key")
+            raise InvalidArgument(
+                f"owner_holdout has {len(pool)} inputs, fewer than n_key={p.n_key}; raise the "
+                "holdout fraction or lower n_key"
+            )
         generator = torch.Generator().manual_seed(train.seed + 982451653)
         patches = torch.randint(2, (p.n_patches, channels, p.patch_size, p.patch_size), generator=generator)
         patches = (patches * 255).to(torch.uint8)
@@ -158,8 +161,14 @@ class PatchBackdoor(Scheme):
         key = Key(
             scheme=self.name,
             params=p.to_dict(),
-            tensors={"key_x": key_x, "key_true": true, "key_patch": which, "key_label": targets[which, true],
-                     "targets": targets, "patches": patches},
+            tensors={
+                "key_x": key_x,
+                "key_true": true,
+                "key_patch": which,
+                "key_label": targets[which, true],
+                "targets": targets,
+                "patches": patches,
+            },
             meta=self.key_meta(splits, model, train=train.to_dict()),
         )
         model.provenance.update({"scheme": self.name, "key_digest": key.digest})
@@ -192,14 +201,25 @@ class PatchBackdoor(Scheme):
         floor = float(np.prod([1.0 / len(s) for s in scores]))
         notes = []
         if floor > alpha:
-            notes.append(f"with {len(scores)} (patch, class) groups no p-value below {floor:.3g} is attainable; "
-                         "use more key inputs per class or more patches")
-        return Evidence(
-            scheme=self.name, null_hypothesis=self.null_hypothesis,
-            statistic_name="stamped inputs sent to their secret target", statistic=hits, p_value=p_value,
-            alpha=alpha, queries=queries, key_digest=key.digest, exact=True,
-            metrics={"hits": hits, "key_inputs": len(true), "watermark_accuracy": hits / max(len(true), 1),
-                     "groups": len(scores), "smallest_attainable_p": floor,
-                     "kept_true_class": int((pred == true).sum())},
+            notes.append(
+                f"with {len(scores)} (patch, class) groups no p-value below {floor:.3g} is attainable; "
+                "use more key inputs per class or more patches"
+            )
+        return self.evidence(
+            key,
+            statistic_name="stamped inputs sent to their secret target",
+            statistic=hits,
+            p_value=p_value,
+            alpha=alpha,
+            queries=queries,
+            exact=True,
+            metrics={
+                "hits": hits,
+                "key_inputs": len(true),
+                "watermark_accuracy": hits / max(len(true), 1),
+                "groups": len(scores),
+                "smallest_attainable_p": floor,
+                "kept_true_class": int((pred == true).sum()),
+            },
             notes=notes,
         )

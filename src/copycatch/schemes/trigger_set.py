@@ -30,11 +30,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..data.base import Splits
 from ..core.errors import InvalidArgument
 from ..core.key import Key
-from ..models.base import Classifier, create_for
 from ..core.params import Params as BaseParams
+from ..data.base import Splits
+from ..models.base import Classifier, create_for
 from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from .base import Embedding, register_scheme
 from .margin import MarginWatermark
@@ -80,20 +80,29 @@ class TriggerSetWatermark(MarginWatermark):
             if self.trigger_batch < 1:
                 raise InvalidArgument(f"trigger_batch must be >= 1, got {self.trigger_batch}")
 
-    def embed(self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None,
-              progress: bool | None = None, reference: Classifier | None = None) -> Embedding:
+    def embed(
+        self,
+        model: Classifier,
+        splits: Splits,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+        reference: Classifier | None = None,
+    ) -> Embedding:
         """Train ``model`` (from its current weights) on owner_train plus the trigger set."""
         train = train or TrainConfig()
         generator = torch.Generator().manual_seed(train.seed + 104729)
         info: dict[str, Any] = {}
         if self.params.label_strategy != "random" and reference is None:
             reference = create_for(model.arch, model, seed=train.seed, **model.arch_kwargs)
-            info["reference_training"] = fit(reference, splits.owner_train, train, progress=progress,
-                                             desc="reference model").to_dict()
+            info["reference_training"] = fit(
+                reference, splits.owner_train, train, progress=progress, desc="reference model"
+            ).to_dict()
         x_u8, true, labels = self.make_trigger_set(splits, generator, reference)
         hook = TriggerHook(x_u8.float() / 255, labels, self.params.lam, self.params.trigger_batch)
-        info["training"] = fit(model, splits.owner_train, train, hooks=[hook], progress=progress,
-                               desc="embed trigger set").to_dict()
+        info["training"] = fit(
+            model, splits.owner_train, train, hooks=[hook], progress=progress, desc="embed trigger set"
+        ).to_dict()
         key = Key(
             scheme=self.name,
             params=self.params.to_dict(),

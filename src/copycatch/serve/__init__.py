@@ -6,11 +6,12 @@
     with serve_in_thread(app) as url:               # http://127.0.0.1:<free port>
         ...
 
-Modules: :mod:`.app` (routes, request pipeline), :mod:`.validation` (request checks), :mod:`.png` (strict
-PNG codec), :mod:`.limits` (token bucket, budgets), :mod:`.ledger` (append-only query ledger),
-:mod:`.keys` (hashed API keys), :mod:`.batching` (cross-request batching), :mod:`.runner` (uvicorn).
+Modules: :mod:`.app` (routes, request pipeline), :mod:`.config` (:class:`ServeConfig`), :mod:`.validation`
+(request checks, PNG through :mod:`copycatch.data.png`), :mod:`.limits` (token bucket, budgets), :mod:`.ledger`
+(append-only query ledger), :mod:`.keys` (hashed API keys), :mod:`.batching` (cross-request batching),
+:mod:`.runner` (uvicorn).
 
-The ledger, limits, keys and PNG modules need neither FastAPI nor uvicorn (``copycatch ledger`` works without
+The config, ledger, limits and keys modules need neither FastAPI nor uvicorn (``copycatch ledger`` works without
 the extra); the app and runner are imported on first use.
 """
 
@@ -18,15 +19,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data.png import decode_png, encode_png
+from .config import ServeConfig
 from .keys import Keyring, new_key
 from .ledger import Ledger, read_ledger, row_digests, summarize
 from .limits import Budget, QueryLimiter, Rate
-from ..data.png import decode_png, encode_png
 
 EXTRA_HINT = "pip install 'copycatch[serve]'"
 
-_LAZY = {"create_app": "app", "ServeConfig": "app", "Service": "app", "protected_oracle": "app",
-         "serve_in_thread": "runner", "bind_socket": "runner", "run": "runner"}
+_LAZY = {
+    "create_app": "app",
+    "Service": "app",
+    "protected_oracle": "app",
+    "serve_in_thread": "runner",
+    "bind_socket": "runner",
+    "run": "runner",
+}
 
 
 def require_extra() -> None:
@@ -52,5 +60,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Budget", "EXTRA_HINT", "Keyring", "Ledger", "QueryLimiter", "Rate", "decode_png", "encode_png",
-           "new_key", "read_ledger", "require_extra", "row_digests", "summarize", *_LAZY]
+__all__ = [
+    "Budget",
+    "EXTRA_HINT",
+    "Keyring",
+    "Ledger",
+    "QueryLimiter",
+    "Rate",
+    "decode_png",
+    "encode_png",
+    "new_key",
+    "read_ledger",
+    "require_extra",
+    "row_digests",
+    "summarize",
+    "ServeConfig",
+    "create_app",
+    "Service",
+    "protected_oracle",
+    "serve_in_thread",
+    "bind_socket",
+    "run",
+]

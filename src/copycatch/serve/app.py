@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
@@ -40,87 +39,17 @@ from .._version import __version__
 from ..core.errors import InvalidArgument
 from ..core.key import Key
 from ..oracles.base import Oracle
-from ..core.params import Params
 from .batching import Batcher, ShuttingDown
+from .config import ServeConfig
 from .keys import HEADER, Keyring
 from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests, spent_by_key
-from .limits import Budget, QueryLimiter, Rate
+from .limits import QueryLimiter
 from .validation import RequestError, build_request_model, parse_predict
 
 log = logging.getLogger("copycatch.serve")
 
-OUTPUT_MODES = ("probs", "top-k", "label", "rounded")
 UNAUTHENTICATED = "(unauthenticated)"
 _PARSE_IN_THREAD = 256 * 1024  # bodies larger than this are parsed off the event loop
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeConfig(Params):
-    """Everything ``copycatch serve`` can be told, with its defaults."""
-
-    kind = "serve option"
-
-    output: str = "probs"  # probs | top-k | label | rounded
-    top_k: int = 3  # k of the top-k output
-    decimals: int = 2  # decimals of the rounded output
-    max_batch: int = 256  # inputs per request
-    max_body_bytes: int = 32 * 2**20
-    batch_wait_ms: float = 2.0  # how long a lone request waits for company before its forward pass
-    forward_batch: int = 512  # inputs per forward pass (requests are never split)
-    rate: str | None = None  # e.g. "100/s": inputs per key per period (token bucket)
-    burst: int | None = None  # bucket size in inputs (default: the rate's amount)
-    budget: str | None = None  # e.g. "20000" (lifetime) or "20000/day": inputs per key
-    ledger: str | None = None  # JSON-lines file; None: no ledger
-    ledger_max_bytes: int = 64 * 2**20
-    ledger_keep: int | None = None  # rotated ledger files to keep (None: all)
-    fsync: str = "interval"  # always | interval | never
-
-    def validate(self) -> None:
-        if self.output not in OUTPUT_MODES:
-            raise InvalidArgument(f"output mode {self.output!r} is not one of {', '.join(OUTPUT_MODES)}")
-        if self.top_k < 1:
-            raise InvalidArgument(f"top_k must be >= 1, got {self.top_k}")
-        if not 0 <= self.decimals <= 8:
-            raise InvalidArgument(f"decimals must be in 0..8, got {self.decimals}")
-        if self.max_batch < 1:
-            raise InvalidArgument(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.max_body_bytes < 1024:
-            raise InvalidArgument(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
-        if not 0 <= self.batch_wait_ms <= 1000:
-            raise InvalidArgument(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
-        if self.forward_batch < 1:
-            raise InvalidArgument(f"forward_batch must be >= 1, got {self.forward_batch}")
-        if self.fsync not in ("always", "interval", "never"):
-            raise InvalidArgument(f"fsync must be always, interval or never, got {self.fsync!r}")
-        if self.burst is not None and self.rate is None:
-            raise InvalidArgument("burst needs a rate")
-        if self.burst is not None and self.burst < 1:
-            raise InvalidArgument(f"burst must be >= 1 input, got {self.burst}")
-        self.parsed_rate()
-        self.parsed_budget()
-
-    def parsed_rate(self) -> Rate | None:
-        return Rate.parse(self.rate) if self.rate else None
-
-    def parsed_budget(self) -> Budget | None:
-        return Budget.parse(self.budget) if self.budget else None
-
-    @property
-    def effective_burst(self) -> int | None:
-        rate = self.parsed_rate()
-        if rate is None:
-            return None
-        return self.burst if self.burst is not None else max(1, int(np.ceil(rate.amount)))
-
-    @property
-    def effective_max_batch(self) -> int:
-        """A batch larger than the bucket could never be admitted: advertise and enforce the smaller limit."""
-        burst = self.effective_burst
-        return min(self.max_batch, burst) if burst is not None else self.max_batch
-
-    def postprocess_spec(self) -> str | None:
-        return {"probs": None, "top-k": f"top-k:k={self.top_k}", "label": "hard-label",
-                "rounded": f"round:decimals={self.decimals}"}[self.output]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,20 +99,23 @@ class HealthResponse(BaseModel):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def protected_oracle(oracle: Oracle, *, key: Key | None = None, output: str = "probs", top_k: int = 3,
-                     decimals: int = 2) -> Oracle:
+def protected_oracle(
+    oracle: Oracle, *, key: Key | None = None, output: str = "probs", top_k: int = 3, decimals: int = 2
+) -> Oracle:
     """The oracle the server answers with: ``scheme.protect`` (API-time watermark) then the output mode."""
     if key is not None:
         from ..schemes import scheme_for_key
 
         classes = key.meta.get("num_classes")
         if classes is not None and int(classes) != oracle.num_classes:
-            raise InvalidArgument(f"key is for a {classes}-class model but the served model has "
-                                  f"{oracle.num_classes} classes")
+            raise InvalidArgument(
+                f"key is for a {classes}-class model but the served model has {oracle.num_classes} classes"
+            )
         shape = key.meta.get("input_shape")
         if shape and oracle.input_shape is not None and tuple(shape) != tuple(oracle.input_shape):
-            raise InvalidArgument(f"key is for inputs shaped {tuple(shape)} but the served model takes "
-                                  f"{tuple(oracle.input_shape)}")
+            raise InvalidArgument(
+                f"key is for inputs shaped {tuple(shape)} but the served model takes {tuple(oracle.input_shape)}"
+            )
         oracle = scheme_for_key(key).protect(oracle, key)
     config = ServeConfig(output=output, top_k=top_k, decimals=decimals)
     spec = config.postprocess_spec()
@@ -217,8 +149,15 @@ def answer_validated(oracle: Oracle, x: torch.Tensor) -> torch.Tensor:
 class Service:
     """State and request handling behind the routes (kept out of the route functions so tests can reach it)."""
 
-    def __init__(self, oracle: Oracle, config: ServeConfig, *, key: Key | None = None, keyring: Keyring | None = None,
-                 class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        oracle: Oracle,
+        config: ServeConfig,
+        *,
+        key: Key | None = None,
+        keyring: Keyring | None = None,
+        class_names: Sequence[str] | None = None,
+    ):
         if oracle.input_shape is None or len(oracle.input_shape) != 3:
             raise InvalidArgument("the served model must declare its input shape C×H×W (give --input-shape)")
         self.config = config
@@ -228,25 +167,29 @@ class Service:
         if len(names) != self.num_classes:
             raise InvalidArgument(f"{len(names)} class names for a {self.num_classes}-class model")
         self.class_names = names
-        self.oracle = protected_oracle(PrevalidatedOracle(oracle), key=key, output=config.output,
-                                       top_k=config.top_k, decimals=config.decimals)
-        self.keyring = keyring
+        self.oracle = protected_oracle(
+            PrevalidatedOracle(oracle), key=key, output=config.output, top_k=config.top_k, decimals=config.decimals
+        )
+        self.key, self.keyring = key, keyring
         self.max_batch = config.effective_max_batch
         self.request_model = build_request_model(self.input_shape, self.max_batch)
         self.ledger = None
         if config.ledger:
-            self.ledger = Ledger(config.ledger, max_bytes=config.ledger_max_bytes, keep=config.ledger_keep,
-                                 fsync=config.fsync)  # type: ignore[arg-type]
+            self.ledger = Ledger(
+                config.ledger, max_bytes=config.ledger_max_bytes, keep=config.ledger_keep, fsync=config.fsync
+            )  # type: ignore[arg-type]
         budget = config.parsed_budget()
         spent = {}
         if budget is not None and self.ledger is not None:  # budgets survive a restart
             spent = spent_by_key(self.ledger.path, since=budget.window_start(time.time()))
         self.limiter = None
         if config.rate or budget is not None:
-            self.limiter = QueryLimiter(rate=config.parsed_rate(), burst=config.effective_burst, budget=budget,
-                                        spent=spent)
-        self.batcher = Batcher(self._answer, max_batch=max(config.forward_batch, self.max_batch),
-                               max_wait=config.batch_wait_ms / 1000.0)
+            self.limiter = QueryLimiter(
+                rate=config.parsed_rate(), burst=config.effective_burst, budget=budget, spent=spent
+            )
+        self.batcher = Batcher(
+            self._answer, max_batch=max(config.forward_batch, self.max_batch), max_wait=config.batch_wait_ms / 1000.0
+        )
         self.closing = False
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,13 +197,19 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         c = self.config
-        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "class_names": self.class_names, "output": c.output,
-                "top_k": c.top_k if c.output == "top-k" else None,
-                "decimals": c.decimals if c.output == "rounded" else None,
-                "max_batch": self.max_batch, "max_body_bytes": c.max_body_bytes,
-                "input_formats": ["inputs", "images"], "auth": HEADER if self.keyring is not None else None,
-                "server": f"copycatch {__version__}"}
+        return {
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "output": c.output,
+            "top_k": c.top_k if c.output == "top-k" else None,
+            "decimals": c.decimals if c.output == "rounded" else None,
+            "max_batch": self.max_batch,
+            "max_body_bytes": c.max_body_bytes,
+            "input_formats": ["inputs", "images"],
+            "auth": HEADER if self.keyring is not None else None,
+            "server": f"copycatch {__version__}",
+        }
 
     # -- request steps ---------------------------------------------------------------------------------------------
     def identify(self, request: Request) -> str:
@@ -268,8 +217,7 @@ class Service:
             return ANONYMOUS
         secret = request.headers.get(HEADER)
         if not secret:
-            raise RequestError(401, f"missing {HEADER} header: this API needs a key",
-                               {"WWW-Authenticate": HEADER})
+            raise RequestError(401, f"missing {HEADER} header: this API needs a key", {"WWW-Authenticate": HEADER})
         key_id = self.keyring.identify(secret)
         if key_id is None:
             raise RequestError(401, "unknown API key", {"WWW-Authenticate": HEADER})
@@ -314,9 +262,12 @@ class Service:
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
-        entry: dict[str, Any] = {"request": request_id, "key": UNAUTHENTICATED,
-                                 "client": request.client.host if request.client else None,
-                                 "output": self.config.output}
+        entry: dict[str, Any] = {
+            "request": request_id,
+            "key": UNAUTHENTICATED,
+            "client": request.client.host if request.client else None,
+            "output": self.config.output,
+        }
         headers = {"X-Request-ID": request_id}
         charged: tuple[str, int] | None = None
         try:
@@ -328,8 +279,9 @@ class Service:
                     raise self._refusal(early)
                 body = await self.read_body(request)
                 if len(body) > _PARSE_IN_THREAD:
-                    x = await asyncio.to_thread(parse_predict, body, self.request_model, self.input_shape,
-                                                self.max_batch)
+                    x = await asyncio.to_thread(
+                        parse_predict, body, self.request_model, self.input_shape, self.max_batch
+                    )
                 else:
                     x = parse_predict(body, self.request_model, self.input_shape, self.max_batch)
                 entry["n"] = len(x)
@@ -385,8 +337,12 @@ class Service:
     def usage(self, key_id: str) -> dict[str, Any]:
         budget = self.limiter.budget if self.limiter is not None else None
         spent = self.limiter.spent(key_id) if self.limiter is not None else 0
-        return {"key": key_id, "queries": spent, "budget": budget.describe() if budget else None,
-                "remaining": self.limiter.remaining(key_id) if self.limiter is not None else None}
+        return {
+            "key": key_id,
+            "queries": spent,
+            "budget": budget.describe() if budget else None,
+            "remaining": self.limiter.remaining(key_id) if self.limiter is not None else None,
+        }
 
     async def close(self) -> None:
         self.closing = True
@@ -399,20 +355,30 @@ class Service:
 # the app
 # ---------------------------------------------------------------------------------------------------------------------
 
-_ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in [
-    (400, "malformed request (not JSON, bad Content-Length)"),
-    (401, "missing or unknown API key"),
-    (413, "request body or batch too large"),
-    (415, "Content-Type is not application/json"),
-    (422, "invalid inputs (shape, types, NaN/Inf, range, PNG)"),
-    (429, "over the rate limit or query budget; see Retry-After"),
-    (503, "shutting down, or the query ledger cannot be written"),
-]}
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in [
+        (400, "malformed request (not JSON, bad Content-Length)"),
+        (401, "missing or unknown API key"),
+        (413, "request body or batch too large"),
+        (415, "Content-Type is not application/json"),
+        (422, "invalid inputs (shape, types, NaN/Inf, range, PNG)"),
+        (429, "over the rate limit or query budget; see Retry-After"),
+        (503, "shutting down, or the query ledger cannot be written"),
+    ]
+}
 
 
-def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str | None = None,
-               keyring: Keyring | str | None = None, class_names: Sequence[str] | None = None,
-               num_classes: int | None = None, input_shape: Sequence[int] | None = None) -> FastAPI:
+def create_app(
+    model: Any,
+    config: ServeConfig | None = None,
+    *,
+    key: Key | str | None = None,
+    keyring: Keyring | str | None = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> FastAPI:
     """A FastAPI app serving ``model`` (an :class:`Oracle`, a :class:`~copycatch.models.base.Classifier`, a model
     file, or anything :func:`copycatch.oracles.suspects.open_suspect` opens) under ``config``.
 
@@ -440,7 +406,7 @@ def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str 
         title="copycatch prediction API",
         version=__version__,
         description="Predictions from a protected model. Every answered query is recorded in the owner's "
-                    "ledger. Send N inputs as nested lists in [0, 1] or as base64 PNGs.",
+        "ledger. Send N inputs as nested lists in [0, 1] or as base64 PNGs.",
         lifespan=lifespan,
     )
     app.state.service = service
@@ -451,11 +417,14 @@ def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str 
         return await service.predict(request)
 
     app.add_api_route(
-        "/v1/predict", predict, methods=["POST"], response_model=response_model,
+        "/v1/predict",
+        predict,
+        methods=["POST"],
+        response_model=response_model,
         summary="Predict a batch of inputs",
         description=f"`inputs`: N×{'×'.join(map(str, service.input_shape))} nested lists of numbers in [0, 1], or "
-                    f"`images`: N base64 PNGs; 1 ≤ N ≤ {service.max_batch}. Answers "
-                    + ("`labels`." if config.output == "label" else "`probabilities`, one row per input."),
+        f"`images`: N base64 PNGs; 1 ≤ N ≤ {service.max_batch}. Answers "
+        + ("`labels`." if config.output == "label" else "`probabilities`, one row per input."),
         responses=_ERRORS,
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     )
@@ -466,20 +435,32 @@ def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str 
         except RequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
-    @app.get("/v1/info", response_model=InfoResponse, responses={401: _ERRORS[401]},
-             summary="What the model takes and answers (never any secret)")
+    @app.get(
+        "/v1/info",
+        response_model=InfoResponse,
+        responses={401: _ERRORS[401]},
+        summary="What the model takes and answers (never any secret)",
+    )
     async def info(request: Request) -> Any:
         who = _guarded(request)
         return who if isinstance(who, JSONResponse) else service.info()
 
-    @app.get("/v1/usage", response_model=UsageResponse, responses={401: _ERRORS[401]},
-             summary="Inputs answered for your key and what is left of its budget")
+    @app.get(
+        "/v1/usage",
+        response_model=UsageResponse,
+        responses={401: _ERRORS[401]},
+        summary="Inputs answered for your key and what is left of its budget",
+    )
     async def usage(request: Request) -> Any:
         who = _guarded(request)
         return who if isinstance(who, JSONResponse) else service.usage(who)
 
-    @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
-             summary="Liveness: ok, or 503 while shutting down")
+    @app.get(
+        "/healthz",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse}},
+        summary="Liveness: ok, or 503 while shutting down",
+    )
     async def healthz() -> Any:
         if service.closing:
             return JSONResponse({"status": "shutting down"}, status_code=503)
@@ -493,8 +474,9 @@ def create_app(model: Any, config: ServeConfig | None = None, *, key: Key | str 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -119,7 +119,7 @@ class Batcher:
             start = 0
             for xi, future in live:
                 if not future.done():
-                    future.set_result(out[start:start + len(xi)])
+                    future.set_result(out[start : start + len(xi)])
                 start += len(xi)
 
     async def close(self) -> None:

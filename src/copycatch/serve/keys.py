@@ -73,8 +73,10 @@ class Keyring:
             m = _LINE.match(line)
             if not m:
                 # Do not quote the line: it may be a plaintext secret pasted by mistake.
-                raise CorruptFile(f"{path}:{number}: expected 'KEY_ID sha256:<64 hex digits>' (store hashes of "
-                                  "secrets, never the secrets)")
+                raise CorruptFile(
+                    f"{path}:{number}: expected 'KEY_ID sha256:<64 hex digits>' (store hashes of "
+                    "secrets, never the secrets)"
+                )
             try:
                 ring.add_hash(m.group(1), m.group(2))
             except InvalidArgument as exc:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..core.errors import CorruptFile, CopycatchError, InvalidArgument
+from ..core.errors import CopycatchError, CorruptFile, InvalidArgument
 
 FsyncPolicy = Literal["always", "interval", "never"]
 DIGEST_HEX = 32
@@ -86,8 +86,15 @@ def ledger_files(path: str | os.PathLike) -> list[Path]:
 class Ledger:
     """Append-only JSON-lines ledger with size rotation; thread-safe within one process."""
 
-    def __init__(self, path: str | os.PathLike, *, max_bytes: int = 64 * 2**20, keep: int | None = None,
-                 fsync: FsyncPolicy = "interval", fsync_interval: float = 1.0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        max_bytes: int = 64 * 2**20,
+        keep: int | None = None,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval: float = 1.0,
+    ):
         if max_bytes < 4096:
             raise InvalidArgument(f"ledger max_bytes must be >= 4096, got {max_bytes}")
         if keep is not None and keep < 0:
@@ -136,8 +143,9 @@ class Ledger:
         except OSError:
             os.close(self._lock_fd)
             self._lock_fd = -1
-            raise LedgerError(f"ledger {self.path} is in use by another server; give each server its own ledger") \
-                from None
+            raise LedgerError(
+                f"ledger {self.path} is in use by another server; give each server its own ledger"
+            ) from None
 
     def _open(self) -> None:
         try:
@@ -158,13 +166,16 @@ class Ledger:
     def _rotate(self) -> None:
         os.close(self._fd)
         self._fd = -1
-        existing = [int(_rotated_pattern(self.path).match(p.name).group(1))  # type: ignore[union-attr]
-                    for p in ledger_files(self.path) if p != self.path]
+        existing = [
+            int(_rotated_pattern(self.path).match(p.name).group(1))  # type: ignore[union-attr]
+            for p in ledger_files(self.path)
+            if p != self.path
+        ]
         seq = max(existing, default=0) + 1
         os.replace(self.path, self.path.with_name(f"{self.path.name}.{seq:06d}"))
         if self.keep is not None:
             rotated = [p for p in ledger_files(self.path) if p != self.path]
-            for old in rotated[:max(0, len(rotated) - self.keep)]:
+            for old in rotated[: max(0, len(rotated) - self.keep)]:
                 old.unlink(missing_ok=True)
         self._open()
 
@@ -313,8 +324,9 @@ class KeySummary:
         return d
 
 
-def summarize(entries: Iterable[dict[str, Any]], *, since: float | None = None,
-              keys: Sequence[str] | None = None) -> list[KeySummary]:
+def summarize(
+    entries: Iterable[dict[str, Any]], *, since: float | None = None, keys: Sequence[str] | None = None
+) -> list[KeySummary]:
     """Per-key totals, busiest key first."""
     by_key: dict[str, KeySummary] = {}
     seen: dict[str, set[str]] = {}

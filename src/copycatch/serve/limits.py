@@ -26,8 +26,20 @@ from collections.abc import Callable, Mapping
 from ..core.errors import InvalidArgument
 
 NEVER_RETRY_AFTER = 365 * 24 * 3600
-_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0,
-            "hour": 3600.0, "d": 86400.0, "day": 86400.0, "w": 604800.0, "week": 604800.0}
+_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "w": 604800.0,
+    "week": 604800.0,
+}
 _PERIOD_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day", 604800.0: "week"}
 _SPEC = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:/\s*([A-Za-z]+))?\s*$")
 
@@ -132,9 +144,16 @@ class QueryLimiter:
     """Rate and budget per key. ``admit(key, n)`` charges on success; ``refund`` undoes a charge whose
     answer was never delivered (a server-side failure)."""
 
-    def __init__(self, *, rate: Rate | None = None, burst: int | None = None, budget: Budget | None = None,
-                 spent: Mapping[str, int] | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        *,
+        rate: Rate | None = None,
+        burst: int | None = None,
+        budget: Budget | None = None,
+        spent: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         if burst is not None and burst < 1:
             raise InvalidArgument(f"burst must be >= 1 input, got {burst}")
         if burst is not None and rate is None:
@@ -182,25 +201,43 @@ class QueryLimiter:
                 spent = self._spent.get(key, 0)
                 remaining = self.budget.queries - spent
                 if n > remaining:
-                    renew = ("it does not renew" if self.budget.period is None
-                             else f"it renews in {math.ceil(self._budget_retry())} s")
-                    return Decision(False, self._budget_retry(),
-                                    f"query budget exhausted for key {key!r}: {self.budget.describe()}, "
-                                    f"{max(0, remaining)} left, this batch asks for {n}; {renew}",
-                                    max(0, remaining), "budget")
+                    renew = (
+                        "it does not renew"
+                        if self.budget.period is None
+                        else f"it renews in {math.ceil(self._budget_retry())} s"
+                    )
+                    return Decision(
+                        False,
+                        self._budget_retry(),
+                        f"query budget exhausted for key {key!r}: {self.budget.describe()}, "
+                        f"{max(0, remaining)} left, this batch asks for {n}; {renew}",
+                        max(0, remaining),
+                        "budget",
+                    )
             if self.rate is not None:
                 now = self._clock()
                 bucket = self._buckets.get(key)
                 if bucket is None:
                     bucket = self._buckets[key] = TokenBucket(self.rate.per_second, self.burst, now)
                 if n > self.burst:
-                    return Decision(False, 1.0, f"batch of {n} inputs exceeds the rate limit's burst of "
-                                    f"{int(self.burst)}; send smaller batches", remaining, "burst")
+                    return Decision(
+                        False,
+                        1.0,
+                        f"batch of {n} inputs exceeds the rate limit's burst of "
+                        f"{int(self.burst)}; send smaller batches",
+                        remaining,
+                        "burst",
+                    )
                 wait = bucket.wait_for(n, now)
                 if wait > 0:
-                    return Decision(False, wait, f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
-                                    f"{self.rate.period:g} s (burst {int(self.burst)}); retry in {wait:.2f} s",
-                                    remaining, "rate")
+                    return Decision(
+                        False,
+                        wait,
+                        f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
+                        f"{self.rate.period:g} s (burst {int(self.burst)}); retry in {wait:.2f} s",
+                        remaining,
+                        "rate",
+                    )
                 bucket.take(n)
             if self.budget is not None:
                 self._spent[key] = self._spent.get(key, 0) + n
@@ -213,14 +250,24 @@ class QueryLimiter:
         with self._lock:
             self._roll_window()
             if self.budget is not None and self._spent.get(key, 0) >= self.budget.queries:
-                return Decision(False, self._budget_retry(), f"query budget exhausted for key {key!r}: "
-                                f"{self.budget.describe()}", 0, "budget")
+                return Decision(
+                    False,
+                    self._budget_retry(),
+                    f"query budget exhausted for key {key!r}: {self.budget.describe()}",
+                    0,
+                    "budget",
+                )
             bucket = self._buckets.get(key)
             if self.rate is not None and bucket is not None:
                 wait = bucket.wait_for(1, self._clock())
                 if wait > 0:
-                    return Decision(False, wait, f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
-                                    f"{self.rate.period:g} s; retry in {wait:.2f} s", kind="rate")
+                    return Decision(
+                        False,
+                        wait,
+                        f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
+                        f"{self.rate.period:g} s; retry in {wait:.2f} s",
+                        kind="rate",
+                    )
         return None
 
     def refund(self, key: str, n: int) -> None:

@@ -9,6 +9,7 @@ leaving :func:`serve_in_thread`, uvicorn stops accepting connections, lets in-fl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import socket
 import threading
@@ -46,13 +47,25 @@ def base_url(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def make_server(app: Any, *, log_level: str = "info", access_log: bool = True, shutdown_timeout: float = 30.0,
-                limit_concurrency: int | None = None) -> Any:
+def make_server(
+    app: Any,
+    *,
+    log_level: str = "info",
+    access_log: bool = True,
+    shutdown_timeout: float = 30.0,
+    limit_concurrency: int | None = None,
+) -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
-                            timeout_graceful_shutdown=shutdown_timeout, limit_concurrency=limit_concurrency,
-                            server_header=False)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=shutdown_timeout,
+        limit_concurrency=limit_concurrency,
+        server_header=False,
+    )
     return uvicorn.Server(config)
 
 
@@ -86,8 +99,15 @@ def run(app: Any, sock: socket.socket, **options: Any) -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                    startup_timeout: float = 30.0, **options: Any) -> Iterator[str]:
+def serve_in_thread(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    startup_timeout: float = 30.0,
+    **options: Any,
+) -> Iterator[str]:
     """Serve ``app`` from a daemon thread; yields its base URL; stops it (gracefully) on exit."""
     sock = bind_socket(host, port)
     server = make_server(app, log_level=log_level, access_log=False, **options)
@@ -116,3 +136,38 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_lev
         server.should_exit = True
         thread.join(timeout=options.get("shutdown_timeout", 30.0) + 10)
         sock.close()
+
+
+@dataclasses.dataclass
+class Server:
+    """A protected prediction API bound to its socket, ready to :meth:`run` in the foreground."""
+
+    app: Any
+    sock: socket.socket
+
+    @property
+    def url(self) -> str:
+        return base_url(self.sock)
+
+    @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+    def run(self, **options: Any) -> int:
+        """Serve until SIGINT/SIGTERM (see :func:`run`); returns the signal number that stopped it."""
+        return run(self.app, self.sock, **options)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_server(oracle: Any, config: Any, *, host: str = "127.0.0.1", port: int = 0, **app_options: Any) -> Server:
+    """Bind ``host:port`` first (a taken port is reported before the ledger is opened), then build the app."""
+    from .app import create_app
+
+    sock = bind_socket(host, port)
+    try:
+        return Server(create_app(oracle, config, **app_options), sock)
+    except BaseException:
+        sock.close()
+        raise

@@ -49,19 +49,39 @@ def build_request_model(input_shape: Sequence[int], max_batch: int) -> type[Base
     row = Annotated[list[pixel], Field(min_length=w, max_length=w, fail_fast=True)]
     plane = Annotated[list[row], Field(min_length=h, max_length=h, fail_fast=True)]
     image = Annotated[list[plane], Field(min_length=c, max_length=c, fail_fast=True)]
-    png = Annotated[str, Field(min_length=1, json_schema_extra={"contentEncoding": "base64",
-                                                                 "contentMediaType": "image/png"})]
+    png = Annotated[
+        str, Field(min_length=1, json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"})
+    ]
 
     class PredictRequest(BaseModel):
         """Exactly one of ``inputs`` or ``images``."""
 
         model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
-        inputs: Annotated[list[image], Field(min_length=1, max_length=max_batch, fail_fast=True,
-                                             description=f"N×{_shape_text((c, h, w))} values in [0, 1], "
-                                                         f"1 <= N <= {max_batch}")] | None = None
-        images: Annotated[list[png], Field(min_length=1, max_length=max_batch, fail_fast=True,
-                                           description=f"base64-encoded {w}×{h} PNGs ({'greyscale' if c == 1 else 'RGB'}), "
-                                                       f"1 <= N <= {max_batch}")] | None = None
+        inputs: (
+            Annotated[
+                list[image],
+                Field(
+                    min_length=1,
+                    max_length=max_batch,
+                    fail_fast=True,
+                    description=f"N×{_shape_text((c, h, w))} values in [0, 1], 1 <= N <= {max_batch}",
+                ),
+            ]
+            | None
+        ) = None
+        images: (
+            Annotated[
+                list[png],
+                Field(
+                    min_length=1,
+                    max_length=max_batch,
+                    fail_fast=True,
+                    description=f"base64-encoded {w}×{h} PNGs ({'greyscale' if c == 1 else 'RGB'}), "
+                    f"1 <= N <= {max_batch}",
+                ),
+            ]
+            | None
+        ) = None
 
         @model_validator(mode="after")
         def _exactly_one(self) -> PredictRequest:
@@ -92,13 +112,17 @@ def _explain(error: dict[str, Any], input_shape: Sequence[int], max_batch: int) 
     if kind == "model_type":
         return RequestError(422, "request body must be a JSON object with 'inputs' or 'images'")
     if kind == "extra_forbidden":
-        return RequestError(422, f"unknown field {loc[-1]!r}; send 'inputs' (N×C×H×W nested lists) or 'images' "
-                                 "(base64 PNGs)")
+        return RequestError(
+            422, f"unknown field {loc[-1]!r}; send 'inputs' (N×C×H×W nested lists) or 'images' (base64 PNGs)"
+        )
     if kind in ("too_long", "too_short") and len(loc) == 1:
         n = ctx.get("actual_length")
         if kind == "too_long":
-            return RequestError(413, f"batch of {n if n is not None else 'more than ' + str(max_batch)} inputs is "
-                                     f"too large: at most {max_batch} per request")
+            return RequestError(
+                413,
+                f"batch of {n if n is not None else 'more than ' + str(max_batch)} inputs is "
+                f"too large: at most {max_batch} per request",
+            )
         return RequestError(422, f"'{loc[0]}' is empty: send at least one input")
     if kind in ("too_long", "too_short") and loc and loc[0] == "inputs":
         depth = len(loc) - 1  # 1: an input (its channels), 2: a channel (its rows), 3: a row (its values)
@@ -106,8 +130,9 @@ def _explain(error: dict[str, Any], input_shape: Sequence[int], max_batch: int) 
         got = ctx.get("actual_length", "a different number of")
         return RequestError(422, f"{where} has {got} {_LEVELS[depth]}, expected {want}: {shape}")
     if kind == "list_type":
-        return RequestError(422, f"{where} must be a list: {shape}" if loc and loc[0] == "inputs"
-                            else f"'{where}' must be a list")
+        return RequestError(
+            422, f"{where} must be a list: {shape}" if loc and loc[0] == "inputs" else f"'{where}' must be a list"
+        )
     if kind in ("float_type", "float_parsing"):
         got = type(error.get("input")).__name__.replace("NoneType", "null")
         return RequestError(422, f"{where} must be a number in [0, 1], got {got}")
@@ -123,7 +148,7 @@ def _explain(error: dict[str, Any], input_shape: Sequence[int], max_batch: int) 
 def parse_predict(body: bytes, model: type[BaseModel], input_shape: Sequence[int], max_batch: int) -> torch.Tensor:
     """The request's inputs as a float32 N×C×H×W tensor in [0, 1], or a :class:`RequestError`."""
     if not body.strip():
-        raise RequestError(400, "request body is empty; send JSON {\"inputs\": [...]} or {\"images\": [...]}")
+        raise RequestError(400, 'request body is empty; send JSON {"inputs": [...]} or {"images": [...]}')
     try:
         request = model.model_validate_json(body)
     except ValidationError as exc:
@@ -133,13 +158,14 @@ def parse_predict(body: bytes, model: type[BaseModel], input_shape: Sequence[int
         bad = ~((values >= 0.0) & (values <= 1.0))
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise RequestError(422, f"{_where(('inputs', *index))} = {values[index]:g} is outside [0, 1]; "
-                                    "scale inputs to [0, 1]")
+            raise RequestError(
+                422, f"{_where(('inputs', *index))} = {values[index]:g} is outside [0, 1]; scale inputs to [0, 1]"
+            )
         return torch.from_numpy(values.astype(np.float32))
     images = []
     for i, text in enumerate(request.images):
         if text.startswith(_DATA_URL):
-            text = text[len(_DATA_URL):]
+            text = text[len(_DATA_URL) :]
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):

@@ -36,12 +36,17 @@ import torch
 from scipy import stats as _st
 
 from .._version import __version__
+from ..attacks.extraction.base import create_extraction_attack
 from ..core.errors import CorruptFile, InvalidArgument
 from ..core.evidence import Evidence, _finite
 from ..core.key import Key
-from ..oracles.base import ModelOracle, Oracle
 from ..core.params import Params
 from ..core.runtime import progress as progress_bar
+from ..data.base import Splits, TensorData
+from ..models.base import Classifier, create_for, list_models
+from ..models.train import TrainConfig, fit, train_model
+from ..oracles.base import Oracle
+from ..oracles.local import ModelOracle
 
 FORMAT = "copycatch.verification.calibration/1"
 KINDS = ("owner-data", "thief-data", "subset", "extracted")
@@ -90,64 +95,70 @@ class ReferenceModel:
     model: Any = None  # the Classifier when we trained it (to save it)
 
 
-def build_reference_models(splits: Any, plan: CalibrationPlan | None = None, *, progress: bool | None = None,
-                           batch_size: int = 128) -> list[ReferenceModel]:
+def build_reference_models(
+    splits: Splits, plan: CalibrationPlan | None = None, *, progress: bool | None = None, batch_size: int = 128
+) -> list[ReferenceModel]:
     """Train ``plan.n_models`` innocent models, cycling through :data:`KINDS` and ``plan.archs``."""
-    from .. import api
-    from ..attacks.extraction import create_extraction_attack
-    from ..data.base import TensorData
-    from ..models.base import create_for, list_models
-    from ..models.train import TrainConfig, fit
-
     plan = plan or CalibrationPlan()
     unknown = [a for a in plan.archs if a not in list_models()]
     if unknown:
         raise InvalidArgument(f"unknown architecture {unknown[0]!r}; valid: {', '.join(list_models())}")
     refs: list[ReferenceModel] = []
-    for i in progress_bar(range(plan.n_models), total=plan.n_models, desc="reference models", enabled=progress,
-                          unit="model"):
+    for i in progress_bar(
+        range(plan.n_models), total=plan.n_models, desc="reference models", enabled=progress, unit="model"
+    ):
         kind = KINDS[i % len(KINDS)]
         arch = plan.archs[(i // len(KINDS) + i) % len(plan.archs)]
         seed = plan.seed + i
         config = TrainConfig(epochs=plan.epochs, batch_size=batch_size, seed=seed)
-        info: dict[str, Any] = {"kind": kind, "arch": arch, "seed": seed, "epochs": plan.epochs,
-                                "description": KIND_WORDS[kind]}
-        if kind in ("owner-data", "thief-data"):
-            on = "owner_train" if kind == "owner-data" else "attacker_pool"
-            model = api.train(arch, splits, on=on, config=config, progress=False)
-            info["data"] = on
-        elif kind == "subset":
-            pool = _concat(splits.owner_train, splits.attacker_pool)
-            g = torch.Generator().manual_seed(seed)
-            keep = max(1, round(plan.subset * len(pool)))
-            data = pool.subset(torch.randperm(len(pool), generator=g)[:keep])
-            model = create_for(arch, splits, seed=seed)
-            fit(model, data, config, progress=False, desc=f"train {arch}")
-            info["data"] = f"random {plan.subset:g} of owner_train ∪ attacker_pool ({keep} examples)"
-        else:
-            # Another owner trains on one half of the thief's data; a thief steals that model with the other half.
-            pool = splits.attacker_pool
-            half_a, half_b = pool.subset(slice(0, None, 2)), pool.subset(slice(1, None, 2))
-            other_arch = plan.archs[(i + 1) % len(plan.archs)]
-            other = create_for(other_arch, splits, seed=seed + 50_000)
-            fit(other, half_a, config, progress=False, desc=f"other owner {other_arch}")
-            surrogate = create_for(arch, splits, seed=seed)
-            budget = min(plan.budget or len(half_b), len(half_b))
-            attack = create_extraction_attack("soft-label", budget=budget)
-            attack.run(ModelOracle(other), TensorData(half_b.x, half_b.y), surrogate, train=config,
-                       progress=False)
-            model = surrogate
-            info.update({"other_owner_arch": other_arch, "extraction": "soft-label", "budget": budget})
+        info: dict[str, Any] = {
+            "kind": kind,
+            "arch": arch,
+            "seed": seed,
+            "epochs": plan.epochs,
+            "description": KIND_WORDS[kind],
+        }
+        model = _REFERENCE_BUILDERS[kind](splits, plan, i, arch, config, info)
         model.provenance.update({"calibration_reference": info})
-        refs.append(ReferenceModel(f"ref{i:02d}-{kind}-{arch}", kind, ModelOracle(model, name=f"ref{i:02d}"), info,
-                                   model))
+        refs.append(
+            ReferenceModel(f"ref{i:02d}-{kind}-{arch}", kind, ModelOracle(model, name=f"ref{i:02d}"), info, model)
+        )
     return refs
 
 
-def _concat(a: Any, b: Any) -> Any:
-    from ..data.base import TensorData
+def _trained(splits: Splits, plan: CalibrationPlan, i: int, arch: str, config: TrainConfig, info: dict) -> Classifier:
+    on = "owner_train" if info["kind"] == "owner-data" else "attacker_pool"
+    info["data"] = on
+    return train_model(arch, splits, on=on, config=config, progress=False)
 
-    return TensorData(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]))
+
+def _subset(splits: Splits, plan: CalibrationPlan, i: int, arch: str, config: TrainConfig, info: dict) -> Classifier:
+    pool = TensorData.concat([splits.owner_train, splits.attacker_pool])
+    g = torch.Generator().manual_seed(config.seed)
+    keep = max(1, round(plan.subset * len(pool)))
+    data = pool.subset(torch.randperm(len(pool), generator=g)[:keep])
+    model = create_for(arch, splits, seed=config.seed)
+    fit(model, data, config, progress=False, desc=f"train {arch}")
+    info["data"] = f"random {plan.subset:g} of owner_train ∪ attacker_pool ({keep} examples)"
+    return model
+
+
+def _extracted(splits: Splits, plan: CalibrationPlan, i: int, arch: str, config: TrainConfig, info: dict) -> Classifier:
+    # Another owner trains on one half of the thief's data; a thief steals that model with the other half.
+    pool = splits.attacker_pool
+    half_a, half_b = pool.subset(slice(0, None, 2)), pool.subset(slice(1, None, 2))
+    other_arch = plan.archs[(i + 1) % len(plan.archs)]
+    other = create_for(other_arch, splits, seed=config.seed + 50_000)
+    fit(other, half_a, config, progress=False, desc=f"other owner {other_arch}")
+    surrogate = create_for(arch, splits, seed=config.seed)
+    budget = min(plan.budget or len(half_b), len(half_b))
+    attack = create_extraction_attack("soft-label", budget=budget)
+    attack.run(ModelOracle(other), TensorData(half_b.x, half_b.y), surrogate, train=config, progress=False)
+    info.update({"other_owner_arch": other_arch, "extraction": "soft-label", "budget": budget})
+    return surrogate
+
+
+_REFERENCE_BUILDERS = {"owner-data": _trained, "thief-data": _trained, "subset": _subset, "extracted": _extracted}
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -190,8 +201,14 @@ class Calibration:
     def false_positive_rate(self, alpha: float) -> dict[str, Any]:
         k = sum(p <= alpha for p in self.p_values)
         lo, hi = clopper_pearson(k, self.n)
-        return {"alpha": alpha, "false_positives": k, "n": self.n, "rate": k / self.n if self.n else float("nan"),
-                "ci95": [lo, hi], "consistent_with_alpha": lo <= alpha}
+        return {
+            "alpha": alpha,
+            "false_positives": k,
+            "n": self.n,
+            "rate": k / self.n if self.n else float("nan"),
+            "ci95": [lo, hi],
+            "consistent_with_alpha": lo <= alpha,
+        }
 
     def empirical_p_value(self, p_value: float) -> float:
         """Rank of the suspect's p-value among the references' (smaller is more extreme), with the +1 correction."""
@@ -201,13 +218,17 @@ class Calibration:
         out = []
         for alpha in self.alphas:
             if self.min_p_value is not None and self.min_p_value > alpha:
-                out.append(f"the key is too small to ever reach alpha={alpha:g}: its smallest possible p-value is "
-                           f"{self.min_p_value:.3g}; use a larger key")
+                out.append(
+                    f"the key is too small to ever reach alpha={alpha:g}: its smallest possible p-value is "
+                    f"{self.min_p_value:.3g}; use a larger key"
+                )
             fpr = self.false_positive_rate(alpha)
             if self.n and not fpr["consistent_with_alpha"]:
-                out.append(f"{fpr['false_positives']} of {self.n} innocent references are called stolen at "
-                           f"alpha={alpha:g} (95% CI {fpr['ci95'][0]:.3g}–{fpr['ci95'][1]:.3g}, above alpha): the "
-                           "scheme's null looks anti-conservative on these models")
+                out.append(
+                    f"{fpr['false_positives']} of {self.n} innocent references are called stolen at "
+                    f"alpha={alpha:g} (95% CI {fpr['ci95'][0]:.3g}–{fpr['ci95'][1]:.3g}, above alpha): the "
+                    "scheme's null looks anti-conservative on these models"
+                )
         return out
 
     def summary(self) -> str:
@@ -218,12 +239,16 @@ class Calibration:
         lines.append("  references: " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
         if self.references:
             stats = self.statistics
-            lines.append(f"  {self.statistic_name}: min {min(stats):.4g}, median {_median(stats):.4g}, "
-                         f"max {max(stats):.4g}; smallest p-value {min(self.p_values):.3g}")
+            lines.append(
+                f"  {self.statistic_name}: min {min(stats):.4g}, median {_median(stats):.4g}, "
+                f"max {max(stats):.4g}; smallest p-value {min(self.p_values):.3g}"
+            )
         for alpha in self.alphas:
             f = self.false_positive_rate(alpha)
-            lines.append(f"  alpha={alpha:g}: {f['false_positives']}/{f['n']} called stolen, empirical FPR "
-                         f"{f['rate']:.3g} (95% CI {f['ci95'][0]:.3g}–{f['ci95'][1]:.3g})")
+            lines.append(
+                f"  alpha={alpha:g}: {f['false_positives']}/{f['n']} called stolen, empirical FPR "
+                f"{f['rate']:.3g} (95% CI {f['ci95'][0]:.3g}–{f['ci95'][1]:.3g})"
+            )
         if self.min_p_value is not None:
             lines.append(f"  smallest p-value this key can give: {self.min_p_value:.3g}")
         lines.append(f"  empirical p-values from {self.n} references cannot go below {1 / (self.n + 1):.3g}")
@@ -258,8 +283,10 @@ class Calibration:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise CorruptFile(f"{path}: not a copycatch calibration file (expected format {FORMAT})")
         if key is not None and d.get("key_digest") != key.digest:
-            raise CorruptFile(f"{path}: calibration was made for key {str(d.get('key_digest'))[:12]}…, not for "
-                              f"{key.digest[:12]}…; run copycatch calibrate again")
+            raise CorruptFile(
+                f"{path}: calibration was made for key {str(d.get('key_digest'))[:12]}…, not for "
+                f"{key.digest[:12]}…; run copycatch calibrate again"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in fields})
@@ -273,8 +300,13 @@ def calibration_path(key_path: str | os.PathLike) -> Path:
     return key_path.with_name(key_path.name + ".calibration.json")
 
 
-def calibrate(key: Key, references: Iterable[ReferenceModel], *, alphas: Sequence[float] = (1e-3, 0.05),
-              progress: bool | None = None) -> Calibration:
+def calibrate(
+    key: Key,
+    references: Iterable[ReferenceModel],
+    *,
+    alphas: Sequence[float] = (1e-3, 0.05),
+    progress: bool | None = None,
+) -> Calibration:
     """Verify every reference against ``key`` (fixed test, whole key) and collect the empirical null."""
     from ..schemes import scheme_for_key
     from .sequential import minimum_p_value
@@ -287,19 +319,30 @@ def calibrate(key: Key, references: Iterable[ReferenceModel], *, alphas: Sequenc
     references = list(references)
     rows: list[dict[str, Any]] = []
     statistic_name = ""
-    for ref in progress_bar(references, total=len(references), desc=f"calibrate {key.scheme}", enabled=progress,
-                            unit="model"):
+    for ref in progress_bar(
+        references, total=len(references), desc=f"calibrate {key.scheme}", enabled=progress, unit="model"
+    ):
         evidence: Evidence = scheme.verify(ref.oracle, key, alpha=alphas[0], progress=False)
         statistic_name = evidence.statistic_name
-        rows.append({"name": ref.name, "kind": ref.kind, **{k: v for k, v in ref.info.items() if k != "kind"},
-                     "statistic": float(evidence.statistic), "p_value": float(evidence.p_value),
-                     "queries": evidence.queries, "exact": evidence.exact})
+        rows.append(
+            {
+                "name": ref.name,
+                "kind": ref.kind,
+                **{k: v for k, v in ref.info.items() if k != "kind"},
+                "statistic": float(evidence.statistic),
+                "p_value": float(evidence.p_value),
+                "queries": evidence.queries,
+                "exact": evidence.exact,
+            }
+        )
     num_classes = key.meta.get("num_classes") or (references[0].oracle.num_classes if references else None)
     min_p = minimum_p_value(scheme, key, int(num_classes)) if num_classes else None
     notes = []
     if min_p is None:
-        notes.append(f"scheme {key.scheme!r} does not expose per-query outcomes, so the smallest p-value its key can "
-                     "give is not computed")
+        notes.append(
+            f"scheme {key.scheme!r} does not expose per-query outcomes, so the smallest p-value its key can "
+            "give is not computed"
+        )
     return Calibration(key.digest, key.scheme, statistic_name or "statistic", rows, list(alphas), min_p, notes=notes)
 
 

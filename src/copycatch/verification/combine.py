@@ -24,8 +24,10 @@ from ..core.stats import fisher_combine, holm_adjust
 
 METHODS = ("holm", "fisher")
 
-NULL_HYPOTHESIS = ("The suspect is independent of every key: for each key, that key's own null hypothesis holds "
-                   "(its secret was drawn independently of the suspect).")
+NULL_HYPOTHESIS = (
+    "The suspect is independent of every key: for each key, that key's own null hypothesis holds "
+    "(its secret was drawn independently of the suspect)."
+)
 
 
 @dataclasses.dataclass
@@ -59,27 +61,33 @@ class CombinedEvidence:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.update({"p_value": self.p_value, "decision": self.decision, "verdict": self.verdict,
-                  "queries": self.queries})
+        d.update({"p_value": self.p_value, "decision": self.decision, "verdict": self.verdict, "queries": self.queries})
         return d
 
     def summary(self) -> str:
-        lines = [f"combined evidence over {len(self.keys)} keys ({self.method} decides):",
-                 f"  null hypothesis: {self.null_hypothesis}"]
+        lines = [
+            f"combined evidence over {len(self.keys)} keys ({self.method} decides):",
+            f"  null hypothesis: {self.null_hypothesis}",
+        ]
         for k, adj in zip(self.keys, self.holm_adjusted):
-            lines.append(f"  {k['scheme']:<20} key {k['key_digest'][:12]}…  p = {k['p_value']:.3g}  "
-                         f"Holm-adjusted {adj:.3g}  {'significant' if adj <= self.alpha else ''}".rstrip())
-        lines += [f"  Fisher combined p-value: {self.fisher_p_value:.3g}",
-                  f"  Holm global p-value:     {min(self.holm_adjusted):.3g}",
-                  f"  alpha:                   {self.alpha:g}",
-                  f"  verdict:                 {self.verdict.upper()}",
-                  f"  queries used:            {self.queries}"]
+            lines.append(
+                f"  {k['scheme']:<20} key {k['key_digest'][:12]}…  p = {k['p_value']:.3g}  "
+                f"Holm-adjusted {adj:.3g}  {'significant' if adj <= self.alpha else ''}".rstrip()
+            )
+        lines += [
+            f"  Fisher combined p-value: {self.fisher_p_value:.3g}",
+            f"  Holm global p-value:     {min(self.holm_adjusted):.3g}",
+            f"  alpha:                   {self.alpha:g}",
+            f"  verdict:                 {self.verdict.upper()}",
+            f"  queries used:            {self.queries}",
+        ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def combine_evidence(evidences: Sequence[Evidence], *, alpha: float | None = None,
-                     method: str = "holm") -> CombinedEvidence:
+def combine_evidence(
+    evidences: Sequence[Evidence], *, alpha: float | None = None, method: str = "holm"
+) -> CombinedEvidence:
     """Combine per-key evidence about one suspect; ``alpha`` defaults to the evidences' common α."""
     if method not in METHODS:
         raise InvalidArgument(f"combination method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -98,10 +106,20 @@ def combine_evidence(evidences: Sequence[Evidence], *, alpha: float | None = Non
     ps = [float(e.p_value) for e in evidences]
     notes = []
     if method == "fisher":
-        notes.append("Fisher's method assumes the keys' secrets were drawn independently of each other "
-                     "(separately generated keys); Holm's adjustment holds under any dependence")
+        notes.append(
+            "Fisher's method assumes the keys' secrets were drawn independently of each other "
+            "(separately generated keys); Holm's adjustment holds under any dependence"
+        )
     if any(not e.exact for e in evidences):
         notes.append("at least one per-key p-value is approximate (see its notes); so is the combination")
-    keys = [{"scheme": e.scheme, "key_digest": e.key_digest, "p_value": e.p_value, "queries": e.queries,
-             "verdict": e.verdict} for e in evidences]
+    keys = [
+        {
+            "scheme": e.scheme,
+            "key_digest": e.key_digest,
+            "p_value": e.p_value,
+            "queries": e.queries,
+            "verdict": e.verdict,
+        }
+        for e in evidences
+    ]
     return CombinedEvidence(method, float(alpha), ps, holm_adjust(ps), fisher_combine(ps), keys, notes=notes)

@@ -46,8 +46,12 @@ def environment() -> dict[str, Any]:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return {"copycatch": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "packages": packages}
+    return {
+        "copycatch": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+    }
 
 
 def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict[str, Any]:
@@ -55,9 +59,24 @@ def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict
     per_key = []
     for evidence, key in zip(run.evidences, run.keys):
         d = evidence.to_dict()
-        d["key"] = {"digest": key.digest, "scheme": key.scheme, "params": key.params,
-                    "meta": {k: key.meta.get(k) for k in ("created", "dataset", "arch", "num_classes", "input_shape",
-                                                          "victim_sha256", "package_version") if k in key.meta}}
+        d["key"] = {
+            "digest": key.digest,
+            "scheme": key.scheme,
+            "params": key.params,
+            "meta": {
+                k: key.meta.get(k)
+                for k in (
+                    "created",
+                    "dataset",
+                    "arch",
+                    "num_classes",
+                    "input_shape",
+                    "victim_sha256",
+                    "package_version",
+                )
+                if k in key.meta
+            },
+        }
         per_key.append(d)
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -76,13 +95,30 @@ def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict
     }
     if len(run.evidences) == 1:  # the headline fields at the top for the common single-key case
         e = run.evidences[0]
-        doc.update({"scheme": e.scheme, "null_hypothesis": e.null_hypothesis, "statistic_name": e.statistic_name,
-                    "statistic": e.statistic, "p_value": e.p_value, "exact": e.exact, "key_digest": e.key_digest})
+        doc.update(
+            {
+                "scheme": e.scheme,
+                "null_hypothesis": e.null_hypothesis,
+                "statistic_name": e.statistic_name,
+                "statistic": e.statistic,
+                "p_value": e.p_value,
+                "exact": e.exact,
+                "key_digest": e.key_digest,
+            }
+        )
     else:
         c = run.combined
-        doc.update({"scheme": "+".join(e.scheme for e in run.evidences), "null_hypothesis": c.null_hypothesis,
-                    "statistic_name": f"{c.method} combined p-value", "statistic": c.p_value, "p_value": c.p_value,
-                    "exact": all(e.exact for e in run.evidences), "key_digest": [e.key_digest for e in run.evidences]})
+        doc.update(
+            {
+                "scheme": "+".join(e.scheme for e in run.evidences),
+                "null_hypothesis": c.null_hypothesis,
+                "statistic_name": f"{c.method} combined p-value",
+                "statistic": c.p_value,
+                "p_value": c.p_value,
+                "exact": all(e.exact for e in run.evidences),
+                "key_digest": [e.key_digest for e in run.evidences],
+            }
+        )
     return _finite(doc)
 
 
@@ -143,12 +179,21 @@ def render_html(doc: dict[str, Any], run: Any) -> str:
         f"<p class='note'>Written {_e(doc['created'])} by copycatch {_e(__version__)}.</p>",
         f"<div class='verdict {'stolen' if stolen else 'clear'}'>Verdict: {_e(doc['verdict'].upper())}</div>",
         f"<p>At significance level α = {_e(_fmt(doc['alpha']))}, the evidence "
-        + ("<b>rejects</b> the null hypothesis that the suspect is independent of the owner's key."
-           if stolen else "<b>does not reject</b> the null hypothesis that the suspect is independent of the "
-                          "owner's key (absence of evidence is not evidence of innocence).") + "</p>",
-        _rows([("suspect", _suspect_line(doc["suspect"])), ("p-value", _e(_fmt(doc["p_value"]))),
-               ("queries used", _e(doc["queries_used"])),
-               ("transcript head", f"<code>{_e(doc['transcript']['head'])}</code>")]),
+        + (
+            "<b>rejects</b> the null hypothesis that the suspect is independent of the owner's key."
+            if stolen
+            else "<b>does not reject</b> the null hypothesis that the suspect is independent of the "
+            "owner's key (absence of evidence is not evidence of innocence)."
+        )
+        + "</p>",
+        _rows(
+            [
+                ("suspect", _suspect_line(doc["suspect"])),
+                ("p-value", _e(_fmt(doc["p_value"]))),
+                ("queries used", _e(doc["queries_used"])),
+                ("transcript head", f"<code>{_e(doc['transcript']['head'])}</code>"),
+            ]
+        ),
     ]
     calibrations = getattr(run, "calibrations", {})
     for i, (item, evidence) in enumerate(zip(doc["evidence"], run.evidences)):
@@ -156,12 +201,23 @@ def render_html(doc: dict[str, Any], run: Any) -> str:
     if doc.get("combined"):
         parts.append(_combined_section(doc["combined"]))
     parts.append(_transcript_section(doc["transcript"]))
-    parts.append("<h2>Suspect fingerprint</h2>" + _rows([(k, f"<code>{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</code>")
-                                                      for k, v in doc["suspect"].items()]))
+    parts.append(
+        "<h2>Suspect fingerprint</h2>"
+        + _rows(
+            [
+                (k, f"<code>{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</code>")
+                for k, v in doc["suspect"].items()
+            ]
+        )
+    )
     env = doc["environment"]
-    parts.append("<h2>Software</h2>" + _rows([("copycatch", _e(env["copycatch"])), ("python", _e(env["python"])),
-                                               ("platform", _e(env["platform"]))]
-                                              + [(k, _e(v)) for k, v in env["packages"].items()]))
+    parts.append(
+        "<h2>Software</h2>"
+        + _rows(
+            [("copycatch", _e(env["copycatch"])), ("python", _e(env["python"])), ("platform", _e(env["platform"]))]
+            + [(k, _e(v)) for k, v in env["packages"].items()]
+        )
+    )
     if doc.get("command"):
         parts.append(f"<h2>Command</h2><p><code>{_e(' '.join(doc['command']))}</code></p>")
     parts.append("</body></html>")
@@ -185,67 +241,106 @@ def _evidence_section(i: int, item: dict[str, Any], evidence: Evidence, calibrat
         ("p-value", _e(f"{evidence.p_value:.4g}") + ("" if evidence.exact else " <b>(approximate; see notes)</b>")),
         ("α", _e(_fmt(evidence.alpha))),
         ("decision", _e(evidence.verdict)),
-        ("queries used", _e(evidence.queries)
-         + (f" of {_e(evidence.metrics.get('key_size'))} (sequential; stopped: {_e(seq.get('stop_reason'))})"
-            if seq.get("used") else " (fixed test on the whole key)")),
+        (
+            "queries used",
+            _e(evidence.queries)
+            + (
+                f" of {_e(evidence.metrics.get('key_size'))} (sequential; stopped: {_e(seq.get('stop_reason'))})"
+                if seq.get("used")
+                else " (fixed test on the whole key)"
+            ),
+        ),
         ("key digest", f"<code>{_e(evidence.key_digest)}</code>"),
     ]
     pairs += [(k, _e(_fmt(v))) for k, v in evidence.metrics.items() if k not in {"key_size", "stopped"}]
     body = [f"<h2>Evidence {i + 1}: {_e(evidence.scheme)}</h2>", _rows(pairs)]
     null_model = evidence.details.get("null_model")
     if null_model and null_model.get("type") == "binomial":
-        body.append("<h3>The suspect against the null distribution</h3>" + binomial_null_svg(null_model, evidence.alpha))
+        body.append(
+            "<h3>The suspect against the null distribution</h3>" + binomial_null_svg(null_model, evidence.alpha)
+        )
     if null_model and null_model.get("type") == "binomial" and null_model["trials"]:
-        body.append(f"<p class='note small'>Bars: the probability of each value of the statistic for a model "
-                    f"independent of the key (Binomial({null_model['trials']}, {null_model['rate']:.3g})); "
-                    f"shaded: values that are significant at α. The red line is the suspect.</p>")
+        body.append(
+            f"<p class='note small'>Bars: the probability of each value of the statistic for a model "
+            f"independent of the key (Binomial({null_model['trials']}, {null_model['rate']:.3g})); "
+            f"shaded: values that are significant at α. The red line is the suspect.</p>"
+        )
     if calibration is not None:
-        body.append("<h3>The suspect among innocent reference models</h3>"
-                    + calibration_svg(calibration.p_values, [r.get("kind", "") for r in calibration.references],
-                                      evidence.p_value, evidence.alpha))
-        rates = "; ".join(f"α={f['alpha']:g}: {f['false_positives']}/{f['n']} (95% CI {f['ci95'][0]:.3g}–"
-                          f"{f['ci95'][1]:.3g})" for f in evidence.details.get("calibration", {}).get(
-                              "false_positive_rates", []))
-        body.append(f"<p class='note small'>Each dot is an innocent model verified with the same key (−log10 of its "
-                    f"p-value); the red line is the suspect. Innocent models called stolen: {_e(rates)}.</p>")
+        body.append(
+            "<h3>The suspect among innocent reference models</h3>"
+            + calibration_svg(
+                calibration.p_values,
+                [r.get("kind", "") for r in calibration.references],
+                evidence.p_value,
+                evidence.alpha,
+            )
+        )
+        rates = "; ".join(
+            f"α={f['alpha']:g}: {f['false_positives']}/{f['n']} (95% CI {f['ci95'][0]:.3g}–{f['ci95'][1]:.3g})"
+            for f in evidence.details.get("calibration", {}).get("false_positive_rates", [])
+        )
+        body.append(
+            f"<p class='note small'>Each dot is an innocent model verified with the same key (−log10 of its "
+            f"p-value); the red line is the suspect. Innocent models called stolen: {_e(rates)}.</p>"
+        )
     if not null_model and calibration is None:
         body.append(pvalue_svg(evidence.p_value, evidence.alpha))
-        body.append("<p class='note small'>This scheme's null distribution is not binomial; run <code>copycatch "
-                    "calibrate</code> to compare the suspect with innocent reference models here.</p>")
+        body.append(
+            "<p class='note small'>This scheme's null distribution is not binomial; run <code>copycatch "
+            "calibrate</code> to compare the suspect with innocent reference models here.</p>"
+        )
     if seq.get("used") and seq.get("trajectory"):
         body.append("<h3>Sequential test</h3>" + trajectory_svg(seq))
-        body.append(f"<p class='note small'>The always-valid e-value after each batch of {seq['batch_size']} "
-                    f"queries; crossing the dashed line (1/(w·α), w = {seq['early_share']:g}) proves theft at any "
-                    f"stopping time. {seq.get('queries_saved', 0)} queries were saved.</p>")
+        body.append(
+            f"<p class='note small'>The always-valid e-value after each batch of {seq['batch_size']} "
+            f"queries; crossing the dashed line (1/(w·α), w = {seq['early_share']:g}) proves theft at any "
+            f"stopping time. {seq.get('queries_saved', 0)} queries were saved.</p>"
+        )
     if evidence.notes:
         body.append("<ul class='note small'>" + "".join(f"<li>{_e(n)}</li>" for n in evidence.notes) + "</ul>")
     return "\n".join(body)
 
 
 def _combined_section(c: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{_e(k['scheme'])}</td><td><code>{_e(k['key_digest'][:16])}…</code></td>"
-                   f"<td>{k['p_value']:.4g}</td><td>{adj:.4g}</td></tr>"
-                   for k, adj in zip(c["keys"], c["holm_adjusted"]))
-    return (f"<h2>Combined evidence ({_e(c['method'])} decides)</h2><p>{_e(c['null_hypothesis'])}</p>"
-            f"<table><tr><th>scheme</th><th>key</th><th>p-value</th><th>Holm-adjusted</th></tr>{rows}</table>"
-            + _rows([("Fisher combined p-value", _e(f"{c['fisher_p_value']:.4g}")),
-                     ("Holm global p-value", _e(f"{min(c['holm_adjusted']):.4g}")),
-                     ("verdict", _e(c["verdict"]))])
-            + "".join(f"<p class='note small'>{_e(n)}</p>" for n in c.get("notes", [])))
+    rows = "".join(
+        f"<tr><td>{_e(k['scheme'])}</td><td><code>{_e(k['key_digest'][:16])}…</code></td>"
+        f"<td>{k['p_value']:.4g}</td><td>{adj:.4g}</td></tr>"
+        for k, adj in zip(c["keys"], c["holm_adjusted"])
+    )
+    return (
+        f"<h2>Combined evidence ({_e(c['method'])} decides)</h2><p>{_e(c['null_hypothesis'])}</p>"
+        f"<table><tr><th>scheme</th><th>key</th><th>p-value</th><th>Holm-adjusted</th></tr>{rows}</table>"
+        + _rows(
+            [
+                ("Fisher combined p-value", _e(f"{c['fisher_p_value']:.4g}")),
+                ("Holm global p-value", _e(f"{min(c['holm_adjusted']):.4g}")),
+                ("verdict", _e(c["verdict"])),
+            ]
+        )
+        + "".join(f"<p class='note small'>{_e(n)}</p>" for n in c.get("notes", []))
+    )
 
 
 def _transcript_section(t: dict[str, Any]) -> str:
-    return ("<h2>Query transcript</h2>"
-            + _rows([("file", _e(t.get("path") or "(not saved)")), ("lines", _e(t["lines"])),
-                     ("answers on record", _e(t["answers_on_record"])),
-                     ("replayed in this session", _e(t["replayed_this_session"])),
-                     ("suspect errors on record", _e(t["errors"])), ("head hash", f"<code>{_e(t['head'])}</code>"),
-                     ("hash rule", _e(t["hash_rule"]))])
-            + "<p class='small'>To check the record: <code>python -m copycatch.verification.transcript transcript.jsonl</code> "
-              "recomputes every hash; its head must equal the head above (also listed, with every line's hash, in "
-              "<code>evidence.json</code>). With the key, <code>copycatch verify --key KEY --suspect SUSPECT "
-              "--transcript transcript.jsonl --offline</code> recomputes the evidence from the recorded answers "
-              "without asking the suspect anything.</p>")
+    return (
+        "<h2>Query transcript</h2>"
+        + _rows(
+            [
+                ("file", _e(t.get("path") or "(not saved)")),
+                ("lines", _e(t["lines"])),
+                ("answers on record", _e(t["answers_on_record"])),
+                ("replayed in this session", _e(t["replayed_this_session"])),
+                ("suspect errors on record", _e(t["errors"])),
+                ("head hash", f"<code>{_e(t['head'])}</code>"),
+                ("hash rule", _e(t["hash_rule"])),
+            ]
+        )
+        + "<p class='small'>To check the record: <code>python -m copycatch.verification.transcript transcript.jsonl</code> "
+        "recomputes every hash; its head must equal the head above (also listed, with every line's hash, in "
+        "<code>evidence.json</code>). With the key, <code>copycatch verify --key KEY --suspect SUSPECT "
+        "--transcript transcript.jsonl --offline</code> recomputes the evidence from the recorded answers "
+        "without asking the suspect anything.</p>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -267,16 +362,22 @@ class _Axes:
         return H - B - (v - self.y0) / (self.y1 - self.y0) * (H - T - B)
 
     def frame(self, xlabel: str, ylabel: str, xticks: Sequence[float], yticks: Sequence[float]) -> list[str]:
-        out = [f"<line x1='{L}' y1='{H - B}' x2='{W - R}' y2='{H - B}' stroke='#333'/>",
-               f"<line x1='{L}' y1='{T}' x2='{L}' y2='{H - B}' stroke='#333'/>"]
+        out = [
+            f"<line x1='{L}' y1='{H - B}' x2='{W - R}' y2='{H - B}' stroke='#333'/>",
+            f"<line x1='{L}' y1='{T}' x2='{L}' y2='{H - B}' stroke='#333'/>",
+        ]
         for v in xticks:
-            out.append(f"<text x='{self.x(v):.1f}' y='{H - B + 15}' font-size='11' text-anchor='middle'>{_tick(v)}</text>")
+            out.append(
+                f"<text x='{self.x(v):.1f}' y='{H - B + 15}' font-size='11' text-anchor='middle'>{_tick(v)}</text>"
+            )
         for v in yticks:
             out.append(f"<text x='{L - 6}' y='{self.y(v) + 4:.1f}' font-size='11' text-anchor='end'>{_tick(v)}</text>")
             out.append(f"<line x1='{L}' y1='{self.y(v):.1f}' x2='{W - R}' y2='{self.y(v):.1f}' stroke='#eee'/>")
         out.append(f"<text x='{(L + W - R) / 2}' y='{H - 8}' font-size='12' text-anchor='middle'>{_e(xlabel)}</text>")
-        out.append(f"<text x='14' y='{(T + H - B) / 2}' font-size='12' text-anchor='middle' "
-                   f"transform='rotate(-90 14 {(T + H - B) / 2})'>{_e(ylabel)}</text>")
+        out.append(
+            f"<text x='14' y='{(T + H - B) / 2}' font-size='12' text-anchor='middle' "
+            f"transform='rotate(-90 14 {(T + H - B) / 2})'>{_e(ylabel)}</text>"
+        )
         return out
 
 
@@ -295,14 +396,19 @@ def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
 
 
 def _svg(content: list[str], label: str) -> str:
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {W} {H}' role='img' aria-label='{_e(label)}'>"
-            + "".join(content) + "</svg>")
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {W} {H}' role='img' aria-label='{_e(label)}'>"
+        + "".join(content)
+        + "</svg>"
+    )
 
 
 def _marker(ax: _Axes, value: float, text: str, color: str = "#c62828") -> list[str]:
     x = ax.x(value)
-    return [f"<line x1='{x:.1f}' y1='{T}' x2='{x:.1f}' y2='{H - B}' stroke='{color}' stroke-width='2' class='observed'/>",
-            f"<text x='{min(x + 4, W - R - 150):.1f}' y='{T + 12}' font-size='11' fill='{color}'>{_e(text)}</text>"]
+    return [
+        f"<line x1='{x:.1f}' y1='{T}' x2='{x:.1f}' y2='{H - B}' stroke='{color}' stroke-width='2' class='observed'/>",
+        f"<text x='{min(x + 4, W - R - 150):.1f}' y='{T + 12}' font-size='11' fill='{color}'>{_e(text)}</text>",
+    ]
 
 
 def binomial_null_svg(null_model: dict[str, Any], alpha: float) -> str:
@@ -316,32 +422,41 @@ def binomial_null_svg(null_model: dict[str, Any], alpha: float) -> str:
     shown = min(n, shown)
     ax = _Axes(-0.5, shown + 0.5, 0.0, float(pmf.max()) * 1.1)
     width = max(1.0, (ax.x(1) - ax.x(0)) * 0.8)
-    content = ax.frame(str(null_model.get("statistic_name", "statistic")), "probability under the null",
-                       [t for t in _ticks(0, shown) if t == int(t)], _ticks(0, float(pmf.max()) * 1.1, 4))
+    content = ax.frame(
+        str(null_model.get("statistic_name", "statistic")),
+        "probability under the null",
+        [t for t in _ticks(0, shown) if t == int(t)],
+        _ticks(0, float(pmf.max()) * 1.1, 4),
+    )
     for k in range(shown + 1):
         fill = "#f4b183" if critical is not None and k >= critical else "#8fb3d9"
         y = ax.y(float(pmf[k]))
-        content.append(f"<rect x='{ax.x(k) - width / 2:.1f}' y='{y:.1f}' width='{width:.1f}' "
-                       f"height='{H - B - y:.1f}' fill='{fill}'/>")
+        content.append(
+            f"<rect x='{ax.x(k) - width / 2:.1f}' y='{y:.1f}' width='{width:.1f}' "
+            f"height='{H - B - y:.1f}' fill='{fill}'/>"
+        )
     content += _marker(ax, observed, f"suspect: {observed} of {n}")
     return _svg(content, f"binomial null with the suspect's statistic {observed}")
 
 
 def calibration_svg(reference_p: Sequence[float], kinds: Sequence[str], suspect_p: float, alpha: float) -> str:
     """−log10 p of every innocent reference (dots, jittered by kind) against the suspect's and α."""
+
     def score(p: float) -> float:
         return -math.log10(max(p, 1e-300))
 
     values = [score(p) for p in reference_p]
-    top = max(values + [score(suspect_p), score(alpha)]) * 1.1 + 0.5
+    top = max([*values, score(suspect_p), score(alpha)]) * 1.1 + 0.5
     ax = _Axes(0.0, top, 0.0, 1.0)
     content = ax.frame("−log10 p-value (right = stronger evidence)", "", _ticks(0, top), [])
     kind_rows = {k: i for i, k in enumerate(dict.fromkeys(kinds))}
     for v, k in zip(values, kinds):
         row = kind_rows.get(k, 0)
         y = ax.y(0.15 + 0.7 * (row + 0.5) / max(1, len(kind_rows)))
-        content.append(f"<circle cx='{ax.x(v):.1f}' cy='{y:.1f}' r='4' fill='#4a7ab5' fill-opacity='0.7' "
-                       f"class='reference'><title>{_e(k)}</title></circle>")
+        content.append(
+            f"<circle cx='{ax.x(v):.1f}' cy='{y:.1f}' r='4' fill='#4a7ab5' fill-opacity='0.7' "
+            f"class='reference'><title>{_e(k)}</title></circle>"
+        )
     a = ax.x(score(alpha))
     content.append(f"<line x1='{a:.1f}' y1='{T}' x2='{a:.1f}' y2='{H - B}' stroke='#555' stroke-dasharray='4 3'/>")
     content.append(f"<text x='{a + 4:.1f}' y='{H - B - 6}' font-size='11' fill='#555'>α = {alpha:g}</text>")
@@ -351,6 +466,7 @@ def calibration_svg(reference_p: Sequence[float], kinds: Sequence[str], suspect_
 
 def pvalue_svg(p_value: float, alpha: float) -> str:
     """The p-value and α on a −log10 axis (schemes without a closed-form null and no calibration)."""
+
     def score(p: float) -> float:
         return -math.log10(max(p, 1e-300))
 
@@ -359,7 +475,9 @@ def pvalue_svg(p_value: float, alpha: float) -> str:
     content = ax.frame("−log10 p-value", "", _ticks(0, top), [])
     a = ax.x(score(alpha))
     content.append(f"<rect x='{a:.1f}' y='{T}' width='{W - R - a:.1f}' height='{H - T - B}' fill='#fbe3d6'/>")
-    content.append(f"<text x='{a + 4:.1f}' y='{H - B - 6}' font-size='11' fill='#555'>significant at α = {alpha:g}</text>")
+    content.append(
+        f"<text x='{a + 4:.1f}' y='{H - B - 6}' font-size='11' fill='#555'>significant at α = {alpha:g}</text>"
+    )
     content += _marker(ax, score(p_value), f"suspect: p = {p_value:.3g}")
     return _svg(content, "the suspect's p-value against alpha")
 

@@ -43,10 +43,10 @@ from scipy import special
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
-from ..oracles.base import Oracle
 from ..core.params import Params
-from ..core.stats import binomial_greater
 from ..core.runtime import progress as progress_bar
+from ..core.stats import binomial_greater
+from ..oracles.base import Oracle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +106,16 @@ STOP_REASONS = {
 }
 
 
-def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1e-3,
-                      plan: SequentialPlan | None = None, progress: bool | None = None,
-                      stop_alpha: float | None = None) -> Evidence:
+def verify_sequential(
+    scheme: Any,
+    oracle: Oracle,
+    key: Key,
+    *,
+    alpha: float = 1e-3,
+    plan: SequentialPlan | None = None,
+    progress: bool | None = None,
+    stop_alpha: float | None = None,
+) -> Evidence:
     """Sequential verification of ``oracle`` against ``key``; the fixed test when the scheme has no hook.
 
     ``stop_alpha`` (default ``alpha``) is the level the stopping rule aims at; the p-value does not depend on it.
@@ -119,13 +126,15 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
     decision_alpha = scheme.check_alpha(alpha)
     alpha = scheme.check_alpha(stop_alpha if stop_alpha is not None else alpha)
     scheme.check_key(key, oracle)
-    probe = scheme.bernoulli_outcomes(torch.empty(0, oracle.num_classes), key)
-    if probe is None:
+    if not scheme.sequential:
         evidence = scheme.verify(oracle, key, alpha=decision_alpha, progress=progress)
-        evidence.notes.append(f"scheme {scheme.name!r} has no per-query Bernoulli statistic: verified with the fixed "
-                              "test on the whole key (no sequential stopping)")
+        evidence.notes.append(
+            f"scheme {scheme.name!r} has no per-query Bernoulli statistic: verified with the fixed "
+            "test on the whole key (no sequential stopping)"
+        )
         evidence.details.setdefault("sequential", {"used": False})
         return evidence
+    probe = scheme.bernoulli_outcomes(torch.empty(0, oracle.num_classes), key)
     q = float(probe.null_rate)
     x = scheme.verification_inputs(key)
     n = len(x)
@@ -136,7 +145,7 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
     reason, max_log_e, outcome = "exhausted", 0.0, probe
     starts = range(0, n, plan.batch_size)
     for start in progress_bar(starts, total=len(starts), desc="verify (sequential)", enabled=progress, unit="batch"):
-        answers.append(oracle.query(x[start:start + plan.batch_size]))
+        answers.append(oracle.query(x[start : start + plan.batch_size]))
         outcome = scheme.bernoulli_outcomes(torch.cat(answers), key)
         state, can_still_reject = _update(outcome, n, q, w, alpha, max_log_e)
         max_log_e = state.max_log_e
@@ -164,26 +173,36 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
         metrics.update(full.metrics)
         notes += [note for note in full.notes if note not in notes]
         details["fixed_test_p_value"] = full.p_value
-    metrics.update({
-        "queried": last.queried,
-        "key_size": n,
-        "successes": last.successes,
-        "counted": last.counted,
-        "null_rate": q,
-        "max_e_value": math.exp(min(max_log_e, 700.0)),
-        "stopped": reason,
-    })
+    metrics.update(
+        {
+            "queried": last.queried,
+            "key_size": n,
+            "successes": last.successes,
+            "counted": last.counted,
+            "null_rate": q,
+            "max_e_value": math.exp(min(max_log_e, 700.0)),
+            "stopped": reason,
+        }
+    )
     saved = n - last.queried
     notes.append(
         f"sequential test, valid at any stopping time: p = min(1, p_e/{w:g}, p_fixed/{1 - w:g}), where p_e = 1/max "
         f"e-value (mixture likelihood ratio over success rates in [{q:.3g}, 1]; Ville's inequality) and p_fixed = the "
-        "exact binomial p-value of the whole key under the least favourable answers to the unasked inputs")
+        "exact binomial p-value of the whole key under the least favourable answers to the unasked inputs"
+    )
     notes.append(f"stopped after {last.queried} of {n} inputs ({saved} queries saved): {STOP_REASONS[reason]}")
     if alpha != decision_alpha:
-        notes.append(f"the stopping rule aimed at {alpha:g} (α shared among combined keys), the decision uses "
-                     f"α = {decision_alpha:g}")
-    details["null_model"] = {"type": "binomial", "trials": last.counted, "rate": q, "observed": last.successes,
-                             "statistic_name": outcome.statistic_name}
+        notes.append(
+            f"the stopping rule aimed at {alpha:g} (α shared among combined keys), the decision uses "
+            f"α = {decision_alpha:g}"
+        )
+    details["null_model"] = {
+        "type": "binomial",
+        "trials": last.counted,
+        "rate": q,
+        "observed": last.successes,
+        "statistic_name": outcome.statistic_name,
+    }
     details["sequential"] = {
         "used": True,
         "batch_size": plan.batch_size,
@@ -195,15 +214,13 @@ def verify_sequential(scheme: Any, oracle: Oracle, key: Key, *, alpha: float = 1
         "queries_saved": saved,
         "trajectory": [s.to_dict() for s in trajectory],
     }
-    return Evidence(
-        scheme=scheme.name,
-        null_hypothesis=scheme.null_hypothesis,
+    return scheme.evidence(
+        key,
         statistic_name=outcome.statistic_name,
         statistic=last.successes,
         p_value=last.p_value,
         alpha=decision_alpha,
         queries=queries,
-        key_digest=key.digest,
         exact=outcome.exact,
         metrics=metrics,
         details=details,
@@ -228,8 +245,8 @@ def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: f
 
 def minimum_p_value(scheme: Any, key: Key, num_classes: int) -> float | None:
     """The smallest p-value the key can ever give (every input a counted success); None without the hook."""
-    probe = scheme.bernoulli_outcomes(torch.empty(0, num_classes), key)
-    if probe is None:
+    if not scheme.sequential:
         return None
+    probe = scheme.bernoulli_outcomes(torch.empty(0, num_classes), key)
     n = len(scheme.verification_inputs(key))
     return binomial_greater(n, n, float(probe.null_rate)) if n else 1.0

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from .calibration import Calibration, calibration_path
-from .combine import CombinedEvidence, combine_evidence
 from ..core.errors import CopycatchError, CorruptFile, InvalidArgument, SuspectError
 from ..core.evidence import Evidence
 from ..core.key import Key
 from ..oracles.base import Oracle
-from ..schemes import Scheme, scheme_for_key
-from .sequential import SequentialPlan, verify_sequential
 from ..oracles.suspects import describe_suspect, open_suspect
+from ..schemes import Scheme, scheme_for_key
+from .calibration import Calibration, calibration_path
+from .combine import CombinedEvidence, combine_evidence
+from .sequential import SequentialPlan, verify_sequential
 from .transcript import Transcript, TranscriptOracle
 
 
@@ -56,6 +56,7 @@ class VerificationRun:
     combined: CombinedEvidence | None = None
     calibrations: dict[str, Calibration] = dataclasses.field(default_factory=dict)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    report_paths: dict[str, Path] = dataclasses.field(default_factory=dict)  # what write_report wrote, if anything
 
     @property
     def alpha(self) -> float:
@@ -70,6 +71,18 @@ class VerificationRun:
         return self.combined.verdict if self.combined is not None else self.evidences[0].verdict
 
     @property
+    def evidence(self) -> Evidence:
+        """The one key's evidence (with several keys, see ``evidences`` and ``combined``)."""
+        if len(self.evidences) != 1:
+            raise InvalidArgument(f"{len(self.evidences)} keys were verified: read evidences, or combined")
+        return self.evidences[0]
+
+    @property
+    def p_value(self) -> float:
+        """The p-value that decides: the combination's over several keys, else the one key's."""
+        return self.combined.p_value if self.combined is not None else self.evidences[0].p_value
+
+    @property
     def queries(self) -> int:
         return sum(e.queries for e in self.evidences)
 
@@ -81,8 +94,10 @@ class VerificationRun:
         where = t["path"] or "(not saved)"
         if t["read_only"]:
             where += " (read only: checked offline, not modified)"
-        parts.append(f"transcript:      {where}, {t['answers_on_record']} answers on record "
-                     f"({t['replayed_this_session']} replayed), head {t['head'][:16]}…")
+        parts.append(
+            f"transcript:      {where}, {t['answers_on_record']} answers on record "
+            f"({t['replayed_this_session']} replayed), head {t['head'][:16]}…"
+        )
         return "\n\n".join(parts)
 
 
@@ -90,8 +105,10 @@ class _ReplayOnly(Oracle):
     """The suspect in ``offline`` mode: every answer must come from the transcript."""
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
-        raise SuspectError(f"offline: the transcript holds no answer for {len(x)} of the key's inputs; verify "
-                           "against the suspect itself (without --offline) to ask them")
+        raise SuspectError(
+            f"offline: the transcript holds no answer for {len(x)} of the key's inputs; verify "
+            "against the suspect itself (without --offline) to ask them"
+        )
 
 
 def load_keys(keys: Sequence[Key | str | os.PathLike]) -> tuple[list[Key], list[Path | None]]:
@@ -111,18 +128,33 @@ def load_keys(keys: Sequence[Key | str | os.PathLike]) -> tuple[list[Key], list[
     classes = {k.meta.get("num_classes") for k in loaded} - {None}
     shapes = {tuple(k.meta["input_shape"]) for k in loaded if k.meta.get("input_shape")}
     if len(classes) > 1 or len(shapes) > 1:
-        raise InvalidArgument(f"the keys are for different models ({sorted(classes)} classes, input shapes "
-                              f"{sorted(shapes)}); verify them separately")
+        raise InvalidArgument(
+            f"the keys are for different models ({sorted(classes)} classes, input shapes "
+            f"{sorted(shapes)}); verify them separately"
+        )
     return loaded, paths
 
 
-def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alpha: float = 1e-3,
-                   sequential: bool = True, plan: SequentialPlan | None = None, combine: str = "holm",
-                   transcript: Transcript | str | os.PathLike | None = None, resume: bool = False,
-                   offline: bool = False, budget: int | None = None, postprocess: Sequence[Any] = (),
-                   suspect_options: dict[str, Any] | None = None, num_classes: int | None = None,
-                   chunk: int = 256, calibrations: bool = True, progress: bool | None = None,
-                   session: dict[str, Any] | None = None) -> VerificationRun:
+def verify_suspect(
+    suspect: Any,
+    keys: Sequence[Key | str | os.PathLike],
+    *,
+    alpha: float = 1e-3,
+    sequential: bool = True,
+    plan: SequentialPlan | None = None,
+    combine: str = "holm",
+    transcript: Transcript | str | os.PathLike | None = None,
+    resume: bool = False,
+    offline: bool = False,
+    budget: int | None = None,
+    postprocess: Sequence[Any] = (),
+    suspect_options: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+    chunk: int = 256,
+    calibrations: bool = True,
+    progress: bool | None = None,
+    session: dict[str, Any] | None = None,
+) -> VerificationRun:
     """Verify ``suspect`` against every key; see the module docstring."""
     Scheme.check_alpha(alpha)
     key_list, key_paths = load_keys(keys)
@@ -151,8 +183,13 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
         else:
             record = Transcript(fingerprint)
     if not offline:  # offline, the head must stay the recorded one, for comparison with the evidence's
-        record.record_session(keys=[k.digest for k in key_list], schemes=[k.scheme for k in key_list], alpha=alpha,
-                              sequential=sequential, **(session or {}))
+        record.record_session(
+            keys=[k.digest for k in key_list],
+            schemes=[k.scheme for k in key_list],
+            alpha=alpha,
+            sequential=sequential,
+            **(session or {}),
+        )
     wrapped: Oracle = TranscriptOracle(oracle, record, chunk=chunk, budget=budget)
     if postprocess:
         wrapped = wrapped.postprocess(*postprocess)
@@ -161,8 +198,18 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
     stop_alpha = alpha / len(key_list)  # Holm (and Fisher, roughly) needs the strongest key to pass α/k
     try:
         for scheme, key in zip(schemes, key_list):
-            evidences.append(_verify_one(scheme, wrapped, key, alpha=alpha, sequential=sequential, plan=plan,
-                                         progress=progress, stop_alpha=stop_alpha))
+            evidences.append(
+                _verify_one(
+                    scheme,
+                    wrapped,
+                    key,
+                    alpha=alpha,
+                    sequential=sequential,
+                    plan=plan,
+                    progress=progress,
+                    stop_alpha=stop_alpha,
+                )
+            )
     except (CopycatchError, KeyboardInterrupt) as exc:
         path = None if offline else record.path
         if path is None and record.answered and not offline:
@@ -172,13 +219,26 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
         where = ""
         if path is not None:
             again = "--resume" if transcript is not None else f"--resume --transcript {path}"
-            where = f"; {record.answered} answers are on record in {path}: run the same command with {again} to continue"
+            where = (
+                f"; {record.answered} answers are on record in {path}: run the same command with {again} to continue"
+            )
         raise VerificationInterrupted(f"{exc}{where}", path) from exc
     fingerprint.update({"output_kind": wrapped.output_kind})
-    run = VerificationRun(evidences, key_list, fingerprint, record,
-                          settings={"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(),
-                                    "combine": combine, "budget": budget, "offline": offline,
-                                    "postprocess": [str(p) for p in postprocess]})
+    run = VerificationRun(
+        evidences,
+        key_list,
+        fingerprint,
+        record,
+        settings={
+            "alpha": alpha,
+            "sequential": sequential,
+            "plan": plan.to_dict(),
+            "combine": combine,
+            "budget": budget,
+            "offline": offline,
+            "postprocess": [str(p) for p in postprocess],
+        },
+    )
     if calibrations:
         for key, path, evidence in zip(key_list, key_paths, evidences):
             _attach_calibration(evidence, key, path, run)
@@ -187,40 +247,26 @@ def verify_suspect(suspect: Any, keys: Sequence[Key | str | os.PathLike], *, alp
     return run
 
 
-def _verify_one(scheme: Scheme, oracle: Oracle, key: Key, *, alpha: float, sequential: bool, plan: SequentialPlan,
-                progress: bool | None, stop_alpha: float) -> Evidence:
-    if oracle.output_kind == "labels" and not scheme.label_only:
-        raise InvalidArgument(f"scheme {scheme.name!r} needs probabilities but the suspect answers labels only")
+def _verify_one(
+    scheme: Scheme,
+    oracle: Oracle,
+    key: Key,
+    *,
+    alpha: float,
+    sequential: bool,
+    plan: SequentialPlan,
+    progress: bool | None,
+    stop_alpha: float,
+) -> Evidence:
+    scheme.check_oracle(oracle)
     if sequential:
-        evidence = verify_sequential(scheme, oracle, key, alpha=alpha, plan=plan, progress=progress,
-                                     stop_alpha=stop_alpha)
+        evidence = verify_sequential(
+            scheme, oracle, key, alpha=alpha, plan=plan, progress=progress, stop_alpha=stop_alpha
+        )
     else:
-        evidence = _verify_fixed(scheme, oracle, key, alpha=alpha, progress=progress)
-    if oracle.output_kind == "labels" and not scheme.label_only:
-        raise InvalidArgument(f"scheme {scheme.name!r} needs probabilities but the suspect answered labels only; "
-                              "its evidence would be meaningless")
-    evidence.details["suspect_output_kind"] = oracle.output_kind
-    return evidence
-
-
-def _verify_fixed(scheme: Scheme, oracle: Oracle, key: Key, *, alpha: float, progress: bool | None) -> Evidence:
-    """The fixed test on the whole key; records the binomial null when the scheme exposes one (for the plot)."""
-    from ..attacks.extraction.base import query_all
-
-    if type(scheme).verify is not Scheme.verify:  # the scheme plans its own queries
         evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
-        evidence.details.setdefault("sequential", {"used": False})
-        return evidence
-    scheme.check_key(key, oracle)
-    x = scheme.verification_inputs(key)
-    before = oracle.queries
-    answers = query_all(oracle, x, progress=progress, desc="verify")
-    evidence = scheme.evidence_from_answers(answers, key, alpha=alpha, queries=oracle.queries - before)
-    outcome = scheme.bernoulli_outcomes(answers, key)
-    if outcome is not None:
-        evidence.details["null_model"] = {"type": "binomial", "trials": outcome.counted, "rate": outcome.null_rate,
-                                          "observed": outcome.successes, "statistic_name": outcome.statistic_name}
-    evidence.details.setdefault("sequential", {"used": False})
+    scheme.check_oracle(oracle)  # a callable suspect shows that it answers labels only once it has answered
+    evidence.details["suspect_output_kind"] = oracle.output_kind
     return evidence
 
 
@@ -245,5 +291,13 @@ def _attach_calibration(evidence: Evidence, key: Key, key_path: Path | None, run
         "false_positive_rates": [cal.false_positive_rate(a) for a in sorted({*cal.alphas, evidence.alpha})],
         "warnings": cal.warnings(),
     }
-    evidence.notes.append(f"calibrated against {cal.n} innocent reference models: empirical p-value {empirical:.3g} "
-                          f"(cannot go below {1 / (cal.n + 1):.3g}); the verdict rests on the exact p-value")
+    evidence.notes.append(
+        f"calibrated against {cal.n} innocent reference models: empirical p-value {empirical:.3g} "
+        f"(cannot go below {1 / (cal.n + 1):.3g}); the verdict rests on the exact p-value"
+    )
+
+
+def fixed_test(suspect: Any, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
+    """The scheme's fixed test on the whole key, with no transcript or calibration: what benchmarks measure."""
+    oracle = open_suspect(suspect, num_classes=key.meta.get("num_classes"), input_shape=key.meta.get("input_shape"))
+    return scheme_for_key(key).verify(oracle, key, alpha=alpha, progress=progress)

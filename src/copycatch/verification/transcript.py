@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..core.errors import CorruptFile, CopycatchError, InvalidArgument
+from ..core.errors import CopycatchError, CorruptFile, InvalidArgument
 from ..oracles.base import Oracle
 
 FORMAT = "copycatch.verification.transcript/1"
@@ -79,8 +79,13 @@ class Transcript:
         self._used: Counter[str] = Counter()
         self.new_answers = 0  # answered by the suspect in this session
         self.replayed = 0  # answered from the record in this session
-        header = {"kind": "header", "format": FORMAT, "created": _now(), "package_version": __version__,
-                  "suspect": suspect or {}}
+        header = {
+            "kind": "header",
+            "format": FORMAT,
+            "created": _now(),
+            "package_version": __version__,
+            "suspect": suspect or {},
+        }
         self._append(header, write=False)
         if self.path is not None:
             self._write_all()
@@ -90,8 +95,9 @@ class Transcript:
     def create(cls, path: str | os.PathLike, suspect: dict[str, Any], *, overwrite: bool = False) -> Transcript:
         path = Path(path)
         if path.exists() and not overwrite:
-            raise InvalidArgument(f"transcript {path} already exists; continue it with --resume, or remove it to "
-                                  "start over")
+            raise InvalidArgument(
+                f"transcript {path} already exists; continue it with --resume, or remove it to start over"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(suspect, path)
 
@@ -146,7 +152,8 @@ class Transcript:
                 raise InvalidArgument(
                     f"transcript {self.path} was recorded for suspect {recorded.get('identity')!r} "
                     f"({recorded.get('kind')}), not {suspect.get('identity')!r} ({suspect.get('kind')}); "
-                    "resume with the same suspect, or start a new transcript")
+                    "resume with the same suspect, or start a new transcript"
+                )
 
     def save_as(self, path: str | os.PathLike) -> Path:
         """Write an in-memory transcript to ``path`` (e.g. a partial one after a failure) and keep appending there."""
@@ -211,8 +218,16 @@ class Transcript:
         answers = answers.detach().float().cpu()
         if len(hashes) != len(answers):
             raise InvalidArgument(f"{len(hashes)} input hashes for {len(answers)} answers")
-        line = self._append({"kind": "answers", "time": _now(), "n": len(hashes), "output_kind": output_kind,
-                             "input_sha256": list(hashes), "answers": answers.tolist()})
+        line = self._append(
+            {
+                "kind": "answers",
+                "time": _now(),
+                "n": len(hashes),
+                "output_kind": output_kind,
+                "input_sha256": list(hashes),
+                "answers": answers.tolist(),
+            }
+        )
         self._index(line)
 
     def _index(self, line: dict[str, Any]) -> None:
@@ -221,8 +236,14 @@ class Transcript:
             self._answers.setdefault(h, []).append(row)
 
     # -- answering -------------------------------------------------------------------------------------------------
-    def answer(self, x: torch.Tensor, ask: Callable[[torch.Tensor], torch.Tensor], *, chunk: int = 256,
-               output_kind: Callable[[], str] | str = "probs") -> torch.Tensor:
+    def answer(
+        self,
+        x: torch.Tensor,
+        ask: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        chunk: int = 256,
+        output_kind: Callable[[], str] | str = "probs",
+    ) -> torch.Tensor:
         """Answers for ``x``: replayed where on record, else asked (``chunk`` rows at a time) and recorded.
 
         ``ask`` must return validated N×C answers (an oracle's ``query``). If it raises, the error is recorded
@@ -242,7 +263,7 @@ class Transcript:
             else:
                 missing.append(i)
         for start in range(0, len(missing), chunk):
-            idx = missing[start:start + chunk]
+            idx = missing[start : start + chunk]
             try:
                 out = ask(x[idx])
             except CopycatchError as exc:
@@ -258,7 +279,9 @@ class Transcript:
             return torch.empty(0, 0)
         widths = {len(r) for r in rows if r is not None}
         if len(widths) > 1:
-            raise CorruptFile(f"transcript {self.path or '(memory)'} holds answers of different widths {sorted(widths)}")
+            raise CorruptFile(
+                f"transcript {self.path or '(memory)'} holds answers of different widths {sorted(widths)}"
+            )
         return torch.stack([r for r in rows if r is not None])
 
     # -- reporting -------------------------------------------------------------------------------------------------
@@ -274,7 +297,7 @@ class Transcript:
             "errors": sum(1 for line in self.lines if line.get("kind") == "error"),
             "head": self.head,
             "hash_rule": "hash = SHA-256 of the line's canonical JSON (sorted keys, no spaces) without 'hash'; "
-                         "each line's 'prev' is the previous line's hash",
+            "each line's 'prev' is the previous line's hash",
         }
         if chain:
             out["chain"] = [line["hash"] for line in self.lines]
@@ -288,8 +311,10 @@ def verify_chain(lines: Iterable[dict[str, Any]], *, name: str = "transcript") -
     prev = GENESIS
     for i, line in enumerate(lines):
         if line.get("prev") != prev:
-            raise CorruptFile(f"{name}: line {i + 1} does not follow line {i} (hash chain broken: a line was "
-                              "removed, inserted or reordered)")
+            raise CorruptFile(
+                f"{name}: line {i + 1} does not follow line {i} (hash chain broken: a line was "
+                "removed, inserted or reordered)"
+            )
         if line.get("hash") != line_hash(line):
             raise CorruptFile(f"{name}: line {i + 1} was modified after it was written (hash mismatch)")
         if line.get("seq") != i:
@@ -314,8 +339,9 @@ class TranscriptOracle(Oracle):
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            return self.transcript.answer(x, self.inner.query, chunk=self.chunk,
-                                          output_kind=lambda: self.inner.output_kind)
+            return self.transcript.answer(
+                x, self.inner.query, chunk=self.chunk, output_kind=lambda: self.inner.output_kind
+            )
         finally:
             if "labels" in (self.inner.output_kind, self.transcript.output_kind):
                 self.output_kind = "labels"
@@ -342,8 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 1
             continue
         s = t.summary(chain=False)
-        print(f"{name}: chain OK, {s['lines']} lines, {s['answers_on_record']} answers, {s['errors']} errors, "
-              f"head {s['head']}")
+        print(
+            f"{name}: chain OK, {s['lines']} lines, {s['answers_on_record']} answers, {s['errors']} errors, "
+            f"head {s['head']}"
+        )
         for note in t.repairs:
             print(f"  note: {note}")
     return status

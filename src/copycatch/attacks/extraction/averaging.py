@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
-from ...oracles.base import Oracle
-from ...models.train import soft_cross_entropy
 from ...core.runtime import progress as progress_bar
+from ...data.base import TensorData
+from ...models.train import soft_cross_entropy
+from ...oracles.base import Oracle
 from .base import TransferSetAttack, answers_to_targets, register_extraction
 
 
@@ -66,12 +66,15 @@ class AveragingExtraction(TransferSetAttack):
         per_call = max(1, self.params.query_batch // repeats)
         starts = range(0, len(x), per_call)
         means = []
-        for s in progress_bar(starts, total=len(starts), desc="query victim (repeated)", enabled=progress, unit="batch"):
-            chunk = x[s:s + per_call]
+        for s in progress_bar(
+            starts, total=len(starts), desc="query victim (repeated)", enabled=progress, unit="batch"
+        ):
+            chunk = x[s : s + per_call]
             answers = oracle.query(chunk.repeat_interleave(repeats, dim=0))
             means.append(answers.view(len(chunk), repeats, -1).mean(dim=1))
         return torch.cat(means)
 
-    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
-                     ) -> tuple[TensorData, Any, dict[str, Any]]:
+    def transfer_set(
+        self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+    ) -> tuple[TensorData, Any, dict[str, Any]]:
         return TensorData(inputs.x, answers_to_targets(answers)), soft_cross_entropy, {"repeats": self.params.repeats}

@@ -14,14 +14,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import BudgetExceeded, InvalidArgument
-from ...models.base import Classifier
-from ...oracles.base import Oracle
 from ...core.params import Params as BaseParams
 from ...core.registry import Registry
+from ...data.base import TensorData
+from ...models.base import Classifier
 from ...models.train import TrainConfig, fit
-from ...core.runtime import progress as progress_bar
+from ...oracles.base import Oracle, query_all
 
 
 @dataclasses.dataclass
@@ -54,8 +53,15 @@ class ExtractionAttack:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
 
-    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
-            progress: bool | None = None) -> ExtractionResult:
+    def run(
+        self,
+        oracle: Oracle,
+        pool: TensorData,
+        surrogate: Classifier,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> ExtractionResult:
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------------------------------
@@ -65,8 +71,10 @@ class ExtractionAttack:
         if budget < 1:
             raise InvalidArgument(f"query budget must be >= 1, got {budget}")
         if oracle.remaining is not None and budget > oracle.remaining:
-            raise BudgetExceeded(f"the attack would spend {budget} queries but the oracle allows only "
-                                 f"{oracle.remaining} more; lower --budget")
+            raise BudgetExceeded(
+                f"the attack would spend {budget} queries but the oracle allows only "
+                f"{oracle.remaining} more; lower --budget"
+            )
         return budget
 
     def attacker_data(self, pool: TensorData, seed: int) -> TensorData:
@@ -90,17 +98,6 @@ def answers_to_targets(answers: torch.Tensor) -> torch.Tensor:
     total = answers.sum(dim=1, keepdim=True)
     uniform = torch.full_like(answers, 1.0 / answers.shape[1])
     return torch.where(total > 0, answers / total.clamp_min(1e-12), uniform)
-
-
-def query_all(oracle: Oracle, x: torch.Tensor, *, batch_size: int = 256, progress: bool | None = None,
-              desc: str = "query") -> torch.Tensor:
-    """Answers for every row of ``x``, in batches, with a progress bar."""
-    if batch_size < 1:
-        raise InvalidArgument(f"query batch size must be >= 1, got {batch_size}")
-    starts = range(0, len(x), batch_size)
-    outs = [oracle.query(x[s:s + batch_size]) for s in progress_bar(starts, total=len(starts), desc=desc, enabled=progress,
-                                                                      unit="batch")]
-    return torch.cat(outs) if outs else torch.empty(0, oracle.num_classes)
 
 
 def draw_indices(n_pool: int, n: int, seed: int, *, shuffle: bool = True, refill: bool = False) -> torch.Tensor:
@@ -137,13 +134,21 @@ class TransferSetAttack(ExtractionAttack):
     def answer(self, oracle: Oracle, x: torch.Tensor, *, progress: bool | None) -> torch.Tensor:
         return query_all(oracle, x, batch_size=self.params.query_batch, progress=progress, desc="query victim")
 
-    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
-                     ) -> tuple[TensorData, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, dict[str, Any]]:
+    def transfer_set(
+        self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+    ) -> tuple[TensorData, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, dict[str, Any]]:
         """(training set, loss or None for the default, extra info) from the queried inputs and their answers."""
         raise NotImplementedError
 
-    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
-            progress: bool | None = None) -> ExtractionResult:
+    def run(
+        self,
+        oracle: Oracle,
+        pool: TensorData,
+        surrogate: Classifier,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> ExtractionResult:
         start = time.perf_counter()
         train = train or TrainConfig()
         pool = self.attacker_data(pool, train.seed)
@@ -151,10 +156,13 @@ class TransferSetAttack(ExtractionAttack):
         budget = self.plan_budget(oracle, len(pool) * per_input)
         n_inputs = budget // per_input
         if n_inputs < 1:
-            raise InvalidArgument(f"a budget of {budget} queries cannot pay for one input at {per_input} queries each; "
-                                  f"raise --budget to at least {per_input}")
-        inputs = pool.subset(draw_indices(len(pool), n_inputs, train.seed, shuffle=self.params.shuffle,
-                                          refill=self.refill))
+            raise InvalidArgument(
+                f"a budget of {budget} queries cannot pay for one input at {per_input} queries each; "
+                f"raise --budget to at least {per_input}"
+            )
+        inputs = pool.subset(
+            draw_indices(len(pool), n_inputs, train.seed, shuffle=self.params.shuffle, refill=self.refill)
+        )
         before = oracle.queries
         answers = self.answer(oracle, inputs.x, progress=progress)
         spent = oracle.queries - before

@@ -44,8 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
+from ...data.base import TensorData
 from ...oracles.base import Oracle
 from .base import TransferSetAttack, register_extraction
 
@@ -58,7 +58,7 @@ def distillation_loss(alpha: float, temperature: float) -> Callable[[torch.Tenso
         teacher, labels = packed[:, :-1], packed[:, -1].long()
         teacher_soft = torch.softmax(teacher.clamp_min(tiny).log() / temperature, dim=1)
         kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), teacher_soft, reduction="batchmean")
-        return (1 - alpha) * F.cross_entropy(logits, labels) + 2 * alpha * temperature ** 2 * kl
+        return (1 - alpha) * F.cross_entropy(logits, labels) + 2 * alpha * temperature**2 * kl
 
     return loss
 
@@ -81,16 +81,24 @@ class DistillationExtraction(TransferSetAttack):
             if not self.temperature > 0:
                 raise InvalidArgument(f"temperature must be positive, got temperature={self.temperature}")
 
-    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
-                     ) -> tuple[TensorData, Any, dict[str, Any]]:
+    def transfer_set(
+        self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+    ) -> tuple[TensorData, Any, dict[str, Any]]:
         labels = inputs.y
         if labels.dtype.is_floating_point or labels.ndim != 1:
-            raise InvalidArgument("distillation needs the pool's true class labels (int64, one per input), "
-                                  f"got a {labels.dtype} tensor of shape {tuple(labels.shape)}")
+            raise InvalidArgument(
+                "distillation needs the pool's true class labels (int64, one per input), "
+                f"got a {labels.dtype} tensor of shape {tuple(labels.shape)}"
+            )
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= oracle.num_classes):
-            raise InvalidArgument(f"distillation needs true labels in 0…{oracle.num_classes - 1}, the victim's classes; "
-                                  f"the pool has labels {int(labels.min())}…{int(labels.max())} (an out-of-distribution "
-                                  "pool has no labels of the victim's task: use soft-label)")
+            raise InvalidArgument(
+                f"distillation needs true labels in 0…{oracle.num_classes - 1}, the victim's classes; "
+                f"the pool has labels {int(labels.min())}…{int(labels.max())} (an out-of-distribution "
+                "pool has no labels of the victim's task: use soft-label)"
+            )
         packed = torch.cat([answers, labels.to(answers.dtype).unsqueeze(1)], dim=1)
-        return (TensorData(inputs.x, packed), distillation_loss(self.params.alpha, self.params.temperature),
-                {"uses_true_labels": True})
+        return (
+            TensorData(inputs.x, packed),
+            distillation_loss(self.params.alpha, self.params.temperature),
+            {"uses_true_labels": True},
+        )

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import SuspectError
+from ...data.base import TensorData
 from ...oracles.base import Oracle
 from .base import TransferSetAttack, register_extraction
 
@@ -46,8 +46,9 @@ class HardLabelExtraction(TransferSetAttack):
 
     name = "hard-label"
 
-    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
-                     ) -> tuple[TensorData, None, dict[str, Any]]:
+    def transfer_set(
+        self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+    ) -> tuple[TensorData, None, dict[str, Any]]:
         labels, unique = unique_top_label(answers)
         if not bool(unique.any()):
             raise SuspectError(f"{oracle.name} answered no input with a single top class; nothing to learn from")

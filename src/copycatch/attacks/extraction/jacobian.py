@@ -44,29 +44,29 @@ reference code does not clip). The Jacobian is that of the substitute's logits, 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
+from ...data.base import TensorData
 from ...models.base import Classifier
-from ...oracles.base import Oracle
 from ...models.train import TrainConfig, fit, soft_cross_entropy
-from .base import ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, query_all, register_extraction, timed
+from ...oracles.base import Oracle, query_all
+from .base import ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, register_extraction, timed
 
 
-def jacobian_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, lam: float, *,
-                  batch_size: int = 1024) -> torch.Tensor:
+def jacobian_step(
+    model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, lam: float, *, batch_size: int = 1024
+) -> torch.Tensor:
     """x + lam · sign(∂ logit_label / ∂x), clipped to [0, 1], batched; the model is left in eval mode."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(x), batch_size):
-        xb = x[s:s + batch_size].to(device).detach().requires_grad_(True)
-        yb = labels[s:s + batch_size].to(device)
+        xb = x[s : s + batch_size].to(device).detach().requires_grad_(True)
+        yb = labels[s : s + batch_size].to(device)
         (grad,) = torch.autograd.grad(model(xb).gather(1, yb.unsqueeze(1)).sum(), xb)
         out.append((xb.detach() + lam * grad.sign()).clamp(0, 1).cpu())
     return torch.cat(out) if out else x.clone()
@@ -114,8 +114,15 @@ class JacobianAugmentation(ExtractionAttack):
         return F.one_hot(answers.argmax(dim=1), answers.shape[1]).to(answers.dtype)
 
     @timed
-    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
-            progress: bool | None = None) -> ExtractionResult:
+    def run(
+        self,
+        oracle: Oracle,
+        pool: TensorData,
+        surrogate: Classifier,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> ExtractionResult:
         p = self.params
         train = train or TrainConfig()
         pool = self.attacker_data(pool, train.seed)
@@ -125,28 +132,52 @@ class JacobianAugmentation(ExtractionAttack):
 
         def ask(x: torch.Tensor, desc: str) -> torch.Tensor:
             affordable = budget - (oracle.queries - before)
-            return self._targets(query_all(oracle, x[:affordable], batch_size=p.query_batch, progress=progress,
-                                           desc=desc))
+            return self._targets(
+                query_all(oracle, x[:affordable], batch_size=p.query_batch, progress=progress, desc=desc)
+            )
 
         if p.seed_labels == "oracle":
             x = seeds.x[:budget]
             targets = ask(x, "label seeds")
         else:
             if seeds.y.dtype.is_floating_point or int(seeds.y.min()) < 0 or int(seeds.y.max()) >= oracle.num_classes:
-                raise InvalidArgument(f"seed_labels=truth needs pool labels in 0…{oracle.num_classes - 1}; "
-                                      "use seed_labels=oracle for a pool without the victim's labels")
+                raise InvalidArgument(
+                    f"seed_labels=truth needs pool labels in 0…{oracle.num_classes - 1}; "
+                    "use seed_labels=oracle for a pool without the victim's labels"
+                )
             x, targets = seeds.x, F.one_hot(seeds.y, oracle.num_classes).float()
         history = []
         for rho in range(p.rounds):
-            result = fit(surrogate, TensorData(x, targets), train.replace(seed=train.seed + rho), loss_fn=soft_cross_entropy,
-                         progress=progress, desc=f"substitute round {rho + 1}/{p.rounds}")
-            history.append({"round": rho + 1, "set_size": len(x), "queries": oracle.queries - before,
-                            "final_loss": result.history[-1]["loss"] if result.history else None})
+            result = fit(
+                surrogate,
+                TensorData(x, targets),
+                train.replace(seed=train.seed + rho),
+                loss_fn=soft_cross_entropy,
+                progress=progress,
+                desc=f"substitute round {rho + 1}/{p.rounds}",
+            )
+            history.append(
+                {
+                    "round": rho + 1,
+                    "set_size": len(x),
+                    "queries": oracle.queries - before,
+                    "final_loss": result.history[-1]["loss"] if result.history else None,
+                }
+            )
             if rho == p.rounds - 1 or oracle.queries - before >= budget:
                 break
             new_x = jacobian_step(surrogate, x, targets.argmax(dim=1), self.step_size(rho))
             new_targets = ask(new_x, f"label augmentation {rho + 1}")
-            x, targets = torch.cat([x, new_x[:len(new_targets)]]), torch.cat([targets, new_targets])
-        return ExtractionResult(surrogate, oracle.queries - before, 0.0,
-                                {"rounds": history, "transfer_set": len(x), "seeds": len(seeds),
-                                 "seed_labels": p.seed_labels, "planned_queries": self.planned_queries(len(seeds))})
+            x, targets = torch.cat([x, new_x[: len(new_targets)]]), torch.cat([targets, new_targets])
+        return ExtractionResult(
+            surrogate,
+            oracle.queries - before,
+            0.0,
+            {
+                "rounds": history,
+                "transfer_set": len(x),
+                "seeds": len(seeds),
+                "seed_labels": p.seed_labels,
+                "planned_queries": self.planned_queries(len(seeds)),
+            },
+        )

@@ -58,12 +58,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
-from ...models.base import Classifier
-from ...oracles.base import Oracle
-from ...models.train import TrainConfig, fit, predict_logits, soft_cross_entropy
 from ...core.runtime import progress as progress_bar
+from ...data.base import TensorData
+from ...models.base import Classifier
+from ...models.train import TrainConfig, fit, predict_logits, soft_cross_entropy
+from ...oracles.base import Oracle
 from .base import ExtractionResult, TransferSetAttack, answers_to_targets, register_extraction
 
 
@@ -98,8 +98,9 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int, iterations: int = 20, sample: 
     return (x @ centres.T - 0.5 * (centres * centres).sum(1)).argmax(dim=1)
 
 
-def bandit_rewards(answers: torch.Tensor, surrogate_logits: torch.Tensor, recent_mean: torch.Tensor | None
-                   ) -> dict[str, torch.Tensor]:
+def bandit_rewards(
+    answers: torch.Tensor, surrogate_logits: torch.Tensor, recent_mean: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """The three per-query rewards of Knockoff's adaptive policy (Sec. 4.1.2)."""
     top2 = answers.topk(min(2, answers.shape[1]), dim=1).values
     certainty = top2[:, 0] - top2[:, 1]
@@ -138,14 +139,22 @@ class KnockoffNets(TransferSetAttack):
                     raise InvalidArgument(f"{name} must be positive, got {name}={getattr(self, name)}")
 
     # -- training targets (both policies) --------------------------------------------------------------------------
-    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
-                     ) -> tuple[TensorData, Any, dict[str, Any]]:
+    def transfer_set(
+        self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+    ) -> tuple[TensorData, Any, dict[str, Any]]:
         if self.params.argmaxed:
             return TensorData(inputs.x, answers.argmax(dim=1)), None, {"policy": self.params.policy}
         return TensorData(inputs.x, answers_to_targets(answers)), soft_cross_entropy, {"policy": self.params.policy}
 
-    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
-            progress: bool | None = None) -> ExtractionResult:
+    def run(
+        self,
+        oracle: Oracle,
+        pool: TensorData,
+        surrogate: Classifier,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> ExtractionResult:
         if self.params.policy == "random":
             return super().run(oracle, pool, surrogate, train=train, progress=progress)
         return self._run_adaptive(oracle, pool, surrogate, train or TrainConfig(), progress)
@@ -160,8 +169,9 @@ class KnockoffNets(TransferSetAttack):
             assign = kmeans(pool.x.flatten(1), self.params.n_actions, seed=seed)
         return [idx for idx in (torch.nonzero(assign == a).flatten() for a in torch.unique(assign)) if len(idx)]
 
-    def _run_adaptive(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, train: TrainConfig,
-                      progress: bool | None) -> ExtractionResult:
+    def _run_adaptive(
+        self, oracle: Oracle, pool: TensorData, surrogate: Classifier, train: TrainConfig, progress: bool | None
+    ) -> ExtractionResult:
         start = time.perf_counter()
         p = self.params
         pool = self.attacker_data(pool, train.seed)
@@ -179,8 +189,9 @@ class KnockoffNets(TransferSetAttack):
         chosen_index, chosen_actions, answers_all = [], [], []
         before = oracle.queries
         rounds = range(0, budget, p.round_size)
-        for r, offset in enumerate(progress_bar(rounds, total=len(rounds), desc="knockoff adaptive", enabled=progress,
-                                                unit="round")):
+        for r, offset in enumerate(
+            progress_bar(rounds, total=len(rounds), desc="knockoff adaptive", enabled=progress, unit="round")
+        ):
             n = min(p.round_size, budget - offset)
             policy = torch.softmax(preference, dim=0)
             actions = torch.multinomial(policy, n, replacement=True, generator=gen)
@@ -198,7 +209,7 @@ class KnockoffNets(TransferSetAttack):
             total_stats.add(reward)
             onehot = F.one_hot(actions, len(groups)).float()
             preference += p.bandit_lr * (advantage.unsqueeze(1) * (onehot - policy)).sum(dim=0)
-            recent = answers[-p.window:] if recent is None else torch.cat([recent, answers])[-p.window:]
+            recent = answers[-p.window :] if recent is None else torch.cat([recent, answers])[-p.window :]
             chosen_index.append(index)
             chosen_actions.append(actions)
             answers_all.append(answers)
@@ -209,10 +220,15 @@ class KnockoffNets(TransferSetAttack):
         data, loss_fn, _ = self.transfer_set(inputs, torch.cat(answers_all), oracle)
         result = fit(surrogate, data, train, loss_fn=loss_fn, progress=progress, desc="train knockoff")
         counts = torch.bincount(torch.cat(chosen_actions), minlength=len(groups))
-        info = {"training": result.to_dict(), "transfer_set": len(data), "policy": "adaptive",
-                "actions": len(groups), "action_counts": counts.tolist(),
-                "final_policy": torch.softmax(preference, dim=0).tolist(),
-                "mean_reward": {k: v.mean for k, v in reward_stats.items()}}
+        info = {
+            "training": result.to_dict(),
+            "transfer_set": len(data),
+            "policy": "adaptive",
+            "actions": len(groups),
+            "action_counts": counts.tolist(),
+            "final_policy": torch.softmax(preference, dim=0).tolist(),
+            "mean_reward": {k: v.mean for k, v in reward_stats.items()},
+        }
         return ExtractionResult(surrogate, spent, time.perf_counter() - start, info)
 
     def _combine(self, rewards: dict[str, torch.Tensor], stats: dict[str, _RunningStats]) -> torch.Tensor:
@@ -241,4 +257,4 @@ class _RunningStats:
 
     @property
     def std(self) -> float:
-        return max(self.total_sq / self.count - self.mean ** 2, 0.0) ** 0.5 if self.count else 0.0
+        return max(self.total_sq / self.count - self.mean**2, 0.0) ** 0.5 if self.count else 0.0

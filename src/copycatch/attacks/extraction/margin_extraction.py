@@ -44,13 +44,13 @@ import dataclasses
 
 import torch
 
-from ...models.adversarial import pgd
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
+from ...data.base import TensorData
+from ...models.adversarial import pgd
 from ...models.base import Classifier
-from ...oracles.base import Oracle
 from ...models.train import TrainConfig, fit, soft_cross_entropy
-from .base import ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, query_all, register_extraction, timed
+from ...oracles.base import Oracle, query_all
+from .base import ExtractionAttack, ExtractionResult, answers_to_targets, draw_indices, register_extraction, timed
 
 
 @register_extraction
@@ -89,8 +89,15 @@ class MarginExtraction(ExtractionAttack):
         return clean, [rest // rounds + (1 if r < rest % rounds else 0) for r in range(rounds)]
 
     @timed
-    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
-            progress: bool | None = None) -> ExtractionResult:
+    def run(
+        self,
+        oracle: Oracle,
+        pool: TensorData,
+        surrogate: Classifier,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> ExtractionResult:
         p = self.params
         train = train or TrainConfig()
         pool = self.attacker_data(pool, train.seed)
@@ -107,17 +114,46 @@ class MarginExtraction(ExtractionAttack):
             if n:
                 # perturb clean points whose victim answer is known; cycle through them if a round needs more
                 anchor = draw_indices(len(clean_x), n, train.seed + 1 + r, refill=True)
-                perturbed = pgd(surrogate, clean_x[anchor], p.eps, p.step_size, p.steps, y=clean_targets[anchor],
-                                rand_init=p.rand_init, generator=gen, loss_fn=soft_cross_entropy)
-                answers = query_all(oracle, perturbed, batch_size=p.query_batch, progress=progress,
-                                    desc=f"query perturbed {r}/{p.rounds}")
+                perturbed = pgd(
+                    surrogate,
+                    clean_x[anchor],
+                    p.eps,
+                    p.step_size,
+                    p.steps,
+                    y=clean_targets[anchor],
+                    rand_init=p.rand_init,
+                    generator=gen,
+                    loss_fn=soft_cross_entropy,
+                )
+                answers = query_all(
+                    oracle,
+                    perturbed,
+                    batch_size=p.query_batch,
+                    progress=progress,
+                    desc=f"query perturbed {r}/{p.rounds}",
+                )
                 flipped = (answers.argmax(1) != clean_answers[anchor].argmax(1)).float().mean().item()
                 history.append({"round": r, "queries": len(perturbed), "victim_label_changed": flipped})
                 xs.append(perturbed)
                 targets.append(answers_to_targets(answers))
             if n or r == 0:
-                fit(surrogate, TensorData(torch.cat(xs), torch.cat(targets)), train.replace(seed=train.seed + r),
-                    loss_fn=soft_cross_entropy, progress=progress, desc=f"train surrogate {r + 1}/{p.rounds + 1}")
-        return ExtractionResult(surrogate, oracle.queries - before, 0.0,
-                                {"clean_queries": n_clean, "perturbed_queries": sum(per_round), "rounds": history,
-                                 "transfer_set": sum(len(x) for x in xs), "gradient_source": "surrogate"})
+                fit(
+                    surrogate,
+                    TensorData(torch.cat(xs), torch.cat(targets)),
+                    train.replace(seed=train.seed + r),
+                    loss_fn=soft_cross_entropy,
+                    progress=progress,
+                    desc=f"train surrogate {r + 1}/{p.rounds + 1}",
+                )
+        return ExtractionResult(
+            surrogate,
+            oracle.queries - before,
+            0.0,
+            {
+                "clean_queries": n_clean,
+                "perturbed_queries": sum(per_round),
+                "rounds": history,
+                "transfer_set": sum(len(x) for x in xs),
+                "gradient_source": "surrogate",
+            },
+        )

@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
+from ...data.base import TensorData
+from ...models.train import soft_cross_entropy
 from ...oracles.base import Oracle
 from ...oracles.postprocess import Quantize
-from ...models.train import soft_cross_entropy
 from .base import TransferSetAttack, answers_to_targets, register_extraction
 
 MAX_LEVELS = 1000
@@ -56,9 +56,13 @@ class QuantizedExtraction(TransferSetAttack):
             if not 2 <= self.levels <= MAX_LEVELS:
                 raise InvalidArgument(f"levels must be in 2…{MAX_LEVELS}, got levels={self.levels}")
 
-    def transfer_set(self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
-                     ) -> tuple[TensorData, Any, dict[str, Any]]:
+    def transfer_set(
+        self, inputs: TensorData, answers: torch.Tensor, oracle: Oracle
+    ) -> tuple[TensorData, Any, dict[str, Any]]:
         quantized = Quantize(levels=self.params.levels)(answers)
-        info = {"levels": self.params.levels, "levels_seen": int(torch.unique(quantized).numel()),
-                "all_zero_rows": int((quantized.sum(dim=1) == 0).sum())}
+        info = {
+            "levels": self.params.levels,
+            "levels_seen": int(torch.unique(quantized).numel()),
+            "all_zero_rows": int((quantized.sum(dim=1) == 0).sum()),
+        }
         return TensorData(inputs.x, answers_to_targets(quantized)), soft_cross_entropy, info

@@ -23,9 +23,9 @@ import torch
 
 from ...data.base import TensorData
 from ...models.base import Classifier
-from ...oracles.base import Oracle
 from ...models.train import TrainConfig, fit, soft_cross_entropy
-from .base import ExtractionAttack, ExtractionResult, query_all, register_extraction, timed
+from ...oracles.base import Oracle, query_all
+from .base import ExtractionAttack, ExtractionResult, register_extraction, timed
 
 
 @register_extraction
@@ -40,8 +40,15 @@ class SoftLabelExtraction(ExtractionAttack):
         shuffle: bool = True
 
     @timed
-    def run(self, oracle: Oracle, pool: TensorData, surrogate: Classifier, *, train: TrainConfig | None = None,
-            progress: bool | None = None) -> ExtractionResult:
+    def run(
+        self,
+        oracle: Oracle,
+        pool: TensorData,
+        surrogate: Classifier,
+        *,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> ExtractionResult:
         train = train or TrainConfig()
         pool = self.attacker_data(pool, train.seed)
         budget = self.plan_budget(oracle, len(pool))
@@ -53,6 +60,12 @@ class SoftLabelExtraction(ExtractionAttack):
         before = oracle.queries
         answers = query_all(oracle, x, batch_size=self.params.query_batch, progress=progress, desc="query victim")
         spent = oracle.queries - before
-        result = fit(surrogate, TensorData(x, answers), train, loss_fn=soft_cross_entropy, progress=progress,
-                     desc="train surrogate")
+        result = fit(
+            surrogate,
+            TensorData(x, answers),
+            train,
+            loss_fn=soft_cross_entropy,
+            progress=progress,
+            desc="train surrogate",
+        )
         return ExtractionResult(surrogate, spent, 0.0, {"training": result.to_dict(), "transfer_set": len(x)})

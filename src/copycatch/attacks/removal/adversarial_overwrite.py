@@ -29,11 +29,19 @@ import dataclasses
 
 import torch
 
-from ...models.adversarial import fgsm
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
+from ...data.base import TensorData
+from ...models.adversarial import fgsm
 from ...models.train import fit
-from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal, thief_targets
+from .base import (
+    LabelSource,
+    RemovalAttack,
+    TrainingParams,
+    finetune_config,
+    hard_labels,
+    register_removal,
+    thief_targets,
+)
 
 
 @register_removal
@@ -65,16 +73,22 @@ class AdversarialOverwrite(RemovalAttack):
         y = hard_labels(chosen.y)
         device = next(model.parameters()).device
         model.eval()
-        adversaries = torch.cat([
-            fgsm(model, chosen.x[i:i + 256].to(device), p.eps, y=y[i:i + 256].to(device)).cpu()
-            for i in range(0, len(chosen), 256)
-        ])
+        adversaries = torch.cat(
+            [
+                fgsm(model, chosen.x[i : i + 256].to(device), p.eps, y=y[i : i + 256].to(device)).cpu()
+                for i in range(0, len(chosen), 256)
+            ]
+        )
         with torch.no_grad():
             fooled = float((model(adversaries.to(device)).argmax(1).cpu() != y).float().mean())
         train_set = TensorData(adversaries, chosen.y)
         if p.mix_clean:
             train_set = TensorData.concat([chosen, train_set])
         result = fit(model, train_set, config, progress=progress, desc="adversarial fine-tune")
-        return {"adversaries": len(adversaries), "fooled_before": fooled, "training": result.to_dict(),
-                "summary": f"fine-tuned {config.epochs} epochs on {len(adversaries)} FGSM adversaries "
-                           f"(eps={p.eps:g}; {fooled:.0%} fooled the model before)"}
+        return {
+            "adversaries": len(adversaries),
+            "fooled_before": fooled,
+            "training": result.to_dict(),
+            "summary": f"fine-tuned {config.epochs} epochs on {len(adversaries)} FGSM adversaries "
+            f"(eps={p.eps:g}; {fooled:.0%} fooled the model before)",
+        }

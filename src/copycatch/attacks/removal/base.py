@@ -26,13 +26,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
-from ...models.base import Classifier
 from ...core.params import Params as BaseParams
 from ...core.params import parse_spec
 from ...core.registry import Registry
+from ...data.base import TensorData
+from ...models.base import Classifier
 from ...models.train import TrainConfig, accuracy, predict_logits
+from .deployment import EvadingOracle
 
 
 @dataclasses.dataclass
@@ -47,8 +48,6 @@ class RemovalResult:
 
     def oracle(self, **options: Any):
         """The thief's deployment as an :class:`~copycatch.oracles.base.Oracle`: the model behind its evasions."""
-        from .evasion import EvadingOracle
-
         return EvadingOracle(self.model, self.evasions, **options)
 
 
@@ -71,21 +70,31 @@ class RemovalAttack:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
 
-    def apply(self, model: Classifier, data: TensorData, *, train: TrainConfig, progress: bool | None = None
-              ) -> dict[str, Any]:
+    def apply(
+        self, model: Classifier, data: TensorData, *, train: TrainConfig, progress: bool | None = None
+    ) -> dict[str, Any]:
         """Launder ``model`` in place; return details for the report."""
         raise NotImplementedError
 
-    def run(self, model: Classifier, data: TensorData, *, test: TensorData | None = None,
-            train: TrainConfig | None = None, progress: bool | None = None) -> RemovalResult:
+    def run(
+        self,
+        model: Classifier,
+        data: TensorData,
+        *,
+        test: TensorData | None = None,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+    ) -> RemovalResult:
         start = time.perf_counter()
         work = copy.deepcopy(model)
         before = accuracy(model, test) if test is not None and len(test) else None
         info = self.apply(work, data, train=train or TrainConfig(), progress=progress) or {}
         work.eval()
         after = accuracy(work, test) if test is not None and len(test) else None
-        work.provenance = {**model.provenance, "removals": [*model.provenance.get("removals", []),
-                                                            {"attack": self.name, "params": self.params.to_dict()}]}
+        work.provenance = {
+            **model.provenance,
+            "removals": [*model.provenance.get("removals", []), {"attack": self.name, "params": self.params.to_dict()}],
+        }
         return RemovalResult(work, before, after, time.perf_counter() - start, info)
 
 
@@ -130,9 +139,16 @@ def resolve_removal(spec: str | RemovalAttack) -> RemovalAttack:
     return create_removal_attack(name, **kwargs)
 
 
-def run_chain(model: Classifier, specs: Sequence[str | RemovalAttack], data: TensorData, *,
-              test: TensorData | None = None, train: TrainConfig | None = None,
-              progress: bool | None = None, evasions: Sequence[Any] = ()) -> list[RemovalResult]:
+def run_chain(
+    model: Classifier,
+    specs: Sequence[str | RemovalAttack],
+    data: TensorData,
+    *,
+    test: TensorData | None = None,
+    train: TrainConfig | None = None,
+    progress: bool | None = None,
+    evasions: Sequence[Any] = (),
+) -> list[RemovalResult]:
     """Apply removals in order (``"prune:rate=0.5"``, ``"fine-tune:epochs=2"`` …); returns every step's result.
 
     Input-side evasions must follow every weight change (they are fitted to the model they guard);
@@ -144,8 +160,10 @@ def run_chain(model: Classifier, specs: Sequence[str | RemovalAttack], data: Ten
     for i, attack in enumerate(attacks):
         if not attack.input_side and (active or any(a.input_side for a in attacks[:i])):
             guards = [a.name for a in active] or [a.name for a in attacks[:i] if a.input_side]
-            raise InvalidArgument(f"removal {attack.name!r} changes the weights after the input-side evasion(s) "
-                                  f"{', '.join(guards)}; apply weight removals first, evasions last")
+            raise InvalidArgument(
+                f"removal {attack.name!r} changes the weights after the input-side evasion(s) "
+                f"{', '.join(guards)}; apply weight removals first, evasions last"
+            )
     results = []
     for attack in attacks:
         if attack.input_side:

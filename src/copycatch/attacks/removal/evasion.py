@@ -33,23 +33,23 @@ import copy
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import CorruptFile, InvalidArgument
-from ...models.base import Classifier, load_model, weights_digest
-from ...oracles.base import Oracle
+from ...data.base import TensorData
+from ...models.base import Classifier
+from ...models.io import load_model, weights_digest
 from ...models.train import TrainConfig
+from ...oracles.suspects import ModelFileSuspect, register_suspect_protocol
 from .base import REMOVAL_ATTACKS, RemovalAttack, RemovalResult
+from .deployment import AnswerFn, EvadingOracle
 
 FORMAT = "copycatch.evasion/1"
 SUFFIX = ".evasion.safetensors"
-
-AnswerFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class InputEvasion(RemovalAttack):
@@ -63,8 +63,9 @@ class InputEvasion(RemovalAttack):
         self.fitted_to: str | None = None  # weight digest of the model the evasion was fitted to
 
     # -- interface -------------------------------------------------------------------------------------------------
-    def apply(self, model: Classifier, data: TensorData, *, train: TrainConfig, progress: bool | None = None
-              ) -> dict[str, Any]:
+    def apply(
+        self, model: Classifier, data: TensorData, *, train: TrainConfig, progress: bool | None = None
+    ) -> dict[str, Any]:
         """Fit to ``model`` (thresholds, reference features); the weights stay as they are."""
         return {}
 
@@ -88,9 +89,16 @@ class InputEvasion(RemovalAttack):
         """An oracle answering through this evasion: ``target`` is a model, or (noise only) any oracle."""
         return EvadingOracle(target, [self], **options)
 
-    def run(self, model: Classifier, data: TensorData, *, test: TensorData | None = None,
-            train: TrainConfig | None = None, progress: bool | None = None,
-            prior: Sequence[InputEvasion] = ()) -> RemovalResult:
+    def run(
+        self,
+        model: Classifier,
+        data: TensorData,
+        *,
+        test: TensorData | None = None,
+        train: TrainConfig | None = None,
+        progress: bool | None = None,
+        prior: Sequence[InputEvasion] = (),
+    ) -> RemovalResult:
         """Fit to ``model`` and report test accuracy through ``prior`` evasions before and after adding this one."""
         start = time.perf_counter()
         work = copy.deepcopy(model).eval()
@@ -103,9 +111,13 @@ class InputEvasion(RemovalAttack):
             before = deployed_accuracy(work, list(prior), test)
             after = deployed_accuracy(work, chain, test)
             info.update(evasion.report(work, test))
-        work.provenance = {**model.provenance, "removals": [*model.provenance.get("removals", []),
-                                                            {"attack": self.name, "params": self.params.to_dict(),
-                                                             "input_side": True}]}
+        work.provenance = {
+            **model.provenance,
+            "removals": [
+                *model.provenance.get("removals", []),
+                {"attack": self.name, "params": self.params.to_dict(), "input_side": True},
+            ],
+        }
         return RemovalResult(work, before, after, time.perf_counter() - start, info, evasions=chain)
 
 
@@ -116,85 +128,8 @@ def deployed_accuracy(model: Classifier, evasions: Sequence[InputEvasion], test:
 
         return accuracy(model, test)
     oracle = EvadingOracle(model, evasions)
-    pred = torch.cat([oracle.query(test.x[i:i + 1024]).argmax(1) for i in range(0, len(test), 1024)])
+    pred = torch.cat([oracle.query(test.x[i : i + 1024]).argmax(1) for i in range(0, len(test), 1024)])
     return (pred == test.y.cpu()).float().mean().item()
-
-
-class EvadingOracle(Oracle):
-    """A model (or an oracle) answering through input-side evasions, the first one outermost.
-
-    Random choices (noise, random labels) come from generators seeded by each evasion's
-    ``seed``, so a fresh oracle answers a query sequence reproducibly.
-    """
-
-    def __init__(self, target: Any, evasions: Sequence[InputEvasion], *, budget: int | None = None,
-                 batch_size: int = 1024, name: str | None = None, check_digest: bool = True):
-        from ...oracles.base import ModelOracle
-
-        self.evasions = list(evasions)
-        for ev in self.evasions:
-            if not isinstance(ev, InputEvasion):
-                raise InvalidArgument(f"{ev!r} is not an input-side evasion")
-        if isinstance(target, ModelOracle) and isinstance(target.model, Classifier):
-            target = target.model
-        if isinstance(target, Classifier):
-            self.model: Classifier | None = target.eval()
-            self.inner: Oracle | None = None
-            num_classes, shape = target.num_classes, target.input_shape
-        elif isinstance(target, Oracle):
-            self.model, self.inner = None, target
-            num_classes, shape = target.num_classes, target.input_shape
-        else:
-            raise InvalidArgument(f"evasions wrap a copycatch model or an Oracle, not a {type(target).__name__}")
-        super().__init__(num_classes, shape, budget=budget,
-                         name=name or f"{getattr(target, 'arch', getattr(target, 'name', 'model'))} behind "
-                                       f"{'+'.join(ev.name for ev in self.evasions) or 'nothing'}")
-        if self.model is None:
-            needy = [ev.name for ev in self.evasions if ev.needs_model]
-            if needy:
-                raise InvalidArgument(f"evasion {needy[0]!r} reads the model's internals; wrap the model, not a "
-                                      "black-box oracle")
-        elif check_digest:
-            digest = weights_digest(self.model)
-            for ev in self.evasions:
-                if ev.fitted_to is not None and ev.fitted_to != digest:
-                    raise InvalidArgument(f"evasion {ev.name!r} was fitted to another model (weights changed since); "
-                                          "fit it again on this one")
-        self.batch_size = batch_size
-        self.generators = [torch.Generator().manual_seed(int(getattr(ev.params, "seed", 0))) for ev in self.evasions]
-        self.device = next(self.model.parameters()).device if self.model is not None else torch.device("cpu")
-
-    def model_probs(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inner is not None:
-            return self.inner.query(x)
-        return torch.softmax(self.model_logits(x), dim=1)
-
-    @torch.no_grad()
-    def model_logits(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.model is not None  # guarded in __init__ for evasions that need it
-        outs = [self.model(x[i:i + self.batch_size].to(self.device)).float().cpu()
-                for i in range(0, len(x), self.batch_size)]
-        return torch.cat(outs)
-
-    @torch.no_grad()
-    def model_features(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.model is not None
-        outs = [self.model.features(x[i:i + self.batch_size].to(self.device)).float().cpu()
-                for i in range(0, len(x), self.batch_size)]
-        return torch.cat(outs)
-
-    def _answer(self, x: torch.Tensor) -> torch.Tensor:
-        def answer_from(i: int) -> AnswerFn:
-            if i == len(self.evasions):
-                return self.model_probs
-            return lambda z: self.evasions[i].respond(self, i, z, answer_from(i + 1))
-
-        return answer_from(0)(x)
-
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d["evasions"] = [{"attack": ev.name, "params": ev.params.to_dict()} for ev in self.evasions]
-        return d
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -213,8 +148,12 @@ def is_deployment(path: str | os.PathLike) -> bool:
     return str(path).endswith(SUFFIX)
 
 
-def save_deployment(model_path: str | os.PathLike, model: Classifier, evasions: Sequence[InputEvasion],
-                    path: str | os.PathLike | None = None) -> Path:
+def save_deployment(
+    model_path: str | os.PathLike,
+    model: Classifier,
+    evasions: Sequence[InputEvasion],
+    path: str | os.PathLike | None = None,
+) -> Path:
     """Write the deployment file for ``model`` (already saved at ``model_path``) behind ``evasions``."""
     from safetensors.torch import save_file
 
@@ -227,8 +166,9 @@ def save_deployment(model_path: str | os.PathLike, model: Classifier, evasions: 
         if ev.fitted_to not in (None, digest):
             raise InvalidArgument(f"evasion {ev.name!r} was fitted to another model than the one being saved")
         values, state_tensors = ev.state()
-        entries.append({"attack": ev.name, "params": ev.params.to_dict(), "state": values,
-                        "tensors": sorted(state_tensors)})
+        entries.append(
+            {"attack": ev.name, "params": ev.params.to_dict(), "state": values, "tensors": sorted(state_tensors)}
+        )
         for name, t in state_tensors.items():
             tensors[f"{i}/{name}"] = t.detach().cpu().contiguous()
     try:
@@ -253,7 +193,7 @@ def load_deployment(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Cl
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle is not iterable)
     except Exception as exc:  # safetensors raises several error types for damaged files
         raise CorruptFile(f"{path}: not a readable deployment file ({exc})") from None
     try:
@@ -301,3 +241,17 @@ def open_deployment(path: str | os.PathLike, *, budget: int | None = None, devic
     """A deployment file as an oracle: what a verifier queries when the thief serves it."""
     model, evasions = load_deployment(path, device=device or "cpu")
     return EvadingOracle(model, evasions, budget=budget, name=Path(path).name)
+
+
+@register_suspect_protocol
+class DeploymentSuspect(ModelFileSuspect):
+    """A thief's deployment file (``.evasion.safetensors``): the model behind its input-side evasions."""
+
+    name = "deployment"
+    priority = 25
+
+    def matches(self, spec: str) -> bool:
+        return is_deployment(spec)
+
+    def open(self, spec, *, num_classes, input_shape, budget, device, **options):
+        return open_deployment(spec, budget=budget, device=device)

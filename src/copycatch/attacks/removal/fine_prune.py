@@ -41,7 +41,15 @@ from torch.nn.utils import prune
 
 from ...core.errors import InvalidArgument
 from ...models.train import fit
-from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal, thief_targets
+from .base import (
+    LabelSource,
+    RemovalAttack,
+    TrainingParams,
+    finetune_config,
+    hard_labels,
+    register_removal,
+    thief_targets,
+)
 
 _CHANNEL_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -52,11 +60,14 @@ def target_layer(model: nn.Module, name: str = "") -> tuple[str, nn.Module]:
     modules = dict(model.named_modules())
     if name:
         if name not in modules:
-            raise InvalidArgument(f"fine-prune layer {name!r} is not in the model; layers: "
-                                  f"{', '.join(n for n, m in modules.items() if isinstance(m, _CHANNEL_LAYERS))}")
+            raise InvalidArgument(
+                f"fine-prune layer {name!r} is not in the model; layers: "
+                f"{', '.join(n for n, m in modules.items() if isinstance(m, _CHANNEL_LAYERS))}"
+            )
         if not isinstance(modules[name], _CHANNEL_LAYERS):
-            raise InvalidArgument(f"fine-prune layer {name!r} is a {type(modules[name]).__name__}, "
-                                  "not a conv/linear layer")
+            raise InvalidArgument(
+                f"fine-prune layer {name!r} is a {type(modules[name]).__name__}, not a conv/linear layer"
+            )
         return name, modules[name]
     features = model.net.features
     prefix = "net.features."
@@ -91,7 +102,7 @@ def mean_activations(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_
     device = next(model.parameters()).device
     try:
         for i in range(0, len(x), batch_size):
-            model(x[i:i + batch_size].to(device))
+            model(x[i : i + batch_size].to(device))
     finally:
         handle.remove()
         model.train(was)
@@ -141,7 +152,7 @@ class FinePruning(RemovalAttack):
         activation = mean_activations(model, layer, data.x)
         channels = len(activation)
         order = torch.argsort(activation, stable=True)  # most dormant first
-        k = int(round(p.rate * channels))
+        k = round(p.rate * channels)
         targets = thief_targets(model, data, p.labels)
         if p.max_drop is not None and k:
             order_check = torch.randperm(len(targets), generator=torch.Generator().manual_seed(train.seed))
@@ -165,13 +176,18 @@ class FinePruning(RemovalAttack):
             masked += [(norm, "weight", keep), (norm, "bias", keep)]
         for module, param, mask in masked:
             prune.custom_from_mask(module, param, mask.to(getattr(module, param).device).clone())
-        info = {"layer": name, "channels": channels, "pruned": sorted(pruned.tolist()),
-                "mean_activation": activation.tolist()}
+        info = {
+            "layer": name,
+            "channels": channels,
+            "pruned": sorted(pruned.tolist()),
+            "mean_activation": activation.tolist(),
+        }
         config = finetune_config(train, epochs=p.epochs, lr=p.lr)
         if config.epochs:
             info["training"] = fit(model, targets, config, progress=progress, desc="fine-tune pruned").to_dict()
         for module, param, _ in masked:
             prune.remove(module, param)
-        info["summary"] = (f"pruned {k}/{channels} dormant channels of {name}"
-                           + (f", then {config.epochs} epochs of fine-tuning" if config.epochs else ""))
+        info["summary"] = f"pruned {k}/{channels} dormant channels of {name}" + (
+            f", then {config.epochs} epochs of fine-tuning" if config.epochs else ""
+        )
         return info

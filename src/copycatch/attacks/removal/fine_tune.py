@@ -69,6 +69,10 @@ class FineTune(RemovalAttack):
         parameters = head.parameters() if p.layers == "last" else model.parameters()
         result = fit(model, targets, config, parameters=parameters, progress=progress, desc="fine-tune")
         variant = {("all", False): "FTAL", ("last", False): "FTLL", ("all", True): "RTAL", ("last", True): "RTLL"}
-        return {"variant": variant[(p.layers, p.reinit_last)], "examples": len(targets), "training": result.to_dict(),
-                "summary": f"{variant[(p.layers, p.reinit_last)]}, {config.epochs} epochs on {len(targets)} "
-                           f"{'self-labelled' if p.labels == 'self' else 'labelled'} examples"}
+        return {
+            "variant": variant[(p.layers, p.reinit_last)],
+            "examples": len(targets),
+            "training": result.to_dict(),
+            "summary": f"{variant[(p.layers, p.reinit_last)]}, {config.epochs} epochs on {len(targets)} "
+            f"{'self-labelled' if p.labels == 'self' else 'labelled'} examples",
+        }

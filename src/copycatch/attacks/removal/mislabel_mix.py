@@ -40,10 +40,18 @@ import dataclasses
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
+from ...data.base import TensorData
 from ...models.train import fit
-from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, hard_labels, register_removal, thief_targets
+from .base import (
+    LabelSource,
+    RemovalAttack,
+    TrainingParams,
+    finetune_config,
+    hard_labels,
+    register_removal,
+    thief_targets,
+)
 
 MIXERS = ("half", "side", "diag", "donut", "hotdog")
 
@@ -60,15 +68,16 @@ def mixer_masks(name: str, h: int, w: int, generator: torch.Generator) -> torch.
     if name == "diag":
         return rows * w + cols * h < h * w
     if name == "donut":
-        top, left = int(round(0.2 * h)), int(round(0.2 * w))
+        top, left = round(0.2 * h), round(0.2 * w)
         return (rows >= top) & (rows < h - top) & (cols >= left) & (cols < w - left)
     if name == "hotdog":
         return (rows >= h // 4) & (rows < h - h // 4)
     raise InvalidArgument(f"unknown mixer {name!r}; mixers: {', '.join(MIXERS)}")
 
 
-def mislabelled_mixtures(x: torch.Tensor, y: torch.Tensor, n: int, num_classes: int, mixers: tuple[str, ...],
-                         generator: torch.Generator) -> TensorData:
+def mislabelled_mixtures(
+    x: torch.Tensor, y: torch.Tensor, n: int, num_classes: int, mixers: tuple[str, ...], generator: torch.Generator
+) -> TensorData:
     """``n`` mixtures of two inputs of different classes, each labelled uniformly with a third class."""
     if len(torch.unique(y)) < 2:
         raise InvalidArgument("mixing needs inputs of at least two classes")
@@ -123,15 +132,21 @@ class MislabelledMixtures(RemovalAttack):
     def apply(self, model, data, *, train, progress=None):
         p = self.params
         if model.num_classes < 3:
-            raise InvalidArgument(f"mislabel-mix needs at least 3 classes (a label other than both mixed ones); "
-                                  f"the model has {model.num_classes}")
+            raise InvalidArgument(
+                f"mislabel-mix needs at least 3 classes (a label other than both mixed ones); "
+                f"the model has {model.num_classes}"
+            )
         clean = thief_targets(model, data, p.labels)
         y = hard_labels(clean.y)
-        n = max(1, int(round(p.mix_rate * len(clean))))
+        n = max(1, round(p.mix_rate * len(clean)))
         mixed = mislabelled_mixtures(clean.x, y, n, model.num_classes, p.mixers, torch.Generator().manual_seed(p.seed))
         if clean.y.dtype.is_floating_point:  # soft oracle answers: give the mixtures one-hot rows to match
             mixed = TensorData(mixed.x, torch.nn.functional.one_hot(mixed.y, model.num_classes).to(clean.y.dtype))
         config = finetune_config(train, epochs=p.epochs, lr=p.lr)
         result = fit(model, TensorData.concat([clean, mixed]), config, progress=progress, desc="mislabel-mix")
-        return {"mixed": n, "clean": len(clean), "training": result.to_dict(),
-                "summary": f"fine-tuned {config.epochs} epochs on {len(clean)} clean + {n} mislabelled mixtures"}
+        return {
+            "mixed": n,
+            "clean": len(clean),
+            "training": result.to_dict(),
+            "summary": f"fine-tuned {config.epochs} epochs on {len(clean)} clean + {n} mislabelled mixtures",
+        }

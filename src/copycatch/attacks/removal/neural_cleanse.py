@@ -54,10 +54,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...data.base import TensorData
 from ...core.errors import InvalidArgument
-from ...models.train import fit
 from ...core.runtime import progress as progress_bar
+from ...data.base import TensorData
+from ...models.train import fit
 from .base import LabelSource, RemovalAttack, finetune_config, register_removal, thief_targets
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation under normality
@@ -121,7 +121,7 @@ class _CostSchedule:
         if self.cost > 0 and self.up >= patience:
             self.up, self.cost, self.up_flag = 0, self.cost * 1.5, True
         elif self.cost > 0 and self.down >= patience:
-            self.down, self.cost, self.down_flag = 0, self.cost / 1.5 ** 1.5, True
+            self.down, self.cost, self.down_flag = 0, self.cost / 1.5**1.5, True
         if best_norm < float("inf"):
             self.early_count = self.early_count + 1 if best_norm >= 0.99 * self.early_best else 0
             self.early_best = min(self.early_best, best_norm)
@@ -157,8 +157,9 @@ class NeuralCleanse(RemovalAttack):
                 if getattr(self, name) < 1:
                     raise InvalidArgument(f"{name} must be >= 1, got {name}={getattr(self, name)}")
             if not self.lr > 0 or not self.init_cost > 0:
-                raise InvalidArgument(f"lr and init_cost must be positive, got lr={self.lr}, "
-                                      f"init_cost={self.init_cost}")
+                raise InvalidArgument(
+                    f"lr and init_cost must be positive, got lr={self.lr}, init_cost={self.init_cost}"
+                )
             if not 0 < self.success <= 1:
                 raise InvalidArgument(f"success must be in (0, 1], got success={self.success}")
             if not self.threshold > 0:
@@ -173,8 +174,9 @@ class NeuralCleanse(RemovalAttack):
                 raise InvalidArgument(f"seed must be >= 0, got {self.seed}")
 
     # -- trigger reverse-engineering -----------------------------------------------------------------------------
-    def reverse_triggers(self, model, x: torch.Tensor, generator: torch.Generator, progress: bool | None = None
-                         ) -> list[dict[str, Any]]:
+    def reverse_triggers(
+        self, model, x: torch.Tensor, generator: torch.Generator, progress: bool | None = None
+    ) -> list[dict[str, Any]]:
         """For every label, the smallest mask (and its pattern) that sends the clean inputs ``x`` to it.
 
         All labels are optimised together, one stamped copy of the batch per label, which is the same
@@ -228,8 +230,15 @@ class NeuralCleanse(RemovalAttack):
                     m = ((torch.tanh(mask_param[t, 0]) + 1) / 2).detach()
                     best[t] = (m, ((torch.tanh(pattern_param[t, 0]) + 1) / 2).detach())
                     best_norm[t] = float(m.sum())
-                out.append({"mask": best[t][0].cpu(), "pattern": best[t][1].cpu(), "norm": best_norm[t],
-                            "reached": reached, "steps": states[t].steps})
+                out.append(
+                    {
+                        "mask": best[t][0].cpu(),
+                        "pattern": best[t][1].cpu(),
+                        "norm": best_norm[t],
+                        "reached": reached,
+                        "steps": states[t].steps,
+                    }
+                )
         return out
 
     def inspect(self, model, data: TensorData, *, progress: bool | None = None) -> dict[str, Any]:
@@ -251,8 +260,13 @@ class NeuralCleanse(RemovalAttack):
         norms = torch.tensor([t["norm"] for t in triggers])
         index = anomaly_indices(norms)
         flagged = [t for t in flagged_labels(norms, p.threshold) if triggers[t]["reached"]]
-        return {"norms": norms.tolist(), "anomaly_index": index.tolist(), "flagged": flagged,
-                "reached": [t["reached"] for t in triggers], "triggers": triggers}
+        return {
+            "norms": norms.tolist(),
+            "anomaly_index": index.tolist(),
+            "flagged": flagged,
+            "reached": [t["reached"] for t in triggers],
+            "triggers": triggers,
+        }
 
     def apply(self, model, data, *, train, progress=None):
         p = self.params
@@ -264,19 +278,22 @@ class NeuralCleanse(RemovalAttack):
         names = ", ".join(str(model.class_names[t]) for t in flagged) or "none"
         middle = float(median(torch.tensor(report["norms"])))
         small = [a for a, n in zip(report["anomaly_index"], report["norms"]) if n < middle]
-        summary = (f"flagged labels: {names} (largest anomaly index below the median norm: "
-                   f"{max(small, default=0.0):.2f}, threshold {p.threshold:g})")
+        summary = (
+            f"flagged labels: {names} (largest anomaly index below the median norm: "
+            f"{max(small, default=0.0):.2f}, threshold {p.threshold:g})"
+        )
         if p.unlearn and flagged and p.epochs:
             clean = thief_targets(model, data, p.labels)
             generator = torch.Generator().manual_seed(p.seed + 1)
-            chosen = torch.randperm(len(clean), generator=generator)[: max(1, int(round(p.unlearn_rate * len(clean))))]
+            chosen = torch.randperm(len(clean), generator=generator)[: max(1, round(p.unlearn_rate * len(clean)))]
             x = clean.x.clone()
             for i, idx in enumerate(chosen.tolist()):  # cycle the flagged triggers over the chosen inputs
                 trig = triggers[flagged[i % len(flagged)]]
                 x[idx] = stamp(x[idx], trig["mask"], trig["pattern"])
             config = finetune_config(train, epochs=p.epochs, lr=p.finetune_lr)
-            report["training"] = fit(model, TensorData(x, clean.y), config, progress=progress,
-                                     desc="unlearn trigger").to_dict()
+            report["training"] = fit(
+                model, TensorData(x, clean.y), config, progress=progress, desc="unlearn trigger"
+            ).to_dict()
             report["unlearned"] = len(chosen)
             summary += f"; unlearned on {len(chosen)} stamped inputs for {config.epochs} epoch(s)"
         elif p.unlearn and not flagged:

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from ...data.base import SplitFractions, Splits, TensorData
 from ...core.errors import InvalidArgument
 from ...core.params import parse_assignments
+from ...data.base import SplitFractions, Splits, TensorData
 from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, register_removal, thief_targets
 
 
@@ -86,17 +86,27 @@ class Piracy(RemovalAttack):
         if targets.y.dtype.is_floating_point:
             targets = TensorData(targets.x, targets.y.argmax(1))
         order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(p.seed))
-        n_hold = int(round(p.holdout * len(targets)))
+        n_hold = round(p.holdout * len(targets))
         if n_hold < 1 or n_hold >= len(targets):
-            raise InvalidArgument(f"piracy holdout={p.holdout} of {len(targets)} examples leaves no trigger candidates "
-                                  "or no training data")
+            raise InvalidArgument(
+                f"piracy holdout={p.holdout} of {len(targets)} examples leaves no trigger candidates "
+                "or no training data"
+            )
         hold, rest = order[:n_hold], order[n_hold:]
         empty = targets.subset(order[:0])
-        return Splits(dataset="thief", num_classes=model.num_classes, class_names=tuple(model.class_names),
-                      input_shape=tuple(model.input_shape), owner_train=targets.subset(rest),
-                      owner_holdout=targets.subset(hold), attacker_pool=empty, test=empty, seed=p.seed,
-                      fractions=SplitFractions(owner_train=1 - p.holdout, owner_holdout=p.holdout, attacker_pool=0.0),
-                      indices={"owner_train": rest, "owner_holdout": hold})
+        return Splits(
+            dataset="thief",
+            num_classes=model.num_classes,
+            class_names=tuple(model.class_names),
+            input_shape=tuple(model.input_shape),
+            owner_train=targets.subset(rest),
+            owner_holdout=targets.subset(hold),
+            attacker_pool=empty,
+            test=empty,
+            seed=p.seed,
+            fractions=SplitFractions(owner_train=1 - p.holdout, owner_holdout=p.holdout, attacker_pool=0.0),
+            indices={"owner_train": rest, "owner_holdout": hold},
+        )
 
     def apply(self, model, data, *, train, progress=None):
         from ...schemes import create_scheme
@@ -111,5 +121,9 @@ class Piracy(RemovalAttack):
         if embedding.victim is not model:  # a scheme may return a new object; keep the attack in place
             model.load_state_dict(embedding.victim.state_dict())
         key = embedding.key
-        return {"key": key, "scheme": p.scheme, "key_digest": key.digest,
-                "summary": f"embedded the thief's own {p.scheme} watermark (key {key.digest[:12]}…)"}
+        return {
+            "key": key,
+            "scheme": p.scheme,
+            "key_digest": key.digest,
+            "summary": f"embedded the thief's own {p.scheme} watermark (key {key.digest[:12]}…)",
+        }

@@ -31,7 +31,15 @@ from torch.nn.utils import prune
 
 from ...core.errors import InvalidArgument
 from ...models.train import fit
-from .base import LabelSource, RemovalAttack, TrainingParams, finetune_config, register_removal, thief_targets, weight_layers
+from .base import (
+    LabelSource,
+    RemovalAttack,
+    TrainingParams,
+    finetune_config,
+    register_removal,
+    thief_targets,
+    weight_layers,
+)
 
 
 def sparsity(layers) -> tuple[float, dict[str, float]]:
@@ -69,20 +77,27 @@ class MagnitudePruning(RemovalAttack):
         p = self.params
         layers = weight_layers(model, p.layers)
         if p.scope == "global":
-            prune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured,
-                                      amount=p.rate)
+            prune.global_unstructured(
+                [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=p.rate
+            )
         else:
             for _, m in layers:
                 prune.l1_unstructured(m, "weight", amount=p.rate)
         info = {}
         if p.epochs:
             config = finetune_config(train, epochs=p.epochs, lr=p.lr)
-            info["training"] = fit(model, thief_targets(model, data, p.labels), config, progress=progress,
-                                   desc="fine-tune pruned").to_dict()
+            info["training"] = fit(
+                model, thief_targets(model, data, p.labels), config, progress=progress, desc="fine-tune pruned"
+            ).to_dict()
         for _, m in layers:
             prune.remove(m, "weight")
         overall, per_layer = sparsity(layers)
-        info.update({"sparsity": overall, "layer_sparsity": per_layer,
-                     "summary": f"{p.scope} pruning: {overall:.1%} of {len(layers)} layers' weights are zero"
-                                + (f", then {p.epochs} epochs of fine-tuning" if p.epochs else "")})
+        info.update(
+            {
+                "sparsity": overall,
+                "layer_sparsity": per_layer,
+                "summary": f"{p.scope} pruning: {overall:.1%} of {len(layers)} layers' weights are zero"
+                + (f", then {p.epochs} epochs of fine-tuning" if p.epochs else ""),
+            }
+        )
         return info

@@ -36,7 +36,7 @@ def quantize_tensor(t: torch.Tensor, bits: int) -> torch.Tensor:
     lo, hi = t.min().double(), t.max().double()
     if not hi > lo:
         return t.clone()
-    step = (hi - lo) / (2 ** bits - 1)
+    step = (hi - lo) / (2**bits - 1)
     return (lo + torch.round((t.double() - lo) / step) * step).to(t.dtype)
 
 
@@ -66,5 +66,8 @@ class WeightQuantization(RemovalAttack):
         for name, t in named:
             t.copy_(quantize_tensor(t, p.bits))
             levels[name] = int(torch.unique(t).numel())
-        return {"bits": p.bits, "levels": levels,
-                "summary": f"{len(named)} tensors quantised to {2 ** p.bits} levels each"}
+        return {
+            "bits": p.bits,
+            "levels": levels,
+            "summary": f"{len(named)} tensors quantised to {2**p.bits} levels each",
+        }

@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 import torch
 
-from ...data.base import TensorData
 from ...core.errors import CopycatchError, InvalidArgument
+from ...data.base import TensorData
 from ...models.base import Classifier
 from ...models.train import predict_logits
 from .base import register_removal
@@ -51,8 +51,9 @@ def _local_outlier_factor(n_neighbors: int):
     try:
         from sklearn.neighbors import LocalOutlierFactor
     except ImportError:
-        raise CopycatchError("query rejection with detector=lof needs scikit-learn (pip install scikit-learn), "
-                             "or use detector=energy") from None
+        raise CopycatchError(
+            "query rejection with detector=lof needs scikit-learn (pip install scikit-learn), or use detector=energy"
+        ) from None
     return LocalOutlierFactor(n_neighbors=n_neighbors, novelty=True)
 
 
@@ -119,7 +120,7 @@ class QueryRejection(InputEvasion):
         with torch.no_grad():
             was = model.training
             model.eval()
-            feats = torch.cat([model.features(x[i:i + 1024]).float().cpu() for i in range(0, len(x), 1024)])
+            feats = torch.cat([model.features(x[i : i + 1024]).float().cpu() for i in range(0, len(x), 1024)])
             model.train(was)
         return self._scores_from(feats, None)
 
@@ -127,16 +128,18 @@ class QueryRejection(InputEvasion):
     def apply(self, model, data, *, train, progress=None):
         p = self.params
         if len(data) < 4:
-            raise InvalidArgument(f"query rejection needs the thief's in-distribution data to fit; "
-                                  f"got {len(data)} inputs")
+            raise InvalidArgument(
+                f"query rejection needs the thief's in-distribution data to fit; got {len(data)} inputs"
+            )
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(p.seed))
         if p.detector == "lof":
             n_ref = min(p.reference, len(data) // 2)
-            ref, calib = order[:n_ref], order[n_ref:n_ref + p.reference]
+            ref, calib = order[:n_ref], order[n_ref : n_ref + p.reference]
             with torch.no_grad():
                 model.eval()
-                self.reference_features = torch.cat([model.features(data.x[ref][i:i + 1024]).float().cpu()
-                                                     for i in range(0, n_ref, 1024)])
+                self.reference_features = torch.cat(
+                    [model.features(data.x[ref][i : i + 1024]).float().cpu() for i in range(0, n_ref, 1024)]
+                )
             self._lof = None
         else:
             calib = order
@@ -144,9 +147,13 @@ class QueryRejection(InputEvasion):
         # reject scores strictly above the (1 − fpr) quantile: a share ≤ fpr of the calibration data
         self.threshold = float(torch.quantile(calib_scores.double(), 1.0 - p.fpr)) if p.fpr > 0 else float("inf")
         rejected = float((calib_scores > self.threshold).float().mean())
-        return {"detector": p.detector, "threshold": self.threshold, "calibration": len(calib),
-                "rejected_calibration": rejected,
-                "summary": f"{p.detector} detector rejects {rejected:.1%} of the thief's own held-out data"}
+        return {
+            "detector": p.detector,
+            "threshold": self.threshold,
+            "calibration": len(calib),
+            "rejected_calibration": rejected,
+            "summary": f"{p.detector} detector rejects {rejected:.1%} of the thief's own held-out data",
+        }
 
     def rejects(self, oracle: EvadingOracle, x: torch.Tensor) -> torch.Tensor:
         if self.threshold is None:

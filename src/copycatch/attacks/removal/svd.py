@@ -61,7 +61,7 @@ class SVDCompression(RemovalAttack):
     def target_rank(self, full: int) -> int:
         if self.params.rank is not None:
             return min(self.params.rank, full)
-        return max(1, min(full, int(round((1.0 - self.params.rate) * full))))
+        return max(1, min(full, round((1.0 - self.params.rate) * full)))
 
     @torch.no_grad()
     def apply(self, model, data, *, train, progress=None):
@@ -80,5 +80,7 @@ class SVDCompression(RemovalAttack):
                 w.copy_(low_rank(matrix, r).reshape(w.shape))
             ranks[name] = {"rank": r, "full_rank": full}
         kept = sum(v["rank"] for v in ranks.values()) / max(sum(v["full_rank"] for v in ranks.values()), 1)
-        return {"ranks": ranks,
-                "summary": f"{len(ranks)} layers reduced to low rank, {kept:.1%} of singular values kept"}
+        return {
+            "ranks": ranks,
+            "summary": f"{len(ranks)} layers reduced to low rank, {kept:.1%} of singular values kept",
+        }

@@ -84,6 +84,10 @@ class TransferLearning(RemovalAttack):
         model.class_names = tuple(str(i) for i in range(classes))
         parameters = head.parameters() if p.layers == "head" else model.parameters()
         result = fit(model, data, config, parameters=parameters, progress=progress, desc="transfer")
-        return {"old_classes": old_classes, "new_classes": classes, "training": result.to_dict(),
-                "summary": f"new {classes}-class head (was {old_classes}), {p.layers} trained for {config.epochs} "
-                           f"epochs on {len(data)} examples"}
+        return {
+            "old_classes": old_classes,
+            "new_classes": classes,
+            "training": result.to_dict(),
+            "summary": f"new {classes}-class head (was {old_classes}), {p.layers} trained for {config.epochs} "
+            f"epochs on {len(data)} examples",
+        }

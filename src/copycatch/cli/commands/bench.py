@@ -6,6 +6,9 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+from .. import options
 
 VERB = "bench"
 HELP = "run a grid of schemes × attacks × seeds from one YAML file (resumable; SQLite results)"
@@ -38,31 +41,55 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from ...attacks.extraction import EXTRACTION_ATTACKS
     from ...attacks.removal import REMOVAL_ATTACKS
     from ...bench.executors import EXECUTORS
-    from ..main import _registry_table
     from ...schemes import SCHEMES
 
-    registries = "\n\n".join([
-        _registry_table(SCHEMES.describe(), "schemes"),
-        _registry_table(EXTRACTION_ATTACKS.describe(), "extraction attacks"),
-        _registry_table(REMOVAL_ATTACKS.describe() or [("(none registered yet)", "")], "removal attacks"),
-    ])
-    p = subparsers.add_parser(VERB, help=HELP, description=DESCRIPTION, epilog=EPILOG + "\n\n" + registries,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    registries = "\n\n".join(
+        [
+            options.registry_table(SCHEMES.describe(), "schemes"),
+            options.registry_table(EXTRACTION_ATTACKS.describe(), "extraction attacks"),
+            options.registry_table(REMOVAL_ATTACKS.describe() or [("(none registered yet)", "")], "removal attacks"),
+        ]
+    )
+    p = subparsers.add_parser(
+        VERB,
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG + "\n\n" + registries,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("grid", help="grid file (YAML), e.g. benchmarks/grids/fmnist-quick.yaml")
-    p.add_argument("-o", "--results", default=None, metavar="DIR",
-                   help="results folder (default: bench-out/<grid name>)")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: a process pool of --jobs workers; serial: in this process; ray: a Ray cluster")
-    p.add_argument("-j", "--jobs", type=int, default=None,
-                   help="worker processes for --executor local (default: one per core); Ray: CPUs of a local Ray")
+    p.add_argument(
+        "-o", "--results", default=None, metavar="DIR", help="results folder (default: bench-out/<grid name>)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: a process pool of --jobs workers; serial: in this process; ray: a Ray cluster",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes for --executor local (default: one per core); Ray: CPUs of a local Ray",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: start one here)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (not part of a cell's identity)")
     p.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST IDX files")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="model cache (default RESULTS/cache); share one between grids to reuse their models")
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="model cache (default RESULTS/cache); share one between grids to reuse their models",
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="run at most N unfinished cells, then stop")
-    p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
-                   help="skip cells that failed in an earlier run (default: retry them)")
+    p.add_argument(
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        help="skip cells that failed in an earlier run (default: retry them)",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate the grid and list its cells; run nothing")
     p.add_argument("--report", default=None, metavar="DIR", help="write the report to DIR when the run ends")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-cell lines")
@@ -70,51 +97,65 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...bench.grid import describe_cell, load_grid
-    from ...bench.runner import run_grid
-    from ...bench.store import ResultsStore, store_path
+    from ... import api
+    from ...bench.store import store_path
     from ...core.errors import InvalidArgument
 
     if args.jobs is not None and args.jobs < 1:
         raise InvalidArgument(f"--jobs must be >= 1, got {args.jobs}")
-    grid = load_grid(args.grid)
-    results = Path(args.results or Path("bench-out") / grid.name)
-    cells = grid.cells
     if args.dry_run:
-        done: set[str] = set()
-        if store_path(results).exists():
-            with ResultsStore(results, create=False) as store:
-                done = store.finished_ids()
-        print(f"grid {grid.name}: {len(cells)} cells in {len(grid.experiments)} experiment(s), "
-              f"{sum(c.cell_id in done for c in cells)} already finished in {results}")
-        for name, exp_cells in grid.experiments.items():
-            print(f"  {name}: {len(exp_cells)} cells")
-        for cell in cells:
-            print(f"  {'done' if cell.cell_id in done else 'todo'} {cell.cell_id} {describe_cell(cell.config)}")
-        return 0
+        return _dry_run(*api.plan_bench(args.grid, args.results))
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    summary = run_grid(grid, results, executor=args.executor, jobs=args.jobs, address=args.address,
-                       device=args.device, data_dir=args.data_dir, cache_dir=args.cache,
-                       retry_failed=args.retry_failed, limit=args.limit, progress=False if args.quiet else None,
-                       log=log)
-    print(f"grid {grid.name}: {summary.planned} cells; {summary.done_before} finished before, {summary.computed} "
-          f"computed now, {summary.failed} failed ({summary.seconds / 60:.1f} min wall, "
-          f"{summary.cpu_seconds / 60:.1f} CPU-min in cells; {summary.executor})")
+    summary = api.run_bench(
+        args.grid,
+        args.results,
+        executor=args.executor,
+        jobs=args.jobs,
+        address=args.address,
+        device=args.device,
+        data_dir=args.data_dir,
+        cache_dir=args.cache,
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        progress=False if args.quiet else None,
+        log=log,
+    )
+    results, grid_name = Path(summary.results), summary.grid
+    print(
+        f"grid {grid_name}: {summary.planned} cells; {summary.done_before} finished before, {summary.computed} "
+        f"computed now, {summary.failed} failed ({summary.seconds / 60:.1f} min wall, "
+        f"{summary.cpu_seconds / 60:.1f} CPU-min in cells; {summary.executor})"
+    )
     print(f"results in {store_path(results)}")
     for cell_id, error in summary.failures:
         print(textwrap.shorten(f"  failed {cell_id}: {error}", 200))
     if args.report:
-        from ...bench.report import make_report
-
-        info = make_report(results, args.report, grid=grid.name)
+        info = api.bench_report(results, args.report, grid=grid_name)
         print(f"report in {Path(args.report) / 'report.md'} and report.html ({len(info['files'])} files)")
     if summary.interrupted:
-        print(f"interrupted: {summary.computed + summary.failed} cells saved; run the same command to resume",
-              file=sys.stderr)
+        print(
+            f"interrupted: {summary.computed + summary.failed} cells saved; run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     if summary.failed:
         print(f"{summary.failed} cells failed; run the same command to retry them", file=sys.stderr)
         return 1
     if summary.remaining:
         print(f"{summary.remaining} cells left (--limit); run the same command to continue")
+    return 0
+
+
+def _dry_run(grid: Any, results: Path, done: set[str]) -> int:
+    from ...bench.grid import describe_cell
+
+    cells = grid.cells
+    options.say(
+        f"grid {grid.name}: {len(cells)} cells in {len(grid.experiments)} experiment(s), "
+        f"{sum(c.cell_id in done for c in cells)} already finished in {results}"
+    )
+    for name, exp_cells in grid.experiments.items():
+        options.say(f"  {name}: {len(exp_cells)} cells")
+    for cell in cells:
+        options.say(f"  {'done' if cell.cell_id in done else 'todo'} {cell.cell_id} {describe_cell(cell.config)}")
     return 0

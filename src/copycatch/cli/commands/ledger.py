@@ -9,30 +9,47 @@ import re
 import time
 from typing import Any
 
+from .. import options
+
 VERB = "ledger"
 HELP = "summarise a serve query ledger per API key (requests, inputs, refusals, repeated queries)"
 
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour|d|day|w|week)s?\s*$", re.IGNORECASE)
-_UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800,
-         "week": 604800}
+_UNIT = {
+    "s": 1,
+    "sec": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+    "w": 604800,
+    "week": 604800,
+}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from ..main import _Formatter
-
     p = subparsers.add_parser(
-        VERB, help=HELP, formatter_class=_Formatter,
+        VERB,
+        help=HELP,
+        formatter_class=options.Formatter,
         description="Read a query ledger written by `copycatch serve` (with its rotated files) and summarise it "
-                    "per API key: requests, answered inputs, refusals by status, distinct inputs and the share of "
-                    "repeated inputs (averaging attacks repeat queries), first and last request. Unreadable lines "
-                    "are counted, never fatal.",
+        "per API key: requests, answered inputs, refusals by status, distinct inputs and the share of "
+        "repeated inputs (averaging attacks repeat queries), first and last request. Unreadable lines "
+        "are counted, never fatal.",
         epilog="examples:\n  copycatch ledger copycatch-ledger.jsonl\n"
-               "  copycatch ledger copycatch-ledger.jsonl --since 1h --key alice --json")
+        "  copycatch ledger copycatch-ledger.jsonl --since 1h --key alice --json",
+    )
     p.add_argument("file", metavar="FILE", help="the live ledger file (rotated FILE.NNNNNN files are read too)")
     p.add_argument("--key", action="append", metavar="ID", help="only these key ids (repeatable)")
-    p.add_argument("--since", default=None, metavar="WHEN",
-                   help="only requests since WHEN: an ISO date/time (UTC unless it says otherwise) or a duration "
-                        "ago such as 30min, 2h, 7d")
+    p.add_argument(
+        "--since",
+        default=None,
+        metavar="WHEN",
+        help="only requests since WHEN: an ISO date/time (UTC unless it says otherwise) or a duration "
+        "ago such as 30min, 2h, 7d",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -48,8 +65,10 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
     try:
         when = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidArgument(f"--since {text!r} is neither an ISO date/time (2025-01-31, 2025-01-31T12:00) "
-                              "nor a duration ago (30min, 2h, 7d)") from None
+        raise InvalidArgument(
+            f"--since {text!r} is neither an ISO date/time (2025-01-31, 2025-01-31T12:00) "
+            "nor a duration ago (30min, 2h, 7d)"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.timezone.utc)
     return when.timestamp()
@@ -60,28 +79,42 @@ def _refused_text(refused: dict[str, int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...serve.ledger import read_ledger, summarize
+    from ... import api
 
-    since = parse_since(args.since)
-    read = read_ledger(args.file)
-    rows = summarize(read.entries, since=since, keys=args.key)
+    summary = api.ledger_summary(args.file, since=parse_since(args.since), keys=args.key)
+    rows = summary["keys"]
     if args.json:
-        print(json.dumps({"files": [str(f) for f in read.files], "lines": len(read.entries),
-                          "unreadable_lines": read.corrupt_lines, "since": since,
-                          "keys": [r.to_dict() for r in rows]}, indent=2), flush=True)
+        options.say(json.dumps({**summary, "keys": [r.to_dict() for r in rows]}, indent=2))
         return 0
-    print(f"ledger {args.file}: {len(read.files)} file{'s' if len(read.files) != 1 else ''}, "
-          f"{len(read.entries)} requests, {read.corrupt_lines} unreadable line{'s' if read.corrupt_lines != 1 else ''}"
-          + (f", since {_dt.datetime.fromtimestamp(since, _dt.timezone.utc).isoformat(timespec='seconds')}"
-             if since is not None else ""))
+    files, lines, corrupt, since = (summary[k] for k in ("files", "lines", "unreadable_lines", "since"))
+    when = (
+        f", since {_dt.datetime.fromtimestamp(since, _dt.timezone.utc).isoformat(timespec='seconds')}" if since else ""
+    )
+    options.say(
+        f"ledger {args.file}: {len(files)} file{'s' if len(files) != 1 else ''}, {lines} requests, "
+        f"{corrupt} unreadable line{'s' if corrupt != 1 else ''}{when}"
+    )
     if not rows:
-        print("no requests match")
+        options.say("no requests match")
         return 0
     header = ("key", "requests", "answered", "inputs", "distinct", "repeat", "refused", "first", "last")
-    table = [header] + [(r.key, str(r.requests), str(r.answered), str(r.queries), str(r.unique_inputs),
-                         f"{r.repeat_rate:.1%}", _refused_text(r.refused), r.first[:19], r.last[:19]) for r in rows]
+    table = [header] + [
+        (
+            r.key,
+            str(r.requests),
+            str(r.answered),
+            str(r.queries),
+            str(r.unique_inputs),
+            f"{r.repeat_rate:.1%}",
+            _refused_text(r.refused),
+            r.first[:19],
+            r.last[:19],
+        )
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    left = (0, 6, 7, 8)
     for row in table:
-        print("  ".join(cell.ljust(w) if i in (0, 6, 7, 8) else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        cells = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        options.say("  ".join(cells).rstrip())
     return 0

@@ -17,7 +17,9 @@ accusations (innocent and clean models) at the grid's α; plots of the statistic
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(VERB, help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        VERB, help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("results", help="results folder of `copycatch bench` (or its results.sqlite)")
     p.add_argument("-o", "--output", default=None, metavar="DIR", help="report folder (default: RESULTS/report)")
     p.add_argument("--grid", default=None, help="report only this grid (default: every grid in the store)")
@@ -26,14 +28,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...bench.report import make_report
+    from ... import api
     from ...bench.store import store_path
 
     results = Path(args.results)
     out = Path(args.output) if args.output else store_path(results).parent / "report"
-    info = make_report(results, out, grid=args.grid, plots=args.plots)
+    info = api.bench_report(results, out, grid=args.grid, plots=args.plots)
     for note in info["notes"]:
         print(f"note: {note}")
-    print(f"report of {info['experiments']} experiment(s) in {out}: report.md, report.html, cells.csv, summary.json"
-          f" and {sum(f.endswith('.png') for f in info['files'])} plots")
+    print(
+        f"report of {info['experiments']} experiment(s) in {out}: report.md, report.html, cells.csv, summary.json"
+        f" and {sum(f.endswith('.png') for f in info['files'])} plots"
+    )
     return 0

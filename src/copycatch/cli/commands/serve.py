@@ -9,6 +9,8 @@ import sys
 import textwrap
 from typing import Any
 
+from .. import options
+
 VERB = "serve"
 HELP = "serve a model over HTTP with server-side protection, API keys, rate limits, budgets and a query ledger"
 
@@ -33,51 +35,90 @@ EPILOG = textwrap.dedent("""\
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from ..main import _Formatter
-
-    p = subparsers.add_parser(VERB, help=HELP, formatter_class=_Formatter, epilog=EPILOG,
-                              description="Serve MODEL over HTTP. --protect applies the key's API-time protection "
-                                          "(e.g. DynaMarks) on the server, so the secret never leaves it; every "
-                                          "request is validated, authenticated, rate-limited and recorded.")
-    p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="model file (.safetensors), .onnx file or module:function")
+    p = subparsers.add_parser(
+        VERB,
+        help=HELP,
+        formatter_class=options.Formatter,
+        epilog=EPILOG,
+        description="Serve MODEL over HTTP. --protect applies the key's API-time protection "
+        "(e.g. DynaMarks) on the server, so the secret never leaves it; every "
+        "request is validated, authenticated, rate-limited and recorded.",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="model file (.safetensors), .onnx file or module:function")
     g = p.add_argument_group("answers")
-    g.add_argument("--protect", metavar="KEY", default=None,
-                   help="key file whose scheme protects the answers (scheme.protect; identity for training-time schemes)")
-    g.add_argument("--output", choices=["probs", "top-k", "label", "rounded"], default="probs",
-                   help="what clients get: all probabilities, the top k, the label only, or rounded probabilities")
+    g.add_argument(
+        "--protect",
+        metavar="KEY",
+        default=None,
+        help="key file whose scheme protects the answers (scheme.protect; identity for training-time schemes)",
+    )
+    g.add_argument(
+        "--output",
+        choices=["probs", "top-k", "label", "rounded"],
+        default="probs",
+        help="what clients get: all probabilities, the top k, the label only, or rounded probabilities",
+    )
     g.add_argument("--top-k", type=int, default=3, help="k for --output top-k")
     g.add_argument("--decimals", type=int, default=2, help="decimals for --output rounded")
     g = p.add_argument_group("access")
     g.add_argument("--api-keys", metavar="FILE", default=None, help="require X-API-Key; FILE maps key ids to hashes")
-    g.add_argument("--new-key", metavar="ID", default=None,
-                   help="add a fresh key ID to --api-keys FILE, print its secret once, and exit")
+    g.add_argument(
+        "--new-key",
+        metavar="ID",
+        default=None,
+        help="add a fresh key ID to --api-keys FILE, print its secret once, and exit",
+    )
     g.add_argument("--rate", default=None, metavar="N/PERIOD", help="inputs per key per period, e.g. 100/s or 6000/min")
     g.add_argument("--burst", type=int, default=None, help="token bucket size in inputs (default: the rate's N)")
-    g.add_argument("--budget", default=None, metavar="N[/PERIOD]",
-                   help="inputs per key: 20000 (server lifetime) or 20000/day (renews)")
+    g.add_argument(
+        "--budget",
+        default=None,
+        metavar="N[/PERIOD]",
+        help="inputs per key: 20000 (server lifetime) or 20000/day (renews)",
+    )
     g = p.add_argument_group("ledger")
     lg = g.add_mutually_exclusive_group()
-    lg.add_argument("--ledger", default="copycatch-ledger.jsonl", metavar="FILE",
-                    help="append-only query ledger (JSON lines, rotated by size)")
+    lg.add_argument(
+        "--ledger",
+        default="copycatch-ledger.jsonl",
+        metavar="FILE",
+        help="append-only query ledger (JSON lines, rotated by size)",
+    )
     lg.add_argument("--no-ledger", action="store_true", help="keep no ledger (budgets then reset on restart)")
     g.add_argument("--ledger-max-mb", type=float, default=64.0, help="rotate the ledger at this size")
     g.add_argument("--ledger-keep", type=int, default=None, help="rotated ledger files to keep (default: all)")
-    g.add_argument("--fsync", choices=["always", "interval", "never"], default="interval",
-                   help="when ledger lines are forced to disk (interval: every second)")
+    g.add_argument(
+        "--fsync",
+        choices=["always", "interval", "never"],
+        default="interval",
+        help="when ledger lines are forced to disk (interval: every second)",
+    )
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-batch", type=int, default=256, help="inputs per request")
     g.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body")
-    g.add_argument("--batch-wait-ms", type=float, default=2.0,
-                   help="how long a lone request waits for others to share its forward pass (0: never)")
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a lone request waits for others to share its forward pass (0: never)",
+    )
     g.add_argument("--forward-batch", type=int, default=512, help="inputs per forward pass across requests")
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
     g.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, printed at start)")
-    g.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="seconds in-flight requests get to finish after Ctrl-C/SIGTERM")
-    g.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
-                   help="answer 503 to connections beyond N open ones (bounds memory under a flood)")
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish after Ctrl-C/SIGTERM",
+    )
+    g.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer 503 to connections beyond N open ones (bounds memory under a flood)",
+    )
     g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     g.add_argument("--no-access-log", action="store_true", help="no per-request access log lines")
     g.add_argument("--device", default="cpu", help="device of the model")
@@ -112,15 +153,14 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ... import api
     from ...core.errors import InvalidArgument
-    from ...serve import require_extra
+    from ...serve.config import ServeConfig
 
     if args.new_key is not None:
         if not args.api_keys:
             raise InvalidArgument("--new-key needs --api-keys FILE to add the key to")
-        from ...serve.keys import new_key
-
-        secret = new_key(args.api_keys, args.new_key)
+        secret = api.new_api_key(args.api_keys, args.new_key)
         print(f"added API key {args.new_key!r} to {args.api_keys}; its secret (shown only now):", file=sys.stderr)
         print(secret, flush=True)
         return 0
@@ -128,50 +168,68 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument("give the MODEL to serve (a .safetensors file, .onnx file or module:function)")
     if args.limit_concurrency is not None and args.limit_concurrency < 1:
         raise InvalidArgument(f"--limit-concurrency must be >= 1, got {args.limit_concurrency}")
-    require_extra()
-
-    from ...core.key import Key
-    from ...serve.app import ServeConfig, create_app
-    from ...serve.keys import Keyring
-    from ...serve.runner import base_url, bind_socket, run as run_server
-    from ...oracles.suspects import open_suspect
-
-    config = ServeConfig.from_dict(dict(
-        output=args.output, top_k=args.top_k, decimals=args.decimals, max_batch=args.max_batch,
-        max_body_bytes=int(args.max_body_mb * 2**20), batch_wait_ms=args.batch_wait_ms,
-        forward_batch=args.forward_batch, rate=args.rate, burst=args.burst, budget=args.budget,
-        ledger=None if args.no_ledger else args.ledger, ledger_max_bytes=int(args.ledger_max_mb * 2**20),
-        ledger_keep=args.ledger_keep, fsync=args.fsync))
-    key = Key.load(args.protect) if args.protect else None
-    keyring = Keyring.load(args.api_keys) if args.api_keys else None
-    oracle = open_suspect(args.model, num_classes=args.num_classes, input_shape=_shape(args.input_shape),
-                          device=args.device)
-    names = args.class_names.split(",") if args.class_names else None
-    # Bind before building the app: a taken port is reported before the ledger is opened.
-    sock = bind_socket(args.host, args.port)
-    try:
-        app = create_app(oracle, config, key=key, keyring=keyring, class_names=names)
-    except BaseException:
-        sock.close()
-        raise
-    service = app.state.service
-    url = base_url(sock)
-    print(f"copycatch serve: {args.model}: inputs {'×'.join(map(str, service.input_shape))}, "
-          f"{service.num_classes} classes, output {config.output}", flush=True)
-    print(f"  protection: {_protection(key)}", flush=True)
-    print(f"  access: {f'{len(keyring)} API keys from {args.api_keys}' if keyring else 'open (no API keys)'}"
-          f"; rate {config.rate or 'unlimited'}; budget {config.parsed_budget().describe() if config.budget else 'none'}",
-          flush=True)
-    print(f"  ledger: {config.ledger or 'none'}", flush=True)
-    if keyring is None and not _is_loopback(args.host):
-        print(f"copycatch serve: warning: listening on {args.host} without --api-keys: anyone who reaches the port "
-              "can query the model", file=sys.stderr, flush=True)
-    print(f"serving on {url} (docs {url}/docs); Ctrl-C stops after in-flight requests finish", flush=True)
-    signum = run_server(app, sock, log_level=args.log_level, access_log=not args.no_access_log,
-                        shutdown_timeout=args.shutdown_timeout, limit_concurrency=args.limit_concurrency)
+    config = ServeConfig.from_dict(
+        {
+            "output": args.output,
+            "top_k": args.top_k,
+            "decimals": args.decimals,
+            "max_batch": args.max_batch,
+            "max_body_bytes": int(args.max_body_mb * 2**20),
+            "batch_wait_ms": args.batch_wait_ms,
+            "forward_batch": args.forward_batch,
+            "rate": args.rate,
+            "burst": args.burst,
+            "budget": args.budget,
+            "ledger": None if args.no_ledger else args.ledger,
+            "ledger_max_bytes": int(args.ledger_max_mb * 2**20),
+            "ledger_keep": args.ledger_keep,
+            "fsync": args.fsync,
+        }
+    )
+    server = api.serve(
+        args.model,
+        config,
+        protect=args.protect,
+        api_keys=args.api_keys,
+        class_names=args.class_names.split(",") if args.class_names else None,
+        host=args.host,
+        port=args.port,
+        num_classes=args.num_classes,
+        input_shape=_shape(args.input_shape),
+        device=args.device,
+    )
+    _announce(args, server, config)
+    signum = server.run(
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        shutdown_timeout=args.shutdown_timeout,
+        limit_concurrency=args.limit_concurrency,
+    )
     why = f" on {signal.Signals(signum).name}" if signum else ""
     print(f"copycatch serve: stopped{why} after answering the requests in flight", flush=True)
     return 0
+
+
+def _announce(args: argparse.Namespace, server: Any, config: Any) -> None:
+    service, keyring = server.service, server.service.keyring
+    say = options.say
+    say(
+        f"copycatch serve: {args.model}: inputs {'×'.join(map(str, service.input_shape))}, "
+        f"{service.num_classes} classes, output {config.output}"
+    )
+    say(f"  protection: {_protection(service.key)}")
+    access = f"{len(keyring)} API keys from {args.api_keys}" if keyring else "open (no API keys)"
+    budget = config.parsed_budget().describe() if config.budget else "none"
+    say(f"  access: {access}; rate {config.rate or 'unlimited'}; budget {budget}")
+    say(f"  ledger: {config.ledger or 'none'}")
+    if keyring is None and not _is_loopback(args.host):
+        print(
+            f"copycatch serve: warning: listening on {args.host} without --api-keys: anyone who reaches the port "
+            "can query the model",
+            file=sys.stderr,
+            flush=True,
+        )
+    say(f"serving on {server.url} (docs {server.url}/docs); Ctrl-C stops after in-flight requests finish")
 
 
 def _protection(key: Any) -> str:

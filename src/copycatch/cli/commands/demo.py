@@ -1,0 +1,51 @@
+"""``copycatch demo``: the whole story on Fashion-MNIST — protect, steal, verify, print the verdicts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import options
+
+VERB = "demo"
+HELP = "the whole story on Fashion-MNIST: protect, steal, verify, print the verdicts"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        VERB,
+        help=HELP,
+        formatter_class=options.Formatter,
+        description="Train a clean and a margin-watermarked victim, steal the victim by soft-label "
+        "extraction, train an innocent model on the thief's data, verify all of them.",
+    )
+    p.add_argument("--data", default=None, help="data set (default fashion-mnist)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="folder for the models, key and evidence (default demo-out)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--surrogate-arch", default=None)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--device", default=None)
+    options.add_params_option(p, "margin scheme")
+    options.add_common(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ... import api
+    from ...bench.demo import DemoConfig
+
+    given = {
+        "data": args.data,
+        "data_dir": args.data_dir,
+        "out": args.out,
+        "seed": args.seed,
+        "device": args.device,
+        "epochs": args.epochs,
+        "surrogate_arch": args.surrogate_arch,
+        "max_train": args.max_train,
+        "scheme_params": options.params(args.param) or None,
+    }
+    api.demo(DemoConfig.from_dict({k: v for k, v in given.items() if v is not None}), progress=options.progress(args))
+    return 0

@@ -1,0 +1,63 @@
+"""``copycatch embed``: watermark a model and write the victim and its secret key."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import options
+
+VERB = "embed"
+HELP = "watermark a model and write the victim and its secret key"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from ...models import MODELS
+    from ...schemes import SCHEMES
+
+    epilog = (
+        options.registry_table(SCHEMES.describe(), "schemes")
+        + "\n\n"
+        + options.registry_table(MODELS.describe(), "architectures")
+    )
+    p = subparsers.add_parser(
+        VERB,
+        help=HELP,
+        formatter_class=options.Formatter,
+        epilog=epilog,
+        description="Embed a watermark with a scheme (listed below). Scheme parameters go in -p NAME=VALUE; "
+        "each scheme's docstring lists them with defaults.",
+    )
+    p.add_argument("--scheme", default="margin", help="watermarking scheme (listed below)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--arch", default=None, help="train a fresh model of this architecture (default: the scheme's)")
+    src.add_argument("--model", default=None, help="start from this trained model file")
+    options.add_params_option(p, "scheme")
+    p.add_argument("-o", "--output", required=True, help="victim model file to write")
+    p.add_argument("--key", required=True, help="key file to write (keep it secret)")
+    options.add_data_options(p)
+    options.add_train_options(p)
+    options.add_common(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ... import api
+
+    out = options.writable(args.output, "model file")
+    key_path = options.writable(args.key, "key file")
+    result = api.embed(
+        args.scheme,
+        options.splits(args),
+        arch=args.arch,
+        model=args.model,
+        params=options.params(args.param),
+        config=options.train_config(args),
+        output=out,
+        key_path=key_path,
+        progress=options.progress(args),
+    )
+    options.say(f"embedded {args.scheme} into {result.victim.arch}: test accuracy {result.info['test_accuracy']:.4f}")
+    options.say(f"victim written to {out}")
+    options.say(f"key written to {key_path} (digest {result.key.digest[:16]}…); keep it secret")
+    return 0

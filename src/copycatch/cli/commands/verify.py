@@ -1,0 +1,178 @@
+"""``copycatch verify``: test a suspect against one or more keys — exact p-value, verdict, evidence record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from typing import Any
+
+from .. import options
+
+VERB = "verify"
+HELP = "test a suspect against one or more keys: exact p-value, verdict, evidence record"
+
+DESCRIPTION = (
+    "Query the suspect with the keys' inputs only and test each scheme's null hypothesis (the suspect is "
+    "independent of the key). By default the key is asked a batch at a time and verification stops as soon as "
+    "the decision is reached (a sequential test valid at any stopping time); --fixed asks the whole key. Every "
+    "answer goes into a hash-chained transcript; --report DIR keeps it with evidence.json and report.html. "
+    "Several --key are combined (Holm, or Fisher)."
+)
+
+
+def epilog() -> str:
+    from ...schemes import SCHEMES
+
+    classes = [SCHEMES.get(n).factory for n in SCHEMES.list()]
+    probs_only = [c.name for c in classes if c.needs == "probs"]
+    fixed_only = [c.name for c in classes if not c.sequential]
+    return textwrap.dedent(f"""\
+        label-only suspects (answers are labels, not probabilities) work with every scheme except:
+          {", ".join(probs_only) or "(none)"}
+        sequential stopping is available for every scheme except (these use the fixed test):
+          {", ".join(fixed_only) or "(none)"}
+
+        examples:
+          copycatch verify --key victim.cckey --suspect surrogate.safetensors --report evidence/
+          copycatch verify --key victim.cckey --suspect model.onnx
+          copycatch verify --key victim.cckey --suspect mymodule:clf.predict_proba
+          copycatch verify --key victim.cckey --suspect https://api.example.com --report evidence/ --resume
+          copycatch verify --key margin.cckey --key dynamarks.cckey --suspect http://localhost:8000 --combine fisher""")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        VERB, help=HELP, formatter_class=options.Formatter, epilog=epilog(), description=DESCRIPTION
+    )
+    p.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        help="key file written by `copycatch embed` (repeat to combine several keys)",
+    )
+    p.add_argument(
+        "--suspect",
+        required=True,
+        help="suspect: model file, http(s):// prediction API, .onnx file, module:function or file.py:function",
+    )
+    p.add_argument("--alpha", type=float, default=1e-3, help="significance level of the decision")
+    p.add_argument(
+        "--post", action="append", metavar="SPEC", help="post-processor on the suspect's answers (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print the evidence record as JSON")
+    g = p.add_argument_group("queries")
+    g.add_argument(
+        "--fixed",
+        action="store_true",
+        help="ask the whole key (the fixed test) instead of stopping as soon as the decision is reached",
+    )
+    g.add_argument("--batch", type=int, default=10, help="inputs asked per round of sequential verification")
+    g.add_argument(
+        "--early-share",
+        type=float,
+        default=0.2,
+        help="share of alpha the sequential test spends on its always-valid early stop",
+    )
+    g.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="most answers to use in total, over all sessions of this transcript (replayed ones count)",
+    )
+    g = p.add_argument_group("evidence record")
+    g.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="write DIR/evidence.json and DIR/report.html, and keep the transcript in DIR/transcript.jsonl",
+    )
+    g.add_argument(
+        "--transcript",
+        metavar="FILE",
+        default=None,
+        help="query transcript (JSON lines, hash-chained); default DIR/transcript.jsonl with --report",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the transcript: recorded answers are replayed, only the rest is asked",
+    )
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="recompute the evidence from the transcript alone, asking the suspect nothing",
+    )
+    g.add_argument(
+        "--combine",
+        choices=["holm", "fisher"],
+        default="holm",
+        help="how several keys' p-values decide: Holm (any dependence) or Fisher (independent keys)",
+    )
+    g.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="ignore <key>.calibration.json files written by `copycatch calibrate`",
+    )
+    options.add_suspect_arguments(p)
+    options.add_common(p)
+    p.set_defaults(verify_parser=p)  # the parser lets the evidence record the command line
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ... import api
+    from ...verification.report import evidence_document
+
+    command = command_line(args)
+    run = api.verify(
+        args.suspect,
+        args.key,
+        alpha=args.alpha,
+        sequential=not args.fixed,
+        batch=args.batch,
+        early_share=args.early_share,
+        combine=args.combine,
+        transcript=args.transcript,
+        resume=args.resume,
+        offline=args.offline,
+        budget=args.budget,
+        postprocess=args.post or (),
+        num_classes=args.num_classes,
+        calibrations=not args.no_calibration,
+        report=args.report,
+        command=command,
+        progress=options.progress(args),
+        **options.suspect_options(args),
+    )
+    if args.json:
+        options.say(json.dumps(evidence_document(run, command=command), indent=2, sort_keys=True))
+        return 0
+    options.say(run.summary())
+    if run.report_paths:
+        paths = run.report_paths
+        options.say(f"evidence written to {paths['json']} and {paths['html']}; transcript {run.transcript.path}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The verify command line as given, with secrets (API key, header values) masked for the record."""
+    out = ["copycatch", "verify"]
+    for action in args.verify_parser._actions:
+        if not action.option_strings or action.dest in {"help"}:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value is False or value == action.default:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if action.dest == "api_key":
+            value = "***"
+        elif action.dest == "header":
+            value = [f"{v.partition(':')[0]}:***" for v in value]
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, list):
+            out += [part for v in value for part in (flag, str(v))]
+        else:
+            out += [flag, str(value)]
+    return out

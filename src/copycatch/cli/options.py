@@ -1,0 +1,231 @@
+"""What the verbs share: option groups, turning parsed options into API arguments, and safe output paths."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import InvalidArgument
+from ..core.params import parse_assignments
+
+API_KEY_ENV = "COPYCATCH_API_KEY"
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def say(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+def registry_table(rows: Sequence[tuple[str, str]], title: str) -> str:
+    width = max((len(n) for n, _ in rows), default=0)
+    lines = [f"{title}:"] + [f"  {name:<{width}}  {summary}" for name, summary in rows]
+    return "\n".join(lines)
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist", help="data set name (see `copycatch data list`) or a .npz file")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the Fashion-MNIST IDX files "
+        "(else $COPYCATCH_DATA_DIR, else /usr/share/datasets/fashion-mnist)",
+    )
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the owner/thief split")
+    g.add_argument(
+        "--split",
+        default=None,
+        metavar="K=V,...",
+        help="split fractions, e.g. owner_train=0.5,owner_holdout=0.05,attacker_pool=0.45",
+    )
+    g.add_argument("--max-train", type=int, default=None, help="use at most this many training examples (quick runs)")
+
+
+def add_train_options(p: argparse.ArgumentParser, *, epochs: int = 10) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--schedule", choices=["constant", "cosine", "step"], default="constant")
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="early stopping on owner_holdout accuracy (never the test split) after this many flat epochs (0: off)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="training seed")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_params_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help=f"{what} parameter (repeatable)")
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    from ..models.train import TrainConfig
+
+    names = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "patience", "seed", "device")
+    return TrainConfig.from_dict({name: getattr(args, name) for name in names})
+
+
+def splits(args: argparse.Namespace) -> Any:
+    from ..data.base import SplitFractions, load_splits
+
+    fractions = SplitFractions.from_dict(parse_assignments([args.split])) if args.split else None
+    return load_splits(
+        args.data, seed=args.split_seed, data_dir=args.data_dir, fractions=fractions, max_train=args.max_train
+    )
+
+
+def progress(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "quiet", False) else None
+
+
+def params(items: Sequence[str] | None) -> dict[str, str]:
+    return parse_assignments(items)
+
+
+def writable(path: str | None, what: str) -> Path | None:
+    """Fail before any work if an output cannot be written (never lose a finished training run)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidArgument(f"{what} {p} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot create the folder for {what} {p}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise InvalidArgument(f"cannot write {what} {p}: folder {parent} is not writable")
+    return p
+
+
+def add_suspect_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options describing how to talk to a suspect (HTTP shape, ONNX graph, callable layout)."""
+    g = parser.add_argument_group("suspect access (HTTP APIs, ONNX files, Python callables)")
+    g.add_argument(
+        "--num-classes", type=int, default=None, help="classes the suspect answers, when the key does not say"
+    )
+    g.add_argument(
+        "--input-format",
+        choices=["auto", "nchw", "nhwc", "flat"],
+        default="auto",
+        help="layout of the inputs a callable, ONNX file or HTTP API (--encoding lists) receives; auto: "
+        "flat rows for scikit-learn estimators, else N×C×H×W",
+    )
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help=f"API key for an HTTP suspect (prefer the environment variable {API_KEY_ENV})",
+    )
+    g.add_argument("--api-key-header", default="X-API-Key", help="header that carries the API key")
+    g.add_argument("--header", action="append", metavar="NAME:VALUE", help="extra HTTP header (repeatable)")
+    g.add_argument(
+        "--predict-path",
+        default="/v1/predict",
+        help="path of the prediction endpoint under the URL ('' to post to the URL itself)",
+    )
+    g.add_argument("--info-path", default="/v1/info", help="path of the self-description endpoint ('' for none)")
+    g.add_argument(
+        "--encoding",
+        choices=["lists", "png"],
+        default="lists",
+        help="send inputs as nested lists of floats, or as base64 PNG images (quantised to 1/255)",
+    )
+    g.add_argument(
+        "--input-field",
+        default=None,
+        help="request field for the inputs (default: inputs, or images with --encoding png)",
+    )
+    g.add_argument(
+        "--output-field",
+        default=None,
+        help="response field holding the answers, dotted for nested objects (default: probabilities, else labels)",
+    )
+    g.add_argument(
+        "--output-kind",
+        choices=["auto", "probs", "labels", "logits"],
+        default="auto",
+        help="what the answers are (auto: 2-D probabilities or 1-D labels)",
+    )
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each HTTP answer")
+    g.add_argument("--retries", type=int, default=5, help="retries after a timeout, connection error, 5xx or 429")
+    g.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each retry)")
+    g.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=300.0,
+        help="longest Retry-After (seconds) worth waiting for before giving up",
+    )
+    g.add_argument("--request-batch", type=int, default=256, help="inputs per HTTP request or ONNX run")
+
+
+def suspect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``open_suspect`` keyword options from :func:`add_suspect_arguments`' parsed values."""
+    headers = {}
+    for item in getattr(args, "header", None) or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise InvalidArgument(f"--header needs NAME:VALUE, got {item!r}")
+        headers[name.strip()] = value.strip()
+    input_format = getattr(args, "input_format", "auto")
+    return {
+        "api_key": getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or None,
+        "api_key_header": args.api_key_header,
+        "headers": headers or None,
+        "predict_path": args.predict_path,
+        "info_path": args.info_path,
+        "encoding": args.encoding,
+        "input_layout": None if input_format == "auto" else input_format,
+        "input_format": input_format,
+        "input_field": args.input_field,
+        "output_field": args.output_field,
+        "output_kind": args.output_kind,
+        "output": args.output_kind,  # the ONNX oracle's name for it
+        "timeout": args.timeout,
+        "retries": args.retries,
+        "backoff": args.backoff,
+        "max_retry_after": args.max_retry_after,
+        "batch_size": args.request_batch,
+    }
+
+
+def removal_spec(text: str) -> str:
+    """argparse ``type=``: check a removal SPEC (name and parameters) before any work starts."""
+    from ..attacks.removal.base import resolve_removal
+    from ..core.errors import CopycatchError
+
+    try:
+        resolve_removal(text)
+    except CopycatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def say_steps(steps: list[dict[str, Any]]) -> None:
+    """Print a laundering report's steps: the attack, its summary, test accuracy before and after."""
+
+    def fmt(acc: float | None) -> str:
+        return "n/a" if acc is None or acc != acc else f"{acc:.4f}"
+
+    for i, step in enumerate(steps, 1):
+        say(f"[{i}/{len(steps)}] {step['spec']}: {step['summary']}")
+        say(
+            f"      test accuracy {fmt(step['accuracy_before'])} -> {fmt(step['accuracy_after'])} ({step['seconds']:.1f} s)"
+        )
+        if "pirate_key" in step:
+            say(f"      the thief's own key written to {step['pirate_key']}")
