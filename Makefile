@@ -1,6 +1,6 @@
 # copycatch — every target sets itself up on a fresh machine (virtual environment, install, data).
 #   make demo    protect a model, steal it, verify the stolen copy and an innocent model, print the verdicts
-#   make test    run the test suite
+#   make test    lint (ruff), the import contract (import-linter), then the test suite
 #   make bench   run the quick benchmark grid (see benchmarks/)
 
 PYTHON ?= python3
@@ -14,7 +14,7 @@ DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-.PHONY: demo test bench setup data clean help
+.PHONY: demo test lint bench setup data clean help
 
 help:
 	@sed -n '2,5p' Makefile
@@ -44,8 +44,14 @@ data:
 demo: $(VENV)/.installed-$(DEMO_EXTRAS) data
 	$(BIN)/copycatch demo
 
-test: $(VENV)/.installed-$(TEST_EXTRAS)
+test: $(VENV)/.installed-$(TEST_EXTRAS) data lint
 	$(BIN)/python -m pytest
+
+# ruff (lint and format) and the layers contract of pyproject.toml ([tool.importlinter]); part of `make test`.
+lint: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 # Resumable: interrupt it and run `make bench` again; finished cells are kept (see benchmarks/README.md).
 # The report is written even when some cells failed; make then exits with bench's status.

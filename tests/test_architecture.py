@@ -1,0 +1,71 @@
+"""The package's shape: the layer folders at the top, no import cycles anywhere (the layers contract itself is
+checked by import-linter in `make test`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grimp
+
+import copycatch
+
+PACKAGE = Path(copycatch.__file__).parent
+LAYERS = {"core", "data", "models", "oracles", "schemes", "attacks", "serve", "verification", "bench", "cli"}
+
+
+def test_the_top_level_holds_only_the_api_and_the_layers():
+    modules = {p.name for p in PACKAGE.glob("*.py")}
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert modules == {"__init__.py", "api.py", "_version.py"}
+    assert packages == LAYERS
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in graph.find_modules_directly_imported_by(module):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_itself_back_through_others():
+    assert _cycles(grimp.build_graph("copycatch")) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = grimp.ImportGraph()
+    for name in ("a", "a.x", "a.y", "a.z"):
+        graph.add_module(name)
+    graph.add_import(importer="a.x", imported="a.y")
+    graph.add_import(importer="a.y", imported="a.z")
+    graph.add_import(importer="a.z", imported="a.x")
+    assert _cycles(graph) == [["a.x", "a.y", "a.z"]]
