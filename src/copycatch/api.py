@@ -4,13 +4,13 @@ Every verb of ``copycatch`` is *parse → one call here → print*, so a noteboo
 models, keys, evidence and files. Functions take objects or file paths, and write files only when given a path.
 
 >>> import copycatch as cc
->>> splits = cc.load_splits("synthetic", fractions=cc.SplitFractions(owner_holdout=0.1))
->>> config = cc.TrainConfig(epochs=3, seed=0)
->>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40, "lam": 0.1}, config=config)
->>> stolen = cc.steal(embedding.victim, splits.attacker_pool, arch="mlp", config=config)
+>>> parts = cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
+>>> splits = cc.load_splits("synthetic", fractions=parts)      # tiny 8×8 images, 4 classes
+>>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40}, config=cc.TrainConfig(epochs=10))
+>>> stolen = cc.steal(embedding.victim, splits.attacker_pool, arch="mlp", config=cc.TrainConfig(epochs=10, seed=1))
 >>> cc.verify(stolen.surrogate, embedding.key).verdict
 'stolen'
->>> innocent = cc.train("mlp", splits, on="attacker_pool", config=config)
+>>> innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=7))
 >>> cc.verify(innocent, embedding.key).verdict
 'not stolen'
 """
@@ -47,7 +47,8 @@ from .serve import require_extra
 from .serve.config import ServeConfig
 from .serve.keys import Keyring, new_key
 from .serve.ledger import read_ledger, summarize
-from .serve.runner import Server, open_server
+from .serve.runner import Server
+from .serve.runner import open_server as bind_server
 from .verification.calibration import (
     Calibration,
     CalibrationPlan,
@@ -175,17 +176,11 @@ def steal(
     a local victim); ``then`` launders the surrogate with removal attacks on the thief's data
     (``info["laundering"]``). ``output`` writes the surrogate (and any deployment or pirate key beside it).
     """
-    if isinstance(pool, str):
-        if splits is None:
-            raise InvalidArgument(f"the query set {pool!r} is named; give the splits it comes from")
-        pool = query_set(pool, splits)
-    elif isinstance(pool, torch.Tensor):
-        pool = unlabelled(pool)
+    pool = _query_pool(pool, splits)
     if then and splits is None:
         raise InvalidArgument("laundering (then=...) needs the splits: it runs on the thief's data")
-    oracle = as_oracle(
-        victim, num_classes=num_classes, input_shape=input_shape or tuple(pool.x.shape[1:]), **suspect_options
-    )
+    shape = input_shape or tuple(pool.x.shape[1:])
+    oracle = as_oracle(victim, num_classes=num_classes, input_shape=shape, **suspect_options)
     if key is not None:
         k = _key(key)
         oracle = scheme_for_key(k).protect(oracle, k)
@@ -218,6 +213,15 @@ def steal(
     return result
 
 
+def _query_pool(pool: TensorData | torch.Tensor | str, splits: Splits | None) -> TensorData:
+    """The thief's queries: data as given, bare inputs (labels withheld), or a query set named in ``splits``."""
+    if isinstance(pool, str):
+        if splits is None:
+            raise InvalidArgument(f"the query set {pool!r} is named; give the splits it comes from")
+        return query_set(pool, splits)
+    return unlabelled(pool) if isinstance(pool, torch.Tensor) else pool
+
+
 def remove(
     model: Classifier | PathLike,
     attacks: Sequence[str],
@@ -232,8 +236,8 @@ def remove(
     """Launder a model the thief holds with removal attacks, in order, on ``splits.attacker_pool``.
 
     ``model`` may be a deployment file (``.evasion.safetensors``), or a model with the ``evasions`` it already
-    answers through: those stay in front of the model and new ones are added. ``output`` writes the laundered model, its deployment file and any pirate keys; the report in
-    ``Laundering.report`` then names them.
+    answers through: those stay in front of the model and new ones are added. ``output`` writes the laundered
+    model, its deployment file and any pirate keys; the report in ``Laundering.report`` then names them.
     """
     if isinstance(model, (str, os.PathLike)) and is_deployment(model):
         model, evasions = load_deployment(model)
@@ -403,7 +407,7 @@ def plan_bench(grid: Grid | PathLike, results: PathLike | None = None) -> tuple[
     return grid, results, done
 
 
-def serve(
+def open_server(
     model: Any,
     config: ServeConfig | None = None,
     *,
@@ -423,7 +427,7 @@ def serve(
     key = _key(protect) if protect is not None else None
     keyring = Keyring.load(api_keys) if api_keys else None
     oracle = open_suspect(model, num_classes=num_classes, input_shape=input_shape, device=device)
-    return open_server(
+    return bind_server(
         oracle, config or ServeConfig(), host=host, port=port, key=key, keyring=keyring, class_names=class_names
     )
 

@@ -224,8 +224,7 @@ def say_steps(steps: list[dict[str, Any]]) -> None:
 
     for i, step in enumerate(steps, 1):
         say(f"[{i}/{len(steps)}] {step['spec']}: {step['summary']}")
-        say(
-            f"      test accuracy {fmt(step['accuracy_before'])} -> {fmt(step['accuracy_after'])} ({step['seconds']:.1f} s)"
-        )
+        before, after = fmt(step["accuracy_before"]), fmt(step["accuracy_after"])
+        say(f"      test accuracy {before} -> {after} ({step['seconds']:.1f} s)")
         if "pirate_key" in step:
             say(f"      the thief's own key written to {step['pirate_key']}")

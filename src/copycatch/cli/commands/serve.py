@@ -45,6 +45,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "request is validated, authenticated, rate-limited and recorded.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="model file (.safetensors), .onnx file or module:function")
+    _answers_options(p)
+    _access_options(p)
+    _ledger_options(p)
+    _limits_and_batching_options(p)
+    _server_options(p)
+    _metadata_options(p)
+    return p
+
+
+def _answers_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("answers")
     g.add_argument(
         "--protect",
@@ -60,6 +70,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     g.add_argument("--top-k", type=int, default=3, help="k for --output top-k")
     g.add_argument("--decimals", type=int, default=2, help="decimals for --output rounded")
+
+
+def _access_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("access")
     g.add_argument("--api-keys", metavar="FILE", default=None, help="require X-API-Key; FILE maps key ids to hashes")
     g.add_argument(
@@ -76,6 +89,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N[/PERIOD]",
         help="inputs per key: 20000 (server lifetime) or 20000/day (renews)",
     )
+
+
+def _ledger_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ledger")
     lg = g.add_mutually_exclusive_group()
     lg.add_argument(
@@ -93,6 +109,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="interval",
         help="when ledger lines are forced to disk (interval: every second)",
     )
+
+
+def _limits_and_batching_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-batch", type=int, default=256, help="inputs per request")
     g.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body")
@@ -103,6 +122,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="how long a lone request waits for others to share its forward pass (0: never)",
     )
     g.add_argument("--forward-batch", type=int, default=512, help="inputs per forward pass across requests")
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
     g.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, printed at start)")
@@ -122,11 +144,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     g.add_argument("--no-access-log", action="store_true", help="no per-request access log lines")
     g.add_argument("--device", default="cpu", help="device of the model")
+
+
+def _metadata_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models without metadata (.onnx, module:function)")
     g.add_argument("--num-classes", type=int, default=None)
     g.add_argument("--input-shape", default=None, metavar="C,H,W")
     g.add_argument("--class-names", default=None, metavar="A,B,...")
-    return p
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -186,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
             "fsync": args.fsync,
         }
     )
-    server = api.serve(
+    server = api.open_server(
         args.model,
         config,
         protect=args.protect,

@@ -61,6 +61,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--post", action="append", metavar="SPEC", help="post-processor on the suspect's answers (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the evidence record as JSON")
+    _queries_options(p)
+    _evidence_record_options(p)
+    options.add_suspect_arguments(p)
+    options.add_common(p)
+    p.set_defaults(verify_parser=p)  # the parser lets the evidence record the command line
+    return p
+
+
+def _queries_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("queries")
     g.add_argument(
         "--fixed",
@@ -80,6 +89,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="most answers to use in total, over all sessions of this transcript (replayed ones count)",
     )
+
+
+def _evidence_record_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evidence record")
     g.add_argument(
         "--report",
@@ -114,10 +126,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="ignore <key>.calibration.json files written by `copycatch calibrate`",
     )
-    options.add_suspect_arguments(p)
-    options.add_common(p)
-    p.set_defaults(verify_parser=p)  # the parser lets the evidence record the command line
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
