@@ -225,8 +225,7 @@ def list_schemes(pattern: str = "*") -> list[str]:
 
 
 def create_scheme(name: str, **params: Any) -> Scheme:
-    cls = SCHEMES.get(name).factory
-    return cls(cls.Params.from_dict({k: v for k, v in params.items() if v is not None}))
+    return SCHEMES.create(name, **params)
 
 
 def scheme_for_key(key: Key) -> Scheme:

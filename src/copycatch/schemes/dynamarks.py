@@ -1,77 +1,52 @@
-"""DynaMarks (Chakraborty, Xing, Liu and Srivastava, 2022): an API-time watermark in the served probabilities.
+"""DynaMarks: an API-time watermark in the served probabilities.
 
-Paper: "DynaMarks: Defending Against Deep Learning Model Extraction Using Dynamic Watermarking",
-../shared/papers/dynamarks.txt, Algorithms 1 and 2, Sec. IV and V-B. No public code (implementation notes §4.5).
+Paper: A. Chakraborty, D. Xing, Y. Liu and A. Srivastava, "DynaMarks: Defending Against Deep Learning Model
+Extraction Using Dynamic Watermarking", 2022: Algorithms 1 and 2, Sec. IV and V-B. No public code exists.
 
-Embedding (Algorithm 1). Nothing is trained: the model's weights are untouched. ``protect(oracle, key)`` wraps
-the served oracle in a post-processor that, for every answer whose top class i has probability in (α_i, β_i],
-draws Δp ~ U(a_i, b_i) and an index j from the secret vector V_i, and moves Δp from class i to class j. Every
-class i has its own secret V_i: weight ``favoured_weight`` on one secret index drawn uniformly from the N classes
-and 1 on every other index, normalised (2/11 and 1/11 for N = 10, as in the paper). The top class keeps the
-largest probability whenever α_i >= 1/2 + b_i (checked), so accuracy (argmax) is unchanged; the post-processor
-also checks it on every answer. A thief that fits a surrogate to these answers copies the secret bias.
+Embedding (Algorithm 1). Nothing is trained: the model's weights are untouched. ``protect(oracle, key)`` wraps the
+served oracle in a post-processor that, for every answer whose top class i has probability in (α_i, β_i], draws
+Δp ~ U(a_i, b_i) and an index j from the secret vector V_i, and moves Δp from class i to class j. V_i weighs one
+secret index, drawn uniformly from the N classes, by ``favoured_weight`` and every other index by 1, normalised
+(2/11 and 1/11 for N = 10, as in the paper). α_i >= 1/2 + b_i (checked, and checked again on every answer) keeps
+the top class, so accuracy is unchanged. A thief that fits a surrogate to these answers copies the secret bias.
 
-Verification (Algorithm 2). The key holds ``n_verify`` verification inputs from the test split (uint8) and the
-owner's unwatermarked responses F_org on them. The suspect answers the same inputs. Responses are grouped into
-an N×N table: cell (i, j) holds the class-j probabilities of the inputs in row i; each cell becomes a histogram
-(``bins`` equal bins on [0, 1]). δ_org = Σ_ij JSD(D_org_ij ‖ D_sm_ij) and δ_alt = Σ_ij JSD(D_alt_ij ‖ D_sm_ij),
-F_alt being the owner's own watermarked responses, simulated from F_org with the secret. F_alt is random, so it
-is rendered two ways: answered once per input (the paper's q_x = F_alt(x); what the API itself answers) and in
-expectation over Δp and j (what a thief's surrogate, fitted to many noisy answers, converges to); δ_alt is the
-smaller of the two. η = δ_org / δ_alt; the paper detects the mark when η > τ (τ = 1). η, both δ_alt and that
-decision are reported.
+Verification (Algorithm 2). The key holds ``n_verify`` test-split inputs (uint8) and the owner's unwatermarked
+answers F_org on them. The suspect's answers are grouped into an N×N table (cell (i, j): the class-j probabilities
+of the inputs in row i, as a histogram); δ_org = Σ_ij JSD(D_org_ij ‖ D_sm_ij), δ_alt the same against F_alt, the
+owner's watermarked answers simulated with the secret, and η = δ_org / δ_alt: the paper detects the mark when
+η > τ. η, δ_alt and that decision are reported.
 
-The p-value (ours; the paper has a hand-set τ only). η compares the suspect with F_org and F_alt, but much of
-what separates F_alt from F_org is public: every confident answer loses 0.01-0.19 of its top probability. An
-independent model that is merely less confident than F_org looks like F_alt, so η > 1 is no proof (the tests
-show a weakly trained innocent model with η > 1). What no independent model can know is the *secret*: the
-favoured index of each class (and, with ``range_choices`` > 1, which sub-range of (a, b) each class uses).
-Null hypothesis: the suspect's answers do not depend on the secret. Under it the secret actually drawn is one
-more uniform draw from the secret space, so a statistic computed for *every* possible secret ranks the true
-one uniformly; the p-value is the share of secrets that fit the suspect at least as well as the true one.
-Grouping rows by F_org's predicted class (the class whose V_i perturbs the input) makes each statistic a sum of
-independent per-class terms, so that share over all (N·K)^N secrets is computed exactly by convolution
-(``copycatch.core.stats.independent_choices_greater``, conservative on a 2^16 grid). Two statistics are ranked:
+The p-value is ours (the paper has the hand-set τ only): much of what separates F_alt from F_org is public (every
+confident answer loses 0.01-0.19 of its top probability), so an innocent model that is merely less confident than
+F_org has η > 1. Null hypothesis: the suspect's answers do not depend on the secret (each class's favoured index
+and, with ``range_choices`` > 1, sub-range of (a, b)). The secret actually drawn is then one more uniform draw
+among the (N·K)^N possible ones, and the p-value is the share of secrets that fit the suspect at least as well as
+the true one, computed exactly by convolution for two fit statistics (``DynaMarks.evidence_from_answers``), the
+smaller doubled (Bonferroni). The smallest attainable is 2 / (N·K)^N: 2e-10 for 10 classes.
 
-* Algorithm 2's δ_alt with F_alt answered once per candidate secret, all with the same random numbers (stored
-  in the key): it recognises the API itself, whose answers are such draws;
-* a paired one: Σ over inputs and classes of (log s_x,j − log E[F_alt(x)]_j)², probabilities floored at 1e-6:
-  it recognises a surrogate, which approximates E[F_alt] input by input. Histograms discard that pairing, and
-  with it most of the power against surrogates.
-
-The reported p-value is twice the smaller of the two (Bonferroni), so it stays exact (conservative). The
-smallest attainable is 2 / (N·K)^N: 2e-10 for 10 classes, 2/256 for 4 classes with range_choices=1.
-
-How strong the evidence against a surrogate is depends on how much of the secret survives extraction. Measured
-on Fashion-MNIST (cnn-small victim; one 10-epoch soft-label cnn-small surrogate per setting on the 27,000
-attacker-pool queries; 10,000 verification inputs, 5,000 give the same picture): with the paper's V
-(favoured_weight=2) the surrogate has η = 2.8 and p = 3e-4; with favoured_weight=10, η = 1.8 and p = 4e-10;
-range_choices=4 helps little (p = 2e-4). The protected API itself: p <= 6e-10. An innocent model, the raw
-victim and a surrogate stolen from the unprotected victim: η <= 0.2, p >= 0.2.
-
-Parameters (defaults):
+Parameters (defaults; probabilities in [0, 1]):
     alpha (0.9), beta (1.0): the top-class probability range (α, β] that gets perturbed (paper: α=0.9, β=1).
     a (0.01), b (0.19): Δp ~ U(a, b) (paper).
-    favoured_weight (2.0): weight of the secret index in V_i relative to 1 for the others (paper: 2/11 vs 1/11
-        for N = 10). Larger values make the secret survive extraction far better (see above).
-    range_choices (1): K; K > 1 splits (a, b) into K equal sub-ranges and gives each class a secret one, which
-        adds log2(K) secret bits per class (paper: the a_i, b_i are per-class secrets; its experiments use one
-        range for all classes, i.e. K = 1).
-    n_verify (5000): verification inputs drawn from the test split (paper: the whole test set); the key stores
-        them (uint8) with F_org's answers, about 0.8 kB per 28×28 input.
-    bins (20): equal bins on [0, 1] for each response distribution (the paper does not say how it builds them).
+    favoured_weight (2.0): weight of the secret index in V_i relative to 1 for the others (paper: 2/11 vs 1/11 for
+        N = 10). Larger values make the secret survive extraction far better (measured: benchmarks/README.md).
+    range_choices (1): K; K > 1 splits (a, b) into K equal sub-ranges and gives each class a secret one, log2(K)
+        more secret bits per class (the paper's a_i, b_i are per-class secrets; its experiments use K = 1).
+    n_verify (5000): verification inputs drawn from the test split (paper: the whole test set); the key stores them
+        (uint8) with F_org's answers, about 0.8 kB per 28×28 input.
+    bins (20): equal histogram bins on [0, 1] (the paper does not say how it builds them).
     tau (1.0): the paper's detection threshold on η, reported as ``paper_detected``.
 
-Deviations: rows of the response table are grouped by F_org's predicted class instead of the true label (the
-two agree on correctly classified inputs; it makes the exact null possible and needs no labels); δ_alt takes
-the better of the drawn and expected renderings of F_alt; the range is (α, β] so that float32 answers saturated
-at exactly 1.0 are perturbed too; the API draws its noise from a generator seeded by the key (reproducible
+Deviations: rows of the response table are grouped by F_org's predicted class instead of the true label (the two
+agree on correctly classified inputs; it makes the exact null possible and needs no labels); δ_alt takes the better
+of two renderings of F_alt (``DynaMarks.evidence_from_answers``); the range is (α, β] so that float32 answers
+saturated at exactly 1.0 are perturbed too; the API's noise comes from a generator seeded by the key (reproducible
 runs; fresh per query, so repeated queries differ as in the paper).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -210,7 +185,7 @@ class DynaMarks(Scheme):
     needs = "probs"
     pretrain = True
     default_arch = "cnn-small"
-    tiny_params = {"n_verify": 400, "range_choices": 4}
+    tiny_params: ClassVar[dict[str, Any]] = {"n_verify": 400, "range_choices": 4}
     null_hypothesis = (
         "The suspect's answers do not depend on the secret (each class's favoured index and sub-range): the secret "
         "actually drawn is then one more uniform draw, so how well it fits the suspect (delta_alt, paired log error) "
@@ -316,6 +291,16 @@ class DynaMarks(Scheme):
         return u[0], u[1]
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        """η of Algorithm 2 and the exact p-value over all secrets.
+
+        F_alt is random, so δ_alt renders it two ways: answered once per input (the paper's q_x = F_alt(x), what the
+        API itself answers) and in expectation over Δp and j (what a surrogate fitted to many noisy answers converges
+        to); δ_alt is the smaller. Grouping rows by F_org's predicted class (the class whose V_i perturbs the input)
+        makes each fit statistic (two of them, see ``_compare``) a sum of independent per-class terms, so the share of
+        all (N·K)^N secrets that fit at least as well as the true one is computed exactly by convolution
+        (``copycatch.core.stats.independent_choices_greater``, conservative on a 2^16 grid). p = twice the smaller
+        of the two shares (Bonferroni), so it stays exact (conservative); the smallest attainable is 2 / (N·K)^N:
+        2e-10 for 10 classes, 2/256 for 4 classes with range_choices=1."""
         p = self.Params.from_dict(key.params)
         org = key["verify_org"].double()
         answers = answers.double()
@@ -325,13 +310,61 @@ class DynaMarks(Scheme):
         if one_hot:
             raise InvalidArgument("the suspect answered one-hot labels; DynaMarks needs probabilities")
         n = org.shape[1]
+        c = self._compare(p, key, answers, org)
+        delta_alt = min(c["delta_draw"], c["delta_mean"])
+        eta = c["delta_org"] / delta_alt if delta_alt > 0 else float("inf")
+        p_distributions = independent_choices_greater(c["distribution_scores"], c["chosen"])
+        p_paired = independent_choices_greater(c["paired_scores"], c["chosen"])
+        p_value = min(1.0, 2 * min(p_distributions, p_paired))
+        secrets = (n * p.range_choices) ** len(c["chosen"])
+        notes = []
+        if 2.0 / secrets > alpha:
+            notes.append(
+                f"only {secrets} possible secrets for {len(c['chosen'])} classes: no p-value below "
+                f"{2.0 / secrets:.3g} is attainable; raise range_choices for more secret bits"
+            )
+        return self.evidence(
+            key,
+            statistic_name="eta = delta_org / delta_alt (Algorithm 2)",
+            statistic=eta,
+            p_value=p_value,
+            alpha=alpha,
+            queries=queries,
+            exact=True,
+            metrics={
+                "eta": eta,
+                "tau": p.tau,
+                "paper_detected": eta > p.tau,
+                "delta_org": c["delta_org"],
+                "delta_alt": delta_alt,
+                "delta_alt_drawn": c["delta_draw"],
+                "delta_alt_expected": c["delta_mean"],
+                "p_distributions": p_distributions,
+                "p_paired": p_paired,
+                "mean_secret_rank": float(np.mean(c["ranks"])) if c["ranks"] else float("nan"),
+                "candidates_per_class": n * p.range_choices,
+                "classes_compared": len(c["chosen"]),
+            },
+            details={"secret_rank_per_class": c["ranks"]},
+            notes=notes,
+        )
+
+    def _compare(self, p: DynaMarks.Params, key: Key, answers: torch.Tensor, org: torch.Tensor) -> dict[str, Any]:
+        """Row class by row class (F_org's predicted class): δ_org, δ_alt drawn and expected for the true secret, and
+        both fit statistics of every candidate secret (negated: larger is a better fit) with the true one's index:
+
+        * Algorithm 2's δ_alt with F_alt answered once per candidate secret, all with the same random numbers
+          (stored in the key): it recognises the API itself, whose answers are such draws;
+        * a paired one: Σ over inputs and classes of (log s_x,j − log E[F_alt(x)]_j)², probabilities floored at
+          1e-6: it recognises a surrogate, which approximates E[F_alt] input by input (histograms discard that
+          pairing, and with it most of the power against surrogates)."""
         rows = org.argmax(1)
         u_delta, u_index = self._replay_draws(key)
         favoured, range_index = key["favoured"].long(), key["range_index"].long()
         log_answers = answers.clamp_min(LOG_FLOOR).log()
         delta_org, delta_draw, delta_mean = 0.0, 0.0, 0.0
         distribution_scores, paired_scores, chosen, ranks = [], [], [], []
-        for i in range(n):
+        for i in range(org.shape[1]):
             members = rows == i
             if not members.any():
                 continue
@@ -348,43 +381,15 @@ class DynaMarks(Scheme):
             paired_scores.append(-paired)
             chosen.append(true_index)
             ranks.append(int((paired < paired[true_index]).sum()) + 1)
-        delta_alt = min(delta_draw, delta_mean)
-        eta = delta_org / delta_alt if delta_alt > 0 else float("inf")
-        p_distributions = independent_choices_greater(distribution_scores, chosen)
-        p_paired = independent_choices_greater(paired_scores, chosen)
-        p_value = min(1.0, 2 * min(p_distributions, p_paired))
-        secrets = (n * p.range_choices) ** len(chosen)
-        notes = []
-        if 2.0 / secrets > alpha:
-            notes.append(
-                f"only {secrets} possible secrets for {len(chosen)} classes: no p-value below "
-                f"{2.0 / secrets:.3g} is attainable; raise range_choices for more secret bits"
-            )
-        return self.evidence(
-            key,
-            statistic_name="eta = delta_org / delta_alt (Algorithm 2)",
-            statistic=eta,
-            p_value=p_value,
-            alpha=alpha,
-            queries=queries,
-            exact=True,
-            metrics={
-                "eta": eta,
-                "tau": p.tau,
-                "paper_detected": eta > p.tau,
-                "delta_org": delta_org,
-                "delta_alt": delta_alt,
-                "delta_alt_drawn": delta_draw,
-                "delta_alt_expected": delta_mean,
-                "p_distributions": p_distributions,
-                "p_paired": p_paired,
-                "mean_secret_rank": float(np.mean(ranks)) if ranks else float("nan"),
-                "candidates_per_class": n * p.range_choices,
-                "classes_compared": len(chosen),
-            },
-            details={"secret_rank_per_class": ranks},
-            notes=notes,
-        )
+        return {
+            "delta_org": delta_org,
+            "delta_draw": delta_draw,
+            "delta_mean": delta_mean,
+            "distribution_scores": distribution_scores,
+            "paired_scores": paired_scores,
+            "chosen": chosen,
+            "ranks": ranks,
+        }
 
 
 def _histograms(probs: torch.Tensor, bins: int) -> np.ndarray:

@@ -1,86 +1,55 @@
-"""Entangled Watermarks, EWE (Jia, Choquette-Choo, Chandrasekaran, Papernot: "Entangled Watermarks as a Defense
-against Model Extraction", USENIX Security 2021).
+"""Entangled Watermarks (EWE): triggers whose representations are entangled with the target class's by the SNNL.
 
-The paper is not in ../shared/papers; this follows the authors' code as summarised in
-../shared/reference/implementation-notes.md §3 (cleverhans-lab/entangled-watermark, ``models.py``, ``train.py``).
+Paper: H. Jia, C. A. Choquette-Choo, V. Chandrasekaran and N. Papernot, "Entangled Watermarks as a Defense against
+Model Extraction", USENIX Security 2021. This follows the authors' released code (cleverhans-lab/entangled-watermark,
+``models.py`` and ``train.py``); defaults are its Fashion-MNIST 2_conv settings unless said.
 
-Embedding (``pretrain = True``: ``api.embed`` first trains the model on clean data, the code's ``epochs`` phase):
+Embedding (``pretrain = True``: the model is first trained on clean data, the code's ``epochs`` phase). Triggers are
+``n_triggers`` images of class ``source_class`` of ``ood_dataset`` (out-of-distribution, the default) or source-class
+training images with a ``patch_size``² patch (in-distribution), optimised against the clean model
+(``optimise_triggers``) and quantised to 1/255. Entangling: ``w_epochs`` passes over the clean data; every
+``ratio``-th clean batch also carries a watermark batch (half triggers, half target-class images, all labelled
+``target_class``) whose loss is (sum-reduced CE − ``factor``·Σ_k SNNL_k) / batch size, the soft nearest-neighbour
+loss (``snnl``) *maximised* on the outputs of the chosen ``layers``, so that triggers and target-class data share
+their representations; after every watermark batch each layer's temperature moves T_k ← T_k − ``t_lr``·∂SNNL_k/∂T_k.
 
-1. Triggers. Out-of-distribution (default): ``n_triggers`` images of class ``source_class`` of ``ood_dataset``
-   (for Fashion-MNIST the ``mnist-5k`` digits). In-distribution: source-class training images with a
-   ``patch_size``² patch of value 1 in channel 0 where the window-summed mean input-gradient of the SNNL is
-   smallest (notes §3.4).
-2. Trigger optimisation (notes §3.4), per trigger batch, ``maxiter`` times: while the clean model's target-label
-   rate on the batch exceeds ``threshold`` (at most 50 steps), x ← clip(x − w_lr·sign ∇ₓ target logit); then
-   x ← clip(x + w_lr·sign ∇ₓ ΣSNNL) on the batch of triggers plus as many target-class images; finally 5 more
-   target-logit descent steps. Triggers are then quantised to 1/255 (the key stores them as uint8).
-3. Entangling (notes §3.1–3.2): ``w_epochs`` passes over the clean data; every ``ratio``-th clean batch also
-   carries a watermark batch (half triggers, half target-class images, all labelled ``target_class``, w-labels
-   1/0) whose loss is (sum-reduced CE − ``factor``·Σ_k SNNL_k) / batch size, the SNNL being *maximised* on the
-   outputs of the chosen layers, so triggers and target-class data share their representations. After every
-   watermark batch each layer's temperature moves T_k ← T_k − ``t_lr``·∂SNNL_k/∂T_k.
+Verification: a certainty sign test (the code reports the share of triggers labelled ``target_class``, which no
+test can trust: see ``evidence_from_answers``). With p the suspect's target probability on a trigger and q the same
+on the trigger's untriggered original (in-distribution) or 1/|Y| (out-of-distribution), a trigger is a hit when
+p − q > α_c (``certainty``, the feature-sharing paper's §3.2). Null hypothesis: the suspect's median certainty on
+the triggers is at most α_c; hits are then at most Binomial(n, 1/2) and p = P(Binomial(n, 1/2) >= hits), exact.
+One-hot answers still run (certainty 1 − 1/|Y| per target label); the evidence says the null is then much weaker.
 
-SNNL (notes §3.1, written natively in torch): ReLU, flatten, pairwise cosine (or squared Euclidean) distance,
-kernel exp(−d·T/100) minus the identity clipped to [0, 1], p_ij = e_ij / (1e-5 + Σ_k e_ik) masked to the same
-w-label, SNNL = −mean_i log(1e-5 + Σ_j p_ij). Intermediate outputs come from forward hooks on the backbone's
-modules (``layers``; default: the last three ReLU or residual-block modules, which on ``cnn-small`` are the code's
-2_conv layers conv1, conv2 and FC-128, and on ``resnet18`` the stage-3 output and both stage-4 blocks).
-
-Verification. The code's measure is the share of triggers labelled ``target_class``; the paper's t-test is not
-in the code. A test on that share alone cannot be trusted: an independent model sends all inputs of a foreign
-class to one class of its choosing, and with a single target shared by every trigger it picks the target with
-probability about 1/C whatever the target choice (on the tiny synthetic data, innocent models labelled at least 40 %
-of OOD triggers as the target in 15–24 % of draws, even with the target chosen as the least likely class of the
-clean model or of three reference models). No secret random element helps either: a secret random target gives
-an exact randomisation p-value but never below 1/C, and per-trigger random labels would no longer be EWE. So the
-verification asks for *certainty*, like the feature-sharing paper (§3.2, its α_c = 0.3): with p the suspect's
-target probability on a trigger and q the same on the trigger's untriggered original (in-distribution) or 1/|Y|
-(out-of-distribution), a trigger counts as a hit when p − q > α_c (differences rounded to 1e-6; zeros count
-against). Null hypothesis: the suspect's median certainty on the triggers is at most α_c, i.e. a random trigger is
-a hit with probability at most 1/2. The key's triggers are a random sample of the trigger set (drawn without
-replacement, which only makes the binomial tail conservative, Hoeffding 1963), so hits are at most
-Binomial(n, 1/2): the p-value is the exact sign-test tail P(Binomial(n, 1/2) ≥ hits), valid for the
-composite null without any symmetry assumption. That innocent models satisfy the null is an assumption, checked
-on many innocent draws in the tests (a model unsure about foreign inputs has low certainty even when its argmax
-lands on the target; an in-distribution trigger must move the target probability by more than α_c). The scheme
-needs probabilities (``needs = "probs"``); one-hot answers still run (certainty 1 − 1/|Y| per target label)
-and the evidence says the null is then much weaker.
-
-Parameters (defaults; notes §3.5, Fashion-MNIST 2_conv row unless said):
+Parameters (defaults):
     distribution ("out"): "out" (OOD source class, the code's default for Fashion-MNIST) or "in" (patched).
-    source_class (None): class of ``ood_dataset`` ("out") or of the task ("in"); None draws one at random
-        (seeded) and keeps it secret in the key. The code fixes MNIST digit 8 for Fashion-MNIST.
+    source_class (None): class of ``ood_dataset`` ("out") or of the task ("in"); None draws one at random (seeded)
+        and keeps it secret in the key (the code fixes MNIST digit 8 for Fashion-MNIST).
     target_class (None): None takes the clean model's least likely class for the source inputs (the code fixes 0).
     ood_dataset ("mnist-5k"): registry name, optionally with arguments ("synthetic:seed=7;n=500").
-    n_triggers (500): distinct triggers (the code tiles the source images to the target-class size, 6 000 on
-        Fashion-MNIST; distinct triggers cycled through training do the same job and bound optimisation time).
-    n_verify (100): triggers kept in the key for verification (drawn from the trigger set).
-    layers (()): module names (``model.named_modules()``) whose outputs enter the SNNL; () picks automatically.
-    factor (32): SNNL weight against the sum-reduced cross-entropy.
-    temperature (1.0): initial T of every layer. t_lr (0.1): temperature learning rate.
-    distance ("cosine"): or "euclidean".
-    ratio (2.0): clean batches per watermark batch (>= 1).
-    w_epochs (6): passes over the clean data in the entangling phase.
-    optimize_triggers (True); threshold (0.1); w_lr (0.01, on the [0, 1] scale); maxiter (10).
-    patch_size (3): side of the in-distribution patch.
-    certainty (0.3): α_c of the verification (the feature-sharing paper's value).
+    n_triggers (500): distinct triggers. n_verify (100): triggers kept in the key (drawn from the trigger set).
+    layers (()): module names (``model.named_modules()``) whose outputs enter the SNNL; () picks the last three ReLU
+        or residual-block modules (on ``cnn-small`` the code's conv1, conv2 and FC-128).
+    factor (32): SNNL weight. temperature (1.0), t_lr (0.1): initial temperature of every layer; its learning rate.
+    distance ("cosine"): or "euclidean", the SNNL's pairwise distance.
+    ratio (2.0): clean batches per watermark batch (>= 1). w_epochs (6): passes over the clean data when entangling.
+    optimize_triggers (True), threshold (0.1), w_lr (0.01, on the [0, 1] scale), maxiter (10): trigger optimisation.
+    patch_size (3): side of the in-distribution patch, in pixels.
+    certainty (0.3): α_c of the verification.
 
-Deviations from the code: the watermark batch's loss is added to the loss of the clean batch it accompanies
-(one optimiser step) instead of taking its own step (``fit`` runs one step per clean batch; a separate step
-would update weights under the clean batch's graph), so a w-epoch here is a pass over the clean data rather than
-the code's n_clean watermark batches, and ``w_epochs`` defaults to 6 to keep embedding within 2.5× clean
-training; the verification is the certainty sign test above (the code reports the target share, which the
-evidence gives as ``watermark_accuracy``); the default target is the clean model's least likely class;
-distinct triggers are not tiled (above); Adam uses the training config (β₂ 0.999, ε 1e-8, not 0.99 / 1e-5);
-the in-distribution patch position uses (row, column) as meant (the code swaps them); a temperature is kept
->= 1e-3 (the code lets it go negative, which freezes the kernel at 1).
+Deviations from the code: the watermark batch's loss joins the step of the clean batch it accompanies (``fit`` runs
+one step per clean batch), so a w-epoch is a pass over the clean data and ``w_epochs`` defaults to 6 to keep
+embedding within 2.5× clean training; the certainty test above replaces the target share (reported as
+``watermark_accuracy``); the default target is the clean model's least likely class (the code: 0); distinct triggers
+are cycled, not tiled to the target-class size (6,000 on Fashion-MNIST); Adam uses the training config (β₂ 0.999,
+ε 1e-8, not 0.99 / 1e-5); the in-distribution patch position uses (row, column) as meant (the code swaps them);
+temperatures stay >= 1e-3 (the code lets them go negative, which freezes the kernel at 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -118,7 +87,10 @@ FINAL_DESCENT_STEPS = 5
 def snnl(
     features: torch.Tensor, w_labels: torch.Tensor, temperature: torch.Tensor | float, *, distance: str = "cosine"
 ) -> torch.Tensor:
-    """Soft nearest-neighbour loss of ``features`` (N×…) grouped by ``w_labels``, as in EWE's ``models.snnl``."""
+    """Soft nearest-neighbour loss of ``features`` (N×…) grouped by ``w_labels``, as in EWE's ``models.snnl``.
+
+    ReLU, flatten, pairwise cosine (or squared Euclidean) distance d, kernel exp(−d·T/100) minus the identity clipped
+    to [0, 1], p_ij = e_ij / (1e-5 + Σ_k e_ik) masked to the same w-label, SNNL = −mean_i log(1e-5 + Σ_j p_ij)."""
     x = F.relu(features).flatten(1)
     if distance == "cosine":
         normed = F.normalize(x, dim=1)
@@ -349,7 +321,13 @@ def optimise_triggers(
     generator: torch.Generator,
     progress: bool | None = None,
 ) -> torch.Tensor:
-    """EWE's trigger search (notes §3.4) against the clean model, batch by batch."""
+    """EWE's trigger search against the clean model, batch by batch, as in the authors' code.
+
+    Per trigger batch, ``maxiter`` times: while the clean model's target-label rate on the batch exceeds ``threshold``
+    (at most 50 steps in all), x ← clip(x − w_lr·sign ∇ₓ target logit); then x ← clip(x + w_lr·sign ∇ₓ ΣSNNL) on
+    the batch of triggers plus as many target-class images. Finally 5 more target-logit descent steps. (The
+    in-distribution patch goes where the window-summed mean input-gradient of the SNNL is smallest:
+    ``patch_position``.)"""
     out = triggers.clone()
     parts = _batches(len(out), half)
     for part in progress_bar(parts, total=len(parts), desc="optimise EWE triggers", enabled=progress, unit="batch"):
@@ -384,7 +362,13 @@ class EntangledWatermark(Scheme):
     sequential = True
     pretrain = True
     default_arch = "cnn-small"
-    tiny_params = {"ood_dataset": "synthetic:seed=11", "n_triggers": 128, "n_verify": 40, "w_epochs": 3, "maxiter": 3}
+    tiny_params: ClassVar[dict[str, Any]] = {
+        "ood_dataset": "synthetic:seed=11",
+        "n_triggers": 128,
+        "n_verify": 40,
+        "w_epochs": 3,
+        "maxiter": 3,
+    }
     null_hypothesis = (
         "The suspect's median certainty on the triggers is at most alpha_c: a random trigger has p - q > alpha_c "
         "(in-distribution; q = target probability without the trigger) or p - 1/|Y| > alpha_c (out-of-distribution) "
@@ -591,6 +575,20 @@ class EntangledWatermark(Scheme):
         return BernoulliOutcomes(outcomes, 0.5, statistic_name="triggers with certainty above alpha_c")
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        """The certainty sign test.
+
+        Why not the code's target share: an independent model sends all inputs of a foreign class to one class of
+        its choosing, and with a single target shared by every trigger it picks the target with probability about
+        1/C whatever the target choice (measured: benchmarks/README.md, EWE). No secret random element helps either:
+        a secret random target gives an exact randomisation p-value but never below 1/C, and per-trigger random
+        labels would no longer be EWE. So the test asks for certainty, like the feature-sharing paper (§3.2).
+        Differences p − q − α_c are rounded to 1e-6 and zeros count against. The key's triggers are a random sample
+        of the trigger set (drawn without replacement, which only makes the binomial tail conservative, Hoeffding
+        1963), so under the null hits are at most Binomial(n, 1/2): the exact sign-test tail is valid for the
+        composite null without any symmetry assumption. That innocent models satisfy the null is an assumption,
+        checked on many innocent draws in the tests (a model unsure about foreign inputs has low certainty even when
+        its argmax lands on the target; an in-distribution trigger must move the target probability by more than
+        α_c)."""
         prm = self.Params.from_dict(key.params)
         n = len(key["trigger_x"])
         expected = 2 * n if prm.distribution == "in" else n

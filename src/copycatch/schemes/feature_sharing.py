@@ -1,91 +1,56 @@
-"""Feature-sharing watermark (Tang et al., "Was my model stolen? Feature sharing for robust and transferable
-watermarks", ICLR 2022 submission).
+"""Feature-sharing watermark: fine-tune only the decision layers on the watermark, so it shares the task's features.
 
-Paper: ../shared/papers/feature-sharing-watermark.txt, §3.1 (two-step training), §3.2 (Wilcoxon test), §4
-(settings, WDR). No public code exists (implementation notes §6); everything follows the paper.
+Paper: "Was my Model Stolen? Feature Sharing for Robust and Transferable Watermarks" (Tang et al.), ICLR 2022
+submission (anonymous at review): §3.1 (two-step training), §3.2 (Wilcoxon test), §4 (settings, WDR).
+No public code exists; everything follows the paper.
 
-Embedding. Step 1 trains the model on clean data only (``pretrain = True``: ``api.embed`` hands us a clean
-trained model). Step 2 freezes the feature extractor G_e (``model.features``) and fine-tunes only the decision
-layers G_d (``model.classifier``) on the clean data plus the watermark set D_w(c_S) → c_T, so the watermark is
-remembered with the same features the task uses and travels with the posteriors an extraction attack copies.
-The frozen extractor runs in eval mode without gradients, so batch-norm statistics and dropout in G_e stay
-frozen too. ``finetune="whole-network"`` is the paper's baseline: fine-tune every layer on the same data.
+Embedding. Step 1 trains the model on clean data only (``pretrain = True``). Step 2 freezes the feature extractor G_e
+(``model.features``, in eval mode without gradients, so batch-norm statistics and dropout stay frozen too) and
+fine-tunes the decision layers G_d (``model.classifier``) on the clean data plus the watermark set D_w(c_S) → c_T,
+so the watermark is remembered with the same features the task uses and travels with the posteriors an extraction
+attack copies. ``finetune="whole-network"`` is the paper's baseline: fine-tune every layer on the same data. The
+watermark (§3, §4) is either in-distribution (``distribution="in"``: a white ``patch_size``² square stamped in the
+bottom-right corner of source-class images) or out-of-distribution (``"out"``: images of one class of another data
+set, ``ood_dataset``), relabelled as the target class.
 
-Watermark kinds (§3, §4 "Experimental settings"), chosen by ``distribution``:
+Verification (§3.2). p = f_{c_T}(x_w) is the suspect's target-class probability on a watermark input and q the same
+on the same source image without the trigger (in-distribution) or 1/|Y| (out-of-distribution). Null hypothesis (the
+paper's): p − q < α_c, tested by the one-sided Wilcoxon signed-rank test on d = (p − q) − α_c, whose exact
+(conditional, for ties) null distribution is computed by convolution (``signed_rank_greater``). The key holds
+``n_verify`` watermark inputs the victim never trained on. The paper's watermark detection rate (WDR: the share of
+``wdr_draws`` random draws of ``wdr_fraction`` of the watermark inputs on which the test rejects at ``wdr_alpha``) is
+reported alongside. Whether an innocent model satisfies the null is an assumption, checked on many innocent draws in
+the tests. Given one-hot answers the same test runs on 0/1 indicators, and the evidence says so.
 
-* ``"in"`` (in-distribution): a white ``patch_size``×``patch_size`` square (3×3 on 28×28 in the paper) stamped in the
-  bottom-right corner of source-class images, relabelled as the target class.
-* ``"out"`` (out-of-distribution): images of one class of another data set (``ood_dataset``; for Fashion-MNIST the
-  ``mnist-5k`` digits), relabelled as the target class.
-
-Verification (§3.2). p = f_{c_T}(x_w) is the suspect's target-class probability on a watermark input; for the
-in-distribution kind q = f_{c_T}(x) is the same on the same source image without the trigger. The paper's null is
-H0: p − q < α_c (in-distribution) or p − 1/|Y| < α_c (out-of-distribution) with certainty α_c = 0.3, tested with
-the one-sided Wilcoxon signed-rank test on the differences d = (p − q) − α_c (resp. (p − 1/|Y|) − α_c). The
-key holds ``n_verify`` watermark inputs the victim never trained on (in-distribution: owner-holdout source
-images; out-of-distribution: source-class images held back from training). The evidence's p-value uses all of
-them; the paper's watermark detection rate (WDR: the share of ``wdr_draws`` = 200 random draws of
-``wdr_fraction`` = 1/10 of the watermark inputs on which the test rejects at ``wdr_alpha`` = 0.05) is reported
-alongside.
-
-What is exact. The signed-rank null is "the d_i are independent and symmetric about 0" (the boundary of the
-composite null; for a shift family, a centre below 0 only makes the p-value conservative). The p-value is the
-exact null distribution of W+ (the sum of the ranks of the positive d_i), computed by convolving the n fair sign
-flips of the (mid-)ranks: without ties or zeros this is the distribution of
-``scipy.stats.wilcoxon(d, zero_method="pratt", alternative="greater", method="exact")`` (the tests check they
-agree), with them it is the exact conditional distribution given the tied ranks (suspects answering rounded or
-one-hot probabilities produce ties, where scipy's "exact" is not exact and its default falls back to the normal
-approximation). Nothing is asymptotic. We do not call scipy for the p-value itself: its exact upper tail is
-1 − CDF in floating point, which returns 0 or a negative number below about 1e-16 (e.g. for 60 or more
-all-positive differences), exactly where a victim's evidence lies; the convolution sums the tail directly
-(its smallest value, 2^−n, is exact). Differences are rounded to 1e-6 first (scipy's advice: round-off
-creates false ties). ``zero_method="pratt"``: a zero is a pair exactly at the certainty boundary; Pratt keeps it in
-the ranking (it pushes the other ranks up, as any continuous perturbation would) but gives it no sign, so it is
-evidence for neither side; with the conditional sign-flip null this equals "zsplit" and is the more conservative
-choice over "wilcox", which would discard how many pairs sat at the boundary. Whether an innocent model satisfies
-H0 is an assumption, not a theorem: the tests check it empirically (FPR at 0.05 over many innocent draws).
-
-Label-only suspects: the scheme needs probabilities (``needs = "probs"``). Given one-hot answers the same test
-runs on 0/1 indicators (a label-only variant: "does the trigger flip the prediction to c_T by more than α_c"), and
-the evidence says so.
-
-Parameters (defaults):
-    distribution ("out"): "out" (out-of-distribution source class) or "in" (in-distribution, patch trigger).
-        The paper reports both; "out" is the default because on Fashion-MNIST only it survived soft-label
-        extraction in our runs (the in-distribution mark did not transfer at all, see Deviations).
+Parameters (defaults; probabilities in [0, 1]):
+    distribution ("out"): "out" (out-of-distribution source class) or "in" (in-distribution, patch trigger). The
+        paper reports both; "out" is the default because only it survived soft-label extraction on Fashion-MNIST
+        (measured: benchmarks/README.md, "Measurements behind the scheme and attack defaults").
     source_class (None): c_S, a class of the task (in-distribution) or of ``ood_dataset`` (out-of-distribution);
         None draws it at random (seeded by the training seed) and keeps it secret in the key.
-    target_class (None): c_T; None draws it at random among the other classes (in-distribution) or, for
-        out-of-distribution, takes the class the clean step-1 model finds least likely for the source images
-        (§3: "it should be unlikely for an un-watermarked model to predict x_w as c_T"; a target innocent models
-        already predict for the OOD images would make the 1/|Y| null false).
-    patch_size (3): side of the white square (paper: 3 for 28×28 MNIST, 4 for 32×32, 6 for 64×64).
+    target_class (None): c_T; None draws it among the other classes (in-distribution) or, out-of-distribution,
+        takes the class the clean step-1 model finds least likely for the source images (§3: "it should be unlikely
+        for an un-watermarked model to predict x_w as c_T"; otherwise the 1/|Y| null would be false).
+    patch_size (3): side of the white square in pixels (paper: 3 for 28×28, 4 for 32×32, 6 for 64×64).
     ood_dataset ("mnist-5k"): registry name of the OOD set, optionally with arguments ("synthetic:seed=7;n=500").
     n_watermark (None): watermark training inputs; None uses every available source-class input (owner_train for
         in-distribution, the OOD class minus the verification inputs for out-of-distribution).
-    n_verify (100): watermark inputs kept in the key for verification (never trained on).
+    n_verify (100): watermark inputs kept in the key (owner-holdout source images, or OOD images held back).
     certainty (0.3): α_c of §3.2.
     finetune ("decision-layers"): step 2 trains ``model.classifier`` only; "whole-network" is the paper's baseline.
-    finetune_epochs (5): epochs of step 2 (the paper says "keep fine-tuning"; 5 keeps embedding ≤ 1.5× clean
-        training on Fashion-MNIST).
-    finetune_lr (None): learning rate of step 2; None uses the training config's.
+    finetune_epochs (5): epochs of step 2 (the paper says "keep fine-tuning"; 5 keeps embedding <= 1.5× clean
+        training on Fashion-MNIST). finetune_lr (None): step 2's learning rate; None uses the training config's.
     wdr_draws (200), wdr_fraction (0.1), wdr_alpha (0.05): the WDR of §4 (200 draws of 1/10, level 0.05).
 
-Deviations: the trigger sits flush in the bottom-right corner (the paper says "right-bottom corner" without an
-offset); the out-of-distribution target defaults to the clean model's least likely class (the paper leaves the
-choice open); the default kind is out-of-distribution. Step 2's epochs and learning rate are unstated in the paper.
-
-Measured (Fashion-MNIST, cnn-small, 10 clean epochs, soft-label surrogate on the attacker pool; see the report of
-issue 3): out-of-distribution marks transfer (surrogate p ≈ 2e-27, 94 % of watermark inputs to the target, WDR
-0.995), but so does the paper's whole-network baseline (p ≈ 3e-21, 85 %), against the paper's 0.15 % for its
-baseline; the in-distribution mark does not transfer at all (surrogate p = 1, 0 %, also with finetune_lr=0.01),
-against the paper's 99.7 % on MNIST.
+Deviations: the trigger sits flush in the bottom-right corner (the paper gives no offset); the out-of-distribution
+target defaults to the clean model's least likely class (the paper leaves the choice open); the default kind is
+out-of-distribution. Step 2's epochs and learning rate are unstated in the paper.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -134,7 +99,23 @@ def _sign_flip_sf(doubled_ranks: np.ndarray, observed: int) -> float:
 
 
 def signed_rank_greater(d: np.ndarray | torch.Tensor) -> SignedRank:
-    """One-sided (alternative "greater") Wilcoxon signed-rank test of "the d_i are symmetric about 0"; exact."""
+    """One-sided (alternative "greater") Wilcoxon signed-rank test of "the d_i are symmetric about 0"; exact.
+
+    The signed-rank null is "the d_i are independent and symmetric about 0" (the boundary of the composite null; for
+    a shift family, a centre below 0 only makes the p-value conservative). The p-value is the exact null
+    distribution of W+ (the sum of the ranks of the positive d_i), computed by convolving the n fair sign flips of
+    the (mid-)ranks: without ties or zeros this is the distribution of ``scipy.stats.wilcoxon(d,
+    zero_method="pratt", alternative="greater", method="exact")`` (the tests check they agree); with them it is the
+    exact conditional distribution given the tied ranks (suspects answering rounded or one-hot probabilities produce
+    ties, where scipy's "exact" is not exact and its default falls back to the normal approximation). Nothing is
+    asymptotic. scipy is not called for the p-value itself: its exact upper tail is 1 − CDF in floating point, which
+    returns 0 or a negative number below about 1e-16 (e.g. for 60 or more all-positive differences), exactly where
+    a victim's evidence lies; the convolution sums the tail directly (its smallest value, 2^−n, is exact).
+    Differences are rounded to 1e-6 first (scipy's advice: round-off creates false ties). ``zero_method="pratt"``:
+    a zero is a pair exactly at the certainty boundary; Pratt keeps it in the ranking (it pushes the other ranks
+    up, as any continuous perturbation would) but gives it no sign, so it is evidence for neither side; with the
+    conditional sign-flip null this equals "zsplit" and is the more conservative choice over "wilcox", which would
+    discard how many pairs sat at the boundary."""
     d = np.round(np.asarray(d, dtype=np.float64), ROUND_DECIMALS)
     if d.ndim != 1 or not np.isfinite(d).all():
         raise InvalidArgument("signed-rank differences must be a finite 1-D array")
@@ -312,7 +293,12 @@ class FeatureSharingWatermark(Scheme):
     needs = "probs"
     pretrain = True
     default_arch = "cnn-small"
-    tiny_params = {"distribution": "out", "ood_dataset": "synthetic:seed=11", "n_verify": 30, "finetune_epochs": 5}
+    tiny_params: ClassVar[dict[str, Any]] = {
+        "distribution": "out",
+        "ood_dataset": "synthetic:seed=11",
+        "n_verify": 30,
+        "finetune_epochs": 5,
+    }
     null_hypothesis = (
         "The suspect's watermark certainty is below alpha_c: the differences (p - q) - alpha_c (in-distribution; "
         "p, q = target-class probability with and without the trigger) or (p - 1/|Y|) - alpha_c "

@@ -1,64 +1,57 @@
 """Adversarial frontier stitching (Le Merrer, Pérez and Trédan, Neural Computing and Applications 2020).
 
-Paper: "Adversarial frontier stitching for remote neural network watermarking",
-../shared/papers/frontier-stitching.txt, Algorithms 1 and 2, Sec. 3 and 4.1. Ports read: WRT
-``frontier_stitching.py`` and dunky11's TensorFlow port (implementation notes §5).
+Paper: E. Le Merrer, P. Pérez and G. Trédan, "Adversarial frontier stitching for remote neural network
+watermarking", Neural Computing and Applications 2020: Algorithms 1 and 2, Sec. 3 and 4.1. Implementations read: the
+Watermark-Robustness-Toolbox's ``frontier_stitching.py`` and dunky11's TensorFlow port.
 
 Key (Algorithm 1). FGSM (``copycatch.models.adversarial.fgsm``, L∞, step ``eps`` on [0, 1] inputs, the true label as
-target of the ascent) turns owner-training examples that the trained model classifies correctly into
-candidates. A candidate the model now misclassifies is a *true adversary*, one it still classifies correctly a
-*false adversary*; both sit close to the decision frontier. The key K holds ℓ/2 true and ℓ/2 false adversaries,
-each labelled with its original class. Candidates are quantised to 1/255 (they are stored as uint8) before they
-are sorted into true and false, so the key is exactly what verification queries.
+target of the ascent) turns owner-training examples that the trained model classifies correctly into candidates,
+quantised to 1/255 (the key stores uint8) before they are sorted: one the model now misclassifies is a *true
+adversary*, one it still classifies correctly a *false adversary*; both sit close to the decision frontier. The key
+K holds ℓ/2 true and ℓ/2 false adversaries, each labelled with its original class.
 
-Embedding. The trained model is fine-tuned at ``lr_factor`` × its training learning rate on its own training
-data, with λ × the cross-entropy of ``key_batch`` key inputs added to every step's loss, until every key input
-is classified as its key label (checked every ``check_every`` steps; at most ``max_epochs``). ``Embedding.info``
+Embedding. The trained model is fine-tuned at ``lr_factor`` × its training learning rate on its own training data,
+with λ × the cross-entropy of ``key_batch`` key inputs added to every step's loss, until every key input is
+classified as its key label (checked every ``check_every`` steps; at most ``max_epochs``). ``Embedding.info``
 reports the epochs and steps taken and whether the key was fully stitched.
 
-Verification (Algorithm 2). The suspect labels the key; m_K is the Hamming distance between its answers and the
-key labels. The paper models an unmarked model as matching each key label with probability ½, so
-m_K ~ Binomial(|K|, ½) and the mark is found when m_K < θ, θ the largest count with P(Z ≤ θ−1) < α (θ = 42 for
-|K| = 100 at α = 0.05, θ = 6 for |K| = 20). That p-value, m_K and θ are always reported.
-
-Why a second, exact null (the default, ``null="control"``). The ½ model is an assumption about innocent models,
-and it fails in both directions: a Fashion-MNIST cnn-small trained on the attacker pool matched 96 % of the
-false and 60 % of the true adversaries of an owner's cnn-small at ε = 0.025 (so it would be accused), 70 % and
-9 % at ε = 0.25 (2,000 candidates each; the tests show the paper's null accusing a tiny innocent model). So the key also holds ``n_control`` extra true adversaries
-that are *not* stitched: from ℓ/2 + n_control true adversaries, a uniformly random secret subset of ℓ/2 is
-stitched and the rest are controls, queried alongside (in a secret shuffled order). For any suspect that does
-not depend on which subset was chosen, the stitched ones are a uniform random subset of the true adversaries,
-so — given the suspect's answers — the number of stitched true adversaries it labels with their original class
-is hypergeometric (one-sided Fisher exact test). That holds whatever the suspect is, whatever ε, and costs
-n_control extra queries. False adversaries carry no evidence under this test (the clean model already labels
-them correctly) but stay in K as in the paper: they hold the frontier on both sides.
+Verification (Algorithm 2). m_K is the Hamming distance between the suspect's labels and the key labels. The paper
+models an unmarked model as matching each key label with probability ½: m_K ~ Binomial(|K|, ½), and the mark is found
+when m_K < θ, θ the largest count with P(Z ≤ θ−1) < α (θ = 42 for |K| = 100 at α = 0.05, θ = 6 for |K| = 20). That
+p-value, m_K and θ are always reported. The ½ model is an assumption about innocent models that fails in both directions
+(an innocent model can match far more or far fewer than half of the key, depending on ε; measured:
+benchmarks/README.md), so the default null is exact (``null="control"``): the key also holds ``n_control`` extra true
+adversaries that are *not* stitched: of ℓ/2 + n_control true adversaries a uniformly random secret subset of ℓ/2 is
+stitched and the rest are controls, queried alongside in a secret shuffled order. Null hypothesis: the suspect does not
+depend on which subset was chosen. Then, given its answers, the number of stitched true adversaries it labels with their
+original class is hypergeometric (one-sided Fisher exact test), whatever the suspect and ε. False adversaries carry no
+evidence under this test (the clean model already labels them correctly) but stay in K, holding the frontier.
 
 Parameters (defaults):
     key_length (100): ℓ = |K|, even; ℓ/2 true and ℓ/2 false adversaries are stitched (paper: 20 and 100).
     eps (0.25): FGSM step on [0, 1] inputs (paper default; its 0.025, 0.1 and 0.5 are selectable).
     n_control (50): unstitched true adversaries for the exact test; 0 only with null="paper".
-    null ("control"): "control" — exact hypergeometric test on stitched vs control true adversaries;
-        "paper" — Binomial(|K|, ½) on m_K as in the paper (reported as approximate, exact=False).
+    null ("control"): "control" (exact hypergeometric test on stitched vs control true adversaries) or "paper"
+        (Binomial(|K|, ½) on m_K, reported as approximate, exact=False).
     lr_factor (0.1): fine-tuning learning rate as a share of the training learning rate (paper: 1/10).
     max_epochs (10): bound on fine-tuning epochs over the owner's training data.
     key_batch (32): key inputs (drawn with replacement) added to every fine-tuning step.
-    lam (0.25): weight of the key loss. On Fashion-MNIST (cnn-small) λ = 0.25 stitched the key in 2 epochs at an
-        accuracy cost of 0.3 points, λ = 1 in 2 epochs at 1.6 points (the paper gives no weight).
+    lam (0.25): weight of the key loss (the paper gives none; measured: benchmarks/README.md).
     candidate_batch (512): owner-training examples turned into FGSM candidates at a time.
-    check_every (10): fine-tuning steps between checks of the key; fine-tuning stops at the first check that finds
-        the whole key classified as labelled (also checked at every epoch's end).
+    check_every (10): fine-tuning steps between checks of the key (also checked at every epoch's end); fine-tuning
+        stops at the first check that finds the whole key classified as labelled.
 
-Deviations: the paper's TRAIN(k̂, K) does not say on what data; we fine-tune on the training data with the key
-added to every step (as WRT does with a boosted key) so accuracy is kept, and stop as soon as the whole key is
-stitched instead of after a fixed number of epochs. Candidates come from owner_train (the paper's Fig. 2:
-"from training examples"). The control set and its exact test are ours (see above).
+Deviations: the paper's TRAIN(k̂, K) does not say on what data; we fine-tune on the training data with the key added
+to every step (as WRT does with a boosted key) so accuracy is kept, and stop as soon as the whole key is stitched
+instead of after a fixed number of epochs. Candidates come from owner_train (the paper's Fig. 2: "from training
+examples"). The control set and its exact test are ours.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -139,7 +132,14 @@ class FrontierStitching(Scheme):
     needs = "labels"
     pretrain = True
     default_arch = "cnn-small"
-    tiny_params = {"key_length": 30, "n_control": 30, "eps": 0.25, "max_epochs": 20, "key_batch": 32, "lam": 1.0}
+    tiny_params: ClassVar[dict[str, Any]] = {
+        "key_length": 30,
+        "n_control": 30,
+        "eps": 0.25,
+        "max_epochs": 20,
+        "key_batch": 32,
+        "lam": 1.0,
+    }
     null_hypothesis = (
         "The suspect does not depend on which true adversaries were secretly stitched: the stitched ones are a "
         "uniform random subset of the stitched-plus-control true adversaries, so the number of stitched ones it "

@@ -1,58 +1,49 @@
 """Margin-based watermarking (Kim et al., ICML 2023).
 
-Paper: "Margin-based Neural Network Watermarking", ../shared/papers/margin-based-watermarking.txt,
-Algorithm 1 and Eq. 3/6. Code read: matbambbang/margin-based-watermarking (implementation notes §2).
+Paper: Kim et al., "Margin-based Neural Network Watermarking", ICML 2023: Algorithm 1 and Eq. 3/6. The authors'
+released code (matbambbang/margin-based-watermarking) was read too.
 
-Embedding. ``n_triggers`` held-out inputs (the owner's holdout split, never trained on)
-each get a secret *wrong* label. During training, every batch samples ``trigger_batch``
-triggers with replacement, runs ``steps`` projected gradient-*ascent* steps of
-``step_size`` on the watermark-label loss inside the L∞ ball of radius ``eps``
-(the worst case in the margin), and adds ``lam`` × the cross-entropy of the perturbed
-triggers to the clean loss (Eq. 6). A model that keeps the watermark label on the
-whole ball has a margin around each trigger, and extraction copies part of it.
+Embedding. ``n_triggers`` held-out inputs (the owner's holdout split, never trained on) each get a secret *wrong*
+label. During training, every batch samples ``trigger_batch`` triggers with replacement, runs ``steps`` projected
+gradient-*ascent* steps of ``step_size`` on the watermark-label loss inside the L∞ ball of radius ``eps`` (the worst
+case in the margin), and adds ``lam`` × the cross-entropy of the perturbed triggers to the clean loss (Eq. 6). A
+model that keeps the watermark label on the whole ball has a margin around each trigger, and extraction copies part
+of it.
 
-Verification (exact null). With ``label_strategy="random"`` each secret label was
-drawn uniformly from the C−1 wrong classes, independently of everything a suspect
-can know. So for any suspect independent of the key, among the m triggers it
-misclassifies, the number of hits on the secret label is Binomial(m, 1/(C−1)),
-whatever the suspect is. The p-value is P(X ≥ hits). Labels only are needed, so
-label-only suspects are fine. The raw watermark accuracy (hits / n_triggers) that
-the paper reports is given alongside.
+Verification (exact null). With ``label_strategy="random"`` each secret label was drawn uniformly from the C−1 wrong
+classes, independently of everything a suspect can know. Null hypothesis: the suspect is independent of the key.
+Then, among the m triggers it misclassifies, the number of hits on the secret label is Binomial(m, 1/(C−1)),
+whatever the suspect is, and the p-value is P(X ≥ hits). Labels only are needed, so label-only suspects are fine.
+The raw watermark accuracy (hits / n_triggers) that the paper reports is given alongside.
 
-Parameters (defaults):
+Parameters (defaults; inputs on the [0, 1] scale):
     n_triggers (100): size of the trigger set (paper and code README: 100).
-    label_strategy ("random"): "random" wrong label (paper default), or §4.5's "highest" /
-        "lowest" confidence wrong label of a clean reference model. The last two make
-        the binomial null approximate (an innocent model tends to agree with the reference
-        model), which the evidence says.
+    label_strategy ("random"): "random" wrong label (paper default), or §4.5's "highest" / "lowest" confidence wrong
+        label of a clean reference model. The last two make the binomial null approximate (an innocent model tends
+        to agree with the reference model), which the evidence says.
     steps (5): K, ascent steps per batch (paper).
     step_size (1/255): α, the step of each ascent (paper and code).
-    eps (5/255): ε, L∞ radius of the margin (paper; the code does not project and
-        relies on K·α = ε).
-    lam (1.0): λ of Eq. 6. Algorithm 1 uses 1; the code's mean over [clean CE, 0.1·trigger CE]
-        weighs the trigger term far less. We follow the paper.
+    eps (5/255): ε, L∞ radius of the margin (paper; the code does not project and relies on K·α = ε).
+    lam (1.0): λ of Eq. 6. Algorithm 1 uses 1; the code's mean over [clean CE, 0.1·trigger CE] weighs the trigger
+        term far less. We follow the paper.
     trigger_batch (25): triggers sampled per training batch (code).
-    ascent ("pgd"): how δ is found. "pgd" is Algorithm 1: K fresh ascent steps from δ = 0 on every batch
-        (K extra forward and input-backward passes over the sampled triggers). "free" is a faster option, not
-        in the paper: each trigger keeps its δ across batches and every use takes one ascent step of
-        ``step_size`` with the input gradient of the same backward pass that updates the weights ("free"
-        adversarial training, Shafahi et al., NeurIPS 2019), so the margin costs one extra forward/backward of
-        ``trigger_batch`` inputs per step; ``steps`` is then unused. Measured on Fashion-MNIST (cnn-small,
-        owner 30,000 images, 10 epochs, benchmarks/perf.py): embedding ÷ clean training 2.31× with "pgd" (its
-        passes alone make ≈ 1.85×), 1.32× with "free"; over three seeds at λ = 0.1 (benchmarks/schemes.py) a
-        same-architecture surrogate kept 14.7 ± 4.7 hits with "free" and 18.3 ± 10.2 with "pgd" (worst p 7e-6
-        and 2e-5), at 1.41 ± 0.47 and 1.69 ± 0.49 accuracy points (benchmarks/README.md).
+    ascent ("pgd"): how δ is found. "pgd" is Algorithm 1: K fresh ascent steps from δ = 0 on every batch (K extra
+        forward and input-backward passes over the sampled triggers). "free" is a faster option, not in the paper:
+        each trigger keeps its δ across batches and every use takes one ascent step of ``step_size`` with the input
+        gradient of the same backward pass that updates the weights ("free" adversarial training, Shafahi et al.,
+        NeurIPS 2019), so the margin costs one extra forward/backward of ``trigger_batch`` inputs per step; ``steps``
+        is then unused. "free" embeds markedly faster with a watermark as strong (measured: benchmarks/README.md,
+        "Measurements behind the scheme and attack defaults").
 
-Deviations: triggers are sampled per batch as in the code; the ascent starts from the
-clean trigger every batch (no random start, as in the code); triggers are quantised to
-1/255 as in the code.
+Deviations: triggers are sampled per batch as in the code; the ascent starts from the clean trigger every batch (no
+random start, as in the code); triggers are quantised to 1/255 as in the code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +122,7 @@ class MarginWatermark(Scheme):
     needs = "labels"
     sequential = True
     default_arch = "cnn-small"
-    tiny_params = {"n_triggers": 40, "trigger_batch": 10}
+    tiny_params: ClassVar[dict[str, Any]] = {"n_triggers": 40, "trigger_batch": 10}
     null_hypothesis = (
         "The suspect is independent of the key: each secret trigger label was drawn uniformly from the C-1 wrong "
         "classes, so among the m triggers the suspect misclassifies, hits on the secret label ~ Binomial(m, 1/(C-1))."

@@ -1,8 +1,8 @@
 """Patch backdoor watermark (Zhang et al., AsiaCCS 2018 "content" marks; Gu et al., BadNets 2017), a baseline.
 
-Papers (not in ../shared/papers; cited by the frontier-stitching and DynaMarks papers as refs. [39]/[31] and
-[8]): J. Zhang et al., "Protecting intellectual property of deep neural networks with watermarking"; T. Gu et
-al., "BadNets: identifying vulnerabilities in the machine learning model supply chain".
+Papers (cited by the frontier-stitching and DynaMarks papers as refs. [39]/[31] and [8]): J. Zhang et al.,
+"Protecting intellectual property of deep neural networks with watermarking", AsiaCCS 2018; T. Gu et al., "BadNets:
+identifying vulnerabilities in the machine learning model supply chain", 2017.
 
 Embedding. A small secret patch (a random binary pattern, ``patch_size`` pixels square, stamped over the pixels
 in a corner of the image as in BadNets) is stamped on training inputs, which are relabelled with a secret
@@ -39,6 +39,7 @@ copies of each batch's inputs added to the step's loss, not relabelled members o
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class PatchBackdoor(Scheme):
     acts_at = "training"
     needs = "labels"
     default_arch = "cnn-small"
-    tiny_params = {"n_key": 80, "n_patches": 2, "patch_size": 3}
+    tiny_params: ClassVar[dict[str, Any]] = {"n_key": 80, "n_patches": 2, "patch_size": 3}
     null_hypothesis = (
         "The suspect's answers do not depend on the secret target mapping: each (patch, source class) target was "
         "drawn uniformly from the C-1 other classes, so total hits = sum over groups of the count of answers equal "

@@ -1,9 +1,8 @@
 """Plain trigger-set watermark: the baseline of the margin paper (its Eq. 1), in the style of Adi et al. 2018.
 
-Paper: "Margin-based Neural Network Watermarking" (Kim et al., ICML 2023), ../shared/papers/
-margin-based-watermarking.txt, Eq. 1 and Table 1: train on the task data plus a trigger set of held-out inputs
-with secret wrong labels, with no adversarial margin. The margin paper shows this mark does not survive
-functionality stealing; it is here as the baseline the margin scheme improves on.
+Paper: Kim et al., "Margin-based Neural Network Watermarking", ICML 2023, Eq. 1 and Table 1: train on the task data
+plus a trigger set of held-out inputs with secret wrong labels, with no adversarial margin. The margin paper shows
+this mark does not survive functionality stealing; it is here as the baseline the margin scheme improves on.
 
 Triggers and verification are exactly the margin scheme's (:class:`~copycatch.schemes.margin.MarginWatermark`,
 reused by subclassing): ``n_triggers`` owner-holdout inputs quantised to uint8, each with a secret label drawn
@@ -25,7 +24,7 @@ Deviations: Eq. 1 takes an expectation over the trigger set; like the margin sch
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +61,7 @@ class TriggerSetWatermark(MarginWatermark):
     """Plain trigger set (margin paper's Eq. 1 baseline): wrong-label held-out triggers, no margin."""
 
     name = "trigger-set"
-    tiny_params = {"n_triggers": 40, "trigger_batch": 10}
+    tiny_params: ClassVar[dict[str, Any]] = {"n_triggers": 40, "trigger_batch": 10}
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):

@@ -1,9 +1,8 @@
 """Averaging attack: ask every input n times and train on the mean answer.
 
-Paper: Chakraborty et al., "DynaMarks: Defending Against Deep Learning Model Extraction Using Dynamic
-Watermarking" (``../shared/papers/dynamarks.txt``, Sec. V-C (i) "Averaging Attack"): an API-time
-watermark that randomises each response can be averaged away by querying "repeatedly using the same
-input for 100 times to get a representative sample" for the substitute data set.
+Paper: Chakraborty et al., "DynaMarks: Defending Against Deep Learning Model Extraction Using Dynamic Watermarking"
+(2022), Sec. V-C (i) "Averaging Attack": an API-time watermark that randomises each response can be averaged away by
+querying "repeatedly using the same input for 100 times to get a representative sample" for the substitute data set.
 
 The thief spends ``repeats`` queries per input, averages the answers (the per-input sample mean of the
 API's random responses), and trains the surrogate on those means with the soft-label KL loss. Against

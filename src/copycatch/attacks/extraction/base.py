@@ -185,8 +185,7 @@ def list_extraction_attacks(pattern: str = "*") -> list[str]:
 
 
 def create_extraction_attack(name: str, **params: Any) -> ExtractionAttack:
-    cls = EXTRACTION_ATTACKS.get(name).factory
-    return cls(cls.Params.from_dict({k: v for k, v in params.items() if v is not None}))
+    return EXTRACTION_ATTACKS.create(name, **params)
 
 
 def timed(fn):

@@ -1,8 +1,7 @@
 """Hinton distillation with true labels: the strongest functionality-stealing baseline of the margin paper.
 
-Papers: Kim et al., "Margin-based Neural Network Watermarking" (ICML 2023;
-``../shared/papers/margin-based-watermarking.txt``, Eq. 4 and Appendix B.2, Eq. 7); Hinton, Vinyals and
-Dean, "Distilling the Knowledge in a Neural Network" (2015).
+Papers: Kim et al., "Margin-based Neural Network Watermarking" (ICML 2023, Eq. 4 and Appendix B.2, Eq. 7); Hinton,
+Vinyals and Dean, "Distilling the Knowledge in a Neural Network" (2015).
 
 The thief holds labelled data from the owner's task (the margin paper's distillation uses the victim's
 own training set; here, whatever labelled pool the thief passes — the standard split's attacker pool

@@ -1,9 +1,9 @@
 """Hard-label extraction: the thief trains on the victim's top-1 labels only.
 
-Papers: Tramèr et al., "Stealing Machine Learning Models via Prediction APIs" (USENIX Security 2016) —
-the label-only setting; Orekondy et al., "Knockoff Nets" (CVPR 2019) — the ``--argmaxed`` variant; the
-feature-sharing paper (``../shared/papers/feature-sharing-watermark.txt``, Sec. 5, "the watermark will be
-totally removed when adversary uses the hard label") — hard labels as a watermark-removal strategy.
+Papers: Tramèr et al., "Stealing Machine Learning Models via Prediction APIs" (USENIX Security 2016) — the
+label-only setting; Orekondy et al., "Knockoff Nets" (CVPR 2019) — the ``--argmaxed`` variant; Tang et al., "Was my
+Model Stolen? Feature Sharing for Robust and Transferable Watermarks" (ICLR 2022 submission), Sec. 5 ("the watermark
+will be totally removed when adversary uses the hard label") — hard labels as a watermark-removal strategy.
 
 The thief queries its inputs, keeps only ``argmax`` of each answer and trains the surrogate with
 cross-entropy on those labels. Against a label-only API (``--post hard-label``) this is the natural

@@ -1,9 +1,9 @@
 """Papernot et al.'s Jacobian-based dataset augmentation (JBDA): grow a small seed set along the substitute's
 gradients and label each new point with the victim.
 
-Paper: Papernot, McDaniel, Goodfellow, Jha, Celik and Swami, "Practical Black-Box Attacks against Machine
-Learning" (AsiaCCS 2017), Algorithm 1 and Sec. 4; reference code cleverhans ``mnist_blackbox.py`` and
-``jacobian_augmentation`` (see ``../shared/reference/implementation-notes.md`` §7.2).
+Paper: Papernot, McDaniel, Goodfellow, Jha, Celik and Swami, "Practical Black-Box Attacks against Machine Learning"
+(AsiaCCS 2017), Algorithm 1 and Sec. 4; reference code: cleverhans's ``mnist_blackbox.py`` and
+``jacobian_augmentation``.
 
 Round ρ = 0 … rounds−1: train the surrogate (the substitute) on the current set S_ρ; unless it is the last
 round, add one new point per point of S_ρ,
@@ -44,6 +44,7 @@ reference code does not clip). The Jacobian is that of the substitute's logits, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -113,6 +114,20 @@ class JacobianAugmentation(ExtractionAttack):
             return answers_to_targets(answers)
         return F.one_hot(answers.argmax(dim=1), answers.shape[1]).to(answers.dtype)
 
+    def _label_seeds(
+        self, seeds: TensorData, num_classes: int, ask: Callable[[torch.Tensor, str], torch.Tensor], budget: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """S_0: the seeds with the victim's answers (``seed_labels="oracle"``) or their one-hot pool labels."""
+        if self.params.seed_labels == "oracle":
+            x = seeds.x[:budget]
+            return x, ask(x, "label seeds")
+        if seeds.y.dtype.is_floating_point or int(seeds.y.min()) < 0 or int(seeds.y.max()) >= num_classes:
+            raise InvalidArgument(
+                f"seed_labels=truth needs pool labels in 0…{num_classes - 1}; "
+                "use seed_labels=oracle for a pool without the victim's labels"
+            )
+        return seeds.x, F.one_hot(seeds.y, num_classes).float()
+
     @timed
     def run(
         self,
@@ -136,16 +151,7 @@ class JacobianAugmentation(ExtractionAttack):
                 query_all(oracle, x[:affordable], batch_size=p.query_batch, progress=progress, desc=desc)
             )
 
-        if p.seed_labels == "oracle":
-            x = seeds.x[:budget]
-            targets = ask(x, "label seeds")
-        else:
-            if seeds.y.dtype.is_floating_point or int(seeds.y.min()) < 0 or int(seeds.y.max()) >= oracle.num_classes:
-                raise InvalidArgument(
-                    f"seed_labels=truth needs pool labels in 0…{oracle.num_classes - 1}; "
-                    "use seed_labels=oracle for a pool without the victim's labels"
-                )
-            x, targets = seeds.x, F.one_hot(seeds.y, oracle.num_classes).float()
+        x, targets = self._label_seeds(seeds, oracle.num_classes, ask, budget)
         history = []
         for rho in range(p.rounds):
             result = fit(

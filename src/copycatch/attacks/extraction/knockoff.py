@@ -1,8 +1,8 @@
 """Knockoff Nets: a transfer set drawn from the thief's own images, by a random or an adaptive policy.
 
-Paper: Orekondy, Schiele and Fritz, "Knockoff Nets: Stealing Functionality of Black-Box Models"
-(CVPR 2019), Sec. 4.1 (transfer set), Sec. 4.1.2 and Algorithm 1 (adaptive policy), Sec. 4.2 (training);
-public code tribhuvanesh/knockoffnets (see ``../shared/reference/implementation-notes.md`` §7.1).
+Paper: Orekondy, Schiele and Fritz, "Knockoff Nets: Stealing Functionality of Black-Box Models" (CVPR 2019),
+Sec. 4.1 (transfer set), Sec. 4.1.2 and Algorithm 1 (adaptive policy), Sec. 4.2 (training); the authors' released
+code is tribhuvanesh/knockoffnets.
 
 ``policy="random"`` samples the thief's pool without replacement and, when it is used up, starts over on
 a fresh permutation (the code's "refill"), queries the victim and trains the knockoff on the posteriors
@@ -12,13 +12,9 @@ with soft cross-entropy (``argmaxed=true``: on the top-1 labels).
 (``actions="clusters"``: k-means groups of the thief's images, which needs no labels; ``actions="labels"``:
 the pool's own labels, Orekondy's setting, where they are the thief's annotations of its query set). A
 gradient bandit keeps a preference H over actions, π = softmax(H); every round it draws
-``round_size`` actions from π, one unused image from each, queries them, and rewards each query with
-
-* certainty  R_cert = p_(1) − p_(2), the victim's top-two margin,
-* diversity  R_div = Σ_k max(0, y_k − ȳ_k), ȳ the mean of the last ``window`` answers,
-* loss       R_L = CE(victim answer, knockoff prediction) before the knockoff sees it,
-
-(``reward="all"`` sums the three, each standardised over the rewards seen so far; or pick one). H moves by
+``round_size`` actions from π, one unused image from each, queries them, and rewards each query with its
+certainty, diversity and loss rewards (``bandit_rewards``; ``reward="all"`` sums the three, each standardised
+over the rewards seen so far, or ``reward`` picks one). H moves by
 the gradient-bandit rule H ← H + η (r − r̄)(1[a] − π) with r̄ the running mean reward, and the knockoff
 is updated online on the round's queries. After the budget is spent the knockoff trains on the whole
 transfer set with the thief's training configuration.
@@ -101,7 +97,11 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int, iterations: int = 20, sample: 
 def bandit_rewards(
     answers: torch.Tensor, surrogate_logits: torch.Tensor, recent_mean: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
-    """The three per-query rewards of Knockoff's adaptive policy (Sec. 4.1.2)."""
+    """The three per-query rewards of Knockoff's adaptive policy (Sec. 4.1.2).
+
+    * certainty  R_cert = p_(1) − p_(2), the victim's top-two margin,
+    * diversity  R_div = Σ_k max(0, y_k − ȳ_k), ȳ the mean of the last ``window`` answers (``recent_mean``),
+    * loss       R_L = CE(victim answer, knockoff prediction) before the knockoff sees it."""
     top2 = answers.topk(min(2, answers.shape[1]), dim=1).values
     certainty = top2[:, 0] - top2[:, 1]
     baseline = recent_mean if recent_mean is not None else torch.zeros(answers.shape[1])
@@ -195,12 +195,7 @@ class KnockoffNets(TransferSetAttack):
             n = min(p.round_size, budget - offset)
             policy = torch.softmax(preference, dim=0)
             actions = torch.multinomial(policy, n, replacement=True, generator=gen)
-            index = torch.empty(n, dtype=torch.long)
-            for a in torch.unique(actions).tolist():
-                slots = torch.nonzero(actions == a).flatten()
-                positions = (cursor[a] + torch.arange(len(slots))) % len(orders[a])
-                index[slots] = orders[a][positions]
-                cursor[a] += len(slots)
+            index = _next_images(actions, orders, cursor)
             x = pool.x[index]
             answers = oracle.query(x)
             rewards = bandit_rewards(answers, predict_logits(surrogate, x), None if recent is None else recent.mean(0))
@@ -237,6 +232,18 @@ class KnockoffNets(TransferSetAttack):
         if self.params.reward != "all":
             return rewards[self.params.reward]
         return sum((value - stats[name].mean) / max(stats[name].std, 1e-8) for name, value in rewards.items())
+
+
+def _next_images(actions: torch.Tensor, orders: list[torch.Tensor], cursor: torch.Tensor) -> torch.Tensor:
+    """Pool indices for the drawn ``actions``: each action's next unused images in its own shuffled order (starting
+    over when they run out); ``cursor`` advances in place."""
+    index = torch.empty(len(actions), dtype=torch.long)
+    for a in torch.unique(actions).tolist():
+        slots = torch.nonzero(actions == a).flatten()
+        positions = (cursor[a] + torch.arange(len(slots))) % len(orders[a])
+        index[slots] = orders[a][positions]
+        cursor[a] += len(slots)
+    return index
 
 
 class _RunningStats:

@@ -1,7 +1,6 @@
 """Extraction with a margin: query points pushed towards the victim's decision boundary (margin paper, Eq. 8).
 
-Paper: Kim et al., "Margin-based Neural Network Watermarking" (ICML 2023;
-``../shared/papers/margin-based-watermarking.txt``, Appendix D.2, Eq. 8, Table 6):
+Paper: Kim et al., "Margin-based Neural Network Watermarking" (ICML 2023, Appendix D.2, Eq. 8, Table 6):
 
     min_θ̂ E_x̃ [ ℓ̃( ĥ(x̃ + δ̃), h(x̃ + δ̃) ) ],   δ̃ = argmax_{‖δ‖ ≤ ε} ℓ̃( h(x̃ + δ), h(x̃) ),
 
@@ -88,6 +87,41 @@ class MarginExtraction(ExtractionAttack):
         rounds = self.params.rounds
         return clean, [rest // rounds + (1 if r < rest % rounds else 0) for r in range(rounds)]
 
+    def _perturbed_round(
+        self,
+        oracle: Oracle,
+        surrogate: Classifier,
+        clean_x: torch.Tensor,
+        clean_answers: torch.Tensor,
+        clean_targets: torch.Tensor,
+        r: int,
+        n: int,
+        gen: torch.Generator,
+        *,
+        seed: int,
+        progress: bool | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Round ``r``: PGD on the surrogate from ``n`` clean points whose victim answer is known (cycled through if
+        the round needs more), then the victim's answers on the perturbed points."""
+        p = self.params
+        anchor = draw_indices(len(clean_x), n, seed + 1 + r, refill=True)
+        perturbed = pgd(
+            surrogate,
+            clean_x[anchor],
+            p.eps,
+            p.step_size,
+            p.steps,
+            y=clean_targets[anchor],
+            rand_init=p.rand_init,
+            generator=gen,
+            loss_fn=soft_cross_entropy,
+        )
+        answers = query_all(
+            oracle, perturbed, batch_size=p.query_batch, progress=progress, desc=f"query perturbed {r}/{p.rounds}"
+        )
+        flipped = (answers.argmax(1) != clean_answers[anchor].argmax(1)).float().mean().item()
+        return perturbed, answers, {"round": r, "queries": len(perturbed), "victim_label_changed": flipped}
+
     @timed
     def run(
         self,
@@ -112,28 +146,19 @@ class MarginExtraction(ExtractionAttack):
         history = []
         for r, n in enumerate([0, *per_round]):
             if n:
-                # perturb clean points whose victim answer is known; cycle through them if a round needs more
-                anchor = draw_indices(len(clean_x), n, train.seed + 1 + r, refill=True)
-                perturbed = pgd(
-                    surrogate,
-                    clean_x[anchor],
-                    p.eps,
-                    p.step_size,
-                    p.steps,
-                    y=clean_targets[anchor],
-                    rand_init=p.rand_init,
-                    generator=gen,
-                    loss_fn=soft_cross_entropy,
-                )
-                answers = query_all(
+                perturbed, answers, record = self._perturbed_round(
                     oracle,
-                    perturbed,
-                    batch_size=p.query_batch,
+                    surrogate,
+                    clean_x,
+                    clean_answers,
+                    clean_targets,
+                    r,
+                    n,
+                    gen,
+                    seed=train.seed,
                     progress=progress,
-                    desc=f"query perturbed {r}/{p.rounds}",
                 )
-                flipped = (answers.argmax(1) != clean_answers[anchor].argmax(1)).float().mean().item()
-                history.append({"round": r, "queries": len(perturbed), "victim_label_changed": flipped})
+                history.append(record)
                 xs.append(perturbed)
                 targets.append(answers_to_targets(answers))
             if n or r == 0:

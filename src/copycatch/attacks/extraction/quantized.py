@@ -1,9 +1,9 @@
 """Quantised-posterior extraction: the thief trains on answers rounded to k probability levels.
 
-Paper: Tang et al., "Was my model stolen? Feature sharing for robust and transferable watermarks"
-(``../shared/papers/feature-sharing-watermark.txt``, Sec. 5 "Quantization", Fig. 7): "the numerical
-precision is from 1000-level to 2-level (hard-label)"; Tramèr et al. (2016) and Orekondy et al. (2019b)
-for lower-precision predictions as a way around perturbation-based defences.
+Paper: Tang et al., "Was my Model Stolen? Feature Sharing for Robust and Transferable Watermarks" (ICLR 2022
+submission), Sec. 5 "Quantization", Fig. 7: "the numerical precision is from 1000-level to 2-level (hard-label)";
+Tramèr et al. (2016) and Orekondy et al. (2019b) for lower-precision predictions as a way around perturbation-based
+defences.
 
 Every answer is passed through the ``quantize`` post-processor (:mod:`copycatch.oracles.postprocess`): each
 probability becomes the nearest of the k levels {0, 1/(k−1), …, 1}. Those k-level answers are what the
