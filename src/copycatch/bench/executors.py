@@ -14,6 +14,7 @@ Every executor takes the same task dicts and yields the finished rows as they co
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -158,10 +159,8 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         for ref in self.pending:
-            try:
+            with contextlib.suppress(Exception):  # already finished or gone; nothing to cancel
                 self.ray.cancel(ref, force=True)
-            except Exception:  # already finished or gone; nothing to cancel
-                pass
         self.pending = []
         if self.owns and self.ray.is_initialized():
             self.ray.shutdown()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,39 +86,12 @@ def run_grid(
     with ResultsStore(results) as store:
         cells = grid.cells
         store.set_plan(grid.name, {exp: [c.cell_id for c in cs] for exp, cs in grid.experiments.items()})
-        done = store.finished_ids()
-        failed_before = {r["cell_id"] for r in store.cells(status="failed")}
-        pending = [c for c in cells if c.cell_id not in done and (retry_failed or c.cell_id not in failed_before)]
-        pending = schedule(pending)
-        if limit is not None:
-            pending = pending[: max(0, limit)]
-        done_before = sum(c.cell_id in done for c in cells)
+        pending, done_before = _pending(cells, store, retry_failed=retry_failed, limit=limit)
         if isinstance(executor, str):
-            executor = (
-                create_executor(executor, jobs=min(jobs or os.cpu_count() or 1, max(1, len(pending))), address=address)
-                if pending
-                else None
-            )
-        run_versions = {**versions(), **_git()}
-        run_id = store.start_run(
-            grid.name,
-            grid_file=grid.path,
-            grid_text=grid.text,
-            executor=executor.describe() if executor else "none",
-            planned=len(cells),
-            done_before=done_before,
-            versions=run_versions,
-        )
-        summary = RunSummary(
-            grid.name,
-            str(results),
-            run_id,
-            len(cells),
-            done_before,
-            executor=executor.describe() if executor else "none",
-        )
+            executor = _open_executor(executor, jobs, address, len(pending))
+        summary = _start_run(store, grid, results, executor, len(cells), done_before)
         if not pending:
-            store.finish_run(run_id, computed=0, failed=0)
+            store.finish_run(summary.run_id, computed=0, failed=0)
             return summary
         tasks = [
             {
@@ -130,27 +103,9 @@ def run_grid(
             }
             for c in pending
         ]
-        by_id = {c.cell_id: c for c in pending}
         bar = _bar(len(pending), grid.name, progress)
         try:
-            for row in executor.run(tasks):
-                store.write_cell(row, run_id=run_id)
-                cell = by_id[row["cell_id"]]
-                if row["status"] == "ok":
-                    summary.computed += 1
-                    summary.cpu_seconds += row["metrics"].get("cpu_seconds_cell", 0.0)
-                else:
-                    summary.failed += 1
-                    first = (row.get("error") or "").splitlines()[0] if row.get("error") else "unknown error"
-                    summary.failures.append((row["cell_id"], first))
-                line = _line(summary, len(pending), cell, row)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"ok {summary.computed} failed {summary.failed}", refresh=False)
-                    if row["status"] != "ok":
-                        bar.write(line, file=sys.stderr)
-                else:
-                    log(line)
+            _collect(executor.run(tasks), store, summary, {c.cell_id: c for c in pending}, bar, log)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -158,8 +113,74 @@ def run_grid(
             if bar is not None:
                 bar.close()
             summary.seconds = time.perf_counter() - start
-            store.finish_run(run_id, computed=summary.computed, failed=summary.failed)
+            store.finish_run(summary.run_id, computed=summary.computed, failed=summary.failed)
         return summary
+
+
+def _start_run(
+    store: ResultsStore, grid: Grid, results: Path, executor: Executor | None, planned: int, done_before: int
+) -> RunSummary:
+    """Record the run's start (grid, executor, versions) in the store; the summary to fill in as cells finish."""
+    described = executor.describe() if executor else "none"
+    run_id = store.start_run(
+        grid.name,
+        grid_file=grid.path,
+        grid_text=grid.text,
+        executor=described,
+        planned=planned,
+        done_before=done_before,
+        versions={**versions(), **_git()},
+    )
+    return RunSummary(grid.name, str(results), run_id, planned, done_before, executor=described)
+
+
+def _pending(
+    cells: list[Cell], store: ResultsStore, *, retry_failed: bool, limit: int | None
+) -> tuple[list[Cell], int]:
+    """The cells to run, in schedule order (at most ``limit``), and how many were finished before this run."""
+    done = store.finished_ids()
+    failed_before = {r["cell_id"] for r in store.cells(status="failed")}
+    pending = [c for c in cells if c.cell_id not in done and (retry_failed or c.cell_id not in failed_before)]
+    pending = schedule(pending)
+    if limit is not None:
+        pending = pending[: max(0, limit)]
+    return pending, sum(c.cell_id in done for c in cells)
+
+
+def _open_executor(name: str, jobs: int | None, address: str | None, pending: int) -> Executor | None:
+    """The named executor with no more workers than cells to run; None when there is nothing to run."""
+    if not pending:
+        return None
+    return create_executor(name, jobs=min(jobs or os.cpu_count() or 1, max(1, pending)), address=address)
+
+
+def _collect(
+    rows: Iterable[dict[str, Any]],
+    store: ResultsStore,
+    summary: RunSummary,
+    by_id: dict[str, Cell],
+    bar: Any,
+    log: Callable[[str], None],
+) -> None:
+    """Store each finished cell's row as it arrives, count it in ``summary`` and show it (bar or log line)."""
+    for row in rows:
+        store.write_cell(row, run_id=summary.run_id)
+        cell = by_id[row["cell_id"]]
+        if row["status"] == "ok":
+            summary.computed += 1
+            summary.cpu_seconds += row["metrics"].get("cpu_seconds_cell", 0.0)
+        else:
+            summary.failed += 1
+            first = (row.get("error") or "").splitlines()[0] if row.get("error") else "unknown error"
+            summary.failures.append((row["cell_id"], first))
+        line = _line(summary, len(by_id), cell, row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"ok {summary.computed} failed {summary.failed}", refresh=False)
+            if row["status"] != "ok":
+                bar.write(line, file=sys.stderr)
+        else:
+            log(line)
 
 
 def _line(summary: RunSummary, total: int, cell: Cell, row: dict[str, Any]) -> str:

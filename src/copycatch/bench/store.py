@@ -139,8 +139,8 @@ class ResultsStore:
             self.conn.execute(
                 "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(cell_id) DO UPDATE SET status=excluded.status, config=excluded.config, "
-                "metrics=excluded.metrics, evidence=excluded.evidence, versions=excluded.versions, error=excluded.error, "
-                "run_id=excluded.run_id, worker=excluded.worker, started_at=excluded.started_at, "
+                "metrics=excluded.metrics, evidence=excluded.evidence, versions=excluded.versions, "
+                "error=excluded.error, run_id=excluded.run_id, worker=excluded.worker, started_at=excluded.started_at, "
                 "finished_at=excluded.finished_at, seconds=excluded.seconds WHERE cells.status != 'ok'",
                 values,
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -47,9 +46,6 @@ class Evidence:
         d["decision"] = self.decision
         d["verdict"] = self.verdict
         return _finite(d)
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, **kwargs)
 
     def summary(self) -> str:
         lines = [

@@ -9,11 +9,12 @@ with its name before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from .errors import InvalidArgument
@@ -28,78 +29,105 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Convert ``value`` to ``hint`` (only the simple types parameters use)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
-            if type(None) in typing.get_args(hint):
-                return None
-        errors = []
-        for arg in args:
-            try:
-                return _coerce(name, value, arg)
-            except InvalidArgument as exc:
-                errors.append(str(exc))
-        raise InvalidArgument(errors[0] if errors else f"parameter {name!r}: cannot use {value!r}")
+        return _coerce_union(name, value, hint)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
             raise InvalidArgument(f"parameter {name!r} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
         return value
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.replace(";", ",").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise InvalidArgument(f"parameter {name!r} needs a list, not {value!r}")
-        args = typing.get_args(hint)
-        item = args[0] if args else Any
-        out = [_coerce(name, v, item) for v in value]
-        return tuple(out) if origin is tuple else out
+        return _coerce_sequence(name, value, hint, origin)
     if hint is Any:
         return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise InvalidArgument(f"parameter {name!r} needs true/false, not {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise InvalidArgument(f"parameter {name!r} needs an integer, not {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise InvalidArgument(f"parameter {name!r} needs an integer, not {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                if "/" in value:  # "5/255" is the natural way to write pixel budgets
-                    num, den = value.split("/", 1)
-                    return float(num) / float(den)
-                return float(value)
-            except (ValueError, ZeroDivisionError):
-                pass
-        raise InvalidArgument(f"parameter {name!r} needs a number, not {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise InvalidArgument(f"parameter {name!r} needs a string, not {value!r}")
-    if hint is dict or typing.get_origin(hint) is dict:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise InvalidArgument(f"parameter {name!r} needs a mapping, not {value!r}")
+    if hint in _SCALARS:
+        return _SCALARS[hint](name, value)
+    if hint is dict or origin is dict:
+        return _coerce_dict(name, value)
     return value
+
+
+def _coerce_union(name: str, value: Any, hint: Any) -> Any:
+    """None for an optional's ``None`` (or "none"/"null"), else the first member type that takes ``value``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    is_none = value is None or (isinstance(value, str) and value.lower() in {"none", "null"})
+    if is_none and type(None) in typing.get_args(hint):
+        return None
+    errors = []
+    for arg in args:
+        try:
+            return _coerce(name, value, arg)
+        except InvalidArgument as exc:
+            errors.append(str(exc))
+    raise InvalidArgument(errors[0] if errors else f"parameter {name!r}: cannot use {value!r}")
+
+
+def _coerce_sequence(name: str, value: Any, hint: Any, origin: type) -> Any:
+    """A list or tuple of the item type; a string is split on commas (or semicolons)."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise InvalidArgument(f"parameter {name!r} needs a list, not {value!r}")
+    args = typing.get_args(hint)
+    item = args[0] if args else Any
+    out = [_coerce(name, v, item) for v in value]
+    return tuple(out) if origin is tuple else out
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise InvalidArgument(f"parameter {name!r} needs true/false, not {value!r}")
+
+
+def _coerce_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise InvalidArgument(f"parameter {name!r} needs an integer, not {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value)
+    raise InvalidArgument(f"parameter {name!r} needs an integer, not {value!r}")
+
+
+def _coerce_float(name: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError, ZeroDivisionError):
+            if "/" in value:  # "5/255" is the natural way to write pixel budgets
+                num, den = value.split("/", 1)
+                return float(num) / float(den)
+            return float(value)
+    raise InvalidArgument(f"parameter {name!r} needs a number, not {value!r}")
+
+
+def _coerce_str(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise InvalidArgument(f"parameter {name!r} needs a string, not {value!r}")
+
+
+def _coerce_dict(name: str, value: Any) -> dict[Any, Any]:
+    """A mapping, or a string holding one as JSON."""
+    if isinstance(value, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise InvalidArgument(f"parameter {name!r} needs a mapping, not {value!r}")
+
+
+_SCALARS: dict[Any, Callable[[str, Any], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,12 @@
-"""Small shared helpers: seeding, devices, progress bars, threads."""
+"""Small shared helpers: devices, progress bars, threads."""
 
 from __future__ import annotations
 
 import os
-import random
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-import numpy as np
 import torch
 
 from .errors import InvalidArgument
@@ -16,16 +14,6 @@ from .errors import InvalidArgument
 T = TypeVar("T")
 
 PROGRESS_ENV = "COPYCATCH_PROGRESS"
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch generator for explicit sampling."""
-    if not isinstance(seed, int) or seed < 0:
-        raise InvalidArgument(f"seed must be a non-negative integer, got {seed!r}")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -76,8 +64,3 @@ def default_threads() -> None:
     """Use every core but do not oversubscribe (tests and the CLI call this once)."""
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-
-def batched(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(n, start + batch_size))

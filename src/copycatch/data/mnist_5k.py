@@ -16,7 +16,8 @@ def _package_dir(package: str, extra: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise DataNotFound(
-            f"this data set needs the Python package {package!r}: pip install 'copycatch[{extra}]' (or pip install {package})"
+            f"this data set needs the Python package {package!r}: pip install 'copycatch[{extra}]' "
+            f"(or pip install {package})"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -6,8 +6,8 @@ The one codec of the package: ``copycatch serve`` decodes the images its clients
 ``decode_png(data, expect=(C, H, W))`` checks the header *before* decompressing: the width and height must be
 the model's, so a decompression bomb is refused after 33 bytes, and inflation is capped at the exact size the
 header implies. Supported: every non-interlaced PNG — greyscale (1-16 bit), RGB, grey+alpha and RGBA (8 or 16 bit)
-and palette images (1-8 bit); every CRC is checked. Alpha must be fully opaque (it is dropped); a greyscale PNG is replicated to a
-3-channel model, but colour is never silently turned into grey. Values become float32 in [0, 1].
+and palette images (1-8 bit); every CRC is checked. Alpha must be fully opaque (it is dropped); a greyscale PNG is
+replicated to a 3-channel model, but colour is never silently turned into grey. Values become float32 in [0, 1].
 
 ``encode_png(x)`` writes a C×H×W [0, 1] tensor (C = 1 or 3) as an 8-bit PNG, for clients and tests.
 """
@@ -94,64 +94,13 @@ def decode_png(data: bytes, *, expect: Sequence[int]) -> np.ndarray:
     c_want, h_want, w_want = (int(v) for v in expect)
     if not data.startswith(SIGNATURE):
         raise PngError("not a PNG (bad signature)")
-    header = None
-    palette = None
-    idat = []
-    for kind, body in _chunks(data):
-        if kind == b"IHDR":
-            if header is not None:
-                raise PngError("corrupt PNG (two IHDR chunks)")
-            if len(body) != 13:
-                raise PngError("corrupt PNG (IHDR is not 13 bytes)")
-            header = struct.unpack(">IIBBBBB", body)
-            width, height, depth, ctype, compression, filter_method, interlace = header
-            if (height, width) != (h_want, w_want):
-                raise PngError(f"PNG is {width}×{height} pixels but the model takes {w_want}×{h_want}")
-            if ctype not in _CHANNELS:
-                raise PngError(f"corrupt PNG (colour type {ctype})")
-            allowed = {0: (1, 2, 4, 8, 16), 3: (1, 2, 4, 8)}.get(ctype, (8, 16))
-            if depth not in allowed:
-                raise PngError(
-                    f"invalid {depth}-bit {_KIND[ctype]} PNG (allowed depths: {', '.join(map(str, allowed))})"
-                )
-            if compression != 0 or filter_method != 0:
-                raise PngError("corrupt PNG (unknown compression or filter method)")
-            if interlace != 0:
-                raise PngError("interlaced PNGs are not supported; send non-interlaced PNGs")
-        elif header is None:
-            raise PngError("corrupt PNG (first chunk is not IHDR)")
-        elif kind == b"PLTE":
-            if len(body) % 3 or not body:
-                raise PngError("corrupt PNG (palette length is not a multiple of 3)")
-            palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            idat.append(body)
-    if header is None:
-        raise PngError("corrupt PNG (no IHDR)")
+    header, palette, idat = _read_chunks(data, h_want, w_want)
     width, height, depth, ctype = header[0], header[1], header[2], header[3]
     channels = _CHANNELS[ctype]
     bpp = max(1, channels * depth // 8)  # the filters' byte distance; 1 for sub-byte pixels
     rowbytes = (width * channels * depth + 7) // 8
-    expected = height * (rowbytes + 1)
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(b"".join(idat), expected + 1)
-    except zlib.error:
-        raise PngError("corrupt PNG (image data does not inflate)") from None
-    if len(raw) != expected:
-        raise PngError(f"corrupt PNG (image data inflates to {len(raw)} bytes, expected {expected})")
-    pixels = _unfilter(raw, height, rowbytes, bpp)
-    if depth < 8:  # 1, 2 or 4 bits per pixel (greyscale or palette): unpack, high bits first
-        per_byte = 8 // depth
-        shifts = np.arange(8 - depth, -1, -depth, dtype=np.uint8)
-        unpacked = (pixels[:, :, None] >> shifts) & ((1 << depth) - 1)
-        pixels = unpacked.reshape(height, rowbytes * per_byte)[:, :width]
-        img = pixels.reshape(height, width, 1).astype(np.float32) / ((1 << depth) - 1)
-    elif depth == 16:
-        values = pixels.reshape(height, width, channels, 2).astype(np.uint16)
-        img = (values[..., 0] << 8 | values[..., 1]).astype(np.float32) / 65535.0
-    else:
-        img = pixels.reshape(height, width, channels).astype(np.float32) / 255.0
+    raw = _inflate(b"".join(idat), height * (rowbytes + 1))
+    pixels, img = _samples(_unfilter(raw, height, rowbytes, bpp), width, height, depth, channels)
     if ctype == 3:
         if palette is None:
             raise PngError("corrupt PNG (palette image without PLTE)")
@@ -176,6 +125,76 @@ def decode_png(data: bytes, *, expect: Sequence[int]) -> np.ndarray:
             f"{c_want}-channel images"
         )
     return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def _read_chunks(data: bytes, h_want: int, w_want: int) -> tuple[tuple[int, ...], np.ndarray | None, list[bytes]]:
+    """The checked IHDR fields, the palette (if any) and the IDAT bodies; nothing is inflated yet."""
+    header = None
+    palette = None
+    idat = []
+    for kind, body in _chunks(data):
+        if kind == b"IHDR":
+            if header is not None:
+                raise PngError("corrupt PNG (two IHDR chunks)")
+            header = _check_header(body, h_want, w_want)
+        elif header is None:
+            raise PngError("corrupt PNG (first chunk is not IHDR)")
+        elif kind == b"PLTE":
+            if len(body) % 3 or not body:
+                raise PngError("corrupt PNG (palette length is not a multiple of 3)")
+            palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
+        elif kind == b"IDAT":
+            idat.append(body)
+    if header is None:
+        raise PngError("corrupt PNG (no IHDR)")
+    return header, palette, idat
+
+
+def _check_header(body: bytes, h_want: int, w_want: int) -> tuple[int, ...]:
+    """The IHDR fields, refused unless the size is the model's and the format one we decode."""
+    if len(body) != 13:
+        raise PngError("corrupt PNG (IHDR is not 13 bytes)")
+    header = struct.unpack(">IIBBBBB", body)
+    width, height, depth, ctype, compression, filter_method, interlace = header
+    if (height, width) != (h_want, w_want):
+        raise PngError(f"PNG is {width}×{height} pixels but the model takes {w_want}×{h_want}")
+    if ctype not in _CHANNELS:
+        raise PngError(f"corrupt PNG (colour type {ctype})")
+    allowed = {0: (1, 2, 4, 8, 16), 3: (1, 2, 4, 8)}.get(ctype, (8, 16))
+    if depth not in allowed:
+        raise PngError(f"invalid {depth}-bit {_KIND[ctype]} PNG (allowed depths: {', '.join(map(str, allowed))})")
+    if compression != 0 or filter_method != 0:
+        raise PngError("corrupt PNG (unknown compression or filter method)")
+    if interlace != 0:
+        raise PngError("interlaced PNGs are not supported; send non-interlaced PNGs")
+    return header
+
+
+def _inflate(compressed: bytes, expected: int) -> bytes:
+    """The image data, inflated to at most one byte more than the header implies (so a bomb stops there)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(compressed, expected + 1)
+    except zlib.error:
+        raise PngError("corrupt PNG (image data does not inflate)") from None
+    if len(raw) != expected:
+        raise PngError(f"corrupt PNG (image data inflates to {len(raw)} bytes, expected {expected})")
+    return raw
+
+
+def _samples(pixels: np.ndarray, width: int, height: int, depth: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unfiltered rows as one sample per byte (sub-byte pixels unpacked) and as H×W×channels floats in [0, 1]."""
+    if depth < 8:  # 1, 2 or 4 bits per pixel (greyscale or palette): unpack, high bits first
+        rowbytes = pixels.shape[1]
+        per_byte = 8 // depth
+        shifts = np.arange(8 - depth, -1, -depth, dtype=np.uint8)
+        unpacked = (pixels[:, :, None] >> shifts) & ((1 << depth) - 1)
+        pixels = unpacked.reshape(height, rowbytes * per_byte)[:, :width]
+        return pixels, pixels.reshape(height, width, 1).astype(np.float32) / ((1 << depth) - 1)
+    if depth == 16:
+        values = pixels.reshape(height, width, channels, 2).astype(np.uint16)
+        return pixels, (values[..., 0] << 8 | values[..., 1]).astype(np.float32) / 65535.0
+    return pixels, pixels.reshape(height, width, channels).astype(np.float32) / 255.0
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -166,78 +166,94 @@ def fit(
     scheduler = _scheduler(optimizer, config)
     state = TrainState(model, optimizer, config, device, generator)
     x_all, y_all = data.x.to(device), data.y.to(device)
-    n = len(x_all)
     for hook in hooks:
         hook.on_start(state)
-    best_acc, best_epoch, best_state, waited = -1.0, None, None, 0
+    best = _EarlyStopping(config.patience)
     stopped_early = False
     start = time.perf_counter()
-    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    bar = progress_bar(
-        range(config.epochs * steps_per_epoch),
-        total=config.epochs * steps_per_epoch,
-        desc=desc,
-        enabled=progress,
-        unit="step",
-    )
-    bar_iter = iter(bar)
+    steps = config.epochs * ((len(x_all) + config.batch_size - 1) // config.batch_size)
+    bar_iter = iter(progress_bar(range(steps), total=steps, desc=desc, enabled=progress, unit="step"))
     for epoch in range(config.epochs):
         state.epoch = epoch
-        model.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        total_loss, seen = 0.0, 0
         epoch_start = time.perf_counter()
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            for hook in hooks:
-                replaced = hook.extra_loss(state, x, y, logits, loss)
-                if replaced is not None:
-                    loss = replaced
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            total_loss += loss.detach() * len(idx)
-            seen += len(idx)
-            next(bar_iter, None)
-            for hook in hooks:
-                hook.on_step_end(state)
-            if state.stop:
-                break
+        mean_loss = _train_epoch(state, x_all, y_all, hooks, loss_fn, bar_iter)
         if scheduler is not None:
             scheduler.step()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": float(total_loss) / max(seen, 1),
-            "seconds": time.perf_counter() - epoch_start,
-        }
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - epoch_start}
         if val is not None and len(val):
             record["val_accuracy"] = accuracy(model, val, batch_size=config.eval_batch_size, device=device)
         state.logs = record
         for hook in hooks:
             hook.on_epoch_end(state)
         state.history.append(record)
-        if val is not None and config.patience > 0:
-            acc = record["val_accuracy"]
-            if acc > best_acc:
-                best_acc, best_epoch, waited = acc, epoch + 1, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                if waited >= config.patience:
-                    stopped_early = True
+        if val is not None and config.patience > 0 and best.out_of_patience(record["val_accuracy"], epoch + 1, model):
+            stopped_early = True
         if state.stop or stopped_early:
             stopped_early = True
             break
     for _ in bar_iter:  # drain so the bar closes cleanly after an early stop
         pass
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best.state is not None:
+        model.load_state_dict(best.state)
     model.eval()
-    return TrainResult(state.history, len(state.history), best_epoch, time.perf_counter() - start, stopped_early)
+    return TrainResult(state.history, len(state.history), best.epoch, time.perf_counter() - start, stopped_early)
+
+
+def _train_epoch(
+    state: TrainState,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    hooks: Sequence[TrainHook],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    bar_iter: Iterator[Any],
+) -> float:
+    """One pass over the data in a seeded random order (or up to a hook's stop); returns the mean loss."""
+    model, optimizer, batch_size = state.model, state.optimizer, state.config.batch_size
+    model.train()
+    n = len(x_all)
+    order = torch.randperm(n, generator=state.generator).to(state.device)
+    total_loss, seen = 0.0, 0
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        x, y = x_all[idx], y_all[idx]
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        for hook in hooks:
+            replaced = hook.extra_loss(state, x, y, logits, loss)
+            if replaced is not None:
+                loss = replaced
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.step += 1
+        total_loss += loss.detach() * len(idx)
+        seen += len(idx)
+        next(bar_iter, None)
+        for hook in hooks:
+            hook.on_step_end(state)
+        if state.stop:
+            break
+    return float(total_loss) / max(seen, 1)
+
+
+@dataclasses.dataclass
+class _EarlyStopping:
+    """Early stopping on validation accuracy: the best epoch's weights, and how long since any epoch beat it."""
+
+    patience: int
+    best_acc: float = -1.0
+    epoch: int | None = None
+    state: dict[str, Any] | None = None
+    waited: int = 0
+
+    def out_of_patience(self, acc: float, epoch: int, model: nn.Module) -> bool:
+        """Record this epoch's accuracy; True once ``patience`` epochs in a row have not beaten the best."""
+        if acc > self.best_acc:
+            self.best_acc, self.epoch, self.waited = acc, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
 
 
 @torch.no_grad()

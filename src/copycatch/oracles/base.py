@@ -78,9 +78,6 @@ class Oracle:
         out = self._answer(x)
         return self._check_output(out, len(x))
 
-    def query_labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.query(x).argmax(dim=1)
-
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

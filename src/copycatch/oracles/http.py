@@ -64,6 +64,42 @@ LAYOUTS = ("nchw", "nhwc", "flat")
 OUTPUT_KINDS = ("auto", "probs", "labels", "logits")
 _RETRY_STATUS = {408, 500, 502, 503, 504}
 _MAX_BACKOFF = 60.0
+_BASE_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": "copycatch-http-oracle",
+}
+
+
+def _check_options(
+    url: str,
+    encoding: str,
+    input_layout: str,
+    output_kind: str,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    max_retry_after: float,
+    batch_size: int,
+) -> None:
+    """Refuse an :class:`HttpOracle` option that cannot work, before anything is asked."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidArgument(f"not an http(s) URL: {url!r}")
+    if encoding not in ENCODINGS:
+        raise InvalidArgument(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if input_layout not in LAYOUTS:
+        raise InvalidArgument(f"input_layout must be one of {', '.join(LAYOUTS)}, got {input_layout!r}")
+    if output_kind not in OUTPUT_KINDS:
+        raise InvalidArgument(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+    if not timeout > 0:
+        raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
+    if retries < 0 or backoff < 0 or max_retry_after < 0:
+        raise InvalidArgument(
+            f"retries, backoff and max_retry_after must be >= 0, got {retries}, {backoff}, {max_retry_after}"
+        )
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
 
 
 class HttpOracle(Oracle):
@@ -97,44 +133,19 @@ class HttpOracle(Oracle):
         name: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        parsed = urllib.parse.urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise InvalidArgument(f"not an http(s) URL: {url!r}")
-        if encoding not in ENCODINGS:
-            raise InvalidArgument(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-        if input_layout not in LAYOUTS:
-            raise InvalidArgument(f"input_layout must be one of {', '.join(LAYOUTS)}, got {input_layout!r}")
-        if output_kind not in OUTPUT_KINDS:
-            raise InvalidArgument(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
-        if not timeout > 0:
-            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
-        if retries < 0 or backoff < 0 or max_retry_after < 0:
-            raise InvalidArgument(
-                f"retries, backoff and max_retry_after must be >= 0, got {retries}, {backoff}, {max_retry_after}"
-            )
-        if batch_size < 1:
-            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+        _check_options(url, encoding, input_layout, output_kind, timeout, retries, backoff, max_retry_after, batch_size)
         self.base_url = url.rstrip("/")
         self.predict_url = self.base_url + predict_path if predict_path else url
         self.info_url = (self.base_url + info_path) if info_path else None
-        self.headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "copycatch-http-oracle",
-        }
-        self.headers.update(headers or {})
+        self.headers = {**_BASE_HEADERS, **(headers or {})}
         if api_key:
             self.headers[api_key_header] = api_key
         self.encoding, self.input_layout = encoding, input_layout
         self.input_field = input_field or ("images" if encoding == "png" else "inputs")
         self.output_field, self.requested_output = output_field, output_kind
         self.extra_body = dict(extra_body or {})
-        self.timeout, self.retries, self.backoff, self.max_retry_after = (
-            float(timeout),
-            retries,
-            backoff,
-            max_retry_after,
-        )
+        self.timeout = float(timeout)
+        self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
         self.batch_size, self.transcript, self._sleep = batch_size, transcript, sleep
         self.requests = 0
         self.retried = 0
@@ -142,6 +153,18 @@ class HttpOracle(Oracle):
         if num_classes is None or input_shape is None or class_names is None:
             self.info = self._fetch_info(required=num_classes is None)
         info = self.info or {}
+        num_classes, input_shape = self._agree_with_info(url, info, num_classes, input_shape)
+        super().__init__(num_classes, input_shape, budget=budget, name=name or self.base_url)
+        self.class_names = list(class_names or info.get("class_names") or []) or None
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise InvalidArgument(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if output_kind == "labels" or (output_kind == "auto" and info.get("output") == "label"):
+            self.output_kind = "labels"
+
+    def _agree_with_info(
+        self, url: str, info: dict[str, Any], num_classes: int | None, input_shape: Sequence[int] | None
+    ) -> tuple[int, Sequence[int] | None]:
+        """The number of classes and input shape: as given, else as ``/v1/info`` says; given ones must agree."""
         if num_classes is not None and isinstance(info.get("num_classes"), int) and info["num_classes"] != num_classes:
             raise InvalidArgument(
                 f"{url} says it has {info['num_classes']} classes, but {num_classes} were expected "
@@ -157,12 +180,7 @@ class HttpOracle(Oracle):
             input_shape = info["input_shape"]
         if not isinstance(num_classes, int):
             raise SuspectError(f"{self.info_url} gave num_classes={num_classes!r}; pass num_classes explicitly")
-        super().__init__(num_classes, input_shape, budget=budget, name=name or self.base_url)
-        self.class_names = list(class_names or info.get("class_names") or []) or None
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise InvalidArgument(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        if output_kind == "labels" or (output_kind == "auto" and info.get("output") == "label"):
-            self.output_kind = "labels"
+        return num_classes, input_shape
 
     # -- protocol --------------------------------------------------------------------------------------------------
     def _fetch_info(self, *, required: bool) -> dict[str, Any] | None:

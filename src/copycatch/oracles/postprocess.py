@@ -57,8 +57,7 @@ def list_postprocessors(pattern: str = "*") -> list[str]:
 
 
 def create_postprocessor(name: str, **kwargs: Any) -> PostProcessor:
-    cls = POSTPROCESSORS.get(name).factory
-    return cls(cls.Params.from_dict(kwargs))
+    return POSTPROCESSORS.create(name, **kwargs)
 
 
 def resolve(p: PostProcessor | str) -> Any:

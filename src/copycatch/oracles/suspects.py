@@ -78,10 +78,6 @@ def register_suspect_protocol(cls: type[SuspectProtocol]) -> type[SuspectProtoco
     return cls
 
 
-def list_suspect_protocols(pattern: str = "*") -> list[str]:
-    return SUSPECT_PROTOCOLS.list(pattern)
-
-
 def _protocol_for(text: str) -> SuspectProtocol:
     ordered = sorted(SUSPECT_PROTOCOLS.list(), key=lambda n: (SUSPECT_PROTOCOLS.get(n).factory.priority, n))
     for name in ordered:

@@ -1,10 +1,13 @@
 """Serve a model behind a protected prediction API (the ``serve`` extra: FastAPI + uvicorn).
 
-    from copycatch.serve import ServeConfig, create_app, serve_in_thread
-    app = create_app("victim.safetensors", ServeConfig(output="top-k", rate="100/s", ledger="ledger.jsonl"),
-                     key="victim.cckey")            # scheme.protect applied server-side
-    with serve_in_thread(app) as url:               # http://127.0.0.1:<free port>
-        ...
+>>> import torch, copycatch as cc
+>>> from copycatch.serve import ServeConfig, create_app, serve_in_thread
+>>> model = cc.create_model("mlp", (1, 8, 8), 4, seed=0)      # or a model file, .onnx, module:function
+>>> app = create_app(model, ServeConfig(output="top-k", top_k=2, rate="100/s"))  # key=…: scheme.protect server-side
+>>> with serve_in_thread(app) as url:                          # http://127.0.0.1:<free port>
+...     answers = cc.as_oracle(url).query(torch.rand(3, 1, 8, 8))
+>>> answers.shape, int((answers > 0).sum(dim=1).max())
+(torch.Size([3, 4]), 2)
 
 Modules: :mod:`.app` (routes, request pipeline), :mod:`.config` (:class:`ServeConfig`), :mod:`.validation`
 (request checks, PNG through :mod:`copycatch.data.png`), :mod:`.limits` (token bucket, budgets), :mod:`.ledger`
@@ -61,24 +64,24 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Budget",
     "EXTRA_HINT",
+    "Budget",
     "Keyring",
     "Ledger",
     "QueryLimiter",
     "Rate",
+    "ServeConfig",
+    "Service",
+    "bind_socket",
+    "create_app",
     "decode_png",
     "encode_png",
     "new_key",
+    "protected_oracle",
     "read_ledger",
     "require_extra",
     "row_digests",
-    "summarize",
-    "ServeConfig",
-    "create_app",
-    "Service",
-    "protected_oracle",
-    "serve_in_thread",
-    "bind_socket",
     "run",
+    "serve_in_thread",
+    "summarize",
 ]

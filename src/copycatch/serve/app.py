@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -146,6 +147,16 @@ def answer_validated(oracle: Oracle, x: torch.Tensor) -> torch.Tensor:
     return oracle._check_output(oracle._answer(x), len(x))
 
 
+@dataclasses.dataclass
+class _Call:
+    """One ``/v1/predict`` request on its way through: its ledger line, the response headers, what was charged."""
+
+    request_id: str
+    entry: dict[str, Any]
+    headers: dict[str, str]
+    charged: tuple[str, int] | None = None  # (key, inputs) charged to the limiter, refunded if not answered
+
+
 class Service:
     """State and request handling behind the routes (kept out of the route functions so tests can reach it)."""
 
@@ -262,77 +273,93 @@ class Service:
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
-        entry: dict[str, Any] = {
-            "request": request_id,
-            "key": UNAUTHENTICATED,
-            "client": request.client.host if request.client else None,
-            "output": self.config.output,
-        }
-        headers = {"X-Request-ID": request_id}
-        charged: tuple[str, int] | None = None
+        call = _Call(
+            request_id,
+            entry={
+                "request": request_id,
+                "key": UNAUTHENTICATED,
+                "client": request.client.host if request.client else None,
+                "output": self.config.output,
+            },
+            headers={"X-Request-ID": request_id},
+        )
         try:
-            try:
-                key_id = entry["key"] = self.identify(request)
-                if self.closing:
-                    raise ShuttingDown
-                if self.limiter is not None and (early := self.limiter.quick_reject(key_id)) is not None:
-                    raise self._refusal(early)
-                body = await self.read_body(request)
-                if len(body) > _PARSE_IN_THREAD:
-                    x = await asyncio.to_thread(
-                        parse_predict, body, self.request_model, self.input_shape, self.max_batch
-                    )
-                else:
-                    x = parse_predict(body, self.request_model, self.input_shape, self.max_batch)
-                entry["n"] = len(x)
-                entry["inputs"] = row_digests(x)
-                if self.limiter is not None:
-                    decision = self.limiter.admit(key_id, len(x))
-                    if not decision.allowed:
-                        raise self._refusal(decision)
-                    charged = (key_id, len(x))
-                    if decision.budget_remaining is not None:
-                        headers["X-Budget-Remaining"] = str(decision.budget_remaining)
-                out = await self.batcher.submit(x)
-                payload, digests = self.encode(out)
-                entry["outputs"] = digests
-                status = 200
-            except RequestError as exc:
-                status, payload = exc.status, {"detail": exc.detail}
-                headers.update(exc.headers)
-            except ShuttingDown:
-                status, payload = 503, {"detail": "the server is shutting down; retry on another instance"}
-                headers["Retry-After"] = "1"
-            except ClientDisconnect:  # nobody is left to answer; recorded as nginx does (499)
-                status, payload = 499, {"detail": "client closed the connection before sending the whole body"}
-            except Exception:
-                log.exception("request %s failed", request_id)
-                status = 500
-                payload = {"detail": f"internal server error (request {request_id}); the server log has details"}
-            entry["status"] = status
-            entry["ms"] = round((time.perf_counter() - started) * 1000, 2)
+            status, payload = await self._respond(request, call)
+            call.entry["status"] = status
+            call.entry["ms"] = round((time.perf_counter() - started) * 1000, 2)
             if status != 200:
-                entry.pop("outputs", None)
-                entry["error"] = payload["detail"][:200]
+                call.entry.pop("outputs", None)
+                call.entry["error"] = payload["detail"][:200]
             if self.ledger is not None:
-                try:
-                    if self.config.fsync == "always":
-                        await asyncio.to_thread(self.ledger.record, entry)
-                    else:
-                        self.ledger.record(entry)
-                except (LedgerError, OSError, ValueError):
-                    log.exception("ledger write failed for request %s", request_id)
-                    if status == 200:  # withhold answers we could not record
-                        status, payload = 503, {"detail": "the query ledger cannot be written; not answering"}
-                        headers["Retry-After"] = "5"
-            if status != 200 and charged is not None and self.limiter is not None:
-                self.limiter.refund(*charged)
-                headers.pop("X-Budget-Remaining", None)
-            return JSONResponse(payload, status_code=status, headers=headers)
+                status, payload = await self._record(call, status, payload)
+            if status != 200:
+                self._refund(call)
+            return JSONResponse(payload, status_code=status, headers=call.headers)
         except asyncio.CancelledError:  # the client went away mid-request
-            if charged is not None and self.limiter is not None:
-                self.limiter.refund(*charged)
+            self._refund(call)
             raise
+
+    async def _respond(self, request: Request, call: _Call) -> tuple[int, dict[str, Any]]:
+        """The status and JSON payload for this request: the answer, or a refusal that says why."""
+        try:
+            return 200, await self._answer_request(request, call)
+        except RequestError as exc:
+            call.headers.update(exc.headers)
+            return exc.status, {"detail": exc.detail}
+        except ShuttingDown:
+            call.headers["Retry-After"] = "1"
+            return 503, {"detail": "the server is shutting down; retry on another instance"}
+        except ClientDisconnect:  # nobody is left to answer; recorded as nginx does (499)
+            return 499, {"detail": "client closed the connection before sending the whole body"}
+        except Exception:
+            log.exception("request %s failed", call.request_id)
+            return 500, {"detail": f"internal server error (request {call.request_id}); the server log has details"}
+
+    async def _answer_request(self, request: Request, call: _Call) -> dict[str, Any]:
+        """Steps 1-6 of the module docstring; raises what refuses the request."""
+        key_id = call.entry["key"] = self.identify(request)
+        if self.closing:
+            raise ShuttingDown
+        if self.limiter is not None and (early := self.limiter.quick_reject(key_id)) is not None:
+            raise self._refusal(early)
+        body = await self.read_body(request)
+        if len(body) > _PARSE_IN_THREAD:
+            x = await asyncio.to_thread(parse_predict, body, self.request_model, self.input_shape, self.max_batch)
+        else:
+            x = parse_predict(body, self.request_model, self.input_shape, self.max_batch)
+        call.entry["n"] = len(x)
+        call.entry["inputs"] = row_digests(x)
+        if self.limiter is not None:
+            decision = self.limiter.admit(key_id, len(x))
+            if not decision.allowed:
+                raise self._refusal(decision)
+            call.charged = (key_id, len(x))
+            if decision.budget_remaining is not None:
+                call.headers["X-Budget-Remaining"] = str(decision.budget_remaining)
+        out = await self.batcher.submit(x)
+        payload, digests = self.encode(out)
+        call.entry["outputs"] = digests
+        return payload
+
+    async def _record(self, call: _Call, status: int, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Write the ledger line; an answer that cannot be recorded is withheld (503)."""
+        try:
+            if self.config.fsync == "always":
+                await asyncio.to_thread(self.ledger.record, call.entry)
+            else:
+                self.ledger.record(call.entry)
+        except (LedgerError, OSError, ValueError):
+            log.exception("ledger write failed for request %s", call.request_id)
+            if status == 200:  # withhold answers we could not record
+                call.headers["Retry-After"] = "5"
+                return 503, {"detail": "the query ledger cannot be written; not answering"}
+        return status, payload
+
+    def _refund(self, call: _Call) -> None:
+        """Give back the inputs charged to the key for a request that was not answered."""
+        if call.charged is not None and self.limiter is not None:
+            self.limiter.refund(*call.charged)
+            call.headers.pop("X-Budget-Remaining", None)
 
     def usage(self, key_id: str) -> dict[str, Any]:
         budget = self.limiter.budget if self.limiter is not None else None
@@ -410,8 +437,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    _add_predict_route(app, service)
+    _add_read_routes(app, service)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_predict_route(app: FastAPI, service: Service) -> None:
+    """``POST /v1/predict``, documented with the request schema of the served input shape and output mode."""
     schema = service.request_model.model_json_schema()
-    response_model = LabelsResponse if config.output == "label" else ProbabilitiesResponse
+    labels = service.config.output == "label"
 
     async def predict(request: Request) -> JSONResponse:
         return await service.predict(request)
@@ -420,14 +455,18 @@ def create_app(
         "/v1/predict",
         predict,
         methods=["POST"],
-        response_model=response_model,
+        response_model=LabelsResponse if labels else ProbabilitiesResponse,
         summary="Predict a batch of inputs",
         description=f"`inputs`: N×{'×'.join(map(str, service.input_shape))} nested lists of numbers in [0, 1], or "
         f"`images`: N base64 PNGs; 1 ≤ N ≤ {service.max_batch}. Answers "
-        + ("`labels`." if config.output == "label" else "`probabilities`, one row per input."),
+        + ("`labels`." if labels else "`probabilities`, one row per input."),
         responses=_ERRORS,
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     )
+
+
+def _add_read_routes(app: FastAPI, service: Service) -> None:
+    """``GET /v1/info``, ``GET /v1/usage`` (both behind the API key, when there is one) and ``GET /healthz``."""
 
     def _guarded(request: Request) -> str | JSONResponse:
         try:
@@ -466,6 +505,10 @@ def create_app(
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return {"status": "ok"}
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as a JSON ``{"detail": ...}``; an unexpected one logged here and answered 500 without details."""
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -482,5 +525,3 @@ def create_app(
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal server error; the server log has details"}, status_code=500)
-
-    return app

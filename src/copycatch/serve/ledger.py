@@ -113,7 +113,6 @@ class Ledger:
         self._closed = False
         self._fd = -1
         self._lock_fd = -1
-        self.lines_written = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -205,7 +204,6 @@ class Ledger:
             if self._size and self._size + len(line) > self.max_bytes:
                 self._rotate()
             self._write_all(line)
-            self.lines_written += 1
             if self.fsync == "always":
                 os.fsync(self._fd)
             else:

@@ -54,6 +54,9 @@ def environment() -> dict[str, Any]:
     }
 
 
+_KEY_META = ("created", "dataset", "arch", "num_classes", "input_shape", "victim_sha256", "package_version")
+
+
 def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict[str, Any]:
     """The JSON evidence record of a :class:`~copycatch.verification.session.VerificationRun`."""
     per_key = []
@@ -63,19 +66,7 @@ def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict
             "digest": key.digest,
             "scheme": key.scheme,
             "params": key.params,
-            "meta": {
-                k: key.meta.get(k)
-                for k in (
-                    "created",
-                    "dataset",
-                    "arch",
-                    "num_classes",
-                    "input_shape",
-                    "victim_sha256",
-                    "package_version",
-                )
-                if k in key.meta
-            },
+            "meta": {k: key.meta.get(k) for k in _KEY_META if k in key.meta},
         }
         per_key.append(d)
     doc: dict[str, Any] = {
@@ -93,33 +84,33 @@ def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict
         "command": list(command) if command is not None else None,
         "environment": environment(),
     }
-    if len(run.evidences) == 1:  # the headline fields at the top for the common single-key case
-        e = run.evidences[0]
-        doc.update(
-            {
-                "scheme": e.scheme,
-                "null_hypothesis": e.null_hypothesis,
-                "statistic_name": e.statistic_name,
-                "statistic": e.statistic,
-                "p_value": e.p_value,
-                "exact": e.exact,
-                "key_digest": e.key_digest,
-            }
-        )
-    else:
-        c = run.combined
-        doc.update(
-            {
-                "scheme": "+".join(e.scheme for e in run.evidences),
-                "null_hypothesis": c.null_hypothesis,
-                "statistic_name": f"{c.method} combined p-value",
-                "statistic": c.p_value,
-                "p_value": c.p_value,
-                "exact": all(e.exact for e in run.evidences),
-                "key_digest": [e.key_digest for e in run.evidences],
-            }
-        )
+    doc.update(_headline(run))
     return _finite(doc)
+
+
+def _headline(run: Any) -> dict[str, Any]:
+    """The headline fields at the top of the document: the one key's, or the combination's over several keys."""
+    if len(run.evidences) == 1:  # the common single-key case
+        e = run.evidences[0]
+        return {
+            "scheme": e.scheme,
+            "null_hypothesis": e.null_hypothesis,
+            "statistic_name": e.statistic_name,
+            "statistic": e.statistic,
+            "p_value": e.p_value,
+            "exact": e.exact,
+            "key_digest": e.key_digest,
+        }
+    c = run.combined
+    return {
+        "scheme": "+".join(e.scheme for e in run.evidences),
+        "null_hypothesis": c.null_hypothesis,
+        "statistic_name": f"{c.method} combined p-value",
+        "statistic": c.p_value,
+        "p_value": c.p_value,
+        "exact": all(e.exact for e in run.evidences),
+        "key_digest": [e.key_digest for e in run.evidences],
+    }
 
 
 def write_report(directory: str | os.PathLike, run: Any, *, command: Sequence[str] | None = None) -> dict[str, Path]:
@@ -234,55 +225,12 @@ def _suspect_line(s: dict[str, Any]) -> str:
 
 def _evidence_section(i: int, item: dict[str, Any], evidence: Evidence, calibration: Any) -> str:
     seq = evidence.details.get("sequential") or {}
-    pairs = [
-        ("scheme", _e(evidence.scheme)),
-        ("null hypothesis", _e(evidence.null_hypothesis)),
-        ("statistic", f"{_e(evidence.statistic_name)} = {_e(_fmt(evidence.statistic))}"),
-        ("p-value", _e(f"{evidence.p_value:.4g}") + ("" if evidence.exact else " <b>(approximate; see notes)</b>")),
-        ("α", _e(_fmt(evidence.alpha))),
-        ("decision", _e(evidence.verdict)),
-        (
-            "queries used",
-            _e(evidence.queries)
-            + (
-                f" of {_e(evidence.metrics.get('key_size'))} (sequential; stopped: {_e(seq.get('stop_reason'))})"
-                if seq.get("used")
-                else " (fixed test on the whole key)"
-            ),
-        ),
-        ("key digest", f"<code>{_e(evidence.key_digest)}</code>"),
-    ]
-    pairs += [(k, _e(_fmt(v))) for k, v in evidence.metrics.items() if k not in {"key_size", "stopped"}]
-    body = [f"<h2>Evidence {i + 1}: {_e(evidence.scheme)}</h2>", _rows(pairs)]
+    body = [f"<h2>Evidence {i + 1}: {_e(evidence.scheme)}</h2>", _rows(_evidence_rows(evidence, seq))]
     null_model = evidence.details.get("null_model")
     if null_model and null_model.get("type") == "binomial":
-        body.append(
-            "<h3>The suspect against the null distribution</h3>" + binomial_null_svg(null_model, evidence.alpha)
-        )
-    if null_model and null_model.get("type") == "binomial" and null_model["trials"]:
-        body.append(
-            f"<p class='note small'>Bars: the probability of each value of the statistic for a model "
-            f"independent of the key (Binomial({null_model['trials']}, {null_model['rate']:.3g})); "
-            f"shaded: values that are significant at α. The red line is the suspect.</p>"
-        )
+        body += _binomial_null_plot(null_model, evidence.alpha)
     if calibration is not None:
-        body.append(
-            "<h3>The suspect among innocent reference models</h3>"
-            + calibration_svg(
-                calibration.p_values,
-                [r.get("kind", "") for r in calibration.references],
-                evidence.p_value,
-                evidence.alpha,
-            )
-        )
-        rates = "; ".join(
-            f"α={f['alpha']:g}: {f['false_positives']}/{f['n']} (95% CI {f['ci95'][0]:.3g}–{f['ci95'][1]:.3g})"
-            for f in evidence.details.get("calibration", {}).get("false_positive_rates", [])
-        )
-        body.append(
-            f"<p class='note small'>Each dot is an innocent model verified with the same key (−log10 of its "
-            f"p-value); the red line is the suspect. Innocent models called stolen: {_e(rates)}.</p>"
-        )
+        body += _calibration_plot(evidence, calibration)
     if not null_model and calibration is None:
         body.append(pvalue_svg(evidence.p_value, evidence.alpha))
         body.append(
@@ -299,6 +247,57 @@ def _evidence_section(i: int, item: dict[str, Any], evidence: Evidence, calibrat
     if evidence.notes:
         body.append("<ul class='note small'>" + "".join(f"<li>{_e(n)}</li>" for n in evidence.notes) + "</ul>")
     return "\n".join(body)
+
+
+def _evidence_rows(evidence: Evidence, seq: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table of one key's evidence: what was tested, the result, and the scheme's metrics."""
+    if seq.get("used"):
+        how = f" of {_e(evidence.metrics.get('key_size'))} (sequential; stopped: {_e(seq.get('stop_reason'))})"
+    else:
+        how = " (fixed test on the whole key)"
+    pairs = [
+        ("scheme", _e(evidence.scheme)),
+        ("null hypothesis", _e(evidence.null_hypothesis)),
+        ("statistic", f"{_e(evidence.statistic_name)} = {_e(_fmt(evidence.statistic))}"),
+        ("p-value", _e(f"{evidence.p_value:.4g}") + ("" if evidence.exact else " <b>(approximate; see notes)</b>")),
+        ("α", _e(_fmt(evidence.alpha))),
+        ("decision", _e(evidence.verdict)),
+        ("queries used", _e(evidence.queries) + how),
+        ("key digest", f"<code>{_e(evidence.key_digest)}</code>"),
+    ]
+    pairs += [(k, _e(_fmt(v))) for k, v in evidence.metrics.items() if k not in {"key_size", "stopped"}]
+    return pairs
+
+
+def _binomial_null_plot(null_model: dict[str, Any], alpha: float) -> list[str]:
+    """The suspect's statistic on its exact binomial null distribution, and (if anything was counted) a caption."""
+    body = ["<h3>The suspect against the null distribution</h3>" + binomial_null_svg(null_model, alpha)]
+    if null_model["trials"]:
+        body.append(
+            f"<p class='note small'>Bars: the probability of each value of the statistic for a model "
+            f"independent of the key (Binomial({null_model['trials']}, {null_model['rate']:.3g})); "
+            f"shaded: values that are significant at α. The red line is the suspect.</p>"
+        )
+    return body
+
+
+def _calibration_plot(evidence: Evidence, calibration: Any) -> list[str]:
+    """The suspect's p-value among the calibration's innocent reference models, and their false-positive rates."""
+    plot = calibration_svg(
+        calibration.p_values,
+        [r.get("kind", "") for r in calibration.references],
+        evidence.p_value,
+        evidence.alpha,
+    )
+    rates = "; ".join(
+        f"α={f['alpha']:g}: {f['false_positives']}/{f['n']} (95% CI {f['ci95'][0]:.3g}–{f['ci95'][1]:.3g})"
+        for f in evidence.details.get("calibration", {}).get("false_positive_rates", [])
+    )
+    return [
+        "<h3>The suspect among innocent reference models</h3>" + plot,
+        f"<p class='note small'>Each dot is an innocent model verified with the same key (−log10 of its "
+        f"p-value); the red line is the suspect. Innocent models called stolen: {_e(rates)}.</p>",
+    ]
 
 
 def _combined_section(c: dict[str, Any]) -> str:
@@ -335,11 +334,11 @@ def _transcript_section(t: dict[str, Any]) -> str:
                 ("hash rule", _e(t["hash_rule"])),
             ]
         )
-        + "<p class='small'>To check the record: <code>python -m copycatch.verification.transcript transcript.jsonl</code> "
-        "recomputes every hash; its head must equal the head above (also listed, with every line's hash, in "
-        "<code>evidence.json</code>). With the key, <code>copycatch verify --key KEY --suspect SUSPECT "
-        "--transcript transcript.jsonl --offline</code> recomputes the evidence from the recorded answers "
-        "without asking the suspect anything.</p>"
+        + "<p class='small'>To check the record: "
+        "<code>python -m copycatch.verification.transcript transcript.jsonl</code> recomputes every hash; its head "
+        "must equal the head above (also listed, with every line's hash, in <code>evidence.json</code>). With the "
+        "key, <code>copycatch verify --key KEY --suspect SUSPECT --transcript transcript.jsonl --offline</code> "
+        "recomputes the evidence from the recorded answers without asking the suspect anything.</p>"
     )
 
 

@@ -127,13 +127,73 @@ def verify_sequential(
     alpha = scheme.check_alpha(stop_alpha if stop_alpha is not None else alpha)
     scheme.check_key(key, oracle)
     if not scheme.sequential:
-        evidence = scheme.verify(oracle, key, alpha=decision_alpha, progress=progress)
-        evidence.notes.append(
-            f"scheme {scheme.name!r} has no per-query Bernoulli statistic: verified with the fixed "
-            "test on the whole key (no sequential stopping)"
-        )
-        evidence.details.setdefault("sequential", {"used": False})
-        return evidence
+        return _fixed_test_instead(scheme, oracle, key, alpha=decision_alpha, progress=progress)
+    run = _query_in_batches(scheme, oracle, key, plan, alpha, progress)
+    last, n, q = run.trajectory[-1], run.key_size, run.null_rate
+    metrics: dict[str, Any] = {}
+    notes = list(run.outcome.notes)
+    details: dict[str, Any] = {}
+    if last.queried == n and n:
+        full = scheme.evidence_from_answers(torch.cat(run.answers), key, alpha=decision_alpha, queries=run.queries)
+        metrics.update(full.metrics)
+        notes += [note for note in full.notes if note not in notes]
+        details["fixed_test_p_value"] = full.p_value
+    metrics.update(
+        {
+            "queried": last.queried,
+            "key_size": n,
+            "successes": last.successes,
+            "counted": last.counted,
+            "null_rate": q,
+            "max_e_value": math.exp(min(run.max_log_e, 700.0)),
+            "stopped": run.reason,
+        }
+    )
+    notes += _sequential_notes(run, plan.early_share, alpha, decision_alpha)
+    details.update(_sequential_details(run, plan, alpha))
+    return scheme.evidence(
+        key,
+        statistic_name=run.outcome.statistic_name,
+        statistic=last.successes,
+        p_value=last.p_value,
+        alpha=decision_alpha,
+        queries=run.queries,
+        exact=run.outcome.exact,
+        metrics=metrics,
+        details=details,
+        notes=notes,
+    )
+
+
+def _fixed_test_instead(scheme: Any, oracle: Oracle, key: Key, *, alpha: float, progress: bool | None) -> Evidence:
+    """The fixed test on the whole key, for a scheme without per-query Bernoulli outcomes; the evidence says so."""
+    evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
+    evidence.notes.append(
+        f"scheme {scheme.name!r} has no per-query Bernoulli statistic: verified with the fixed "
+        "test on the whole key (no sequential stopping)"
+    )
+    evidence.details.setdefault("sequential", {"used": False})
+    return evidence
+
+
+@dataclasses.dataclass
+class _SequentialRun:
+    """What asking the key batch by batch gave: the answers, the test's trajectory and why it stopped."""
+
+    key_size: int
+    null_rate: float
+    answers: list[torch.Tensor]
+    trajectory: list[SequentialState]
+    outcome: Any
+    reason: str
+    max_log_e: float
+    queries: int
+
+
+def _query_in_batches(
+    scheme: Any, oracle: Oracle, key: Key, plan: SequentialPlan, alpha: float, progress: bool | None
+) -> _SequentialRun:
+    """Ask the key's inputs ``plan.batch_size`` at a time, updating the test after each batch, until it stops."""
     probe = scheme.bernoulli_outcomes(torch.empty(0, oracle.num_classes), key)
     q = float(probe.null_rate)
     x = scheme.verification_inputs(key)
@@ -150,82 +210,71 @@ def verify_sequential(
         state, can_still_reject = _update(outcome, n, q, w, alpha, max_log_e)
         max_log_e = state.max_log_e
         trajectory.append(state)
-        if state.p_early <= w * alpha:
-            reason = "early"
-        elif state.p_fixed_bound <= (1 - w) * alpha:
-            reason = "curtailed"
-        elif state.queried == n:
-            break
-        elif not can_still_reject:
-            reason = "futility"
-        if reason != "exhausted":
+        stop = _stop_reason(state, n, w, alpha, can_still_reject)
+        if stop is not None:
+            reason = stop
             break
     if not trajectory:  # an empty key: no evidence at all
         trajectory.append(SequentialState(0, 0, 0, 0.0, 1.0, 1.0, 1.0))
-    last = trajectory[-1]
-    all_answers = torch.cat(answers) if answers else torch.empty(0, oracle.num_classes)
     queries = oracle.queries - start_queries
-    metrics: dict[str, Any] = {}
-    notes = list(outcome.notes)
-    details: dict[str, Any] = {}
-    if last.queried == n and n:
-        full = scheme.evidence_from_answers(all_answers, key, alpha=decision_alpha, queries=queries)
-        metrics.update(full.metrics)
-        notes += [note for note in full.notes if note not in notes]
-        details["fixed_test_p_value"] = full.p_value
-    metrics.update(
-        {
-            "queried": last.queried,
-            "key_size": n,
-            "successes": last.successes,
-            "counted": last.counted,
-            "null_rate": q,
-            "max_e_value": math.exp(min(max_log_e, 700.0)),
-            "stopped": reason,
-        }
-    )
+    return _SequentialRun(n, q, answers, trajectory, outcome, reason, max_log_e, queries)
+
+
+def _stop_reason(state: SequentialState, n: int, w: float, alpha: float, can_still_reject: bool) -> str | None:
+    """Why the test stops after this batch (a key of :data:`STOP_REASONS`), or None to ask the next batch."""
+    if state.p_early <= w * alpha:
+        return "early"
+    if state.p_fixed_bound <= (1 - w) * alpha:
+        return "curtailed"
+    if state.queried == n:
+        return "exhausted"
+    if not can_still_reject:
+        return "futility"
+    return None
+
+
+def _sequential_notes(run: _SequentialRun, w: float, alpha: float, decision_alpha: float) -> list[str]:
+    """The notes that explain the sequential test, where it stopped and why."""
+    last, n = run.trajectory[-1], run.key_size
     saved = n - last.queried
-    notes.append(
+    notes = [
         f"sequential test, valid at any stopping time: p = min(1, p_e/{w:g}, p_fixed/{1 - w:g}), where p_e = 1/max "
-        f"e-value (mixture likelihood ratio over success rates in [{q:.3g}, 1]; Ville's inequality) and p_fixed = the "
-        "exact binomial p-value of the whole key under the least favourable answers to the unasked inputs"
-    )
-    notes.append(f"stopped after {last.queried} of {n} inputs ({saved} queries saved): {STOP_REASONS[reason]}")
+        f"e-value (mixture likelihood ratio over success rates in [{run.null_rate:.3g}, 1]; Ville's inequality) and "
+        "p_fixed = the exact binomial p-value of the whole key under the least favourable answers to the unasked "
+        "inputs",
+        f"stopped after {last.queried} of {n} inputs ({saved} queries saved): {STOP_REASONS[run.reason]}",
+    ]
     if alpha != decision_alpha:
         notes.append(
             f"the stopping rule aimed at {alpha:g} (α shared among combined keys), the decision uses "
             f"α = {decision_alpha:g}"
         )
-    details["null_model"] = {
-        "type": "binomial",
-        "trials": last.counted,
-        "rate": q,
-        "observed": last.successes,
-        "statistic_name": outcome.statistic_name,
+    return notes
+
+
+def _sequential_details(run: _SequentialRun, plan: SequentialPlan, alpha: float) -> dict[str, Any]:
+    """The evidence's ``null_model`` and ``sequential`` details: the binomial null and the whole trajectory."""
+    last, w = run.trajectory[-1], plan.early_share
+    return {
+        "null_model": {
+            "type": "binomial",
+            "trials": last.counted,
+            "rate": run.null_rate,
+            "observed": last.successes,
+            "statistic_name": run.outcome.statistic_name,
+        },
+        "sequential": {
+            "used": True,
+            "batch_size": plan.batch_size,
+            "early_share": w,
+            "stop_alpha": alpha,
+            "early_threshold": w * alpha,
+            "fixed_threshold": (1 - w) * alpha,
+            "stop_reason": run.reason,
+            "queries_saved": run.key_size - last.queried,
+            "trajectory": [s.to_dict() for s in run.trajectory],
+        },
     }
-    details["sequential"] = {
-        "used": True,
-        "batch_size": plan.batch_size,
-        "early_share": w,
-        "stop_alpha": alpha,
-        "early_threshold": w * alpha,
-        "fixed_threshold": (1 - w) * alpha,
-        "stop_reason": reason,
-        "queries_saved": saved,
-        "trajectory": [s.to_dict() for s in trajectory],
-    }
-    return scheme.evidence(
-        key,
-        statistic_name=outcome.statistic_name,
-        statistic=last.successes,
-        p_value=last.p_value,
-        alpha=decision_alpha,
-        queries=queries,
-        exact=outcome.exact,
-        metrics=metrics,
-        details=details,
-        notes=notes,
-    )
 
 
 def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: float) -> tuple[SequentialState, bool]:

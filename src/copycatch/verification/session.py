@@ -163,26 +163,10 @@ def verify_suspect(
     classes = num_classes or meta.get("num_classes")
     shape = meta.get("input_shape")
     if offline:
-        if transcript is None:
-            raise InvalidArgument("--offline needs the transcript to replay (--transcript FILE or --report DIR)")
-        record = transcript if isinstance(transcript, Transcript) else Transcript.load(transcript)
-        record.read_only = True  # an offline check must not write to the record it checks
-        if classes is None:
-            raise InvalidArgument("the key does not record the number of classes; pass num_classes")
-        oracle: Oracle = _ReplayOnly(int(classes), shape, name=str(suspect))
-        fingerprint = dict(record.suspect)
+        oracle, fingerprint, record = _offline_record(suspect, transcript, classes, shape)
     else:
-        oracle = open_suspect(suspect, num_classes=classes, input_shape=shape, **(suspect_options or {}))
-        fingerprint = describe_suspect(suspect, oracle)
-        if isinstance(transcript, Transcript):
-            record = transcript
-        elif transcript is not None:
-            record = Transcript.open(transcript, fingerprint, resume=resume)
-        elif resume:
-            raise InvalidArgument("--resume needs the transcript to continue (--transcript FILE or --report DIR)")
-        else:
-            record = Transcript(fingerprint)
-    if not offline:  # offline, the head must stay the recorded one, for comparison with the evidence's
+        oracle, fingerprint, record = _open_record(suspect, transcript, classes, shape, resume, suspect_options)
+        # only online: offline, the head must stay the recorded one, for comparison with the evidence's
         record.record_session(
             keys=[k.digest for k in key_list],
             schemes=[k.scheme for k in key_list],
@@ -194,51 +178,17 @@ def verify_suspect(
     if postprocess:
         wrapped = wrapped.postprocess(*postprocess)
     plan = plan or SequentialPlan()
-    evidences: list[Evidence] = []
-    stop_alpha = alpha / len(key_list)  # Holm (and Fisher, roughly) needs the strongest key to pass α/k
     try:
-        for scheme, key in zip(schemes, key_list):
-            evidences.append(
-                _verify_one(
-                    scheme,
-                    wrapped,
-                    key,
-                    alpha=alpha,
-                    sequential=sequential,
-                    plan=plan,
-                    progress=progress,
-                    stop_alpha=stop_alpha,
-                )
-            )
+        evidences = _verify_keys(schemes, key_list, wrapped, alpha, sequential, plan, progress)
     except (CopycatchError, KeyboardInterrupt) as exc:
-        path = None if offline else record.path
-        if path is None and record.answered and not offline:
-            path = record.save_as(Path(f"copycatch-transcript-{key_list[0].digest[:12]}.jsonl"))
+        path = None if offline else _keep_answers(record, key_list[0])
         if isinstance(exc, KeyboardInterrupt):
             raise
-        where = ""
-        if path is not None:
-            again = "--resume" if transcript is not None else f"--resume --transcript {path}"
-            where = (
-                f"; {record.answered} answers are on record in {path}: run the same command with {again} to continue"
-            )
-        raise VerificationInterrupted(f"{exc}{where}", path) from exc
+        raise VerificationInterrupted(f"{exc}{_how_to_resume(record, path, transcript)}", path) from exc
     fingerprint.update({"output_kind": wrapped.output_kind})
-    run = VerificationRun(
-        evidences,
-        key_list,
-        fingerprint,
-        record,
-        settings={
-            "alpha": alpha,
-            "sequential": sequential,
-            "plan": plan.to_dict(),
-            "combine": combine,
-            "budget": budget,
-            "offline": offline,
-            "postprocess": [str(p) for p in postprocess],
-        },
-    )
+    settings = {"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(), "combine": combine}
+    settings.update(budget=budget, offline=offline, postprocess=[str(p) for p in postprocess])
+    run = VerificationRun(evidences, key_list, fingerprint, record, settings=settings)
     if calibrations:
         for key, path, evidence in zip(key_list, key_paths, evidences):
             _attach_calibration(evidence, key, path, run)
@@ -247,27 +197,81 @@ def verify_suspect(
     return run
 
 
-def _verify_one(
-    scheme: Scheme,
+def _offline_record(
+    suspect: Any, transcript: Transcript | str | os.PathLike | None, classes: Any, shape: Any
+) -> tuple[Oracle, dict[str, Any], Transcript]:
+    """For ``offline``: the transcript to replay (read only), a suspect that only replays, and its fingerprint."""
+    if transcript is None:
+        raise InvalidArgument("--offline needs the transcript to replay (--transcript FILE or --report DIR)")
+    record = transcript if isinstance(transcript, Transcript) else Transcript.load(transcript)
+    record.read_only = True  # an offline check must not write to the record it checks
+    if classes is None:
+        raise InvalidArgument("the key does not record the number of classes; pass num_classes")
+    return _ReplayOnly(int(classes), shape, name=str(suspect)), dict(record.suspect), record
+
+
+def _open_record(
+    suspect: Any,
+    transcript: Transcript | str | os.PathLike | None,
+    classes: Any,
+    shape: Any,
+    resume: bool,
+    suspect_options: dict[str, Any] | None,
+) -> tuple[Oracle, dict[str, Any], Transcript]:
+    """The opened suspect, its fingerprint, and the transcript to record to (given, resumed, or a new one)."""
+    oracle = open_suspect(suspect, num_classes=classes, input_shape=shape, **(suspect_options or {}))
+    fingerprint = describe_suspect(suspect, oracle)
+    if isinstance(transcript, Transcript):
+        record = transcript
+    elif transcript is not None:
+        record = Transcript.open(transcript, fingerprint, resume=resume)
+    elif resume:
+        raise InvalidArgument("--resume needs the transcript to continue (--transcript FILE or --report DIR)")
+    else:
+        record = Transcript(fingerprint)
+    return oracle, fingerprint, record
+
+
+def _keep_answers(record: Transcript, key: Key) -> Path | None:
+    """Where the answers so far are on record: the transcript's file, one written now for an in-memory one."""
+    path = record.path
+    if path is None and record.answered:
+        path = record.save_as(Path(f"copycatch-transcript-{key.digest[:12]}.jsonl"))
+    return path
+
+
+def _how_to_resume(record: Transcript, path: Path | None, transcript: Any) -> str:
+    """The end of the interruption's message: where the answers are and how to continue ("" if nowhere)."""
+    if path is None:
+        return ""
+    again = "--resume" if transcript is not None else f"--resume --transcript {path}"
+    return f"; {record.answered} answers are on record in {path}: run the same command with {again} to continue"
+
+
+def _verify_keys(
+    schemes: list[Scheme],
+    keys: list[Key],
     oracle: Oracle,
-    key: Key,
-    *,
     alpha: float,
     sequential: bool,
     plan: SequentialPlan,
     progress: bool | None,
-    stop_alpha: float,
-) -> Evidence:
-    scheme.check_oracle(oracle)
-    if sequential:
-        evidence = verify_sequential(
-            scheme, oracle, key, alpha=alpha, plan=plan, progress=progress, stop_alpha=stop_alpha
-        )
-    else:
-        evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
-    scheme.check_oracle(oracle)  # a callable suspect shows that it answers labels only once it has answered
-    evidence.details["suspect_output_kind"] = oracle.output_kind
-    return evidence
+) -> list[Evidence]:
+    """Each key's evidence, in order; the stopping rule aims at α/k (Holm, and Fisher roughly, need that)."""
+    stop_alpha = alpha / len(keys)
+    evidences = []
+    for scheme, key in zip(schemes, keys):
+        scheme.check_oracle(oracle)
+        if sequential:
+            evidence = verify_sequential(
+                scheme, oracle, key, alpha=alpha, plan=plan, progress=progress, stop_alpha=stop_alpha
+            )
+        else:
+            evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
+        scheme.check_oracle(oracle)  # a callable suspect shows that it answers labels only once it has answered
+        evidence.details["suspect_output_kind"] = oracle.output_kind
+        evidences.append(evidence)
+    return evidences
 
 
 def _attach_calibration(evidence: Evidence, key: Key, key_path: Path | None, run: VerificationRun) -> None:

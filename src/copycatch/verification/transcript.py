@@ -21,7 +21,8 @@ recorded answer to it, so a re-run asks the suspect only what it has not answere
 bit-exact (answers are stored as the float32 values the suspect returned). :class:`TranscriptOracle` puts a
 transcript in front of any oracle; :class:`~copycatch.oracles.http.HttpOracle` also takes one directly.
 
-Checking a transcript by hand: ``python -m copycatch.verification.transcript FILE`` verifies the chain and prints the head.
+Checking a transcript by hand: ``python -m copycatch.verification.transcript FILE`` verifies the chain and prints
+the head.
 """
 
 from __future__ import annotations
