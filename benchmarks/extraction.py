@@ -88,7 +88,7 @@ def summarise(rows: list[dict], victim_acc: float) -> str:
     ]
     for attack, budget in dict.fromkeys((r["attack"], r["budget"]) for r in rows):
         rs = [r for r in rows if r["attack"] == attack and r["budget"] == budget]
-        col = lambda k: [float(r[k]) for r in rs]  # noqa: E731
+        col = lambda k, rs=rs: [float(r[k]) for r in rs]  # noqa: E731
         lines.append(
             f"| {attack} | {budget} | {mean_std(col('queries'), '{:.0f}')} | "
             f"{mean_std(col('surrogate_acc'), '{:.4f}')} | {mean_std(col('agreement'), '{:.4f}')} | "

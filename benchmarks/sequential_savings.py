@@ -26,7 +26,7 @@ import torch
 
 import copycatch as cc
 from copycatch.oracles.local import ModelOracle
-from copycatch.schemes import SCHEMES, Scheme
+from copycatch.schemes import SCHEMES
 from copycatch.verification.sequential import SequentialPlan, verify_sequential
 
 ####################################################################################################################
@@ -51,7 +51,8 @@ hyp = {
 
 
 def hooked_schemes() -> list[str]:
-    return [n for n in SCHEMES.list() if SCHEMES.get(n).factory.bernoulli_outcomes is not Scheme.bernoulli_outcomes]
+    """The schemes that declare per-query outcomes (``Scheme.sequential``): the ones the sequential test can stop."""
+    return [n for n in SCHEMES.list() if SCHEMES.get(n).factory.sequential]
 
 
 def run_seed(scheme: str, seed: int, splits, progress: bool) -> list[dict]:

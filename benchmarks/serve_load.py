@@ -82,15 +82,15 @@ def build_victim(work: Path, data: str, seed: int) -> tuple[Path, Path, torch.Te
 
 def start_server(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen, str, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
-    log = open(work / f"{name}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        cwd=work,
-    )
+    with open(work / f"{name}.log", "w") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "copycatch.cli.main", "serve", *args, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            cwd=work,
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -246,7 +246,8 @@ def summary(slices: list[Slice]) -> dict:
 
 def micro_benchmark(victim: Path, key: Path, x: torch.Tensor, repeats: int = 300) -> dict:
     """In process, no HTTP, on the oracle chains the server builds: a 512-input forward pass, the protected
-    call, and the protection's post-processor alone, timed interleaved (so background load hits all three alike); medians in ms."""
+    call, and the protection's post-processor alone, timed interleaved (so background load hits all three
+    alike); medians in ms."""
     from copycatch.oracles.local import ModelOracle
     from copycatch.serve.app import PrevalidatedOracle, answer_validated, protected_oracle
 
@@ -272,6 +273,11 @@ def micro_benchmark(victim: Path, key: Path, x: torch.Tensor, repeats: int = 300
     if "protection_only_ms" in out:
         out["protection_share_of_forward"] = round(out["protection_only_ms"] / out["forward_ms"], 4)
     return out
+
+
+def count_lines(path: Path) -> int:
+    with open(path) as f:
+        return sum(1 for _ in f)
 
 
 def bootstrap_median_ci(values: list[float], seed: int = 0, draws: int = 5000) -> tuple[float, float]:
@@ -358,7 +364,7 @@ def main() -> int:
             if u.inputs
         ]
         micro = micro_benchmark(victim, key, test_x)
-        ledger_lines = {name: sum(1 for _ in open(work / f"{name}.jsonl")) for name in ("plain", "dyn")}
+        ledger_lines = {name: count_lines(work / f"{name}.jsonl") for name in ("plain", "dyn")}
 
     overall = results[second]["inputs_per_s"] / results["unprotected"]["inputs_per_s"]
     median_ratio = statistics.median(ratios)

@@ -1,8 +1,16 @@
-"""Shared fixtures: tiny seeded data and models so every test runs in seconds on a CPU."""
+"""Shared fixtures: tiny seeded data and models so every test runs in seconds on a CPU.
+
+The suite's tiny settings live in one place, the session fixture ``tiny`` (:class:`Tiny`): the data split the
+tests share, the training recipe (and its ``copycatch`` flags), each scheme's and each removal attack's parameters
+at toy size, and a benchmark grid. ``splits``, ``trained`` and ``innocent`` are the objects built from it that most
+tests take directly.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any, ClassVar
 
 os.environ.setdefault("COPYCATCH_PROGRESS", "0")
 
@@ -10,26 +18,115 @@ import pytest
 import torch
 
 import copycatch as cc
+from copycatch.bench import Grid, parse_grid
+from copycatch.schemes import SCHEMES, Embedding
 
 # Tiny models run fastest on one thread; OMP_NUM_THREADS, when set, wins.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiny:
+    """Toy-size settings: what a test changes from them, it spells out (``tiny.config(epochs=10)``)."""
+
+    splits: cc.Splits
+    # parameters that keep every removal attack to a fraction of a second on the toy MLP
+    REMOVAL: ClassVar[dict[str, dict[str, Any]]] = {
+        "neural-cleanse": {"steps": 60, "batch_size": 32},
+        "piracy": {"scheme_params": "n_triggers=20;trigger_batch=5"},
+        "reject": {"reference": 200},
+        "adv-overwrite": {"n": 200},
+    }
+
+    # a benchmark grid of two seeds, one scheme and one attack at two budgets: a few seconds per cell
+    GRID: ClassVar[str] = """
+name: tiny
+seeds: [0, 1]
+alpha: 0.01
+data: {name: synthetic, fractions: {owner_train: 0.45, owner_holdout: 0.1, attacker_pool: 0.45}}
+victim: {arch: mlp, arch_kwargs: {hidden: 128}, train: {epochs: 8, batch_size: 64}}
+schemes:
+  - {name: margin, params: {n_triggers: 30, trigger_batch: 10}}
+attacks:
+  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
+                 sweep: {budget: [300, 600]}}
+"""
+
+    # -- training ----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def config(**changes: Any) -> cc.TrainConfig:
+        """The training recipe of the suite's models (3 epochs, seed 0, otherwise TrainConfig's defaults)."""
+        return cc.TrainConfig(**{"epochs": 3, "seed": 0, **changes})
+
+    @classmethod
+    def flags(cls, **changes: Any) -> list[str]:
+        """The same recipe as ``copycatch`` training options (the CLI's defaults for everything else)."""
+        c = cls.config(**changes)
+        return ["--epochs", str(c.epochs), "--batch-size", str(c.batch_size), "--seed", str(c.seed)]
+
+    @property
+    def thief_training(self) -> cc.TrainConfig:
+        """A thief's surrogate training: 2 epochs."""
+        return self.config(epochs=2)
+
+    @property
+    def removal_training(self) -> cc.TrainConfig:
+        """The training inside removal attacks (fine-tuning and the like): 2 epochs in batches of 64."""
+        return self.config(epochs=2, batch_size=64)
+
+    # -- schemes, attacks, grids ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def params(scheme: str, **changes: Any) -> dict[str, Any]:
+        """A scheme's parameters at toy size: its ``tiny_params``, with ``changes``.
+
+        Each scheme declares its own ``tiny_params`` (beside its paper defaults) so that the tests generated over
+        the registry cover a newly registered scheme with no edit here.
+        """
+        return {**SCHEMES.get(scheme).factory.tiny_params, **changes}
+
+    def embed(self, scheme: str, *, epochs: int, **changes: Any) -> Embedding:
+        """``scheme`` embedded into a fresh MLP on the tiny split: its tiny parameters with ``changes``."""
+        return cc.embed(
+            scheme, self.splits, arch="mlp", params=self.params(scheme, **changes), config=self.config(epochs=epochs)
+        )
+
+    @classmethod
+    def removal(cls, attack: str) -> dict[str, Any]:
+        """A removal attack's parameters at toy size (its defaults when none are listed)."""
+        return dict(cls.REMOVAL.get(attack, {}))
+
+    @classmethod
+    def grid(cls, **replace: str) -> Grid:
+        """:attr:`GRID` with each ``old`` text replaced by its ``new`` one, parsed as ``tiny.yaml``."""
+        text = cls.GRID
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        return parse_grid(text, source="tiny.yaml")
+
+
 @pytest.fixture(scope="session")
-def splits():
+def tiny() -> Tiny:
     """Synthetic 1×8×8, 4 classes; owner_holdout is large enough for 40-trigger keys."""
     data = cc.load_dataset("synthetic", n=2400, num_classes=4, size=8, noise=0.25, seed=0)
-    return cc.make_splits(
-        data, seed=0, fractions=cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
-    )
+    fractions = cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
+    return Tiny(cc.make_splits(data, seed=0, fractions=fractions))
 
 
 @pytest.fixture(scope="session")
-def trained(splits):
+def splits(tiny):
+    """``tiny.splits``: the data nearly every test takes."""
+    return tiny.splits
+
+
+@pytest.fixture(scope="session")
+def trained(tiny):
     """A small MLP trained on owner_train (the owner's clean model)."""
-    return cc.train("mlp", splits, config=cc.TrainConfig(epochs=3, seed=0), hidden=64)
+    return cc.train("mlp", tiny.splits, config=tiny.config(), hidden=64)
 
 
-@pytest.fixture()
-def tiny_config():
-    return cc.TrainConfig(epochs=3, batch_size=64, seed=0)
+@pytest.fixture(scope="session")
+def innocent(tiny):
+    """An MLP trained with true labels on the attacker pool: independent of every key, so never "stolen"."""
+    return cc.train("mlp", tiny.splits, on="attacker_pool", config=tiny.config(epochs=4, seed=5), hidden=64)

@@ -24,30 +24,11 @@ from copycatch.core.errors import CorruptFile, InvalidArgument
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "benchmarks" / "grids"
 
-TINY = """
-name: tiny
-seeds: [0, 1]
-alpha: 0.01
-data: {name: synthetic, fractions: {owner_train: 0.45, owner_holdout: 0.1, attacker_pool: 0.45}}
-victim: {arch: mlp, arch_kwargs: {hidden: 128}, train: {epochs: 8, batch_size: 64}}
-schemes:
-  - {name: margin, params: {n_triggers: 30, trigger_batch: 10}}
-attacks:
-  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
-                 sweep: {budget: [300, 600]}}
-"""
-
-
-def tiny_grid(text: str = TINY, **replace: str):
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    return parse_grid(text, source="tiny.yaml")
-
 
 @pytest.fixture(scope="module")
-def serial_results(tmp_path_factory):
+def serial_results(tmp_path_factory, tiny):
     out = tmp_path_factory.mktemp("bench") / "serial"
-    summary = run_grid(tiny_grid(), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    summary = run_grid(tiny.grid(), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
     return out, summary
 
 
@@ -93,11 +74,11 @@ experiments:
     assert shared[0].experiments == ("a", "b")
 
 
-def test_cell_id_hashes_the_resolved_config():
-    base = tiny_grid()
-    explicit = tiny_grid(**{"n_triggers: 30,": "n_triggers: 30, steps: 5, eps: 5/255,"})  # the defaults, spelled out
+def test_cell_id_hashes_the_resolved_config(tiny):
+    base = tiny.grid()
+    explicit = tiny.grid(**{"n_triggers: 30,": "n_triggers: 30, steps: 5, eps: 5/255,"})  # the defaults, spelled out
     assert [c.cell_id for c in base.cells] == [c.cell_id for c in explicit.cells]
-    changed = tiny_grid(**{"n_triggers: 30": "n_triggers: 31"})
+    changed = tiny.grid(**{"n_triggers: 30": "n_triggers: 31"})
     assert not {c.cell_id for c in base.cells} & {c.cell_id for c in changed.cells}
     cell = base.cells[0]
     assert cell.cell_id == config_hash(cell.config)
@@ -105,8 +86,8 @@ def test_cell_id_hashes_the_resolved_config():
     assert cell.config["innocent"]["arch"] == "mlp"  # defaults to the surrogate's architecture and training
 
 
-def test_cells_share_victims_but_not_surrogates():
-    cells = tiny_grid().cells
+def test_cells_share_victims_but_not_surrogates(tiny):
+    cells = tiny.grid().cells
     same_seed = [c for c in cells if c.seed == 0]
     victims = {config_hash(artifact_specs(c.config)["victim"]) for c in same_seed}
     surrogates = {config_hash(artifact_specs(c.config)["surrogate"]) for c in same_seed}
@@ -130,17 +111,17 @@ def test_cells_share_victims_but_not_surrogates():
         ("  - extraction:", "  - removal: []\n    extraction:", "attacks[0]", "removal"),
     ],
 )
-def test_unknown_keys_name_the_place_the_key_and_the_valid_ones(snippet, replacement, where, bad):
+def test_unknown_keys_name_the_place_the_key_and_the_valid_ones(snippet, replacement, where, bad, tiny):
     with pytest.raises(GridError) as err:
-        parse_grid(TINY.replace(snippet, replacement, 1), source="tiny.yaml")
+        parse_grid(tiny.GRID.replace(snippet, replacement, 1), source="tiny.yaml")
     message = str(err.value)
     assert message.startswith("tiny.yaml") and where in message, message
     assert f"unknown key {bad!r}" in message and "valid keys:" in message, message
 
 
-def test_seed_in_a_training_config_is_refused_with_the_reason():
+def test_seed_in_a_training_config_is_refused_with_the_reason(tiny):
     with pytest.raises(GridError, match=r"unknown key 'seed' \(seeds come from the grid's `seeds`\)"):
-        tiny_grid(**{"train: {epochs: 8, batch_size: 64}": "train: {epochs: 8, seed: 3}"})
+        tiny.grid(**{"train: {epochs: 8, batch_size: 64}": "train: {epochs: 8, seed: 3}"})
 
 
 @pytest.mark.parametrize(
@@ -156,37 +137,37 @@ def test_seed_in_a_training_config_is_refused_with_the_reason():
         ("data: {name: synthetic,", "data: {name: imagenet-22k,", "unknown data set 'imagenet-22k'"),
     ],
 )
-def test_unknown_names_list_the_registered_ones(old, new, message):
+def test_unknown_names_list_the_registered_ones(old, new, message, tiny):
     with pytest.raises(GridError) as err:
-        tiny_grid(**{old: new})
+        tiny.grid(**{old: new})
     assert message in str(err.value)
     if "scheme" in message:
         assert "margin" in str(err.value).split("valid schemes:")[1]
 
 
-def test_unknown_removal_attack_and_bad_parameters_are_named():
+def test_unknown_removal_attack_and_bad_parameters_are_named(tiny):
     with pytest.raises(GridError, match=r"attacks\[0\]: removals\[0\].*unknown removal attack 'lobotomy'"):
-        tiny_grid(**{"sweep: {budget: [300, 600]}}": "budget: 300}\n    removals: [lobotomy]"})
+        tiny.grid(**{"sweep: {budget: [300, 600]}}": "budget: 300}\n    removals: [lobotomy]"})
     with pytest.raises(GridError, match=r"schemes\[0\].*n_triggers must be >= 1"):
-        tiny_grid(**{"n_triggers: 30": "n_triggers: 0"})
+        tiny.grid(**{"n_triggers: 30": "n_triggers: 0"})
     with pytest.raises(GridError, match=r"schemes\[0\].*unknown .*key 'trigers'.*valid keys: n_triggers"):
-        tiny_grid(**{"n_triggers: 30": "trigers: 30"})
+        tiny.grid(**{"n_triggers: 30": "trigers: 30"})
 
 
-def test_yaml_words_read_as_values_get_a_quoting_hint():
+def test_yaml_words_read_as_values_get_a_quoting_hint(tiny):
     with pytest.raises(GridError, match=r"key None is not a name.*quote such a key \('null': …\)"):
-        tiny_grid(**{"n_triggers: 30": "null: 30"})
+        tiny.grid(**{"n_triggers: 30": "null: 30"})
     with pytest.raises(GridError, match=r"sweep: key True is not a name"):
-        tiny_grid(**{"sweep: {budget: [300, 600]}": "sweep: {yes: [1, 2]}"})
+        tiny.grid(**{"sweep: {budget: [300, 600]}": "sweep: {yes: [1, 2]}"})
 
 
-def test_broken_yaml_and_bad_values_are_one_line_errors(tmp_path):
+def test_broken_yaml_and_bad_values_are_one_line_errors(tmp_path, tiny):
     with pytest.raises(GridError, match=r"not valid YAML at line \d+"):
         parse_grid("name: x\nschemes: [margin\nattacks: []\n", source="x.yaml")
     with pytest.raises(GridError, match="seeds repeat"):
-        tiny_grid(**{"seeds: [0, 1]": "seeds: [0, 0]"})
+        tiny.grid(**{"seeds: [0, 1]": "seeds: [0, 0]"})
     with pytest.raises(GridError, match="alpha must be a number in"):
-        tiny_grid(**{"alpha: 0.01": "alpha: 5"})
+        tiny.grid(**{"alpha: 0.01": "alpha: 5"})
     with pytest.raises(GridError, match="missing 'attacks'"):
         parse_grid("name: x\nschemes: [margin]\n")
     with pytest.raises(InvalidArgument, match="no such grid file"):
@@ -260,11 +241,11 @@ def test_cells_sharing_a_victim_train_it_once(serial_results):
     assert sorted(cached) == [False, False, True, True]
 
 
-def test_rerun_computes_nothing_and_leaves_rows_untouched(serial_results):
+def test_rerun_computes_nothing_and_leaves_rows_untouched(serial_results, tiny):
     out, _ = serial_results
     with ResultsStore(out, create=False) as store:
         before = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
-    summary = run_grid(tiny_grid(), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+    summary = run_grid(tiny.grid(), out, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
     assert summary.done_before == 4 and summary.computed == 0 and summary.failed == 0
     with ResultsStore(out, create=False) as store:
         after = {r["cell_id"]: (r["finished_at"], r["run_id"]) for r in store.cells()}
@@ -272,17 +253,14 @@ def test_rerun_computes_nothing_and_leaves_rows_untouched(serial_results):
     assert after == before
 
 
-def test_removal_chains_and_the_leaked_victim(tmp_path):
-    grid = tiny_grid(
-        **{
-            "seeds: [0, 1]": "seeds: [0]",
-            """  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
-                 sweep: {budget: [300, 600]}}""": """  - extraction: {name: soft-label, arch: mlp, budget: 600, train: {epochs: 6}}
+def test_removal_chains_and_the_leaked_victim(tmp_path, tiny):
+    swept = """  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
+                 sweep: {budget: [300, 600]}}"""
+    chains = """  - extraction: {name: soft-label, arch: mlp, budget: 600, train: {epochs: 6}}
     removals: ["prune:rate=0.3", {name: fine-tune, params: {epochs: 1}}]
   - extraction: none
-    removals: [{name: prune, params: {rate: 0.5}}]""",
-        }
-    )
+    removals: [{name: prune, params: {rate: 0.5}}]"""
+    grid = tiny.grid(**{"seeds: [0, 1]": "seeds: [0]", swept: chains})
     summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
     assert summary.computed == 2, summary.failures
     with ResultsStore(tmp_path, create=False) as store:
@@ -313,9 +291,9 @@ def test_store_never_replaces_a_finished_cell_and_refuses_foreign_files(tmp_path
         ResultsStore(tmp_path / "nowhere", create=False)
 
 
-def test_a_failing_cell_is_recorded_then_retried(tmp_path):
+def test_a_failing_cell_is_recorded_then_retried(tmp_path, tiny):
     # mnist-5k images are 28×28, the synthetic victim takes 8×8: the cell fails at run time, the grid goes on
-    grid = tiny_grid(
+    grid = tiny.grid(
         **{"sweep: {budget: [300, 600]}}": "queries: mnist-5k, budget: 300}", "seeds: [0, 1]": "seeds: [0]"}
     )
     summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
@@ -331,10 +309,10 @@ def test_a_failing_cell_is_recorded_then_retried(tmp_path):
     assert skipped.failed == 0 and skipped.computed == 0
 
 
-def _bench_until_first_row(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+def _bench_until_first_row(tiny, tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
     """Start a real `copycatch bench` on the tiny grid in its own process group; return once a cell is stored."""
     grid_file = tmp_path / "tiny.yaml"
-    grid_file.write_text(TINY)
+    grid_file.write_text(tiny.GRID)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYCATCH_PROGRESS": "0"}
     # A shell that starts the suite in the background (`make test &`, nohup, some CI runners) leaves SIGINT ignored,
@@ -378,18 +356,18 @@ def _resume_and_check(grid_file: Path, out: Path) -> None:
     assert len(rows) == 4 and all(rows[cid] == finished[cid] for cid in finished)  # finished cells untouched
 
 
-def test_killed_run_resumes_without_recomputing_finished_cells(tmp_path):
+def test_killed_run_resumes_without_recomputing_finished_cells(tmp_path, tiny):
     """kill -9 a real `copycatch bench` mid-run: the store stays sound and the re-run does only what is left."""
-    proc, grid_file, out = _bench_until_first_row(tmp_path, "--executor", "serial")
+    proc, grid_file, out = _bench_until_first_row(tiny, tmp_path, "--executor", "serial")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     _resume_and_check(grid_file, out)
 
 
-def test_interrupted_pool_run_stops_its_workers_and_resumes(tmp_path):
+def test_interrupted_pool_run_stops_its_workers_and_resumes(tmp_path, tiny):
     """Ctrl-C on a pooled run: exit 130 promptly, no worker left running, finished cells kept."""
-    proc, grid_file, out = _bench_until_first_row(tmp_path, "--jobs", "2")
+    proc, grid_file, out = _bench_until_first_row(tiny, tmp_path, "--jobs", "2")
     os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=60)
@@ -409,10 +387,10 @@ def test_interrupted_pool_run_stops_its_workers_and_resumes(tmp_path):
     _resume_and_check(grid_file, out)
 
 
-def test_local_pool_runs_the_same_cells_as_serial(serial_results, tmp_path):
+def test_local_pool_runs_the_same_cells_as_serial(serial_results, tmp_path, tiny):
     serial_out, _ = serial_results
     summary = run_grid(
-        tiny_grid(), tmp_path, executor=LocalPoolExecutor(jobs=2, threads=1), progress=False, log=lambda line: None
+        tiny.grid(), tmp_path, executor=LocalPoolExecutor(jobs=2, threads=1), progress=False, log=lambda line: None
     )
     assert summary.computed == 4 and summary.failed == 0
     with ResultsStore(serial_out, create=False) as a, ResultsStore(tmp_path, create=False) as b:
@@ -459,9 +437,9 @@ def test_report_has_mean_std_tables_and_plots(serial_results, tmp_path):
     assert budgets == [300, 600] and len(info["files"]) == 6
 
 
-def test_cli_bench_dry_run_bench_and_report(tmp_path, capsys):
+def test_cli_bench_dry_run_bench_and_report(tmp_path, capsys, tiny):
     grid_file = tmp_path / "tiny.yaml"
-    grid_file.write_text(TINY.replace("seeds: [0, 1]", "seeds: [0]"))
+    grid_file.write_text(tiny.GRID.replace("seeds: [0, 1]", "seeds: [0]"))
     out, rep = tmp_path / "out", tmp_path / "rep"
     assert main(["bench", str(grid_file), "-o", str(out), "--dry-run"]) == 0
     assert "2 cells in 1 experiment(s), 0 already finished" in capsys.readouterr().out
@@ -474,9 +452,9 @@ def test_cli_bench_dry_run_bench_and_report(tmp_path, capsys):
     assert not list((tmp_path / "rep2").glob("*.png"))
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path, capsys, tiny):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.replace("{name: soft-label,", "{name: soft-label, budgt: 3,"))
+    bad.write_text(tiny.GRID.replace("{name: soft-label,", "{name: soft-label, budgt: 3,"))
     assert main(["bench", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("copycatch: error: ") and err.count("\n") == 1 and "unknown key 'budgt'" in err

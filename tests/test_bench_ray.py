@@ -8,14 +8,12 @@ import pytest
 
 pytest.importorskip("ray")
 
-from test_bench import TINY
-
-from copycatch.bench import ResultsStore, parse_grid, run_grid
+from copycatch.bench import ResultsStore, run_grid
 from copycatch.bench.executors import RayExecutor
 
 
-def test_tiny_grid_runs_on_ray_and_resumes(tmp_path):
-    grid = parse_grid(TINY.replace("seeds: [0, 1]", "seeds: [0]"), source="tiny.yaml")
+def test_tiny_grid_runs_on_ray_and_resumes(tmp_path, tiny):
+    grid = tiny.grid(**{"seeds: [0, 1]": "seeds: [0]"})
     executor = RayExecutor(num_cpus=1)
     assert executor.describe() == "ray on a local Ray instance (1 CPUs)"
     summary = run_grid(grid, tmp_path, executor=executor, progress=False, log=lambda line: None)

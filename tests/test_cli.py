@@ -8,7 +8,6 @@ import pytest
 from copycatch.cli.main import main
 
 DATA = ["--data", "synthetic", "-q"]
-FAST = ["--epochs", "3"]
 
 
 def run(capsys, *argv):
@@ -49,18 +48,18 @@ def victim_files(workdir):
     return victim, key
 
 
-def test_embed_steal_verify_train_flow(capsys, victim_files, workdir):
+def test_embed_steal_verify_train_flow(capsys, victim_files, workdir, tiny):
     victim, key = victim_files
     surrogate = workdir / "surrogate.safetensors"
-    code, out, _ = run(
-        capsys, "steal", "--victim", str(victim), "--arch", "mlp", "--budget", "500", "-o", str(surrogate), *FAST, *DATA
-    )
+    steal = ["steal", "--victim", str(victim), "--arch", "mlp", "--budget", "500", "-o", str(surrogate)]
+    code, out, _ = run(capsys, *steal, *tiny.flags(), *DATA)
     assert code == 0 and "500 queries" in out
     code, out, _ = run(capsys, "verify", "--key", str(key), "--suspect", str(victim), "--json")
     evidence = json.loads(out)
     assert code == 0 and evidence["verdict"] == "stolen" and evidence["p_value"] < 1e-3
     innocent = workdir / "innocent.safetensors"
-    code, out, _ = run(capsys, "train", "--arch", "mlp", "--on", "attacker_pool", "-o", str(innocent), *FAST, *DATA)
+    train = ["train", "--arch", "mlp", "--on", "attacker_pool", "-o", str(innocent)]
+    code, out, _ = run(capsys, *train, *tiny.flags(), *DATA)
     assert code == 0 and "test accuracy" in out
     code, out, _ = run(capsys, "verify", "--key", str(key), "--suspect", str(innocent))
     assert code == 0 and "NOT STOLEN" in out and "null hypothesis" in out

@@ -20,8 +20,6 @@ from copycatch.core.errors import BudgetExceeded, InvalidArgument
 from copycatch.models.train import predict_logits
 from copycatch.oracles.base import Oracle
 
-FAST = cc.TrainConfig(epochs=2, seed=0)
-
 # every attack, plus the variants that take a different code path
 VARIANTS = [(name, {}) for name in EXTRACTION_ATTACKS.list()] + [
     ("knockoff", {"policy": "adaptive"}),
@@ -56,10 +54,17 @@ class RecordingOracle(Oracle):
         return torch.cat(self.answers)
 
 
-def steal_with(oracle, pool, name, params=None, *, budget=None, config=FAST, arch="mlp"):
-    attack = create_extraction_attack(name, **{**(params or {}), "budget": budget})
-    surrogate = cc.create_model(arch, tuple(pool.x.shape[1:]), oracle.num_classes, seed=config.seed)
-    return attack.run(oracle, pool, surrogate, train=config, progress=False)
+@pytest.fixture()
+def steal_with(tiny):
+    """Run one extraction attack into a fresh surrogate (trained at ``tiny.thief_training`` unless told)."""
+
+    def steal(oracle, pool, name, params=None, *, budget=None, config=None, arch="mlp"):
+        config = config or tiny.thief_training
+        attack = create_extraction_attack(name, **{**(params or {}), "budget": budget})
+        surrogate = cc.create_model(arch, tuple(pool.x.shape[1:]), oracle.num_classes, seed=config.seed)
+        return attack.run(oracle, pool, surrogate, train=config, progress=False)
+
+    return steal
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -68,7 +73,7 @@ def steal_with(oracle, pool, name, params=None, *, budget=None, config=FAST, arc
 
 
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
-def test_attack_spends_at_most_its_budget_and_reports_every_query(name, params, splits, trained):
+def test_attack_spends_at_most_its_budget_and_reports_every_query(name, params, splits, trained, steal_with):
     # the oracle's own hard budget equals the attack's: one query too many would raise BudgetExceeded.
     # 97 is odd on purpose: partial adaptive rounds, a cut JBDA augmentation, averaging's leftover 7 queries
     budget = 97
@@ -90,14 +95,14 @@ def test_attack_spends_at_most_its_budget_and_reports_every_query(name, params, 
 
 
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
-def test_attack_refuses_a_plan_the_oracle_cannot_pay_before_asking_anything(name, params, splits, trained):
+def test_attack_refuses_a_plan_the_oracle_cannot_pay_before_asking_anything(name, params, splits, trained, steal_with):
     oracle = cc.ModelOracle(trained, budget=50)
     with pytest.raises(BudgetExceeded, match="allows only 50"):
         steal_with(oracle, splits.attacker_pool, name, params, budget=300)
     assert oracle.queries == 0
 
 
-def test_default_budget_is_planned_from_the_pool_or_schedule(splits, trained):
+def test_default_budget_is_planned_from_the_pool_or_schedule(splits, trained, steal_with):
     pool = splits.attacker_pool.subset(range(60))
     assert steal_with(cc.ModelOracle(trained), pool, "hard-label").queries == 60
     assert steal_with(cc.ModelOracle(trained), pool, "averaging", {"repeats": 3}).queries == 180
@@ -105,7 +110,7 @@ def test_default_budget_is_planned_from_the_pool_or_schedule(splits, trained):
     assert jbda.queries == 8 * (2**2 - 1) and jbda.info["transfer_set"] == 32
 
 
-def test_data_fraction_gamma_limits_the_thiefs_pool(splits, trained):
+def test_data_fraction_gamma_limits_the_thiefs_pool(splits, trained, steal_with):
     pool = splits.attacker_pool
     for name in ("soft-label", "hard-label", "knockoff"):
         result = steal_with(cc.ModelOracle(trained), pool, name, {"data_fraction": 0.1})
@@ -144,7 +149,7 @@ def _weights(model):
 
 
 @pytest.mark.parametrize("name", ["hard-label", "knockoff"])
-def test_label_only_attacks_learn_nothing_but_the_top_label(name, splits, trained):
+def test_label_only_attacks_learn_nothing_but_the_top_label(name, splits, trained, steal_with):
     params = {"argmaxed": True} if name == "knockoff" else {}
     sharp = steal_with(_scaled_oracle(trained, 3.0), splits.attacker_pool, name, params, budget=200)
     soft = steal_with(_scaled_oracle(trained, 0.3), splits.attacker_pool, name, params, budget=200)
@@ -152,13 +157,13 @@ def test_label_only_attacks_learn_nothing_but_the_top_label(name, splits, traine
     assert cc.agreement(sharp.surrogate, trained, splits.test.x) >= 0.9
 
 
-def test_soft_label_does_use_the_probabilities(splits, trained):  # the control for the test above
+def test_soft_label_does_use_the_probabilities(splits, trained, steal_with):  # the control for the test above
     sharp = steal_with(_scaled_oracle(trained, 3.0), splits.attacker_pool, "soft-label", budget=200)
     soft = steal_with(_scaled_oracle(trained, 0.3), splits.attacker_pool, "soft-label", budget=200)
     assert not torch.equal(_weights(sharp.surrogate), _weights(soft.surrogate))
 
 
-def test_hard_label_leaves_out_answers_without_a_single_top_class(splits, trained):
+def test_hard_label_leaves_out_answers_without_a_single_top_class(splits, trained, steal_with):
     def tied(x):
         probs = torch.softmax(predict_logits(trained, x), dim=1)
         probs[::2] = 0.0  # every other answer is all zeros, as from an over-quantised API
@@ -189,13 +194,13 @@ def _spread_pool(n: int = 400) -> cc.TensorData:
 
 
 @pytest.mark.parametrize("levels", [2, 3, 5, 11])
-def test_quantized_attack_keeps_exactly_k_probability_levels(levels):
+def test_quantized_attack_keeps_exactly_k_probability_levels(levels, steal_with):
     result = steal_with(_spread_oracle(), _spread_pool(), "quantized", {"levels": levels}, budget=400)
     assert result.info["levels_seen"] == levels  # every level of the grid occurs, and nothing else
 
 
 @pytest.mark.parametrize("levels", [2, 3, 5, 1000])
-def test_post_quantize_spec_gives_the_thief_exactly_k_levels(levels):
+def test_post_quantize_spec_gives_the_thief_exactly_k_levels(levels, steal_with):
     oracle = RecordingOracle(_spread_oracle().postprocess(f"quantize:levels={levels}"))
     result = steal_with(oracle, _spread_pool(), "soft-label", budget=400)
     values = torch.unique(oracle.answered)
@@ -205,7 +210,7 @@ def test_post_quantize_spec_gives_the_thief_exactly_k_levels(levels):
     assert len(values) == levels if levels <= 11 else 2 < len(values) <= levels
 
 
-def test_quantized_attack_ignores_differences_below_its_resolution(splits, trained):
+def test_quantized_attack_ignores_differences_below_its_resolution(splits, trained, steal_with):
     # two APIs whose probabilities differ but round to the same levels: the second sits halfway to the level
     base = _scaled_oracle(trained, 1.0)
     quantize = cc.create_postprocessor("quantize", levels=5)
@@ -222,10 +227,15 @@ def test_quantized_attack_ignores_differences_below_its_resolution(splits, train
         create_extraction_attack("quantized", levels=1001)
 
 
-def test_steal_with_post_quantize_and_hard_label_runs_end_to_end(splits, trained):
+def test_steal_with_post_quantize_and_hard_label_runs_end_to_end(splits, trained, tiny):
     for post in ("quantize:levels=3", "hard-label"):
         result = cc.steal(
-            trained, splits.attacker_pool, attack="soft-label", budget=300, config=FAST, postprocess=[post]
+            trained,
+            splits.attacker_pool,
+            attack="soft-label",
+            budget=300,
+            config=tiny.thief_training,
+            postprocess=[post],
         )
         assert result.queries == 300 and cc.agreement(result.surrogate, trained, splits.test.x) >= 0.9
 
@@ -251,7 +261,7 @@ def test_distillation_loss_is_equation_7():
     assert torch.allclose(distillation_loss(0.0, t)(logits, packed), F.cross_entropy(logits, labels))
 
 
-def test_distillation_learns_from_the_true_labels(splits, trained):
+def test_distillation_learns_from_the_true_labels(splits, trained, steal_with):
     # an API that answers noise teaches nothing; with α = 0.2 the true labels still make a good surrogate
     noise = cc.CallableOracle(
         lambda x: torch.softmax(torch.randn(len(x), 4), 1), 4, input_shape=trained.input_shape, input_format="torch"
@@ -264,7 +274,7 @@ def test_distillation_learns_from_the_true_labels(splits, trained):
     assert cc.accuracy(without.surrogate, splits.test) < 0.7
 
 
-def test_distillation_refuses_a_pool_without_the_victims_labels(trained):
+def test_distillation_refuses_a_pool_without_the_victims_labels(trained, steal_with):
     digits = cc.load_dataset("digits")  # 10 classes, an out-of-distribution pool for the 4-class toy
     with pytest.raises(InvalidArgument, match="true labels"):
         steal_with(cc.ModelOracle(trained), cc.TensorData(digits.x, digits.y), "distillation", budget=100)
@@ -319,7 +329,7 @@ def test_averaging_asks_each_input_n_times_and_recovers_the_expected_answer(spli
     assert (means - expected).abs().mean() < 0.3 * (single - expected).abs().mean()
 
 
-def test_averaging_beats_single_queries_against_a_randomising_api(splits, trained):
+def test_averaging_beats_single_queries_against_a_randomising_api(splits, trained, steal_with):
     config = cc.TrainConfig(epochs=6, seed=0)
     averaged = steal_with(
         _randomising_oracle(trained, flip=0.7),
@@ -336,7 +346,7 @@ def test_averaging_beats_single_queries_against_a_randomising_api(splits, traine
     assert agree_avg >= 0.9 and agree_avg > cc.agreement(single.surrogate, trained, splits.test.x)
 
 
-def test_averaging_with_the_papers_100_repeats_at_an_honest_budget(splits, trained):
+def test_averaging_with_the_papers_100_repeats_at_an_honest_budget(splits, trained, steal_with):
     result = steal_with(
         cc.ModelOracle(trained),
         splits.attacker_pool,
@@ -354,7 +364,7 @@ def test_averaging_with_the_papers_100_repeats_at_an_honest_budget(splits, train
 # -- Knockoff Nets ------------------------------------------------------------------------------------------------
 
 
-def test_knockoff_random_refills_the_pool_when_the_budget_is_larger(splits, trained):
+def test_knockoff_random_refills_the_pool_when_the_budget_is_larger(splits, trained, steal_with):
     pool = splits.attacker_pool.subset(range(50))
     oracle = RecordingOracle(cc.ModelOracle(trained))
     result = steal_with(oracle, pool, "knockoff", budget=120)
@@ -362,7 +372,7 @@ def test_knockoff_random_refills_the_pool_when_the_budget_is_larger(splits, trai
     assert result.queries == 120 and len(per_image) == 50 and per_image.min() >= 2 and per_image.max() <= 3
 
 
-def test_knockoff_adaptive_learns_to_avoid_an_uninformative_part_of_the_pool(splits, trained):
+def test_knockoff_adaptive_learns_to_avoid_an_uninformative_part_of_the_pool(splits, trained, steal_with):
     # a fifth action of blank images: the victim says the same thing about all of them
     pool = splits.attacker_pool
     blank = cc.TensorData(torch.zeros(400, *pool.x.shape[1:]), torch.full((400,), 4))
@@ -407,7 +417,7 @@ def test_jacobian_step_moves_along_the_sign_of_the_label_logit_gradient():
     assert jacobian_step(linear, torch.ones(1, 1, 2, 2), labels[:1], 0.1).max() <= 1  # stays a valid input
 
 
-def test_jacobian_doubles_the_set_with_oracle_labels_and_truth_labelled_seeds(splits, trained):
+def test_jacobian_doubles_the_set_with_oracle_labels_and_truth_labelled_seeds(splits, trained, steal_with):
     oracle = RecordingOracle(cc.ModelOracle(trained))
     result = steal_with(oracle, splits.attacker_pool, "jacobian", {"seeds": 20, "rounds": 4})
     sizes = [r["set_size"] for r in result.info["rounds"]]
@@ -421,7 +431,7 @@ def test_jacobian_doubles_the_set_with_oracle_labels_and_truth_labelled_seeds(sp
     assert torch.allclose(distance.min(dim=1).values, torch.tensor(0.1), atol=1e-6)
 
 
-def test_jacobian_cuts_the_last_augmentation_to_fit_the_budget(splits, trained):
+def test_jacobian_cuts_the_last_augmentation_to_fit_the_budget(splits, trained, steal_with):
     result = steal_with(
         cc.ModelOracle(trained), splits.attacker_pool, "jacobian", {"seeds": 20, "rounds": 6}, budget=50
     )
@@ -432,7 +442,7 @@ def test_jacobian_cuts_the_last_augmentation_to_fit_the_budget(splits, trained):
 # -- margin extraction --------------------------------------------------------------------------------------------
 
 
-def test_margin_extraction_queries_within_eps_and_moves_towards_the_victims_boundary(splits, trained):
+def test_margin_extraction_queries_within_eps_and_moves_towards_the_victims_boundary(splits, trained, steal_with):
     eps = 0.25
     oracle = RecordingOracle(cc.ModelOracle(trained))
     result = steal_with(
@@ -472,18 +482,19 @@ def test_margin_extraction_plans_every_query_of_the_budget():
 
 
 @pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())
-def test_every_attack_documents_its_paper_and_every_parameter(name):
+def test_every_attack_documents_every_parameter_with_its_default(name):
+    """The module docstring is where ``-p NAME=VALUE`` parameters are described, as ``name (default)``; the first
+    line of the class docstring is the summary ``copycatch steal --help`` shows (tested there)."""
     cls = EXTRACTION_ATTACKS.get(name).factory
     doc = __import__(cls.__module__, fromlist=["_"]).__doc__ or ""
-    assert cls.__doc__ and EXTRACTION_ATTACKS.get(name).summary and "et al." in doc + cls.__doc__  # cites its paper
     for field in dataclasses.fields(cls.Params):
         assert f"{field.name} (" in doc, f"{name}: parameter {field.name} is not documented with its default"
 
 
 @pytest.fixture(scope="module")
-def cli_victim(tmp_path_factory):
+def cli_victim(tmp_path_factory, tiny):
     path = tmp_path_factory.mktemp("steal") / "victim.safetensors"
-    assert main(["train", "--arch", "mlp", "-o", str(path), "--epochs", "3", "--data", "synthetic", "-q"]) == 0
+    assert main(["train", "--arch", "mlp", "-o", str(path), *tiny.flags(), "--data", "synthetic", "-q"]) == 0
     return path
 
 
@@ -492,7 +503,7 @@ def test_steal_help_lists_every_attack_with_its_summary(capsys):
         main(["steal", "--help"])
     out = capsys.readouterr().out
     for name, summary in EXTRACTION_ATTACKS.describe():
-        assert name in out and summary[:30] in " ".join(out.split())
+        assert summary and name in out and summary[:30] in " ".join(out.split())
 
 
 @pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())

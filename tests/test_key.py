@@ -57,7 +57,7 @@ def test_truncated_or_foreign_files_are_errors(tmp_path):
     path = _key().save(tmp_path / "k.cckey")
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) - 7])
-    with pytest.raises(CorruptFile, match="k.cckey"):
+    with pytest.raises(CorruptFile, match=r"k\.cckey"):
         Key.load(path)
     from safetensors.torch import save_file
 

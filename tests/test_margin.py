@@ -27,8 +27,7 @@ def test_victim_is_stolen_and_stays_useful(embedded, splits):
     assert cc.accuracy(embedded.victim, splits.test) >= 0.85
 
 
-def test_innocent_model_is_cleared(embedded, splits):
-    innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
+def test_innocent_model_is_cleared(embedded, innocent):
     evidence = cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence
     assert evidence.verdict == "not stolen"
 
@@ -107,7 +106,7 @@ def test_verify_rejects_a_key_for_another_scheme_or_shape(embedded):
         MarginWatermark().verify(cc.ModelOracle(cc.create_model("mlp", (1, 8, 8), 5)), embedded.key)
 
 
-def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits):
+def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits, innocent):
     from copycatch.schemes.margin import MarginHook
 
     params = MarginWatermark.Params(n_triggers=40, trigger_batch=10, ascent="free")
@@ -115,7 +114,6 @@ def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits):
     assert embedded.key.params["ascent"] == "free"
     evidence = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.p_value <= 1e-6
-    innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
     assert cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
     # The hook's perturbations move (the ascent ran) and stay inside the ε-ball and the pixel range.

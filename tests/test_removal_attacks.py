@@ -24,15 +24,6 @@ from copycatch.data import TensorData
 from copycatch.models.io import load_model, save_model, weights_digest
 from copycatch.models.train import predict_logits
 
-FAST = cc.TrainConfig(epochs=2, batch_size=64, seed=0)
-
-# parameters that keep every attack to a fraction of a second on the toy MLP
-TINY = {
-    "neural-cleanse": {"steps": 60, "batch_size": 32},
-    "piracy": {"scheme_params": "n_triggers=20;trigger_batch=5"},
-    "reject": {"reference": 200},
-    "adv-overwrite": {"n": 200},
-}
 CHANGES_WEIGHTS = {
     "adv-overwrite",
     "fine-prune",
@@ -66,10 +57,14 @@ def test_every_registered_attack_is_classified_here():
 
 
 @pytest.mark.parametrize("name", list_removal_attacks())
-def test_every_attack_reports_accuracy_and_leaves_a_model_that_saves_and_loads(name, splits, trained, tmp_path):
+def test_every_attack_reports_accuracy_and_leaves_a_model_that_saves_and_loads(name, splits, trained, tmp_path, tiny):
     before = copy.deepcopy(trained.state_dict())
     result = run_chain(
-        trained, [create_removal_attack(name, **TINY.get(name, {}))], splits.attacker_pool, test=splits.test, train=FAST
+        trained,
+        [create_removal_attack(name, **tiny.removal(name))],
+        splits.attacker_pool,
+        test=splits.test,
+        train=tiny.removal_training,
     )[-1]
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items()), "the input model was modified"
     assert 0.0 <= result.accuracy_before <= 1.0 and 0.0 <= result.accuracy_after <= 1.0
@@ -111,8 +106,8 @@ def test_bad_parameters_are_named(spec, message, splits, trained):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_fine_tuning_changes_weights_and_keeps_accuracy(splits, trained):
-    result = run_chain(trained, ["fine-tune"], splits.attacker_pool, test=splits.test, train=FAST)[-1]
+def test_fine_tuning_changes_weights_and_keeps_accuracy(splits, trained, tiny):
+    result = run_chain(trained, ["fine-tune"], splits.attacker_pool, test=splits.test, train=tiny.removal_training)[-1]
     moved = sum(
         float((a - b).abs().sum()) for a, b in zip(result.model.state_dict().values(), trained.state_dict().values())
     )
@@ -120,32 +115,41 @@ def test_fine_tuning_changes_weights_and_keeps_accuracy(splits, trained):
     assert result.accuracy_after >= result.accuracy_before - 0.02 and result.accuracy_after >= 0.95
 
 
-def test_self_labelled_fine_tuning_needs_no_labels(splits, trained):
+def test_self_labelled_fine_tuning_needs_no_labels(splits, trained, tiny):
     unlabelled = TensorData(splits.attacker_pool.x, torch.zeros(len(splits.attacker_pool), dtype=torch.long))
-    result = run_chain(trained, ["fine-tune:labels=self"], unlabelled, test=splits.test, train=FAST)[-1]
+    train = tiny.removal_training
+    result = run_chain(trained, ["fine-tune:labels=self"], unlabelled, test=splits.test, train=train)[-1]
     assert result.accuracy_after >= 0.95  # garbage labels were never used
-    poisoned = run_chain(trained, ["fine-tune:labels=data"], unlabelled, test=splits.test, train=FAST)[-1]
+    poisoned = run_chain(trained, ["fine-tune:labels=data"], unlabelled, test=splits.test, train=train)[-1]
     assert poisoned.accuracy_after < 0.5  # ... whereas labels=data trains on them
 
 
-def test_fine_tuning_soft_oracle_answers_works(splits, trained):
+def test_fine_tuning_soft_oracle_answers_works(splits, trained, tiny):
     answers = cc.ModelOracle(trained).query(splits.attacker_pool.x)
     result = run_chain(
-        trained, ["fine-tune"], TensorData(splits.attacker_pool.x, answers), test=splits.test, train=FAST
+        trained,
+        ["fine-tune"],
+        TensorData(splits.attacker_pool.x, answers),
+        test=splits.test,
+        train=tiny.removal_training,
     )[-1]
     assert result.accuracy_after >= 0.95
 
 
-def test_fine_tuning_the_last_layer_touches_only_it(splits, trained):
-    result = run_chain(trained, ["fine-tune:layers=last,reinit_last=true"], splits.attacker_pool, train=FAST)[-1]
+def test_fine_tuning_the_last_layer_touches_only_it(splits, trained, tiny):
+    result = run_chain(
+        trained, ["fine-tune:layers=last,reinit_last=true"], splits.attacker_pool, train=tiny.removal_training
+    )[-1]
     head = "net.classifier.0."
     for name, value in result.model.state_dict().items():
         assert torch.equal(value, trained.state_dict()[name]) != name.startswith(head), name
 
 
-def test_transfer_retrains_a_new_head_for_another_label_set(splits, trained, tmp_path):
+def test_transfer_retrains_a_new_head_for_another_label_set(splits, trained, tmp_path, tiny):
     other = cc.make_splits(cc.load_dataset("synthetic", n=900, num_classes=3, size=8, noise=0.25, seed=7), seed=0)
-    result = run_chain(trained, ["transfer:epochs=15,lr=0.01"], other.attacker_pool, test=other.test, train=FAST)[-1]
+    result = run_chain(
+        trained, ["transfer:epochs=15,lr=0.01"], other.attacker_pool, test=other.test, train=tiny.removal_training
+    )[-1]
     model = result.model
     assert model.num_classes == 3 and model.classifier[-1].out_features == 3
     assert result.accuracy_after >= 0.9
@@ -175,9 +179,13 @@ def test_global_pruning_hits_the_requested_sparsity_exactly(rate, splits, cnn):
     assert original[kept].min() >= original[~kept].max()
 
 
-def test_layerwise_pruning_prunes_each_layer_at_the_rate_and_survives_fine_tuning(splits, trained):
+def test_layerwise_pruning_prunes_each_layer_at_the_rate_and_survives_fine_tuning(splits, trained, tiny):
     result = run_chain(
-        trained, ["prune:rate=0.6,scope=layer,epochs=2"], splits.attacker_pool, test=splits.test, train=FAST
+        trained,
+        ["prune:rate=0.6,scope=layer,epochs=2"],
+        splits.attacker_pool,
+        test=splits.test,
+        train=tiny.removal_training,
     )[-1]
     for w in _weights(result.model):
         assert int((w == 0).sum()) == round(0.6 * w.numel())
@@ -200,8 +208,10 @@ def test_fine_pruning_removes_exactly_the_dormant_channels(splits, cnn):
     assert all(torch.equal(result.model.state_dict()[k], cnn.state_dict()[k]) for k in other)
 
 
-def test_fine_pruned_channels_stay_silent_through_fine_tuning(splits, cnn):
-    result = run_chain(cnn, ["fine-prune:rate=0.5,epochs=2"], splits.attacker_pool, test=splits.test, train=FAST)[-1]
+def test_fine_pruned_channels_stay_silent_through_fine_tuning(splits, cnn, tiny):
+    result = run_chain(
+        cnn, ["fine-prune:rate=0.5,epochs=2"], splits.attacker_pool, test=splits.test, train=tiny.removal_training
+    )[-1]
     after = mean_activations(result.model, result.model.net.features[3], splits.attacker_pool.x)
     assert torch.all(after[result.info["pruned"]] == 0)
     assert result.accuracy_after >= 0.9
@@ -266,12 +276,12 @@ def test_quantize_all_covers_biases_and_constant_tensors_are_kept():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_adversarial_overwriting_fine_tunes_on_fgsm_adversaries(splits, trained):
+def test_adversarial_overwriting_fine_tunes_on_fgsm_adversaries(splits, trained, tiny):
     from copycatch.models.adversarial import fgsm
 
-    result = run_chain(trained, ["adv-overwrite:n=600,eps=0.25"], splits.attacker_pool, test=splits.test, train=FAST)[
-        -1
-    ]
+    result = run_chain(
+        trained, ["adv-overwrite:n=600,eps=0.25"], splits.attacker_pool, test=splits.test, train=tiny.removal_training
+    )[-1]
     assert result.info["adversaries"] == 600 and result.info["fooled_before"] > 0.5
     x, y = splits.test.x, splits.test.y
     adversaries = fgsm(trained, x, 0.25, y=y)  # adversaries of the model as stolen
@@ -300,13 +310,13 @@ def test_mislabel_mix_needs_three_classes():
         run_chain(model, ["mislabel-mix"], TensorData(torch.rand(20, 1, 8, 8), torch.arange(20) % 2))
 
 
-def test_piracy_embeds_the_thiefs_own_verifiable_watermark(splits, trained):
+def test_piracy_embeds_the_thiefs_own_verifiable_watermark(splits, trained, tiny):
     result = run_chain(
         trained,
         ["piracy:scheme_params=n_triggers=30;trigger_batch=10,epochs=10"],
         splits.attacker_pool,
         test=splits.test,
-        train=FAST,
+        train=tiny.removal_training,
     )[-1]
     pirate_key = result.info["key"]
     assert pirate_key.scheme == "margin" and len(pirate_key["trigger_label"]) == 30

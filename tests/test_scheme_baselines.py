@@ -7,7 +7,7 @@ import torch
 import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.key import Key
-from copycatch.schemes import create_scheme, list_schemes
+from copycatch.schemes import SCHEMES
 from copycatch.schemes.patch_backdoor import CORNERS, PatchBackdoor, stamp
 from copycatch.schemes.trigger_set import TriggerSetWatermark
 
@@ -15,26 +15,13 @@ MINE = ["dynamarks", "frontier-stitching", "patch-backdoor", "trigger-set"]
 
 
 @pytest.fixture(scope="module")
-def trigger_set(splits):
-    return cc.embed(
-        "trigger-set",
-        splits,
-        arch="mlp",
-        params=TriggerSetWatermark.tiny_params,
-        config=cc.TrainConfig(epochs=10, seed=0),
-    )
+def trigger_set(tiny):
+    return tiny.embed("trigger-set", epochs=10)
 
 
 @pytest.fixture(scope="module")
-def backdoor(splits):
-    return cc.embed(
-        "patch-backdoor", splits, arch="mlp", params=PatchBackdoor.tiny_params, config=cc.TrainConfig(epochs=10, seed=0)
-    )
-
-
-@pytest.fixture(scope="module")
-def innocent(splits):
-    return cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
+def backdoor(tiny):
+    return tiny.embed("patch-backdoor", epochs=10)
 
 
 # -- trigger set --------------------------------------------------------------------------------------------------
@@ -123,10 +110,10 @@ class _PatchBiased:
 
 
 @pytest.mark.parametrize("suspect", ["independent", "patch-biased"])
-def test_backdoor_null_is_exact_over_independent_keys(backdoor, innocent, suspect):
+def test_backdoor_null_is_exact_over_independent_keys(backdoor, innocent, suspect, tiny):
     """300 independently drawn target mappings: p-values (near) uniform, FPR at 0.05 <= 0.07 — including a suspect
     that answers one class on every stamped input."""
-    scheme = PatchBackdoor(**PatchBackdoor.tiny_params)
+    scheme = PatchBackdoor(**tiny.params("patch-backdoor"))
     fn = _PatchBiased(innocent.eval(), favourite=2) if suspect == "patch-biased" else None
     oracle = cc.CallableOracle(fn, 4, input_format="torch") if fn else cc.ModelOracle(innocent)
     answers = oracle.query(scheme.verification_inputs(backdoor.key))
@@ -156,34 +143,21 @@ def test_backdoor_rejects_patches_that_do_not_fit(splits):
 # -- registry and CLI ---------------------------------------------------------------------------------------------
 
 
-def test_schemes_are_registered_with_docstrings_and_tiny_params():
-    assert set(MINE) <= set(list_schemes())
-    for name in MINE:
-        scheme = create_scheme(name, **type(create_scheme(name)).tiny_params)
-        doc = type(scheme).__doc__.strip().splitlines()[0]
-        assert doc and scheme.null_hypothesis
-        module_doc = __import__(type(scheme).__module__, fromlist=["_"]).__doc__
-        for field in scheme.Params.field_names():  # every parameter documented with its default
-            assert f"{field} (" in module_doc, (name, field)
-
-
-def test_embed_help_lists_the_schemes(capsys):
+def test_embed_help_lists_every_scheme_with_its_summary(capsys):
     with pytest.raises(SystemExit):
         main(["embed", "--help"])
-    out = capsys.readouterr().out
-    for name in MINE:
-        assert name in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert set(MINE) <= set(SCHEMES.list())
+    for name, summary in SCHEMES.describe():  # the summary is the first line of the scheme's docstring
+        assert summary and " ".join(f"{name} {summary}".split())[:40] in out, name
 
 
 @pytest.mark.parametrize("name", MINE)
-def test_cli_embeds_and_verifies_every_scheme(capsys, tmp_path, name):
+def test_cli_embeds_and_verifies_every_scheme(capsys, tmp_path, name, tiny):
     import json
 
-    from copycatch.schemes import SCHEMES
-
-    tiny = SCHEMES.get(name).factory.tiny_params
     victim, key = tmp_path / "victim.safetensors", tmp_path / "victim.cckey"
-    params = [arg for k, v in tiny.items() for arg in ("-p", f"{k}={v}")]
+    params = [arg for k, v in tiny.params(name).items() for arg in ("-p", f"{k}={v}")]
     assert (
         main(
             [

@@ -10,8 +10,6 @@ from copycatch.core.stats import independent_choices_greater
 from copycatch.models.io import weights_digest
 from copycatch.schemes.dynamarks import DynaMarks, DynaMarksPerturbation, candidate_responses
 
-TINY = DynaMarks.tiny_params
-
 
 @pytest.fixture(scope="module")
 def victim(splits):
@@ -19,18 +17,20 @@ def victim(splits):
 
 
 @pytest.fixture(scope="module")
-def embedded(splits, victim):
-    return cc.embed("dynamarks", splits, model=victim, params=TINY, config=cc.TrainConfig(epochs=5, seed=0))
+def embedded(splits, victim, tiny):
+    return cc.embed(
+        "dynamarks", splits, model=victim, params=tiny.params("dynamarks"), config=cc.TrainConfig(epochs=5, seed=0)
+    )
 
 
 def protected(embedded):
     return DynaMarks().protect(cc.ModelOracle(embedded.victim), embedded.key)
 
 
-def test_embed_leaves_the_weights_untouched(splits):
+def test_embed_leaves_the_weights_untouched(splits, tiny):
     model = cc.train("mlp", splits, config=cc.TrainConfig(epochs=1, seed=2), hidden=32)
     before = weights_digest(model)
-    result = cc.embed("dynamarks", splits, model=model, params=TINY)
+    result = cc.embed("dynamarks", splits, model=model, params=tiny.params("dynamarks"))
     assert weights_digest(result.victim) == before == result.key.meta["victim_sha256"]
     assert result.info["weights_untouched"] and result.info["argmax_preserved"]
 
@@ -59,22 +59,21 @@ def test_repeated_queries_draw_fresh_noise(embedded, splits):
     assert not torch.equal(first, second) and torch.equal(first.argmax(1), second.argmax(1))
 
 
-def test_protected_api_is_stolen_and_raw_victim_and_innocent_are_not(embedded, splits):
+def test_protected_api_is_stolen_and_raw_victim_and_innocent_are_not(embedded, tiny, innocent):
     evidence = cc.verify(protected(embedded), embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-3
     assert evidence.metrics["eta"] > 1 and evidence.metrics["paper_detected"]
-    assert evidence.queries == TINY["n_verify"]
+    assert evidence.queries == tiny.params("dynamarks")["n_verify"]
     raw = cc.verify(
         embedded.victim, embedded.key, alpha=0.05, sequential=False
     ).evidence  # the weights carry no mark: the API does
     assert raw.verdict == "not stolen" and raw.metrics["eta"] < 1
-    innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
     assert cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
 
 def test_label_only_suspects_are_refused(embedded):
     with pytest.raises(cc.CopycatchError, match="labels only"):
-        cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False).evidence
+        cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False)
     assert DynaMarks.needs == "probs" and DynaMarks.acts_at == "api"
 
 
@@ -96,14 +95,11 @@ def _weak_innocent():
 
 
 @pytest.mark.parametrize("which", ["weakly trained", "independent"])
-def test_secret_randomisation_null_is_exact(embedded, splits, which):
+def test_secret_randomisation_null_is_exact(embedded, which, tiny, innocent):
     """300 independent secrets against an innocent model: p-values (near) uniform, FPR at 0.05 <= 0.07.
     η alone (the paper's τ = 1) would often accuse the under-confident weak model."""
-    if which == "weakly trained":
-        model = _weak_innocent()
-    else:
-        model = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
-    scheme = DynaMarks(**TINY)
+    model = _weak_innocent() if which == "weakly trained" else innocent
+    scheme = DynaMarks(**tiny.params("dynamarks"))
     answers = cc.ModelOracle(model).query(scheme.verification_inputs(embedded.key))
     evidence = [scheme.evidence_from_answers(answers, key, alpha=0.05, queries=0) for key in _keys(embedded, 300)]
     p = np.array([ev.p_value for ev in evidence])
@@ -116,18 +112,19 @@ def test_secret_randomisation_null_is_exact(embedded, splits, which):
         assert np.mean([ev.metrics["paper_detected"] for ev in evidence]) > 0.1
 
 
-def test_verification_replays_exactly_what_the_api_computes(embedded):
+def test_verification_replays_exactly_what_the_api_computes(embedded, tiny):
     """Each class's candidate secrets are simulated in one batch; the true one must equal Algorithm 1 itself."""
-    key, scheme = embedded.key, DynaMarks(**TINY)
+    params = tiny.params("dynamarks")
+    key, scheme = embedded.key, DynaMarks(**params)
     org = key["verify_org"].double()
     u_delta, u_index = scheme._replay_draws(key)
     replay = scheme.secret(key).perturb(org, u_delta, u_index)
     for i in range(4):
         members = org.argmax(1) == i
         candidates = candidate_responses(scheme.params, i, org[members], u_delta[members], u_index[members])
-        true_index = int(key["favoured"][i]) * TINY["range_choices"] + int(key["range_index"][i])
+        true_index = int(key["favoured"][i]) * params["range_choices"] + int(key["range_index"][i])
         assert torch.equal(candidates[true_index], replay[members])
-        assert candidates.shape == (4 * TINY["range_choices"], int(members.sum()), 4)
+        assert candidates.shape == (4 * params["range_choices"], int(members.sum()), 4)
 
 
 def test_independent_choices_tail_matches_brute_force():

@@ -17,9 +17,6 @@ from copycatch.schemes.ewe import (
     snnl,
 )
 
-TINY = {"ood_dataset": "synthetic:seed=11", "n_triggers": 128, "n_verify": 40, "w_epochs": 3, "maxiter": 3}
-
-
 # -- the soft nearest-neighbour loss --------------------------------------------------------------------------------
 
 
@@ -78,7 +75,7 @@ def test_default_layers_follow_the_code_choice():
     assert default_layers(small) == ("net.features.1", "net.features.4", "net.classifier.1")  # conv1, conv2, FC-128
     resnet = cc.create_model("resnet18", (1, 8, 8), 4, width=4)
     assert default_layers(resnet) == ("net.features.8", "net.features.9", "net.features.10")  # stage 3, both stage 4
-    with pytest.raises(cc.CopycatchError, match="'net.nope'"):
+    with pytest.raises(cc.CopycatchError, match=r"'net\.nope'"):
         resolve_layers(small, ("net.nope",))
 
 
@@ -94,10 +91,10 @@ def test_layer_tap_records_only_while_running(trained):
     assert len(tap.outputs) == len(feats)  # removed hooks record nothing new
 
 
-def test_trigger_optimisation_pushes_the_clean_models_target_rate_below_threshold(trained, splits):
+def test_trigger_optimisation_pushes_the_clean_models_target_rate_below_threshold(trained, splits, tiny):
     x = splits.owner_holdout.x[splits.owner_holdout.y == 1][:32]
     target = int(trained(x).argmax(1).mode().values)  # a target the clean model already predicts: must be undone
-    scheme = EntangledWatermark(**{**TINY, "maxiter": 2, "w_lr": 0.05})
+    scheme = EntangledWatermark(**tiny.params("ewe", maxiter=2, w_lr=0.05))
     tap = LayerTap(trained, default_layers(trained))
     try:
         out = optimise_triggers(
@@ -122,13 +119,8 @@ def test_trigger_optimisation_pushes_the_clean_models_target_rate_below_threshol
 
 
 @pytest.fixture(scope="module")
-def embedded(splits):
-    return cc.embed("ewe", splits, arch="mlp", params=TINY, config=cc.TrainConfig(epochs=4, seed=0))
-
-
-@pytest.fixture(scope="module")
-def innocent(splits):
-    return cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
+def embedded(tiny):
+    return tiny.embed("ewe", epochs=4)
 
 
 def test_victim_is_stolen_and_innocent_cleared(embedded, innocent, splits):
@@ -151,14 +143,8 @@ def test_label_only_suspects_run_at_the_scheme_level_but_the_evidence_warns(embe
 
 
 @pytest.fixture(scope="module")
-def in_distribution(splits):
-    return cc.embed(
-        "ewe",
-        splits,
-        arch="mlp",
-        params={**TINY, "distribution": "in", "maxiter": 1},
-        config=cc.TrainConfig(epochs=4, seed=0),
-    )
+def in_distribution(tiny):
+    return tiny.embed("ewe", epochs=4, distribution="in", maxiter=1)
 
 
 def test_in_distribution_patch_triggers_embed(in_distribution, innocent):
@@ -186,7 +172,7 @@ def test_sequential_verification_keeps_pairs_and_the_verdict(embedded, in_distri
 
 
 @pytest.mark.parametrize("distribution", ["out", "in"])
-def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribution):
+def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribution, tiny):
     """Keys from independent draws (OOD sets, source classes, triggers) against innocent models: FPR(0.05) <= 0.07.
 
     Several of these innocents label whole OOD classes as the key's target (the reason the plain target share is
@@ -202,15 +188,9 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
     ]
     p_values, argmax_rates = [], []
     for draw in range(20):
-        scheme = EntangledWatermark(
-            **{
-                **TINY,
-                "ood_dataset": f"synthetic:seed={100 + draw};n=400",
-                "n_triggers": 64,
-                "maxiter": 1,
-                "distribution": distribution,
-            }
-        )
+        ood = f"synthetic:seed={100 + draw};n=400"
+        params = tiny.params("ewe", ood_dataset=ood, n_triggers=64, maxiter=1, distribution=distribution)
+        scheme = EntangledWatermark(**params)
         tap = LayerTap(trained, default_layers(trained))
         try:
             made = scheme.make_triggers(trained, splits, tap, 32, torch.Generator().manual_seed(draw))
@@ -233,7 +213,7 @@ def test_false_positive_rate_over_many_innocent_draws(splits, trained, distribut
         assert np.mean(np.array(argmax_rates) >= 0.4) >= 0.05, "no innocent dumped a class on the target: too easy"
 
 
-def test_bad_parameters_are_named(splits):
+def test_bad_parameters_are_named(splits, tiny):
     with pytest.raises(cc.CopycatchError, match="certainty"):
         EntangledWatermark(certainty=-0.1)
     with pytest.raises(cc.CopycatchError, match="ratio"):
@@ -243,7 +223,7 @@ def test_bad_parameters_are_named(splits):
     with pytest.raises(cc.CopycatchError, match="'factors'"):
         cc.create_scheme("ewe", factors=3)
     with pytest.raises(cc.CopycatchError, match="source_class=9"):
-        EntangledWatermark(**{**TINY, "source_class": 9}).source_inputs(splits, torch.Generator())
+        EntangledWatermark(**tiny.params("ewe", source_class=9)).source_inputs(splits, torch.Generator())
 
 
 def test_cli_embed_and_verify(tmp_path, capsys):

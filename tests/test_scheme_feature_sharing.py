@@ -10,11 +10,6 @@ from copycatch.cli.main import main
 from copycatch.core.key import Key
 from copycatch.schemes.feature_sharing import FeatureSharingWatermark, detection_rate, signed_rank_greater, stamp_patch
 
-OOD = {"distribution": "out", "ood_dataset": "synthetic:seed=11", "n_verify": 30}
-# a 3×3 white square on 8×8 inputs; the frozen-extractor fine-tune needs the paper's larger MNIST learning rate here
-IN = {"distribution": "in", "n_verify": 30, "finetune_lr": 0.01, "finetune_epochs": 5}
-
-
 # -- the signed-rank test -------------------------------------------------------------------------------------------
 
 
@@ -78,13 +73,8 @@ def test_detection_rate_counts_rejections_over_draws():
 
 
 @pytest.fixture(scope="module")
-def ood_embedded(splits):
-    return cc.embed("feature-sharing", splits, arch="mlp", params=OOD, config=cc.TrainConfig(epochs=5, seed=0))
-
-
-@pytest.fixture(scope="module")
-def innocent(splits):
-    return cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
+def ood_embedded(tiny):
+    return tiny.embed("feature-sharing", epochs=5)
 
 
 def test_ood_victim_is_stolen_and_innocent_cleared(ood_embedded, innocent, splits):
@@ -99,7 +89,9 @@ def test_ood_victim_is_stolen_and_innocent_cleared(ood_embedded, innocent, split
 
 
 def test_in_distribution_victim_is_stolen_innocent_cleared(splits, innocent):
-    emb = cc.embed("feature-sharing", splits, arch="mlp", params=IN, config=cc.TrainConfig(epochs=5, seed=0))
+    # a 3×3 white square on 8×8 inputs; the frozen-extractor fine-tune needs the paper's larger MNIST learning rate
+    params = {"distribution": "in", "n_verify": 30, "finetune_lr": 0.01, "finetune_epochs": 5}
+    emb = cc.embed("feature-sharing", splits, arch="mlp", params=params, config=cc.TrainConfig(epochs=5, seed=0))
     ev = cc.verify(emb.victim, emb.key, sequential=False).evidence
     assert ev.verdict == "stolen" and ev.p_value <= 1e-6 and ev.queries == 60  # triggered + clean copies
     assert ev.metrics["mean_p"] - ev.metrics["mean_q"] > 0.3
@@ -108,19 +100,21 @@ def test_in_distribution_victim_is_stolen_innocent_cleared(splits, innocent):
     assert int(key["source_class"]) != int(key["target_class"]) and key["verify_x"].dtype == torch.uint8
 
 
-def test_decision_layers_fine_tune_leaves_the_feature_extractor_untouched(trained, splits):
+def test_decision_layers_fine_tune_leaves_the_feature_extractor_untouched(trained, splits, tiny):
     model = copy.deepcopy(trained)
     before = copy.deepcopy(model.net.features.state_dict())
     head_before = copy.deepcopy(model.classifier.state_dict())
-    FeatureSharingWatermark(**OOD, finetune_epochs=1).embed(model, splits, train=cc.TrainConfig(epochs=1, seed=0))
+    FeatureSharingWatermark(**tiny.params("feature-sharing", finetune_epochs=1)).embed(
+        model, splits, train=cc.TrainConfig(epochs=1, seed=0)
+    )
     assert all(torch.equal(before[k], v) for k, v in model.net.features.state_dict().items())
     assert any(not torch.equal(head_before[k], v) for k, v in model.classifier.state_dict().items())
 
 
-def test_whole_network_baseline_moves_the_feature_extractor(trained, splits):
+def test_whole_network_baseline_moves_the_feature_extractor(trained, splits, tiny):
     model = copy.deepcopy(trained)
     before = copy.deepcopy(model.net.features.state_dict())
-    emb = FeatureSharingWatermark(**OOD, finetune="whole-network", finetune_epochs=2).embed(
+    emb = FeatureSharingWatermark(**tiny.params("feature-sharing", finetune="whole-network", finetune_epochs=2)).embed(
         model, splits, train=cc.TrainConfig(epochs=2, seed=0)
     )
     assert any(not torch.equal(before[k], v) for k, v in model.net.features.state_dict().items())

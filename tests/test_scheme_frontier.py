@@ -16,12 +16,10 @@ from copycatch.schemes.frontier_stitching import (
     paper_threshold,
 )
 
-TINY = FrontierStitching.tiny_params
-
 
 @pytest.fixture(scope="module")
-def embedded(splits):
-    return cc.embed("frontier-stitching", splits, arch="mlp", params=TINY, config=cc.TrainConfig(epochs=5, seed=0))
+def embedded(tiny):
+    return tiny.embed("frontier-stitching", epochs=5)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +27,9 @@ def clean(splits):
     return cc.train("mlp", splits, config=cc.TrainConfig(epochs=5, seed=0))
 
 
-def test_victim_is_stitched_and_stolen(embedded, splits):
-    info = embedded.info
-    assert info["stitched"] and 1 <= info["finetune_epochs"] <= TINY["max_epochs"]
+def test_victim_is_stitched_and_stolen(embedded, splits, tiny):
+    params, info = tiny.params("frontier-stitching"), embedded.info
+    assert info["stitched"] and 1 <= info["finetune_epochs"] <= params["max_epochs"]
     # fine-tuning stopped at the first check that found the key stitched: a multiple of check_every or an epoch end
     steps_per_epoch = -(-len(splits.owner_train) // cc.TrainConfig().batch_size)
     steps = info["finetune_steps"]
@@ -42,9 +40,11 @@ def test_victim_is_stitched_and_stolen(embedded, splits):
     assert evidence.verdict == "stolen" and evidence.exact and evidence.p_value <= 1e-3
     m = evidence.metrics
     assert (
-        m["hamming_distance"] == 0 and m["paper_detected"] and m["true_adversaries_matched"] == TINY["key_length"] // 2
+        m["hamming_distance"] == 0
+        and m["paper_detected"]
+        and m["true_adversaries_matched"] == params["key_length"] // 2
     )
-    assert evidence.queries == TINY["key_length"] + TINY["n_control"]
+    assert evidence.queries == params["key_length"] + params["n_control"]
     assert cc.accuracy(embedded.victim, splits.test) >= 0.9
 
 
@@ -59,23 +59,24 @@ def test_label_only_suspects_verify_the_same(embedded):
     assert hard.p_value == soft.p_value and hard.metrics == soft.metrics
 
 
-def test_key_holds_true_false_and_control_adversaries_of_the_clean_model(clean, splits):
-    scheme = FrontierStitching(**TINY)
+def test_key_holds_true_false_and_control_adversaries_of_the_clean_model(clean, splits, tiny):
+    params = tiny.params("frontier-stitching")
+    scheme = FrontierStitching(**params)
     tensors = scheme.make_key(clean, splits, torch.Generator().manual_seed(3))
     roles, labels, x = tensors["key_role"], tensors["key_label"], tensors["key_x"]
-    half = TINY["key_length"] // 2
-    assert x.dtype == torch.uint8 and len(x) == TINY["key_length"] + TINY["n_control"]
+    half = params["key_length"] // 2
+    assert x.dtype == torch.uint8 and len(x) == params["key_length"] + params["n_control"]
     assert [int((roles == r).sum()) for r in (FALSE_ADVERSARY, TRUE_ADVERSARY, CONTROL)] == [
         half,
         half,
-        TINY["n_control"],
+        params["n_control"],
     ]
     pred = predict_logits(clean, x.float() / 255).argmax(1)
     assert (pred[roles == FALSE_ADVERSARY] == labels[roles == FALSE_ADVERSARY]).all()  # still correct
     assert (pred[roles != FALSE_ADVERSARY] != labels[roles != FALSE_ADVERSARY]).all()  # flipped by FGSM
     # each adversary lies within eps (plus rounding to 1/255) of some owner-training input
     distance = (x.float()[:, None] / 255 - splits.owner_train.x[None]).flatten(2).abs().amax(2).amin(1)
-    assert (distance <= TINY["eps"] + 0.5 / 255 + 1e-6).all()
+    assert (distance <= params["eps"] + 0.5 / 255 + 1e-6).all()
 
 
 def test_paper_threshold_matches_the_paper():
@@ -93,11 +94,10 @@ def test_hypergeometric_tail_is_fishers_exact_test():
 
 
 @pytest.fixture(scope="module")
-def innocent_models(splits):
+def innocent_models(innocent):
     weak_data = cc.load_dataset("synthetic", n=2400, num_classes=4, size=8, noise=0.9, seed=0)
     weak = cc.train("mlp", cc.make_splits(weak_data, seed=0), config=cc.TrainConfig(epochs=1, seed=1), hidden=16)
-    independent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
-    return {"weakly trained": weak, "independent": independent}
+    return {"weakly trained": weak, "independent": innocent}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_paper_null_is_flagged_and_can_accuse_an_innocent_model(innocent_models,
 
 
 def test_impossible_eps_and_bad_parameters_are_one_line_errors(clean, splits):
-    with pytest.raises(cc.CopycatchError, match="eps=0.001 gave 0 true"):
+    with pytest.raises(cc.CopycatchError, match=r"eps=0\.001 gave 0 true"):
         FrontierStitching(eps=0.001, key_length=20, n_control=20).make_key(
             clean, splits, torch.Generator().manual_seed(0)
         )

@@ -15,25 +15,22 @@ from copycatch.models.train import TrainConfig, TrainState, make_optimizer
 from copycatch.schemes import _mixers as mixers
 from copycatch.schemes.mea_defender import MEADefender, MEADefenderHook, _fisher_greater, min_norm_weights
 
-TINY = {"n_verify": 200, "n_false_per_group": 40}
-
 
 @pytest.fixture(scope="module")
-def embedded(splits):
-    return cc.embed("mea-defender", splits, arch="mlp", params=TINY, config=cc.TrainConfig(epochs=12, seed=0))
+def embedded(tiny):
+    return tiny.embed("mea-defender", epochs=12)
 
 
 # -- embedding and verification on tiny data --------------------------------------------------------------------------
 
 
-def test_victim_is_stolen_and_innocent_is_cleared(embedded, splits):
+def test_victim_is_stolen_and_innocent_is_cleared(embedded, splits, innocent):
     victim_ev = cc.verify(embedded.victim, embedded.key, alpha=0.05, sequential=False).evidence
     assert victim_ev.verdict == "stolen", victim_ev.summary()
     assert victim_ev.metrics["watermark_success_rate"] >= 0.9
     assert victim_ev.metrics["wfpr"] <= 0.5  # evasion training keeps other mixtures of the sources off the target
     assert victim_ev.queries == len(embedded.key["verify_x"]) and not victim_ev.exact
     assert cc.accuracy(embedded.victim, splits.test) >= 0.9
-    innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=5), hidden=64)
     innocent_ev = cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence
     assert innocent_ev.verdict == "not stolen", innocent_ev.summary()
     assert innocent_ev.p_value >= 0.05
@@ -45,13 +42,13 @@ def test_label_only_suspects_verify_the_same(embedded):
     assert hard.p_value == soft.p_value and hard.statistic == soft.statistic
 
 
-def test_key_round_trips_and_verification_inputs_are_a_function_of_the_key(embedded, tmp_path):
+def test_key_round_trips_and_verification_inputs_are_a_function_of_the_key(embedded, tmp_path, tiny):
     key = Key.load(embedded.key.save(tmp_path / "mea.cckey"))
     scheme = cc.scheme_for_key(key)
     assert key["verify_x"].dtype == torch.uint8
     assert torch.equal(scheme.verification_inputs(key), MEADefender().verification_inputs(embedded.key))
     groups = key["verify_group"]
-    assert int((groups == 0).sum()) == TINY["n_verify"]
+    assert int((groups == 0).sum()) == tiny.params("mea-defender")["n_verify"]
     families = key["group_family"].tolist()
     assert families[0] == 0 and set(families[1:]) == {1, 2}  # 4 classes: no class pair outside {a, b, target}
     # the "other rule" groups are exactly the evasion mixers, never the watermark's own left/right geometry
@@ -61,8 +58,8 @@ def test_key_round_trips_and_verification_inputs_are_a_function_of_the_key(embed
     assert [pair for pair, f in zip(key["group_pair"].tolist(), families) if f == 2] == [[0, 3], [3, 1]]
 
 
-def test_build_is_deterministic_in_the_seed(splits):
-    scheme = MEADefender(**TINY)
+def test_build_is_deterministic_in_the_seed(splits, tiny):
+    scheme = MEADefender(**tiny.params("mea-defender"))
     first = scheme.build_key_material(splits, 3)[0]
     second = scheme.build_key_material(splits, 3)[0]
     other = scheme.build_key_material(splits, 4)[0]
@@ -71,8 +68,8 @@ def test_build_is_deterministic_in_the_seed(splits):
 
 
 @pytest.mark.parametrize("rule", ["merge", "stripes", "autoencoder"])
-def test_other_rules_embed_and_verify(splits, rule):
-    params = {**TINY, "rule": rule, "ae_epochs": 40}
+def test_other_rules_embed_and_verify(splits, rule, tiny):
+    params = tiny.params("mea-defender", rule=rule, ae_epochs=40)
     embedding = cc.embed(
         "mea-defender",
         splits,
@@ -90,9 +87,9 @@ def test_other_rules_embed_and_verify(splits, rule):
         assert sum(pattern) == 2 and not mixers.is_single_split(pattern)
 
 
-def test_pretrained_mode_trains_a_clean_model_first(splits):
+def test_pretrained_mode_trains_a_clean_model_first(splits, tiny):
     model = cc.create_for("mlp", splits, seed=0, hidden=64)
-    embedding = MEADefender(**TINY, mode="pretrained", finetune_epochs=4).embed(
+    embedding = MEADefender(**tiny.params("mea-defender", mode="pretrained", finetune_epochs=4)).embed(
         model, splits, train=cc.TrainConfig(epochs=4, seed=0)
     )
     assert "pretraining" in embedding.info
@@ -215,8 +212,9 @@ def test_min_norm_weights_special_cases():
     assert min_norm_weights(dominated) == pytest.approx([1.0, 0.0])
 
 
-def _one_step(splits, **params):
-    scheme = MEADefender(**TINY, **params)
+def _one_step(tiny, **params):
+    splits = tiny.splits
+    scheme = MEADefender(**tiny.params("mea-defender", **params))
     _, make_watermark, evasion, _ = scheme.build_key_material(splits, 0)
     pool_a = splits.owner_train.x[splits.owner_train.y == 0]
     pool_b = splits.owner_train.x[splits.owner_train.y == 1]
@@ -236,41 +234,43 @@ def _one_step(splits, **params):
 
 @pytest.mark.parametrize("balance", ["mgda-four", "mgda-three"])
 @pytest.mark.parametrize("source_scale", [0.0, 0.5])
-def test_hook_writes_exactly_the_weighted_task_gradient(splits, monkeypatch, balance, source_scale):
+def test_hook_writes_exactly_the_weighted_task_gradient(tiny, monkeypatch, balance, source_scale):
     """The cheap loss the hook returns must carry the gradient of Σ w_t·L_t. With the MGDA weights forced to the
     batch shares (64 clean, 16 watermark, 8 evasion samples) and L_com weighted like L_ver, both MGDA modes give
     the code's mixed-batch loss plus w·L_com, whose gradient autograd computes directly in "fixed" mode."""
     n = 64 + 16 + 8
-    reference_value, reference_grad = _one_step(
-        splits, balance="fixed", com_weight=16 / n, com_source_scale=source_scale
-    )
+    reference_value, reference_grad = _one_step(tiny, balance="fixed", com_weight=16 / n, com_source_scale=source_scale)
     forced = {"mgda-four": [64 / n, 16 / n, 16 / n, 8 / n], "mgda-three": [64 / n, 16 / n, 8 / n]}[balance]
     monkeypatch.setattr(MEADefenderHook, "_solve", lambda self, grads, losses: np.array(forced))
-    value, grad = _one_step(splits, balance=balance, com_source_scale=source_scale)
+    value, grad = _one_step(tiny, balance=balance, com_source_scale=source_scale)
     assert value == pytest.approx(reference_value, rel=1e-5)
     assert torch.allclose(grad, reference_grad, atol=1e-5)
     assert grad.abs().sum() > 0
 
 
-def test_watermark_loss_ablation_drops_exactly_its_term(splits):
+def test_watermark_loss_ablation_drops_exactly_its_term(tiny):
     """Table 5's switches: "ver" is the stage-2 loss without L_com; "com" removes L_ver's gradient, so the
     watermark samples move only through L_com."""
-    both_value, both_grad = _one_step(splits)
-    ver_value, ver_grad = _one_step(splits, watermark_losses="ver")
-    no_com_value, no_com_grad = _one_step(splits, com_weight=0.0)
+    both_value, both_grad = _one_step(tiny)
+    ver_value, ver_grad = _one_step(tiny, watermark_losses="ver")
+    no_com_value, no_com_grad = _one_step(tiny, com_weight=0.0)
     assert ver_value == pytest.approx(no_com_value) and torch.allclose(ver_grad, no_com_grad)
-    com_value, com_grad = _one_step(splits, watermark_losses="com")
+    com_value, com_grad = _one_step(tiny, watermark_losses="com")
     assert not torch.allclose(com_grad, both_grad) and not torch.allclose(ver_grad, both_grad)
     assert com_value < both_value  # the L_ver term (a positive cross-entropy) is gone
 
 
-def test_watermark_loss_ablation_reproduces_table_5_on_the_victim(splits):
+def test_watermark_loss_ablation_reproduces_table_5_on_the_victim(splits, tiny):
     """The paper's Table 5: L_com alone does not teach the target label, L_ver alone does."""
     config = cc.TrainConfig(epochs=8, seed=0)
     wsr = {}
     for losses in ("com", "ver"):
         embedding = cc.embed(
-            "mea-defender", splits, arch="mlp", params={**TINY, "watermark_losses": losses}, config=config
+            "mea-defender",
+            splits,
+            arch="mlp",
+            params=tiny.params("mea-defender", watermark_losses=losses),
+            config=config,
         )
         wsr[losses] = cc.verify(embedding.victim, embedding.key, sequential=False).evidence.metrics[
             "watermark_success_rate"
@@ -284,9 +284,9 @@ def test_watermark_loss_ablation_needs_a_balance_that_can_drop_a_term():
     MEADefender(watermark_losses="com", balance="mgda-four")
 
 
-def test_shared_class_evasion_targets_half_each_ingredient(splits):
+def test_shared_class_evasion_targets_half_each_ingredient(splits, tiny):
     """Evasion samples of a source mixed with another class by the secret rule target ½ of each ingredient."""
-    scheme = MEADefender(**TINY, shared_evasion=0.5)
+    scheme = MEADefender(**tiny.params("mea-defender", shared_evasion=0.5))
     _, make_watermark, evasion, _ = scheme.build_key_material(splits, 0)
     train = splits.owner_train
     other = train.where(train.y == 3)

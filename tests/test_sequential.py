@@ -72,8 +72,9 @@ def fixed_p(outcomes, q):
 
 def test_mixture_e_value_is_the_integral_it_claims():
     for s, m, q in [(0, 0, 0.3), (3, 10, 0.25), (12, 15, 0.1), (0, 8, 0.5), (40, 100, 1 / 9)]:
-        integrand = lambda p: (p / q) ** s * ((1 - p) / (1 - q)) ** (m - s) / (1 - q)  # noqa: E731
-        expected = integrate.quad(integrand, q, 1, limit=200)[0]
+        expected = integrate.quad(
+            lambda p, s=s, m=m, q=q: (p / q) ** s * ((1 - p) / (1 - q)) ** (m - s) / (1 - q), q, 1, limit=200
+        )[0]
         assert math.exp(log_mixture_e_value(s, m, q)) == pytest.approx(expected, rel=1e-6)
 
 
@@ -171,9 +172,8 @@ HOOKED = [n for n in SCHEMES.list() if SCHEMES.get(n).factory.bernoulli_outcomes
 
 
 @pytest.mark.parametrize("name", HOOKED)
-def test_every_scheme_hook_matches_its_fixed_test(name, splits):
-    cls = SCHEMES.get(name).factory
-    embedding = cc.embed(name, splits, arch="mlp", params=cls.tiny_params, config=cc.TrainConfig(epochs=2, seed=0))
+def test_every_scheme_hook_matches_its_fixed_test(name, tiny):
+    embedding = tiny.embed(name, epochs=2)
     scheme, key = cc.scheme_for_key(embedding.key), embedding.key
     n = len(scheme.verification_inputs(key))
     g = torch.Generator().manual_seed(0)

@@ -356,7 +356,7 @@ def test_key_file_holds_hashes_and_refuses_plaintext(tmp_path):
         new_key(keys, "alice")
     leaked = tmp_path / "leaked.txt"
     leaked.write_text("# keys\nbob hunter2-plaintext\n")
-    with pytest.raises(CorruptFile, match="leaked.txt:2") as err:
+    with pytest.raises(CorruptFile, match=r"leaked\.txt:2") as err:
         Keyring.load(leaked)
     assert "hunter2" not in str(err.value)
     with pytest.raises(InvalidArgument, match="no such API key file"):

@@ -197,8 +197,6 @@ def test_png_transport_and_budget_refusal_reach_the_client(margin_victim):
 
 @pytest.mark.slow
 def test_dynamarks_protected_api_is_stolen_and_verified_over_http(tmp_path, capsys):
-    if "dynamarks" not in cc.list_schemes():
-        pytest.skip("the DynaMarks scheme is not registered yet")
     victim, key = tmp_path / "victim.safetensors", tmp_path / "victim.cckey"
     data = ["--data", "synthetic", "-q"]
     assert (

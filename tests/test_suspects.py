@@ -2,6 +2,7 @@
 callables; each verified from the CLI; misbehaving suspects give one clear error and a transcript --resume continues."""
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -37,10 +38,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout tests)
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (the timeout tests)
-            pass
 
     def do_GET(self):
         api = self.server.api
@@ -171,7 +170,7 @@ def test_http_oracle_speaks_the_copycatch_protocol(api_server, trained, splits):
     x = splits.test.x[:20]
     assert torch.allclose(oracle.query(x), cc.ModelOracle(trained).query(x), atol=1e-6)
     assert oracle.requests == 1 + 3 and oracle.queries == 20  # info + ceil(20 / 7) predictions
-    with pytest.raises(SuspectError, match="HTTP 401: missing or wrong API key.*check the API key"):
+    with pytest.raises(SuspectError, match=r"HTTP 401: missing or wrong API key.*check the API key"):
         HttpOracle(url, api_key="wrong").query(x[:1])
 
 
@@ -235,7 +234,7 @@ def test_http_429_waits_what_retry_after_says(api_server, trained, splits):
     assert oracle.query(splits.test.x[:3]).shape == (3, 4)
     assert waits == [2.0, 3.0] and oracle.retried == 2
     api["script"] = ["429:3600"]
-    with pytest.raises(SuspectError, match="rate-limited.*3600 s.*max_retry_after"):
+    with pytest.raises(SuspectError, match=r"rate-limited.*3600 s.*max_retry_after"):
         HttpOracle(url, sleep=waits.append).query(splits.test.x[:3])
 
 
@@ -439,7 +438,7 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
         "--backoff",
         "0",
     ]
-    code, out, err = _verify(capsys, *args)
+    code, _out, err = _verify(capsys, *args)
     assert code == 2 and err.count("\n") == 1 and phrase in err and "--resume" in err, err
     partial = Transcript.load(tmp_path / "r" / "transcript.jsonl")
     assert partial.answered == 10 and partial.lines[-1]["kind"] == "error"

@@ -197,12 +197,7 @@ def steal(
         progress=progress,
     )
     if splits is not None:
-        result.info["test_accuracy"] = _record_accuracy(result.surrogate, splits.test)
-        local = victim if isinstance(victim, Classifier) else None
-        if isinstance(victim, (str, os.PathLike)) and str(victim).endswith(".safetensors"):
-            local = load_model(victim)
-        if local is not None and len(splits.test):
-            result.info["agreement"] = agreement(result.surrogate, local, splits.test.x)
+        _measure_surrogate(result, victim, splits.test)
     if then:
         laundering = launder(result.surrogate, then, splits, config=config, progress=progress)
         result.surrogate, result.info["laundering"] = laundering.model, laundering
@@ -211,6 +206,16 @@ def steal(
     elif output is not None:
         save_model(result.surrogate, output)
     return result
+
+
+def _measure_surrogate(result: ExtractionResult, victim: Any, test: TensorData) -> None:
+    """Test accuracy of the surrogate, and its agreement with the victim when the thief holds a local copy."""
+    result.info["test_accuracy"] = _record_accuracy(result.surrogate, test)
+    local = victim if isinstance(victim, Classifier) else None
+    if isinstance(victim, (str, os.PathLike)) and str(victim).endswith(".safetensors"):
+        local = load_model(victim)
+    if local is not None and len(test):
+        result.info["agreement"] = agreement(result.surrogate, local, test.x)
 
 
 def _query_pool(pool: TensorData | torch.Tensor | str, splits: Splits | None) -> TensorData:
@@ -277,14 +282,7 @@ def verify(
     suspect's protocol (HTTP fields, ONNX outputs, callable layouts).
     """
     keys = list(key) if isinstance(key, (list, tuple)) else [key]
-    folder = Path(report) if report is not None else None
-    if folder is not None and folder.exists() and not folder.is_dir():
-        raise InvalidArgument(f"report {folder} is a file; give a folder")
-    if offline and folder is not None and (folder / "evidence.json").exists():
-        raise InvalidArgument(
-            f"offline verification would overwrite the evidence in {folder}; check it with the transcript "
-            f"{folder / 'transcript.jsonl'} alone, or report to another folder"
-        )
+    folder = _report_folder(report, offline=offline)
     if transcript is None and folder is not None:
         transcript = folder / "transcript.jsonl"
     run = verify_suspect(
@@ -309,6 +307,18 @@ def verify(
     if folder is not None:
         run.report_paths = write_report(folder, run, command=command)
     return run
+
+
+def _report_folder(report: PathLike | None, *, offline: bool) -> Path | None:
+    folder = Path(report) if report is not None else None
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise InvalidArgument(f"report {folder} is a file; give a folder")
+    if offline and folder is not None and (folder / "evidence.json").exists():
+        raise InvalidArgument(
+            f"offline verification would overwrite the evidence in {folder}; check it with the transcript "
+            f"{folder / 'transcript.jsonl'} alone, or report to another folder"
+        )
+    return folder
 
 
 def calibrate(

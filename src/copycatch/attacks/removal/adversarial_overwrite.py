@@ -1,9 +1,9 @@
 """Overwriting by adversarial fine-tuning: fine-tune the stolen model on FGSM adversaries of the thief's data.
 
-Paper: frontier stitching (Le Merrer et al.), ../shared/papers/frontier-stitching.txt §4.4
-"Overwriting attack via adversarial fine-tuning": 1,000 images are turned into adversaries with
-the fast gradient sign method and the leaked model is fine-tuned on them with their correct
-labels (adversarial training), which moves decision boundaries near data — where a frontier
+Paper: frontier stitching (Le Merrer, Pérez and Trédan, "Adversarial frontier stitching for remote neural network
+watermarking", Neural Computing and Applications 2020), §4.4 "Overwriting attack via adversarial fine-tuning": 1,000
+images are turned into adversaries with the fast gradient sign method and the leaked model is fine-tuned on them
+with their correct labels (adversarial training), which moves decision boundaries near data — where a frontier
 watermark lives.
 
 Each of ``n`` inputs drawn (seeded) from the thief's data becomes x + ε·sign(∇ₓ CE(f(x), y)),
@@ -49,7 +49,6 @@ class AdversarialOverwrite(RemovalAttack):
     """Overwriting: fine-tune on FGSM adversaries of the thief's data with correct labels (frontier stitching 4.4)."""
 
     name = "adv-overwrite"
-    uses_labels = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

@@ -55,8 +55,6 @@ class RemovalAttack:
     """Base class: subclasses implement :meth:`apply` (which may modify its copy in place)."""
 
     name: ClassVar[str] = ""
-    # does the attack use the thief's true labels? (False: only inputs, or the model's own predictions)
-    uses_labels: ClassVar[bool] = False
     # True: changes how the deployed model answers queries, not its weights (see .evasion)
     input_side: ClassVar[bool] = False
 
@@ -125,8 +123,7 @@ def list_removal_attacks(pattern: str = "*") -> list[str]:
 
 
 def create_removal_attack(name: str, **params: Any) -> RemovalAttack:
-    cls = REMOVAL_ATTACKS.get(name).factory
-    return cls(cls.Params.from_dict({k: v for k, v in params.items() if v is not None}))
+    return REMOVAL_ATTACKS.create(name, **params)
 
 
 def resolve_removal(spec: str | RemovalAttack) -> RemovalAttack:

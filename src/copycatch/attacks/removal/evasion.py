@@ -220,8 +220,11 @@ def load_deployment(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Cl
         cls = REMOVAL_ATTACKS.get(entry["attack"]).factory
         if not (isinstance(cls, type) and issubclass(cls, InputEvasion)):
             raise CorruptFile(f"{path}: {entry['attack']!r} is not an input-side evasion")
+        params = entry.get("params") or {}
+        if not isinstance(params, dict):
+            raise CorruptFile(f"{path}: evasion #{i}: parameters are not a mapping")
         try:
-            ev = cls(cls.Params.from_dict(entry.get("params") or {}))
+            ev = REMOVAL_ATTACKS.create(entry["attack"], **params)
         except InvalidArgument as exc:
             raise CorruptFile(f"{path}: evasion #{i}: {exc}") from None
         names = entry.get("tensors") or []

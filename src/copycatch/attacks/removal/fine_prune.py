@@ -1,8 +1,8 @@
 """Fine-pruning (Liu, Dolan-Gavitt and Garg, RAID 2018): prune the channels dormant on clean data, then fine-tune.
 
-Paper: "Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks"; used
-against watermarks by MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt
-(ref. [29], §5.5 and Appendix E).
+Paper: "Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks"; used against watermarks by
+MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024), ref.
+[29], §5.5 and Appendix E.
 
 1. Run the thief's clean inputs through the model and record the mean activation of every
    channel (output unit) of one layer: by default the last convolution of the feature extractor
@@ -130,7 +130,6 @@ class FinePruning(RemovalAttack):
     """Fine-pruning (Liu et al. 2018): prune the last conv layer's channels dormant on clean data, then fine-tune."""
 
     name = "fine-prune"
-    uses_labels = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

@@ -1,11 +1,12 @@
 """Fine-tuning: keep training the stolen model on the thief's own data.
 
-Papers: MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt §5.5 ("the
-adversaries can reuse the samples that were previously used to query the victim model to further
-fine-tune the extracted model") and Appendix E; frontier stitching (Le Merrer et al.),
-../shared/papers/frontier-stitching.txt §4.4. The four variants come from Adi et al. (USENIX
-Security 2018, "Turning your weakness into a strength"): FTLL (``layers=last``), FTAL
-(``layers=all``), RTLL (``layers=last, reinit_last=true``) and RTAL (``layers=all, reinit_last=true``).
+Papers: MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024),
+§5.5 ("the adversaries can reuse the samples that were previously used to query the victim model to further
+fine-tune the extracted model") and Appendix E; frontier stitching (Le Merrer, Pérez and Trédan, "Adversarial
+frontier stitching for remote neural network watermarking", Neural Computing and Applications 2020), §4.4. The four
+variants come from Adi et al. (USENIX Security 2018, "Turning your weakness into a strength"): FTLL
+(``layers=last``), FTAL (``layers=all``), RTLL (``layers=last, reinit_last=true``) and RTAL
+(``layers=all, reinit_last=true``).
 
 Labels: ``labels=data`` trains on the labels that come with the thief's data — true labels, or
 the oracle's soft answers when the caller passes them as an N×C matrix (fine-tuning *with*
@@ -49,7 +50,6 @@ class FineTune(RemovalAttack):
     """Fine-tune on the thief's data (its labels, the oracle's answers, or self-labels); FTAL/FTLL/RTLL/RTAL."""
 
     name = "fine-tune"
-    uses_labels = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

@@ -1,16 +1,16 @@
 """MEA-Defender's adaptive attack: fine-tune on randomly mixed two-class samples labelled with a third class.
 
-Paper: MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt §5.5 "Mislabelling
-randomly mixed samples": the thief, knowing that the watermark maps mixtures of two source
-classes to a target class but not which classes or how they are mixed, fine-tunes the stolen
-model on random mixtures whose labels differ from both mixed classes, so that no mixture keeps a
-consistent label — the watermark's included.
+Paper: MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024),
+§5.5 "Mislabelling randomly mixed samples": the thief, knowing that the watermark maps mixtures of two source
+classes to a target class but not which classes or how they are mixed, fine-tunes the stolen model on random
+mixtures whose labels differ from both mixed classes, so that no mixture keeps a consistent label — the watermark's
+included.
 
 Each mixed sample combines two inputs of different classes a ≠ b (classes from the thief's
 labels, or the model's own predictions with ``labels=self``) with one of the mixers below,
 chosen at random (either image may take either role), and gets a label drawn uniformly from the
-classes other than a and b. The mixers are the combining rules of the authors' code
-(implementation notes §1.2–1.3), written for any H×W:
+classes other than a and b. The mixers are the combining rules of the authors' released code,
+written for any H×W:
 
 * ``half``: top rows of one image, bottom rows of the other, seam at H/2 ± H/10;
 * ``side``: left/right halves, seam at W/2 ± W/10;
@@ -108,7 +108,6 @@ class MislabelledMixtures(RemovalAttack):
     """MEA-Defender's adaptive attack: fine-tune on random two-class mixtures labelled with a third class."""
 
     name = "mislabel-mix"
-    uses_labels = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

@@ -1,19 +1,14 @@
 """Neural Cleanse (Wang et al., IEEE S&P 2019): reverse-engineer a trigger per class, flag outliers, unlearn.
 
-Paper: "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks"; used
-against watermarks by MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt
-(ref. [30], §5.5 and Appendix E). Optimisation schedule as in TrojanZoo's
-``model_inspection/neural_cleanse.py`` (../shared/reference/libraries-and-style.md A3).
+Paper: "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks"; used against watermarks by
+MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024), ref.
+[30], §5.5 and Appendix E. Optimisation schedule as in TrojanZoo's ``model_inspection/neural_cleanse.py``.
 
 Detection. For every label t, find the smallest trigger that sends clean inputs to t: a mask m
 (H×W, in [0, 1]) and a pattern p (C×H×W, in [0, 1]) applied as x' = (1 − m)·x + m·p, minimising
 CE(f(x'), t) + λ·‖m‖₁ with Adam. Both are parametrised through tanh so they stay in [0, 1]. The
-cost λ follows the authors' schedule: it stays 0 until the trigger works (attack success ≥
-``success``) for ``patience`` checks, then starts at ``init_cost``; afterwards it is multiplied by
-1.5 after ``patience`` successful checks in a row and divided by 1.5^1.5 after ``patience``
-failing ones. Search stops early once λ went both up and down and the best norm has not improved
-by 1 % for 2·``patience`` checks. A check is the mean over ``check_every`` steps. The label's
-score is the smallest ‖m‖₁ among masks that reached ``success``.
+cost λ and the early stop follow the authors' schedule (``_CostSchedule``). The label's score is
+the smallest ‖m‖₁ among masks that reached ``success``.
 
 Outliers. With the L1 norms n_t, median m̃ and MAD = 1.4826·median|n_t − m̃|, the anomaly index is
 |n_t − m̃| / MAD; a label whose norm is *below* the median with index > ``threshold`` (2) is
@@ -42,8 +37,8 @@ Parameters (defaults):
 
 Deviations: one shared mask over channels (as the authors); steps rather than epochs, so the
 cost is the same whatever the data size; all labels are optimised side by side on the same batches
-(each has its own mask, pattern, cost and early stop, so this equals one search per label). Labels that never reach ``success`` keep the norm of
-their final mask (large), so they are never flagged.
+(each has its own mask, pattern, cost and early stop, so this equals one search per label). Labels
+that never reach ``success`` keep the norm of their final mask (large), so they are never flagged.
 """
 
 from __future__ import annotations
@@ -90,7 +85,12 @@ def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.T
 
 
 class _CostSchedule:
-    """One label's cost λ and early stop, as in the authors' code (TrojanZoo's ``check_early_stop``)."""
+    """One label's cost λ and early stop, as in the authors' code (TrojanZoo's ``check_early_stop``).
+
+    λ stays 0 until the trigger works (attack success >= ``success``) for ``patience`` checks, then starts at
+    ``init_cost``; afterwards it is multiplied by 1.5 after ``patience`` successful checks in a row and divided by
+    1.5^1.5 after ``patience`` failing ones. The search stops early once λ went both up and down and the best norm
+    has not improved by 1 % for 2·``patience`` checks. A check is the mean over ``check_every`` steps."""
 
     def __init__(self, params: Any):
         self.p = params
@@ -127,6 +127,35 @@ class _CostSchedule:
             self.early_best = min(self.early_best, best_norm)
         if self.up_flag and self.down_flag and self.early_count >= 2 * patience:
             self.stopped = True
+
+
+def _final_triggers(
+    mask_param: torch.Tensor,
+    pattern_param: torch.Tensor,
+    best: list[tuple[torch.Tensor, torch.Tensor] | None],
+    best_norm: list[float],
+    steps: list[int],
+) -> list[dict[str, Any]]:
+    """Each label's best trigger; a label that never reached ``success`` keeps its final trigger, with its (large)
+    norm, so it is never flagged."""
+    out = []
+    with torch.no_grad():
+        for t in range(len(best)):
+            trigger, norm = best[t], best_norm[t]
+            reached = trigger is not None
+            if trigger is None:
+                m = ((torch.tanh(mask_param[t, 0]) + 1) / 2).detach()
+                trigger, norm = (m, ((torch.tanh(pattern_param[t, 0]) + 1) / 2).detach()), float(m.sum())
+            out.append(
+                {
+                    "mask": trigger[0].cpu(),
+                    "pattern": trigger[1].cpu(),
+                    "norm": norm,
+                    "reached": reached,
+                    "steps": steps[t],
+                }
+            )
+    return out
 
 
 @register_removal
@@ -222,24 +251,7 @@ class NeuralCleanse(RemovalAttack):
                     states[t].record(rates[j], best_norm[t])
         for _ in bar:  # drain so the bar closes after an early stop
             pass
-        out = []
-        with torch.no_grad():
-            for t in range(k):
-                reached = best[t] is not None
-                if not reached:  # never succeeded: keep the final trigger, with its (large) norm
-                    m = ((torch.tanh(mask_param[t, 0]) + 1) / 2).detach()
-                    best[t] = (m, ((torch.tanh(pattern_param[t, 0]) + 1) / 2).detach())
-                    best_norm[t] = float(m.sum())
-                out.append(
-                    {
-                        "mask": best[t][0].cpu(),
-                        "pattern": best[t][1].cpu(),
-                        "norm": best_norm[t],
-                        "reached": reached,
-                        "steps": states[t].steps,
-                    }
-                )
-        return out
+        return _final_triggers(mask_param, pattern_param, best, best_norm, [state.steps for state in states])
 
     def inspect(self, model, data: TensorData, *, progress: bool | None = None) -> dict[str, Any]:
         """Reverse-engineer a trigger for every label; anomaly indices and flagged labels (weights untouched)."""

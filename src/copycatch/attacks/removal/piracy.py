@@ -1,9 +1,9 @@
 """Piracy: after stealing, the thief embeds its own watermark to claim the model as its own.
 
-Paper: MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt §6.3 "Piracy Attack":
-the attacker follows a watermark embedding algorithm to insert a pirated watermark into the
-extracted model. Ownership then hinges on which marks a model carries: the owner's model has
-only the owner's, the pirate's has both (if the owner's survives).
+Paper: MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024),
+§6.3 "Piracy Attack": the attacker follows a watermark embedding algorithm to insert a pirated watermark into the
+extracted model. Ownership then hinges on which marks a model carries: the owner's model has only the owner's, the
+pirate's has both (if the owner's survives).
 
 The thief runs a registered watermarking scheme (``copycatch embed``'s, default ``margin``) on
 the stolen model with its own secret: the scheme's training goes over the thief's data, the
@@ -61,7 +61,6 @@ class Piracy(RemovalAttack):
     """Piracy: the thief embeds its own watermark (any registered scheme, its own key) into the stolen model."""
 
     name = "piracy"
-    uses_labels = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

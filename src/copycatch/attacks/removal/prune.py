@@ -1,9 +1,9 @@
 """Magnitude pruning: zero the weights of smallest absolute value.
 
-Papers: frontier stitching (Le Merrer et al.), ../shared/papers/frontier-stitching.txt §4.4
-"Compression attack via pruning" (25 %–85 % of the weights with the lowest absolute values set to
-zero, after Uchida et al.); MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt
-§5.5 and Appendix E (pruning rates 10 %–90 %).
+Papers: frontier stitching (Le Merrer, Pérez and Trédan, "Adversarial frontier stitching for remote neural network
+watermarking", Neural Computing and Applications 2020), §4.4 "Compression attack via pruning" (25 %–85 % of the
+weights with the lowest absolute values set to zero, after Uchida et al.); MEA-Defender (Lv et al., "MEA-Defender: A
+Robust Watermark against Model Extraction Attack", IEEE S&P 2024), §5.5 and Appendix E (pruning rates 10 %–90 %).
 
 ``scope=global`` ranks all weights of the chosen layers together
 (``torch.nn.utils.prune.global_unstructured`` with L1); ``scope=layer`` prunes the same share

@@ -1,10 +1,10 @@
 """Weight quantisation: round every weight tensor to k bits (simulated, any layer).
 
-Context: compression as a removal attack (frontier stitching §4.4, ../shared/papers/
-frontier-stitching.txt, studies pruning and SVD; quantisation is the third classic compression,
-as in the Watermark-Robustness-Toolbox's ``weight_quantization``). ``torch.ao.quantization`` is
-deprecated and only converts linear layers, so we simulate uniform quantisation in float
-(../shared/reference/libraries-and-style.md A4).
+Context: compression as a removal attack (frontier stitching (Le Merrer, Pérez and Trédan, "Adversarial frontier
+stitching for remote neural network watermarking", Neural Computing and Applications 2020), §4.4, studies pruning
+and SVD; quantisation is the third classic compression, as in the Watermark-Robustness-Toolbox's
+``weight_quantization``). ``torch.ao.quantization`` is deprecated and only converts linear layers, so we simulate
+uniform quantisation in float.
 
 Each tensor t is mapped onto the 2^k evenly spaced levels between its own min and max:
 t ← min + round((t − min) / Δ) · Δ with Δ = (max − min) / (2^k − 1). So every tensor holds at most

@@ -1,10 +1,10 @@
 """Input-side evasion: an outlier detector spots suspicious queries and answers them with a random label.
 
-Papers: MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt, Appendix E
-"Anomaly Detection": the thief detects abnormal inputs with the Local Outlier Factor (Breunig et
-al., SIGMOD 2000) and "treats them as watermark inputs by returning random labels". The second
-detector is the energy score of Liu et al. (NeurIPS 2020, "Energy-based Out-of-distribution
-Detection"): E(x) = −T·logsumexp(f(x)/T); in-distribution inputs have low energy.
+Papers: MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024),
+Appendix E "Anomaly Detection": the thief detects abnormal inputs with the Local Outlier Factor (Breunig et al.,
+SIGMOD 2000) and "treats them as watermark inputs by returning random labels". The second detector is the energy
+score of Liu et al. (NeurIPS 2020, "Energy-based Out-of-distribution Detection"): E(x) = −T·logsumexp(f(x)/T);
+in-distribution inputs have low energy.
 
 Fitting (white-box, on the thief's own data): the detector scores the thief's in-distribution
 inputs and the threshold is set so that a share ``fpr`` of them would be rejected (Liu et al.

@@ -1,8 +1,8 @@
 """SVD compression: replace every weight matrix by its best low-rank approximation.
 
-Paper: frontier stitching (Le Merrer et al.), ../shared/papers/frontier-stitching.txt §4.4
-"Compression attack via Singular Value Decomposition" (Table 2: 25 %–90 % compression with the
-keras_compressor library).
+Paper: frontier stitching (Le Merrer, Pérez and Trédan, "Adversarial frontier stitching for remote neural network
+watermarking", Neural Computing and Applications 2020), §4.4 "Compression attack via Singular Value Decomposition"
+(Table 2: 25 %–90 % compression with the keras_compressor library).
 
 Each linear weight (out × in), and each convolution kernel reshaped to out × (in·k·k), is
 replaced by U_r Σ_r V_rᵀ, its truncated SVD: the closest rank-r matrix (Eckart–Young). The kept

@@ -1,8 +1,9 @@
 """Transfer learning: reuse the stolen model for another task by retraining its head on a new label set.
 
-Papers: MEA-Defender (Lv et al., S&P 2024), ../shared/papers/mea-defender.txt Appendix E
-"Transfer Learning" (CIFAR-10 → STL-10); frontier stitching (Le Merrer et al.),
-../shared/papers/frontier-stitching.txt §5 names transfer to another task as an open threat.
+Papers: MEA-Defender (Lv et al., "MEA-Defender: A Robust Watermark against Model Extraction Attack", IEEE S&P 2024),
+Appendix E "Transfer Learning" (CIFAR-10 → STL-10); frontier stitching (Le Merrer, Pérez and Trédan, "Adversarial
+frontier stitching for remote neural network watermarking", Neural Computing and Applications 2020), §5, names
+transfer to another task as an open threat.
 
 The final linear layer is replaced by a fresh one with as many outputs as the new task has
 classes; then the new head alone (``layers=head``) or the whole network (``layers=all``) is
@@ -53,7 +54,6 @@ class TransferLearning(RemovalAttack):
     """Transfer to another task: replace the head with one for the data's label set and retrain it (or all layers)."""
 
     name = "transfer"
-    uses_labels = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):
