@@ -69,3 +69,18 @@ def test_the_cycle_finder_finds_a_cycle():
     graph.add_import(importer="a.y", imported="a.z")
     graph.add_import(importer="a.z", imported="a.x")
     assert _cycles(graph) == [["a.x", "a.y", "a.z"]]
+
+
+def test_file_formats_keep_their_names_when_modules_move():
+    """Files written before a refactor must still load: the format names are not module paths."""
+    from copycatch.attacks.removal import evasion
+    from copycatch.core import key
+    from copycatch.models import base as models
+    from copycatch.verification import calibration, report, transcript
+
+    assert key.FORMAT == "copycatch.key/1"
+    assert models.FORMAT == "copycatch.model/1"
+    assert transcript.FORMAT == "copycatch.transcript/1"
+    assert calibration.FORMAT == "copycatch.calibration/1"
+    assert report.FORMAT == "copycatch.evidence/1"
+    assert evasion.FORMAT == "copycatch.evasion/1"

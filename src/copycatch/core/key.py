@@ -4,7 +4,7 @@ A key holds the scheme name, its (public) parameters, its secret tensors
 (trigger inputs, secret labels, secret API-time parameters) and metadata
 (creation time, package version, data set, architecture, victim digest).
 
-File format: safetensors. The header metadata carries ``copycatch.core.key`` (JSON of
+File format: safetensors. The header metadata carries ``copycatch.key`` (JSON of
 format, scheme, params and meta) and ``digest``: SHA-256 over a canonical
 encoding of that JSON (sorted keys, compact separators) followed by every tensor
 in name order (name, dtype, shape, little-endian bytes). Loading recomputes the
@@ -27,7 +27,7 @@ import torch
 from .._version import __version__
 from .errors import CorruptFile, InvalidArgument
 
-FORMAT = "copycatch.core.key/1"
+FORMAT = "copycatch.key/1"
 
 
 @dataclasses.dataclass
@@ -71,7 +71,7 @@ class Key:
         except TypeError as exc:
             raise InvalidArgument(f"key metadata is not JSON-serialisable: {exc}") from None
         tmp = path.with_name(path.name + ".part")
-        save_file(dict(self.tensors), str(tmp), metadata={"copycatch.core.key": text, "digest": self.digest})
+        save_file(dict(self.tensors), str(tmp), metadata={"copycatch.key": text, "digest": self.digest})
         os.replace(tmp, path)
         return path
 
@@ -90,10 +90,10 @@ class Key:
                     tensors[name] = f.get_tensor(name)
         except Exception as exc:  # safetensors raises several types for damaged files
             raise CorruptFile(f"{path}: not a readable key file ({exc})") from None
-        if "copycatch.core.key" not in meta or "digest" not in meta:
+        if "copycatch.key" not in meta or "digest" not in meta:
             raise CorruptFile(f"{path}: not a copycatch key (no key header)")
         try:
-            header = json.loads(meta["copycatch.core.key"])
+            header = json.loads(meta["copycatch.key"])
         except json.JSONDecodeError:
             raise CorruptFile(f"{path}: key header is not valid JSON") from None
         if header.get("format") != FORMAT:

@@ -48,7 +48,7 @@ from ..models.train import TrainConfig, fit, train_model
 from ..oracles.base import Oracle
 from ..oracles.local import ModelOracle
 
-FORMAT = "copycatch.verification.calibration/1"
+FORMAT = "copycatch.calibration/1"
 KINDS = ("owner-data", "thief-data", "subset", "extracted")
 KIND_WORDS = {
     "owner-data": "trained on the owner's training data (another seed and/or architecture)",

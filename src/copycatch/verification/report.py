@@ -2,7 +2,7 @@
 
 ``copycatch verify --report DIR`` writes, beside ``DIR/transcript.jsonl``:
 
-* ``evidence.json`` (format ``copycatch.core.evidence/1``): for each key the scheme, the null hypothesis in words,
+* ``evidence.json`` (format ``copycatch.evidence/1``): for each key the scheme, the null hypothesis in words,
   the statistic, the p-value (and whether it is exact), α, the decision, the queries used and the key digest;
   the combined evidence when there are several keys; the suspect's fingerprint; the package and dependency
   versions; the settings and command line; and the query transcript's hash chain (every line's hash and the
@@ -34,7 +34,7 @@ from .._version import __version__
 from ..core.evidence import Evidence, _finite
 from ..core.stats import binomial_critical_greater
 
-FORMAT = "copycatch.core.evidence/1"
+FORMAT = "copycatch.evidence/1"
 DEPENDENCIES = ("torch", "numpy", "scipy", "safetensors", "onnx", "onnxruntime", "httpx", "scikit-learn", "fastapi")
 
 

@@ -43,7 +43,7 @@ from .._version import __version__
 from ..core.errors import CopycatchError, CorruptFile, InvalidArgument
 from ..oracles.base import Oracle
 
-FORMAT = "copycatch.verification.transcript/1"
+FORMAT = "copycatch.transcript/1"
 GENESIS = "0" * 64
 
 
