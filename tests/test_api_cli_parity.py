@@ -22,6 +22,7 @@ def case(tmp_path_factory, splits):
         config=cc.TrainConfig(epochs=6, seed=0),
         output=folder / "victim.safetensors",
         key_path=folder / "victim.cckey",
+        max_cost=None,
     )
     cc.steal(
         folder / "victim.safetensors",

@@ -74,11 +74,12 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_file_formats_keep_their_names_when_modules_move():
     """Files written before a refactor must still load: the format names are not module paths."""
     from copycatch.attacks.removal import evasion
-    from copycatch.core import key
+    from copycatch.core import key, keyset
     from copycatch.models import base as models
     from copycatch.verification import calibration, report, transcript
 
     assert key.FORMAT == "copycatch.key/1"
+    assert (keyset.FORMAT, key.KEYSET_HEADER) == ("copycatch.keyset/1", "copycatch.keyset")
     assert models.FORMAT == "copycatch.model/1"
     assert transcript.FORMAT == "copycatch.transcript/1"
     assert calibration.FORMAT == "copycatch.calibration/1"

@@ -228,6 +228,10 @@ def test_a_run_writes_one_verified_row_per_cell(serial_results):
         assert {"seconds_clean", "seconds_embed", "seconds_extract", "seconds_verify", "seconds_innocent"} <= set(m)
         assert row["versions"]["copycatch"] and row["versions"]["torch"]
         assert row["evidence"]["null_hypothesis"] and row["evidence"]["p_value"] == m["suspect_p"]
+        for model in ("suspect", "innocent"):  # the power view: the fixed test on the first k of the 30 triggers
+            curve = m[f"{model}_power"]
+            assert curve["queries"] == [10, 20, 30] and curve["p"][-1] == pytest.approx(m[f"{model}_p"])
+            assert all(floor <= p for p, floor in zip(curve["p"], curve["smallest_p"]))
 
 
 def test_cells_sharing_a_victim_train_it_once(serial_results):
@@ -428,13 +432,16 @@ def test_report_has_mean_std_tables_and_plots(serial_results, tmp_path):
     assert "4 of 4 cells finished" in md
     assert (tmp_path / "report.html").read_text().count("<tr>") == 3  # header + two budgets
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["tiny-main-tradeoff.png", "tiny-main-vs-budget.png"]
+    assert pngs == ["tiny-main-power.png", "tiny-main-tradeoff.png", "tiny-main-vs-budget.png"]
     assert all((tmp_path / p).stat().st_size > 5000 for p in pngs)
     lines = (tmp_path / "cells.csv").read_text().strip().splitlines()
     assert len(lines) == 5 and "config.extraction.params.budget" in lines[0]
     summary = json.loads((tmp_path / "summary.json").read_text())
     budgets = sorted(g["labels"]["extraction.params.budget"] for g in summary[0]["groups"])
-    assert budgets == [300, 600] and len(info["files"]) == 6
+    assert budgets == [300, 600] and len(info["files"]) == 7
+    power = summary[0]["groups"][0]["power"]  # the power view's data: p on the first k key queries, per seed
+    assert set(power) == {"suspect", "innocent"} and sorted(power["suspect"], key=int) == ["10", "20", "30"]
+    assert all(len(ps) == 2 for ps in power["suspect"].values())
 
 
 def test_cli_bench_dry_run_bench_and_report(tmp_path, capsys, tiny):

@@ -40,6 +40,8 @@ def victim_files(workdir):
                 str(key),
                 "--epochs",
                 "6",
+                "--max-cost",
+                "none",
                 *DATA,
             ]
         )

@@ -123,3 +123,58 @@ def test_real_fashion_mnist_when_installed():
     data = cc.load_dataset("fashion-mnist")
     assert data.x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.y).tolist() == [6000] * 10
+
+
+def test_uint8_pixels_become_exactly_the_old_floats():
+    """to_float must give the bits ``array.astype(np.float32) / 255.0`` gave, for every pixel value and in a long
+    (vectorised) run, so keys, models and p-values do not move."""
+    from copycatch.data.base import to_float
+
+    pixels = np.tile(np.arange(256, dtype=np.uint8), 300).reshape(-1, 1, 4, 4)
+    old = torch.from_numpy(pixels.astype(np.float32) / 255.0)
+    assert torch.equal(to_float(torch.from_numpy(pixels)).view(torch.int32), old.view(torch.int32))
+
+
+def test_image_pixels_stay_uint8_through_the_split_and_batches_come_out_float(fake_fashion):
+    from copycatch.models.train import TrainHook
+
+    images = read_idx(fake_fashion / "train-images-idx3-ubyte.gz")
+    old_x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # the loader's former conversion
+    data = cc.load_dataset("fashion-mnist", data_dir=fake_fashion)
+    s = cc.make_splits(data, seed=0)
+    for part in ("owner_train", "owner_holdout", "attacker_pool", "test"):
+        assert getattr(s, part).stored.dtype == torch.uint8
+    assert torch.equal(data.x, old_x) and data.x.dtype == torch.float32
+    idx = s.indices["owner_train"]
+    assert torch.equal(s.owner_train.x, old_x[idx])
+    x, y = s.owner_train.batch(torch.tensor([3, 0, 7]))
+    assert x.dtype == torch.float32 and torch.equal(x, old_x[idx[[3, 0, 7]]]) and torch.equal(y, data.y[idx[[3, 0, 7]]])
+
+    seen = []
+
+    class Spy(TrainHook):
+        def extra_loss(self, state, x, y, logits, loss):
+            seen.append((x.dtype, x.shape[0]))
+
+    cc.fit(cc.create_for("mlp", s, seed=0), s.owner_train, cc.TrainConfig(epochs=1, batch_size=64), hooks=[Spy()])
+    assert seen and all(dtype == torch.float32 for dtype, _ in seen) and sum(n for _, n in seen) == len(s.owner_train)
+
+
+def test_fingerprint_hashes_the_float_inputs_as_before():
+    import hashlib
+
+    data = cc.load_dataset("synthetic", n=9000)  # more than one hashing block
+    h = hashlib.sha256()
+    for t in (data.x, data.y):
+        h.update(t.contiguous().numpy().tobytes())
+    assert data.fingerprint() == h.hexdigest()[:16]
+
+
+def test_concat_stays_uint8_when_float_parts_are_exact_pixels():
+    u8 = cc.TensorData(torch.arange(32, dtype=torch.uint8).view(2, 1, 4, 4), torch.tensor([0, 1]))
+    exact = cc.TensorData(torch.full((1, 1, 4, 4), 1.0), torch.tensor([2]))
+    both = cc.TensorData.concat([u8, exact])
+    assert both.stored.dtype == torch.uint8 and torch.equal(both.x, torch.cat([u8.x, exact.x]))
+    inexact = cc.TensorData(torch.full((1, 1, 4, 4), 0.3), torch.tensor([2]))
+    mixed = cc.TensorData.concat([u8, inexact])
+    assert mixed.stored.dtype == torch.float32 and torch.equal(mixed.x, torch.cat([u8.x, inexact.x]))

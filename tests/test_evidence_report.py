@@ -73,7 +73,9 @@ def test_combined_evidence_uses_fisher_and_holm():
     assert holm.verdict == "not stolen" and holm.queries == 30
     fisher = combine_evidence(ev, method="fisher")
     assert fisher.p_value == pytest.approx(fisher_combine([0.004, 0.3, 0.02])) and fisher.decision
-    assert any("independent" in n for n in fisher.notes)
+    assert "do not declare" in fisher.reason and "Holm" in fisher.reason  # Fisher asked for undeclared keys
+    declared = combine_evidence(ev, independent=True)
+    assert declared.method == "fisher" and "drawn independently" in declared.reason
     with pytest.raises(InvalidArgument, match="twice"):
         combine_evidence([ev[0], ev[0]])
     with pytest.raises(InvalidArgument, match="holm, fisher"):

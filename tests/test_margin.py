@@ -16,6 +16,7 @@ def embedded(splits):
         arch="mlp",
         params={"n_triggers": 40, "trigger_batch": 10},
         config=cc.TrainConfig(epochs=10, seed=0),
+        max_cost=None,
     )
 
 
@@ -110,7 +111,9 @@ def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits, 
     from copycatch.schemes.margin import MarginHook
 
     params = MarginWatermark.Params(n_triggers=40, trigger_batch=10, ascent="free")
-    embedded = cc.embed("margin", splits, arch="mlp", params=params.to_dict(), config=cc.TrainConfig(epochs=10, seed=0))
+    embedded = cc.embed(
+        "margin", splits, arch="mlp", params=params.to_dict(), config=cc.TrainConfig(epochs=10, seed=0), max_cost=None
+    )
     assert embedded.key.params["ascent"] == "free"
     evidence = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     assert evidence.verdict == "stolen" and evidence.p_value <= 1e-6

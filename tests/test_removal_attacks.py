@@ -509,6 +509,7 @@ def test_verification_through_the_deployment(splits, trained):
         arch="mlp",
         params={"n_triggers": 30, "trigger_batch": 10},
         config=cc.TrainConfig(epochs=4, seed=0),
+        max_cost=None,
     )
     victim, key = embedding.victim, embedding.key
     result = run_chain(victim, ["noise:sigma=0.02"], splits.attacker_pool)[-1]

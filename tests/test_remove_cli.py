@@ -37,6 +37,8 @@ def files(tmp_path_factory):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "margin",
                 "--arch",

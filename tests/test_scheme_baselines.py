@@ -162,6 +162,8 @@ def test_cli_embeds_and_verifies_every_scheme(capsys, tmp_path, name, tiny):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 name,
                 "--arch",

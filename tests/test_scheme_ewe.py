@@ -233,6 +233,8 @@ def test_cli_embed_and_verify(tmp_path, capsys):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "ewe",
                 "--arch",

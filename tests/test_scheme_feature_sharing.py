@@ -91,7 +91,9 @@ def test_ood_victim_is_stolen_and_innocent_cleared(ood_embedded, innocent, split
 def test_in_distribution_victim_is_stolen_innocent_cleared(splits, innocent):
     # a 3×3 white square on 8×8 inputs; the frozen-extractor fine-tune needs the paper's larger MNIST learning rate
     params = {"distribution": "in", "n_verify": 30, "finetune_lr": 0.01, "finetune_epochs": 5}
-    emb = cc.embed("feature-sharing", splits, arch="mlp", params=params, config=cc.TrainConfig(epochs=5, seed=0))
+    emb = cc.embed(
+        "feature-sharing", splits, arch="mlp", params=params, config=cc.TrainConfig(epochs=5, seed=0), max_cost=None
+    )
     ev = cc.verify(emb.victim, emb.key, sequential=False).evidence
     assert ev.verdict == "stolen" and ev.p_value <= 1e-6 and ev.queries == 60  # triggered + clean copies
     assert ev.metrics["mean_p"] - ev.metrics["mean_q"] > 0.3
@@ -197,6 +199,8 @@ def test_cli_embed_and_verify(tmp_path, capsys):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "feature-sharing",
                 "--arch",

@@ -151,7 +151,8 @@ def test_paper_null_is_flagged_and_can_accuse_an_innocent_model(innocent_models,
             cc.ModelOracle(innocent), Key(key.scheme, control.params.to_dict(), key.tensors, key.meta), alpha=0.05
         )
         assert not ev_paper.exact and "assumption" in ev_paper.notes[0] and ev_control.exact
-        assert ev_paper.metrics == ev_control.metrics
+        same = {k: v for k, v in ev_paper.metrics.items() if k != "smallest_attainable_p"}  # each null's own floor
+        assert same == {k: v for k, v in ev_control.metrics.items() if k != "smallest_attainable_p"}
         accused_paper += ev_paper.decision
         accused_control += ev_control.decision
     assert accused_paper / 40 > 0.2 and accused_control / 40 <= 0.1

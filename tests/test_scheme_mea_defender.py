@@ -71,11 +71,7 @@ def test_build_is_deterministic_in_the_seed(splits, tiny):
 def test_other_rules_embed_and_verify(splits, rule, tiny):
     params = tiny.params("mea-defender", rule=rule, ae_epochs=40)
     embedding = cc.embed(
-        "mea-defender",
-        splits,
-        arch="mlp",
-        params=params,
-        config=cc.TrainConfig(epochs=8, seed=0),
+        "mea-defender", splits, arch="mlp", params=params, config=cc.TrainConfig(epochs=8, seed=0), max_cost=None
     )
     ev = cc.verify(embedding.victim, embedding.key, alpha=0.05, sequential=False).evidence
     assert ev.verdict == "stolen", ev.summary()
@@ -271,6 +267,7 @@ def test_watermark_loss_ablation_reproduces_table_5_on_the_victim(splits, tiny):
             arch="mlp",
             params=tiny.params("mea-defender", watermark_losses=losses),
             config=config,
+            max_cost=None,
         )
         wsr[losses] = cc.verify(embedding.victim, embedding.key, sequential=False).evidence.metrics[
             "watermark_success_rate"
@@ -385,6 +382,8 @@ def test_cli_embeds_and_verifies(tmp_path, capsys):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "mea-defender",
                 "--arch",
@@ -412,6 +411,8 @@ def test_cli_embeds_and_verifies(tmp_path, capsys):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "mea-defender",
                 "-p",

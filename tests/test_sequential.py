@@ -14,7 +14,7 @@ from copycatch.core.key import Key
 from copycatch.core.stats import binomial_greater
 from copycatch.schemes import SCHEMES, Scheme
 from copycatch.schemes.base import BernoulliOutcomes
-from copycatch.verification.sequential import SequentialPlan, log_mixture_e_value, minimum_p_value, verify_sequential
+from copycatch.verification.sequential import SequentialPlan, log_mixture_e_value, verify_sequential
 
 SUCCESS, FAILURE, SKIP = 1, 0, -1
 
@@ -155,13 +155,14 @@ def test_margin_victim_is_caught_with_fewer_queries_and_the_same_verdict(splits)
         arch="mlp",
         params={"n_triggers": 60, "trigger_batch": 10},
         config=cc.TrainConfig(epochs=6, seed=0),
+        max_cost=None,
     )
     scheme, key = cc.scheme_for_key(embedding.key), embedding.key
     fixed = scheme.verify(cc.ModelOracle(embedding.victim), key)
     sequential = verify_sequential(scheme, cc.ModelOracle(embedding.victim), key)
     assert fixed.verdict == sequential.verdict == "stolen"
     assert sequential.queries < fixed.queries == 60 and sequential.p_value <= 1e-3
-    assert minimum_p_value(scheme, key, 4) == pytest.approx((1 / 3) ** 60)
+    assert scheme.smallest_p_value(key, 4) == pytest.approx((1 / 3) ** 60)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -570,7 +570,9 @@ def test_png_rejects_bombs_interlace_transparency_and_colour_for_grey_models():
 
 def test_protect_with_a_training_time_key_serves_the_models_own_answers(tmp_path, inputs):
     splits = cc.make_splits(cc.load_dataset("synthetic", n=600, num_classes=4, size=8, seed=0), seed=0)
-    result = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 10}, config=cc.TrainConfig(epochs=1, seed=0))
+    result = cc.embed(
+        "margin", splits, arch="mlp", params={"n_triggers": 10}, config=cc.TrainConfig(epochs=1, seed=0), max_cost=None
+    )
     key_path = tmp_path / "victim.cckey"
     result.key.save(key_path)
     with served(result.victim, key=str(key_path)) as client:

@@ -127,6 +127,8 @@ def margin_victim(tmp_path_factory):
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "margin",
                 "--arch",
@@ -203,6 +205,8 @@ def test_dynamarks_protected_api_is_stolen_and_verified_over_http(tmp_path, caps
         main(
             [
                 "embed",
+                "--max-cost",
+                "none",
                 "--scheme",
                 "dynamarks",
                 "--arch",

@@ -140,6 +140,7 @@ def embedded(splits):
         arch="mlp",
         params={"n_triggers": 30, "trigger_batch": 10},
         config=cc.TrainConfig(epochs=6, seed=0),
+        max_cost=None,
     )
 
 

@@ -16,6 +16,7 @@ from .api import (
     new_api_key,
     open_server,
     plan_bench,
+    protect,
     remove,
     run_bench,
     steal,
@@ -24,9 +25,10 @@ from .api import (
 )
 from .attacks.extraction import create_extraction_attack, list_extraction_attacks
 from .attacks.removal import create_removal_attack, list_removal_attacks
-from .core.errors import CopycatchError
+from .core.errors import AccuracyCostExceeded, CopycatchError
 from .core.evidence import Evidence
 from .core.key import Key
+from .core.keyset import KeySet
 from .data import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
 from .models import Classifier, create_for, create_model, list_models, load_model, save_model
 from .models.train import TrainConfig, accuracy, agreement, fit
@@ -37,11 +39,13 @@ from .oracles.postprocess import create_postprocessor, list_postprocessors
 from .schemes import create_scheme, list_schemes, scheme_for_key
 
 __all__ = [
+    "AccuracyCostExceeded",
     "CallableOracle",
     "Classifier",
     "CopycatchError",
     "Evidence",
     "Key",
+    "KeySet",
     "ModelOracle",
     "Oracle",
     "SplitFractions",
@@ -77,6 +81,7 @@ __all__ = [
     "new_api_key",
     "open_server",
     "plan_bench",
+    "protect",
     "remove",
     "run_bench",
     "save_model",

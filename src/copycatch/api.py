@@ -6,7 +6,10 @@ models, keys, evidence and files. Functions take objects or file paths, and writ
 >>> import copycatch as cc
 >>> parts = cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
 >>> splits = cc.load_splits("synthetic", fractions=parts)      # tiny 8×8 images, 4 classes
->>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40}, config=cc.TrainConfig(epochs=10))
+>>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40}, config=cc.TrainConfig(epochs=10),
+...                      allow_cost=True)  # toy data: the mark costs more test accuracy than the 1.5-point limit
+>>> embedding.info["accuracy_cost"]["exceeded"]
+True
 >>> stolen = cc.steal(embedding.victim, splits.attacker_pool, arch="mlp", config=cc.TrainConfig(epochs=10, seed=1))
 >>> cc.verify(stolen.surrogate, embedding.key).verdict
 'stolen'
@@ -36,26 +39,22 @@ from .bench.runner import RunSummary, run_grid
 from .bench.store import ResultsStore, store_path
 from .core.errors import InvalidArgument
 from .core.key import Key
+from .core.keyset import KeySet, open_keys
 from .data.base import Splits, TensorData
 from .models.base import Classifier
 from .models.io import load_model, save_model
 from .models.train import TrainConfig, accuracy, agreement, train_model
 from .oracles.base import Oracle
 from .oracles.suspects import open_suspect
-from .schemes import Embedding, embed_scheme, scheme_for_key
+from .schemes import Embedding, Protection, embed_scheme, protect_model, protect_oracle
+from .schemes.embedding import DEFAULT_MAX_COST, check_accuracy_cost
 from .serve import require_extra
 from .serve.config import ServeConfig
 from .serve.keys import Keyring, new_key
 from .serve.ledger import read_ledger, summarize
 from .serve.runner import Server
 from .serve.runner import open_server as bind_server
-from .verification.calibration import (
-    Calibration,
-    CalibrationPlan,
-    ReferenceModel,
-    build_reference_models,
-    calibration_path,
-)
+from .verification.calibration import Calibration, CalibrationPlan, ReferenceModel, build_reference_models
 from .verification.calibration import calibrate as _calibrate
 from .verification.report import write_report
 from .verification.sequential import SequentialPlan
@@ -72,12 +71,9 @@ def _model(obj: Classifier | PathLike, device: str | None = None) -> Classifier:
     raise InvalidArgument(f"expected a copycatch model or a model file path, got {type(obj).__name__}")
 
 
-def _key(obj: Key | PathLike) -> Key:
-    if isinstance(obj, Key):
-        return obj
-    if isinstance(obj, (str, os.PathLike)):
-        return Key.load(obj)
-    raise InvalidArgument(f"expected a Key or a key file path, got {type(obj).__name__}")
+def _keys(obj: Key | KeySet | PathLike) -> list[Key]:
+    """The keys in a key, a key set, or a file of either."""
+    return open_keys(obj)[0]
 
 
 def _record_accuracy(model: Classifier, test: TensorData) -> float:
@@ -131,19 +127,79 @@ def embed(
     output: PathLike | None = None,
     key_path: PathLike | None = None,
     progress: bool | None = None,
+    reference: Classifier | PathLike | None = None,
+    max_cost: float | None = DEFAULT_MAX_COST,
+    allow_cost: bool = False,
 ) -> Embedding:
     """Watermark a model with ``scheme``: a fresh ``arch`` (default: the scheme's), or a given ``model``.
 
     ``info["test_accuracy"]`` is the victim's test accuracy; ``output`` and ``key_path`` write the victim and the
-    (secret) key.
+    (secret) key. The accuracy-cost guard (:mod:`copycatch.schemes.embedding`) measures the victim against a clean
+    ``reference`` (by default one trained, or reused, with the same architecture, recipe and seed) on the test
+    split and records the cost in the key (``info["accuracy_cost"]``). Past ``max_cost`` points (``None``: no
+    limit) the files are still written, then :class:`~copycatch.core.errors.AccuracyCostExceeded` is raised with
+    the embedding in ``.embedding``, unless ``allow_cost``.
     """
     base = _model(model) if model is not None else None
-    result = embed_scheme(scheme, splits, arch=arch, model=base, params=params, config=config, progress=progress)
+    clean = _model(reference) if reference is not None else None
+    result = embed_scheme(
+        scheme,
+        splits,
+        arch=arch,
+        model=base,
+        params=params,
+        config=config,
+        progress=progress,
+        reference=clean,
+        max_cost=max_cost,
+    )
     result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
     if output is not None:
         save_model(result.victim, output)
     if key_path is not None:
         result.key.save(key_path)
+    check_accuracy_cost(result, allow_cost=allow_cost)  # after writing: a cost past the limit never loses the work
+    return result
+
+
+def protect(
+    splits: Splits,
+    *,
+    watermark: str = "margin",
+    watermark_params: dict[str, Any] | None = None,
+    api: str | None = "dynamarks",
+    api_params: dict[str, Any] | None = None,
+    arch: str | None = None,
+    model: Classifier | PathLike | None = None,
+    config: TrainConfig | None = None,
+    output: PathLike | None = None,
+    keys: PathLike | None = None,
+    progress: bool | None = None,
+) -> Protection:
+    """The recommended stack: a training-time ``watermark`` in the weights plus an ``api``-time mark on the served
+    answers (``None``: none), each with its own independently seeded secret, their keys bundled in one key set.
+
+    Serve the victim with the key set (``open_server(victim, protect=keyset)`` applies the API-time part) and
+    verify suspects against the key set: each part is tested and Fisher's method combines them.
+    ``info["test_accuracy"]`` is the victim's; ``output`` and ``keys`` write the victim and the (secret) key set.
+    """
+    base = _model(model) if model is not None else None
+    result = protect_model(
+        splits,
+        watermark=watermark,
+        watermark_params=watermark_params,
+        api=api,
+        api_params=api_params,
+        arch=arch,
+        model=base,
+        config=config,
+        progress=progress,
+    )
+    result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
+    if output is not None:
+        save_model(result.victim, output)
+    if keys is not None:
+        result.keyset.save(keys)
     return result
 
 
@@ -156,7 +212,7 @@ def steal(
     params: dict[str, Any] | None = None,
     budget: int | None = None,
     config: TrainConfig | None = None,
-    key: Key | PathLike | None = None,
+    key: Key | KeySet | PathLike | None = None,
     postprocess: Sequence[Any] = (),
     splits: Splits | None = None,
     then: Sequence[str] = (),
@@ -170,7 +226,7 @@ def steal(
     """Extract a surrogate of ``arch`` from ``victim`` (model, file, URL, callable or oracle) with ``attack``.
 
     ``pool`` is the thief's data, a bare tensor of inputs, or a name: a part of ``splits`` or another data set
-    (out-of-distribution queries, labels withheld). ``key`` applies an API-time scheme's protection
+    (out-of-distribution queries, labels withheld). ``key`` (a key or key set) applies its API-time protections
     (``scheme.protect``) before the thief sees the oracle; ``postprocess`` adds output post-processors (top-k,
     hard-label, rounding …). With ``splits``, ``info`` gains the surrogate's test accuracy (and its agreement with
     a local victim); ``then`` launders the surrogate with removal attacks on the thief's data
@@ -182,8 +238,7 @@ def steal(
     shape = input_shape or tuple(pool.x.shape[1:])
     oracle = as_oracle(victim, num_classes=num_classes, input_shape=shape, **suspect_options)
     if key is not None:
-        k = _key(key)
-        oracle = scheme_for_key(k).protect(oracle, k)
+        oracle = protect_oracle(oracle, _keys(key))
     result = _steal(
         oracle,
         pool,
@@ -254,13 +309,13 @@ def remove(
 
 def verify(
     suspect: Any,
-    key: Key | PathLike | Sequence[Key | PathLike],
+    key: Key | KeySet | PathLike | Sequence[Key | KeySet | PathLike],
     *,
     alpha: float = 1e-3,
     sequential: bool = True,
     batch: int = 10,
     early_share: float = 0.2,
-    combine: str = "holm",
+    combine: str | None = None,
     transcript: PathLike | None = None,
     resume: bool = False,
     offline: bool = False,
@@ -273,11 +328,12 @@ def verify(
     progress: bool | None = None,
     **suspect_options: Any,
 ) -> VerificationRun:
-    """Verify ``suspect`` against one key or several: exactly what ``copycatch verify`` runs.
+    """Verify ``suspect`` against one key or several (key files or key sets): exactly what ``copycatch verify`` runs.
 
     Sequential by default (``sequential=False`` asks the whole key: the fixed test), every answer on a
     hash-chained transcript (in memory, or ``transcript``; ``resume`` continues one, ``offline`` recomputes from it
-    alone), calibration files beside key files, several keys combined (``combine``: Holm or Fisher). ``report``
+    alone), calibration files beside key files, several keys combined (``combine``: Holm or Fisher; by default
+    Fisher for one key set that declares its parts independent, Holm otherwise). ``report``
     names a folder for ``evidence.json``, ``report.html`` and ``transcript.jsonl``. ``suspect_options`` reach the
     suspect's protocol (HTTP fields, ONNX outputs, callable layouts).
     """
@@ -322,7 +378,7 @@ def _report_folder(report: PathLike | None, *, offline: bool) -> Path | None:
 
 
 def calibrate(
-    keys: Sequence[Key | PathLike],
+    keys: Sequence[Key | KeySet | PathLike],
     *,
     splits: Splits | None = None,
     plan: CalibrationPlan | None = None,
@@ -334,7 +390,8 @@ def calibrate(
 ) -> list[tuple[Calibration, Path | None]]:
     """Each key's statistic on innocent reference models: references trained on ``splits`` by ``plan`` and the
     given ``innocents``; each calibration is written beside its key file (or to ``output``, for one key)."""
-    key_list, key_paths = load_keys(keys)
+    loaded = load_keys(keys)
+    key_list = loaded.keys
     if output is not None and len(key_list) > 1:
         raise InvalidArgument("one output file names one calibration; with several keys each goes beside its key")
     references: list[ReferenceModel] = []
@@ -353,9 +410,9 @@ def calibrate(
             if ref.model is not None:
                 save_model(ref.model, Path(save_models) / f"{ref.name}.safetensors")
     out = []
-    for key, key_path in zip(key_list, key_paths):
+    for key, beside in zip(key_list, loaded.calibrations):
         calibration = _calibrate(key, references, alphas=alphas, progress=progress)
-        path = Path(output) if output else (calibration_path(key_path) if key_path is not None else None)
+        path = Path(output) if output else beside
         if path is not None:
             calibration.save(path)
         out.append((calibration, path))
@@ -421,7 +478,7 @@ def open_server(
     model: Any,
     config: ServeConfig | None = None,
     *,
-    protect: Key | PathLike | None = None,
+    protect: Key | KeySet | PathLike | None = None,
     api_keys: PathLike | None = None,
     class_names: Sequence[str] | None = None,
     host: str = "127.0.0.1",
@@ -431,10 +488,11 @@ def open_server(
     device: str | None = None,
 ) -> Server:
     """A protected prediction API for ``model`` (model file, ``.onnx``, ``module:function`` or object), bound to
-    ``host:port``; ``protect`` applies a key's API-time scheme on the server, ``api_keys`` names the key file.
+    ``host:port``; ``protect`` (a key or key set) applies its API-time schemes on the server, ``api_keys`` names
+    the API key file.
     Call ``.run()`` on the result to serve in the foreground."""
     require_extra()
-    key = _key(protect) if protect is not None else None
+    key = _keys(protect) if protect is not None else None
     keyring = Keyring.load(api_keys) if api_keys else None
     oracle = open_suspect(model, num_classes=num_classes, input_shape=input_shape, device=device)
     return bind_server(

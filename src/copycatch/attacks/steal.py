@@ -61,7 +61,7 @@ def steal(
     if budget is not None:
         params = {**(params or {}), "budget": budget}
     atk = create_extraction_attack(attack, **(params or {}))
-    shape = tuple(oracle.input_shape or pool.x.shape[1:])
+    shape = tuple(oracle.input_shape or pool.input_shape)
     names = tuple(class_names) if class_names else getattr(getattr(oracle, "model", None), "class_names", None)
     surrogate = create_model(
         arch, shape, oracle.num_classes, class_names=names, seed=config.seed, **(arch_kwargs or {})

@@ -9,7 +9,7 @@ Per cell, in order:
 1. the data split (kept in memory by the worker across cells);
 2. a **clean** model: the victim's architecture and training, no watermark (accuracy cost, and a control);
 3. the **victim**: the scheme embedded with the same training and seed (a ``pretrain`` scheme fine-tunes a copy
-   of the clean model), and the **API** the owner serves: ``scheme.protect(ModelOracle(victim), key)``;
+   of the clean model), and the **API** the owner serves: ``protect_oracle(ModelOracle(victim), key)``;
 4. the **surrogate**: the extraction attack through that API (after any output post-processors) with the
    thief's query set, surrogate architecture and budget — or, with ``extraction: none``, the leaked victim;
 5. the **suspect**: the removal chain applied to the surrogate, on the thief's data (``attacker_pool``);
@@ -22,7 +22,9 @@ an innocent model's) are remembered by the worker, so the many cells sharing a m
 Metrics (flat, in ``metrics``): ``clean_acc``, ``victim_acc`` (accuracy of the served API), ``watermark_cost``;
 for each of ``victim``/``clean``/``surrogate``/``suspect``/``innocent``: ``_stat``, ``_p``, ``_decision``
 (and ``_acc``, ``_fidelity`` where they apply: fidelity = agreement with the API's labels on the test set);
-``extraction_queries``, ``verify_queries``; ``seconds_<stage>`` for data, clean, embed, extract, removal,
+``<prefix>_power`` for surrogate, suspect and innocent (``{"queries", "p", "smallest_p"}``: the fixed test's p-value
+on the first k key queries, computed from the answers the fixed test collected, and the smallest p-value k queries
+can give); ``extraction_queries``, ``verify_queries``; ``seconds_<stage>`` for data, clean, embed, extract, removal,
 innocent and verify (a cached model reports the time it took when it was trained, with ``cached_<stage>``);
 ``seconds_cell`` and ``cpu_seconds_cell`` (this cell's wall and CPU time in this run — on a shared machine the
 CPU time is what the cell cost); ``peak_rss_mb`` with ``peak_rss_source``:
@@ -49,7 +51,7 @@ from ..models.train import TrainConfig, accuracy, predict_logits, train_model
 from ..oracles.base import query_all
 from ..oracles.local import ModelOracle
 from ..oracles.postprocess import create_postprocessor
-from ..schemes import SCHEMES, embed_scheme, scheme_for_key
+from ..schemes import SCHEMES, embed_scheme, protect_oracle
 from ..verification.session import fixed_test
 from .cache import ArtifactCache
 from .grid import (
@@ -62,6 +64,7 @@ from .grid import (
     config_hash,
 )
 
+POWER_VIEW = ("surrogate", "suspect", "innocent")  # the models whose power curve the report plots
 _SPLITS: dict[str, Any] = {}
 _QUERY_SETS: dict[str, Any] = {}
 _MEMO: dict[str, dict[str, Any]] = {}
@@ -191,29 +194,35 @@ class _Cell:
                 params=self.cfg["scheme"]["params"],
                 config=owner_train,
                 progress=False,
+                reference=self.clean,  # the key records the cost against the cell's clean model; no limit here
+                max_cost=None,
             )
             return embedding.victim, embedding.key
 
         self.victim, self.key, victim_rec = self.cached("victim", embed)
         self.m["seconds_embed"] = victim_rec["seconds"] + (clean_rec["seconds"] if pretrain else 0.0)
-        self.scheme = scheme_for_key(self.key)
 
     def served(self) -> Any:
         """The owner's prediction API (API-time schemes perturb it), a fresh query counter each time."""
-        return self.scheme.protect(ModelOracle(self.victim, name="victim API"), self.key)
+        return protect_oracle(ModelOracle(self.victim, name="victim API"), self.key)
 
     def verify(self, prefix: str, suspect: Any) -> tuple[Any, dict[str, Any]]:
+        """The fixed test; for the thief's models and the innocent one also its power curve (``<prefix>_power``:
+        the p-value on the first k key queries, from the same answers)."""
         start = time.perf_counter()
-        evidence = fixed_test(suspect, self.key, alpha=self.alpha)
-        elapsed = time.perf_counter() - start
+        evidence = fixed_test(suspect, self.key, alpha=self.alpha, power=prefix in POWER_VIEW)
+        elapsed = time.perf_counter() - start - evidence.details.get("power", {}).get("seconds", 0.0)
         self.verify_seconds += elapsed
-        return evidence, {
+        out = {
             f"{prefix}_stat": _float(evidence.statistic),
             f"{prefix}_p": _float(evidence.p_value),
             f"{prefix}_decision": evidence.decision,
             f"{prefix}_verify_seconds": elapsed,
             f"{prefix}_verify_queries": evidence.queries,
         }
+        if "power" in evidence.details:
+            out[f"{prefix}_power"] = {k: v for k, v in evidence.details["power"].items() if k != "seconds"}
+        return evidence, out
 
     def measure_victim(self) -> None:
         test = self.splits.test

@@ -116,7 +116,14 @@ def _story(cfg: DemoConfig, splits: Any, margin_params: dict[str, Any], stage: A
     embedding = stage(
         "owner trains the margin-watermarked victim",
         lambda: embed_scheme(
-            "margin", splits, arch=cfg.arch, params=margin_params, config=owner_cfg, progress=progress
+            "margin",
+            splits,
+            arch=cfg.arch,
+            params=margin_params,
+            config=owner_cfg,
+            progress=progress,
+            reference=clean,  # the demo prints the cost against its clean model itself
+            max_cost=None,
         ),
     )
     thief_cfg = TrainConfig(epochs=cfg.surrogate_epochs, seed=cfg.seed + 1, device=cfg.device)

@@ -9,8 +9,11 @@ against every key, so false accusations sit next to detections.
 
 Plots (PNG, matplotlib from the ``report`` extra): for every numeric setting that varies (pruning rate, query
 budget, fine-tuning epochs, trigger-set size …) the watermark statistic, −log10 p and the suspect's accuracy
-against it, one line per combination of the other settings, ± std over seeds; and per experiment the
-trade-off of accuracy and fidelity against the strength of the evidence.
+against it, one line per combination of the other settings, ± std over seeds; per experiment the
+trade-off of accuracy and fidelity against the strength of the evidence; and the power view: the p-value the
+fixed test gives on the first k key queries (median over seeds, log scale, α marked) against k, for the suspect
+and the innocent model, one line per row of the table (per scheme when there are many rows). Those p-values come
+from the answers each cell's fixed test collected (``<model>_power`` in the cell's metrics), nothing re-asked.
 
 Files: ``report.md``, ``report.html``, ``cells.csv`` (one line per cell: flattened config and metrics),
 ``summary.json`` (the aggregated rows), ``*.png``.
@@ -138,6 +141,7 @@ def _section(
             "seeds": sorted(r["config"]["seed"] for r in g["rows"]),
             "stats": _aggregate([r["metrics"] for r in g["rows"]]),
             "statistic_name": g["rows"][0]["metrics"].get("statistic_name", "statistic"),
+            "power": _power_values([r["metrics"] for r in g["rows"]]),
         }
         for g in groups.values()
     ]
@@ -220,6 +224,19 @@ def _aggregate(metrics: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "mean": statistics.fmean(inn),
             "std": statistics.stdev(inn) if len(inn) > 1 else 0.0,
         }
+    return out
+
+
+def _power_values(metrics: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """``{role: {k: [p of every seed]}}`` for the suspect and the innocent model, from the cells' power curves (the
+    suspect's, else the surrogate's: without removals they are the same model); k as text, for JSON."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for role, sources in (("suspect", ("suspect_power", "surrogate_power")), ("innocent", ("innocent_power",))):
+        for m in metrics:
+            curve = next((m[s] for s in sources if isinstance(m.get(s), dict)), None)
+            for k, p in zip((curve or {}).get("queries", []), (curve or {}).get("p", [])):
+                if _finite(p):
+                    out.setdefault(role, {}).setdefault(str(k), []).append(float(p))
     return out
 
 
@@ -502,6 +519,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
 
 
+def _power_series(s: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The power view's lines: one per table row, or, past eight rows, one per scheme (its rows' seeds pooled)."""
+    by_row = len(s["groups"]) <= 8
+    series: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for g in s["groups"]:
+        if by_row:
+            name = ", ".join(f"{s['headers'][p]}={_label(g['labels'].get(p))}" for p in s["label_paths"]) or "all"
+        else:
+            name = str(g["labels"].get("scheme.name", "all"))
+        line = series.setdefault(name, {})
+        for role, by_k in g.get("power", {}).items():
+            for k, ps in by_k.items():
+                line.setdefault(role, {}).setdefault(k, []).extend(ps)
+    return series
+
+
 class _Plotter:
     def __init__(self, out: Path):
         self.out = out
@@ -510,8 +543,9 @@ class _Plotter:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib import ticker
 
-            self.plt = plt
+            self.plt, self.ticker = plt, ticker
             self.available = True
         except ImportError:
             self.available = False
@@ -525,6 +559,8 @@ class _Plotter:
                 files.append(name)
         if len(s["groups"]) >= 2:
             files.append(self._tradeoff(s, f"{base}-tradeoff.png"))
+        if any(g.get("power") for g in s["groups"]):
+            files.append(self._power(s, f"{base}-power.png"))
         return files
 
     def _series(self, s: dict[str, Any], axis: str) -> dict[str, list[dict[str, Any]]]:
@@ -591,6 +627,37 @@ class _Plotter:
             f"innocent model{alpha_text})"
         )
         fig.tight_layout(rect=(0, 0, 1, 0.97))
+        fig.savefig(self.out / filename, dpi=100)
+        plt.close(fig)
+        return filename
+
+    def _power(self, s: dict[str, Any], filename: str) -> str:
+        """p-value (median over seeds, log scale) against the key queries it was computed on: solid the suspect,
+        dashed the innocent model, one colour per table row (per scheme past eight rows), α in red."""
+        plt = self.plt
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        queries: set[int] = set()
+        for i, (name, curves) in enumerate(_power_series(s).items()):
+            colour = f"C{i % 10}"
+            for role, style in (("suspect", "-"), ("innocent", "--")):
+                pts = sorted((int(k), max(statistics.median(ps), P_FLOOR)) for k, ps in curves.get(role, {}).items())
+                queries.update(k for k, _ in pts)
+                if pts:
+                    label = name if role == "suspect" else ("innocent model (dashed)" if i == 0 else None)
+                    ax.plot([k for k, _ in pts], [p for _, p in pts], style, marker="o", color=colour, label=label)
+        alpha = s["fixed"].get("alpha")
+        if _finite(alpha):
+            ax.axhline(alpha, color="red", linestyle="--", linewidth=1, label=f"α = {alpha:g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(queries), [str(k) for k in sorted(queries)])  # the k measured, not 2×10¹
+        ax.xaxis.set_minor_formatter(self.ticker.NullFormatter())
+        ax.set_xlabel("key queries answered (the first k of the key)")
+        ax.set_ylabel("p-value (median over seeds)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
+        fig.suptitle(f"{s['experiment']}: power against queries (solid: suspect; dashed: innocent model)")
+        fig.tight_layout()
         fig.savefig(self.out / filename, dpi=100)
         plt.close(fig)
         return filename

@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 
 # The verbs in the order `copycatch --help` lists them; a verb is its module in cli/commands plus one name here.
 VERBS = (
-    "data", "train", "embed", "steal", "verify", "key", "demo",
+    "data", "train", "embed", "protect", "steal", "verify", "key", "demo",
     "remove", "serve", "ledger", "calibrate", "bench", "report",
 )  # fmt: skip
 

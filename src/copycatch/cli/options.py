@@ -228,3 +228,67 @@ def say_steps(steps: list[dict[str, Any]]) -> None:
         say(f"      test accuracy {before} -> {after} ({step['seconds']:.1f} s)")
         if "pirate_key" in step:
             say(f"      the thief's own key written to {step['pirate_key']}")
+
+
+EXIT_COST = 3  # embed (and protect): the watermark costs more accuracy than --max-cost; the files are written
+
+
+def add_cost_options(p: argparse.ArgumentParser) -> None:
+    """The accuracy-cost guard's options (:mod:`copycatch.schemes.embedding`)."""
+    from ..schemes.embedding import DEFAULT_MAX_COST
+
+    g = p.add_argument_group("accuracy cost (measured on the test split against a clean reference model)")
+    g.add_argument(
+        "--max-cost",
+        type=cost_limit,
+        default=DEFAULT_MAX_COST,
+        metavar="POINTS",
+        help="largest cost in points of test accuracy; past it the verb warns, names the scheme's strength "
+        f"parameter and exits with status {EXIT_COST} (the files are still written); 'none': no limit",
+    )
+    g.add_argument("--allow-cost", action="store_true", help="accept a cost past --max-cost (still warned about)")
+    g.add_argument(
+        "--reference",
+        metavar="MODEL",
+        default=None,
+        help="clean model to measure the cost against (default: one trained, or reused when the scheme trains one "
+        "first, with the victim's architecture, recipe and seed on the owner's data)",
+    )
+
+
+def cost_limit(text: str) -> float | None:
+    """argparse ``type=`` of ``--max-cost``: points of accuracy >= 0, or ``none``."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected points of accuracy (e.g. 1.5) or 'none', got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the cost limit must be >= 0 points, got {text}")
+    return value
+
+
+def say_cost(record: dict[str, Any] | None, *, allow_cost: bool) -> int:
+    """Print the accuracy cost; past the limit, a loud warning on stderr that says which knob to turn. Returns the
+    exit status: :data:`EXIT_COST` past the limit unless ``allow_cost``, else 0."""
+    import sys
+
+    from ..schemes.embedding import describe_cost, strength_advice
+
+    say(f"accuracy cost: {describe_cost(record)}")
+    if not record or not record.get("exceeded"):
+        return 0
+    code = 0 if allow_cost else EXIT_COST
+    lines = [
+        f"the watermark costs {record['cost_points']:.2f} points of test accuracy, over --max-cost "
+        f"{record['max_cost_points']:g} (reference {record['reference_accuracy']:.4f}, victim "
+        f"{record['victim_accuracy']:.4f} on the test split)",
+        f"{strength_advice(record, cli=True)}; or accept the cost with --allow-cost",
+        "the files were written; accepted with --allow-cost"
+        if allow_cost
+        else f"the files were written anyway; exit status {code}",
+    ]
+    for line in lines:
+        print(f"copycatch: WARNING: {line}", file=sys.stderr, flush=True)
+    return code

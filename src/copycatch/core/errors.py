@@ -42,3 +42,15 @@ class BudgetExceeded(CopycatchError):
 
 class SuspectError(CopycatchError):
     """A suspect model or API answered in a way we cannot use (NaN, wrong shape, refusal)."""
+
+
+class AccuracyCostExceeded(CopycatchError):
+    """The watermark costs more test accuracy than the limit allows (``max_cost``).
+
+    The work is finished and kept: ``embedding`` holds the result (the victim and its key, already written to any
+    output paths given), so lowering the scheme's strength or accepting the cost never means embedding again blind.
+    """
+
+    def __init__(self, message: str, embedding: object):
+        super().__init__(message)
+        self.embedding = embedding

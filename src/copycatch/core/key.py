@@ -9,7 +9,8 @@ format, scheme, params and meta) and ``digest``: SHA-256 over a canonical
 encoding of that JSON (sorted keys, compact separators) followed by every tensor
 in name order (name, dtype, shape, little-endian bytes). Loading recomputes the
 digest; a mismatch, a truncated file or a foreign file is an error naming the
-file — never a warning. Nothing is unpickled.
+file — never a warning. Nothing is unpickled. Several keys bundled in one file
+are a key set (:mod:`copycatch.core.keyset`); each loader names the other.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .._version import __version__
 from .errors import CorruptFile, InvalidArgument
 
 FORMAT = "copycatch.key/1"
+HEADER = "copycatch.key"  # the safetensors metadata entry holding the key's JSON header
+KEYSET_HEADER = "copycatch.keyset"  # a key set's entry (core/keyset.py): named here to point at the right loader
 
 
 @dataclasses.dataclass
@@ -61,49 +64,22 @@ class Key:
 
     # -- files -----------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = self.header()
-        try:
-            text = _canonical(header)
-        except TypeError as exc:
-            raise InvalidArgument(f"key metadata is not JSON-serialisable: {exc}") from None
-        tmp = path.with_name(path.name + ".part")
-        save_file(dict(self.tensors), str(tmp), metadata={"copycatch.key": text, "digest": self.digest})
-        os.replace(tmp, path)
-        return path
+        return write_safetensors(Path(path), self.tensors, HEADER, self.header(), "key")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Key:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise InvalidArgument(f"{path}: no such key file")
-        try:
-            tensors = {}
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                for name in f.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-                    tensors[name] = f.get_tensor(name)
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise CorruptFile(f"{path}: not a readable key file ({exc})") from None
-        if "copycatch.key" not in meta or "digest" not in meta:
-            raise CorruptFile(f"{path}: not a copycatch key (no key header)")
-        try:
-            header = json.loads(meta["copycatch.key"])
-        except json.JSONDecodeError:
-            raise CorruptFile(f"{path}: key header is not valid JSON") from None
-        if header.get("format") != FORMAT:
-            raise CorruptFile(f"{path}: unsupported key format {header.get('format')!r} (expected {FORMAT})")
-        actual = compute_digest(header, tensors)
-        if actual != meta["digest"]:
-            raise CorruptFile(
-                f"{path}: key digest mismatch (stored {meta['digest'][:12]}…, computed {actual[:12]}…): "
-                "the key was modified or damaged"
+        return cls.from_file_contents(path, *read_safetensors(path, "key file"))
+
+    @classmethod
+    def from_file_contents(cls, path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> Key:
+        """The key in a file read by :func:`read_safetensors`, its header and digest checked."""
+        if KEYSET_HEADER in meta:
+            raise InvalidArgument(
+                f"{path} is a key set (several keys in one file), not a single key: load it with "
+                "copycatch.core.keyset.KeySet.load, or open_keys for either kind"
             )
+        header = checked_header(path, meta, tensors, entry=HEADER, fmt=FORMAT, what="key")
         return cls(header["scheme"], header.get("params") or {}, tensors, header.get("meta") or {})
 
     # -- display ---------------------------------------------------------------------------------------------------
@@ -125,13 +101,69 @@ class Key:
         return out
 
 
-def _canonical(obj: Any) -> str:
+def checked_header(
+    path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor], *, entry: str, fmt: str, what: str
+) -> dict[str, Any]:
+    """The JSON header in metadata entry ``entry``, its format ``fmt`` and the file's digest checked."""
+    if entry not in meta or "digest" not in meta:
+        raise CorruptFile(f"{path}: not a copycatch {what} (no {what} header)")
+    try:
+        header = json.loads(meta[entry])
+    except json.JSONDecodeError:
+        raise CorruptFile(f"{path}: {what} header is not valid JSON") from None
+    if not isinstance(header, dict) or header.get("format") != fmt:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise CorruptFile(f"{path}: unsupported {what} format {found!r} (expected {fmt})")
+    actual = compute_digest(header, tensors)
+    if actual != meta["digest"]:
+        raise CorruptFile(
+            f"{path}: {what} digest mismatch (stored {meta['digest'][:12]}…, computed {actual[:12]}…): "
+            f"the {what} was modified or damaged"
+        )
+    return header
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A safetensors file's metadata and tensors; a missing file or one safetensors cannot read is one-line error."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise InvalidArgument(f"{path}: no such {what}")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for name in f.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                tensors[name] = f.get_tensor(name)
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise CorruptFile(f"{path}: not a readable {what} ({exc})") from None
+    return meta, tensors
+
+
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], entry: str, header: dict[str, Any], what: str
+) -> Path:
+    """Write ``tensors`` with ``header`` (canonical JSON, metadata entry ``entry``) and their digest, atomically."""
+    from safetensors.torch import save_file
+
+    try:
+        text = canonical(header)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} metadata is not JSON-serialisable: {exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    save_file(dict(tensors), str(tmp), metadata={entry: text, "digest": compute_digest(header, tensors)})
+    os.replace(tmp, path)
+    return path
+
+
+def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def compute_digest(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    h.update(_canonical(header).encode())
+    h.update(canonical(header).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(b"\x00" + name.encode() + b"\x00")

@@ -4,11 +4,19 @@
 schemes), ``protect(oracle, key)`` → an oracle (API-time schemes; identity
 otherwise), ``verify(oracle, key, alpha)`` → :class:`~copycatch.core.evidence.Evidence`
 with an exact (or explicitly approximate) p-value under the scheme's stated null.
+
+Every scheme also says how strong its evidence can ever be: :meth:`Scheme.smallest_p_value` is the p-value its
+test would give if every answer were maximally incriminating, with the whole key or a smaller query budget asked
+(:meth:`Scheme.restrict_key`). A key whose smallest p-value is above α can never call anything stolen, and the
+evidence says so (:func:`note_reachability`). :meth:`Scheme.power_curve` gives the test's p-value on the first k
+queries of answers already collected, for the benchmark report's power view.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -18,6 +26,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.registry import Registry
+from ..core.stats import binomial_greater
 from ..data.base import Splits
 from ..models.base import Classifier
 from ..models.io import weights_digest
@@ -76,6 +85,14 @@ class Scheme:
     pretrain: ClassVar[bool] = False
     # Parameters for the registry-generated tests on tiny synthetic data (1×8×8, 4 classes, a few hundred examples).
     tiny_params: ClassVar[dict[str, Any]] = {}
+    # The parameter that trades the mark's strength for the victim's accuracy: lowering it lowers the accuracy cost
+    # (the accuracy-cost guard of schemes.embedding names it). None: no parameter of the scheme costs accuracy.
+    strength: ClassVar[str | None] = None
+    # The key tensors that hold one row per key item (a trigger, a stamped input …), in the order verification asks
+    # them: what a smaller query budget cuts (restrict_key). The first one counts the items.
+    per_item: ClassVar[tuple[str, ...]] = ()
+    # What makes a key that can reach smaller p-values (the note when a key cannot reach alpha says it).
+    larger_key: ClassVar[str] = "a larger key"
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):
@@ -117,14 +134,24 @@ class Scheme:
         """
         return None
 
-    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
-        """The fixed test: query every verification input and test the null on all the answers."""
+    def verify(
+        self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None, power: bool = False
+    ) -> Evidence:
+        """The fixed test: query every verification input and test the null on all the answers.
+
+        The evidence states the smallest p-value the whole key can give (``metrics["smallest_attainable_p"]``);
+        ``power`` adds the test's p-value on the first k of the same answers (``details["power"]``, see
+        :meth:`power_curve`), asking nothing more.
+        """
         alpha = self.check_alpha(alpha)
         self.check_key(key, oracle)
         x = self.verification_inputs(key)
         before = oracle.queries
         answers = query_all(oracle, x, progress=progress, desc="verify")
         evidence = self.evidence_from_answers(answers, key, alpha=alpha, queries=oracle.queries - before)
+        note_reachability(evidence, self.smallest_p_value(key, answers.shape[1]), self.larger_key)
+        if power:
+            evidence.details["power"] = self.power_curve(answers, key, alpha=alpha)
         outcome = self.bernoulli_outcomes(answers, key) if self.sequential else None
         if outcome is not None:  # the null distribution, for the evidence page's plot
             evidence.details["null_model"] = {
@@ -136,6 +163,71 @@ class Scheme:
             }
         evidence.details.setdefault("sequential", {"used": False})
         return evidence
+
+    # -- query budgets, the smallest attainable p-value and power ---------------------------------------------------
+    def key_items(self, key: Key) -> int:
+        """How many items (triggers, stamped inputs …) ``key`` holds (``per_item``; without it, one per query)."""
+        return len(key[self.per_item[0]]) if self.per_item else len(self.verification_inputs(key))
+
+    def item_queries(self, key: Key, items: torch.Tensor) -> torch.Tensor:
+        """Positions in ``verification_inputs(key)`` of the queries that ask ``items``: one query per item here;
+        a scheme that asks an item twice (with and without its trigger) overrides it."""
+        return items
+
+    def budget_order(self, key: Key) -> torch.Tensor:
+        """The order in which a query budget spends the key's items: key order, itself a secret random order."""
+        return torch.arange(self.key_items(key))
+
+    def restrict_key(self, key: Key, queries: int) -> tuple[Key, torch.Tensor]:
+        """``key`` as a budget of ``queries`` asks it: the first items of :meth:`budget_order` whose queries fit, as a
+        key of their own (every ``per_item`` tensor cut, the rest kept), and the positions of their queries in
+        ``verification_inputs(key)``, in the order ``verification_inputs`` of the smaller key asks them."""
+        n, total = self.key_items(key), len(self.verification_inputs(key))
+        if not self.per_item and queries < total:
+            raise InvalidArgument(f"scheme {self.name!r} declares no per_item key tensors: it cannot cut its key")
+        per_item = max(1, total // max(n, 1))
+        items = self.budget_order(key)[: min(n, max(0, int(queries)) // per_item)].sort().values
+        tensors = {name: t[items] if name in self.per_item else t for name, t in key.tensors.items()}
+        return Key(key.scheme, dict(key.params), tensors, dict(key.meta)), self.item_queries(key, items)
+
+    def smallest_p_value(self, key: Key, num_classes: int, queries: int | None = None) -> float | None:
+        """The p-value :meth:`evidence_from_answers` would give if every answer were maximally incriminating, with at
+        most ``queries`` of the key's verification inputs asked (default: all): no suspect can go below it, so a key
+        whose smallest p-value is above α can never call anything stolen. None when the scheme cannot say."""
+        if queries is not None:
+            key = self.restrict_key(key, queries)[0]
+        return self.attainable_p_value(key, num_classes)
+
+    def attainable_p_value(self, key: Key, num_classes: int) -> float | None:
+        """:meth:`smallest_p_value` of the whole of ``key``, which each scheme declares from its own test. Here, for
+        a sequential scheme: every item a counted success, ``P(Binomial(n, q) >= n) = q^n``."""
+        if not self.sequential:
+            return None
+        n = self.key_items(key)
+        return binomial_greater(n, n, float(self.bernoulli_outcomes(torch.empty(0, num_classes), key).null_rate))
+
+    def power_curve(
+        self, answers: torch.Tensor, key: Key, *, alpha: float, sizes: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """The fixed test's p-value on the first k queries of the key (:meth:`restrict_key`) for each k of ``sizes``
+        (default :func:`power_sizes`), from ``answers`` to every verification input: nothing is asked again.
+
+        Returns ``{"queries": [...], "p": [...], "smallest_p": [...], "seconds": s}``: the queries each k spends
+        (whole items fit), the p-value, the smallest p-value that many queries can give, and the time it took."""
+        start = time.perf_counter()
+        out: dict[str, Any] = {"queries": [], "p": [], "smallest_p": []}
+        for k in sizes or power_sizes(len(answers)):
+            if not self.per_item and k < len(answers):
+                continue  # the key cannot be cut (restrict_key): only the whole key
+            sub, positions = self.restrict_key(key, k)
+            if not len(positions) or len(positions) in out["queries"]:
+                continue
+            evidence = self.evidence_from_answers(answers[positions], sub, alpha=alpha, queries=len(positions))
+            out["queries"].append(len(positions))
+            out["p"].append(float(evidence.p_value))
+            out["smallest_p"].append(self.attainable_p_value(sub, answers.shape[1]))
+        out["seconds"] = time.perf_counter() - start
+        return out
 
     def evidence(
         self,
@@ -210,6 +302,30 @@ class Scheme:
         if not 0.0 < alpha < 1.0:
             raise InvalidArgument(f"alpha must be in (0, 1), got alpha={alpha}")
         return float(alpha)
+
+
+POWER_QUERIES = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+UNREACHABLE = "the test could never have rejected"
+
+
+def power_sizes(total: int) -> list[int]:
+    """The query counts of a power curve over a key of ``total`` verification inputs: :data:`POWER_QUERIES` below
+    it, and the whole key."""
+    return [k for k in POWER_QUERIES if k < total] + [total]
+
+
+def note_reachability(evidence: Evidence, smallest: float | None, larger_key: str = "a larger key") -> None:
+    """Put the smallest attainable p-value into ``evidence`` (``metrics["smallest_attainable_p"]``) and, when it is
+    above α, a note that the test could never have rejected: the verdict is then "not stolen" by construction,
+    whatever the suspect answered. A later call (a smaller query budget) replaces the note."""
+    evidence.metrics["smallest_attainable_p"] = smallest
+    evidence.notes = [n for n in evidence.notes if not n.startswith(UNREACHABLE)]
+    if smallest is not None and smallest > evidence.alpha:
+        evidence.notes.append(
+            f"{UNREACHABLE}: with this key and query budget the smallest attainable p-value is {smallest:.3g} > "
+            f"alpha = {evidence.alpha:g}, so the verdict is 'not stolen' whatever the suspect answers; use "
+            f"{larger_key}, or a larger query budget"
+        )
 
 
 SCHEMES: Registry[type[Scheme]] = Registry("scheme")

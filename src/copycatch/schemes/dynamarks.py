@@ -186,6 +186,11 @@ class DynaMarks(Scheme):
     pretrain = True
     default_arch = "cnn-small"
     tiny_params: ClassVar[dict[str, Any]] = {"n_verify": 400, "range_choices": 4}
+    # No parameter costs accuracy: every answer keeps its predicted class (checked on every answer), so the
+    # accuracy-cost guard measures the served API at the clean model's accuracy.
+    strength = None
+    per_item = ("verify_x", "verify_org")
+    larger_key = "more secret bits per class (range_choices)"
     null_hypothesis = (
         "The suspect's answers do not depend on the secret (each class's favoured index and sub-range): the secret "
         "actually drawn is then one more uniform draw, so how well it fits the suspect (delta_alt, paired log error) "
@@ -241,7 +246,7 @@ class DynaMarks(Scheme):
         if len(splits.test) == 0:
             raise InvalidArgument("DynaMarks draws its verification set from the test split, which is empty")
         pick = torch.randperm(len(splits.test), generator=generator)[: p.n_verify]
-        verify_x = (splits.test.x[pick] * 255).round().clamp(0, 255).to(torch.uint8)
+        verify_x = (splits.test.subset(pick).x * 255).round().clamp(0, 255).to(torch.uint8)
         verify_org = torch.softmax(predict_logits(model, verify_x.float() / 255), dim=1)
         seeds = torch.randint(2**62, (2,), generator=generator)
         tensors = {
@@ -279,9 +284,23 @@ class DynaMarks(Scheme):
     def verification_inputs(self, key: Key) -> torch.Tensor:
         return key["verify_x"].float() / 255
 
-    def verify(self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
+    def verify(
+        self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None, power: bool = False
+    ) -> Evidence:
         self.check_oracle(oracle)  # DynaMarks compares probability distributions: labels carry none
-        return super().verify(oracle, key, alpha=alpha, progress=progress)
+        return super().verify(oracle, key, alpha=alpha, progress=progress, power=power)
+
+    def attainable_p_value(self, key: Key, num_classes: int) -> float:
+        """Answers that fit the true secret better than any other in every row class: both fit statistics then rank
+        it first, and p = ``min(1, 2 / Π_i d_i)``. A row class counts when one of its verification inputs has F_org's
+        top probability in (α, β] (elsewhere no candidate secret perturbs anything, so all fit alike); its d_i
+        distinct candidates are N favoured indices (one when ``favoured_weight`` = 1 makes every V_i uniform) times
+        K sub-ranges (one when a = b)."""
+        p = self.Params.from_dict(key.params)
+        top, rows = key["verify_org"].double().max(1)
+        classes = len(rows[(top > p.alpha) & (top <= p.beta)].unique())
+        candidates = (num_classes if p.favoured_weight != 1 else 1) * (p.range_choices if p.b > p.a else 1)
+        return min(1.0, 2.0 / float(candidates) ** classes)
 
     @staticmethod
     def _replay_draws(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,13 +335,6 @@ class DynaMarks(Scheme):
         p_distributions = independent_choices_greater(c["distribution_scores"], c["chosen"])
         p_paired = independent_choices_greater(c["paired_scores"], c["chosen"])
         p_value = min(1.0, 2 * min(p_distributions, p_paired))
-        secrets = (n * p.range_choices) ** len(c["chosen"])
-        notes = []
-        if 2.0 / secrets > alpha:
-            notes.append(
-                f"only {secrets} possible secrets for {len(c['chosen'])} classes: no p-value below "
-                f"{2.0 / secrets:.3g} is attainable; raise range_choices for more secret bits"
-            )
         return self.evidence(
             key,
             statistic_name="eta = delta_org / delta_alt (Algorithm 2)",
@@ -346,7 +358,6 @@ class DynaMarks(Scheme):
                 "classes_compared": len(c["chosen"]),
             },
             details={"secret_rank_per_class": c["ranks"]},
-            notes=notes,
         )
 
     def _compare(self, p: DynaMarks.Params, key: Key, answers: torch.Tensor, org: torch.Tensor) -> dict[str, Any]:

@@ -69,6 +69,7 @@ from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
 from .feature_sharing import (
     ROUND_DECIMALS,
     certainty_differences,
+    certainty_floor,
     check_class,
     is_one_hot,
     least_likely_class,
@@ -369,6 +370,9 @@ class EntangledWatermark(Scheme):
         "w_epochs": 3,
         "maxiter": 3,
     }
+    strength = "factor"
+    per_item = ("trigger_x", "original_x")
+    larger_key = "more triggers in the key (n_verify) or a certainty alpha_c below 1 - 1/|Y|"
     null_hypothesis = (
         "The suspect's median certainty on the triggers is at most alpha_c: a random trigger has p - q > alpha_c "
         "(in-distribution; q = target probability without the trigger) or p - 1/|Y| > alpha_c (out-of-distribution) "
@@ -436,7 +440,7 @@ class EntangledWatermark(Scheme):
                 if p.source_class is not None
                 else random_class(c, generator)
             )
-            pool = splits.owner_train.x[splits.owner_train.y == source]
+            pool = splits.owner_train.where(splits.owner_train.y == source).x
             where = "owner_train"
         else:
             ood = load_ood(p.ood_dataset, splits.input_shape)
@@ -468,7 +472,7 @@ class EntangledWatermark(Scheme):
                 raise InvalidArgument(f"target_class={target} equals source_class; the watermark needs two classes")
         else:
             target = least_likely_class(model, sources, exclude=exclude)
-        target_x = splits.owner_train.x[splits.owner_train.y == target]
+        target_x = splits.owner_train.where(splits.owner_train.y == target).x
         if len(target_x) == 0:
             raise InvalidArgument(f"owner_train has no inputs of target class {target}")
         temperatures = [p.temperature] * len(tap.names)
@@ -549,6 +553,19 @@ class EntangledWatermark(Scheme):
             originals = key["original_x"].float() / 255
             return torch.stack([triggers, originals], dim=1).flatten(0, 1)
         return triggers
+
+    def item_queries(self, key: Key, items: torch.Tensor) -> torch.Tensor:
+        """In-distribution, each trigger is asked just before its untriggered original."""
+        if key.params.get("distribution", "out") == "in":
+            return torch.stack([2 * items, 2 * items + 1], dim=1).flatten()
+        return items
+
+    def attainable_p_value(self, key: Key, num_classes: int) -> float:
+        """Every trigger a hit: ``P(Binomial(n, ½) >= n) = 2^−n``, when a hit is possible at all."""
+        prm = self.Params.from_dict(key.params)
+        return certainty_floor(
+            self.key_items(key), prm.certainty, paired=prm.distribution == "in", num_classes=num_classes
+        )
 
     def _differences(self, answers: torch.Tensor, key: Key, prm: EntangledWatermark.Params):
         """Certainty differences of the answered triggers (a prefix of the queries), in key order."""

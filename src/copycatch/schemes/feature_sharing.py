@@ -193,14 +193,12 @@ def load_ood(spec: str, input_shape: tuple[int, ...]) -> Dataset:
 
 def ood_class_inputs(ood: Dataset, source_class: int, spec: str) -> torch.Tensor:
     """Every input of ``source_class`` in the OOD set (training and test parts)."""
-    x, y = ood.x, ood.y
-    if ood.test_x is not None:
-        x, y = torch.cat([x, ood.test_x]), torch.cat([y, ood.test_y])
+    data = ood.train if ood.test is None else TensorData.concat([ood.train, ood.test])
     if not 0 <= source_class < ood.num_classes:
         raise InvalidArgument(
             f"source_class={source_class} is not a class of ood_dataset {spec!r} (0..{ood.num_classes - 1})"
         )
-    return x[y == source_class]
+    return data.where(data.y == source_class).x
 
 
 def least_likely_class(model: nn.Module, x: torch.Tensor, exclude: tuple[int, ...] = ()) -> int:
@@ -256,6 +254,15 @@ def certainty_differences(
     return d, metrics
 
 
+def certainty_floor(n: int, certainty: float, *, paired: bool, num_classes: int) -> float:
+    """The smallest p-value of a certainty test on ``n`` watermark inputs (the signed-rank test here, EWE's sign
+    test): every difference positive (the target certain with the trigger and, when ``paired``, absent without
+    it), which one of the 2^n sign patterns gives, so p = ``2^−n``. Unpaired, the best difference is
+    1 − 1/|Y| − α_c; when that is not positive after the tests' rounding, no difference can be and p = 1."""
+    best = 1.0 - certainty - (0.0 if paired else 1.0 / num_classes)
+    return 0.5**n if round(best, ROUND_DECIMALS) > 0 else 1.0
+
+
 def is_one_hot(answers: torch.Tensor) -> bool:
     return bool(((answers == 0) | (answers == 1)).all() and (answers.sum(1) == 1).all())
 
@@ -299,6 +306,9 @@ class FeatureSharingWatermark(Scheme):
         "n_verify": 30,
         "finetune_epochs": 5,
     }
+    strength = "n_watermark"
+    per_item = ("verify_x",)
+    larger_key = "more watermark inputs in the key (n_verify) or a certainty alpha_c below 1 - 1/|Y|"
     null_hypothesis = (
         "The suspect's watermark certainty is below alpha_c: the differences (p - q) - alpha_c (in-distribution; "
         "p, q = target-class probability with and without the trigger) or (p - 1/|Y|) - alpha_c "
@@ -366,8 +376,8 @@ class FeatureSharingWatermark(Scheme):
                 raise InvalidArgument(
                     f"source_class and target_class are both {source}; the watermark needs two classes"
                 )
-            train_pool = splits.owner_train.x[splits.owner_train.y == source]
-            verify_pool = splits.owner_holdout.x[splits.owner_holdout.y == source]
+            train_pool = splits.owner_train.where(splits.owner_train.y == source).x
+            verify_pool = splits.owner_holdout.where(splits.owner_holdout.y == source).x
             if len(verify_pool) < p.n_verify:
                 raise InvalidArgument(
                     f"owner_holdout has {len(verify_pool)} inputs of source class {source}, fewer "
@@ -442,6 +452,21 @@ class FeatureSharingWatermark(Scheme):
         if key.params.get("distribution", "out") == "in":
             return torch.cat([stamp_patch(x, int(key.params.get("patch_size", 3))), x])
         return x
+
+    def item_queries(self, key: Key, items: torch.Tensor) -> torch.Tensor:
+        """In-distribution, every stamped input is asked first and its untriggered original after all of them."""
+        if key.params.get("distribution", "out") == "in":
+            return torch.cat([items, items + self.key_items(key)])
+        return items
+
+    def attainable_p_value(self, key: Key, num_classes: int) -> float:
+        """All n differences positive: W+ is then the largest, which one of the 2^n sign patterns reaches."""
+        return certainty_floor(
+            self.key_items(key),
+            float(key.params.get("certainty", 0.3)),
+            paired=key.params.get("distribution", "out") == "in",
+            num_classes=num_classes,
+        )
 
     def differences(self, answers: torch.Tensor, key: Key) -> tuple[np.ndarray, dict[str, float]]:
         return certainty_differences(

@@ -140,6 +140,9 @@ class FrontierStitching(Scheme):
         "key_batch": 32,
         "lam": 1.0,
     }
+    strength = "lam"
+    per_item = ("key_x", "key_label", "key_role")
+    larger_key = "a longer key (key_length) and more controls (n_control)"
     null_hypothesis = (
         "The suspect does not depend on which true adversaries were secretly stitched: the stitched ones are a "
         "uniform random subset of the stitched-plus-control true adversaries, so the number of stitched ones it "
@@ -218,7 +221,7 @@ class FrontierStitching(Scheme):
         chunks = range(0, len(order), p.candidate_batch)
         for start in progress_bar(chunks, total=len(chunks), desc="frontier candidates", enabled=progress):
             idx = order[start : start + p.candidate_batch]
-            x, y = pool.x[idx], pool.y[idx]
+            x, y = pool.batch(idx)
             examined += len(idx)
             correct = predict_logits(model, x).argmax(1) == y
             if not correct.any():
@@ -317,6 +320,16 @@ class FrontierStitching(Scheme):
     # -- verify (Algorithm 2) -------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
         return key["key_x"].float() / 255
+
+    def attainable_p_value(self, key: Key, num_classes: int) -> float:
+        """Every key input labelled with its key label and every control with another class. The exact null then
+        sees all ℓ/2 stitched true adversaries matched and no control: ``1 / C(ℓ/2 + n_control, ℓ/2)``; the paper's
+        null sees m_K = 0: ``2^−|K|``."""
+        roles = key["key_role"].long()
+        if key.params.get("null", "control") == "paper":
+            return binomial_less(0, int((roles != CONTROL).sum()), 0.5)
+        stitched, controls = int((roles == TRUE_ADVERSARY).sum()), int((roles == CONTROL).sum())
+        return hypergeometric_greater(stitched, stitched + controls, stitched, stitched)
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         roles, labels = key["key_role"].long(), key["key_label"].long()

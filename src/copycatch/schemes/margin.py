@@ -123,6 +123,9 @@ class MarginWatermark(Scheme):
     sequential = True
     default_arch = "cnn-small"
     tiny_params: ClassVar[dict[str, Any]] = {"n_triggers": 40, "trigger_batch": 10}
+    strength = "lam"
+    per_item = ("trigger_x", "trigger_true", "trigger_label")
+    larger_key = "more triggers (n_triggers)"
     null_hypothesis = (
         "The suspect is independent of the key: each secret trigger label was drawn uniformly from the C-1 wrong "
         "classes, so among the m triggers the suspect misclassifies, hits on the secret label ~ Binomial(m, 1/(C-1))."
@@ -167,7 +170,7 @@ class MarginWatermark(Scheme):
                 "raise the holdout fraction or lower n_triggers"
             )
         pick = torch.randperm(len(pool), generator=generator)[: p.n_triggers]
-        x_u8 = (pool.x[pick] * 255).round().clamp(0, 255).to(torch.uint8)
+        x_u8 = (pool.subset(pick).x * 255).round().clamp(0, 255).to(torch.uint8)
         true = pool.y[pick].clone()
         c = splits.num_classes
         if p.label_strategy == "random":

@@ -174,7 +174,7 @@ class MEADefenderHook(TrainHook):
         self.pool_a = self.pool_a.to(state.device)
         self.pool_b = self.pool_b.to(state.device)
         if self.pool_other is not None:
-            self.pool_other = TensorData(self.pool_other.x.to(state.device), self.pool_other.y.to(state.device))
+            self.pool_other = self.pool_other.to(state.device)  # stored type kept: rows are made float per step
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def _pairs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,7 +262,7 @@ class MEADefenderHook(TrainHook):
         soft[: n - n_shared, p.source_b] = 0.5
         if n_shared:
             pick = torch.randint(len(self.pool_other), (n_shared,), generator=self.generator).to(device)
-            xc, yc = self.pool_other.x[pick], self.pool_other.y[pick]
+            xc, yc = self.pool_other.batch(pick)
             xa, xb = self._pairs(n_shared)
             second = (torch.rand(n_shared, generator=self.generator) < 0.5).to(device)  # c replaces source_b
             first_img = torch.where(second.view(-1, 1, 1, 1), xa, xc)
@@ -356,6 +356,9 @@ class MEADefender(Scheme):
     pretrain = False  # "pretrained" mode trains the clean model inside embed() when it is handed an untrained one
     default_arch = "cnn-small"
     tiny_params: ClassVar[dict[str, Any]] = {"n_verify": 200, "n_false_per_group": 40}
+    strength = "com_weight"
+    per_item = ("verify_x", "verify_group")
+    larger_key = "more queries per watermark and false-watermark group (n_verify, n_false_per_group)"
     null_hypothesis = (
         "The suspect answers the secret target on true watermark samples no more often than on at least one group of "
         "false watermarks (the same source classes mixed by another rule, or classes that are not both sources mixed "
@@ -542,7 +545,7 @@ class MEADefender(Scheme):
         others = self.third_classes(num_classes)
         if p.shared_skip_similar == 0 or not others:
             return []
-        means = {c: data.x[data.y == c].mean(0) for c in [*others, p.target] if bool((data.y == c).any())}
+        means = {c: data.where(data.y == c).x.mean(0) for c in [*others, p.target] if bool((data.y == c).any())}
         if p.target not in means:
             return []
         ranked = sorted((c for c in others if c in means), key=lambda c: float((means[c] - means[p.target]).norm()))
@@ -584,7 +587,7 @@ class MEADefender(Scheme):
         ``skip``; "other pair", ``false_pairs`` ordered pairs of third classes by the secret rule (Appendix B's false
         watermarks). On ten classes with the defaults that is 2,560 false-watermark queries."""
         p = self.params
-        by_class = {c: holdout.x[holdout.y == c] for c in range(num_classes)}
+        by_class = {c: holdout.where(holdout.y == c).x for c in range(num_classes)}
 
         def pairs(c: int, d: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
             return _holdout_pairs(by_class[c], by_class[d], c, d, n, generator)
@@ -706,8 +709,8 @@ class MEADefender(Scheme):
     def _training_pools(self, data: TensorData) -> tuple[torch.Tensor, torch.Tensor, TensorData]:
         """owner_train's images of source_a and of source_b, and its examples of every other non-target class."""
         p = self.params
-        pool_a = data.x[data.y == p.source_a]
-        pool_b = data.x[data.y == p.source_b]
+        pool_a = data.where(data.y == p.source_a).x
+        pool_b = data.where(data.y == p.source_b).x
         pool_other = data.where(~torch.isin(data.y, torch.tensor([p.source_a, p.source_b, p.target])))
         if len(pool_a) == 0 or len(pool_b) == 0:
             raise InvalidArgument(
@@ -737,6 +740,23 @@ class MEADefender(Scheme):
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
         return key["verify_x"].float() / 255
+
+    def budget_order(self, key: Key) -> torch.Tensor:
+        """Every group in proportion: item j of a group of n_g comes at fraction (j + ½)/n_g of the budget, so a
+        smaller budget asks a key of the same design (the true watermark and every false-watermark group), only
+        smaller; a prefix of key order would ask the true watermark alone."""
+        groups = key["verify_group"].long()
+        position = torch.zeros(len(groups), dtype=torch.float64)
+        for g in groups.unique():
+            members = (groups == g).nonzero().flatten()
+            position[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+        return torch.argsort(position, stable=True)
+
+    def attainable_p_value(self, key: Key, num_classes: int) -> float:
+        """The target on every true watermark and on no false one: each group's Fisher p-value is then
+        ``1 / C(n_0 + n_g, n_0)``, and p, the largest, is the smallest false-watermark group's (1 without any)."""
+        n = torch.bincount(key["verify_group"].long()).tolist() or [0]
+        return max((_fisher_greater(n[0], n[0], 0, n[g]) for g in range(1, len(n))), default=1.0)
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         """The intersection-union test: p = the largest one-sided Fisher exact p-value of the true watermark's

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -100,6 +99,9 @@ class PatchBackdoor(Scheme):
     needs = "labels"
     default_arch = "cnn-small"
     tiny_params: ClassVar[dict[str, Any]] = {"n_key": 80, "n_patches": 2, "patch_size": 3}
+    strength = "lam"
+    per_item = ("key_x", "key_true", "key_patch", "key_label")
+    larger_key = "key inputs covering more (patch, source class) groups (n_key, n_patches)"
     null_hypothesis = (
         "The suspect's answers do not depend on the secret target mapping: each (patch, source class) target was "
         "drawn uniformly from the C-1 other classes, so total hits = sum over groups of the count of answers equal "
@@ -154,7 +156,7 @@ class PatchBackdoor(Scheme):
         targets = (torch.arange(c) + torch.randint(1, c, (p.n_patches, c), generator=generator)) % c
         pick = torch.randperm(len(pool), generator=generator)[: p.n_key]
         which = torch.randperm(p.n_key, generator=generator) % p.n_patches
-        key_x = stamp(pool.x[pick], patches.float() / 255, which)
+        key_x = stamp(pool.subset(pick).x, patches.float() / 255, which)
         key_x = (key_x * 255).round().clamp(0, 255).to(torch.uint8)
         true = pool.y[pick].clone()
         hook = BackdoorHook(patches.float() / 255, targets, p)
@@ -179,6 +181,12 @@ class PatchBackdoor(Scheme):
     def verification_inputs(self, key: Key) -> torch.Tensor:
         return key["key_x"].float() / 255
 
+    def attainable_p_value(self, key: Key, num_classes: int) -> float:
+        """Every stamped input sent to its secret target: each (patch, source class) group's target is then the one
+        choice of C−1 that scores its whole group, so p = ``(C−1)^−G`` for the G groups asked."""
+        groups = set(zip(key["key_patch"].tolist(), key["key_true"].tolist()))
+        return float((num_classes - 1.0) ** -len(groups))
+
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         true, which, targets = key["key_true"].long(), key["key_patch"].long(), key["targets"].long()
         if len(answers) != len(true):
@@ -199,13 +207,6 @@ class PatchBackdoor(Scheme):
                 chosen.append(wrong.index(int(targets[j, y])))
         hits = int(sum(s[c] for s, c in zip(scores, chosen)))
         p_value = independent_choices_greater(scores, chosen)
-        floor = float(np.prod([1.0 / len(s) for s in scores]))
-        notes = []
-        if floor > alpha:
-            notes.append(
-                f"with {len(scores)} (patch, class) groups no p-value below {floor:.3g} is attainable; "
-                "use more key inputs per class or more patches"
-            )
         return self.evidence(
             key,
             statistic_name="stamped inputs sent to their secret target",
@@ -219,8 +220,6 @@ class PatchBackdoor(Scheme):
                 "key_inputs": len(true),
                 "watermark_accuracy": hits / max(len(true), 1),
                 "groups": len(scores),
-                "smallest_attainable_p": floor,
                 "kept_true_class": int((pred == true).sum()),
             },
-            notes=notes,
         )

@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from .._version import __version__
 from ..core.errors import InvalidArgument
 from ..core.key import Key
+from ..core.keyset import KeySet, open_keys
 from ..oracles.base import Oracle
 from .batching import Batcher, ShuttingDown
 from .config import ServeConfig
@@ -101,23 +102,31 @@ class HealthResponse(BaseModel):
 
 
 def protected_oracle(
-    oracle: Oracle, *, key: Key | None = None, output: str = "probs", top_k: int = 3, decimals: int = 2
+    oracle: Oracle,
+    *,
+    key: Key | KeySet | Sequence[Key] | None = None,
+    output: str = "probs",
+    top_k: int = 3,
+    decimals: int = 2,
 ) -> Oracle:
-    """The oracle the server answers with: ``scheme.protect`` (API-time watermark) then the output mode."""
+    """The oracle the server answers with: every key's ``scheme.protect`` (API-time watermarks; a key set's parts
+    in order) then the output mode."""
     if key is not None:
-        from ..schemes import scheme_for_key
+        from ..schemes import protect_oracle
 
-        classes = key.meta.get("num_classes")
-        if classes is not None and int(classes) != oracle.num_classes:
-            raise InvalidArgument(
-                f"key is for a {classes}-class model but the served model has {oracle.num_classes} classes"
-            )
-        shape = key.meta.get("input_shape")
-        if shape and oracle.input_shape is not None and tuple(shape) != tuple(oracle.input_shape):
-            raise InvalidArgument(
-                f"key is for inputs shaped {tuple(shape)} but the served model takes {tuple(oracle.input_shape)}"
-            )
-        oracle = scheme_for_key(key).protect(oracle, key)
+        keys = open_keys(key)[0]
+        for k in keys:
+            classes = k.meta.get("num_classes")
+            if classes is not None and int(classes) != oracle.num_classes:
+                raise InvalidArgument(
+                    f"key is for a {classes}-class model but the served model has {oracle.num_classes} classes"
+                )
+            shape = k.meta.get("input_shape")
+            if shape and oracle.input_shape is not None and tuple(shape) != tuple(oracle.input_shape):
+                raise InvalidArgument(
+                    f"key is for inputs shaped {tuple(shape)} but the served model takes {tuple(oracle.input_shape)}"
+                )
+        oracle = protect_oracle(oracle, keys)
     config = ServeConfig(output=output, top_k=top_k, decimals=decimals)
     spec = config.postprocess_spec()
     return oracle.postprocess(spec) if spec else oracle
@@ -165,7 +174,7 @@ class Service:
         oracle: Oracle,
         config: ServeConfig,
         *,
-        key: Key | None = None,
+        key: Key | KeySet | Sequence[Key] | None = None,
         keyring: Keyring | None = None,
         class_names: Sequence[str] | None = None,
     ):
@@ -181,7 +190,7 @@ class Service:
         self.oracle = protected_oracle(
             PrevalidatedOracle(oracle), key=key, output=config.output, top_k=config.top_k, decimals=config.decimals
         )
-        self.key, self.keyring = key, keyring
+        self.keys, self.keyring = open_keys(key)[0] if key is not None else [], keyring  # what protects the answers
         self.max_batch = config.effective_max_batch
         self.request_model = build_request_model(self.input_shape, self.max_batch)
         self.ledger = None
@@ -400,7 +409,7 @@ def create_app(
     model: Any,
     config: ServeConfig | None = None,
     *,
-    key: Key | str | None = None,
+    key: Key | KeySet | Sequence[Key] | str | None = None,
     keyring: Keyring | str | None = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
@@ -409,8 +418,9 @@ def create_app(
     """A FastAPI app serving ``model`` (an :class:`Oracle`, a :class:`~copycatch.models.base.Classifier`, a model
     file, or anything :func:`copycatch.oracles.suspects.open_suspect` opens) under ``config``.
 
-    ``key`` applies its scheme's API-time protection server-side; ``keyring`` (or a key file path) requires
-    an ``X-API-Key`` on every ``/v1`` request. The app opens its ledger at once and closes it on shutdown.
+    ``key`` (a key, a key set, or a file of either) applies its schemes' API-time protection server-side;
+    ``keyring`` (or a key file path) requires an ``X-API-Key`` on every ``/v1`` request. The app opens its ledger at
+    once and closes it on shutdown.
     """
     from ..oracles.suspects import open_suspect
 
@@ -419,7 +429,7 @@ def create_app(
     if class_names is None:
         class_names = getattr(getattr(oracle, "model", None), "class_names", None)
     if isinstance(key, str):
-        key = Key.load(key)
+        key = open_keys(key)[0]
     if isinstance(keyring, str):
         keyring = Keyring.load(keyring)
     service = Service(oracle, config, key=key, keyring=keyring, class_names=class_names)

@@ -294,10 +294,12 @@ class Calibration:
             raise CorruptFile(f"{path}: calibration file lacks a field ({exc})") from None
 
 
-def calibration_path(key_path: str | os.PathLike) -> Path:
-    """Where the calibration of the key at ``key_path`` lives: beside it."""
+def calibration_path(key_path: str | os.PathLike, part: int | None = None) -> Path:
+    """Where the calibration of the key at ``key_path`` lives: beside it (for ``part`` i of a key set,
+    ``<key set>.part<i>.calibration.json``)."""
     key_path = Path(key_path)
-    return key_path.with_name(key_path.name + ".calibration.json")
+    middle = "" if part is None else f".part{int(part)}"
+    return key_path.with_name(f"{key_path.name}{middle}.calibration.json")
 
 
 def calibrate(
@@ -309,7 +311,6 @@ def calibrate(
 ) -> Calibration:
     """Verify every reference against ``key`` (fixed test, whole key) and collect the empirical null."""
     from ..schemes import scheme_for_key
-    from .sequential import minimum_p_value
 
     alphas = sorted({float(a) for a in alphas})
     for a in alphas:
@@ -336,13 +337,10 @@ def calibrate(
             }
         )
     num_classes = key.meta.get("num_classes") or (references[0].oracle.num_classes if references else None)
-    min_p = minimum_p_value(scheme, key, int(num_classes)) if num_classes else None
+    min_p = scheme.smallest_p_value(key, int(num_classes)) if num_classes else None
     notes = []
     if min_p is None:
-        notes.append(
-            f"scheme {key.scheme!r} does not expose per-query outcomes, so the smallest p-value its key can "
-            "give is not computed"
-        )
+        notes.append(f"the smallest p-value the key of scheme {key.scheme!r} can give is not known")
     return Calibration(key.digest, key.scheme, statistic_name or "statistic", rows, list(alphas), min_p, notes=notes)
 
 

@@ -10,6 +10,11 @@ sets). Each key gives its own p-value; the global null is "the suspect is indepe
   when the p-values are independent under the null — true for keys whose secrets were drawn independently
   (separate embeddings), since each test's randomness is its key's secret. Conservative (still valid) for
   the discrete, conservative p-values our schemes produce.
+
+Which one decides (:func:`choose_method`): the user's choice; by default Fisher when the keys are declared
+independent (the parts of one key set that says so, such as ``copycatch protect`` writes), Holm otherwise (separate
+key files, or a key set mixed with other keys: nothing vouches that their secrets were drawn independently). The
+combined evidence says in words which method applies and why (``reason``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class CombinedEvidence:
     fisher_p_value: float
     keys: list[dict[str, Any]]
     null_hypothesis: str = NULL_HYPOTHESIS
+    reason: str = ""  # which method decides and why, in words
+    independent: bool = False  # the keys were declared independent (one key set that says so)
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -68,6 +75,7 @@ class CombinedEvidence:
         lines = [
             f"combined evidence over {len(self.keys)} keys ({self.method} decides):",
             f"  null hypothesis: {self.null_hypothesis}",
+            f"  method:          {self.reason}",
         ]
         for k, adj in zip(self.keys, self.holm_adjusted):
             lines.append(
@@ -85,12 +93,43 @@ class CombinedEvidence:
         return "\n".join(lines)
 
 
-def combine_evidence(
-    evidences: Sequence[Evidence], *, alpha: float | None = None, method: str = "holm"
-) -> CombinedEvidence:
-    """Combine per-key evidence about one suspect; ``alpha`` defaults to the evidences' common α."""
-    if method not in METHODS:
+def choose_method(method: str | None, independent: bool) -> tuple[str, str]:
+    """The combination that decides and why, in words: ``method`` if given, else Fisher for keys declared
+    independent and Holm otherwise."""
+    if method is not None and method not in METHODS:
         raise InvalidArgument(f"combination method must be one of {', '.join(METHODS)}, got {method!r}")
+    declared = (
+        "the keys are the parts of one key set whose secrets were drawn independently, so under the null "
+        "hypothesis their p-values are independent"
+    )
+    if method is None and independent:
+        return "fisher", f"Fisher's method (the default here): {declared}"
+    if method is None:
+        return "holm", (
+            "Holm's adjustment (the default here): the keys are not declared independent (separate key files, or "
+            "a key set with other keys), and Holm's adjustment holds under any dependence between the tests"
+        )
+    if method == "fisher" and independent:
+        return "fisher", f"Fisher's method, as asked; it is valid: {declared}"
+    if method == "fisher":
+        return "fisher", (
+            "Fisher's method, as asked: valid only if the keys' secrets were drawn independently of each other, "
+            "which these keys do not declare; Holm's adjustment holds under any dependence"
+        )
+    also = "; Fisher's method would be valid too, since the keys are declared independent" if independent else ""
+    return "holm", f"Holm's adjustment, as asked: valid under any dependence between the tests{also}"
+
+
+def combine_evidence(
+    evidences: Sequence[Evidence],
+    *,
+    alpha: float | None = None,
+    method: str | None = None,
+    independent: bool = False,
+) -> CombinedEvidence:
+    """Combine per-key evidence about one suspect; ``alpha`` defaults to the evidences' common α, ``method`` (Holm
+    or Fisher) to the one :func:`choose_method` picks for keys that are (or are not) declared ``independent``."""
+    method, reason = choose_method(method, independent)
     if not evidences:
         raise InvalidArgument("no evidence to combine")
     if alpha is None:
@@ -105,11 +144,6 @@ def combine_evidence(
         raise InvalidArgument("the same key appears twice; combining it with itself would double-count its evidence")
     ps = [float(e.p_value) for e in evidences]
     notes = []
-    if method == "fisher":
-        notes.append(
-            "Fisher's method assumes the keys' secrets were drawn independently of each other "
-            "(separately generated keys); Holm's adjustment holds under any dependence"
-        )
     if any(not e.exact for e in evidences):
         notes.append("at least one per-key p-value is approximate (see its notes); so is the combination")
     keys = [
@@ -122,4 +156,14 @@ def combine_evidence(
         }
         for e in evidences
     ]
-    return CombinedEvidence(method, float(alpha), ps, holm_adjust(ps), fisher_combine(ps), keys, notes=notes)
+    return CombinedEvidence(
+        method,
+        float(alpha),
+        ps,
+        holm_adjust(ps),
+        fisher_combine(ps),
+        keys,
+        reason=reason,
+        independent=bool(independent),
+        notes=notes,
+    )

@@ -3,7 +3,9 @@
 ``copycatch verify --report DIR`` writes, beside ``DIR/transcript.jsonl``:
 
 * ``evidence.json`` (format ``copycatch.evidence/1``): for each key the scheme, the null hypothesis in words,
-  the statistic, the p-value (and whether it is exact), α, the decision, the queries used and the key digest;
+  the statistic, the p-value (and whether it is exact), the smallest p-value the key and query budget can give
+  (above α, the test could never have rejected, and the evidence says so), α, the decision, the queries used and
+  the key digest;
   the combined evidence when there are several keys; the suspect's fingerprint; the package and dependency
   versions; the settings and command line; and the query transcript's hash chain (every line's hash and the
   head), so the JSON commits to every answer the suspect gave;
@@ -98,6 +100,7 @@ def _headline(run: Any) -> dict[str, Any]:
             "statistic_name": e.statistic_name,
             "statistic": e.statistic,
             "p_value": e.p_value,
+            "smallest_attainable_p": e.metrics.get("smallest_attainable_p"),
             "exact": e.exact,
             "key_digest": e.key_digest,
         }
@@ -143,7 +146,8 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border
 table{border-collapse:collapse;margin:.5em 0;width:100%}td,th{border-bottom:1px solid #eee;padding:.25em .5em;
 text-align:left;vertical-align:top}th{width:30%;color:#555;font-weight:600}code,.mono{font-family:ui-monospace,
 Menlo,Consolas,monospace;font-size:.9em;word-break:break-all}.note{color:#555}.small{font-size:.85em}
-svg{max-width:100%;height:auto;background:#fff}
+svg{max-width:100%;height:auto;background:#fff}.warn{background:#fff4e5;border-left:4px solid #e65100;
+padding:.5em .8em}
 """
 
 
@@ -226,6 +230,13 @@ def _suspect_line(s: dict[str, Any]) -> str:
 def _evidence_section(i: int, item: dict[str, Any], evidence: Evidence, calibration: Any) -> str:
     seq = evidence.details.get("sequential") or {}
     body = [f"<h2>Evidence {i + 1}: {_e(evidence.scheme)}</h2>", _rows(_evidence_rows(evidence, seq))]
+    smallest = evidence.metrics.get("smallest_attainable_p")
+    if smallest is not None and smallest > evidence.alpha:
+        body.append(
+            f"<p class='warn'>This test could never have rejected: the smallest p-value this key and query budget "
+            f"can give is {_e(f'{smallest:.3g}')}, above α = {_e(_fmt(evidence.alpha))}, so the verdict is "
+            "“not stolen” whatever the suspect answered.</p>"
+        )
     null_model = evidence.details.get("null_model")
     if null_model and null_model.get("type") == "binomial":
         body += _binomial_null_plot(null_model, evidence.alpha)
@@ -260,13 +271,24 @@ def _evidence_rows(evidence: Evidence, seq: dict[str, Any]) -> list[tuple[str, s
         ("null hypothesis", _e(evidence.null_hypothesis)),
         ("statistic", f"{_e(evidence.statistic_name)} = {_e(_fmt(evidence.statistic))}"),
         ("p-value", _e(f"{evidence.p_value:.4g}") + ("" if evidence.exact else " <b>(approximate; see notes)</b>")),
+        ("smallest attainable p-value", _smallest_cell(evidence)),
         ("α", _e(_fmt(evidence.alpha))),
         ("decision", _e(evidence.verdict)),
         ("queries used", _e(evidence.queries) + how),
         ("key digest", f"<code>{_e(evidence.key_digest)}</code>"),
     ]
-    pairs += [(k, _e(_fmt(v))) for k, v in evidence.metrics.items() if k not in {"key_size", "stopped"}]
+    hidden = {"key_size", "stopped", "smallest_attainable_p"}
+    pairs += [(k, _e(_fmt(v))) for k, v in evidence.metrics.items() if k not in hidden]
     return pairs
+
+
+def _smallest_cell(evidence: Evidence) -> str:
+    """The smallest p-value the key and query budget can give: what every answer maximally incriminating gives."""
+    smallest = evidence.metrics.get("smallest_attainable_p")
+    if smallest is None:
+        return "not known for this scheme"
+    reach = "reachable" if smallest <= evidence.alpha else "<b>above α: the test could never reject</b>"
+    return f"{_e(f'{smallest:.3g}')} ({reach}; every answer maximally incriminating)"
 
 
 def _binomial_null_plot(null_model: dict[str, Any], alpha: float) -> list[str]:
@@ -308,7 +330,8 @@ def _combined_section(c: dict[str, Any]) -> str:
     )
     return (
         f"<h2>Combined evidence ({_e(c['method'])} decides)</h2><p>{_e(c['null_hypothesis'])}</p>"
-        f"<table><tr><th>scheme</th><th>key</th><th>p-value</th><th>Holm-adjusted</th></tr>{rows}</table>"
+        + (f"<p>{_e(c['reason'])}</p>" if c.get("reason") else "")
+        + f"<table><tr><th>scheme</th><th>key</th><th>p-value</th><th>Holm-adjusted</th></tr>{rows}</table>"
         + _rows(
             [
                 ("Fisher combined p-value", _e(f"{c['fisher_p_value']:.4g}")),

@@ -47,6 +47,7 @@ from ..core.params import Params
 from ..core.runtime import progress as progress_bar
 from ..core.stats import binomial_greater
 from ..oracles.base import Oracle
+from ..schemes.base import note_reachability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,7 @@ def verify_sequential(
     )
     notes += _sequential_notes(run, plan.early_share, alpha, decision_alpha)
     details.update(_sequential_details(run, plan, alpha))
-    return scheme.evidence(
+    evidence = scheme.evidence(
         key,
         statistic_name=run.outcome.statistic_name,
         statistic=last.successes,
@@ -163,6 +164,9 @@ def verify_sequential(
         details=details,
         notes=notes,
     )
+    smallest = reachable_p_value(scheme, key, oracle.num_classes, early_share=plan.early_share)
+    note_reachability(evidence, smallest, scheme.larger_key)
+    return evidence
 
 
 def _fixed_test_instead(scheme: Any, oracle: Oracle, key: Key, *, alpha: float, progress: bool | None) -> Evidence:
@@ -292,10 +296,25 @@ def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: f
     return SequentialState(queried, s, m, max_log_e, p_early, p_fixed_bound, p_value), can_still_reject
 
 
-def minimum_p_value(scheme: Any, key: Key, num_classes: int) -> float | None:
-    """The smallest p-value the key can ever give (every input a counted success); None without the hook."""
-    if not scheme.sequential:
-        return None
-    probe = scheme.bernoulli_outcomes(torch.empty(0, num_classes), key)
-    n = len(scheme.verification_inputs(key))
-    return binomial_greater(n, n, float(probe.null_rate)) if n else 1.0
+def reachable_p_value(
+    scheme: Any, key: Key, num_classes: int, *, early_share: float | None = None, queries: int | None = None
+) -> float | None:
+    """The smallest p-value verification can report with ``key`` and at most ``queries`` inputs asked.
+
+    The fixed test (``early_share`` None, or a scheme without per-query outcomes): the scheme's
+    :meth:`~copycatch.schemes.base.Scheme.smallest_p_value`. The sequential test with early share w: every asked
+    item a counted success, so ``min(1, p_e/w, p_f/(1 − w))`` with p_e = 1/E of those k successes and p_f =
+    ``P(Binomial(k + r, q) >= k)``, r the unasked inputs counted as failures (the fixed part's least favourable
+    completion; ``q^n`` when the whole key is asked). When no success is possible at all, 1."""
+    fixed = scheme.smallest_p_value(key, num_classes, queries)
+    if early_share is None or not scheme.sequential or fixed is None or fixed >= 1.0:
+        return fixed
+    total = len(scheme.verification_inputs(key))
+    if queries is None or queries >= total:
+        k, remaining = scheme.key_items(key), 0
+    else:
+        sub, asked = scheme.restrict_key(key, queries)
+        k, remaining = scheme.key_items(sub), total - len(asked)
+    q = float(scheme.bernoulli_outcomes(torch.empty(0, num_classes), key).null_rate)
+    p_early = math.exp(-log_mixture_e_value(k, k, q))
+    return min(1.0, p_early / early_share, binomial_greater(k, k + remaining, q) / (1 - early_share))

@@ -8,7 +8,8 @@
 3. verifies each key, sequentially by default (:mod:`copycatch.verification.sequential`; ``sequential=False`` runs the
    fixed test on the whole key);
 4. adds the key's calibration when one lies beside the key (:mod:`copycatch.verification.calibration`);
-5. combines the keys' p-values (:mod:`copycatch.verification.combine`) when there are several.
+5. combines the keys' p-values (:mod:`copycatch.verification.combine`) when there are several: a key set's parts
+   count as keys, and Fisher's method is the default for one key set that declares its parts independent.
 
 If the suspect fails (NaN, wrong shapes, refusals, timeouts, an exhausted budget) the answers so far stay on
 record; an in-memory transcript is then written to ``copycatch-transcript-<key digest>.jsonl`` and the error
@@ -28,12 +29,14 @@ import torch
 from ..core.errors import CopycatchError, CorruptFile, InvalidArgument, SuspectError
 from ..core.evidence import Evidence
 from ..core.key import Key
+from ..core.keyset import KeySet, load_key_file, open_keys
 from ..oracles.base import Oracle
 from ..oracles.suspects import describe_suspect, open_suspect
 from ..schemes import Scheme, scheme_for_key
+from ..schemes.base import note_reachability
 from .calibration import Calibration, calibration_path
-from .combine import CombinedEvidence, combine_evidence
-from .sequential import SequentialPlan, verify_sequential
+from .combine import CombinedEvidence, choose_method, combine_evidence
+from .sequential import SequentialPlan, reachable_p_value, verify_sequential
 from .transcript import Transcript, TranscriptOracle
 
 
@@ -111,15 +114,32 @@ class _ReplayOnly(Oracle):
         )
 
 
-def load_keys(keys: Sequence[Key | str | os.PathLike]) -> tuple[list[Key], list[Path | None]]:
-    loaded, paths = [], []
-    for k in keys:
-        if isinstance(k, Key):
-            loaded.append(k)
-            paths.append(None)
+@dataclasses.dataclass
+class LoadedKeys:
+    """The keys to verify, flattened from keys, key sets and files of either, in the order given."""
+
+    keys: list[Key]
+    calibrations: list[Path | None]  # where each key's calibration file lies (beside its file); None in memory
+    independent: bool  # the keys are one key set that declares its parts independent (Fisher is then the default)
+
+
+def load_keys(keys: Sequence[Key | KeySet | str | os.PathLike]) -> LoadedKeys:
+    """Load every key file or key-set file (digests checked), flattening key sets into their parts."""
+    loaded: list[Key] = []
+    calibrations: list[Path | None] = []
+    declared = []
+    for source in keys:
+        path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+        opened = load_key_file(path) if path is not None else source
+        parts, independent = open_keys(opened)
+        loaded += parts
+        declared.append(independent)
+        if path is None:
+            calibrations += [None] * len(parts)
+        elif isinstance(opened, KeySet):
+            calibrations += [calibration_path(path, part=i) for i in range(len(parts))]
         else:
-            loaded.append(Key.load(k))
-            paths.append(Path(k))
+            calibrations.append(calibration_path(path))
     if not loaded:
         raise InvalidArgument("give at least one key")
     digests = [k.digest for k in loaded]
@@ -132,17 +152,17 @@ def load_keys(keys: Sequence[Key | str | os.PathLike]) -> tuple[list[Key], list[
             f"the keys are for different models ({sorted(classes)} classes, input shapes "
             f"{sorted(shapes)}); verify them separately"
         )
-    return loaded, paths
+    return LoadedKeys(loaded, calibrations, independent=declared == [True])
 
 
 def verify_suspect(
     suspect: Any,
-    keys: Sequence[Key | str | os.PathLike],
+    keys: Sequence[Key | KeySet | str | os.PathLike],
     *,
     alpha: float = 1e-3,
     sequential: bool = True,
     plan: SequentialPlan | None = None,
-    combine: str = "holm",
+    combine: str | None = None,
     transcript: Transcript | str | os.PathLike | None = None,
     resume: bool = False,
     offline: bool = False,
@@ -155,9 +175,12 @@ def verify_suspect(
     progress: bool | None = None,
     session: dict[str, Any] | None = None,
 ) -> VerificationRun:
-    """Verify ``suspect`` against every key; see the module docstring."""
+    """Verify ``suspect`` against every key (a key set's parts each count as a key); see the module docstring.
+    ``combine`` is Holm or Fisher, by default the one :func:`~copycatch.verification.combine.choose_method` picks."""
     Scheme.check_alpha(alpha)
-    key_list, key_paths = load_keys(keys)
+    loaded = load_keys(keys)
+    key_list = loaded.keys
+    choose_method(combine, loaded.independent)  # a misspelt method fails before any query
     schemes = [scheme_for_key(k) for k in key_list]
     meta = key_list[0].meta
     classes = num_classes or meta.get("num_classes")
@@ -179,22 +202,27 @@ def verify_suspect(
         wrapped = wrapped.postprocess(*postprocess)
     plan = plan or SequentialPlan()
     try:
-        evidences = _verify_keys(schemes, key_list, wrapped, alpha, sequential, plan, progress)
+        evidences = _verify_keys(schemes, key_list, wrapped, alpha, sequential, plan, progress, budget)
     except (CopycatchError, KeyboardInterrupt) as exc:
         path = None if offline else _keep_answers(record, key_list[0])
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise VerificationInterrupted(f"{exc}{_how_to_resume(record, path, transcript)}", path) from exc
     fingerprint.update({"output_kind": wrapped.output_kind})
-    settings = {"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(), "combine": combine}
+    settings = {"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(), "combine": combine or "auto"}
     settings.update(budget=budget, offline=offline, postprocess=[str(p) for p in postprocess])
     run = VerificationRun(evidences, key_list, fingerprint, record, settings=settings)
-    if calibrations:
-        for key, path, evidence in zip(key_list, key_paths, evidences):
-            _attach_calibration(evidence, key, path, run)
-    if len(evidences) > 1:
-        run.combined = combine_evidence(evidences, alpha=alpha, method=combine)
+    _conclude(run, loaded, combine=combine, calibrations=calibrations)
     return run
+
+
+def _conclude(run: VerificationRun, loaded: LoadedKeys, *, combine: str | None, calibrations: bool) -> None:
+    """Each key's calibration (when one lies beside its file) and, over several keys, the combined evidence."""
+    if calibrations:
+        for key, path, evidence in zip(loaded.keys, loaded.calibrations, run.evidences):
+            _attach_calibration(evidence, key, path, run)
+    if len(run.evidences) > 1:
+        run.combined = combine_evidence(run.evidences, alpha=run.alpha, method=combine, independent=loaded.independent)
 
 
 def _offline_record(
@@ -256,8 +284,10 @@ def _verify_keys(
     sequential: bool,
     plan: SequentialPlan,
     progress: bool | None,
+    budget: int | None = None,
 ) -> list[Evidence]:
-    """Each key's evidence, in order; the stopping rule aims at α/k (Holm, and Fisher roughly, need that)."""
+    """Each key's evidence, in order; the stopping rule aims at α/k (Holm, and Fisher roughly, need that). With a
+    query ``budget``, the smallest attainable p-value each evidence states is the one that many answers can give."""
     stop_alpha = alpha / len(keys)
     evidences = []
     for scheme, key in zip(schemes, keys):
@@ -270,15 +300,16 @@ def _verify_keys(
             evidence = scheme.verify(oracle, key, alpha=alpha, progress=progress)
         scheme.check_oracle(oracle)  # a callable suspect shows that it answers labels only once it has answered
         evidence.details["suspect_output_kind"] = oracle.output_kind
+        if budget is not None:
+            share = plan.early_share if sequential else None
+            smallest = reachable_p_value(scheme, key, oracle.num_classes, early_share=share, queries=budget)
+            note_reachability(evidence, smallest, scheme.larger_key)
         evidences.append(evidence)
     return evidences
 
 
-def _attach_calibration(evidence: Evidence, key: Key, key_path: Path | None, run: VerificationRun) -> None:
-    if key_path is None:
-        return
-    path = calibration_path(key_path)
-    if not path.is_file():
+def _attach_calibration(evidence: Evidence, key: Key, path: Path | None, run: VerificationRun) -> None:
+    if path is None or not path.is_file():
         return
     try:
         cal = Calibration.load(path, key=key)
@@ -301,7 +332,10 @@ def _attach_calibration(evidence: Evidence, key: Key, key_path: Path | None, run
     )
 
 
-def fixed_test(suspect: Any, key: Key, *, alpha: float = 1e-3, progress: bool | None = None) -> Evidence:
-    """The scheme's fixed test on the whole key, with no transcript or calibration: what benchmarks measure."""
+def fixed_test(
+    suspect: Any, key: Key, *, alpha: float = 1e-3, progress: bool | None = None, power: bool = False
+) -> Evidence:
+    """The scheme's fixed test on the whole key, with no transcript or calibration: what benchmarks measure.
+    ``power`` adds the p-value on the first k key queries, from the same answers (``details["power"]``)."""
     oracle = open_suspect(suspect, num_classes=key.meta.get("num_classes"), input_shape=key.meta.get("input_shape"))
-    return scheme_for_key(key).verify(oracle, key, alpha=alpha, progress=progress)
+    return scheme_for_key(key).verify(oracle, key, alpha=alpha, progress=progress, power=power)

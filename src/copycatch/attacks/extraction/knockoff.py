@@ -196,7 +196,7 @@ class KnockoffNets(TransferSetAttack):
             policy = torch.softmax(preference, dim=0)
             actions = torch.multinomial(policy, n, replacement=True, generator=gen)
             index = _next_images(actions, orders, cursor)
-            x = pool.x[index]
+            x = pool.subset(index).x
             answers = oracle.query(x)
             rewards = bandit_rewards(answers, predict_logits(surrogate, x), None if recent is None else recent.mean(0))
             reward = self._combine(rewards, reward_stats)

@@ -72,9 +72,10 @@ class AdversarialOverwrite(RemovalAttack):
         y = hard_labels(chosen.y)
         device = next(model.parameters()).device
         model.eval()
+        chosen_x = chosen.x
         adversaries = torch.cat(
             [
-                fgsm(model, chosen.x[i : i + 256].to(device), p.eps, y=y[i : i + 256].to(device)).cpu()
+                fgsm(model, chosen_x[i : i + 256].to(device), p.eps, y=y[i : i + 256].to(device)).cpu()
                 for i in range(0, len(chosen), 256)
             ]
         )

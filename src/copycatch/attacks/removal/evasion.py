@@ -128,7 +128,7 @@ def deployed_accuracy(model: Classifier, evasions: Sequence[InputEvasion], test:
 
         return accuracy(model, test)
     oracle = EvadingOracle(model, evasions)
-    pred = torch.cat([oracle.query(test.x[i : i + 1024]).argmax(1) for i in range(0, len(test), 1024)])
+    pred = torch.cat([oracle.query(test.subset(slice(i, i + 1024)).x).argmax(1) for i in range(0, len(test), 1024)])
     return (pred == test.y.cpu()).float().mean().item()
 
 

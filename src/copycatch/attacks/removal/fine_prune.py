@@ -156,11 +156,11 @@ class FinePruning(RemovalAttack):
         if p.max_drop is not None and k:
             order_check = torch.randperm(len(targets), generator=torch.Generator().manual_seed(train.seed))
             check = targets.subset(order_check[:2000])
-            y = hard_labels(check.y)
-            base = _accuracy_with_silenced(model, layer, order[:0], check.x, y)
+            check_x, y = check.x, hard_labels(check.y)
+            base = _accuracy_with_silenced(model, layer, order[:0], check_x, y)
             allowed = 0
             for n in range(1, k + 1):
-                if base - _accuracy_with_silenced(model, layer, order[:n], check.x, y) > p.max_drop:
+                if base - _accuracy_with_silenced(model, layer, order[:n], check_x, y) > p.max_drop:
                     break
                 allowed = n
             k = allowed

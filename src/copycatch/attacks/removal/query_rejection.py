@@ -135,15 +135,16 @@ class QueryRejection(InputEvasion):
         if p.detector == "lof":
             n_ref = min(p.reference, len(data) // 2)
             ref, calib = order[:n_ref], order[n_ref : n_ref + p.reference]
+            ref_x = data.subset(ref).x
             with torch.no_grad():
                 model.eval()
                 self.reference_features = torch.cat(
-                    [model.features(data.x[ref][i : i + 1024]).float().cpu() for i in range(0, n_ref, 1024)]
+                    [model.features(ref_x[i : i + 1024]).float().cpu() for i in range(0, n_ref, 1024)]
                 )
             self._lof = None
         else:
             calib = order
-        calib_scores = self.scores(model, data.x[calib])
+        calib_scores = self.scores(model, data.subset(calib).x)
         # reject scores strictly above the (1 − fpr) quantile: a share ≤ fpr of the calibration data
         self.threshold = float(torch.quantile(calib_scores.double(), 1.0 - p.fpr)) if p.fpr > 0 else float("inf")
         rejected = float((calib_scores > self.threshold).float().mean())

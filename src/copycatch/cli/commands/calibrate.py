@@ -31,7 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "given (--innocent). The result is written beside each key as <key>.calibration.json.",
         epilog="example:\n  copycatch calibrate --key victim.cckey --train 24 --archs mlp,cnn-small,lenet",
     )
-    p.add_argument("--key", required=True, action="append", help="key file (repeat: the references are shared)")
+    p.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        help="key file, or key set (each part is calibrated, to <set>.part<i>.calibration.json); repeat: the "
+        "references are shared",
+    )
     p.add_argument(
         "--innocent",
         action="append",
@@ -63,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from ... import api
     from ...core.errors import InvalidArgument
-    from ...core.key import Key
+    from ...core.keyset import open_keys
     from ...verification.calibration import CalibrationPlan
 
     if args.train < 0:
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument("no reference models: give --train N and/or --innocent MODEL")
     splits = plan = None
     if args.train:
-        metas = [Key.load(k).meta for k in args.key]
+        metas = [key.meta for path in args.key for key in open_keys(path)[0]]
         splits = _splits_of(args, metas)
         plan = CalibrationPlan.from_dict(
             {

@@ -35,6 +35,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     options.add_params_option(p, "scheme")
     p.add_argument("-o", "--output", required=True, help="victim model file to write")
     p.add_argument("--key", required=True, help="key file to write (keep it secret)")
+    options.add_cost_options(p)
     options.add_data_options(p)
     options.add_train_options(p)
     options.add_common(p)
@@ -43,21 +44,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ... import api
+    from ...core.errors import AccuracyCostExceeded
 
     out = options.writable(args.output, "model file")
     key_path = options.writable(args.key, "key file")
-    result = api.embed(
-        args.scheme,
-        options.splits(args),
-        arch=args.arch,
-        model=args.model,
-        params=options.params(args.param),
-        config=options.train_config(args),
-        output=out,
-        key_path=key_path,
-        progress=options.progress(args),
-    )
+    try:
+        result = api.embed(
+            args.scheme,
+            options.splits(args),
+            arch=args.arch,
+            model=args.model,
+            params=options.params(args.param),
+            config=options.train_config(args),
+            output=out,
+            key_path=key_path,
+            progress=options.progress(args),
+            reference=args.reference,
+            max_cost=args.max_cost,
+            allow_cost=args.allow_cost,
+        )
+    except AccuracyCostExceeded as exc:  # the victim and key are written; say so, then warn and exit 3
+        result = exc.embedding
     options.say(f"embedded {args.scheme} into {result.victim.arch}: test accuracy {result.info['test_accuracy']:.4f}")
     options.say(f"victim written to {out}")
     options.say(f"key written to {key_path} (digest {result.key.digest[:16]}…); keep it secret")
-    return 0
+    return options.say_cost(result.info.get("accuracy_cost"), allow_cost=args.allow_cost)

@@ -82,7 +82,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="append",
         metavar="KEY",
         default=None,
-        help="afterwards, verify the laundered model (through its evasions) against this key (repeatable)",
+        help="afterwards, verify the laundered model (through its evasions) against this key or key set (repeatable)",
     )
     p.add_argument("--alpha", type=float, default=1e-3, help="significance level for --verify")
     p.add_argument(
@@ -118,13 +118,13 @@ def run(args: argparse.Namespace) -> int:
     from ... import api
     from ...attacks.launder import jsonable
     from ...attacks.removal.evasion import is_deployment, load_deployment
-    from ...core.key import Key
+    from ...core.keyset import load_key_file
     from ...models.io import load_model
 
     out = options.writable(args.output, "model file")
     if args.pirate_key:
         options.writable(args.pirate_key, "pirate key file")
-    keys = [Key.load(k) for k in args.verify or ()]  # load (and digest-check) keys before any work
+    keys = [load_key_file(k) for k in args.verify or ()]  # load (and digest-check) keys and key sets before any work
     model, evasions = load_deployment(args.model) if is_deployment(args.model) else (load_model(args.model), [])
     _resolve_data_args(args, model.provenance)
     laundering = api.remove(
@@ -141,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     runs = [api.verify(laundering.oracle(), key, alpha=args.alpha, sequential=False) for key in keys]
     report = {**laundering.report, "input": str(args.model), "output": str(out)}
     if runs:
-        report["evidence"] = [{"key": str(p), **r.evidences[0].to_dict()} for p, r in zip(args.verify, runs)]
+        report["evidence"] = [{"key": str(p), **e.to_dict()} for p, r in zip(args.verify, runs) for e in r.evidences]
+        combined = [{"key": str(p), **r.combined.to_dict()} for p, r in zip(args.verify, runs) if r.combined]
+        if combined:  # a key set's parts, combined
+            report["combined"] = combined
     if args.json:
         options.say(json.dumps(jsonable(report), indent=2))
         return 0
@@ -154,5 +157,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for path, run in zip(args.verify or (), runs):
         options.say(f"\nverification against {path} (querying the laundered deployment):")
-        options.say(run.evidences[0].summary())
+        options.say("\n\n".join(e.summary() for e in run.evidences))
+        if run.combined is not None:
+            options.say("\n" + run.combined.summary())
     return 0

@@ -24,6 +24,7 @@ EPILOG = textwrap.dedent("""\
 
     examples:
       copycatch serve victim.safetensors --protect victim.cckey --output top-k --top-k 3
+      copycatch serve victim.safetensors --protect victim.cckeys          # a key set from `copycatch protect`
       copycatch serve victim.safetensors --new-key alice --api-keys keys.txt     # prints alice's secret once
       copycatch serve victim.safetensors --api-keys keys.txt --rate 100/s --budget 20000/day --host 0.0.0.0
       copycatch steal --oracle http://127.0.0.1:8000 --arch mlp -o surrogate.safetensors
@@ -40,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=HELP,
         formatter_class=options.Formatter,
         epilog=EPILOG,
-        description="Serve MODEL over HTTP. --protect applies the key's API-time protection "
+        description="Serve MODEL over HTTP. --protect applies the API-time protection of a key or key set "
         "(e.g. DynaMarks) on the server, so the secret never leaves it; every "
         "request is validated, authenticated, rate-limited and recorded.",
     )
@@ -60,7 +61,8 @@ def _answers_options(p: argparse.ArgumentParser) -> None:
         "--protect",
         metavar="KEY",
         default=None,
-        help="key file whose scheme protects the answers (scheme.protect; identity for training-time schemes)",
+        help="key file or key set (.cckeys) whose API-time schemes protect the answers (scheme.protect; "
+        "training-time parts leave them as they are)",
     )
     g.add_argument(
         "--output",
@@ -241,7 +243,8 @@ def _announce(args: argparse.Namespace, server: Any, config: Any) -> None:
         f"copycatch serve: {args.model}: inputs {'×'.join(map(str, service.input_shape))}, "
         f"{service.num_classes} classes, output {config.output}"
     )
-    say(f"  protection: {_protection(service.key)}")
+    for line in _protection(service.keys):
+        say(f"  protection: {line}")
     access = f"{len(keyring)} API keys from {args.api_keys}" if keyring else "open (no API keys)"
     budget = config.parsed_budget().describe() if config.budget else "none"
     say(f"  access: {access}; rate {config.rate or 'unlimited'}; budget {budget}")
@@ -256,12 +259,18 @@ def _announce(args: argparse.Namespace, server: Any, config: Any) -> None:
     say(f"serving on {server.url} (docs {server.url}/docs); Ctrl-C stops after in-flight requests finish")
 
 
-def _protection(key: Any) -> str:
-    if key is None:
-        return "none"
+def _protection(keys: list[Any]) -> list[str]:
+    """One line per key: what it does to the answers."""
+    if not keys:
+        return ["none"]
     from ...schemes import scheme_for_key
 
-    scheme = scheme_for_key(key)
-    if scheme.acts_at == "api":
-        return f"{key.scheme} applied to every answer on the server (key {key.digest[:12]}…)"
-    return f"{key.scheme} acts at training time: answers are the model's own (the mark is in the weights)"
+    lines = []
+    for key in keys:
+        if scheme_for_key(key).acts_at == "api":
+            lines.append(f"{key.scheme} applied to every answer on the server (key {key.digest[:12]}…)")
+        else:
+            lines.append(
+                f"{key.scheme} acts at training time: answers are the model's own (the mark is in the weights)"
+            )
+    return lines

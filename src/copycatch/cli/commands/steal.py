@@ -45,7 +45,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="attacker_pool",
         help="what the thief queries: attacker_pool, or another data set name for out-of-distribution queries",
     )
-    p.add_argument("--protect", default=None, metavar="KEY", help="apply this key's API-time protection to the victim")
+    p.add_argument(
+        "--protect",
+        default=None,
+        metavar="KEY",
+        help="apply the API-time protection of this key or key set (.cckeys) to the victim, as its server does",
+    )
     p.add_argument("--post", action="append", metavar="SPEC", help="output post-processor, e.g. top-k:k=3 (repeatable)")
     options.add_params_option(p, "attack")
     p.add_argument("-o", "--output", required=True, help="surrogate model file to write")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 from typing import Any
 
@@ -17,7 +18,9 @@ DESCRIPTION = (
     "independent of the key). By default the key is asked a batch at a time and verification stops as soon as "
     "the decision is reached (a sequential test valid at any stopping time); --fixed asks the whole key. Every "
     "answer goes into a hash-chained transcript; --report DIR keeps it with evidence.json and report.html. "
-    "Several --key are combined (Holm, or Fisher)."
+    "A key set (.cckeys, from `copycatch protect`) verifies each of its parts; several keys are combined: "
+    "Fisher's method when they are the parts of one key set that declares them independent, Holm's adjustment "
+    "otherwise (--combine chooses), and the evidence says which applies and why."
 )
 
 
@@ -38,6 +41,7 @@ def epilog() -> str:
           copycatch verify --key victim.cckey --suspect model.onnx
           copycatch verify --key victim.cckey --suspect mymodule:clf.predict_proba
           copycatch verify --key victim.cckey --suspect https://api.example.com --report evidence/ --resume
+          copycatch verify --key victim.cckeys --suspect surrogate.safetensors --json   # every part, Fisher-combined
           copycatch verify --key margin.cckey --key dynamarks.cckey --suspect http://localhost:8000 --combine fisher""")
 
 
@@ -49,7 +53,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--key",
         required=True,
         action="append",
-        help="key file written by `copycatch embed` (repeat to combine several keys)",
+        help="key file written by `copycatch embed`, or key set written by `copycatch protect` (repeat to "
+        "combine several)",
     )
     p.add_argument(
         "--suspect",
@@ -118,8 +123,9 @@ def _evidence_record_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--combine",
         choices=["holm", "fisher"],
-        default="holm",
-        help="how several keys' p-values decide: Holm (any dependence) or Fisher (independent keys)",
+        default=None,
+        help="how several keys' p-values decide: Holm (any dependence) or Fisher (independent keys); default "
+        "Fisher for one key set declaring its parts independent, else Holm",
     )
     g.add_argument(
         "--no-calibration",
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         progress=options.progress(args),
         **options.suspect_options(args),
     )
+    _warn_unreachable(run)
     if args.json:
         options.say(json.dumps(evidence_document(run, command=command), indent=2, sort_keys=True))
         return 0
@@ -161,6 +168,19 @@ def run(args: argparse.Namespace) -> int:
         paths = run.report_paths
         options.say(f"evidence written to {paths['json']} and {paths['html']}; transcript {run.transcript.path}")
     return 0
+
+
+def _warn_unreachable(run: Any) -> None:
+    """One line on stderr per key whose smallest attainable p-value is above α: it could never have rejected."""
+    for e in run.evidences:
+        smallest = e.metrics.get("smallest_attainable_p")
+        if smallest is not None and smallest > e.alpha:
+            print(
+                f"copycatch: warning: key {e.key_digest[:12]}… ({e.scheme}) can never reach alpha={e.alpha:g}: its "
+                f"smallest attainable p-value is {smallest:.3g}, so 'not stolen' holds by construction",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

@@ -1,0 +1,258 @@
+"""Proof after extraction at every data size: accuracy cost of each scheme's defaults and the p-value of a thief.
+
+Per owner data size × seed: a clean model and each scheme's victim trained the same way on the owner's data (the
+standard Fashion-MNIST split, owner_train subsampled to the size; the thief's pool and the test split stay the
+standard ones), then a same-architecture soft-label surrogate stolen with one query per pool image. Innocent
+models (trained on the thief's pool with true labels, several architectures and seeds) are verified against every
+key. A second table steals at the largest size with every kind of thief.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/proof.py                      # everything (hours: see README)
+    .venv/bin/python benchmarks/proof.py --schemes margin --sizes 4000 --seeds 0 # one cell
+    .venv/bin/python benchmarks/proof.py --table                                # tables from the cached rows
+
+Every trained model, key and result row is cached under --out (default bench-out/proof): re-running resumes.
+The resolved configuration is saved with the rows; tables print mean ± std over seeds and worst-seed p-values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import copycatch as cc
+from copycatch.oracles.local import ModelOracle
+from copycatch.verification.session import fixed_test
+
+####################################################################################################################
+#                                                 Hyper-parameters                                                 #
+####################################################################################################################
+
+hyp = {
+    "data": "fashion-mnist",
+    "split_seed": 0,
+    "sizes": [4000, 10000, 30000],  # owner_train images
+    "seeds": [0, 1, 2],
+    "owner": {"epochs": 10, "batch_size": 128, "lr": 1e-3},  # clean and protected models, the same recipe
+    "schemes": [
+        "margin",
+        "trigger-set",
+        "patch-backdoor",
+        "frontier-stitching",
+        "feature-sharing",
+        "ewe",
+        "mea-defender",
+        "dynamarks",
+    ],
+    "scheme_params": {},  # per-scheme overrides of the defaults (none: the defaults are what is measured)
+    "thief": {"arch": "victim", "epochs": 20},  # soft-label, one query per attacker-pool image
+    # innocents: true labels on the thief's pool; (arch, seed) each, shared by every key
+    "innocents": {
+        "epochs": 5,
+        "models": [("cnn-small", s) for s in range(300, 308)]
+        + [("mlp", s) for s in range(310, 316)]
+        + [("lenet", s) for s in range(320, 323)]
+        + [("cnn", s) for s in range(330, 333)],
+    },
+    "alpha": 1e-3,
+    "workers": 2,
+}
+
+_SPLITS: dict = {}
+
+
+def splits_for(size: int, seed: int):
+    """The standard split with owner_train subsampled to ``size`` (seeded); the thief's pool and test unchanged."""
+    if (size, seed) not in _SPLITS:
+        full = _SPLITS.setdefault("full", cc.load_splits(hyp["data"], seed=hyp["split_seed"]))
+        if size >= len(full.owner_train):
+            part = full
+        else:
+            pick = torch.randperm(len(full.owner_train), generator=torch.Generator().manual_seed(10_000 + seed))
+            part = dataclasses.replace(full, owner_train=full.owner_train.subset(pick[:size]))
+        _SPLITS[size, seed] = part
+    return _SPLITS[size, seed]
+
+
+def owner_config(seed: int) -> cc.TrainConfig:
+    return cc.TrainConfig(seed=seed, **hyp["owner"])
+
+
+def cached_model(path: Path, make):
+    if path.exists():
+        return cc.load_model(path)
+    model = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cc.save_model(model, path)
+    return model
+
+
+def clean_task(out: Path, size: int, seed: int) -> dict:
+    splits = splits_for(size, seed)
+    t = time.process_time()
+    model = cached_model(
+        out / "models" / f"clean-{size}-{seed}.safetensors",
+        lambda: cc.train("cnn-small", splits, config=owner_config(seed), progress=False),
+    )
+    return {"clean_acc": cc.accuracy(model, splits.test), "clean_cpu": time.process_time() - t}
+
+
+def scheme_task(out: Path, scheme: str, size: int, seed: int) -> dict:
+    """Embed, measure the cost, steal with the standard thief, verify the surrogate."""
+    splits = splits_for(size, seed)
+    clean = cc.load_model(out / "models" / f"clean-{size}-{seed}.safetensors")
+    params = hyp["scheme_params"].get(scheme, {})
+    t = time.process_time()
+    embedding = cc.embed(scheme, splits, params=params, config=owner_config(seed), progress=False)
+    row = {"scheme": scheme, "size": size, "seed": seed, "params": params, "embed_cpu": time.process_time() - t}
+    victim, key = embedding.victim, embedding.key
+    key.save(out / "keys" / f"{scheme}-{size}-{seed}.cckey")
+    row.update(clean_acc=cc.accuracy(clean, splits.test), victim_acc=cc.accuracy(victim, splits.test))
+    row["cost"] = 100 * (row["clean_acc"] - row["victim_acc"])
+    sch = cc.scheme_for_key(key)
+    thief_arch = victim.arch if hyp["thief"]["arch"] == "victim" else hyp["thief"]["arch"]
+    stolen = cc.steal(
+        sch.protect(ModelOracle(victim), key),
+        splits.attacker_pool,
+        arch=thief_arch,
+        config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief"]["epochs"]),
+        progress=False,
+    )
+    evidence = fixed_test(stolen.surrogate, key, alpha=hyp["alpha"])
+    row.update(
+        surrogate_acc=cc.accuracy(stolen.surrogate, splits.test),
+        surrogate_p=evidence.p_value,
+        surrogate_stat=float(evidence.statistic),
+        surrogate_queries=evidence.queries,
+        surrogate_metrics=_plain(evidence.metrics),
+    )
+    return row
+
+
+def innocent_task(out: Path, arch: str, seed: int) -> dict:
+    """One innocent model verified against every key made so far."""
+    splits = splits_for(max(hyp["sizes"]), 0)
+    config = cc.TrainConfig(seed=seed, epochs=hyp["innocents"]["epochs"])
+    model = cached_model(
+        out / "models" / f"innocent-{arch}-{seed}.safetensors",
+        lambda: cc.train(arch, splits, on="attacker_pool", config=config, progress=False),
+    )
+    results = {}
+    for key_file in sorted((out / "keys").glob("*.cckey")):
+        key = cc.Key.load(key_file)
+        results[key_file.stem] = fixed_test(model, key, alpha=hyp["alpha"]).p_value
+    return {"arch": arch, "seed": seed, "acc": cc.accuracy(model, splits.test), "p_values": results}
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("COPYCATCH_PROGRESS", "0")
+
+
+def run(out: Path, tasks: list[tuple], workers: int) -> None:
+    """Run tasks (name, fn, args) whose row file is missing, ``workers`` at a time; rows land in out/rows."""
+    todo = [(name, fn, args) for name, fn, args in tasks if not (out / "rows" / f"{name}.json").exists()]
+    print(f"{len(tasks) - len(todo)} done before, {len(todo)} to run", flush=True)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        futures = {pool.submit(fn, out, *args): name for name, fn, args in todo}
+        for future in cf.as_completed(futures):
+            name = futures[future]
+            try:
+                row = future.result()
+            except Exception as exc:  # one failure must not lose the others; it is reported and retried next run
+                print(f"FAILED {name}: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            (out / "rows" / f"{name}.json").write_text(json.dumps(row, indent=1, default=str))
+            print(f"done {name}: {_brief(row)}", flush=True)
+
+
+def _brief(row: dict) -> str:
+    keys = ("clean_acc", "victim_acc", "cost", "surrogate_p", "acc")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if isinstance(row.get(k), float))
+
+
+def mean_std(values: list[float], fmt: str = "{:.4f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("scheme-*.json"))]
+    innocents = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("innocent-*.json"))]
+    lines = [
+        "| scheme | owner images | clean acc | protected acc | cost (points) | surrogate p (worst seed) "
+        "| proven (p ≤ α) | innocents accused / verified |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for scheme in hyp["schemes"]:
+        for size in hyp["sizes"]:
+            rs = [r for r in rows if r["scheme"] == scheme and r["size"] == size]
+            if not rs:
+                continue
+            ps = [p for inn in innocents for k, p in inn["p_values"].items() if k.startswith(f"{scheme}-{size}-")]
+            accused = sum(p <= hyp["alpha"] for p in ps)
+            lines.append(
+                f"| {scheme} | {size} | {mean_std([r['clean_acc'] for r in rs])} | "
+                f"{mean_std([r['victim_acc'] for r in rs])} | {mean_std([r['cost'] for r in rs], '{:.2f}')} | "
+                f"{max(r['surrogate_p'] for r in rs):.2g} | {sum(r['surrogate_p'] <= hyp['alpha'] for r in rs)}/"
+                f"{len(rs)} | {accused}/{len(ps)} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--schemes", nargs="*", default=None)
+    parser.add_argument("--sizes", nargs="*", type=int, default=None)
+    parser.add_argument("--seeds", nargs="*", type=int, default=None)
+    parser.add_argument(
+        "--scheme-params",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='per-scheme overrides, e.g. \'{"margin": {"lam": 0.1}}\' (probes; the table is the defaults)',
+    )
+    parser.add_argument("--out", default="bench-out/proof")
+    parser.add_argument("--no-innocents", action="store_true", help="skip the innocent models this run")
+    parser.add_argument("--table", action="store_true", help="print the table from the cached rows and stop")
+    args = parser.parse_args()
+    out = Path(args.out)
+    for name in ("schemes", "sizes", "seeds", "scheme_params"):
+        if getattr(args, name):
+            hyp[name] = getattr(args, name)
+    if args.table:
+        print(table(out))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(hyp, indent=1))
+    pairs = [(size, seed) for size in hyp["sizes"] for seed in hyp["seeds"]]
+    run(out, [(f"clean-{s}-{d}", clean_task, (s, d)) for s, d in pairs], hyp["workers"])
+    run(
+        out,
+        [(f"scheme-{sc}-{s}-{d}", scheme_task, (sc, s, d)) for s, d in pairs for sc in hyp["schemes"]],
+        hyp["workers"],
+    )
+    if not args.no_innocents:
+        for stale in (out / "rows").glob("innocent-*.json"):  # innocents re-verify every key made so far
+            stale.unlink()
+        run(out, [(f"innocent-{a}-{s}", innocent_task, (a, s)) for a, s in hyp["innocents"]["models"]], hyp["workers"])
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
