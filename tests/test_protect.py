@@ -32,6 +32,7 @@ def protected(tiny, tmp_path_factory):
         config=tiny.config(epochs=8),
         output=folder / "victim.safetensors",
         keys=folder / "victim.cckeys",
+        max_cost=None,  # the tiny task is no place to judge accuracy cost (tests/test_accuracy_cost.py does)
     )
     stolen = cc.steal(
         folder / "victim.safetensors",
@@ -144,7 +145,7 @@ def test_protect_refuses_schemes_in_the_wrong_place(tiny):
 def test_protect_verify_and_key_show_on_the_command_line(capsys, tmp_path, tiny):
     victim, keys = tmp_path / "victim.safetensors", tmp_path / "victim.cckeys"
     argv = ["protect", "--arch", "mlp", "-p", "n_triggers=30", "--api-param", "n_verify=300"]
-    argv += ["--api-param", "range_choices=4", "-o", str(victim), "--keys", str(keys)]
+    argv += ["--api-param", "range_choices=4", "-o", str(victim), "--keys", str(keys), "--max-cost", "none"]
     assert main([*argv, *tiny.flags(epochs=6), "--data", "synthetic", "-q"]) == 0
     out = capsys.readouterr().out
     assert "margin" in out and "dynamarks" in out and "key set written" in out
@@ -182,3 +183,19 @@ def test_serve_with_a_key_set_applies_the_api_part(protected, tiny):
     answers = torch.tensor(body["probabilities"])
     own = cc.ModelOracle(protected.victim).query(x)
     assert torch.equal(answers.argmax(1), own.argmax(1)) and not torch.allclose(answers, own, atol=1e-4)
+
+
+def test_protect_has_the_accuracy_cost_guard_of_embed(tiny, tmp_path, capsys):
+    argv = ["protect", "--arch", "mlp", "-p", "n_triggers=30", "-p", "lam=10", "--api", "none"]
+    argv += ["-o", str(tmp_path / "v.safetensors"), "--keys", str(tmp_path / "v.cckeys")]
+    assert main([*argv, *tiny.flags(epochs=2), "--data", "synthetic", "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "--max-cost" in err and "lam" in err and (tmp_path / "v.cckeys").is_file()
+    with pytest.raises(cc.AccuracyCostExceeded):
+        cc.protect(
+            tiny.splits,
+            watermark_params={"n_triggers": 30, "lam": 10.0},
+            api=None,
+            arch="mlp",
+            config=tiny.config(epochs=2),
+        )

@@ -175,6 +175,9 @@ def protect(
     output: PathLike | None = None,
     keys: PathLike | None = None,
     progress: bool | None = None,
+    reference: Classifier | PathLike | None = None,
+    max_cost: float | None = DEFAULT_MAX_COST,
+    allow_cost: bool = False,
 ) -> Protection:
     """The recommended stack: a training-time ``watermark`` in the weights plus an ``api``-time mark on the served
     answers (``None``: none), each with its own independently seeded secret, their keys bundled in one key set.
@@ -182,6 +185,8 @@ def protect(
     Serve the victim with the key set (``open_server(victim, protect=keyset)`` applies the API-time part) and
     verify suspects against the key set: each part is tested and Fisher's method combines them.
     ``info["test_accuracy"]`` is the victim's; ``output`` and ``keys`` write the victim and the (secret) key set.
+    The accuracy-cost guard is :func:`embed`'s: files are written, then :class:`AccuracyCostExceeded` is raised past
+    ``max_cost`` unless ``allow_cost``.
     """
     base = _model(model) if model is not None else None
     result = protect_model(
@@ -194,12 +199,15 @@ def protect(
         model=base,
         config=config,
         progress=progress,
+        reference=_model(reference) if reference is not None else None,
+        max_cost=max_cost,
     )
     result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
     if output is not None:
         save_model(result.victim, output)
     if keys is not None:
         result.keyset.save(keys)
+    check_accuracy_cost(result, allow_cost=allow_cost)  # after writing: a cost past the limit never loses the work
     return result
 
 

@@ -34,7 +34,7 @@ from ..models.io import weights_digest
 from ..models.train import TrainConfig
 from ..oracles.base import Oracle
 from .base import SCHEMES, create_scheme, scheme_for_key
-from .embedding import embed_scheme
+from .embedding import DEFAULT_MAX_COST, embed_scheme
 
 SEED_RULE = (
     "part 0 (the watermark): the training seed; part i > 0: the first 63 bits of "
@@ -68,9 +68,13 @@ def protect_model(
     model: Classifier | None = None,
     config: TrainConfig | None = None,
     progress: bool | None = None,
+    reference: Classifier | None = None,
+    max_cost: float | None = DEFAULT_MAX_COST,
 ) -> Protection:
     """Watermark a model with ``watermark`` (a training-time scheme) and make the key of ``api`` (an API-time scheme,
-    or ``None``/``"none"``) for the watermarked victim; the keys form one key set declared independent."""
+    or ``None``/``"none"``) for the watermarked victim; the keys form one key set declared independent. The
+    watermark's accuracy cost is measured as :func:`~copycatch.schemes.embedding.embed_scheme` does (``reference``,
+    ``max_cost``) and recorded in ``info["accuracy_cost"]``; API-time parts change no weight."""
     api = None if api in (None, "none") else api
     _check_acts_at(watermark, "training", "the watermark")
     if api is not None:
@@ -79,10 +83,18 @@ def protect_model(
         raise InvalidArgument("API parameters were given without an API-time scheme")
     config = config or TrainConfig()
     embedding = embed_scheme(
-        watermark, splits, arch=arch, model=model, params=watermark_params, config=config, progress=progress
+        watermark,
+        splits,
+        arch=arch,
+        model=model,
+        params=watermark_params,
+        config=config,
+        progress=progress,
+        reference=reference,
+        max_cost=max_cost,
     )
     victim, keys, seeds = embedding.victim, [embedding.key], [config.seed]
-    info: dict[str, Any] = {"watermark": embedding.info}
+    info: dict[str, Any] = {"watermark": embedding.info, "accuracy_cost": embedding.info.get("accuracy_cost")}
     if api is not None:
         seeds.append(part_seed(config.seed, 1, api))
         api_key, info["api"] = _api_part(api, victim, splits, api_params, config.replace(seed=seeds[-1]), progress)

@@ -65,16 +65,33 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--keys", required=True, help="key set file to write (.cckeys; keep it secret)")
     options.add_data_options(p)
     options.add_train_options(p)
+    options.add_cost_options(p)
     options.add_common(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from ... import api
+    from ...core.errors import AccuracyCostExceeded
 
     out = options.writable(args.output, "model file")
     keys_path = options.writable(args.keys, "key set file")
-    result = api.protect(
+    try:
+        result = _protect(args, out, keys_path)
+    except AccuracyCostExceeded as exc:  # the victim and key set are written; say so, then warn and exit 3
+        result = exc.embedding
+    keyset = result.keyset
+    options.say(f"protected {result.victim.arch}: test accuracy {result.info['test_accuracy']:.4f}")
+    for key, seed in zip(keyset, result.info["seeds"]):
+        options.say(f"  {key.scheme:<18} digest {key.digest[:16]}…  seed {seed}")
+    options.say(f"victim written to {out}; serve it with --protect {keys_path} (the API-time part runs there)")
+    options.say(f"key set written to {keys_path} (digest {keyset.digest[:16]}…, {len(keyset)} keys); keep it secret")
+    return options.say_cost(result.info.get("accuracy_cost"), allow_cost=args.allow_cost)
+
+
+def _protect(args: argparse.Namespace, out: Any, keys_path: Any) -> Any:
+    from ... import api
+
+    return api.protect(
         options.splits(args),
         watermark=args.watermark,
         watermark_params=options.params(args.param),
@@ -86,11 +103,7 @@ def run(args: argparse.Namespace) -> int:
         output=out,
         keys=keys_path,
         progress=options.progress(args),
+        reference=args.reference,
+        max_cost=args.max_cost,
+        allow_cost=args.allow_cost,
     )
-    keyset = result.keyset
-    options.say(f"protected {result.victim.arch}: test accuracy {result.info['test_accuracy']:.4f}")
-    for key, seed in zip(keyset, result.info["seeds"]):
-        options.say(f"  {key.scheme:<18} digest {key.digest[:16]}…  seed {seed}")
-    options.say(f"victim written to {out}; serve it with --protect {keys_path} (the API-time part runs there)")
-    options.say(f"key set written to {keys_path} (digest {keyset.digest[:16]}…, {len(keyset)} keys); keep it secret")
-    return 0
