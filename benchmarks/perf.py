@@ -9,17 +9,21 @@
    (query + train the surrogate);
 4. verification cost: queries and seconds each scheme's ``verify`` needs to reach its decision on its victim;
 5. scaling: time and peak memory of training and of margin embedding at N, 2N and 4N training examples (each
-   size in a fresh process so the peak RSS is its own).
+   size in a fresh process so the peak RSS is its own);
+6. memory: peak resident memory of ``copycatch embed --scheme S --epochs 1`` on all of Fashion-MNIST, every
+   scheme, each in a child process (its whole life, loading included: ``ru_maxrss`` from ``wait4``).
 
 Timings are CPU seconds of this process (``time.process_time``; one thread) — the machine is shared, and CPU time
 is what the work costs whoever else is running; wall seconds are printed next to them. Each ratio is the median
 over ``repeats`` interleaved rounds (A, B, B, A, …) so drifts in machine speed hit both sides.
 
 Targets (issue 6): training loop ≥ 0.9× the bare loop; embedding ≤ 1.5× clean training for margin, frontier
-stitching and feature-sharing, ≤ 2.5× for MEA-Defender and EWE, ≤ 1.05× for DynaMarks.
+stitching and feature-sharing, ≤ 2.5× for MEA-Defender and EWE, ≤ 1.05× for DynaMarks; peak RSS of an embed
+≤ 400 MB.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/perf.py                 # everything (≈ 100 CPU-minutes)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/perf.py --only loop embed --schemes margin dynamarks
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/perf.py --only memory --schemes margin ewe
 
 Results (and this file's hyper-parameters) are saved to bench-out/perf-<time>.json.
 """
@@ -66,6 +70,7 @@ hyp = {
     "loop": {"archs": ["cnn-small", "mlp"], "epochs": 2, "batch_size": 128},
     "extraction": {"budget": 2000, "epochs": 2, "surrogate": "mlp"},
     "scaling": {"sizes": [4000, 8000, 16000], "epochs": 1},  # owner_train examples: N, 2N, 4N
+    "memory": {"epochs": 1},  # `copycatch embed --epochs 1` on all of Fashion-MNIST, the CLI's defaults otherwise
     "repeats": 3,
     # extra embedding rows: label -> (scheme, params); "margin:free" is the margin scheme's amortised ascent
     "variants": {"margin:free": ("margin", {"ascent": "free"})},
@@ -78,6 +83,7 @@ hyp = {
         "mea-defender": 2.5,
         "ewe": 2.5,
         "dynamarks": 1.05,
+        "memory_mb": 400,
     },
 }
 
@@ -360,6 +366,62 @@ def bench_scaling() -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# 6: peak memory of an embed (one child process per scheme)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def embed_peak_rss(scheme: str, work: Path) -> dict[str, Any]:
+    """``copycatch embed --scheme`` in a child process; its peak RSS over its whole life (``ru_maxrss`` of that child
+    alone, from ``wait4``) and its CPU seconds. The exit status is recorded, not judged: an embed that exceeds its
+    accuracy-cost limit still writes its files and its memory figure stands."""
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from copycatch.cli.main import main; sys.exit(main())",
+        "embed",
+        "--scheme",
+        scheme,
+        "-o",
+        str(work / f"{scheme}.safetensors"),
+        "--key",
+        str(work / f"{scheme}.cckey"),
+        "--epochs",
+        str(hyp["memory"]["epochs"]),
+        "-q",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "scheme": scheme,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "exit_status": child.returncode,
+        "stderr_tail": stderr.strip().splitlines()[-3:],
+        "command": " ".join(["copycatch", *cmd[3:]]),
+        "target": hyp["targets"]["memory_mb"],
+    }
+
+
+def bench_memory(schemes: list[str]) -> list[dict[str, Any]]:
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for scheme in schemes:
+            row = embed_peak_rss(scheme, Path(work))
+            rows.append(row)
+            print(
+                f"  embed {scheme:<20} peak RSS {row['peak_rss_mb']:.0f} MB ({row['cpu_s']:.0f} CPU s, "
+                f"exit {row['exit_status']})",
+                flush=True,
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -400,6 +462,11 @@ def summary_table(results: dict[str, Any]) -> str:
                     f"| extraction end to end, {row['attack']} ({row['queries']} queries, "
                     f"{hyp['extraction']['epochs']} epochs) | {row['queries_per_cpu_s']:,.0f} queries/CPU-s | — |"
                 )
+    for row in results.get("memory", []):
+        lines.append(
+            f"| peak RSS, copycatch embed --scheme {row['scheme']} --epochs {hyp['memory']['epochs']} (whole process) "
+            f"| {row['peak_rss_mb']:.0f} MB | {verdict(row['peak_rss_mb'], row['target'])} |"
+        )
     for row in results.get("scaling", []):
         lines.append(
             f"| scaling N={row['owner_train']}: time ÷ time(N), train / margin; peak RSS of the work | "
@@ -411,7 +478,7 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=["loop", "embed", "extraction", "scaling"], default=None)
+    parser.add_argument("--only", nargs="*", choices=["loop", "embed", "extraction", "scaling", "memory"], default=None)
     parser.add_argument(
         "--schemes", nargs="*", default=None, help="default: every registered scheme and the variants in hyp"
     )
@@ -437,7 +504,7 @@ def main() -> int:
         hyp["embed"]["max_train"] = args.embed_max_train
     if args.embed_epochs:
         hyp["embed"]["epochs"] = args.embed_epochs
-    parts = args.only or ["loop", "embed", "extraction", "scaling"]
+    parts = args.only or ["loop", "embed", "extraction", "scaling", "memory"]
     start = time.perf_counter()
     splits = splits_for(hyp["max_train"])
     print(
@@ -460,6 +527,9 @@ def main() -> int:
     if "scaling" in parts:
         print("scaling with data size:", flush=True)
         results["scaling"] = bench_scaling()
+    if "memory" in parts:
+        print("peak memory of a Fashion-MNIST embed:", flush=True)
+        results["memory"] = bench_memory(args.schemes or cc.list_schemes())
     table = summary_table(results)
     wall = time.perf_counter() - start
     print()

@@ -1,6 +1,8 @@
 """Data sets and the standard owner/thief split.
 
-Inputs are float32 tensors in [0, 1] shaped N×C×H×W; labels are int64.
+Inputs are N×C×H×W; labels are int64. Models see float32 in [0, 1]. Image files' pixels stay uint8 (0..255, a
+quarter of the memory) from the file through the split until a batch is formed: :class:`TensorData` keeps its
+inputs as given and converts on access (``x``, ``batch``), bit-identically to ``array.astype(np.float32) / 255``.
 
 Built-in data sets (see :func:`list_datasets`):
 
@@ -46,56 +48,148 @@ from ..core.registry import Registry
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
-@dataclasses.dataclass
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Model inputs from stored ones: uint8 pixels become float32 ``x / 255``, float inputs are returned as they are.
+
+    ``x.float().div_(255)`` is bit-identical to NumPy's ``array.astype(np.float32) / 255.0`` (both round the
+    float32 quotient correctly; ``tests/test_data.py`` checks all 256 values), so data kept as uint8 give exactly
+    the floats the loaders used to make up front.
+    """
+    if x.dtype == torch.uint8:
+        return x.float().div_(255)
+    return x
+
+
 class TensorData:
-    """Inputs with labels (int64 class indices, or an N×C float matrix of soft targets)."""
+    """Inputs with labels (int64 class indices, or an N×C float matrix of soft targets).
 
-    x: torch.Tensor
-    y: torch.Tensor
+    The inputs are kept as given (:attr:`stored`): image files' uint8 pixels N×C×H×W (0..255, a quarter of the
+    memory of float32), or float32 in [0, 1]. :attr:`x` is always float32 in [0, 1]; for uint8 data it is made
+    afresh on every access, so take a part first and then its ``x`` (``data.subset(index).x``,
+    ``data.where(mask).x``, :meth:`batch`) rather than ``data.x[index]``, and never read ``data.x`` in a loop.
+    """
 
-    def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise InvalidArgument(f"inputs and labels differ in length: {len(self.x)} vs {len(self.y)}")
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if len(x) != len(y):
+            raise InvalidArgument(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
+        self.stored = x
+        self.y = y
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The inputs as float32 in [0, 1] (a new tensor when they are stored as uint8)."""
+        return to_float(self.stored)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """C×H×W, without converting anything."""
+        return tuple(self.stored.shape[1:])
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.stored)
+
+    def __repr__(self) -> str:
+        return f"TensorData({len(self)} × {self.input_shape} {self.stored.dtype}, labels {self.y.dtype})"
+
+    def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float inputs and labels of the rows ``index``: only those rows are converted."""
+        return to_float(self.stored[index]), self.y[index]
 
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> TensorData:
         if not isinstance(index, slice):
             index = torch.as_tensor(index, dtype=torch.long)
-        return TensorData(self.x[index], self.y[index])
+        return TensorData(self.stored[index], self.y[index])
 
     def where(self, mask: torch.Tensor) -> TensorData:
-        return TensorData(self.x[mask], self.y[mask])
+        return TensorData(self.stored[mask], self.y[mask])
+
+    def to(self, device: str | torch.device) -> TensorData:
+        """Inputs (in their stored type) and labels on ``device``."""
+        return TensorData(self.stored.to(device), self.y.to(device))
 
     @staticmethod
     def concat(parts: Sequence[TensorData]) -> TensorData:
-        return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+        """The parts one after another. Kept as uint8 when every part is uint8 pixels or floats that are exactly
+        some k/255 (a few stamped trigger images do not turn a large image set into floats), else float32."""
+        y = torch.cat([p.y for p in parts])
+        pixels = [p.stored if p.stored.dtype == torch.uint8 else exact_pixels(p.stored) for p in parts]
+        if all(u is not None for u in pixels):
+            return TensorData(torch.cat(pixels), y)  # type: ignore[arg-type]
+        return TensorData(torch.cat([p.x for p in parts]), y)
 
 
-@dataclasses.dataclass
+def exact_pixels(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as uint8 pixels when :func:`to_float` gives back exactly its bits (every value some k/255), else None."""
+    if x.dtype != torch.float32:
+        return None
+    x = x.contiguous()
+    pixels = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels if torch.equal(to_float(pixels).view(torch.int32), x.view(torch.int32)) else None
+
+
+_HASH_BLOCK = 4096  # rows of inputs made float at a time while hashing
+
+
 class Dataset:
-    """A loaded data set, before splitting."""
+    """A loaded data set, before splitting: its training part and, when it has one, its official test part.
 
-    name: str
-    x: torch.Tensor
-    y: torch.Tensor
-    num_classes: int
-    class_names: tuple[str, ...]
-    test_x: torch.Tensor | None = None
-    test_y: torch.Tensor | None = None
-    source: str = ""
+    Built as ``Dataset(name, x, y, num_classes, class_names, test_x, test_y, source)``. :attr:`train` and
+    :attr:`test` keep the inputs as the loader gave them (uint8 pixels for image files); :attr:`x` and
+    :attr:`test_x` are float32 in [0, 1] like every input in copycatch (made on access, see :class:`TensorData`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        class_names: tuple[str, ...],
+        test_x: torch.Tensor | None = None,
+        test_y: torch.Tensor | None = None,
+        source: str = "",
+    ) -> None:
+        self.name = name
+        self.train = TensorData(x, y)
+        self.test = TensorData(test_x, test_y) if test_x is not None else None
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, train {self.train}, test {self.test}, source {self.source!r})"
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.train.x
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.train.y
+
+    @property
+    def test_x(self) -> torch.Tensor | None:
+        return self.test.x if self.test is not None else None
+
+    @property
+    def test_y(self) -> torch.Tensor | None:
+        return self.test.y if self.test is not None else None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+        return self.train.input_shape  # type: ignore[return-value]
 
     def fingerprint(self) -> str:
-        """Short content hash, recorded in model and key provenance."""
+        """Short content hash of the float inputs and the labels (train, then test), recorded in model and key
+        provenance. The floats are hashed a block at a time: the same digest as hashing them whole, without
+        making them all at once."""
         h = hashlib.sha256()
-        for t in (self.x, self.y, self.test_x, self.test_y):
-            if t is not None:
-                h.update(t.contiguous().numpy().tobytes())
+        for part in (self.train, self.test):
+            if part is None:
+                continue
+            for i in range(0, len(part), _HASH_BLOCK):
+                h.update(part.batch(slice(i, i + _HASH_BLOCK))[0].contiguous().numpy())
+            h.update(part.y.contiguous().numpy())
         return h.hexdigest()[:16]
 
 
@@ -192,15 +286,15 @@ def make_splits(
     """
     fractions = fractions or SplitFractions()
     gen = torch.Generator().manual_seed(seed)
-    x, y = dataset.x, dataset.y
-    perm = torch.randperm(len(x), generator=gen)
-    if dataset.test_x is not None:
-        test = TensorData(dataset.test_x, dataset.test_y)
-        test_index = torch.arange(len(dataset.test_x))
+    data = dataset.train
+    perm = torch.randperm(len(data), generator=gen)
+    if dataset.test is not None:
+        test = dataset.test
+        test_index = torch.arange(len(test))
     else:
-        n_test = round(fractions.test * len(x))
+        n_test = round(fractions.test * len(data))
         test_index = perm[:n_test]
-        test = TensorData(x[test_index], y[test_index])
+        test = data.subset(test_index)
         perm = perm[n_test:]
     if max_train is not None:
         if max_train < 1:
@@ -216,14 +310,15 @@ def make_splits(
         )
     cut = np.cumsum([0, n_train, n_hold, n_pool])
     parts = [perm[cut[i] : cut[i + 1]] for i in range(3)]
+    # each part is indexed once from the stored inputs (uint8 for image files); the official test part is shared
     return Splits(
         dataset=dataset.name,
         num_classes=dataset.num_classes,
         class_names=dataset.class_names,
         input_shape=dataset.input_shape,
-        owner_train=TensorData(x[parts[0]], y[parts[0]]),
-        owner_holdout=TensorData(x[parts[1]], y[parts[1]]),
-        attacker_pool=TensorData(x[parts[2]], y[parts[2]]),
+        owner_train=data.subset(parts[0]),
+        owner_holdout=data.subset(parts[1]),
+        attacker_pool=data.subset(parts[2]),
         test=test,
         seed=seed,
         fractions=fractions,
@@ -243,6 +338,9 @@ def load_splits(
     return make_splits(load_dataset(name, data_dir=data_dir), seed=seed, fractions=fractions, max_train=max_train)
 
 
-def images_from_uint8(array: np.ndarray) -> torch.Tensor:
-    """uint8 N×H×W → float32 N×1×H×W in [0, 1]."""
-    return torch.from_numpy(array.astype(np.float32) / 255.0).unsqueeze(1)
+def images_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 N×H×W → uint8 N×1×H×W (no copy; ``array`` must be writable): pixels stay bytes until a batch is
+    formed (see :class:`TensorData`)."""
+    if array.dtype != np.uint8:
+        raise InvalidArgument(f"images_uint8 needs uint8 pixels, got {array.dtype}")
+    return torch.from_numpy(array).unsqueeze(1)

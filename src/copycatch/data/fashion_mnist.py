@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CorruptFile, DataNotFound
-from .base import Dataset, images_from_uint8, register_dataset
+from .base import Dataset, images_uint8, register_dataset
 
 DATA_DIR_ENV = "COPYCATCH_DATA_DIR"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -60,12 +60,14 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes."""
+    """Read an IDX file (optionally gzipped) of unsigned bytes into a writable uint8 array (no further copy)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    raw = bytearray()  # grown block by block: the file's bytes are held once, not as bytes plus a writable copy
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            while block := f.read(1 << 22):
+                raw += block
     except (OSError, EOFError) as exc:
         raise CorruptFile(f"{path}: cannot read IDX file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
@@ -88,11 +90,11 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
             arrays = {k: read_idx(p) for k, p in files.items()}  # type: ignore[arg-type]
             return Dataset(
                 name="fashion-mnist",
-                x=images_from_uint8(arrays["train_x"]),
+                x=images_uint8(arrays["train_x"]),
                 y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
                 num_classes=10,
                 class_names=FASHION_MNIST_CLASSES,
-                test_x=images_from_uint8(arrays["test_x"]),
+                test_x=images_uint8(arrays["test_x"]),
                 test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
                 source=str(directory),
             )

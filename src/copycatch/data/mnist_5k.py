@@ -32,6 +32,9 @@ def mnist_5k() -> Dataset:
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
     if table.ndim != 2 or table.shape[1] != 785:
         raise CorruptFile(f"{path}: expected 785 columns (784 pixels + label), found {table.shape}")
-    x = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28) / 255.0)
+    pixels = table[:, :784]
+    if pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(pixels, np.round(pixels)):
+        raise CorruptFile(f"{path}: pixels are not whole numbers 0..255")
+    x = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))  # kept as bytes; see data.base.TensorData
     y = torch.from_numpy(table[:, 784].astype(np.int64))
     return Dataset("mnist-5k", x, y, 10, DIGIT_CLASSES, source=str(path))

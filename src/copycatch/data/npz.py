@@ -14,7 +14,8 @@ from .base import Dataset, register_dataset
 
 @register_dataset("npz")
 def npz(path: str = "") -> Dataset:
-    """A user's .npz: arrays x, y (and optionally x_test, y_test, class_names); uint8 0..255 or floats in [0, 1]."""
+    """A user's .npz: arrays x, y (and optionally x_test, y_test, class_names); uint8 0..255 (kept as bytes) or
+    floats in [0, 1]."""
     if not path:
         raise InvalidArgument("the npz data set needs a path: --data my-data.npz")
     return load_npz(path)
@@ -63,7 +64,7 @@ def _to_nchw(a: np.ndarray, path: Path, key: str) -> torch.Tensor:
     elif a.ndim != 4:
         raise InvalidArgument(f"{path}: array {key!r} has shape {a.shape}; expected N×H×W, N×C×H×W or N×H×W×C")
     if a.dtype == np.uint8:
-        a = a.astype(np.float32) / 255.0
+        pass  # pixels stay bytes until a batch is formed (see data.base.TensorData)
     else:
         a = a.astype(np.float32)
         if not np.isfinite(a).all():

@@ -22,11 +22,12 @@ def synthetic(
     y = torch.arange(n) % num_classes
     y = y[torch.randperm(n, generator=gen)]
     x = (protos[y] + noise * torch.randn(n, channels, size, size, generator=gen)).clamp(0, 1)
-    # quantise to 1/255 like real image data, so keys and files round-trip exactly
-    x = (x * 255).round() / 255
+    # quantise to 1/255 like real image data, so keys and files round-trip exactly; kept as uint8 pixels like an
+    # image file's (the floats, made per batch, are the k/255 they always were)
+    x = (x * 255).round().to(torch.uint8)
     return Dataset(
         "synthetic",
-        x.float(),
+        x,
         y.long(),
         num_classes,
         tuple(f"class-{i}" for i in range(num_classes)),

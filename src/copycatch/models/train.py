@@ -5,8 +5,10 @@ stopping. Schemes do not copy the loop: they pass :class:`TrainHook` objects who
 ``extra_loss`` adds a term to each step's loss (the margin scheme's trigger loss,
 MEA-Defender's composite losses) and whose ``on_epoch_end`` can stop training.
 
-Data stay in memory as tensors and are indexed by a seeded permutation; there is
-no DataLoader, which keeps the loop within a few percent of a bare PyTorch loop.
+Data stay in memory as tensors (image pixels as uint8) and are indexed by a seeded
+permutation; each batch is converted to float32 as it is formed, so the whole set never
+exists as floats. There is no DataLoader, which keeps the loop within a few percent of a
+bare PyTorch loop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..core.errors import InvalidArgument
 from ..core.params import Params
 from ..core.runtime import progress as progress_bar
 from ..core.runtime import resolve_device
-from ..data.base import Splits, TensorData
+from ..data.base import Splits, TensorData, to_float
 from .base import Classifier, create_for
 
 
@@ -165,18 +167,18 @@ def fit(
     optimizer = make_optimizer(parameters if parameters is not None else model.parameters(), config)
     scheduler = _scheduler(optimizer, config)
     state = TrainState(model, optimizer, config, device, generator)
-    x_all, y_all = data.x.to(device), data.y.to(device)
+    on_device = data.to(device)  # inputs in their stored type (uint8 pixels stay bytes)
     for hook in hooks:
         hook.on_start(state)
     best = _EarlyStopping(config.patience)
     stopped_early = False
     start = time.perf_counter()
-    steps = config.epochs * ((len(x_all) + config.batch_size - 1) // config.batch_size)
+    steps = config.epochs * ((len(data) + config.batch_size - 1) // config.batch_size)
     bar_iter = iter(progress_bar(range(steps), total=steps, desc=desc, enabled=progress, unit="step"))
     for epoch in range(config.epochs):
         state.epoch = epoch
         epoch_start = time.perf_counter()
-        mean_loss = _train_epoch(state, x_all, y_all, hooks, loss_fn, bar_iter)
+        mean_loss = _train_epoch(state, on_device, hooks, loss_fn, bar_iter)
         if scheduler is not None:
             scheduler.step()
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - epoch_start}
@@ -201,21 +203,21 @@ def fit(
 
 def _train_epoch(
     state: TrainState,
-    x_all: torch.Tensor,
-    y_all: torch.Tensor,
+    data: TensorData,
     hooks: Sequence[TrainHook],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     bar_iter: Iterator[Any],
 ) -> float:
-    """One pass over the data in a seeded random order (or up to a hook's stop); returns the mean loss."""
+    """One pass over the data in a seeded random order (or up to a hook's stop); returns the mean loss. Each
+    batch is made float32 from the stored inputs here, a batch at a time."""
     model, optimizer, batch_size = state.model, state.optimizer, state.config.batch_size
     model.train()
-    n = len(x_all)
+    n = len(data)
     order = torch.randperm(n, generator=state.generator).to(state.device)
     total_loss, seen = 0.0, 0
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
-        x, y = x_all[idx], y_all[idx]
+        x, y = data.batch(idx)
         logits = model(x)
         loss = loss_fn(logits, y)
         for hook in hooks:
@@ -260,11 +262,12 @@ class _EarlyStopping:
 def predict_logits(
     model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device: str | torch.device | None = None
 ) -> torch.Tensor:
-    """Logits for ``x`` in eval mode, batched, returned on the CPU."""
+    """Logits for ``x`` in eval mode, batched, returned on the CPU. ``x`` is float inputs, or uint8 pixels
+    (``TensorData.stored``), made float a batch at a time."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [model(to_float(x[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -274,7 +277,7 @@ def accuracy(
 ) -> float:
     if len(data) == 0:
         return float("nan")
-    pred = predict_logits(model, data.x, batch_size=batch_size, device=device).argmax(1)
+    pred = predict_logits(model, data.stored, batch_size=batch_size, device=device).argmax(1)
     return (pred == data.y.cpu()).float().mean().item()
 
 
