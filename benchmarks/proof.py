@@ -29,8 +29,6 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
-from copycatch.oracles.local import ModelOracle
-from copycatch.verification.session import fixed_test
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
@@ -51,12 +49,13 @@ hyp = {
         "ewe",
         "mea-defender",
         "dynamarks",
+        "stack",  # cc.protect: the margin watermark (the margin row's victim, same seed) + DynaMarks at the API
     ],
     "scheme_params": {},  # per-scheme overrides of the defaults (none: the defaults are what is measured)
     "thief": {"arch": "victim", "epochs": 20},  # soft-label, one query per attacker-pool image
     # innocents: true labels on the thief's pool; (arch, seed) each, shared by every key
     "innocents": {
-        "epochs": 5,
+        "epochs": 3,
         "models": [("cnn-small", s) for s in range(300, 308)]
         + [("mlp", s) for s in range(310, 316)]
         + [("lenet", s) for s in range(320, 323)]
@@ -105,34 +104,46 @@ def clean_task(out: Path, size: int, seed: int) -> dict:
     return {"clean_acc": cc.accuracy(model, splits.test), "clean_cpu": time.process_time() - t}
 
 
+def protect(scheme: str, splits, seed: int, params: dict):
+    """The victim and its key (a key set for the stack), as ``copycatch embed`` / ``copycatch protect`` make them."""
+    if scheme == "stack":
+        protection = cc.protect(
+            splits, watermark_params=params, config=owner_config(seed), progress=False, max_cost=None
+        )
+        return protection.victim, protection.keyset
+    embedding = cc.embed(scheme, splits, params=params, config=owner_config(seed), progress=False, max_cost=None)
+    return embedding.victim, embedding.key
+
+
 def scheme_task(out: Path, scheme: str, size: int, seed: int) -> dict:
     """Embed, measure the cost, steal with the standard thief, verify the surrogate."""
     splits = splits_for(size, seed)
     clean = cc.load_model(out / "models" / f"clean-{size}-{seed}.safetensors")
     params = hyp["scheme_params"].get(scheme, {})
     t = time.process_time()
-    embedding = cc.embed(scheme, splits, params=params, config=owner_config(seed), progress=False)
+    victim, key = protect(scheme, splits, seed, params)
     row = {"scheme": scheme, "size": size, "seed": seed, "params": params, "embed_cpu": time.process_time() - t}
-    victim, key = embedding.victim, embedding.key
-    key.save(out / "keys" / f"{scheme}-{size}-{seed}.cckey")
+    row["resolved_params"] = [k.params for k in key.keys] if scheme == "stack" else key.params
+    key.save(out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}")
+    cc.save_model(victim, out / "models" / f"{scheme}-{size}-{seed}.safetensors")
     row.update(clean_acc=cc.accuracy(clean, splits.test), victim_acc=cc.accuracy(victim, splits.test))
     row["cost"] = 100 * (row["clean_acc"] - row["victim_acc"])
-    sch = cc.scheme_for_key(key)
     thief_arch = victim.arch if hyp["thief"]["arch"] == "victim" else hyp["thief"]["arch"]
     stolen = cc.steal(
-        sch.protect(ModelOracle(victim), key),
+        victim,
         splits.attacker_pool,
+        key=key,  # the API-time part(s) of the key act on the served answers
         arch=thief_arch,
         config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief"]["epochs"]),
         progress=False,
     )
-    evidence = fixed_test(stolen.surrogate, key, alpha=hyp["alpha"])
+    run = cc.verify(stolen.surrogate, key, sequential=False, alpha=hyp["alpha"])
     row.update(
         surrogate_acc=cc.accuracy(stolen.surrogate, splits.test),
-        surrogate_p=evidence.p_value,
-        surrogate_stat=float(evidence.statistic),
-        surrogate_queries=evidence.queries,
-        surrogate_metrics=_plain(evidence.metrics),
+        surrogate_p=run.p_value,
+        surrogate_queries=run.queries,
+        surrogate_parts={e.scheme: e.p_value for e in run.evidences},
+        surrogate_metrics=[_plain(e.metrics) for e in run.evidences],
     )
     return row
 
@@ -146,9 +157,8 @@ def innocent_task(out: Path, arch: str, seed: int) -> dict:
         lambda: cc.train(arch, splits, on="attacker_pool", config=config, progress=False),
     )
     results = {}
-    for key_file in sorted((out / "keys").glob("*.cckey")):
-        key = cc.Key.load(key_file)
-        results[key_file.stem] = fixed_test(model, key, alpha=hyp["alpha"]).p_value
+    for key_file in sorted((out / "keys").glob("*.cckey*")):
+        results[key_file.stem] = cc.verify(model, key_file, sequential=False, alpha=hyp["alpha"]).p_value
     return {"arch": arch, "seed": seed, "acc": cc.accuracy(model, splits.test), "p_values": results}
 
 

@@ -33,7 +33,7 @@ class Tiny:
     # parameters that keep every removal attack to a fraction of a second on the toy MLP
     REMOVAL: ClassVar[dict[str, dict[str, Any]]] = {
         "neural-cleanse": {"steps": 60, "batch_size": 32},
-        "piracy": {"scheme_params": "n_triggers=20;trigger_batch=5"},
+        "piracy": {"scheme_params": "n_triggers=20;trigger_batch=5;lam=1"},
         "reject": {"reference": 200},
         "adv-overwrite": {"n": 200},
     }
@@ -46,7 +46,7 @@ alpha: 0.01
 data: {name: synthetic, fractions: {owner_train: 0.45, owner_holdout: 0.1, attacker_pool: 0.45}}
 victim: {arch: mlp, arch_kwargs: {hidden: 128}, train: {epochs: 8, batch_size: 64}}
 schemes:
-  - {name: margin, params: {n_triggers: 30, trigger_batch: 10}}
+  - {name: margin, params: {n_triggers: 30, trigger_batch: 10, lam: 1}}
 attacks:
   - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
                  sweep: {budget: [300, 600]}}

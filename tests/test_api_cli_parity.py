@@ -18,7 +18,7 @@ def case(tmp_path_factory, splits):
         "margin",
         splits,
         arch="mlp",
-        params={"n_triggers": 40},
+        params={"n_triggers": 40, "lam": 1},  # toy data: the paper's λ (the data-size default is for real data)
         config=cc.TrainConfig(epochs=6, seed=0),
         output=folder / "victim.safetensors",
         key_path=folder / "victim.cckey",

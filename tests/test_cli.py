@@ -186,11 +186,12 @@ def test_demo_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "watermark: margin lam=1, n_triggers=40" in printed and "cost" in printed
+    assert "watermark: margin lam=1.0, ascent=free, n_triggers=40" in printed and "cost" in printed
     report = json.loads((out / "demo-results.json").read_text())
     rows = {r["model"].split(" ")[0]: r for r in report["rows"]}
     assert set(rows) == {"victim", "surrogate", "innocent", "clean"}
     assert rows["victim"]["verdict"] == "stolen" and rows["clean"]["verdict"] == "not stolen"
     assert rows["innocent"]["p_value"] > 1e-3
-    for name in ("victim.safetensors", "victim.cckey", "surrogate.safetensors", "innocent.safetensors"):
+    assert rows["victim"]["combination"] == "fisher" and rows["victim"]["margin_p_value"] <= 1e-3
+    for name in ("victim.safetensors", "victim.cckeys", "surrogate.safetensors", "innocent.safetensors"):
         assert (out / name).is_file()

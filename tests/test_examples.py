@@ -36,11 +36,11 @@ def test_docstring_examples_run(module):
 def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     blocks = _blocks("python")
     assert blocks, "the README shows no Python example"
-    monkeypatch.chdir(tmp_path)  # the example writes victim.cckey where it runs
+    monkeypatch.chdir(tmp_path)  # the example writes victim.cckeys where it runs
     for block in blocks:
         exec(compile(block, str(README), "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
-    assert "verdict:" in out and (tmp_path / "victim.cckey").is_file()
+    assert "verdict:" in out and "Fisher combined" in out and (tmp_path / "victim.cckeys").is_file()
 
 
 def _command_lines(text: str) -> list[str]:

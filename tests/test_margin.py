@@ -121,7 +121,7 @@ def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits, 
 
     # The hook's perturbations move (the ascent ran) and stay inside the ε-ball and the pixel range.
     x = embedded.key["trigger_x"].float() / 255
-    hook = MarginHook(x, embedded.key["trigger_label"].long(), params)
+    hook = MarginHook(x, embedded.key["trigger_label"].long(), MarginWatermark.Params.from_dict(embedded.key.params))
     model = cc.create_model("mlp", x.shape[1:], 4, seed=0)
     cc.fit(model, splits.owner_train, cc.TrainConfig(epochs=2, seed=0), hooks=[hook])
     assert hook.delta.abs().max() > 0
@@ -132,3 +132,33 @@ def test_free_ascent_watermarks_and_keeps_its_perturbations_in_the_ball(splits, 
 def test_unknown_ascent_is_rejected():
     with pytest.raises(InvalidArgument, match="ascent"):
         MarginWatermark.Params(ascent="fgsm")
+
+
+def test_default_weight_falls_with_the_data_size_and_the_key_records_it(splits):
+    """λ = exposure·n_triggers/(trigger_batch·steps), at most 1: each trigger gets the same total weight whatever the
+    owner's data size (λ = 1 on 4,000 images cost 11 points), and the key holds the λ that was used."""
+    from copycatch.schemes.margin import trigger_weight
+
+    ten_epochs = cc.TrainConfig(epochs=10, batch_size=128)
+    small, large = (trigger_weight(100, 25, n, ten_epochs, 8.0) for n in (4000, 30000))
+    assert small == pytest.approx(8 * 100 / (25 * 10 * 32)) and large == pytest.approx(8 * 100 / (25 * 10 * 235))
+    assert trigger_weight(100, 25, 50, ten_epochs, 8.0) == 1.0  # capped at the paper's λ
+    embedded = cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 40, "trigger_batch": 10},
+        config=cc.TrainConfig(epochs=2, seed=0),
+        max_cost=None,
+    )
+    expected = trigger_weight(40, 10, len(splits.owner_train), cc.TrainConfig(epochs=2, seed=0), 8.0)
+    assert embedded.key.params["lam"] == pytest.approx(expected, rel=1e-5) and 0 < expected <= 1
+    given = cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 40, "trigger_batch": 10, "lam": 0.3},
+        config=cc.TrainConfig(epochs=1, seed=0),
+        max_cost=None,
+    )
+    assert given.key.params["lam"] == 0.3

@@ -144,7 +144,7 @@ def test_protect_refuses_schemes_in_the_wrong_place(tiny):
 
 def test_protect_verify_and_key_show_on_the_command_line(capsys, tmp_path, tiny):
     victim, keys = tmp_path / "victim.safetensors", tmp_path / "victim.cckeys"
-    argv = ["protect", "--arch", "mlp", "-p", "n_triggers=30", "--api-param", "n_verify=300"]
+    argv = ["protect", "--arch", "mlp", "-p", "n_triggers=30", "-p", "lam=1", "--api-param", "n_verify=300"]
     argv += ["--api-param", "range_choices=4", "-o", str(victim), "--keys", str(keys), "--max-cost", "none"]
     assert main([*argv, *tiny.flags(epochs=6), "--data", "synthetic", "-q"]) == 0
     out = capsys.readouterr().out

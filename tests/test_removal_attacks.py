@@ -313,7 +313,7 @@ def test_mislabel_mix_needs_three_classes():
 def test_piracy_embeds_the_thiefs_own_verifiable_watermark(splits, trained, tiny):
     result = run_chain(
         trained,
-        ["piracy:scheme_params=n_triggers=30;trigger_batch=10,epochs=10"],
+        ["piracy:scheme_params=n_triggers=30;trigger_batch=10;lam=1,epochs=10"],
         splits.attacker_pool,
         test=splits.test,
         train=tiny.removal_training,
@@ -507,7 +507,7 @@ def test_verification_through_the_deployment(splits, trained):
         "margin",
         splits,
         arch="mlp",
-        params={"n_triggers": 30, "trigger_batch": 10},
+        params={"n_triggers": 30, "trigger_batch": 10, "lam": 1},
         config=cc.TrainConfig(epochs=4, seed=0),
         max_cost=None,
     )

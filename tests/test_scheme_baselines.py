@@ -40,7 +40,8 @@ def test_trigger_set_victim_is_stolen_and_innocent_cleared(trigger_set, splits, 
 def test_trigger_set_has_no_margin_parameters():
     with pytest.raises(cc.CopycatchError, match="unknown trigger-set scheme key 'eps'"):
         TriggerSetWatermark(eps=0.1)
-    assert set(TriggerSetWatermark.Params.field_names()) == {"n_triggers", "label_strategy", "lam", "trigger_batch"}
+    fields = {"n_triggers", "label_strategy", "lam", "exposure", "trigger_batch"}
+    assert set(TriggerSetWatermark.Params.field_names()) == fields
 
 
 def test_trigger_set_null_is_exact_over_independent_keys(splits, innocent):

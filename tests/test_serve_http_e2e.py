@@ -135,6 +135,8 @@ def margin_victim(tmp_path_factory):
                 "mlp",
                 "-p",
                 "n_triggers=30",
+                "-p",
+                "lam=1",
                 "-o",
                 str(victim),
                 "--key",

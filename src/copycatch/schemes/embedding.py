@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..core.errors import AccuracyCostExceeded, InvalidArgument
+from ..core.key import Key
 from ..data.base import Splits, TensorData
 from ..models.base import Classifier, create_for
 from ..models.io import weights_digest
@@ -170,7 +171,7 @@ def record_accuracy_cost(
             victim_only_correct=int((victim_correct & ~clean.correct).sum()),
             exceeded=exceeded,
             status="exceeded" if exceeded else ("no limit" if max_cost is None else "within the limit"),
-            strength=_strength(sch),
+            strength=_strength(sch, result.key),
         )
     result.key.meta["accuracy_cost"] = record
     result.victim.provenance.update({"key_digest": result.key.digest, "accuracy_cost": dict(record)})
@@ -178,11 +179,12 @@ def record_accuracy_cost(
     return record
 
 
-def _strength(sch: Scheme) -> dict[str, Any] | None:
-    """The scheme's strength parameter, its value, and a value to try that costs less (half of it)."""
+def _strength(sch: Scheme, key: Key) -> dict[str, Any] | None:
+    """The scheme's strength parameter, the value used (as the key records it: a default derived from the data is
+    resolved there), and a value to try that costs less (half of it)."""
     if sch.strength is None:
         return None
-    value = getattr(sch.params, sch.strength)
+    value = key.params.get(sch.strength, getattr(sch.params, sch.strength))
     lower = None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         lower = value // 2 if isinstance(value, int) else float(f"{value / 2:.3g}")

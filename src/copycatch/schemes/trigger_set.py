@@ -14,7 +14,9 @@ Parameters (defaults):
     n_triggers (100): size of the trigger set (as the margin scheme).
     label_strategy ("random"): "random" wrong label (exact null), or "highest"/"lowest" confidence wrong label of
         a clean reference model (approximate null, flagged in the evidence), as the margin scheme.
-    lam (1.0): weight of the trigger loss (Eq. 1 weighs both terms equally).
+    lam (None): weight of the trigger loss (Eq. 1 weighs both terms equally, λ = 1); None derives it from the data
+        size as the margin scheme does (the same per-trigger ``exposure``; λ = 1 costs 15 points on 4,000 images).
+    exposure (8.0): per-trigger total weight of that rule.
     trigger_batch (25): triggers drawn per training step (as the margin scheme).
 
 Deviations: Eq. 1 takes an expectation over the trigger set; like the margin scheme's code we sample
@@ -36,7 +38,7 @@ from ..data.base import Splits
 from ..models.base import Classifier, create_for
 from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from .base import Embedding, register_scheme
-from .margin import MarginWatermark
+from .margin import MarginWatermark, resolved_weight
 
 
 class TriggerHook(TrainHook):
@@ -68,14 +70,17 @@ class TriggerSetWatermark(MarginWatermark):
         kind = "trigger-set scheme"
         n_triggers: int = 100
         label_strategy: Literal["random", "highest", "lowest"] = "random"
-        lam: float = 1.0
+        lam: float | None = None
+        exposure: float = 8.0
         trigger_batch: int = 25
 
         def validate(self) -> None:
             if self.n_triggers < 1:
                 raise InvalidArgument(f"n_triggers must be >= 1, got {self.n_triggers}")
-            if self.lam < 0:
-                raise InvalidArgument(f"lam must be >= 0, got {self.lam}")
+            if self.lam is not None and self.lam < 0:
+                raise InvalidArgument(f"lam must be >= 0 (or None: from the data size), got {self.lam}")
+            if not self.exposure > 0:
+                raise InvalidArgument(f"exposure must be > 0, got {self.exposure}")
             if self.trigger_batch < 1:
                 raise InvalidArgument(f"trigger_batch must be >= 1, got {self.trigger_batch}")
 
@@ -98,13 +103,14 @@ class TriggerSetWatermark(MarginWatermark):
                 reference, splits.owner_train, train, progress=progress, desc="reference model"
             ).to_dict()
         x_u8, true, labels = self.make_trigger_set(splits, generator, reference)
-        hook = TriggerHook(x_u8.float() / 255, labels, self.params.lam, self.params.trigger_batch)
+        params = resolved_weight(self.params, len(splits.owner_train), train)
+        hook = TriggerHook(x_u8.float() / 255, labels, params.lam, params.trigger_batch)
         info["training"] = fit(
             model, splits.owner_train, train, hooks=[hook], progress=progress, desc="embed trigger set"
         ).to_dict()
         key = Key(
             scheme=self.name,
-            params=self.params.to_dict(),
+            params=params.to_dict(),
             tensors={"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
             meta=self.key_meta(splits, model, train=train.to_dict()),
         )

@@ -16,8 +16,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         VERB,
         help=HELP,
         formatter_class=options.Formatter,
-        description="Train a clean and a margin-watermarked victim, steal the victim by soft-label "
-        "extraction, train an innocent model on the thief's data, verify all of them.",
+        description="Train a clean model and protect the same model (margin watermark in the weights, DynaMarks "
+        "on the API: one key set), steal the protected API by soft-label extraction, train an innocent model on "
+        "the thief's data, verify all of them against the key set.",
     )
     p.add_argument("--data", default=None, help="data set (default fashion-mnist)")
     p.add_argument("--data-dir", default=None)
@@ -27,7 +28,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--surrogate-arch", default=None)
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--device", default=None)
-    options.add_params_option(p, "margin scheme")
+    options.add_params_option(p, "margin watermark")
     options.add_common(p)
     return p
 
