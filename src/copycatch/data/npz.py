@@ -63,9 +63,7 @@ def _to_nchw(a: np.ndarray, path: Path, key: str) -> torch.Tensor:
         a = a.transpose(0, 3, 1, 2)
     elif a.ndim != 4:
         raise InvalidArgument(f"{path}: array {key!r} has shape {a.shape}; expected N×H×W, N×C×H×W or N×H×W×C")
-    if a.dtype == np.uint8:
-        pass  # pixels stay bytes until a batch is formed (see data.base.TensorData)
-    else:
+    if a.dtype != np.uint8:  # uint8 pixels stay bytes until a batch is formed (see data.base.TensorData)
         a = a.astype(np.float32)
         if not np.isfinite(a).all():
             raise InvalidArgument(f"{path}: array {key!r} contains NaN or Inf")

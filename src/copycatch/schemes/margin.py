@@ -27,7 +27,7 @@ Parameters (defaults; inputs on the [0, 1] scale):
     lam (None): λ of Eq. 6; None derives it from the data (:func:`trigger_weight`): each trigger gets the same
         total weight ``exposure`` whatever the owner's data size, λ = exposure·n_triggers / (trigger_batch·training
         steps), at most 1. Algorithm 1 uses λ = 1, which on 4,000 owner images costs 11 accuracy points (the
-        triggers are revisited 8× as often as on the paper's 50,000); the code's 0.1·trigger CE weighs it less.
+        triggers are revisited 12.5× as often as on the paper's 50,000); the code's 0.1·trigger CE weighs it less.
     exposure (8.0): the per-trigger total weight of the rule above (λ ≈ 0.10 at 4,000 images, 0.014 at 30,000,
         for 10 epochs of batch 128); measured: benchmarks/README.md.
     trigger_batch (25): triggers sampled per training batch (code).
@@ -86,6 +86,17 @@ def trigger_weight(n_triggers: int, trigger_batch: int, n_train: int, train: Tra
     owner has (and the model memorises them at the task's expense). Fixing λ·uses keeps that weight constant."""
     steps = max(1, train.epochs * -(-n_train // train.batch_size))
     return min(1.0, exposure * n_triggers / (trigger_batch * steps))
+
+
+def check_trigger_weight(params: Any) -> None:
+    """The checks of the trigger-loss weight's parameters (``lam``, ``exposure``, ``trigger_batch``) that the margin
+    and trigger-set schemes share."""
+    if params.lam is not None and params.lam < 0:
+        raise InvalidArgument(f"lam must be >= 0 (or None: from the data size), got {params.lam}")
+    if not params.exposure > 0:
+        raise InvalidArgument(f"exposure must be > 0, got {params.exposure}")
+    if params.trigger_batch < 1:
+        raise InvalidArgument(f"trigger_batch must be >= 1, got {params.trigger_batch}")
 
 
 def resolved_weight(params: Any, n_train: int, train: TrainConfig) -> Any:
@@ -176,12 +187,7 @@ class MarginWatermark(Scheme):
                 raise InvalidArgument(
                     f"eps must be >= 0 and step_size > 0, got eps={self.eps}, step_size={self.step_size}"
                 )
-            if self.lam is not None and self.lam < 0:
-                raise InvalidArgument(f"lam must be >= 0 (or None: from the data size), got {self.lam}")
-            if not self.exposure > 0:
-                raise InvalidArgument(f"exposure must be > 0, got {self.exposure}")
-            if self.trigger_batch < 1:
-                raise InvalidArgument(f"trigger_batch must be >= 1, got {self.trigger_batch}")
+            check_trigger_weight(self)
 
     # -- trigger set -----------------------------------------------------------------------------------------------
     def make_trigger_set(

@@ -38,7 +38,7 @@ from ..data.base import Splits
 from ..models.base import Classifier, create_for
 from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from .base import Embedding, register_scheme
-from .margin import MarginWatermark, resolved_weight
+from .margin import MarginWatermark, check_trigger_weight, resolved_weight
 
 
 class TriggerHook(TrainHook):
@@ -77,12 +77,7 @@ class TriggerSetWatermark(MarginWatermark):
         def validate(self) -> None:
             if self.n_triggers < 1:
                 raise InvalidArgument(f"n_triggers must be >= 1, got {self.n_triggers}")
-            if self.lam is not None and self.lam < 0:
-                raise InvalidArgument(f"lam must be >= 0 (or None: from the data size), got {self.lam}")
-            if not self.exposure > 0:
-                raise InvalidArgument(f"exposure must be > 0, got {self.exposure}")
-            if self.trigger_batch < 1:
-                raise InvalidArgument(f"trigger_batch must be >= 1, got {self.trigger_batch}")
+            check_trigger_weight(self)
 
     def embed(
         self,
