@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -33,6 +34,8 @@ import copycatch as cc
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
 ####################################################################################################################
+
+SAME_ARCH = "soft, same arch, 27k"
 
 hyp = {
     "data": "fashion-mnist",
@@ -53,6 +56,21 @@ hyp = {
     ],
     "scheme_params": {},  # per-scheme overrides of the defaults (none: the defaults are what is measured)
     "thief": {"arch": "victim", "epochs": 20},  # soft-label, one query per attacker-pool image
+    # the second table: every kind of thief against the strongest schemes' victims at one size (same recipe)
+    "thieves": {
+        "size": 30000,
+        "schemes": ["margin", "mea-defender", "dynamarks", "stack"],
+        "kinds": {
+            SAME_ARCH: {"attack": "soft-label"},  # the first table's thief
+            "soft, mlp": {"attack": "soft-label", "arch": "mlp"},
+            "soft, wider cnn": {"attack": "soft-label", "arch": "cnn"},
+            "hard labels": {"attack": "hard-label"},
+            "hinton T=20 α=0.7": {"attack": "distillation", "params": {"temperature": 20.0, "alpha": 0.7}},
+            "quantised (10 levels)": {"attack": "quantized", "params": {"levels": 10}},
+            "soft, 5k queries": {"attack": "soft-label", "budget": 5000},
+            "soft, 1k queries": {"attack": "soft-label", "budget": 1000},
+        },
+    },
     # innocents: true labels on the thief's pool; (arch, seed) each, shared by every key
     "innocents": {
         "epochs": 3,
@@ -129,21 +147,51 @@ def scheme_task(out: Path, scheme: str, size: int, seed: int) -> dict:
     row.update(clean_acc=cc.accuracy(clean, splits.test), victim_acc=cc.accuracy(victim, splits.test))
     row["cost"] = 100 * (row["clean_acc"] - row["victim_acc"])
     thief_arch = victim.arch if hyp["thief"]["arch"] == "victim" else hyp["thief"]["arch"]
+    row.update(steal_and_verify(victim, key, splits, seed, attack="soft-label", arch=thief_arch))
+    return row
+
+
+def steal_and_verify(victim, key, splits, seed: int, *, attack: str, arch: str, params=None, budget=None) -> dict:
     stolen = cc.steal(
         victim,
         splits.attacker_pool,
+        attack=attack,
+        arch=arch,
+        params=params,
+        budget=budget,
         key=key,  # the API-time part(s) of the key act on the served answers
-        arch=thief_arch,
         config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief"]["epochs"]),
         progress=False,
     )
     run = cc.verify(stolen.surrogate, key, sequential=False, alpha=hyp["alpha"])
+    return {
+        "surrogate_acc": cc.accuracy(stolen.surrogate, splits.test),
+        "surrogate_p": run.p_value,
+        "surrogate_queries": run.queries,
+        "surrogate_parts": {e.scheme: e.p_value for e in run.evidences},
+        "surrogate_metrics": [_plain(e.metrics) for e in run.evidences],
+    }
+
+
+def thief_task(out: Path, scheme: str, kind: str, size: int, seed: int) -> dict:
+    """The scheme row's victim and key (made by scheme_task) stolen by one kind of thief."""
+    splits = splits_for(size, seed)
+    victim = cc.load_model(out / "models" / f"{scheme}-{size}-{seed}.safetensors")
+    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}"
+    thief = hyp["thieves"]["kinds"][kind]
+    row = {"scheme": scheme, "thief": kind, "size": size, "seed": seed}
+    arch = thief.get("arch", victim.arch)
     row.update(
-        surrogate_acc=cc.accuracy(stolen.surrogate, splits.test),
-        surrogate_p=run.p_value,
-        surrogate_queries=run.queries,
-        surrogate_parts={e.scheme: e.p_value for e in run.evidences},
-        surrogate_metrics=[_plain(e.metrics) for e in run.evidences],
+        steal_and_verify(
+            victim,
+            key_path,
+            splits,
+            seed,
+            attack=thief["attack"],
+            arch=arch,
+            params=thief.get("params"),
+            budget=thief.get("budget"),
+        )
     )
     return row
 
@@ -224,6 +272,29 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def thieves_table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("thief-*.json"))]
+    size, kinds = hyp["thieves"]["size"], list(hyp["thieves"]["kinds"])
+    same_arch = [json.loads(p.read_text()) for p in sorted((out / "rows").glob(f"scheme-*-{size}-*.json"))]
+    rows += [dict(r, thief=SAME_ARCH) for r in same_arch]
+    lines = [
+        "| scheme | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for scheme in hyp["thieves"]["schemes"]:
+        cells = []
+        for kind in kinds:
+            rs = [r for r in rows if r["scheme"] == scheme and r["thief"] == kind]
+            cells.append(
+                f"{max(r['surrogate_p'] for r in rs):.2g} ({sum(r['surrogate_p'] <= hyp['alpha'] for r in rs)}/"
+                f"{len(rs)}; acc {mean_std([r['surrogate_acc'] for r in rs], '{:.3f}')})"
+                if rs
+                else "–"
+            )
+        lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schemes", nargs="*", default=None)
@@ -238,14 +309,17 @@ def main() -> int:
     )
     parser.add_argument("--out", default="bench-out/proof")
     parser.add_argument("--no-innocents", action="store_true", help="skip the innocent models this run")
-    parser.add_argument("--table", action="store_true", help="print the table from the cached rows and stop")
+    parser.add_argument("--table", action="store_true", help="print the tables from the cached rows and stop")
+    parser.add_argument(
+        "--thieves", action="store_true", help="also run the second table (every thief at hyp['thieves']['size'])"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     for name in ("schemes", "sizes", "seeds", "scheme_params"):
         if getattr(args, name):
             hyp[name] = getattr(args, name)
     if args.table:
-        print(table(out))
+        print(table(out), thieves_table(out), sep="\n\n")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(hyp, indent=1))
@@ -260,7 +334,23 @@ def main() -> int:
         for stale in (out / "rows").glob("innocent-*.json"):  # innocents re-verify every key made so far
             stale.unlink()
         run(out, [(f"innocent-{a}-{s}", innocent_task, (a, s)) for a, s in hyp["innocents"]["models"]], hyp["workers"])
-    print(table(out))
+    if args.thieves:
+        size, schemes = hyp["thieves"]["size"], hyp["thieves"]["schemes"]
+        run(out, [(f"clean-{size}-{d}", clean_task, (size, d)) for d in hyp["seeds"]], hyp["workers"])
+        run(
+            out,
+            [(f"scheme-{sc}-{size}-{d}", scheme_task, (sc, size, d)) for d in hyp["seeds"] for sc in schemes],
+            hyp["workers"],
+        )
+        tasks = [
+            (f"thief-{sc}-{re.sub('[^a-z0-9]+', '-', kind)}-{size}-{d}", thief_task, (sc, kind, size, d))
+            for d in hyp["seeds"]
+            for sc in schemes
+            for kind in hyp["thieves"]["kinds"]
+            if kind != SAME_ARCH
+        ]
+        run(out, tasks, hyp["workers"])
+    print(table(out), thieves_table(out), sep="\n\n")
     return 0
 
 

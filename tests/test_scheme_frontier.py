@@ -170,3 +170,13 @@ def test_impossible_eps_and_bad_parameters_are_one_line_errors(clean, splits):
     assert FrontierStitching(n_control=0, null="paper").params.n_control == 0
     with pytest.raises(cc.CopycatchError, match="unknown"):
         FrontierStitching(epsilon=0.1)
+
+
+def test_false_adversaries_missing_at_a_large_eps_are_found_at_a_smaller_step(clean, splits):
+    """At eps = 1 every correctly classified input flips (a true adversary); the false ones come from eps/2, eps/4."""
+    scheme = FrontierStitching(eps=1.0)
+    generator = torch.Generator().manual_seed(3)
+    true_x, true_y, false_x, false_y = scheme.find_adversaries(clean, splits, generator, 20, 20)
+    assert len(true_x) == 20 and len(false_x) == 20
+    assert (predict_logits(clean, true_x.float() / 255).argmax(1) != true_y).all()
+    assert (predict_logits(clean, false_x.float() / 255).argmax(1) == false_y).all()

@@ -44,7 +44,8 @@ Parameters (defaults):
 Deviations: the paper's TRAIN(k̂, K) does not say on what data; we fine-tune on the training data with the key added
 to every step (as WRT does with a boosted key) so accuracy is kept, and stop as soon as the whole key is stitched
 instead of after a fixed number of epochs. Candidates come from owner_train (the paper's Fig. 2: "from training
-examples"). The control set and its exact test are ours.
+examples"). The control set and its exact test are ours. With little owner data (4,000 Fashion-MNIST images at
+ε = 0.25 gave 44 of 50) false adversaries missing at ε are sought at ε/2, then ε/4.
 """
 
 from __future__ import annotations
@@ -210,7 +211,11 @@ class FrontierStitching(Scheme):
         progress: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(true adversaries as uint8, their labels, false adversaries, their labels) from random owner-training
-        examples the model classifies correctly (Algorithm 1, lines 1-9)."""
+        examples the model classifies correctly (Algorithm 1, lines 1-9).
+
+        With little owner data a large ε can turn nearly every example into a true adversary; the false ones still
+        missing are then sought at ε/2, then ε/4 (they carry no evidence under the exact test, which compares
+        stitched true adversaries with controls, so their ε does not touch the p-value)."""
         from ..core.runtime import progress as progress_bar
 
         p = self.params
@@ -219,28 +224,33 @@ class FrontierStitching(Scheme):
         found: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {TRUE_ADVERSARY: [], FALSE_ADVERSARY: []}
         n_true = n_false = examined = 0
         chunks = range(0, len(order), p.candidate_batch)
-        for start in progress_bar(chunks, total=len(chunks), desc="frontier candidates", enabled=progress):
-            idx = order[start : start + p.candidate_batch]
-            x, y = pool.batch(idx)
-            examined += len(idx)
-            correct = predict_logits(model, x).argmax(1) == y
-            if not correct.any():
-                continue
-            x, y = x[correct], y[correct]
-            adv_u8 = (fgsm(model, x, p.eps, y=y) * 255).round().clamp(0, 255).to(torch.uint8)
-            still = predict_logits(model, adv_u8.float() / 255).argmax(1) == y
-            take = (~still).nonzero().flatten()[: want_true - n_true]
-            found[TRUE_ADVERSARY].append((adv_u8[take], y[take]))
-            n_true += len(take)
-            take = still.nonzero().flatten()[: want_false - n_false]
-            found[FALSE_ADVERSARY].append((adv_u8[take], y[take]))
-            n_false += len(take)
-            if n_true >= want_true and n_false >= want_false:
-                break
+        for eps in (p.eps, p.eps / 2, p.eps / 4):
+            for start in progress_bar(chunks, total=len(chunks), desc="frontier candidates", enabled=progress):
+                idx = order[start : start + p.candidate_batch]
+                x, y = pool.batch(idx)
+                examined += len(idx)
+                correct = predict_logits(model, x).argmax(1) == y
+                if not correct.any():
+                    continue
+                x, y = x[correct], y[correct]
+                adv_u8 = (fgsm(model, x, eps, y=y) * 255).round().clamp(0, 255).to(torch.uint8)
+                still = predict_logits(model, adv_u8.float() / 255).argmax(1) == y
+                if eps == p.eps:
+                    take = (~still).nonzero().flatten()[: want_true - n_true]
+                    found[TRUE_ADVERSARY].append((adv_u8[take], y[take]))
+                    n_true += len(take)
+                take = still.nonzero().flatten()[: want_false - n_false]
+                found[FALSE_ADVERSARY].append((adv_u8[take], y[take]))
+                n_false += len(take)
+                if n_true >= want_true and n_false >= want_false:
+                    break
+            if n_true < want_true or n_false >= want_false:
+                break  # true adversaries come only from eps itself; a smaller step is tried for false ones only
         if n_true < want_true or n_false < want_false:
             raise InvalidArgument(
-                f"eps={p.eps} gave {n_true} true and {n_false} false adversaries from {examined} training examples; "
-                f"the key needs {want_true} true (including {p.n_control} controls) and {want_false} false. "
+                f"eps={p.eps} gave {n_true} true and {n_false} false adversaries from {examined} training examples "
+                f"(false ones also sought at eps/2 and eps/4); the key needs {want_true} true (including "
+                f"{p.n_control} controls) and {want_false} false. "
                 f"{'Lower' if n_false < want_false else 'Raise'} eps or shorten the key"
             )
         true_x, true_y = (torch.cat(parts) for parts in zip(*found[TRUE_ADVERSARY]))
