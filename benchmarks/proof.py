@@ -4,11 +4,13 @@ Per owner data size × seed: a clean model and each scheme's victim trained the 
 standard Fashion-MNIST split, owner_train subsampled to the size; the thief's pool and the test split stay the
 standard ones), then a same-architecture soft-label surrogate stolen with one query per pool image. Innocent
 models (trained on the thief's pool with true labels, several architectures and seeds) are verified against every
-key. A second table steals at the largest size with every kind of thief.
+key. A second table (--thieves) steals the strongest schemes' victims with every kind of thief; a third
+(--removals) launders the leaked victim itself with removal attacks (no extraction) and verifies it.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/proof.py                      # everything (hours: see README)
     .venv/bin/python benchmarks/proof.py --schemes margin --sizes 4000 --seeds 0 # one cell
     .venv/bin/python benchmarks/proof.py --table                                # tables from the cached rows
+    .venv/bin/python benchmarks/proof.py --sizes 10000 --thieves --thieves-size 10000 --removals  # all three
 
 Every trained model, key and result row is cached under --out (default bench-out/proof): re-running resumes.
 The resolved configuration is saved with the rows; tables print mean ± std over seeds and worst-seed p-values.
@@ -59,7 +61,7 @@ hyp = {
     # the second table: every kind of thief against the strongest schemes' victims at one size (same recipe)
     "thieves": {
         "size": 30000,
-        "schemes": ["margin", "mea-defender", "dynamarks", "stack"],
+        "schemes": ["margin", "stack", "mea-defender", "dynamarks"],
         "kinds": {
             SAME_ARCH: {"attack": "soft-label"},  # the first table's thief
             "soft, mlp": {"attack": "soft-label", "arch": "mlp"},
@@ -78,6 +80,16 @@ hyp = {
         + [("mlp", s) for s in range(310, 316)]
         + [("lenet", s) for s in range(320, 323)]
         + [("cnn", s) for s in range(330, 333)],
+    },
+    # the third table: the leaked victim itself (no extraction) laundered by removal attacks on the thief's pool
+    "removals": {
+        "size": 10000,
+        "chains": {
+            "none": [],
+            "prune 50 %": ["prune:rate=0.5"],
+            "fine-tune 2 epochs": ["fine-tune:epochs=2"],
+            "prune 50 % + fine-tune 2 epochs": ["prune:rate=0.5", "fine-tune:epochs=2"],
+        },
     },
     "alpha": 1e-3,
     "workers": 2,
@@ -272,25 +284,62 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def removal_task(out: Path, scheme: str, chain: str, size: int, seed: int) -> dict:
+    """The scheme row's victim, leaked as a file and laundered by one removal chain; verified with its key."""
+    splits = splits_for(size, seed)
+    victim = cc.load_model(out / "models" / f"{scheme}-{size}-{seed}.safetensors")
+    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}"
+    attacks = hyp["removals"]["chains"][chain]
+    model, suspect = victim, victim
+    if attacks:
+        laundering = cc.remove(victim, attacks, splits, config=cc.TrainConfig(seed=seed + 200), progress=False)
+        model, suspect = laundering.model, laundering.oracle if laundering.evasions else laundering.model
+    run = cc.verify(suspect, key_path, sequential=False, alpha=hyp["alpha"])
+    return {
+        "scheme": scheme,
+        "chain": chain,
+        "size": size,
+        "seed": seed,
+        "suspect_acc": cc.accuracy(model, splits.test),
+        "suspect_p": run.p_value,
+        "suspect_parts": {e.scheme: e.p_value for e in run.evidences},
+    }
+
+
+def cell(rows: list[dict], p_key: str, acc_key: str) -> str:
+    """Worst-seed p-value, seeds proven at α, and accuracy (mean ± std) of the rows of one table cell."""
+    if not rows:
+        return "–"
+    proven = sum(r[p_key] <= hyp["alpha"] for r in rows)
+    accuracy = mean_std([r[acc_key] for r in rows], "{:.3f}")
+    return f"{max(r[p_key] for r in rows):.2g} ({proven}/{len(rows)}; acc {accuracy})"
+
+
+def removals_table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("removal-*.json"))]
+    chains = list(hyp["removals"]["chains"])
+    lines = ["| scheme | " + " | ".join(f"leaked, {c}" for c in chains) + " |", "|---|" + "---|" * len(chains)]
+    for scheme in hyp["schemes"]:
+        cells = [
+            cell([r for r in rows if r["scheme"] == scheme and r["chain"] == c], "suspect_p", "suspect_acc")
+            for c in chains
+        ]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def thieves_table(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("thief-*.json"))]
     size, kinds = hyp["thieves"]["size"], list(hyp["thieves"]["kinds"])
     same_arch = [json.loads(p.read_text()) for p in sorted((out / "rows").glob(f"scheme-*-{size}-*.json"))]
     rows += [dict(r, thief=SAME_ARCH) for r in same_arch]
-    lines = [
-        "| scheme | " + " | ".join(kinds) + " |",
-        "|---|" + "---|" * len(kinds),
-    ]
+    lines = ["| scheme | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for scheme in hyp["thieves"]["schemes"]:
-        cells = []
-        for kind in kinds:
-            rs = [r for r in rows if r["scheme"] == scheme and r["thief"] == kind]
-            cells.append(
-                f"{max(r['surrogate_p'] for r in rs):.2g} ({sum(r['surrogate_p'] <= hyp['alpha'] for r in rs)}/"
-                f"{len(rs)}; acc {mean_std([r['surrogate_acc'] for r in rs], '{:.3f}')})"
-                if rs
-                else "–"
-            )
+        cells = [
+            cell([r for r in rows if r["scheme"] == scheme and r["thief"] == k], "surrogate_p", "surrogate_acc")
+            for k in kinds
+        ]
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -313,13 +362,24 @@ def main() -> int:
     parser.add_argument(
         "--thieves", action="store_true", help="also run the second table (every thief at hyp['thieves']['size'])"
     )
+    parser.add_argument(
+        "--removals", action="store_true", help="also run the third table (removal attacks on the leaked victim)"
+    )
+    parser.add_argument(
+        "--thieves-size", type=int, default=None, help="owner size of the second table (a reduced scale)"
+    )
+    parser.add_argument("--thieves-schemes", nargs="*", default=None, help="schemes of the second table")
+    parser.add_argument("--removals-size", type=int, default=None, help="owner size of the third table")
     args = parser.parse_args()
     out = Path(args.out)
     for name in ("schemes", "sizes", "seeds", "scheme_params"):
         if getattr(args, name):
             hyp[name] = getattr(args, name)
+    hyp["thieves"]["size"] = args.thieves_size or hyp["thieves"]["size"]
+    hyp["thieves"]["schemes"] = args.thieves_schemes or hyp["thieves"]["schemes"]
+    hyp["removals"]["size"] = args.removals_size or hyp["removals"]["size"]
     if args.table:
-        print(table(out), thieves_table(out), sep="\n\n")
+        print(table(out), thieves_table(out), removals_table(out), sep="\n\n")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(hyp, indent=1))
@@ -350,7 +410,17 @@ def main() -> int:
             if kind != SAME_ARCH
         ]
         run(out, tasks, hyp["workers"])
-    print(table(out), thieves_table(out), sep="\n\n")
+    if args.removals:
+        size = hyp["removals"]["size"]
+        tasks = [
+            (f"removal-{sc}-{re.sub('[^a-z0-9]+', '-', chain)}-{size}-{d}", removal_task, (sc, chain, size, d))
+            for d in hyp["seeds"]
+            for sc in hyp["schemes"]
+            for chain in hyp["removals"]["chains"]
+            if (out / "models" / f"{sc}-{size}-{d}.safetensors").exists()
+        ]
+        run(out, tasks, hyp["workers"])
+    print(table(out), thieves_table(out), removals_table(out), sep="\n\n")
     return 0
 
 

@@ -85,3 +85,13 @@ def test_file_formats_keep_their_names_when_modules_move():
     assert calibration.FORMAT == "copycatch.calibration/1"
     assert report.FORMAT == "copycatch.evidence/1"
     assert evasion.FORMAT == "copycatch.evasion/1"
+
+
+def test_importing_the_package_and_the_cli_leaves_scipy_stats_out():
+    """scipy.stats holds 45 MB of resident memory; only verification needs it, so an embed must not load it."""
+    import subprocess
+    import sys
+
+    code = "import sys, copycatch, copycatch.cli.main as m; m.build_parser(); print('scipy.stats' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

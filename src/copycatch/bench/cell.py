@@ -47,7 +47,7 @@ from typing import Any
 from ..attacks.removal import create_removal_attack, run_chain
 from ..attacks.steal import query_set, steal
 from ..models.base import create_for
-from ..models.train import TrainConfig, accuracy, predict_logits, train_model
+from ..models.train import EVAL_BATCH, TrainConfig, accuracy, predict_logits, train_model
 from ..oracles.base import query_all
 from ..oracles.local import ModelOracle
 from ..oracles.postprocess import create_postprocessor
@@ -228,7 +228,7 @@ class _Cell:
         test = self.splits.test
 
         def compute() -> dict[str, Any]:
-            api_labels = query_all(self.served(), test.x, batch_size=1024, progress=False).argmax(1)
+            api_labels = query_all(self.served(), test.x, batch_size=EVAL_BATCH, progress=False).argmax(1)
             victim_evidence, out = self.verify("victim", self.served())
             out.update(self.verify("clean", self.clean)[1])
             out.update(

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..core.runtime import default_threads
+    from ..core.runtime import default_threads, return_freed_memory
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     default_threads()
+    return_freed_memory()
     try:
         return int(args.func(args) or 0)
     except CopycatchError as exc:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InvalidArgument
+from ..models.train import EVAL_BATCH
 from .base import Oracle
 
 
@@ -21,7 +22,7 @@ class ModelOracle(Oracle):
         num_classes: int | None = None,
         input_shape: Sequence[int] | None = None,
         budget: int | None = None,
-        batch_size: int = 1024,
+        batch_size: int = EVAL_BATCH,
         device: str | torch.device | None = None,
         name: str = "model",
     ):

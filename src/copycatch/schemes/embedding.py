@@ -30,7 +30,7 @@ from ..core.key import Key
 from ..data.base import Splits, TensorData
 from ..models.base import Classifier, create_for
 from ..models.io import weights_digest
-from ..models.train import TrainConfig, predict_logits, train_model
+from ..models.train import EVAL_BATCH, TrainConfig, predict_logits, train_model
 from ..oracles.base import query_all
 from ..oracles.local import ModelOracle
 from .base import Embedding, Scheme, create_scheme
@@ -153,7 +153,7 @@ def record_accuracy_cost(
     else:
         was_training = result.victim.training
         served = sch.protect(ModelOracle(result.victim, name="victim"), result.key)
-        victim_correct = query_all(served, test.x, batch_size=1024, desc="accuracy cost").argmax(1) == test.y
+        victim_correct = query_all(served, test.x, batch_size=EVAL_BATCH, desc="accuracy cost").argmax(1) == test.y
         result.victim.train(was_training)
         n = len(test)
         ref_acc, victim_acc = int(clean.correct.sum()) / n, int(victim_correct.sum()) / n

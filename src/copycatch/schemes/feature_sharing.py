@@ -54,7 +54,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from scipy import stats as _st
 from torch import nn
 
 from ..core.errors import InvalidArgument
@@ -116,6 +115,8 @@ def signed_rank_greater(d: np.ndarray | torch.Tensor) -> SignedRank:
     up, as any continuous perturbation would) but gives it no sign, so it is evidence for neither side; with the
     conditional sign-flip null this equals "zsplit" and is the more conservative choice over "wilcox", which would
     discard how many pairs sat at the boundary."""
+    from scipy import stats as _st  # imported when used: 45 MB of resident memory
+
     d = np.round(np.asarray(d, dtype=np.float64), ROUND_DECIMALS)
     if d.ndim != 1 or not np.isfinite(d).all():
         raise InvalidArgument("signed-rank differences must be a finite 1-D array")

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats as _st
 
 from .._version import __version__
 from ..attacks.extraction.base import create_extraction_attack
@@ -163,6 +162,8 @@ _REFERENCE_BUILDERS = {"owner-data": _trained, "thief-data": _trained, "subset":
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact two-sided confidence interval for a binomial proportion."""
+    from scipy import stats as _st  # imported when used: 45 MB of resident memory
+
     if n == 0:
         return 0.0, 1.0
     ci = _st.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")

@@ -30,8 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scipy import stats as _st
-
 from .._version import __version__
 from ..core.evidence import Evidence, _finite
 from ..core.stats import binomial_critical_greater
@@ -435,6 +433,8 @@ def _marker(ax: _Axes, value: float, text: str, color: str = "#c62828") -> list[
 
 def binomial_null_svg(null_model: dict[str, Any], alpha: float) -> str:
     """Bars of Binomial(trials, rate); the significant region shaded; the observed statistic in red."""
+    from scipy import stats as _st  # imported when used: 45 MB of resident memory
+
     n, q, observed = int(null_model["trials"]), float(null_model["rate"]), int(null_model["observed"])
     if n == 0:
         return "<p class='note'>No query counted toward the statistic: the null distribution is a point at 0.</p>"

@@ -14,6 +14,7 @@ import torch
 from ...core.errors import InvalidArgument
 from ...models.base import Classifier
 from ...models.io import weights_digest
+from ...models.train import EVAL_BATCH
 from ...oracles.base import Oracle
 from ...oracles.local import ModelOracle
 
@@ -33,7 +34,7 @@ class EvadingOracle(Oracle):
         evasions: Sequence[Any],
         *,
         budget: int | None = None,
-        batch_size: int = 1024,
+        batch_size: int = EVAL_BATCH,
         name: str | None = None,
         check_digest: bool = True,
     ):
