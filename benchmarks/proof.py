@@ -265,8 +265,8 @@ def table(out: Path) -> str:
     innocents = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("innocent-*.json"))]
     lines = [
         "| scheme | owner images | clean acc | protected acc | cost (points) | surrogate p (worst seed) "
-        "| proven (p ≤ α) | innocents accused / verified |",
-        "|---|---|---|---|---|---|---|---|",
+        "| proven (p ≤ α) | innocents accused / verified | innocent p (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for scheme in hyp["schemes"]:
         for size in hyp["sizes"]:
@@ -279,7 +279,7 @@ def table(out: Path) -> str:
                 f"| {scheme} | {size} | {mean_std([r['clean_acc'] for r in rs])} | "
                 f"{mean_std([r['victim_acc'] for r in rs])} | {mean_std([r['cost'] for r in rs], '{:.2f}')} | "
                 f"{max(r['surrogate_p'] for r in rs):.2g} | {sum(r['surrogate_p'] <= hyp['alpha'] for r in rs)}/"
-                f"{len(rs)} | {accused}/{len(ps)} |"
+                f"{len(rs)} | {accused}/{len(ps)} | {min(ps, default=float('nan')):.2g} |"
             )
     return "\n".join(lines)
 
