@@ -65,6 +65,8 @@ def incriminating(key: cc.Key) -> torch.Tensor:
             true_index = int(key["favoured"][i]) * prm.range_choices + int(key["range_index"][i])
             answers[rows == i] = expected_candidate_responses(prm, i, org[rows == i])[true_index]
         return answers.float()
+    if key.scheme == "dawn":  # the recorded wrong label on every record
+        return one_hot(key["verify_wrong"])
     raise AssertionError(f"no incriminating answers for {key.scheme}: add them here")
 
 

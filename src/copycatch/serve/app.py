@@ -43,6 +43,7 @@ from ..core.keyset import KeySet, open_keys
 from ..oracles.base import Oracle
 from .batching import Batcher, ShuttingDown
 from .config import ServeConfig
+from .dawn_records import attach_record_file
 from .keys import HEADER, Keyring
 from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests, spent_by_key
 from .limits import QueryLimiter
@@ -198,6 +199,12 @@ class Service:
             self.ledger = Ledger(
                 config.ledger, max_bytes=config.ledger_max_bytes, keep=config.ledger_keep, fsync=config.fsync
             )  # type: ignore[arg-type]
+        # DAWN keys: each watermarked answer is recorded next to the ledger before it leaves (.dawn_records)
+        self.dawn_records = (
+            attach_record_file(self.oracle, self.ledger.path, fsync=config.fsync == "always")
+            if self.ledger is not None
+            else None
+        )
         budget = config.parsed_budget()
         spent = {}
         if budget is not None and self.ledger is not None:  # budgets survive a restart
@@ -385,6 +392,8 @@ class Service:
         await self.batcher.close()
         if self.ledger is not None:
             self.ledger.close()
+        if self.dawn_records is not None:
+            self.dawn_records.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

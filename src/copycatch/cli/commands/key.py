@@ -1,10 +1,11 @@
 """``copycatch key show``: summarise a key or key set (scheme, digest, parameters, provenance), secrets only on
-request."""
+request. ``copycatch key dawn-records``: a DAWN verification key from one client's queries (ledger + record file)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 from typing import Any
 
@@ -28,7 +29,50 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     show.add_argument("--secrets", action="store_true", help="also print the secret tensors")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=run)
+    records = actions.add_parser(
+        "dawn-records",
+        help="a DAWN verification key from one client's queries",
+        formatter_class=options.Formatter,
+        description="Join the server ledger's entries of one API key with the DAWN record file written beside it "
+        "(<ledger>.dawn.jsonl) and write a key carrying that client's records, each checked against the secret; "
+        "verify a suspect with it (copycatch verify --key OUT).",
+    )
+    records.add_argument("--key", required=True, help="the served DAWN key (.cckey), or a key set holding one")
+    records.add_argument("--ledger", required=True, help="the server's query ledger (rotated files are read too)")
+    records.add_argument("--client", required=True, help="the API key id of the client (anonymous without keys)")
+    records.add_argument("--records", default=None, help="the DAWN record file (none: the one beside the ledger)")
+    records.add_argument("-o", "--out", required=True, help="where to write the verification key (.cckey)")
+    records.set_defaults(func=run_dawn_records)
     return p
+
+
+def run_dawn_records(args: argparse.Namespace) -> int:
+    from ...core.errors import InvalidArgument
+    from ...core.keyset import open_keys
+    from ...schemes.dawn import Dawn
+    from ...serve.dawn_records import client_records
+
+    out = options.writable(args.out, "verification key")
+    parts = [k for k in open_keys(args.key)[0] if k.scheme == Dawn.name]
+    if len(parts) != 1:
+        raise InvalidArgument(f"{args.key}: expected one DAWN key, found {len(parts)}")
+    found = client_records(args.ledger, args.client, records=args.records)
+    options.say(
+        f"client {found.client}: {found.answered} inputs answered ({found.distinct} distinct); "
+        f"{len(found.x)} of the {found.file_records} DAWN records are theirs"
+    )
+    key = Dawn(**parts[0].params).with_records(
+        parts[0], found.x, found.owner, found.wrong, source=f"ledger {args.ledger}, client {found.client}"
+    )
+    key.save(out)  # type: ignore[arg-type]
+    count, minimum = key.meta["dawn_records"]["records"], Dawn.Params.from_dict(key.params).min_records
+    options.say(f"wrote {out} (digest {key.digest[:16]}…, {count} records)")
+    if count < minimum:
+        print(
+            f"copycatch: warning: {count} records, fewer than min_records={minimum}: verify will refuse this key",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
