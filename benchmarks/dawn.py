@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +28,10 @@ import proof  # the owner recipe, the split, the innocents and the model cache o
 
 import copycatch as cc
 from copycatch.oracles.base import query_all
+from copycatch.oracles.http import HttpOracle
 from copycatch.schemes.dawn import find_perturbations
+from copycatch.serve import ServeConfig, create_app, new_key, serve_in_thread
+from copycatch.serve.dawn_records import client_records
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
@@ -42,6 +46,7 @@ hyp = {
         "soft, mlp": {"attack": "soft-label", "arch": "mlp"},
         "hard labels": {"attack": "hard-label"},
     },
+    "http": False,  # True: through `copycatch serve`'s app over loopback HTTP (ledger + DAWN record file)
     "alpha": 1e-3,
 }
 
@@ -56,16 +61,46 @@ def owner_and_key(models: Path, seed: int, params: dict):
     return splits, victim, embedding.key
 
 
-def thief_task(models: Path, seed: int, kind: str) -> dict:
-    params = dict(hyp["dawn"])
-    splits, victim, key = owner_and_key(models, seed, params)
+def steal_in_process(out: Path, seed: int, kind: str, splits, victim, key) -> tuple:
+    """The API as copycatch's in-process oracle: the records come from the post-processor itself."""
     scheme = cc.scheme_for_key(key)
     api = scheme.protect(cc.ModelOracle(victim), key)
     honest_acc = float((query_all(api, splits.test.x).argmax(1) == splits.test.y).float().mean())
     (dawn,) = find_perturbations(api)
-    honest = {"answered": dawn.answered, "falsified": dawn.falsified}
+    honest_falsified, honest_answered = dawn.falsified, dawn.answered
+    stolen = steal(api, kind, seed, splits, victim)
+    records = dawn.records[honest_falsified:]  # the thief's records only (the honest test queries came first)
+    thief_key = scheme.with_records(
+        key, [r.x for r in records], [r.owner for r in records], [r.wrong for r in records], source=kind
+    )
+    shares = (honest_falsified / honest_answered, len(records) / (dawn.answered - honest_answered))
+    return stolen, thief_key, honest_acc, shares
+
+
+def steal_over_http(out: Path, seed: int, kind: str, splits, victim, key) -> tuple:
+    """The API as ``copycatch serve`` runs it (loopback HTTP, API keys, ledger, DAWN record file): an honest client
+    asks the test split, the thief its pool; the thief's records are what ``copycatch key dawn-records`` joins."""
+    work = out / "http" / f"{re.sub('[^a-z0-9]+', '-', kind)}-{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    key_path, keyring, ledger = work / "dawn.cckey", work / "api-keys.json", work / "ledger.jsonl"
+    key.save(key_path)
+    secrets = {client: new_key(keyring, client) for client in ("honest", "thief")}
+    app = create_app(victim, ServeConfig(ledger=str(ledger)), key=str(key_path), keyring=str(keyring))
+    with serve_in_thread(app) as url:
+        honest = HttpOracle(url, api_key=secrets["honest"])
+        honest_acc = float((query_all(honest, splits.test.x).argmax(1) == splits.test.y).float().mean())
+        stolen = steal(HttpOracle(url, api_key=secrets["thief"]), kind, seed, splits, victim)
+    found = {client: client_records(ledger, client) for client in secrets}
+    thief = found["thief"]
+    thief_key = cc.scheme_for_key(key).with_records(key, thief.x, thief.owner, thief.wrong, source=f"http {kind}")
+    shares = tuple(len(found[c].x) / found[c].distinct for c in ("honest", "thief"))
+    return stolen, thief_key, honest_acc, shares
+
+
+def steal(api, kind: str, seed: int, splits, victim):
     thief = hyp["thieves"][kind]
-    stolen = cc.steal(
+    return cc.steal(
         api,
         splits.attacker_pool,
         attack=thief["attack"],
@@ -73,10 +108,12 @@ def thief_task(models: Path, seed: int, kind: str) -> dict:
         config=cc.TrainConfig(seed=seed + 100, epochs=proof.hyp["thief"]["epochs"]),
         progress=False,
     )
-    records = dawn.records[honest["falsified"] :]  # the thief's records only (the honest test queries came first)
-    thief_key = scheme.with_records(
-        key, [r.x for r in records], [r.owner for r in records], [r.wrong for r in records], source=kind
-    )
+
+
+def thief_task(out: Path, models: Path, seed: int, kind: str) -> dict:
+    splits, victim, key = owner_and_key(models, seed, dict(hyp["dawn"]))
+    serve = steal_over_http if hyp["http"] else steal_in_process
+    stolen, thief_key, honest_acc, (honest_share, thief_share) = serve(out, seed, kind, splits, victim, key)
     evidence = cc.verify(stolen.surrogate, thief_key, sequential=False, alpha=hyp["alpha"]).evidences[0]
     innocents = {}
     for arch, s in proof.hyp["innocents"]["models"]:
@@ -96,8 +133,9 @@ def thief_task(models: Path, seed: int, kind: str) -> dict:
         "thief": kind,
         "clean_acc": cc.accuracy(victim, splits.test),
         "honest_acc": honest_acc,
-        "falsified_share_honest": honest["falsified"] / honest["answered"],
-        "falsified_share_thief": len(records) / (dawn.answered - honest["answered"]),
+        "served": "http" if hyp["http"] else "in-process",
+        "falsified_share_honest": honest_share,
+        "falsified_share_thief": thief_share,
         "records": evidence.metrics["records"],
         "surrogate_acc": cc.accuracy(stolen.surrogate, splits.test),
         "watermark_accuracy": evidence.metrics["watermark_accuracy"],
@@ -143,11 +181,13 @@ def main() -> int:
     parser.add_argument("--dawn", type=json.loads, default=None, metavar="JSON", help="DAWN parameters")
     parser.add_argument("--out", default="bench-out/dawn")
     parser.add_argument("--models", default="bench-out/proof/models", help="proof.py's model cache (shared)")
+    parser.add_argument("--http", action="store_true", help="serve over loopback HTTP (ledger, record file)")
     parser.add_argument("--table", action="store_true", help="print the table from the cached rows and stop")
     args = parser.parse_args()
     out, models = Path(args.out), Path(args.models)
     hyp["seeds"] = args.seeds or hyp["seeds"]
     hyp["dawn"] = args.dawn or hyp["dawn"]
+    hyp["http"] = args.http
     if args.thieves:
         hyp["thieves"] = {k: v for k, v in hyp["thieves"].items() if k in args.thieves}
     if not args.table:
@@ -158,7 +198,7 @@ def main() -> int:
                 path = out / "rows" / f"{re.sub('[^a-z0-9]+', '-', kind)}-{seed}.json"
                 if path.exists():
                     continue
-                row = thief_task(models, seed, kind)
+                row = thief_task(out, models, seed, kind)
                 path.write_text(json.dumps(row, indent=1))
                 print(
                     f"done {kind} seed {seed}: records {row['records']}, watermark acc "

@@ -307,3 +307,11 @@ def test_the_server_records_and_the_cli_joins_them_with_the_ledger(tiny, victim,
 def test_registry_contract(embedded):
     assert Dawn.acts_at == "api" and Dawn.needs == "labels" and Dawn.sequential
     assert DawnPerturbation.name == "dawn" and "dawn" in cc.list_schemes()
+
+
+def test_serving_a_dawn_key_without_a_ledger_is_refused(tiny, victim, tmp_path):
+    # without a ledger no record says which client asked what: the evidence would be lost without a word
+    key_path = embed(tiny, victim).key.save(tmp_path / "dawn.cckey")
+    with pytest.raises(InvalidArgument, match="without a query ledger"):
+        create_app(victim, ServeConfig(), key=str(key_path))
+    create_app(victim, ServeConfig(ledger=str(tmp_path / "ledger.jsonl")), key=str(key_path))  # with one it serves

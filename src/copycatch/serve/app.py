@@ -43,7 +43,7 @@ from ..core.keyset import KeySet, open_keys
 from ..oracles.base import Oracle
 from .batching import Batcher, ShuttingDown
 from .config import ServeConfig
-from .dawn_records import attach_record_file
+from .dawn_records import attach_record_file, has_dawn
 from .keys import HEADER, Keyring
 from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests, spent_by_key
 from .limits import QueryLimiter
@@ -199,7 +199,13 @@ class Service:
             self.ledger = Ledger(
                 config.ledger, max_bytes=config.ledger_max_bytes, keep=config.ledger_keep, fsync=config.fsync
             )  # type: ignore[arg-type]
-        # DAWN keys: each watermarked answer is recorded next to the ledger before it leaves (.dawn_records)
+        # DAWN keys: each watermarked answer is recorded next to the ledger before it leaves (.dawn_records); without
+        # a ledger nothing says which client asked what, so the evidence would be lost: refuse instead
+        if self.ledger is None and has_dawn(self.oracle):
+            raise InvalidArgument(
+                "a DAWN key is served without a query ledger: its evidence is the inputs each client asked, recorded "
+                "beside the ledger; give one (copycatch serve --ledger FILE, ServeConfig(ledger=...))"
+            )
         self.dawn_records = (
             attach_record_file(self.oracle, self.ledger.path, fsync=config.fsync == "always")
             if self.ledger is not None

@@ -95,6 +95,13 @@ class DawnRecordFile:
                 self._fd = -1
 
 
+def has_dawn(oracle: Any) -> bool:
+    """Whether a DAWN post-processor is in ``oracle``'s chain."""
+    from ..schemes.dawn import find_perturbations
+
+    return bool(find_perturbations(oracle))
+
+
 def attach_record_file(oracle: Any, ledger_path: str | os.PathLike, *, fsync: bool = False) -> DawnRecordFile | None:
     """Make every DAWN post-processor in ``oracle``'s chain write its records next to the ledger (and stop keeping
     them in memory); None when the chain has none."""
