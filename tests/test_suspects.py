@@ -17,7 +17,7 @@ import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.errors import InvalidArgument, SuspectError
 from copycatch.data.png import decode_png, encode_png
-from copycatch.oracles.http import HttpOracle, _retry_after
+from copycatch.oracles.http import HttpOracle, _retry_after, endpoints
 from copycatch.oracles.suspects import describe_suspect, open_suspect
 from copycatch.verification.transcript import Transcript
 
@@ -43,7 +43,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         api = self.server.api
-        if self.path == "/v1/info" and api["info"] is not None:
+        api["paths"].append(("GET", self.path))
+        if self.path == api["info_path"] and api["info"] is not None:
             self._send(200, api["info"])
         else:
             self._send(404, {"detail": "not found"})
@@ -60,6 +61,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _predict(self, api):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        api["paths"].append(("POST", self.path))
+        if api["predict_path"] is not None and self.path != api["predict_path"]:
+            return self._send(404, {"detail": "Not Found"})
         if api["key"] is not None and self.headers.get("X-API-Key") != api["key"]:
             return self._send(401, {"detail": "missing or wrong API key"})
         mode = api["script"].pop(0) if api["script"] else api["mode"]
@@ -69,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, {"detail": "slow down"}, [("Retry-After", mode.partition(":")[2] or "1")])
         if mode == "slow":
             time.sleep(1.0)
+        if mode == "error":
+            return self._send(*api["error"])
         if mode == "notjson":
             return self._send(200, b"<html>oops</html>")
         x = self._inputs(body, api)
@@ -97,6 +103,10 @@ def api_server():
     server.daemon_threads = True
     server.api = {
         "info": None,
+        "info_path": "/v1/info",
+        "predict_path": None,  # None: any path predicts
+        "paths": [],
+        "error": (400, {"detail": "bad request"}),
         "key": None,
         "mode": "ok",
         "script": [],
@@ -207,7 +217,7 @@ def test_http_fields_layouts_and_label_answers_are_configurable(api_server, trai
     api["input_field"], api["layout"] = "data", "flat"
     names = list(trained.class_names)
     api["respond"] = lambda p: {"result": {"labels": [names[i] for i in p.argmax(1).tolist()]}}
-    with pytest.raises(SuspectError, match="--num-classes"):
+    with pytest.raises(InvalidArgument, match=r"/api is used as the prediction endpoint itself.*--num-classes"):
         HttpOracle(url + "/api", predict_path="")
     oracle = HttpOracle(
         url + "/predict",
@@ -288,6 +298,115 @@ def test_bad_http_options_are_named():
         HttpOracle("http://127.0.0.1:9", num_classes=2, encoding="jpeg")
     with pytest.raises(InvalidArgument, match="not an http"):
         HttpOracle("ftp://x", num_classes=2)
+
+
+@pytest.mark.parametrize(
+    "url, predict_path, info_path, expected",
+    [
+        ("http://h:8000", None, None, ("http://h:8000/v1/predict", "http://h:8000/v1/info")),
+        ("http://h:8000/", None, None, ("http://h:8000/v1/predict", "http://h:8000/v1/info")),
+        ("http://h:8000/predict", None, None, ("http://h:8000/predict", None)),
+        # the CLI passes the default paths explicitly: they must not be appended to an endpoint URL
+        ("http://h:8000/predict", "/v1/predict", "/v1/info", ("http://h:8000/predict", None)),
+        ("http://h/api/v1/predict", None, None, ("http://h/api/v1/predict", "http://h/api/v1/info")),
+        ("http://h/api/v1/predict?m=2", None, None, ("http://h/api/v1/predict?m=2", "http://h/api/v1/info")),
+        ("http://h/api", "/score", None, ("http://h/api/score", "http://h/api/v1/info")),
+        ("http://h/api", "", "", ("http://h/api", None)),
+        ("http://h/m/a/predict", None, "/info", ("http://h/m/a/predict", "http://h/info")),
+        ("http://h/m/a/predict", None, "info", ("http://h/m/a/predict", "http://h/m/a/info")),
+        ("http://h/m/a/predict", None, "https://o/meta", ("http://h/m/a/predict", "https://o/meta")),
+        ("http://h:8000", None, "/meta", ("http://h:8000/v1/predict", "http://h:8000/meta")),
+        ("http://h:8000", None, "", ("http://h:8000/v1/predict", None)),
+    ],
+)
+def test_suspect_urls_are_read_as_users_write_them(url, predict_path, info_path, expected):
+    assert endpoints(url, predict_path, info_path) == expected
+
+
+def test_a_url_with_a_path_is_the_prediction_endpoint(api_server, trained, splits):
+    url, api = api_server
+    _serve(api, trained)
+    x = splits.test.x[:3]
+    expected = cc.ModelOracle(trained).query(x)
+    api["predict_path"] = "/predict"
+    oracle = HttpOracle(url + "/predict", num_classes=4, input_shape=(1, 8, 8))
+    assert torch.allclose(oracle.query(x), expected, atol=1e-6)
+    assert api["paths"] == [("POST", "/predict")]  # no guessed info endpoint was asked
+    # without the number of classes: one clear error naming the URL and what to pass, and nothing asked
+    api["paths"].clear()
+    with pytest.raises(InvalidArgument) as err:
+        HttpOracle(url + "/predict")
+    message = str(err.value)
+    assert f"{url}/predict is used as the prediction endpoint" in message and "--num-classes" in message
+    assert f"base URL ({url})" in message and api["paths"] == []
+    # a bare base URL (with or without its slash) speaks copycatch's protocol
+    api["predict_path"] = "/v1/predict"
+    for base in (url, url + "/"):
+        api["paths"].clear()
+        oracle = HttpOracle(base)
+        assert oracle.num_classes == 4 and torch.allclose(oracle.query(x), expected, atol=1e-6)
+        assert api["paths"] == [("GET", "/v1/info"), ("POST", "/v1/predict")]
+    # the full /v1/predict URL of copycatch's API, here under a prefix, still finds its info beside it
+    api["predict_path"], api["info_path"] = "/api/v1/predict", "/api/v1/info"
+    api["paths"].clear()
+    oracle = HttpOracle(url + "/api/v1/predict")
+    assert oracle.num_classes == 4 and oracle.query(x).shape == (3, 4)
+    assert api["paths"] == [("GET", "/api/v1/info"), ("POST", "/api/v1/predict")]
+    # the explicit options still work: an API under a prefix
+    api["predict_path"], api["info_path"] = "/api/score", "/api/meta"
+    oracle = HttpOracle(url + "/api", predict_path="/score", info_path="/meta")
+    assert oracle.num_classes == 4 and oracle.query(x).shape == (3, 4)
+    # a wrong path is a 404 that says so
+    api["predict_path"] = "/predict"
+    with pytest.raises(SuspectError, match=rf"{url}/v1/predict refused the query: HTTP 404: Not Found \(no such"):
+        HttpOracle(url, num_classes=4).query(x)
+
+
+def test_cli_verifies_a_prediction_endpoint_url_as_written(capsys, api_server, key_file, embedded, tmp_path):
+    """The README's form, ``--suspect http://host:8000/predict``: posted to /predict, not /predict/v1/predict."""
+    url, api = api_server
+    _serve(api, embedded.victim)
+    api["predict_path"] = "/predict"
+    code, out, err = _verify(capsys, "--key", key_file, "--suspect", url + "/predict", "--report", tmp_path / "ep")
+    assert code == 0, err
+    assert "STOLEN" in out and "NOT STOLEN" not in out
+    assert {p for _, p in api["paths"]} == {"/predict"}
+    record = json.loads((tmp_path / "ep" / "evidence.json").read_text())
+    assert record["suspect"]["identity"] == url + "/predict"
+
+
+@pytest.mark.parametrize(
+    "status, body, excerpt",
+    [
+        (400, {"detail": "inputs must be 1x8x8, got 1x7x8"}, "HTTP 400: inputs must be 1x8x8, got 1x7x8"),
+        (400, {"error": "unknown model 'v2'", "code": 17}, "HTTP 400: unknown model 'v2'"),
+        (422, {"error": {"message": "bad\nshape", "type": "invalid"}}, "HTTP 422: bad shape"),
+        (400, {"message": "no"}, "HTTP 400: no"),
+        (422, {"detail": [{"loc": ["body", "inputs"], "msg": "field required"}]}, 'HTTP 422: [{"loc":["body",'),
+        (400, b"<html>\n<body>\n  Bad\tRequest\r\n</body></html>", "HTTP 400: <html> <body> Bad Request </body>"),
+        (404, b"", "HTTP 404 (no such endpoint"),
+        (503, {"detail": "model is loading"}, "HTTP 503: model is loading; gave up after 2 attempts"),
+    ],
+)
+def test_http_errors_carry_the_status_the_url_and_the_servers_words(api_server, trained, splits, status, body, excerpt):
+    url, api = api_server
+    _serve(api, trained)
+    api["mode"], api["error"] = "error", (status, body)
+    with pytest.raises(SuspectError) as err:
+        HttpOracle(url, retries=1, backoff=0.0).query(splits.test.x[:2])
+    message = str(err.value)
+    assert message.startswith(f"{url}/v1/predict") and excerpt in message and "\n" not in message, message
+
+
+def test_long_error_bodies_are_cut_to_one_short_line(api_server, trained, splits):
+    url, api = api_server
+    _serve(api, trained)
+    api["mode"], api["error"] = "error", (400, ("Traceback (most recent call last):\n" + "  x" * 500).encode())
+    with pytest.raises(SuspectError) as err:
+        HttpOracle(url).query(splits.test.x[:2])
+    message = str(err.value)
+    assert "HTTP 400: Traceback (most recent call last): x x" in message and "\n" not in message
+    assert message.endswith("…") and len(message) < len(url) + 260
 
 
 # ---------------------------------------------------------------------------------------------------------------------

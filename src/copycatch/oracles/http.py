@@ -12,10 +12,19 @@ Protocol (defaults)::
     API key in the header X-API-Key; errors are 4xx JSON {"detail": "..."};
     rate or budget limits answer 429 with Retry-After (seconds).
 
-Other APIs: ``predict_path`` / ``info_path`` ("" to use ``url`` as is), ``input_field`` (default "inputs" for
-lists, "images" for PNG), ``input_layout`` ("nchw", "nhwc" or "flat" rows), ``extra_body`` (constant JSON
-fields), ``headers``, ``api_key_header``, ``output_field`` (a dotted path such as ``"data.scores"``; default:
-``probabilities``, else ``labels``, else a bare JSON list) and ``output_kind``:
+Where the requests go: a bare base URL (``http://host:8000``, with or without a trailing ``/``) gets the default
+paths, ``/v1/predict`` and ``/v1/info``. A URL with a path (``http://host:8000/predict``) is the prediction endpoint
+itself, used as given; it has an info endpoint only when its path ends with ``/v1/predict`` (copycatch's API, maybe
+under a prefix: ``…/v1/info`` is beside it) or when ``info_path`` names one. Without an info endpoint, pass
+``num_classes`` (and ``input_shape``) yourself. A ``predict_path`` other than the default is appended to the URL
+(an API under a prefix); ``""`` posts to the URL as is. An ``info_path`` other than the default is a full
+``http(s)://`` URL, or a path appended to a base URL, or resolved against an endpoint URL like a link (``"/info"``
+from the server's root, ``"info"`` beside the endpoint); ``""`` means none.
+
+Other APIs: ``input_field`` (default "inputs" for lists, "images" for PNG), ``input_layout`` ("nchw", "nhwc" or
+"flat" rows), ``extra_body`` (constant JSON fields), ``headers``, ``api_key_header``, ``output_field`` (a dotted
+path such as ``"data.scores"``; default: ``probabilities``, else ``labels``, else a bare JSON list) and
+``output_kind``:
 
 * ``"auto"``: a 2-D answer is probabilities, a 1-D answer is labels (class indices, or class names when
   ``class_names`` are known);
@@ -25,12 +34,12 @@ Reliability: each request has a ``timeout`` (seconds, per network operation: the
 timeout); connection errors, timeouts, 408 and 5xx are retried ``retries`` times with exponential backoff
 (``backoff`` × 2^attempt, at most 60 s); 429 waits what ``Retry-After`` says (seconds or an HTTP date; if
 absent, the backoff), up to ``max_retry_after`` seconds, else fails at once with the server's wait in the
-message. Any other 4xx is a refusal: :class:`~copycatch.core.errors.SuspectError` carrying the server's
-``detail``. So do non-JSON bodies, NaN, wrong shapes and unknown labels. A request that timed out may have
-been answered (and charged) by the server before it is sent again; a server that keeps a query ledger will
-count it twice. With a
-:class:`~copycatch.verification.transcript.Transcript`, each request's answers are recorded as they arrive, and recorded
-answers are replayed instead of re-asked.
+message. Any other 4xx is a refusal. Every HTTP error ends as a :class:`~copycatch.core.errors.SuspectError`
+naming the URL, the status and a one-line excerpt of the body (its JSON ``detail``, ``error`` or ``message``,
+else its first 200 characters); so do non-JSON bodies, NaN, wrong shapes and unknown labels. A request that
+timed out may have been answered (and charged) by the server before it is sent again; a server that keeps a
+query ledger will count it twice. With a :class:`~copycatch.verification.transcript.Transcript`, each request's
+answers are recorded as they arrive, and recorded answers are replayed instead of re-asked.
 
 Implementation choice: the client uses only the standard library (``urllib``), so the core package can
 query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.data.png`,
@@ -62,7 +71,10 @@ from .base import Oracle
 ENCODINGS = ("lists", "png")
 LAYOUTS = ("nchw", "nhwc", "flat")
 OUTPUT_KINDS = ("auto", "probs", "labels", "logits")
+DEFAULT_PREDICT_PATH = "/v1/predict"
+DEFAULT_INFO_PATH = "/v1/info"
 _RETRY_STATUS = {408, 500, 502, 503, 504}
+_DETAIL_CHARS = 200
 _MAX_BACKOFF = 60.0
 _BASE_HEADERS = {
     "Content-Type": "application/json",
@@ -102,6 +114,44 @@ def _check_options(
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
 
 
+def endpoints(url: str, predict_path: str | None = None, info_path: str | None = None) -> tuple[str, str | None]:
+    """(prediction URL, info URL or None) for a suspect URL and the path options; see the module docstring.
+
+    ``None`` and the default paths mean the same ("the default"): the CLI passes the defaults explicitly.
+    """
+    base = url.rstrip("/")
+    has_path = _has_path(url)
+    if predict_path in (None, DEFAULT_PREDICT_PATH) and not has_path:  # a bare base URL
+        predict_url, default_info, endpoint = base + DEFAULT_PREDICT_PATH, base + DEFAULT_INFO_PATH, False
+    elif predict_path in (None, DEFAULT_PREDICT_PATH, ""):  # the URL is the prediction endpoint
+        predict_url, default_info, endpoint = url, _beside_our_predict(url), has_path
+    else:  # an API under a prefix: the paths go below the URL
+        predict_url, default_info, endpoint = base + predict_path, base + DEFAULT_INFO_PATH, False
+    if info_path in (None, DEFAULT_INFO_PATH):
+        return predict_url, default_info
+    if not info_path:
+        return predict_url, None
+    if urllib.parse.urlsplit(info_path).scheme in ("http", "https"):
+        return predict_url, info_path
+    if endpoint:
+        return predict_url, urllib.parse.urljoin(url, info_path)
+    return predict_url, base + "/" + info_path.lstrip("/")
+
+
+def _has_path(url: str) -> bool:
+    return urllib.parse.urlsplit(url).path not in ("", "/")
+
+
+def _beside_our_predict(url: str) -> str | None:
+    """The info URL of copycatch's protocol for a ``…/v1/predict`` endpoint URL, else None."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith(DEFAULT_PREDICT_PATH):
+        return None
+    prefix = path[: len(path) - len(DEFAULT_PREDICT_PATH)]
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, prefix + DEFAULT_INFO_PATH, "", ""))
+
+
 class HttpOracle(Oracle):
     """A remote prediction API; see the module docstring for the protocol and every option."""
 
@@ -115,8 +165,8 @@ class HttpOracle(Oracle):
         api_key: str | None = None,
         api_key_header: str = "X-API-Key",
         headers: Mapping[str, str] | None = None,
-        predict_path: str = "/v1/predict",
-        info_path: str = "/v1/info",
+        predict_path: str | None = None,
+        info_path: str | None = None,
         input_field: str | None = None,
         encoding: str = "lists",
         input_layout: str = "nchw",
@@ -134,9 +184,8 @@ class HttpOracle(Oracle):
         sleep: Callable[[float], None] = time.sleep,
     ):
         _check_options(url, encoding, input_layout, output_kind, timeout, retries, backoff, max_retry_after, batch_size)
-        self.base_url = url.rstrip("/")
-        self.predict_url = self.base_url + predict_path if predict_path else url
-        self.info_url = (self.base_url + info_path) if info_path else None
+        self.url = url
+        self.predict_url, self.info_url = endpoints(url, predict_path, info_path)
         self.headers = {**_BASE_HEADERS, **(headers or {})}
         if api_key:
             self.headers[api_key_header] = api_key
@@ -154,7 +203,7 @@ class HttpOracle(Oracle):
             self.info = self._fetch_info(required=num_classes is None)
         info = self.info or {}
         num_classes, input_shape = self._agree_with_info(url, info, num_classes, input_shape)
-        super().__init__(num_classes, input_shape, budget=budget, name=name or self.base_url)
+        super().__init__(num_classes, input_shape, budget=budget, name=name or url.rstrip("/"))
         self.class_names = list(class_names or info.get("class_names") or []) or None
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise InvalidArgument(f"{len(self.class_names)} class names for {self.num_classes} classes")
@@ -186,7 +235,7 @@ class HttpOracle(Oracle):
     def _fetch_info(self, *, required: bool) -> dict[str, Any] | None:
         if self.info_url is None:
             if required:
-                raise InvalidArgument("this API has no info endpoint: pass num_classes (--num-classes)")
+                raise InvalidArgument(self._no_info_message())
             return None
         try:
             info = self._request("GET", self.info_url, None)
@@ -200,6 +249,21 @@ class HttpOracle(Oracle):
         if not isinstance(info, dict):
             raise SuspectError(f"{self.info_url} answered {type(info).__name__}, expected a JSON object")
         return info
+
+    def _no_info_message(self) -> str:
+        """Why the number of classes is unknown, and what to pass: names the URL."""
+        if self.predict_url == self.url and _has_path(self.url):
+            parts = urllib.parse.urlsplit(self.url)
+            return (
+                f"{self.url} is used as the prediction endpoint itself (the URL has a path), so there is no info "
+                "endpoint to learn the number of classes from: pass num_classes (--num-classes) and input_shape, "
+                f"or info_path (--info-path) if the API describes itself; for copycatch's own protocol give the "
+                f"base URL ({parts.scheme}://{parts.netloc}) or the full {DEFAULT_PREDICT_PATH} URL"
+            )
+        return (
+            f"{self.url}: no info endpoint to learn the number of classes from: pass num_classes (--num-classes) "
+            "and input_shape, or info_path (--info-path)"
+        )
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
         if self.transcript is not None:
@@ -332,7 +396,11 @@ class HttpOracle(Oracle):
                 return None, f"rate-limited (HTTP 429{detail})", wait
             if exc.code in _RETRY_STATUS:
                 return None, f"HTTP {exc.code}{detail}", delay
-            hint = " (check the API key)" if exc.code in (401, 403) else ""
+            hint = ""
+            if exc.code in (401, 403):
+                hint = " (check the API key)"
+            elif exc.code in (404, 405):
+                hint = " (no such endpoint: check the URL; a URL with a path is used as the endpoint itself)"
             raise SuspectError(f"{url} refused the query: HTTP {exc.code}{detail}{hint}") from None
         except TimeoutError:
             return None, f"no answer within {self.timeout:g} s (timeout)", delay
@@ -381,16 +449,35 @@ def _keys_hint(payload: Any) -> str:
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
+    """``": <excerpt>"`` of an error answer's body, or ``""`` when it has none worth showing."""
     try:
-        body = exc.read()[:2000]
+        body = exc.read(64_000)
     except Exception:  # the body is only for the message; a broken one must not hide the status
         return ""
+    excerpt = body_excerpt(body)
+    return f": {excerpt}" if excerpt else ""
+
+
+def body_excerpt(body: bytes, limit: int = _DETAIL_CHARS) -> str:
+    """One line from an error answer: its JSON ``detail``/``error``/``message`` field, else the start of its text."""
+    text = body.decode("utf-8", "replace")
     try:
-        parsed = json.loads(body)
-        detail = parsed.get("detail") if isinstance(parsed, dict) else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        detail = body.decode("utf-8", "replace").strip()[:200]
-    return f": {detail}" if detail else ""
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    value: Any = text
+    if isinstance(parsed, dict):
+        for field in ("detail", "error", "message"):
+            found = parsed.get(field)
+            if isinstance(found, dict) and isinstance(found.get("message"), str):  # {"error": {"message": ...}}
+                found = found["message"]
+            if found not in (None, "", [], {}):
+                value = found
+                break
+    if not isinstance(value, str):  # e.g. FastAPI's validation errors: a list of objects
+        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    line = " ".join("".join(ch if ch.isprintable() else " " for ch in value).split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 def _retry_after(value: str | None) -> float | None:
