@@ -8,6 +8,7 @@ import pytest
 
 import copycatch as cc
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_NOT_STOLEN, EXIT_STOLEN
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_cc_verify_and_copycatch_verify_json_agree(case, capsys, suspect, verdic
     capsys.readouterr()
     code = main(["verify", "--key", key, "--suspect", model, "--json", *(["--fixed"] if fixed else [])])
     document = json.loads(capsys.readouterr().out)
-    assert code == 0
+    assert code == {"stolen": EXIT_STOLEN, "not stolen": EXIT_NOT_STOLEN}[verdict]
     assert run.verdict == document["verdict"] == verdict
     assert run.decision == document["decision"]
     assert run.p_value == document["evidence"][0]["p_value"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 import copycatch
 
@@ -95,3 +96,38 @@ def test_importing_the_package_and_the_cli_leaves_scipy_stats_out():
     code = "import sys, copycatch, copycatch.cli.main as m; m.build_parser(); print('scipy.stats' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_version_and_help_start_without_torch():
+    """`copycatch --version` and `copycatch --help` import no verb's machinery: torch alone takes seconds to load."""
+    import subprocess
+    import sys
+
+    for flag in ("--version", "--help"):
+        code = (
+            "import contextlib, io, sys\n"
+            "from copycatch.cli.main import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            f"    main([{flag!r}])\n"
+            "print(out.getvalue().startswith(('copycatch ', 'usage: copycatch')), 'torch' in sys.modules)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.split() == ["True", "False"], (flag, out.stdout, out.stderr)
+
+
+def test_the_package_exports_its_public_api_lazily():
+    """`import copycatch` loads no torch; each name of ``__all__`` resolves on first use, and dir() lists just them."""
+    import subprocess
+    import sys
+
+    code = "import sys, copycatch as cc; print('torch' in sys.modules, sorted(dir(cc)) == sorted(cc.__all__))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+    assert len(set(copycatch.__all__)) == len(copycatch.__all__)
+    assert set(copycatch.__all__) == {*copycatch._LAZY, "__version__"}
+    for name in copycatch.__all__:
+        assert getattr(copycatch, name) is not None
+    assert copycatch.embed is copycatch.api.embed and copycatch.Key.__module__ == "copycatch.core.key"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        copycatch.nope  # noqa: B018
+    assert (PACKAGE / "py.typed").is_file()  # PEP 561: type checkers read the package's hints

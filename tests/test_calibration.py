@@ -8,6 +8,7 @@ import torch
 
 import copycatch as cc
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_NOT_STOLEN
 from copycatch.core.errors import CorruptFile, InvalidArgument
 from copycatch.core.key import Key
 from copycatch.schemes.margin import MarginWatermark
@@ -101,7 +102,7 @@ def test_cli_calibrate_writes_beside_the_key_and_verify_uses_it(capsys, splits, 
     assert code == 0 and "1 given" in out and calibration_path(key_path).is_file()
     assert "empirical p-values from 1 references cannot go below 0.5" in out
     code = main(["verify", "--key", str(key_path), "--suspect", str(innocent), "--report", str(tmp_path / "rep"), "-q"])
-    assert code == 0
+    assert code == EXIT_NOT_STOLEN
     record = json.loads((tmp_path / "rep" / "evidence.json").read_text())
     assert record["evidence"][0]["metrics"]["calibrated_p_value"] == 1.0
     assert record["evidence"][0]["details"]["calibration"]["references"] == 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_NOT_STOLEN, EXIT_STOLEN
 
 DATA = ["--data", "synthetic", "-q"]
 
@@ -64,7 +65,48 @@ def test_embed_steal_verify_train_flow(capsys, victim_files, workdir, tiny):
     code, out, _ = run(capsys, *train, *tiny.flags(), *DATA)
     assert code == 0 and "test accuracy" in out
     code, out, _ = run(capsys, "verify", "--key", str(key), "--suspect", str(innocent))
-    assert code == 0 and "NOT STOLEN" in out and "null hypothesis" in out
+    assert code == EXIT_NOT_STOLEN and "NOT STOLEN" in out and "null hypothesis" in out
+
+
+def test_verify_exits_with_its_verdict(capsys, victim_files, tmp_path):
+    """0 stolen, 1 not stolen, 4 inconclusive (alpha out of reach, or the budget ran out), 2 error: distinct from each
+    other and from embed's 3, so a script can branch on the verdict."""
+    assert len({EXIT_STOLEN, EXIT_NOT_STOLEN, EXIT_ERROR, EXIT_INCONCLUSIVE, 3}) == 5
+    victim, key = victim_files
+    innocent = tmp_path / "innocent.safetensors"
+    assert main(["train", "--arch", "mlp", "--on", "attacker_pool", "--epochs", "2", "-o", str(innocent), *DATA]) == 0
+    capsys.readouterr()
+    verify = ["verify", "--key", str(key), "-q"]
+    code, out, _ = run(capsys, *verify, "--suspect", str(victim), "--json")
+    assert code == EXIT_STOLEN and json.loads(out)["verdict"] == "stolen"
+    code, out, _ = run(capsys, *verify, "--suspect", str(innocent), "--json")
+    assert code == EXIT_NOT_STOLEN and json.loads(out)["verdict"] == "not stolen"
+    # alpha below the smallest p-value 30 triggers can give: "not stolen" by construction, so no verdict
+    for suspect in (victim, innocent):
+        code, out, err = run(capsys, *verify, "--suspect", str(suspect), "--alpha", "1e-30")
+        assert code == EXIT_INCONCLUSIVE and "NOT STOLEN" in out and "can never reach alpha=1e-30" in err, err
+    # the query budget runs out before the sequential test decides: inconclusive, the answers kept for --resume
+    report = tmp_path / "case"
+    budget = [*verify, "--suspect", str(victim), "--batch", "5", "--report", str(report)]
+    code, out, err = run(capsys, *budget, "--budget", "5")
+    assert code == EXIT_INCONCLUSIVE and out == "" and err.startswith("copycatch: inconclusive: "), err
+    assert "budget" in err and "--resume" in err and err.count("\n") == 1
+    code, out, err = run(capsys, *budget, "--budget", "30", "--resume", "--json")
+    assert code == EXIT_STOLEN and json.loads(out)["transcript"]["replayed_this_session"] == 5, err
+    code, _, err = run(capsys, *verify, "--suspect", str(tmp_path / "missing.safetensors"))
+    _one_line_error(code, err, "missing.safetensors")
+
+
+def test_verify_exits_error_on_a_bug_never_not_stolen(capsys, victim_files, monkeypatch):
+    """An unexpected exception would exit 1 (Python's status), which reads "not stolen": verify exits 2 instead."""
+    victim, key = victim_files
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("copycatch.api.verify", broken)
+    code, out, err = run(capsys, "verify", "--key", str(key), "--suspect", str(victim))
+    assert code == EXIT_ERROR and out == "" and "RuntimeError: a bug" in err and "no verdict" in err
 
 
 def test_key_show_hides_secrets_unless_asked(capsys, victim_files):

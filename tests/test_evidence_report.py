@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import copycatch as cc
+from copycatch.cli.options import EXIT_NOT_STOLEN
 from copycatch.core.errors import InvalidArgument
 from copycatch.core.evidence import Evidence
 from copycatch.core.key import Key
@@ -148,7 +149,8 @@ def test_cli_offline_check_keeps_the_recorded_head_and_never_overwrites_evidence
 
     model = cc.save_model(trained, tmp_path / "m.safetensors")
     rep = tmp_path / "rep"
-    assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--report", str(rep), "-q"]) == 0
+    code = main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--report", str(rep), "-q"])
+    assert code == EXIT_NOT_STOLEN
     head = json.loads((rep / "evidence.json").read_text())["transcript"]["head"]
     capsys.readouterr()
     assert main(["verify", "--key", str(keys[0]), "--suspect", str(model), "--report", str(rep), "--offline"]) == 2
@@ -167,7 +169,7 @@ def test_cli_offline_check_keeps_the_recorded_head_and_never_overwrites_evidence
                 "--json",
             ]
         )
-        == 0
+        == EXIT_NOT_STOLEN
     )
     again = json.loads(capsys.readouterr().out)
     assert again["transcript"]["head"] == head and again["transcript"]["read_only"]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import copycatch as cc
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_INCONCLUSIVE, EXIT_STOLEN
 from copycatch.oracles.base import Oracle
 from copycatch.schemes import SCHEMES
 from copycatch.schemes.base import UNREACHABLE
@@ -140,7 +141,7 @@ def test_the_reachability_warning_fires_on_a_too_small_key(tiny, tmp_path, capsy
     report = tmp_path / "report"
     code = main(["verify", "--key", str(key), "--suspect", str(victim), "--report", str(report), "-q"])
     out, err = capsys.readouterr()
-    assert code == 0 and "NOT STOLEN" in out and "smallest_attainable_p" in out
+    assert code == EXIT_INCONCLUSIVE and "NOT STOLEN" in out and "smallest_attainable_p" in out
     assert "can never reach alpha=0.001" in err and err.count("\n") == 1
     record = json.loads((report / "evidence.json").read_text())
     sequential = reachable_p_value(cc.scheme_for_key(small.key), small.key, C, early_share=0.2)
@@ -150,7 +151,7 @@ def test_the_reachability_warning_fires_on_a_too_small_key(tiny, tmp_path, capsy
     # a key that can reach α says nothing of the sort
     code = main(["verify", "--key", str(key), "--suspect", str(victim), "--alpha", "0.05", "-q"])
     out, err = capsys.readouterr()
-    assert code == 0 and "can never reach" not in err and UNREACHABLE not in out
+    assert code == EXIT_STOLEN and "can never reach" not in err and UNREACHABLE not in out
 
 
 @pytest.mark.parametrize("name", SCHEMES.list())

@@ -8,6 +8,7 @@ import torch
 
 from copycatch.attacks.removal import REMOVAL_ATTACKS
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_NOT_STOLEN, EXIT_STOLEN
 from copycatch.core.key import Key
 from copycatch.models.io import load_model
 
@@ -119,8 +120,8 @@ def test_evasions_write_a_deployment_that_verify_queries(capsys, files):
     assert deployment.is_file() and f"written to {deployment}" in out
     assert "verification against" in out and "p-value" in out
     code, out, err = run(capsys, "verify", "--key", key, "--suspect", deployment, "--json")
-    assert code == 0, err
     evidence = json.loads(out)
+    assert code == {"stolen": EXIT_STOLEN, "not stolen": EXIT_NOT_STOLEN}[evidence["verdict"]], err
     assert evidence["queries_used"] >= 1 and 0 <= evidence["p_value"] <= 1
     assert evidence["suspect"]["identity"] == deployment.name
     # a deployment file can take further evasions, never weight changes

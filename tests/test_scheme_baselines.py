@@ -6,6 +6,7 @@ import torch
 
 import copycatch as cc
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_NOT_STOLEN, EXIT_STOLEN
 from copycatch.core.key import Key
 from copycatch.schemes import SCHEMES
 from copycatch.schemes.patch_backdoor import CORNERS, PatchBackdoor, stamp
@@ -184,7 +185,8 @@ def test_cli_embeds_and_verifies_every_scheme(capsys, tmp_path, name, tiny):
         == 0
     )
     capsys.readouterr()
-    assert main(["verify", "--key", str(key), "--suspect", str(victim), "--json", "--alpha", "0.05"]) == 0
+    code = main(["verify", "--key", str(key), "--suspect", str(victim), "--json", "--alpha", "0.05"])
+    assert code == (EXIT_NOT_STOLEN if name == "dynamarks" else EXIT_STOLEN)
     evidence = json.loads(capsys.readouterr().out)
     assert evidence["scheme"] == name and 0 <= evidence["p_value"] <= 1
     # DynaMarks marks the API, not the weights: the raw victim file is (correctly) not evidence of theft

@@ -15,6 +15,7 @@ import torch
 
 import copycatch as cc
 from copycatch.cli.main import main
+from copycatch.cli.options import EXIT_NOT_STOLEN
 from copycatch.core.errors import InvalidArgument, SuspectError
 from copycatch.data.png import decode_png, encode_png
 from copycatch.oracles.http import HttpOracle, _retry_after, endpoints
@@ -497,12 +498,12 @@ def test_cli_verifies_a_scikit_learn_classifier(capsys, key_file, sklearn_file, 
     code, out, err = _verify(
         capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict_proba", "--report", tmp_path / "sk"
     )
-    assert code == 0, err
+    assert code == EXIT_NOT_STOLEN, err
     assert "NOT STOLEN" in out
     record = json.loads((tmp_path / "sk" / "evidence.json").read_text())
     assert record["suspect"]["kind"] == "python callable" and record["verdict"] == "not stolen"
     code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict", "--fixed")
-    assert code == 0 and "NOT STOLEN" in out and "queries used:    30" in out
+    assert code == EXIT_NOT_STOLEN and "NOT STOLEN" in out and "queries used:    30" in out
 
 
 def test_cli_verifies_an_onnx_export(capsys, key_file, embedded, trained, tmp_path):
@@ -514,7 +515,7 @@ def test_cli_verifies_an_onnx_export(capsys, key_file, embedded, trained, tmp_pa
     assert code == 0 and record["verdict"] == "stolen" and record["suspect"]["kind"] == "onnx"
     innocent = export_onnx(trained, tmp_path / "innocent.onnx")
     code, out, _ = _verify(capsys, "--key", key_file, "--suspect", innocent)
-    assert code == 0 and "NOT STOLEN" in out
+    assert code == EXIT_NOT_STOLEN and "NOT STOLEN" in out
 
 
 def test_cli_verifies_a_model_behind_an_http_server(capsys, api_server, key_file, embedded, tmp_path, monkeypatch):

@@ -3,40 +3,40 @@
 The Python API (:mod:`copycatch.api`) runs the code each ``copycatch`` verb runs; the names below are the public
 surface. The layers underneath (``core``, ``data``, ``models``, ``oracles``, ``schemes``, ``attacks``, ``serve``,
 ``verification``, ``bench``, ``cli``) are described in docs/ARCHITECTURE.md.
+
+The names are imported on first use (PEP 562), so ``import copycatch`` and ``copycatch --version`` do not load
+torch; ``import copycatch as cc; cc.embed(...)`` works as if they were imported here.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .api import (
-    as_oracle,
-    bench_report,
-    calibrate,
-    demo,
-    embed,
-    ledger_summary,
-    new_api_key,
-    open_server,
-    plan_bench,
-    protect,
-    remove,
-    run_bench,
-    steal,
-    train,
-    verify,
-)
-from .attacks.extraction import create_extraction_attack, list_extraction_attacks
-from .attacks.removal import create_removal_attack, list_removal_attacks
-from .core.errors import AccuracyCostExceeded, CopycatchError
-from .core.evidence import Evidence
-from .core.key import Key
-from .core.keyset import KeySet
-from .data import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
-from .models import Classifier, create_for, create_model, list_models, load_model, save_model
-from .models.train import TrainConfig, accuracy, agreement, fit
-from .oracles.base import Oracle
-from .oracles.callable import CallableOracle
-from .oracles.local import ModelOracle
-from .oracles.postprocess import create_postprocessor, list_postprocessors
-from .schemes import create_scheme, list_schemes, scheme_for_key
+
+# Each public name and the module it comes from.
+_SOURCES = {
+    ".api": (
+        "as_oracle", "bench_report", "calibrate", "demo", "embed", "ledger_summary", "new_api_key", "open_server",
+        "plan_bench", "protect", "remove", "run_bench", "steal", "train", "verify",
+    ),
+    ".attacks.extraction": ("create_extraction_attack", "list_extraction_attacks"),
+    ".attacks.removal": ("create_removal_attack", "list_removal_attacks"),
+    ".core.errors": ("AccuracyCostExceeded", "CopycatchError"),
+    ".core.evidence": ("Evidence",),
+    ".core.key": ("Key",),
+    ".core.keyset": ("KeySet",),
+    ".data": ("SplitFractions", "Splits", "TensorData", "list_datasets", "load_dataset", "load_splits", "make_splits"),
+    ".models": ("Classifier", "create_for", "create_model", "list_models", "load_model", "save_model"),
+    ".models.train": ("TrainConfig", "accuracy", "agreement", "fit"),
+    ".oracles.base": ("Oracle",),
+    ".oracles.callable": ("CallableOracle",),
+    ".oracles.local": ("ModelOracle",),
+    ".oracles.postprocess": ("create_postprocessor", "list_postprocessors"),
+    ".schemes": ("create_scheme", "list_schemes", "scheme_for_key"),
+}  # fmt: skip
+_LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "AccuracyCostExceeded",
@@ -90,3 +90,50 @@ __all__ = [
     "train",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the names as if imported here
+    from .api import (
+        as_oracle,
+        bench_report,
+        calibrate,
+        demo,
+        embed,
+        ledger_summary,
+        new_api_key,
+        open_server,
+        plan_bench,
+        protect,
+        remove,
+        run_bench,
+        steal,
+        train,
+        verify,
+    )
+    from .attacks.extraction import create_extraction_attack, list_extraction_attacks
+    from .attacks.removal import create_removal_attack, list_removal_attacks
+    from .core.errors import AccuracyCostExceeded, CopycatchError
+    from .core.evidence import Evidence
+    from .core.key import Key
+    from .core.keyset import KeySet
+    from .data import SplitFractions, Splits, TensorData, list_datasets, load_dataset, load_splits, make_splits
+    from .models import Classifier, create_for, create_model, list_models, load_model, save_model
+    from .models.train import TrainConfig, accuracy, agreement, fit
+    from .oracles.base import Oracle
+    from .oracles.callable import CallableOracle
+    from .oracles.local import ModelOracle
+    from .oracles.postprocess import create_postprocessor, list_postprocessors
+    from .schemes import create_scheme, list_schemes, scheme_for_key

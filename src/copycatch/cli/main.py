@@ -1,8 +1,12 @@
 """The ``copycatch`` command line: one module per verb in :mod:`copycatch.cli.commands`.
 
 Each verb parses its options, makes one call to :mod:`copycatch.api` and prints the result. User mistakes (bad
-names, missing files, corrupt keys, exhausted budgets) are printed as one line ``copycatch: error: …`` with exit
-status 2, never a traceback.
+names, missing files, corrupt keys, exhausted budgets) and failures to read or write files are printed as one line
+``copycatch: error: …`` with exit status 2, never a traceback. ``copycatch verify`` exits with its verdict (see
+:data:`~copycatch.cli.options.EXIT_STOLEN` and the codes beside it).
+
+Start-up stays fast: ``copycatch --version`` and ``copycatch --help`` import no verb's machinery (no torch); only the
+verb on the command line gets its full parser (whose choices and epilog may come from the registries).
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..core.errors import CopycatchError
-from .options import Formatter
+from .options import EXIT_ERROR, Formatter
 
-EXIT_USAGE = 2
+EXIT_USAGE = EXIT_ERROR  # the old name; every error, a usage error or not, exits with this status
 
 # The verbs in the order `copycatch --help` lists them; a verb is its module in cli/commands plus one name here.
 VERBS = (
@@ -26,7 +30,9 @@ VERBS = (
 )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``copycatch`` parser with every verb's full parser; with ``lazy``, only ``verb``'s is full and the others
+    are stubs that carry just their one-line help (enough for ``copycatch --help`` and for choosing a verb)."""
     parser = argparse.ArgumentParser(
         prog="copycatch",
         formatter_class=Formatter,
@@ -41,22 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"copycatch {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb in VERBS:
-        module = importlib.import_module(f"{__package__}.commands.{verb}")
+    for name in VERBS:
+        module = importlib.import_module(f"{__package__}.commands.{name}")
+        if lazy and name != verb:
+            sub.add_parser(name, help=module.HELP)
+            continue
         verb_parser = module.add_parser(sub)
         if verb_parser.get_default("func") is None:
             verb_parser.set_defaults(func=module.run)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..core.runtime import default_threads, return_freed_memory
+def _verb_in(argv: Sequence[str]) -> str | None:
+    """The verb the command line names: its first word that is not an option (the top level takes no values)."""
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in VERBS else None
 
-    parser = build_parser()
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_verb_in(argv), lazy=True)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from ..core.runtime import default_threads, return_freed_memory
+
     default_threads()
     return_freed_memory()
     try:
@@ -69,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as exc:  # e.g. disk full or permission denied while writing an output
         print(f"copycatch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 1
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

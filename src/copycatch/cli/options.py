@@ -136,10 +136,16 @@ def add_suspect_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--header", action="append", metavar="NAME:VALUE", help="extra HTTP header (repeatable)")
     g.add_argument(
         "--predict-path",
-        default="/v1/predict",
-        help="path of the prediction endpoint under the URL ('' to post to the URL itself)",
+        default=None,
+        help="path appended to the URL for predictions (default: /v1/predict under a bare base URL; a URL with a path "
+        "is the prediction endpoint itself; '' posts to the URL as given)",
     )
-    g.add_argument("--info-path", default="/v1/info", help="path of the self-description endpoint ('' for none)")
+    g.add_argument(
+        "--info-path",
+        default=None,
+        help="self-description endpoint: a path or a full URL (default: /v1/info beside copycatch's own API; '' for "
+        "none)",
+    )
     g.add_argument(
         "--encoding",
         choices=["lists", "png"],
@@ -230,7 +236,24 @@ def say_steps(steps: list[dict[str, Any]]) -> None:
             say(f"      the thief's own key written to {step['pirate_key']}")
 
 
+# Exit statuses. Every verb exits 0 on success and EXIT_ERROR on any error; verify exits with its verdict, in the
+# spirit of grep and diff (0: the claim holds), so a script can branch on it. The values never clash across verbs.
+EXIT_STOLEN = 0  # verify: the suspect carries the mark (the null hypothesis is rejected at alpha)
+EXIT_NOT_STOLEN = 1  # verify: no evidence of theft at alpha, from a test that could have found it
+EXIT_ERROR = 2  # every verb: bad arguments, missing or corrupt files, a failing suspect (one line on stderr)
 EXIT_COST = 3  # embed (and protect): the watermark costs more accuracy than --max-cost; the files are written
+EXIT_INCONCLUSIVE = 4  # verify: no decision possible: alpha out of the key's reach, or the query budget ran out
+
+VERIFY_EXIT_CODES = (
+    (EXIT_STOLEN, "stolen: the suspect carries the mark (p-value <= alpha)"),
+    (EXIT_NOT_STOLEN, "not stolen: the test could have found the mark at alpha and did not"),
+    (EXIT_ERROR, "error: bad arguments, unreadable key, failing suspect (one line on stderr)"),
+    (
+        EXIT_INCONCLUSIVE,
+        "inconclusive: alpha is out of the key's reach (smallest attainable p-value > alpha, with this key and "
+        "--budget), or --budget ran out before a decision (the transcript is kept: --resume with a larger budget)",
+    ),
+)
 
 
 def add_cost_options(p: argparse.ArgumentParser) -> None:

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from ..core.errors import CopycatchError, CorruptFile, InvalidArgument, SuspectError
+from ..core.errors import BudgetExceeded, CopycatchError, CorruptFile, InvalidArgument, SuspectError
 from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.keyset import KeySet, load_key_file, open_keys
+from ..core.stats import fisher_combine, holm_adjust
 from ..oracles.base import Oracle
 from ..oracles.suspects import describe_suspect, open_suspect
 from ..schemes import Scheme, scheme_for_key
@@ -46,6 +47,11 @@ class VerificationInterrupted(CopycatchError):
     def __init__(self, message: str, transcript_path: Path | None):
         super().__init__(message)
         self.transcript_path = transcript_path
+
+    @property
+    def budget_ran_out(self) -> bool:
+        """The query budget ran out before a decision: the suspect did not fail, the evidence is incomplete."""
+        return isinstance(self.__cause__, BudgetExceeded)
 
 
 @dataclasses.dataclass
@@ -88,6 +94,25 @@ class VerificationRun:
     @property
     def queries(self) -> int:
         return sum(e.queries for e in self.evidences)
+
+    @property
+    def smallest_attainable_p(self) -> float | None:
+        """The smallest deciding p-value (the combination's over several keys) that any answers could have given
+        with these keys and query budget; None when a scheme does not state its own."""
+        smallest = [e.metrics.get("smallest_attainable_p") for e in self.evidences]
+        if any(p is None for p in smallest):
+            return None
+        if self.combined is None:
+            return float(smallest[0])
+        # both combinations grow with every p-value, so the smallest ones give the smallest combination
+        return fisher_combine(smallest) if self.combined.method == "fisher" else min(holm_adjust(smallest))
+
+    @property
+    def conclusive(self) -> bool:
+        """False when "stolen" was out of reach (the smallest attainable p-value is above α): "not stolen" then holds
+        by construction and says nothing about the suspect. ``copycatch verify`` exits "inconclusive" for it."""
+        smallest = self.smallest_attainable_p
+        return self.decision or smallest is None or smallest <= self.alpha
 
     def summary(self) -> str:
         parts = [e.summary() for e in self.evidences]

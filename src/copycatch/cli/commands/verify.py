@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 import textwrap
+import traceback
 from typing import Any
 
+from ...core.errors import CopycatchError
 from .. import options
 
 VERB = "verify"
@@ -20,8 +22,26 @@ DESCRIPTION = (
     "answer goes into a hash-chained transcript; --report DIR keeps it with evidence.json and report.html. "
     "A key set (.cckeys, from `copycatch protect`) verifies each of its parts; several keys are combined: "
     "Fisher's method when they are the parts of one key set that declares them independent, Holm's adjustment "
-    "otherwise (--combine chooses), and the evidence says which applies and why."
+    "otherwise (--combine chooses), and the evidence says which applies and why. The exit status is the verdict "
+    "(see below), so a script can branch on it."
 )
+
+
+def exit_codes() -> str:
+    """The exit-status table of ``copycatch verify --help``."""
+    lines = [f"  {code}  {text}" for code, text in sorted(options.VERIFY_EXIT_CODES)]
+    wrapped = [textwrap.fill(line, 116, subsequent_indent=" " * 5) for line in lines]
+    return "exit status:\n" + "\n".join(wrapped) + "\nin a script:\n" + textwrap.indent(SCRIPT_EXAMPLE, "  ")
+
+
+SCRIPT_EXAMPLE = """\
+copycatch verify --key victim.cckey --suspect suspect.onnx --report case/ -q
+case $? in
+  0) echo "stolen: evidence in case/" ;;
+  1) echo "not stolen" ;;
+  4) echo "inconclusive: a larger key or budget is needed" ;;
+  *) echo "verification failed" >&2; exit 2 ;;
+esac"""
 
 
 def epilog() -> str:
@@ -30,7 +50,7 @@ def epilog() -> str:
     classes = [SCHEMES.get(n).factory for n in SCHEMES.list()]
     probs_only = [c.name for c in classes if c.needs == "probs"]
     fixed_only = [c.name for c in classes if not c.sequential]
-    return textwrap.dedent(f"""\
+    text = textwrap.dedent(f"""\
         label-only suspects (answers are labels, not probabilities) work with every scheme except:
           {", ".join(probs_only) or "(none)"}
         sequential stopping is available for every scheme except (these use the fixed test):
@@ -42,7 +62,10 @@ def epilog() -> str:
           copycatch verify --key victim.cckey --suspect mymodule:clf.predict_proba
           copycatch verify --key victim.cckey --suspect https://api.example.com --report evidence/ --resume
           copycatch verify --key victim.cckeys --suspect surrogate.safetensors --json   # every part, Fisher-combined
-          copycatch verify --key margin.cckey --key dynamarks.cckey --suspect http://localhost:8000 --combine fisher""")
+          copycatch verify --key margin.cckey --key dynamarks.cckey --suspect http://localhost:8000 --combine fisher
+
+        """)
+    return text + exit_codes()
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -135,43 +158,70 @@ def _evidence_record_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _verify(args)
+    except (CopycatchError, OSError):  # main prints these as one line, with exit status EXIT_ERROR
+        raise
+    except Exception:  # a bug: never Python's status 1 of an uncaught exception, which would read "not stolen"
+        traceback.print_exc()
+        print("copycatch: error: internal error (the traceback above); no verdict", file=sys.stderr)
+        return options.EXIT_ERROR
+
+
+def _verify(args: argparse.Namespace) -> int:
     from ... import api
     from ...verification.report import evidence_document
+    from ...verification.session import VerificationInterrupted
 
     command = command_line(args)
-    run = api.verify(
-        args.suspect,
-        args.key,
-        alpha=args.alpha,
-        sequential=not args.fixed,
-        batch=args.batch,
-        early_share=args.early_share,
-        combine=args.combine,
-        transcript=args.transcript,
-        resume=args.resume,
-        offline=args.offline,
-        budget=args.budget,
-        postprocess=args.post or (),
-        num_classes=args.num_classes,
-        calibrations=not args.no_calibration,
-        report=args.report,
-        command=command,
-        progress=options.progress(args),
-        **options.suspect_options(args),
-    )
+    try:
+        run = api.verify(
+            args.suspect,
+            args.key,
+            alpha=args.alpha,
+            sequential=not args.fixed,
+            batch=args.batch,
+            early_share=args.early_share,
+            combine=args.combine,
+            transcript=args.transcript,
+            resume=args.resume,
+            offline=args.offline,
+            budget=args.budget,
+            postprocess=args.post or (),
+            num_classes=args.num_classes,
+            calibrations=not args.no_calibration,
+            report=args.report,
+            command=command,
+            progress=options.progress(args),
+            **options.suspect_options(args),
+        )
+    except VerificationInterrupted as exc:
+        if not (exc.budget_ran_out and args.budget is not None):
+            raise
+        message = f"no decision within --budget {args.budget} (raise it to continue): {exc}"
+        print(f"copycatch: inconclusive: {message}", file=sys.stderr, flush=True)
+        return options.EXIT_INCONCLUSIVE
     _warn_unreachable(run)
     if args.json:
         options.say(json.dumps(evidence_document(run, command=command), indent=2, sort_keys=True))
-        return 0
-    options.say(run.summary())
-    if run.report_paths:
-        paths = run.report_paths
-        options.say(f"evidence written to {paths['json']} and {paths['html']}; transcript {run.transcript.path}")
-    return 0
+    else:
+        options.say(run.summary())
+        if run.report_paths:
+            paths = run.report_paths
+            options.say(f"evidence written to {paths['json']} and {paths['html']}; transcript {run.transcript.path}")
+    return exit_status(run)
+
+
+def exit_status(run: Any) -> int:
+    """The verdict as an exit status: stolen, not stolen, or inconclusive when "stolen" was out of reach."""
+    if run.decision:
+        return options.EXIT_STOLEN
+    return options.EXIT_NOT_STOLEN if run.conclusive else options.EXIT_INCONCLUSIVE
 
 
 def _warn_unreachable(run: Any) -> None:
-    """One line on stderr per key whose smallest attainable p-value is above α: it could never have rejected."""
+    """One line on stderr per key whose smallest attainable p-value is above α (it could never have rejected), and
+    one for several keys whose combination could never have rejected."""
     for e in run.evidences:
         smallest = e.metrics.get("smallest_attainable_p")
         if smallest is not None and smallest > e.alpha:
@@ -181,6 +231,14 @@ def _warn_unreachable(run: Any) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    if run.combined is not None and not run.conclusive:
+        print(
+            f"copycatch: warning: the {run.combined.method} combination of the {len(run.evidences)} keys can never "
+            f"reach alpha={run.alpha:g}: its smallest attainable p-value is {run.smallest_attainable_p:.3g}, so "
+            f"'not stolen' holds by construction (exit status {options.EXIT_INCONCLUSIVE}: inconclusive)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
