@@ -117,16 +117,7 @@ def thief_task(out: Path, models: Path, seed: int, kind: str) -> dict:
     evidence = cc.verify(stolen.surrogate, thief_key, sequential=False, alpha=hyp["alpha"]).evidences[0]
     innocents = {}
     for arch, s in proof.hyp["innocents"]["models"]:
-        model = proof.cached_model(
-            models / f"innocent-{arch}-{s}.safetensors",
-            lambda arch=arch, s=s: cc.train(
-                arch,
-                splits,
-                on="attacker_pool",
-                config=cc.TrainConfig(seed=s, epochs=proof.hyp["innocents"]["epochs"]),
-                progress=False,
-            ),
-        )
+        model = proof.innocent_model(models, arch, s)
         innocents[f"{arch}-{s}"] = cc.verify(model, thief_key, sequential=False, alpha=hyp["alpha"]).p_value
     return {
         "seed": seed,

@@ -208,14 +208,20 @@ def thief_task(out: Path, scheme: str, kind: str, size: int, seed: int) -> dict:
     return row
 
 
+def innocent_model(models: Path, arch: str, seed: int):
+    """An innocent: trained with true labels on the thief's pool (the same pool at every owner size and seed)."""
+    splits = splits_for(max(hyp["sizes"]), 0)
+    config = cc.TrainConfig(seed=seed, epochs=hyp["innocents"]["epochs"])
+    return cached_model(
+        models / f"innocent-{arch}-{seed}.safetensors",
+        lambda: cc.train(arch, splits, on="attacker_pool", config=config, progress=False),
+    )
+
+
 def innocent_task(out: Path, arch: str, seed: int) -> dict:
     """One innocent model verified against every key made so far."""
     splits = splits_for(max(hyp["sizes"]), 0)
-    config = cc.TrainConfig(seed=seed, epochs=hyp["innocents"]["epochs"])
-    model = cached_model(
-        out / "models" / f"innocent-{arch}-{seed}.safetensors",
-        lambda: cc.train(arch, splits, on="attacker_pool", config=config, progress=False),
-    )
+    model = innocent_model(out / "models", arch, seed)
     results = {}
     for key_file in sorted((out / "keys").glob("*.cckey*")):
         results[key_file.stem] = cc.verify(model, key_file, sequential=False, alpha=hyp["alpha"]).p_value

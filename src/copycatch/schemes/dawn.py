@@ -74,12 +74,17 @@ def row_bytes(x: Any) -> list[bytes]:
     return [row.tobytes() for row in arr.reshape(len(arr), -1)] if len(arr) else []
 
 
+def need_three_classes(num_classes: int, where: str) -> None:
+    """With 2 classes the wrong label is the only other one: a suspect matching it carries no evidence."""
+    if num_classes < 3:
+        raise InvalidArgument(f"DAWN needs at least 3 classes (a wrong label must be a choice), {where} {num_classes}")
+
+
 def select(secret: bytes, x: Any, fraction: float, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``x``: whether the secret watermarks it, and its label offset in 1..N-1 (w = (o + offset) mod
     N). h = HMAC-SHA256(secret, row bytes); selected iff int(h[:8]) < fraction·2^64; offset = 1 + int(h[8:16]) mod
     (N-1)."""
-    if num_classes < 3:
-        raise InvalidArgument(f"DAWN needs at least 3 classes (a wrong label carries no evidence), got {num_classes}")
+    need_three_classes(num_classes, "the answers have")
     threshold = int(fraction * 2**64)
     rows = row_bytes(x)
     selected = np.zeros(len(rows), dtype=bool)
@@ -228,8 +233,7 @@ class Dawn(Scheme):
         p = self.params
         train = train or TrainConfig()
         before = weights_digest(model)
-        if splits.num_classes < 3:
-            raise InvalidArgument(f"DAWN needs at least 3 classes, the data has {splits.num_classes}")
+        need_three_classes(splits.num_classes, "the data has")
         generator = torch.Generator().manual_seed(train.seed + 86028157)
         secret = torch.randint(256, (SECRET_BYTES,), generator=generator, dtype=torch.uint8)
         tensors = {"secret": secret}
@@ -279,8 +283,7 @@ class Dawn(Scheme):
     def protect(self, oracle: Oracle, key: Key) -> Oracle:
         self.check_key(key, oracle)
         p = self.Params.from_dict(key.params)
-        if oracle.num_classes < 3:
-            raise InvalidArgument(f"DAWN needs at least 3 classes, the served model has {oracle.num_classes}")
+        need_three_classes(oracle.num_classes, "the served model has")
         return oracle.postprocess(DawnPerturbation(self.secret(key), p.fraction))
 
     # -- records ---------------------------------------------------------------------------------------------------
@@ -357,8 +360,7 @@ class Dawn(Scheme):
         """Per record, in key order: 1 the suspect answered the wrong label w, 0 another class but the owner's, -1 not
         counted (the owner's label o, or an input already asked). Null rate 1/(N-1)."""
         n = answers.shape[1]
-        if n < 3:
-            raise InvalidArgument(f"DAWN needs at least 3 classes, the suspect answers {n}")
+        need_three_classes(n, "the suspect answers")
         k = len(answers)
         if k > self.key_items(key):
             raise InvalidArgument(f"{k} answers for a key of {self.key_items(key)} records")

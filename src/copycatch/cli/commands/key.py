@@ -49,6 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_dawn_records(args: argparse.Namespace) -> int:
     from ...core.errors import InvalidArgument
     from ...core.keyset import open_keys
+    from ...schemes import scheme_for_key
     from ...schemes.dawn import Dawn
     from ...serve.dawn_records import client_records
 
@@ -61,7 +62,7 @@ def run_dawn_records(args: argparse.Namespace) -> int:
         f"client {found.client}: {found.answered} inputs answered ({found.distinct} distinct); "
         f"{len(found.x)} of the {found.file_records} DAWN records are theirs"
     )
-    key = Dawn(**parts[0].params).with_records(
+    key = scheme_for_key(parts[0]).with_records(
         parts[0], found.x, found.owner, found.wrong, source=f"ledger {args.ledger}, client {found.client}"
     )
     key.save(out)  # type: ignore[arg-type]
