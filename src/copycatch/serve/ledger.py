@@ -11,8 +11,12 @@ Digests are the first 32 hex digits (128 bits) of SHA-256 over each example's fl
 the images. Secrets (API keys, watermark parameters) are never written.
 
 Crash safety: each line is written with a single ``os.write`` of the complete line to a file opened with
-``O_APPEND``, so a crashing process leaves either the whole line or nothing; a short write (disk full)
-is rolled back with ``ftruncate`` before the error is raised. ``fsync`` policy: ``always`` (after every
+``O_APPEND``, so lines never interleave and an exception leaves either the whole line or nothing; a short
+write (disk full) is rolled back with ``ftruncate`` before the error is raised. A process killed by
+``SIGKILL`` in the middle of a write can leave the *last* line cut short (Linux stops copying a write at a
+page boundary once a fatal signal is pending); readers count that tail as one unreadable line, and the next
+:class:`Ledger` opened on the file ends it with a newline so that every later line stands alone.
+``fsync`` policy: ``always`` (after every
 line), ``interval`` (a background thread syncs dirty data every ``fsync_interval`` seconds; the default)
 or ``never`` (leave it to the OS). Only an operating-system crash can lose lines the kernel already
 holds, and then only the unsynced tail — never half a line in the middle.
