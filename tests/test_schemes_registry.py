@@ -2,9 +2,11 @@
 model, and round-trips its key, on tiny synthetic data with the scheme's ``tiny_params``."""
 
 import pytest
+from conftest import Tiny
 
 import copycatch as cc
 from copycatch.core.key import Key
+from copycatch.models.io import weights_digest
 from copycatch.oracles.local import ModelOracle
 from copycatch.schemes import SCHEMES
 
@@ -14,10 +16,20 @@ def innocent(splits):  # not the shared one (seed 5): every scheme has been clea
     return cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=11), hidden=64)
 
 
+def _setting(cls, tiny, innocent):
+    """The tiny split and innocent model for ``cls``: the shared ones, or ones made from its ``tiny_data``."""
+    if not cls.tiny_data:
+        return tiny, innocent
+    data = cc.load_dataset("synthetic", **{"n": 2400, "num_classes": 4, "size": 8, **cls.tiny_data})
+    own = Tiny(cc.make_splits(data, seed=0, fractions=tiny.splits.fractions))
+    return own, cc.train("mlp", own.splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=11), hidden=64)
+
+
 @pytest.mark.parametrize("name", SCHEMES.list())
 def test_every_scheme_catches_its_victim_and_clears_an_innocent(name, innocent, tmp_path, tiny):
     cls = SCHEMES.get(name).factory
     assert cls.__doc__ and cls.null_hypothesis, f"{name} must document itself and its null hypothesis"
+    tiny, innocent = _setting(cls, tiny, innocent)
     embedding = tiny.embed(name, epochs=8)
     key_path = embedding.key.save(tmp_path / f"{name}.cckey")
     key = Key.load(key_path)
@@ -38,3 +50,18 @@ def test_every_scheme_documents_its_parameters(name):
     doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__) or ""
     for field, _, _ in cls.Params.describe():
         assert field in doc or field in (cls.__doc__ or ""), f"{name}: parameter {field!r} is not documented"
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEMES.list() if SCHEMES.get(n).factory.kind == "fingerprint"])
+def test_a_fingerprint_leaves_the_model_bytes_unchanged(name, tiny, innocent, tmp_path):
+    cls = SCHEMES.get(name).factory
+    tiny, _ = _setting(cls, tiny, innocent)
+    model = cc.train("mlp", tiny.splits, config=tiny.config(epochs=8), hidden=64)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    embedding = cc.embed(name, tiny.splits, model=model, params=tiny.params(name), config=tiny.config(), max_cost=None)
+    assert embedding.victim is model and embedding.info["weights_untouched"]
+    after = embedding.victim.state_dict()
+    assert before.keys() == after.keys()
+    assert all(before[n].numpy().tobytes() == after[n].numpy().tobytes() for n in before)
+    assert embedding.key.meta["victim_sha256"] == weights_digest(model)
+    assert embedding.info["accuracy_cost"]["cost_points"] == 0.0

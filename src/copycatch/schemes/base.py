@@ -74,6 +74,9 @@ class Scheme:
     # -- what the scheme is, needs and offers (declared, never detected) ---------------------------------------------
     name: ClassVar[str] = ""
     acts_at: ClassVar[Literal["training", "api"]] = "training"  # "api": protect() perturbs the served answers
+    # "fingerprint": embed() returns the model untouched (same weight bytes) and only writes a key; verification reads
+    # what the model is anyway. "watermark": embed() trains a mark into the model, or protect() into its answers.
+    kind: ClassVar[Literal["watermark", "fingerprint"]] = "watermark"
     null_hypothesis: ClassVar[str] = ""
     # what a suspect must answer: "labels" (labels suffice) or "probs" (the statistic reads probabilities)
     needs: ClassVar[OutputKind] = "labels"
@@ -85,6 +88,9 @@ class Scheme:
     pretrain: ClassVar[bool] = False
     # Parameters for the registry-generated tests on tiny synthetic data (1×8×8, 4 classes, a few hundred examples).
     tiny_params: ClassVar[dict[str, Any]] = {}
+    # Changes to that tiny synthetic data set for the registry-generated tests, for a scheme whose signal needs
+    # something the shared one lacks (dataset inference needs an owner's model that memorises its training data).
+    tiny_data: ClassVar[dict[str, Any]] = {}
     # The parameter that trades the mark's strength for the victim's accuracy: lowering it lowers the accuracy cost
     # (the accuracy-cost guard of schemes.embedding names it). None: no parameter of the scheme costs accuracy.
     strength: ClassVar[str | None] = None

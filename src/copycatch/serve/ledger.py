@@ -17,8 +17,8 @@ write (disk full) is rolled back with ``ftruncate`` before the error is raised. 
 page boundary once a fatal signal is pending); readers count that tail as one unreadable line, and the next
 :class:`Ledger` opened on the file ends it with a newline so that every later line stands alone.
 ``fsync`` policy: ``always`` (after every line), ``interval`` (a background thread syncs dirty data every
-``fsync_interval`` seconds; the default) or ``never`` (leave it to the OS). Only an operating-system crash can lose lines the kernel already
-holds, and then only the unsynced tail — never half a line in the middle.
+``fsync_interval`` seconds; the default) or ``never`` (leave it to the OS). Only an operating-system crash can lose
+lines the kernel already holds, and then only the unsynced tail — never half a line in the middle.
 
 Rotation by size: when the live file would exceed ``max_bytes`` it is renamed to ``<name>.<seq>``
 (``seq`` increasing, 6 digits) and a fresh file is started. Rotated files are kept (it is an audit log)

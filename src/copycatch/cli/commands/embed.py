@@ -16,7 +16,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ...schemes import SCHEMES
 
     epilog = (
-        options.registry_table(SCHEMES.describe(), "schemes")
+        options.registry_table(
+            [(n, f"[{SCHEMES.get(n).factory.kind}] {s}") for n, s in SCHEMES.describe()],
+            "schemes (a fingerprint leaves the model's weights unchanged and only writes a key)",
+        )
         + "\n\n"
         + options.registry_table(MODELS.describe(), "architectures")
     )
