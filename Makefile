@@ -9,12 +9,12 @@ BIN    := $(VENV)/bin
 # The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
 TORCH_SPEC ?= torch==2.13.0
 # extras per target: the demo needs only the small data sets; the tests exercise every optional part
-TEST_EXTRAS ?= dev,datasets,serve,onnx,report,ray
+TEST_EXTRAS ?= dev,datasets,audio,serve,redis,onnx,report,ray
 DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-.PHONY: demo test lint bench setup data clean help
+.PHONY: demo test lint bench setup data redis-server standin-tools clean help
 
 help:
 	@sed -n '2,5p' Makefile
@@ -41,10 +41,33 @@ data:
 	  echo "Fashion-MNIST: not found and no apt-get; see README (Data)"; \
 	fi
 
+# Debian's redis-server for the shared-limits tests (tests/test_serve_redis.py starts its own; skipped without it).
+redis-server:
+	@if command -v redis-server >/dev/null 2>&1; then \
+	  echo "redis-server: found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "redis-server: installing Debian's redis-server"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; \
+	else \
+	  echo "redis-server: not found and no apt-get; tests/test_serve_redis.py will be skipped"; \
+	fi
+
+# Debian's WordNet and espeak-ng, from which `copycatch data prepare` builds the text and audio stand-ins (the tests
+# that generate tiny ones are skipped without them).
+standin-tools:
+	@if [ -f /usr/share/wordnet/data.noun ] && command -v espeak-ng >/dev/null 2>&1; then \
+	  echo "wordnet-base, espeak-ng: found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "wordnet-base, espeak-ng: installing Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wordnet-base espeak-ng >/dev/null; \
+	else \
+	  echo "wordnet-base, espeak-ng: not found and no apt-get; the stand-in tests will be skipped"; \
+	fi
+
 demo: $(VENV)/.installed-$(DEMO_EXTRAS) data
 	$(BIN)/copycatch demo
 
-test: $(VENV)/.installed-$(TEST_EXTRAS) data lint
+test: $(VENV)/.installed-$(TEST_EXTRAS) data redis-server standin-tools lint
 	$(BIN)/python -m pytest
 
 # ruff (lint and format) and the layers contract of pyproject.toml ([tool.importlinter]); part of `make test`.

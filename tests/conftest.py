@@ -13,6 +13,9 @@ import os
 from typing import Any, ClassVar
 
 os.environ.setdefault("COPYCATCH_PROGRESS", "0")
+# The CLI draws each key's secret seed at random; the suite derives keys from the training seed, as the library
+# does, so every run makes the same keys (tests/test_trust.py checks the random default itself).
+os.environ.setdefault("COPYCATCH_KEY_SEED", "training")
 
 import pytest
 import torch
@@ -85,6 +88,15 @@ attacks:
         the registry cover a newly registered scheme with no edit here.
         """
         return {**SCHEMES.get(scheme).factory.tiny_params, **changes}
+
+    def for_scheme(self, scheme: str) -> Tiny:
+        """This tiny split, or, for a scheme that declares ``tiny_data`` (its signal needs other toy data), a tiny
+        split made from it."""
+        extra = SCHEMES.get(scheme).factory.tiny_data
+        if not extra:
+            return self
+        data = cc.load_dataset("synthetic", **{"n": 2400, "num_classes": 4, "size": 8, **extra})
+        return Tiny(cc.make_splits(data, seed=0, fractions=self.splits.fractions))
 
     def embed(self, scheme: str, *, epochs: int, **changes: Any) -> Embedding:
         """``scheme`` embedded into a fresh MLP on the tiny split: its tiny parameters with ``changes``. No accuracy

@@ -219,3 +219,27 @@ def test_ledger_verb_since_and_errors(tmp_path, capsys):
     assert main(["ledger", str(tmp_path / "nope.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("copycatch: error: ") and "no such ledger" in err and err.count("\n") == 1
+
+
+def test_ledger_verb_merges_replicas_in_time_order(tmp_path, capsys):
+    a, b = tmp_path / "a" / "ledger.jsonl", tmp_path / "b" / "ledger.jsonl"
+    stamp = "1970-01-01T00:00:{:02d}.000Z"
+    with Ledger(a) as ledger:
+        for t in (1, 3, 5):
+            ledger.record({**_entry("thief", 4), "t": float(t), "time": stamp.format(t)})
+    with Ledger(b) as ledger:
+        for t in (2, 4):
+            ledger.record({**_entry("thief", 4), "t": float(t), "time": stamp.format(t)})
+        ledger.record({**_entry("thief", 4, status=429), "t": 6.0, "time": stamp.format(6)})
+    assert main(["ledger", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert f"ledger {a}: 1 file, 3 requests" in out and f"ledger {b}: 1 file, 3 requests" in out
+    assert "2 ledgers merged in time order: 2 files, 6 requests, 0 unreadable lines" in out
+    thief = next(line for line in out.splitlines() if line.startswith("thief")).split()
+    assert thief[1:4] == ["6", "5", "20"] and "429×1" in thief
+    assert thief[-2].endswith("00:00:01") and thief[-1].endswith("00:00:06")  # first and last across both files
+    assert main(["ledger", str(b), str(a), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [d["lines"] for d in summary["ledgers"]] == [3, 3] and summary["keys"][0]["queries"] == 20
+    assert main(["ledger", str(a), str(tmp_path / "a" / ".." / "a" / "ledger.jsonl")]) == 2
+    assert "given twice" in capsys.readouterr().err

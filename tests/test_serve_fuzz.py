@@ -1,11 +1,14 @@
 """Fuzzing the prediction API over loopback HTTP: schemathesis from the OpenAPI schema, and raw hypothesis
-bodies. No request may produce a 5xx or a stack trace; every answer must match the declared schema."""
+bodies. No request may produce a 5xx or a stack trace; every answer must match the declared schema; every request
+the schema allows is answered (positive data acceptance) and every one it forbids is refused."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -14,17 +17,38 @@ from schemathesis.checks import (
     content_type_conformance,
     negative_data_rejection,
     not_a_server_error,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
 from schemathesis.config import SchemathesisConfig
 
 import copycatch as cc
+from copycatch.data.png import encode_png
 from copycatch.serve import Keyring, ServeConfig, create_app, serve_in_thread
 from copycatch.serve.keys import hash_secret
+from copycatch.serve.validation import PNG_FORMAT
 
 SECRET = "cc_fuzz-secret"
-_model = cc.create_model("mlp", (1, 4, 4), 3, hidden=8, seed=0)
+SHAPE = (1, 4, 4)
+_model = cc.create_model("mlp", SHAPE, 3, hidden=8, seed=0)
+
+
+def _png_text(pixels: list[int], data_url: bool) -> str:
+    text = base64.b64encode(encode_png(np.asarray(pixels, np.float32).reshape(SHAPE) / 255)).decode()
+    return "data:image/png;base64," + text if data_url else text
+
+
+# The schema names the format of an `images` item (a base64 PNG of the input size), which JSON Schema cannot
+# spell out; this is its generator, so schemathesis sends real PNGs where the schema asks for one.
+schemathesis.openapi.format(
+    PNG_FORMAT,
+    st.builds(
+        _png_text,
+        st.lists(st.integers(0, 255), min_size=int(np.prod(SHAPE)), max_size=int(np.prod(SHAPE))),
+        st.booleans(),
+    ),
+)
 open_app = create_app(_model, ServeConfig(max_batch=8, max_body_bytes=64 * 1024, batch_wait_ms=0))
 guarded_app = create_app(
     _model,
@@ -43,6 +67,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     negative_data_rejection,
+    positive_data_acceptance,
 ]
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 

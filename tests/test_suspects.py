@@ -560,7 +560,9 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
         "0",
     ]
     code, _out, err = _verify(capsys, *args)
-    assert code == 2 and err.count("\n") == 1 and phrase in err and "--resume" in err, err
+    *retries, last = err.strip().splitlines()
+    assert code == 2 and last.startswith("copycatch: error: ") and phrase in last and "--resume" in last, err
+    assert all("; retry " in line for line in retries), err  # before the error, only the retries and their reasons
     partial = Transcript.load(tmp_path / "r" / "transcript.jsonl")
     assert partial.answered == 10 and partial.lines[-1]["kind"] == "error"
     deadline = time.monotonic() + 30

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .attacks.extraction import ExtractionResult
+from .attacks.extraction import ExtractionResult, create_extraction_attack
 from .attacks.launder import Laundering, launder
 from .attacks.removal.evasion import is_deployment, load_deployment
 from .attacks.steal import query_set, unlabelled
@@ -39,28 +39,36 @@ from .bench.grid import Grid, load_grid
 from .bench.report import make_report
 from .bench.runner import RunSummary, run_grid
 from .bench.store import ResultsStore, store_path
+from .core.checkpoint import RunCheckpoint, checkpointing
+from .core.commitment import Commitment, CommitmentRefused, commitment_path
 from .core.errors import InvalidArgument
 from .core.key import Key
-from .core.keyset import KeySet, open_keys
+from .core.keyset import KeySet, load_key_file, open_keys
+from .core.signing import KeyPair, load_private_key, write_key_pair
 from .data.base import Splits, TensorData
 from .models.base import Classifier
-from .models.io import load_model, save_model
+from .models.io import load_model, save_model, weights_digest
 from .models.train import TrainConfig, accuracy, agreement, train_model
 from .oracles.base import Oracle
+from .oracles.recorded import RecordedOracle
 from .oracles.suspects import open_suspect
-from .schemes import Embedding, Protection, embed_scheme, protect_model, protect_oracle
+from .schemes import Embedding, Protection, create_scheme, embed_scheme, protect_model, protect_oracle
+from .schemes.commitment import commit_key
 from .schemes.embedding import DEFAULT_MAX_COST, check_accuracy_cost
 from .serve import require_extra
 from .serve.config import ServeConfig
 from .serve.keys import Keyring, new_key
-from .serve.ledger import read_ledger, summarize
+from .serve.ledger import read_ledgers, summarize
 from .serve.runner import Server
 from .serve.runner import open_server as bind_server
 from .verification.calibration import Calibration, CalibrationPlan, ReferenceModel, build_reference_models
 from .verification.calibration import calibrate as _calibrate
+from .verification.commitments import check_commitments, state_commitments
 from .verification.report import write_report
 from .verification.sequential import SequentialPlan
 from .verification.session import VerificationRun, load_keys, verify_suspect
+from .verification.signed_evidence import EvidenceCheck, sign_run, signer_record
+from .verification.signed_evidence import check_evidence as _check_evidence
 
 PathLike = str | os.PathLike
 
@@ -132,6 +140,8 @@ def embed(
     reference: Classifier | PathLike | None = None,
     max_cost: float | None = DEFAULT_MAX_COST,
     allow_cost: bool = False,
+    key_seed: str | None = None,
+    resume: bool = False,
 ) -> Embedding:
     """Watermark a model with ``scheme``: a fresh ``arch`` (default: the scheme's), or a given ``model``.
 
@@ -141,25 +151,49 @@ def embed(
     split and records the cost in the key (``info["accuracy_cost"]``). Past ``max_cost`` points (``None``: no
     limit) the files are still written, then :class:`~copycatch.core.errors.AccuracyCostExceeded` is raised with
     the embedding in ``.embedding``, unless ``allow_cost``.
+
+    ``key_seed`` (hexadecimal; :func:`copycatch.core.commitment.new_key_seed` draws one) is the secret the key's
+    random choices come from, kept in the key; None draws them from the training seed, which anyone can repeat.
+    ``info["commitment"]`` is the key's public commitment record (:mod:`copycatch.core.commitment`), written
+    beside the key file as ``<key_path>.commit.json``.
+
+    With ``output``, a checkpoint ``<output>.ckpt`` is saved after every epoch and removed once the files are
+    written (:mod:`copycatch.core.checkpoint`); ``resume`` continues an interrupted run from it, to the same
+    victim, with the same arguments (``key_seed=None`` then takes the interrupted run's, kept in the checkpoint).
+    ``info["resumed"]`` says what the checkpoint spared.
     """
     base = _model(model) if model is not None else None
     clean = _model(reference) if reference is not None else None
-    result = embed_scheme(
-        scheme,
-        splits,
-        arch=arch,
-        model=base,
-        params=params,
-        config=config,
-        progress=progress,
-        reference=clean,
-        max_cost=max_cost,
-    )
+    run = {
+        "verb": "embed",
+        "scheme": scheme,
+        "params": create_scheme(scheme, **(params or {})).params,
+        "splits": splits,
+        "arch": arch,
+        "model": base,
+        "config": config or TrainConfig(),
+        "reference": clean,
+        "max_cost": max_cost,
+    }
+    checkpoint = RunCheckpoint.beside(output, run, resume=resume, secrets={"key_seed": key_seed})
+    with checkpointing(checkpoint):
+        result = embed_scheme(
+            scheme,
+            splits,
+            arch=arch,
+            model=base,
+            params=params,
+            config=config,
+            progress=progress,
+            reference=clean,
+            max_cost=max_cost,
+            key_seed=checkpoint.secrets["key_seed"] if checkpoint is not None else key_seed,
+        )
     result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
     if output is not None:
         save_model(result.victim, output)
-    if key_path is not None:
-        result.key.save(key_path)
+    result.info["commitment"] = _commit(result.key, result.victim, key_path)
+    _done(checkpoint, result.info)
     check_accuracy_cost(result, allow_cost=allow_cost)  # after writing: a cost past the limit never loses the work
     return result
 
@@ -180,6 +214,8 @@ def protect(
     reference: Classifier | PathLike | None = None,
     max_cost: float | None = DEFAULT_MAX_COST,
     allow_cost: bool = False,
+    key_seed: str | None = None,
+    resume: bool = False,
 ) -> Protection:
     """The recommended stack: a training-time ``watermark`` in the weights plus an ``api``-time mark on the served
     answers (``None``: none), each with its own independently seeded secret, their keys bundled in one key set.
@@ -188,29 +224,88 @@ def protect(
     verify suspects against the key set: each part is tested and Fisher's method combines them.
     ``info["test_accuracy"]`` is the victim's; ``output`` and ``keys`` write the victim and the (secret) key set.
     The accuracy-cost guard is :func:`embed`'s: files are written, then :class:`AccuracyCostExceeded` is raised past
-    ``max_cost`` unless ``allow_cost``.
+    ``max_cost`` unless ``allow_cost``. ``key_seed`` and ``info["commitment"]`` (written beside ``keys``) are
+    :func:`embed`'s, for the key set, and so are the checkpoint beside ``output`` and ``resume``.
     """
     base = _model(model) if model is not None else None
-    result = protect_model(
-        splits,
-        watermark=watermark,
-        watermark_params=watermark_params,
-        api=api,
-        api_params=api_params,
-        arch=arch,
-        model=base,
-        config=config,
-        progress=progress,
-        reference=_model(reference) if reference is not None else None,
-        max_cost=max_cost,
-    )
+    clean = _model(reference) if reference is not None else None
+    run = {
+        "verb": "protect",
+        "watermark": watermark,
+        "params": create_scheme(watermark, **(watermark_params or {})).params,
+        "api": api,
+        "api_params": create_scheme(api, **(api_params or {})).params if api not in (None, "none") else None,
+        "splits": splits,
+        "arch": arch,
+        "model": base,
+        "config": config or TrainConfig(),
+        "reference": clean,
+        "max_cost": max_cost,
+    }
+    checkpoint = RunCheckpoint.beside(output, run, resume=resume, secrets={"key_seed": key_seed})
+    with checkpointing(checkpoint):
+        result = protect_model(
+            splits,
+            watermark=watermark,
+            watermark_params=watermark_params,
+            api=api,
+            api_params=api_params,
+            arch=arch,
+            model=base,
+            config=config,
+            progress=progress,
+            reference=clean,
+            max_cost=max_cost,
+            key_seed=checkpoint.secrets["key_seed"] if checkpoint is not None else key_seed,
+        )
     result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
     if output is not None:
         save_model(result.victim, output)
-    if keys is not None:
-        result.keyset.save(keys)
+    result.info["commitment"] = _commit(result.keyset, result.victim, keys)
+    _done(checkpoint, result.info)
     check_accuracy_cost(result, allow_cost=allow_cost)  # after writing: a cost past the limit never loses the work
     return result
+
+
+def _done(checkpoint: RunCheckpoint | None, info: dict[str, Any]) -> None:
+    """The run's files are written: what a resumed run took from its checkpoint goes in ``info["resumed"]``, and
+    the checkpoint is removed."""
+    if checkpoint is not None:
+        if checkpoint.resumed:
+            info["resumed"] = checkpoint.summary()
+        checkpoint.remove()
+
+
+def _commit(keys: Key | KeySet, victim: Classifier, path: PathLike | None) -> dict[str, Any]:
+    """Write the key (or key set) to ``path`` with its commitment beside it; the commitment record either way."""
+    commitment = commit_key(keys, weights_digest(victim))
+    if path is not None:
+        keys.save(path)
+        commitment.save(commitment_path(path))
+    return commitment.record
+
+
+def commit(
+    key: Key | KeySet | PathLike, *, victim: Classifier | PathLike | None = None, output: PathLike | None = None
+) -> tuple[Commitment, Path | None, bool]:
+    """The commitment of a key or key set, for ``copycatch key commit``: the one beside its file when there is one
+    (checked against the key: :class:`~copycatch.core.commitment.CommitmentRefused` when it does not match), else a
+    new one made now for ``victim`` (default: the victim digest the key records), written to ``output`` (default:
+    beside a key file). Returns (commitment, where it is written, whether it is new)."""
+    loaded = load_key_file(key) if isinstance(key, (str, os.PathLike)) else key
+    beside = commitment_path(key) if isinstance(key, (str, os.PathLike)) else None
+    existing = Path(output) if output is not None else beside
+    digest = weights_digest(_model(victim)) if victim is not None else None
+    if existing is not None and Path(existing).is_file():
+        statuses = check_commitments([loaded], [existing])
+        if digest is not None and statuses[0].commitment.record["victim_sha256"] != digest:
+            raise CommitmentRefused(f"{existing} commits the key to another victim than {victim}")
+        return statuses[0].commitment, Path(existing), False
+    commitment = commit_key(loaded, digest)
+    path = Path(output) if output is not None else beside
+    if path is not None:
+        commitment.save(path)
+    return commitment, path, True
 
 
 def steal(
@@ -231,6 +326,7 @@ def steal(
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    resume: bool = False,
     **suspect_options: Any,
 ) -> ExtractionResult:
     """Extract a surrogate of ``arch`` from ``victim`` (model, file, URL, callable or oracle) with ``attack``.
@@ -241,36 +337,70 @@ def steal(
     hard-label, rounding …). With ``splits``, ``info`` gains the surrogate's test accuracy (and its agreement with
     a local victim); ``then`` launders the surrogate with removal attacks on the thief's data
     (``info["laundering"]``). ``output`` writes the surrogate (and any deployment or pirate key beside it).
+
+    With ``output``, a checkpoint ``<output>.ckpt`` keeps every answer bought, as it arrives, and the training
+    state after every epoch, and is removed once the files are written (:mod:`copycatch.core.checkpoint`);
+    ``resume`` continues an interrupted run from it with the same arguments: the answers already paid for are
+    replayed, never bought again. ``info["resumed"]`` says what the checkpoint spared.
     """
     pool = _query_pool(pool, splits)
     if then and splits is None:
         raise InvalidArgument("laundering (then=...) needs the splits: it runs on the thief's data")
     shape = input_shape or tuple(pool.x.shape[1:])
     oracle = as_oracle(victim, num_classes=num_classes, input_shape=shape, **suspect_options)
-    if key is not None:
-        oracle = protect_oracle(oracle, _keys(key))
-    result = _steal(
-        oracle,
-        pool,
-        attack=attack,
-        arch=arch,
-        params=params,
-        budget=budget,
-        config=config,
-        postprocess=postprocess,
-        class_names=class_names,
-        progress=progress,
-    )
-    if splits is not None:
-        _measure_surrogate(result, victim, splits.test)
-    if then:
-        laundering = launder(result.surrogate, then, splits, config=config, progress=progress)
-        result.surrogate, result.info["laundering"] = laundering.model, laundering
-        if output is not None:
-            laundering.save(output)
+    keys = _keys(key) if key is not None else None
+    budgeted = {**(params or {}), **({"budget": budget} if budget is not None else {})}
+    run = {
+        "verb": "steal",
+        "victim": oracle,
+        "pool": pool,
+        "attack": attack,
+        "params": create_extraction_attack(attack, **budgeted).params,
+        "arch": arch,
+        "config": config or TrainConfig(),
+        "key": keys,
+        "postprocess": list(postprocess),
+        "splits": splits,
+        "then": list(then),
+        "class_names": class_names,
+        "options": _answer_options(suspect_options),
+    }
+    checkpoint = RunCheckpoint.beside(output, run, resume=resume)
+    if checkpoint is not None:  # the victim's own answers are what is paid for: record them before any protection
+        oracle = RecordedOracle(oracle, checkpoint)
+    if keys is not None:
+        oracle = protect_oracle(oracle, keys)
+    with checkpointing(checkpoint):
+        result = _steal(
+            oracle,
+            pool,
+            attack=attack,
+            arch=arch,
+            params=params,
+            budget=budget,
+            config=config,
+            postprocess=postprocess,
+            class_names=class_names,
+            progress=progress,
+        )
+        if splits is not None:
+            _measure_surrogate(result, victim, splits.test)
+        if then:
+            laundering = launder(result.surrogate, then, splits, config=config, progress=progress)
+            result.surrogate, result.info["laundering"] = laundering.model, laundering
+    if then and output is not None:
+        laundering.save(output)
     elif output is not None:
         save_model(result.surrogate, output)
+    _done(checkpoint, result.info)
     return result
+
+
+def _answer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The suspect options that can change its answers: without credentials (the checkpoint keeps no secret of the
+    thief's) and without how long to wait or how often to retry, which a resumed run may well change."""
+    waiting = {"api_key", "headers", "timeout", "retries", "backoff", "max_retry_after", "deadline"}
+    return {name: value for name, value in options.items() if name not in waiting}
 
 
 def _measure_surrogate(result: ExtractionResult, victim: Any, test: TensorData) -> None:
@@ -333,8 +463,13 @@ def verify(
     postprocess: Sequence[Any] = (),
     num_classes: int | None = None,
     calibrations: bool = True,
+    commitments: Sequence[Commitment | PathLike] | None = None,
+    suspect_since: Any = None,
+    require_commitment: bool = False,
+    commitment_checks: bool = True,
     report: PathLike | None = None,
     command: Sequence[str] | None = None,
+    sign_with: PathLike | None = None,
     progress: bool | None = None,
     **suspect_options: Any,
 ) -> VerificationRun:
@@ -344,13 +479,34 @@ def verify(
     hash-chained transcript (in memory, or ``transcript``; ``resume`` continues one, ``offline`` recomputes from it
     alone), calibration files beside key files, several keys combined (``combine``: Holm or Fisher; by default
     Fisher for one key set that declares its parts independent, Holm otherwise). ``report``
-    names a folder for ``evidence.json``, ``report.html`` and ``transcript.jsonl``. ``suspect_options`` reach the
-    suspect's protocol (HTTP fields, ONNX outputs, callable layouts).
+    names a folder for ``evidence.json``, ``report.html`` and ``transcript.jsonl``. ``sign_with``, the owner's private
+    key file (:func:`keygen`), signs the evidence and the transcript this run wrote (``FILE.sig``; see
+    :mod:`copycatch.verification.signed_evidence`). ``suspect_options`` reach the suspect's protocol (HTTP fields,
+    ONNX outputs, callable layouts); for an HTTP suspect, ``deadline`` (seconds it may keep us waiting without an
+    answer, then :class:`~copycatch.verification.session.VerificationInterrupted` saying how to resume) and
+    ``on_retry`` (a callable given one line per retry) among them.
+
+    Before any query, each key is checked against its commitment (``commitments``, one per key, else the
+    ``.commit.json`` beside a key file; :mod:`copycatch.verification.commitments`): a key that does not match, or
+    whose commitment is not older than ``suspect_since`` (when the suspect was first seen, ISO 8601), is refused
+    with :class:`~copycatch.core.commitment.CommitmentRefused`; ``require_commitment`` refuses keys without one.
+    Each evidence states its key's commitment (``details["commitment"]``). ``commitment_checks=False`` skips all
+    this (the benchmark's "without checks").
     """
     keys = list(key) if isinstance(key, (list, tuple)) else [key]
+    statuses = (
+        check_commitments(keys, commitments, suspect_since=suspect_since, require=require_commitment)
+        if commitment_checks
+        else []
+    )
     folder = _report_folder(report, offline=offline)
     if transcript is None and folder is not None:
         transcript = folder / "transcript.jsonl"
+    signing_key = load_private_key(sign_with) if sign_with is not None else None  # a bad key fails before any query
+    if signing_key is not None and folder is None and (transcript is None or offline):
+        raise InvalidArgument(
+            "nothing to sign: give a report folder (--report DIR), or a transcript this run writes (--transcript FILE)"
+        )
     run = verify_suspect(
         suspect,
         keys,
@@ -370,8 +526,11 @@ def verify(
         progress=progress,
         session={"command": list(command)} if command else None,
     )
+    state_commitments(run.evidences, statuses, suspect_since)
     if folder is not None:
-        run.report_paths = write_report(folder, run, command=command)
+        signer = signer_record(signing_key) if signing_key is not None else None
+        run.report_paths = write_report(folder, run, command=command, signer=signer)
+    run.signatures = sign_run(run, signing_key)
     return run
 
 
@@ -385,6 +544,27 @@ def _report_folder(report: PathLike | None, *, offline: bool) -> Path | None:
             f"{folder / 'transcript.jsonl'} alone, or report to another folder"
         )
     return folder
+
+
+def keygen(output: PathLike, *, force: bool = False) -> KeyPair:
+    """A new owner signing key pair (Ed25519): ``output.key``, private, mode 0600, and ``output.pub``, public, to
+    publish; existing files are replaced only with ``force``. What ``copycatch key keygen -o OUTPUT`` runs."""
+    return write_key_pair(output, force=force)
+
+
+def check_evidence(
+    file: PathLike,
+    public_key: PathLike,
+    *,
+    transcript: PathLike | None = None,
+    key: Key | KeySet | PathLike | Sequence[Key | KeySet | PathLike] = (),
+) -> EvidenceCheck:
+    """Check a signed evidence file (or transcript) with the owner's public key alone: the signature, each p-value
+    recomputed from the recorded counts, the transcript's hash chain against the evidence's, and (given ``key``)
+    the evidence recomputed from the recorded answers. What ``copycatch evidence check`` runs; ``.ok`` is the
+    outcome, ``.checks`` every check made."""
+    keys = list(key) if isinstance(key, (list, tuple)) else [key]
+    return _check_evidence(file, public_key, transcript=transcript, keys=keys)
 
 
 def calibrate(
@@ -515,13 +695,21 @@ def new_api_key(path: PathLike, key_id: str) -> str:
     return new_key(path, key_id)
 
 
-def ledger_summary(path: PathLike, *, since: float | None = None, keys: Sequence[str] | None = None) -> dict:
-    """Per-API-key totals of a serve ledger (with its rotated files): requests, inputs, refusals, repeats."""
-    read = read_ledger(path)
+def ledger_summary(
+    path: PathLike | Sequence[PathLike], *, since: float | None = None, keys: Sequence[str] | None = None
+) -> dict:
+    """Per-API-key totals of a serve ledger, or of several replicas' ledgers merged in time order (each with its
+    rotated files): requests, inputs, refusals, repeats; ``ledgers`` gives each ledger's own counts."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    reads, entries = read_ledgers(paths)
     return {
-        "files": [str(f) for f in read.files],
-        "lines": len(read.entries),
-        "unreadable_lines": read.corrupt_lines,
+        "files": [str(f) for read in reads for f in read.files],
+        "lines": len(entries),
+        "unreadable_lines": sum(read.corrupt_lines for read in reads),
         "since": since,
-        "keys": summarize(read.entries, since=since, keys=keys),
+        "ledgers": [
+            {"ledger": str(p), "files": len(r.files), "lines": len(r.entries), "unreadable_lines": r.corrupt_lines}
+            for p, r in zip(paths, reads)
+        ],
+        "keys": summarize(entries, since=since, keys=keys),
     }

@@ -69,6 +69,26 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def add_resume_option(p: argparse.ArgumentParser, note: str) -> None:
+    """``--resume``: continue from the checkpoint an interrupted run left beside its output (core.checkpoint)."""
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the checkpoint OUTPUT.ckpt it left (saved after every epoch, removed "
+        f"on success), with the same arguments, to the same result. {note}",
+    )
+
+
+def say_resumed(info: dict[str, Any]) -> None:
+    """After a resumed run: what its checkpoint spared."""
+    resumed = info.get("resumed")
+    if resumed:
+        say(
+            f"resumed from {resumed['checkpoint']}: {resumed['epochs_restored']} epoch(s) restored, "
+            f"{resumed['answers_replayed']} answer(s) replayed instead of bought"
+        )
+
+
 def add_params_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help=f"{what} parameter (repeatable)")
 
@@ -237,23 +257,62 @@ def say_steps(steps: list[dict[str, Any]]) -> None:
 
 
 # Exit statuses. Every verb exits 0 on success and EXIT_ERROR on any error; verify exits with its verdict, in the
-# spirit of grep and diff (0: the claim holds), so a script can branch on it. The values never clash across verbs.
+# spirit of grep and diff (0: the claim holds), so a script can branch on it, and so does evidence check (0: every
+# check passed). The values never clash across verbs: 1 is always "the claim does not hold".
 EXIT_STOLEN = 0  # verify: the suspect carries the mark (the null hypothesis is rejected at alpha)
 EXIT_NOT_STOLEN = 1  # verify: no evidence of theft at alpha, from a test that could have found it
 EXIT_ERROR = 2  # every verb: bad arguments, missing or corrupt files, a failing suspect (one line on stderr)
 EXIT_COST = 3  # embed (and protect): the watermark costs more accuracy than --max-cost; the files are written
 EXIT_INCONCLUSIVE = 4  # verify: no decision possible: alpha out of the key's reach, or the query budget ran out
+EXIT_CHECK_FAILED = 1  # evidence check: a check failed (bad signature, broken chain, p-value mismatch), like diff's 1
 
 VERIFY_EXIT_CODES = (
     (EXIT_STOLEN, "stolen: the suspect carries the mark (p-value <= alpha)"),
     (EXIT_NOT_STOLEN, "not stolen: the test could have found the mark at alpha and did not"),
-    (EXIT_ERROR, "error: bad arguments, unreadable key, failing suspect (one line on stderr)"),
+    (
+        EXIT_ERROR,
+        "error: bad arguments, unreadable key, failing suspect, or a suspect silent past --deadline (one line on "
+        "stderr; the answers so far stay in the transcript, and the line says how to resume)",
+    ),
     (
         EXIT_INCONCLUSIVE,
         "inconclusive: alpha is out of the key's reach (smallest attainable p-value > alpha, with this key and "
         "--budget), or --budget ran out before a decision (the transcript is kept: --resume with a larger budget)",
     ),
 )
+
+
+KEY_SEED_ENV = "COPYCATCH_KEY_SEED"
+
+
+def add_key_seed_option(p: argparse.ArgumentParser) -> None:
+    """``--key-seed``: the secret the key's random choices come from (:mod:`copycatch.core.commitment`)."""
+    p.add_argument(
+        "--key-seed",
+        default=None,
+        metavar="HEX",
+        help="secret the key's random choices come from: 32-128 hex digits, kept in the key and digested in its "
+        f"commitment; 'random' (the default, or ${KEY_SEED_ENV}) draws 256 bits; 'training' derives them from "
+        "--seed, which anyone can repeat",
+    )
+
+
+def key_seed(args: argparse.Namespace) -> str | None:
+    """The key seed ``--key-seed`` (or the environment) asks for: a fresh secret, a given one, or None (training)."""
+    from ..core.commitment import check_key_seed, new_key_seed
+
+    text = (args.key_seed or os.environ.get(KEY_SEED_ENV) or "random").strip()
+    if text == "random":
+        return new_key_seed()
+    return None if text == "training" else check_key_seed(text)
+
+
+def say_commitment(key_path: Path) -> None:
+    """The line after writing a key: where its commitment is, and its id to publish or timestamp."""
+    from ..core.commitment import Commitment, commitment_path
+
+    path = commitment_path(key_path)
+    say(f"commitment written to {path} (id {Commitment.load(path).id[:16]}…): publish or timestamp it now")
 
 
 def add_cost_options(p: argparse.ArgumentParser) -> None:

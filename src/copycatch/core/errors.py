@@ -44,6 +44,11 @@ class SuspectError(CopycatchError):
     """A suspect model or API answered in a way we cannot use (NaN, wrong shape, refusal)."""
 
 
+class SuspectUnresponsive(SuspectError):
+    """A suspect API gave no answer within the deadline: over every attempt, retry wait and endpoint since its last
+    answer (or since it was opened)."""
+
+
 class AccuracyCostExceeded(CopycatchError):
     """The watermark costs more test accuracy than the limit allows (``max_cost``).
 

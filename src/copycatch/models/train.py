@@ -17,12 +17,14 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checkpoint import active as active_checkpoint
+from ..core.checkpoint import pack_state, rng_states, set_rng_states, unpack_state
 from ..core.errors import InvalidArgument
 from ..core.params import Params
 from ..core.runtime import progress as progress_bar
@@ -89,7 +91,23 @@ class TrainState:
 
 
 class TrainHook:
-    """Extend the loop without copying it. Every method is optional."""
+    """Extend the loop without copying it. Every method is optional.
+
+    A hook whose attributes change while it trains (generators, running perturbations, counters, logs) names them
+    in ``state_attrs``: a resumable run saves them after every epoch and, on resume, restores them after
+    ``on_start`` has rebuilt everything else (:mod:`copycatch.core.checkpoint`).
+    """
+
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ``state_attrs`` attributes as plain data: what a checkpoint saves."""
+        return {name: pack_state(getattr(self, name)) for name in self.state_attrs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (called after ``on_start``)."""
+        for name, value in state.items():
+            setattr(self, name, unpack_state(value, getattr(self, name, None)))
 
     def on_start(self, state: TrainState) -> None:
         pass
@@ -158,8 +176,15 @@ def fit(
     parameters: Iterable[torch.nn.Parameter] | None = None,
     progress: bool | None = None,
     desc: str = "train",
+    checkpoint: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data`` (labels, or soft targets for distillation)."""
+    """Train ``model`` in place on ``data`` (labels, or soft targets for distillation).
+
+    Inside a resumable run (:mod:`copycatch.core.checkpoint`) the call is the run's next training stage: its state is
+    saved after every epoch, and a resumed run continues it from the last saved epoch (a finished stage is restored
+    whole, without training). ``checkpoint=False`` leaves out a short stage that costs less to train again than to
+    save: on resume it simply runs again, from the same weights and seed.
+    """
     config = config or TrainConfig()
     if len(data) == 0:
         raise InvalidArgument("cannot train on an empty data set")
@@ -177,9 +202,19 @@ def fit(
     best = _EarlyStopping(config.patience)
     stopped_early = False
     start = time.perf_counter()
+    run = active_checkpoint() if checkpoint else None
+    what = {"desc": desc, "examples": len(data), "config": config.to_dict(), "hooks": [type(h).__name__ for h in hooks]}
+    stage, saved = run.next_stage(what) if run is not None else (0, None)
+    if saved is not None and saved["done"]:
+        return _restore_finished(saved, state, hooks)
+    if saved is not None:
+        _restore_epoch(saved, state, scheduler, hooks, best)
+        start -= saved["seconds"]
     steps = config.epochs * ((len(data) + config.batch_size - 1) // config.batch_size)
     bar_iter = iter(progress_bar(range(steps), total=steps, desc=desc, enabled=progress, unit="step"))
-    for epoch in range(config.epochs):
+    for _ in range(state.step):  # a resumed stage's bar starts where the saved one was
+        next(bar_iter, None)
+    for epoch in range(len(state.history), config.epochs):
         state.epoch = epoch
         epoch_start = time.perf_counter()
         mean_loss = _train_epoch(state, on_device, hooks, loss_fn, bar_iter)
@@ -194,15 +229,89 @@ def fit(
         state.history.append(record)
         if val is not None and config.patience > 0 and best.out_of_patience(record["val_accuracy"], epoch + 1, model):
             stopped_early = True
-        if state.stop or stopped_early:
-            stopped_early = True
+        stopped_early = stopped_early or state.stop
+        if stopped_early:
             break
+        if run is not None and epoch + 1 < config.epochs:  # the last epoch's state is the finished stage, saved below
+            run.save_stage(stage, _epoch_record(what, state, scheduler, hooks, best, time.perf_counter() - start))
     for _ in bar_iter:  # drain so the bar closes cleanly after an early stop
         pass
     if best.state is not None:
         model.load_state_dict(best.state)
     model.eval()
-    return TrainResult(state.history, len(state.history), best.epoch, time.perf_counter() - start, stopped_early)
+    result = TrainResult(state.history, len(state.history), best.epoch, time.perf_counter() - start, stopped_early)
+    if run is not None:
+        run.save_stage(stage, _finished_record(what, state, hooks, result))
+    return result
+
+
+def _epoch_record(
+    what: dict[str, Any],
+    state: TrainState,
+    scheduler: Any,
+    hooks: Sequence[TrainHook],
+    best: _EarlyStopping,
+    seconds: float,
+) -> dict[str, Any]:
+    """Everything a stage needs to continue after its last finished epoch, as plain data (CPU copies)."""
+    return {
+        "what": what,
+        "done": False,
+        "epoch": len(state.history),
+        "step": state.step,
+        "seconds": seconds,
+        "model": pack_state(state.model.state_dict()),
+        "optimizer": pack_state(state.optimizer.state_dict()),
+        "scheduler": pack_state(scheduler.state_dict()) if scheduler is not None else None,
+        "generator": state.generator.get_state(),
+        "rng": rng_states(),
+        "hooks": [hook.state_dict() for hook in hooks],
+        "history": pack_state(state.history),
+        "best": pack_state(vars(best)),
+    }
+
+
+def _finished_record(
+    what: dict[str, Any], state: TrainState, hooks: Sequence[TrainHook], result: TrainResult
+) -> dict[str, Any]:
+    """A finished stage: its final weights, the random and hook states it ended with, and its result."""
+    return {
+        "what": what,
+        "done": True,
+        "epoch": result.epochs_run,
+        "model": pack_state(state.model.state_dict()),
+        "rng": rng_states(),
+        "hooks": [hook.state_dict() for hook in hooks],
+        "result": pack_state(result.to_dict()),
+    }
+
+
+def _restore_epoch(
+    saved: dict[str, Any], state: TrainState, scheduler: Any, hooks: Sequence[TrainHook], best: _EarlyStopping
+) -> None:
+    """Put a stage back where :func:`_epoch_record` saved it (a stage that stopped was saved as finished)."""
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    state.generator.set_state(saved["generator"])
+    set_rng_states(saved["rng"])
+    for hook, hook_state in zip(hooks, saved["hooks"]):
+        hook.load_state_dict(hook_state)
+    state.step = saved["step"]
+    state.history = unpack_state(saved["history"])
+    for name, value in unpack_state(saved["best"]).items():
+        setattr(best, name, value)
+
+
+def _restore_finished(saved: dict[str, Any], state: TrainState, hooks: Sequence[TrainHook]) -> TrainResult:
+    """A finished stage as it ended, without training: weights, hook states, random states, result."""
+    state.model.load_state_dict(saved["model"])
+    for hook, hook_state in zip(hooks, saved["hooks"]):
+        hook.load_state_dict(hook_state)
+    set_rng_states(saved["rng"])
+    state.model.eval()
+    return TrainResult(**unpack_state(saved["result"]))
 
 
 def _train_epoch(

@@ -30,16 +30,23 @@ path such as ``"data.scores"``; default: ``probabilities``, else ``labels``, els
   ``class_names`` are known);
 * ``"probs"``, ``"labels"`` (a 2-D answer is reduced to its argmax), or ``"logits"`` (softmax is applied).
 
-Reliability: each request has a ``timeout`` (seconds, per network operation: the standard library's socket
-timeout); connection errors, timeouts, 408 and 5xx are retried ``retries`` times with exponential backoff
-(``backoff`` × 2^attempt, at most 60 s); 429 waits what ``Retry-After`` says (seconds or an HTTP date; if
-absent, the backoff), up to ``max_retry_after`` seconds, else fails at once with the server's wait in the
-message. Any other 4xx is a refusal. Every HTTP error ends as a :class:`~copycatch.core.errors.SuspectError`
-naming the URL, the status and a one-line excerpt of the body (its JSON ``detail``, ``error`` or ``message``,
-else its first 200 characters); so do non-JSON bodies, NaN, wrong shapes and unknown labels. A request that
-timed out may have been answered (and charged) by the server before it is sent again; a server that keeps a
-query ledger will count it twice. With a :class:`~copycatch.verification.transcript.Transcript`, each request's
-answers are recorded as they arrive, and recorded answers are replayed instead of re-asked.
+Reliability: each request has a ``timeout`` (seconds, per network operation: the standard library's socket timeout);
+connection errors, timeouts, 408 and 5xx are retried ``retries`` times with exponential backoff (``backoff`` ×
+2^attempt, at most 60 s); 429 waits what ``Retry-After`` says (seconds or an HTTP date; if absent, the backoff), up
+to ``max_retry_after`` seconds, else fails at once with the server's wait in the message. Any other 4xx is a
+refusal. Each retry is reported before its wait, with its reason (``on_retry``, a callable taking one line; by
+default a warning on the ``copycatch.oracles.http`` logger). A ``deadline`` (seconds) bounds how long the suspect
+may keep us waiting: it counts every attempt and retry wait on every endpoint since its last answer (or since the
+oracle was opened) and cuts each attempt's timeout to the time left; when it ends, or the next retry could not start
+before it does, the request fails with :class:`~copycatch.core.errors.SuspectUnresponsive` naming the URL and the
+attempts. Time between requests (the caller's own work) is not counted, so a long run that keeps getting answers
+never reaches it; without a deadline, a hanging endpoint costs ``retries + 1`` timeouts plus the backoff. Every HTTP
+error ends as a :class:`~copycatch.core.errors.SuspectError` naming the URL, the status and a one-line excerpt of
+the body (its JSON ``detail``, ``error`` or ``message``, else its first 200 characters); so do non-JSON bodies, NaN,
+wrong shapes and unknown labels. A request that timed out may have been answered (and charged) by the server before
+it is sent again; a server that keeps a query ledger will count it twice. With a
+:class:`~copycatch.verification.transcript.Transcript`, each request's answers are recorded as they arrive, and
+recorded answers are replayed instead of re-asked.
 
 Implementation choice: the client uses only the standard library (``urllib``), so the core package can
 query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.data.png`,
@@ -52,6 +59,7 @@ import base64
 import email.utils
 import http.client
 import json
+import logging
 import math
 import socket
 import time
@@ -64,9 +72,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import InvalidArgument, SuspectError
+from ..core.errors import InvalidArgument, SuspectError, SuspectUnresponsive
 from ..data.png import encode_png
 from .base import Oracle
+
+log = logging.getLogger(__name__)
 
 ENCODINGS = ("lists", "png")
 LAYOUTS = ("nchw", "nhwc", "flat")
@@ -93,6 +103,7 @@ def _check_options(
     backoff: float,
     max_retry_after: float,
     batch_size: int,
+    deadline: float | None,
 ) -> None:
     """Refuse an :class:`HttpOracle` option that cannot work, before anything is asked."""
     parsed = urllib.parse.urlparse(url)
@@ -112,6 +123,8 @@ def _check_options(
         )
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    if deadline is not None and not deadline > 0:
+        raise InvalidArgument(f"deadline must be > 0 seconds (or None: no deadline), got {deadline}")
 
 
 def endpoints(url: str, predict_path: str | None = None, info_path: str | None = None) -> tuple[str, str | None]:
@@ -179,11 +192,15 @@ class HttpOracle(Oracle):
         backoff: float = 0.5,
         max_retry_after: float = 300.0,
         batch_size: int = 256,
+        deadline: float | None = None,
+        on_retry: Callable[[str], None] | None = None,
         transcript: Any = None,
         name: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        _check_options(url, encoding, input_layout, output_kind, timeout, retries, backoff, max_retry_after, batch_size)
+        _check_options(
+            url, encoding, input_layout, output_kind, timeout, retries, backoff, max_retry_after, batch_size, deadline
+        )
         self.url = url
         self.predict_url, self.info_url = endpoints(url, predict_path, info_path)
         self.headers = {**_BASE_HEADERS, **(headers or {})}
@@ -196,6 +213,9 @@ class HttpOracle(Oracle):
         self.timeout = float(timeout)
         self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
         self.batch_size, self.transcript, self._sleep = batch_size, transcript, sleep
+        self.deadline = None if deadline is None else float(deadline)
+        self._on_retry = on_retry or log.warning
+        self._unanswered = 0.0  # seconds spent waiting on the suspect since its last answer
         self.requests = 0
         self.retried = 0
         self.info: dict[str, Any] | None = None
@@ -239,6 +259,8 @@ class HttpOracle(Oracle):
             return None
         try:
             info = self._request("GET", self.info_url, None)
+        except SuspectUnresponsive:  # the deadline is spent: the prediction endpoint would fail at once
+            raise
         except SuspectError as exc:
             if required:
                 raise SuspectError(
@@ -363,25 +385,57 @@ class HttpOracle(Oracle):
 
     # -- transport -------------------------------------------------------------------------------------------------
     def _request(self, method: str, url: str, body: Any) -> Any:
+        """The decoded JSON answer of one request, retried as the module docstring says; the time it kept us
+        waiting counts against the deadline until the suspect answers."""
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        started = time.monotonic()
+        try:
+            payload = self._with_retries(method, url, data, started)
+        except BaseException:
+            self._unanswered += time.monotonic() - started
+            raise
+        self._unanswered = 0.0
+        return payload
+
+    def _time_left(self, started: float) -> float | None:
+        """Seconds left before the deadline, for a request started at ``started``; None without a deadline."""
+        if self.deadline is None:
+            return None
+        return self.deadline - self._unanswered - (time.monotonic() - started)
+
+    def _with_retries(self, method: str, url: str, data: bytes | None, started: float) -> Any:
         attempt = 0
         while True:
+            left = self._time_left(started)
             self.requests += 1
-            payload, failure, wait = self._try_once(method, url, data, attempt)
+            # never past the deadline, and still > 0 when it is a hair away (a socket timeout of 0 means "don't wait")
+            timeout = self.timeout if left is None else max(min(self.timeout, left), 0.001)
+            payload, failure, wait = self._try_once(method, url, data, attempt, timeout)
             if failure is None:
                 return payload
+            left = self._time_left(started)
+            # the deadline decides first: at its end (or with no time for the next wait) the failure is the silence
+            if left is not None and (left <= 0 or (wait >= left and attempt < self.retries)):
+                raise SuspectUnresponsive(
+                    f"{url} gave no answer within the deadline of {self.deadline:g} s ({attempt + 1} attempt"
+                    f"{'s' if attempt else ''}; last: {failure})"
+                )
             if attempt >= self.retries:
                 raise SuspectError(f"{url}: {failure}; gave up after {attempt + 1} attempts")
             attempt += 1
             self.retried += 1
+            until = "" if left is None else f", {left:.3g} s left before the deadline"
+            self._on_retry(f"{url}: {failure}; retry {attempt} of {self.retries} in {wait:.1f} s{until}")
             self._sleep(wait)
 
-    def _try_once(self, method: str, url: str, data: bytes | None, attempt: int) -> tuple[Any, str | None, float]:
+    def _try_once(
+        self, method: str, url: str, data: bytes | None, attempt: int, timeout: float
+    ) -> tuple[Any, str | None, float]:
         """(decoded JSON, None, 0) on success; (None, reason, seconds to wait) when worth retrying; raises otherwise."""
         delay = min(_MAX_BACKOFF, self.backoff * 2**attempt)
         request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
@@ -403,11 +457,11 @@ class HttpOracle(Oracle):
                 hint = " (no such endpoint: check the URL; a URL with a path is used as the endpoint itself)"
             raise SuspectError(f"{url} refused the query: HTTP {exc.code}{detail}{hint}") from None
         except TimeoutError:
-            return None, f"no answer within {self.timeout:g} s (timeout)", delay
+            return None, f"no answer within {timeout:.3g} s (timeout)", delay
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, (TimeoutError, socket.timeout)):
-                return None, f"no answer within {self.timeout:g} s (timeout)", delay
+                return None, f"no answer within {timeout:.3g} s (timeout)", delay
             return None, f"cannot connect ({reason})", delay
         except (ConnectionError, http.client.HTTPException) as exc:
             return None, f"connection failed ({type(exc).__name__}: {exc})", delay

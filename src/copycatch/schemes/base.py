@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from ..core.commitment import derived_seed
 from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
@@ -99,6 +100,12 @@ class Scheme:
     per_item: ClassVar[tuple[str, ...]] = ()
     # What makes a key that can reach smaller p-values (the note when a key cannot reach alpha says it).
     larger_key: ClassVar[str] = "a larger key"
+    # Parameters that are part of the secret (the paper keeps them secret): the public commitment record leaves them
+    # out (schemes.commitment); the key digest still binds them.
+    secret_params: ClassVar[tuple[str, ...]] = ()
+    # The owner's secret key seed (hex), set by the embedding workflow (schemes.embedding): the key's random choices
+    # then come from it (key_generator), not from the public training seed.
+    key_seed: str | None = None
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):
@@ -272,6 +279,14 @@ class Scheme:
             raise InvalidArgument(f"scheme {self.name!r} needs probabilities but the suspect answers labels only")
 
     # -- helpers for subclasses ------------------------------------------------------------------------------------
+    def key_generator(self, seed: int, salt: int) -> torch.Generator:
+        """The generator of the key's random choices (which inputs become triggers, their secret labels …): seeded
+        from the secret key seed when one is set (:func:`copycatch.core.commitment.derived_seed`), else from the
+        public ``seed + salt`` (the training seed: reproducible by anyone who knows it and the data)."""
+        if self.key_seed is None:
+            return torch.Generator().manual_seed(seed + salt)
+        return torch.Generator().manual_seed(derived_seed(self.key_seed, self.name, salt))
+
     def check_key(self, key: Key, oracle: Oracle | None = None) -> None:
         if key.scheme != self.name:
             raise InvalidArgument(f"key is for scheme {key.scheme!r}, not {self.name!r}")

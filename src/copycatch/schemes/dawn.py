@@ -234,7 +234,7 @@ class Dawn(Scheme):
         train = train or TrainConfig()
         before = weights_digest(model)
         need_three_classes(splits.num_classes, "the data has")
-        generator = torch.Generator().manual_seed(train.seed + 86028157)
+        generator = self.key_generator(train.seed, 86028157)
         secret = torch.randint(256, (SECRET_BYTES,), generator=generator, dtype=torch.uint8)
         tensors = {"secret": secret}
         if p.probes:

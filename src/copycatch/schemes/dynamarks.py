@@ -239,7 +239,7 @@ class DynaMarks(Scheme):
         p = self.params
         train = train or TrainConfig()
         before = weights_digest(model)
-        generator = torch.Generator().manual_seed(train.seed + 49979687)
+        generator = self.key_generator(train.seed, 49979687)
         n = splits.num_classes
         favoured = torch.randint(n, (n,), generator=generator)
         range_index = torch.randint(p.range_choices, (n,), generator=generator)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..core.commitment import check_key_seed, keep_seed
 from ..core.errors import AccuracyCostExceeded, InvalidArgument
 from ..core.key import Key
 from ..data.base import Splits, TensorData
@@ -49,6 +50,7 @@ def embed_scheme(
     progress: bool | None = None,
     reference: Classifier | None = None,
     max_cost: float | None = DEFAULT_MAX_COST,
+    key_seed: str | None = None,
 ) -> Embedding:
     """Watermark a model with ``scheme``: a fresh ``arch`` (default: the scheme's), or ``model`` as given.
 
@@ -56,9 +58,12 @@ def embed_scheme(
     trained first with the same ``config``; its provenance goes in ``info["pretrained_clean"]``. The accuracy cost
     against a clean reference (``reference``, else see the module docstring) is measured and recorded in the key and
     in ``info["accuracy_cost"]``, flagged when past ``max_cost`` points. Nothing is raised here: a caller keeps the
-    finished work (writes its files) and then calls :func:`check_accuracy_cost`.
+    finished work (writes its files) and then calls :func:`check_accuracy_cost`. ``key_seed`` (hexadecimal, see
+    :mod:`copycatch.core.commitment`) is the secret the key's random choices come from, kept in the key; None draws
+    them from the training seed, which anyone can repeat.
     """
     sch = create_scheme(scheme, **(params or {}))
+    sch.key_seed = check_key_seed(key_seed) if key_seed is not None else None
     if model is not None and arch is not None:
         raise InvalidArgument("give either arch (train a new model) or model (start from it), not both")
     check_max_cost(max_cost)
@@ -76,6 +81,8 @@ def embed_scheme(
             _check_fits(name, other, splits)
     clean = _clean_reference(sch, base, model, reference, splits, config, max_cost, progress)
     result = sch.embed(base, splits, train=config, progress=progress)
+    if sch.key_seed is not None:
+        keep_seed(result.key, sch.key_seed)
     result.info.update(info)
     result.victim.provenance.update({**splits.provenance(), "trained_on": "owner_train", "train": config.to_dict()})
     record_accuracy_cost(sch, result, clean, splits.test, max_cost)

@@ -195,6 +195,8 @@ def watermark_snnl(
 class EntangleHook(TrainHook):
     """Adds a watermark batch's (CE − factor·ΣSNNL) to every ``ratio``-th clean step and learns the temperatures."""
 
+    state_attrs = ("generator", "order", "cursor", "snnl_sum", "batches")
+
     def __init__(
         self,
         triggers: torch.Tensor,
@@ -207,6 +209,15 @@ class EntangleHook(TrainHook):
         self.triggers, self.target_x, self.target = triggers, target_x, target
         self.tap, self.temperatures, self.params = tap, temperatures, params
         self.snnl_sum, self.batches = 0.0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        # the learnt temperatures live on the Temperatures object, which embed() reads for the key
+        return {**super().state_dict(), "temperatures": list(self.temperatures.values)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.temperatures.values = list(state.pop("temperatures"))
+        super().load_state_dict(state)
 
     def on_start(self, state: TrainState) -> None:
         self.generator = torch.Generator().manual_seed(state.config.seed + 4099)
@@ -502,7 +513,7 @@ class EntangledWatermark(Scheme):
         """Trigger search on the clean trained ``model``, then the entangling phase."""
         p = self.params
         train = train or TrainConfig()
-        generator = torch.Generator().manual_seed(train.seed + 1299709)
+        generator = self.key_generator(train.seed, 1299709)
         half = max(1, train.batch_size // 2)
         layers = resolve_layers(model, p.layers)
         tap = LayerTap(model, layers)

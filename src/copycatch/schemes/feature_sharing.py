@@ -415,7 +415,7 @@ class FeatureSharingWatermark(Scheme):
         """Step 2 of the paper on a clean trained ``model``: fine-tune the decision layers on clean + watermark data."""
         p = self.params
         train = train or TrainConfig()
-        generator = torch.Generator().manual_seed(train.seed + 7877)
+        generator = self.key_generator(train.seed, 7877)
         sets = self.watermark_sets(splits, model, generator)
         source, target = sets["source"], sets["target"]
         watermark = TensorData(sets["train_x"], torch.full((len(sets["train_x"]),), target, dtype=torch.long))

@@ -85,6 +85,8 @@ class StitchHook(TrainHook):
     """Adds λ·CE on a batch of key inputs to every step; stops as soon as the whole key is classified as labelled
     (checked every ``check_every`` steps and at every epoch's end)."""
 
+    state_attrs = ("generator", "stitched", "epochs", "steps", "checked_accuracy", "key_accuracy")
+
     def __init__(self, key_x: torch.Tensor, key_y: torch.Tensor, params: FrontierStitching.Params):
         self.key_x, self.key_y, self.params = key_x, key_y, params
         self.generator: torch.Generator | None = None
@@ -289,7 +291,7 @@ class FrontierStitching(Scheme):
         """Build the key from ``model`` (already trained) and fine-tune it until the key is stitched."""
         p = self.params
         train = train or TrainConfig()
-        generator = torch.Generator().manual_seed(train.seed + 86028121)
+        generator = self.key_generator(train.seed, 86028121)
         tensors = self.make_key(model, splits, generator, progress=progress)
         stitched = tensors["key_role"] != CONTROL
         hook = StitchHook(tensors["key_x"][stitched].float() / 255, tensors["key_label"][stitched], p)

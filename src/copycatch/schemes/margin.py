@@ -110,6 +110,8 @@ def resolved_weight(params: Any, n_train: int, train: TrainConfig) -> Any:
 class MarginHook(TrainHook):
     """Adds λ·CE(h(x_q + δ*), y_q) with δ* from K ascent steps (Algorithm 1) to every step's loss."""
 
+    state_attrs = ("generator", "delta")
+
     def __init__(self, trigger_x: torch.Tensor, trigger_y: torch.Tensor, params: MarginWatermark.Params):
         self.trigger_x, self.trigger_y, self.params = trigger_x, trigger_y, params
         self.generator: torch.Generator | None = None
@@ -229,7 +231,7 @@ class MarginWatermark(Scheme):
     ) -> Embedding:
         """Train ``model`` (from its current weights) on owner_train with the margin loss."""
         train = train or TrainConfig()
-        generator = torch.Generator().manual_seed(train.seed + 104729)
+        generator = self.key_generator(train.seed, 104729)
         info: dict[str, Any] = {}
         if self.params.label_strategy != "random" and reference is None:
             reference = create_for(model.arch, model, seed=train.seed, **model.arch_kwargs)

@@ -147,6 +147,8 @@ class MEADefenderHook(TrainHook):
     ½·source_a + ½·source_b; the code builds two copies of each, one labelled a and one b: the same expected loss.
     """
 
+    state_attrs = ("generator", "_weights", "_losses")
+
     def __init__(
         self,
         pool_a: torch.Tensor,
@@ -359,6 +361,8 @@ class MEADefender(Scheme):
     strength = "com_weight"
     per_item = ("verify_x", "verify_group")
     larger_key = "more queries per watermark and false-watermark group (n_verify, n_false_per_group)"
+    # the paper keeps the classes and the combining rule secret
+    secret_params = ("source_a", "source_b", "target", "rule", "merge_alpha", "ae_alpha", "n_stripes", "stripes_from_b")
     null_hypothesis = (
         "The suspect answers the secret target on true watermark samples no more often than on at least one group of "
         "false watermarks (the same source classes mixed by another rule, or classes that are not both sources mixed "
@@ -637,7 +641,7 @@ class MEADefender(Scheme):
         p = self.params
         self.check_classes(splits.num_classes)
         _, h, w = splits.input_shape
-        generator = torch.Generator().manual_seed(seed + 7331)
+        generator = self.key_generator(seed, 7331)
         info: dict[str, Any] = {}
         tensors: dict[str, torch.Tensor] = {}
         stripe_pattern = None

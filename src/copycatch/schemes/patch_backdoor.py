@@ -75,6 +75,8 @@ def stamp(x: torch.Tensor, patches: torch.Tensor, which: torch.Tensor) -> torch.
 class BackdoorHook(TrainHook):
     """Adds λ·CE on stamped copies of the batch's first ``poison_batch`` inputs, labelled with their targets."""
 
+    state_attrs = ("generator",)
+
     def __init__(self, patches: torch.Tensor, targets: torch.Tensor, params: PatchBackdoor.Params):
         self.patches, self.targets, self.params = patches, targets, params
         self.generator: torch.Generator | None = None
@@ -149,7 +151,7 @@ class PatchBackdoor(Scheme):
                 f"owner_holdout has {len(pool)} inputs, fewer than n_key={p.n_key}; raise the "
                 "holdout fraction or lower n_key"
             )
-        generator = torch.Generator().manual_seed(train.seed + 982451653)
+        generator = self.key_generator(train.seed, 982451653)
         patches = torch.randint(2, (p.n_patches, channels, p.patch_size, p.patch_size), generator=generator)
         patches = (patches * 255).to(torch.uint8)
         # π_j(y): a uniform draw from the C-1 classes other than y, independently per (patch, source class).

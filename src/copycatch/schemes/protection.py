@@ -25,6 +25,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.commitment import keep_seed, sub_seed
 from ..core.errors import InvalidArgument
 from ..core.key import Key
 from ..core.keyset import KeySet, open_keys
@@ -39,6 +40,10 @@ from .embedding import DEFAULT_MAX_COST, embed_scheme
 SEED_RULE = (
     "part 0 (the watermark): the training seed; part i > 0: the first 63 bits of "
     "SHA-256('copycatch.protect/<seed>/<i>/<scheme>')"
+)
+KEY_SEED_RULE = (
+    "secret: part 0 (the watermark) draws its key from the key seed, as embed does; part i > 0 from its own, "
+    "SHA-256('copycatch.key-seed.part/<key seed>/protect/<i>/<scheme>'); each part keeps its seed"
 )
 
 
@@ -70,11 +75,13 @@ def protect_model(
     progress: bool | None = None,
     reference: Classifier | None = None,
     max_cost: float | None = DEFAULT_MAX_COST,
+    key_seed: str | None = None,
 ) -> Protection:
     """Watermark a model with ``watermark`` (a training-time scheme) and make the key of ``api`` (an API-time scheme,
     or ``None``/``"none"``) for the watermarked victim; the keys form one key set declared independent. The
     watermark's accuracy cost is measured as :func:`~copycatch.schemes.embedding.embed_scheme` does (``reference``,
-    ``max_cost``) and recorded in ``info["accuracy_cost"]``; API-time parts change no weight."""
+    ``max_cost``) and recorded in ``info["accuracy_cost"]``; API-time parts change no weight. With a secret
+    ``key_seed`` the parts' random choices come from it (:data:`KEY_SEED_RULE`), else from the training seeds."""
     api = None if api in (None, "none") else api
     _check_acts_at(watermark, "training", "the watermark")
     if api is not None:
@@ -92,12 +99,15 @@ def protect_model(
         progress=progress,
         reference=reference,
         max_cost=max_cost,
+        key_seed=key_seed,
     )
     victim, keys, seeds = embedding.victim, [embedding.key], [config.seed]
     info: dict[str, Any] = {"watermark": embedding.info, "accuracy_cost": embedding.info.get("accuracy_cost")}
     if api is not None:
         seeds.append(part_seed(config.seed, 1, api))
-        api_key, info["api"] = _api_part(api, victim, splits, api_params, config.replace(seed=seeds[-1]), progress)
+        part_key_seed = sub_seed(key_seed, "protect", 1, api) if key_seed is not None else None
+        api_config = config.replace(seed=seeds[-1])
+        api_key, info["api"] = _api_part(api, victim, splits, api_params, api_config, progress, part_key_seed)
         keys.append(api_key)
     keyset = KeySet(
         keys,
@@ -107,6 +117,7 @@ def protect_model(
             "parts": [f"{k.scheme} ({SCHEMES.get(k.scheme).factory.acts_at} time)" for k in keys],
             "seeds": seeds,
             "seed_rule": SEED_RULE,
+            **({"key_seed": KEY_SEED_RULE} if key_seed is not None else {}),
         },
     )
     victim.provenance["protection"] = {"schemes": [k.scheme for k in keys], "keyset_digest": keyset.digest}
@@ -130,10 +141,15 @@ def _api_part(
     params: dict[str, Any] | None,
     config: TrainConfig,
     progress: bool | None,
+    key_seed: str | None = None,
 ) -> tuple[Key, dict[str, Any]]:
     """The API-time scheme's key for ``victim``, whose weights and provenance it leaves as they were."""
     weights, provenance = weights_digest(victim), dict(victim.provenance)
-    embedding = create_scheme(name, **(params or {})).embed(victim, splits, train=config, progress=progress)
+    scheme = create_scheme(name, **(params or {}))
+    scheme.key_seed = key_seed
+    embedding = scheme.embed(victim, splits, train=config, progress=progress)
+    if key_seed is not None:
+        keep_seed(embedding.key, key_seed)
     if embedding.victim is not victim or weights_digest(victim) != weights:
         raise InvalidArgument(
             f"{name!r} changed the model; an API-time part must leave the watermarked victim as it is"

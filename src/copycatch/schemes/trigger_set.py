@@ -44,6 +44,8 @@ from .margin import MarginWatermark, check_trigger_weight, resolved_weight
 class TriggerHook(TrainHook):
     """Adds λ·CE(h(x_q), y_q) on ``trigger_batch`` triggers to every step's loss (Eq. 1, no ascent)."""
 
+    state_attrs = ("generator",)
+
     def __init__(self, trigger_x: torch.Tensor, trigger_y: torch.Tensor, lam: float, trigger_batch: int):
         self.trigger_x, self.trigger_y = trigger_x, trigger_y
         self.lam, self.trigger_batch = lam, trigger_batch
@@ -90,7 +92,7 @@ class TriggerSetWatermark(MarginWatermark):
     ) -> Embedding:
         """Train ``model`` (from its current weights) on owner_train plus the trigger set."""
         train = train or TrainConfig()
-        generator = torch.Generator().manual_seed(train.seed + 104729)
+        generator = self.key_generator(train.seed, 104729)
         info: dict[str, Any] = {}
         if self.params.label_strategy != "random" and reference is None:
             reference = create_for(model.arch, model, seed=train.seed, **model.arch_kwargs)

@@ -10,9 +10,9 @@
 (torch.Size([3, 4]), 2)
 
 Modules: :mod:`.app` (routes, request pipeline), :mod:`.config` (:class:`ServeConfig`), :mod:`.validation`
-(request checks, PNG through :mod:`copycatch.data.png`), :mod:`.limits` (token bucket, budgets), :mod:`.ledger`
-(append-only query ledger), :mod:`.keys` (hashed API keys), :mod:`.batching` (cross-request batching),
-:mod:`.runner` (uvicorn).
+(request checks, PNG through :mod:`copycatch.data.png`), :mod:`.limits` (token bucket, budgets), :mod:`.redis_state`
+(the same counts shared by replicas in Redis), :mod:`.ledger` (append-only query ledger), :mod:`.keys` (hashed API
+keys), :mod:`.batching` (cross-request batching), :mod:`.runner` (uvicorn).
 
 The config, ledger, limits and keys modules need neither FastAPI nor uvicorn (``copycatch ledger`` works without
 the extra); the app and runner are imported on first use.

@@ -6,7 +6,8 @@ What a request goes through, in order (each refusal is a JSON ``{"detail": "..."
 2. a refusal decidable before reading the body (spent budget, empty token bucket) → 429 + ``Retry-After``;
 3. ``Content-Type`` → 415; body size (``Content-Length`` and the bytes actually received) → 413;
 4. validation (:mod:`.validation`: JSON, shape, types, NaN/Inf, range, PNG) → 400 / 413 / 422;
-5. rate and budget for the batch's N inputs (:mod:`.limits`) → 429 + ``Retry-After``;
+5. rate and budget for the batch's N inputs (:mod:`.limits`) → 429 + ``Retry-After``; 503 + ``Retry-After`` when
+   the shared store of the counts (``ServeConfig.state``, Redis) is unreachable, so no answer goes uncounted;
 6. the batcher (:mod:`.batching`) answers through ``ModelOracle`` → ``scheme.protect`` (the secret stays on
    the server) → the output post-processor (top-k, hard label, rounding);
 7. the ledger line is written *before* the answer leaves: if it cannot be written the answer is withheld
@@ -42,11 +43,11 @@ from ..core.key import Key
 from ..core.keyset import KeySet, open_keys
 from ..oracles.base import Oracle
 from .batching import Batcher, ShuttingDown
-from .config import ServeConfig
+from .config import ServeConfig, limiter_for
 from .dawn_records import attach_record_file, has_dawn
 from .keys import HEADER, Keyring
-from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests, spent_by_key
-from .limits import QueryLimiter
+from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests
+from .limits import StateUnavailable
 from .validation import RequestError, build_request_model, parse_predict
 
 log = logging.getLogger("copycatch.serve")
@@ -211,15 +212,8 @@ class Service:
             if self.ledger is not None
             else None
         )
-        budget = config.parsed_budget()
-        spent = {}
-        if budget is not None and self.ledger is not None:  # budgets survive a restart
-            spent = spent_by_key(self.ledger.path, since=budget.window_start(time.time()))
-        self.limiter = None
-        if config.rate or budget is not None:
-            self.limiter = QueryLimiter(
-                rate=config.parsed_rate(), burst=config.effective_burst, budget=budget, spent=spent
-            )
+        # budgets survive a restart through the ledger; config.state shares them with other replicas (Redis)
+        self.limiter = limiter_for(config, self.ledger.path if self.ledger is not None else None)
         self.batcher = Batcher(
             self._answer, max_batch=max(config.forward_batch, self.max_batch), max_wait=config.batch_wait_ms / 1000.0
         )
@@ -260,8 +254,8 @@ class Service:
         headers = {"Retry-After": decision.retry_after_header}
         if decision.budget_remaining is not None:
             headers["X-Budget-Remaining"] = str(decision.budget_remaining)
-        status = 413 if decision.kind == "burst" else 429
-        return RequestError(status, decision.reason, headers if status == 429 else {})
+        status = {"burst": 413, "unavailable": 503}.get(decision.kind, 429)
+        return RequestError(status, decision.reason, headers if status != 413 else {})
 
     async def read_body(self, request: Request) -> bytes:
         ctype = request.headers.get("content-type")
@@ -396,6 +390,8 @@ class Service:
     async def close(self) -> None:
         self.closing = True
         await self.batcher.close()
+        if self.limiter is not None:
+            self.limiter.close()
         if self.ledger is not None:
             self.ledger.close()
         if self.dawn_records is not None:
@@ -415,7 +411,7 @@ _ERRORS = {
         (415, "Content-Type is not application/json"),
         (422, "invalid inputs (shape, types, NaN/Inf, range, PNG)"),
         (429, "over the rate limit or query budget; see Retry-After"),
-        (503, "shutting down, or the query ledger cannot be written"),
+        (503, "shutting down, the query ledger cannot be written, or the shared limits store is unreachable"),
     ]
 }
 
@@ -544,6 +540,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
             {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(StateUnavailable)
+    async def _state(request: Request, exc: StateUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the shared store of rate limits and budgets is unreachable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import InvalidArgument
 from ..core.params import Params
-from .limits import Budget, Rate
+from .ledger import spent_by_key
+from .limits import Budget, QueryLimiter, Rate
+from .redis_state import SCHEMES as STATE_SCHEMES
+from .redis_state import RedisState, replica_id
 
 OUTPUT_MODES = ("probs", "top-k", "label", "rounded")
 
@@ -33,6 +37,7 @@ class ServeConfig(Params):
     ledger_max_bytes: int = 64 * 2**20
     ledger_keep: int | None = None  # rotated ledger files to keep (None: all)
     fsync: str = "interval"  # always | interval | never
+    state: str | None = None  # where rate and budget counts live: None, this process; redis://HOST:PORT/DB, shared
 
     def validate(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -55,6 +60,11 @@ class ServeConfig(Params):
             raise InvalidArgument("burst needs a rate")
         if self.burst is not None and self.burst < 1:
             raise InvalidArgument(f"burst must be >= 1 input, got {self.burst}")
+        if self.state is not None:
+            if not self.state.startswith(STATE_SCHEMES):
+                raise InvalidArgument("state must be a Redis URL: redis://HOST:PORT/DB, rediss://… or unix://…")
+            if self.rate is None and self.budget is None:
+                raise InvalidArgument("a shared state holds rate limits and budgets: give a rate or a budget too")
         self.parsed_rate()
         self.parsed_budget()
 
@@ -84,3 +94,18 @@ class ServeConfig(Params):
             "label": "hard-label",
             "rounded": f"round:decimals={self.decimals}",
         }[self.output]
+
+
+def limiter_for(config: ServeConfig, ledger: Path | None) -> QueryLimiter | None:
+    """The limiter of a server with ``config``: none without a rate or a budget; counts in this process, or in
+    Redis with ``config.state``; started from what ``ledger`` (when there is one) shows answered."""
+    budget = config.parsed_budget()
+    if not config.rate and budget is None:
+        return None
+    answered = (lambda since: spent_by_key(ledger, since=since)) if ledger is not None else None
+    state = None
+    if config.state:
+        state = RedisState(config.state, replica=replica_id(ledger) if ledger is not None else None)
+    return QueryLimiter(
+        rate=config.parsed_rate(), burst=config.effective_burst, budget=budget, answered=answered, state=state
+    )

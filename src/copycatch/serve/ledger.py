@@ -288,6 +288,25 @@ def read_ledger(path: str | os.PathLike) -> LedgerRead:
     return LedgerRead(entries, corrupt[0], ledger_files(path))
 
 
+def _time_of(entry: dict[str, Any]) -> float:
+    t = entry.get("t")
+    return float(t) if isinstance(t, (int, float)) else 0.0
+
+
+def read_ledgers(paths: Sequence[str | os.PathLike]) -> tuple[list[LedgerRead], list[dict[str, Any]]]:
+    """Several replicas' ledgers (each with its rotated files): each one read, and all their entries in one time
+    order (``t``; lines without it first). Each replica keeps its own ledger, so a ledger named twice would count
+    its requests twice: that is refused."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        real = Path(path).resolve()
+        if real in seen:
+            raise InvalidArgument(f"ledger {path} is given twice (as {seen[real]}); name each replica's ledger once")
+        seen[real] = str(path)
+    reads = [read_ledger(path) for path in paths]
+    return reads, sorted((e for r in reads for e in r.entries), key=_time_of)
+
+
 def spent_by_key(path: str | os.PathLike, *, since: float | None = None) -> dict[str, int]:
     """Queries answered per key (status 200), optionally only those at or after unix time ``since``;
     used to carry budgets over a server restart."""

@@ -12,20 +12,31 @@ A thief's cost is the number of inputs answered, so both limits charge a batch o
 
 Refused batches spend nothing. Written for copycatch rather than taken from slowapi/limits: the budget
 is a domain object the ledger records anyway (libraries-and-style.md, A6).
+
+The policy (:class:`QueryLimiter`: what is refused and what the refusal says) is kept apart from where the
+counts live (a :class:`LimitState`): :class:`LocalState`, this process's memory (the default), or
+:class:`~copycatch.serve.redis_state.RedisState`, one Redis database shared by every replica of the server, so
+that N replicas never grant more than one budget. A state that cannot be reached makes the limiter refuse
+(kind ``"unavailable"``, answered 503) rather than answer queries nobody counted.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import logging
 import math
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 
-from ..core.errors import InvalidArgument
+from ..core.errors import CopycatchError, InvalidArgument
+
+log = logging.getLogger("copycatch.serve")
 
 NEVER_RETRY_AFTER = 365 * 24 * 3600
+UNAVAILABLE_RETRY_AFTER = 1.0  # seconds a client waits when the shared state is unreachable
 _PERIODS = {
     "s": 1.0,
     "sec": 1.0,
@@ -133,16 +144,167 @@ class Decision:
     retry_after: float = 0.0
     reason: str = ""
     budget_remaining: int | None = None
-    kind: str = ""  # why refused: budget | rate | burst
+    kind: str = ""  # why refused: budget | rate | burst | unavailable (the shared state cannot be reached)
 
     @property
     def retry_after_header(self) -> str:
         return str(max(1, math.ceil(self.retry_after)))
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# where the counts live
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a :class:`QueryLimiter` enforces, as its state needs it."""
+
+    per_second: float | None  # token bucket refill in inputs per second (None: no rate limit)
+    burst: float  # bucket size in inputs
+    budget: Budget | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Charge:
+    """A state's answer about one key: whether the inputs were charged, and the counts a refusal is explained with."""
+
+    allowed: bool
+    kind: str = ""  # why refused: budget | rate
+    spent: int = 0  # inputs charged to the key in the current budget window, this charge included
+    wait: float = 0.0  # a rate refusal: seconds until enough tokens have refilled
+    renews_in: float | None = None  # seconds until the budget window renews (None: a lifetime budget, or none)
+
+
+class StateUnavailable(CopycatchError):
+    """The shared state of the limits cannot be reached: nothing can be charged, so nothing may be answered."""
+
+
+Answered = Callable[[float | None], Mapping[str, int]]
+"""Inputs already answered per key since a Unix time (``None``: ever): the ledger's counts, which seed a state."""
+
+
+class LimitState(abc.ABC):
+    """Where a :class:`QueryLimiter`'s counts live: spent inputs per key and budget window, a token bucket per key.
+
+    Each of ``admit``, ``peek`` and ``refund`` is one atomic step on one key; a state that cannot reach its store
+    raises :class:`StateUnavailable`.
+    """
+
+    limits: Limits
+
+    @abc.abstractmethod
+    def start(self, limits: Limits, answered: Answered | None) -> None:
+        """Take the limits to enforce and the ledger's counts to start from (budgets survive a restart)."""
+
+    @abc.abstractmethod
+    def admit(self, key: str, n: int) -> Charge:
+        """Check the budget, then the token bucket, and charge ``n`` inputs to both only if both allow them."""
+
+    @abc.abstractmethod
+    def peek(self, key: str) -> Charge:
+        """The key's spent inputs, charging nothing; ``allowed`` says whether one more input would pass."""
+
+    @abc.abstractmethod
+    def refund(self, key: str, n: int) -> None:
+        """Give back ``n`` inputs charged for an answer that was never delivered."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the state holds open."""
+
+
+class LocalState(LimitState):
+    """The counts in this process's memory, the default: budget windows follow ``wall``, buckets refill by
+    ``clock``. Replicas with a local state each grant the whole budget."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        self._clock, self._wall = clock, wall
+        self._buckets: dict[str, TokenBucket] = {}
+        self._window: float | None = None
+        self._spent: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self, limits: Limits, answered: Answered | None) -> None:
+        self.limits = limits
+        with self._lock:
+            self._window = limits.budget.window_start(self._wall()) if limits.budget else None
+            if answered is not None and limits.budget is not None:
+                self._spent = dict(answered(self._window))
+
+    def _roll_window(self) -> None:
+        budget = self.limits.budget
+        if budget is None or budget.period is None:
+            return
+        start = budget.window_start(self._wall())
+        if start != self._window:
+            self._window, self._spent = start, {}
+
+    def _renews_in(self) -> float | None:
+        budget = self.limits.budget
+        if budget is None or budget.period is None or self._window is None:
+            return None
+        return self._window + budget.period - self._wall()
+
+    def admit(self, key: str, n: int) -> Charge:
+        budget, per_second = self.limits.budget, self.limits.per_second
+        with self._lock:
+            self._roll_window()
+            spent = self._spent.get(key, 0)
+            if budget is not None and spent + n > budget.queries:
+                return Charge(False, "budget", spent, renews_in=self._renews_in())
+            if per_second is not None:
+                now = self._clock()
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    bucket = self._buckets[key] = TokenBucket(per_second, self.limits.burst, now)
+                wait = bucket.wait_for(n, now)
+                if wait > 0:
+                    return Charge(False, "rate", spent, wait, self._renews_in())
+                bucket.take(n)
+            if budget is not None:
+                spent = self._spent[key] = spent + n
+            return Charge(True, "", spent, renews_in=self._renews_in())
+
+    def peek(self, key: str) -> Charge:
+        budget = self.limits.budget
+        with self._lock:
+            self._roll_window()
+            spent = self._spent.get(key, 0)
+            if budget is not None and spent >= budget.queries:
+                return Charge(False, "budget", spent, renews_in=self._renews_in())
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                wait = bucket.wait_for(1, self._clock())
+                if wait > 0:
+                    return Charge(False, "rate", spent, wait, self._renews_in())
+            return Charge(True, "", spent, renews_in=self._renews_in())
+
+    def refund(self, key: str, n: int) -> None:
+        with self._lock:
+            if self.limits.budget is not None:
+                self._spent[key] = max(0, self._spent.get(key, 0) - n)
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.give(n)
+
+    def close(self) -> None:
+        """Nothing to release: the counts end with the process."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the policy
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 class QueryLimiter:
     """Rate and budget per key. ``admit(key, n)`` charges on success; ``refund`` undoes a charge whose
-    answer was never delivered (a server-side failure)."""
+    answer was never delivered (a server-side failure).
+
+    The counts live in ``state`` (default: a :class:`LocalState` on ``clock`` and ``wall``), which starts from
+    ``answered`` (the ledger's counts). When the state cannot be reached every query is refused with kind
+    ``"unavailable"``; the state reconnects on a later call.
+    """
 
     def __init__(
         self,
@@ -150,7 +312,8 @@ class QueryLimiter:
         rate: Rate | None = None,
         burst: int | None = None,
         budget: Budget | None = None,
-        spent: Mapping[str, int] | None = None,
+        answered: Answered | None = None,
+        state: LimitState | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ):
@@ -161,119 +324,101 @@ class QueryLimiter:
         self.rate = rate
         self.burst = float(burst if burst is not None else max(1.0, rate.per_second) if rate else 0.0)
         self.budget = budget
-        self._clock, self._wall = clock, wall
-        self._buckets: dict[str, TokenBucket] = {}
-        self._window = budget.window_start(wall()) if budget else None
-        self._spent: dict[str, int] = dict(spent or {})
-        self._lock = threading.Lock()
-
-    # -- budget ----------------------------------------------------------------------------------------------------
-    def _roll_window(self) -> None:
-        if self.budget is None or self.budget.period is None:
-            return
-        start = self.budget.window_start(self._wall())
-        if start != self._window:
-            self._window, self._spent = start, {}
+        self.state = state if state is not None else LocalState(clock=clock, wall=wall)
+        self.state.start(Limits(rate.per_second if rate else None, self.burst, budget), answered)
 
     def spent(self, key: str) -> int:
-        with self._lock:
-            self._roll_window()
-            return self._spent.get(key, 0)
+        """Inputs charged to ``key`` in the current budget window; raises :class:`StateUnavailable`."""
+        return self.state.peek(key).spent
 
     def remaining(self, key: str) -> int | None:
         if self.budget is None:
             return None
         return max(0, self.budget.queries - self.spent(key))
 
-    def _budget_retry(self) -> float:
-        assert self.budget is not None
-        if self.budget.period is None:
-            return float(NEVER_RETRY_AFTER)
-        assert self._window is not None
-        return max(1.0, self._window + self.budget.period - self._wall())
+    @staticmethod
+    def _budget_retry(charge: Charge) -> float:
+        return float(NEVER_RETRY_AFTER) if charge.renews_in is None else max(1.0, charge.renews_in)
 
-    # -- admission -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _unavailable() -> Decision:
+        return Decision(
+            False,
+            UNAVAILABLE_RETRY_AFTER,
+            "the server cannot reach the shared store of its rate limits and budgets, and answers no query it "
+            "cannot count; retry shortly",
+            kind="unavailable",
+        )
+
     def admit(self, key: str, n: int) -> Decision:
-        with self._lock:
-            self._roll_window()
-            remaining = None
-            if self.budget is not None:
-                spent = self._spent.get(key, 0)
-                remaining = self.budget.queries - spent
-                if n > remaining:
-                    renew = (
-                        "it does not renew"
-                        if self.budget.period is None
-                        else f"it renews in {math.ceil(self._budget_retry())} s"
-                    )
-                    return Decision(
-                        False,
-                        self._budget_retry(),
-                        f"query budget exhausted for key {key!r}: {self.budget.describe()}, "
-                        f"{max(0, remaining)} left, this batch asks for {n}; {renew}",
-                        max(0, remaining),
-                        "budget",
-                    )
-            if self.rate is not None:
-                now = self._clock()
-                bucket = self._buckets.get(key)
-                if bucket is None:
-                    bucket = self._buckets[key] = TokenBucket(self.rate.per_second, self.burst, now)
-                if n > self.burst:
-                    return Decision(
-                        False,
-                        1.0,
-                        f"batch of {n} inputs exceeds the rate limit's burst of "
-                        f"{int(self.burst)}; send smaller batches",
-                        remaining,
-                        "burst",
-                    )
-                wait = bucket.wait_for(n, now)
-                if wait > 0:
-                    return Decision(
-                        False,
-                        wait,
-                        f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
-                        f"{self.rate.period:g} s (burst {int(self.burst)}); retry in {wait:.2f} s",
-                        remaining,
-                        "rate",
-                    )
-                bucket.take(n)
-            if self.budget is not None:
-                self._spent[key] = self._spent.get(key, 0) + n
-                remaining = self.budget.queries - self._spent[key]
+        if self.rate is not None and n > self.burst:  # can never pass, whatever the counts say
+            return Decision(
+                False,
+                1.0,
+                f"batch of {n} inputs exceeds the rate limit's burst of {int(self.burst)}; send smaller batches",
+                kind="burst",
+            )
+        try:
+            charge = self.state.admit(key, n)
+        except StateUnavailable:
+            return self._unavailable()
+        remaining = None if self.budget is None else max(0, self.budget.queries - charge.spent)
+        if charge.allowed:
             return Decision(True, 0.0, "", remaining)
+        if charge.kind == "budget":
+            assert self.budget is not None
+            retry = self._budget_retry(charge)
+            renew = "it does not renew" if charge.renews_in is None else f"it renews in {math.ceil(retry)} s"
+            return Decision(
+                False,
+                retry,
+                f"query budget exhausted for key {key!r}: {self.budget.describe()}, "
+                f"{remaining} left, this batch asks for {n}; {renew}",
+                remaining,
+                "budget",
+            )
+        assert self.rate is not None
+        return Decision(
+            False,
+            charge.wait,
+            f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
+            f"{self.rate.period:g} s (burst {int(self.burst)}); retry in {charge.wait:.2f} s",
+            remaining,
+            "rate",
+        )
 
     def quick_reject(self, key: str) -> Decision | None:
-        """A refusal decidable before the body is read (spent budget, empty bucket), else ``None``: a flood of
-        refused requests then costs no JSON parsing."""
-        with self._lock:
-            self._roll_window()
-            if self.budget is not None and self._spent.get(key, 0) >= self.budget.queries:
-                return Decision(
-                    False,
-                    self._budget_retry(),
-                    f"query budget exhausted for key {key!r}: {self.budget.describe()}",
-                    0,
-                    "budget",
-                )
-            bucket = self._buckets.get(key)
-            if self.rate is not None and bucket is not None:
-                wait = bucket.wait_for(1, self._clock())
-                if wait > 0:
-                    return Decision(
-                        False,
-                        wait,
-                        f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
-                        f"{self.rate.period:g} s; retry in {wait:.2f} s",
-                        kind="rate",
-                    )
-        return None
+        """A refusal decidable before the body is read (spent budget, empty bucket, unreachable state), else
+        ``None``: a flood of refused requests then costs no JSON parsing."""
+        try:
+            charge = self.state.peek(key)
+        except StateUnavailable:
+            return self._unavailable()
+        if charge.allowed:
+            return None
+        if charge.kind == "budget":
+            assert self.budget is not None
+            return Decision(
+                False,
+                self._budget_retry(charge),
+                f"query budget exhausted for key {key!r}: {self.budget.describe()}",
+                0,
+                "budget",
+            )
+        assert self.rate is not None
+        return Decision(
+            False,
+            charge.wait,
+            f"rate limit for key {key!r}: {self.rate.amount:g} inputs per "
+            f"{self.rate.period:g} s; retry in {charge.wait:.2f} s",
+            kind="rate",
+        )
 
     def refund(self, key: str, n: int) -> None:
-        with self._lock:
-            if self.budget is not None:
-                self._spent[key] = max(0, self._spent.get(key, 0) - n)
-            bucket = self._buckets.get(key)
-            if bucket is not None:
-                bucket.give(n)
+        try:
+            self.state.refund(key, n)
+        except StateUnavailable:  # the key stays charged: an over-count never grants a query
+            log.warning("cannot refund %d inputs to key %r: the shared limits state is unreachable", n, key)
+
+    def close(self) -> None:
+        self.state.close()

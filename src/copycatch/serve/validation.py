@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 from ..data.png import PngError, decode_png
 
 _DATA_URL = "data:image/png;base64,"
+PNG_FORMAT = "base64-png"
+"""The OpenAPI ``format`` of an ``images`` item: a base64 PNG of the model's input size (or a ``data:`` URL of one)."""
 
 
 class RequestError(Exception):
@@ -41,6 +43,27 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
 
 
+def _exactly_one_schema(schema: dict[str, Any]) -> None:
+    """Rewrite the generated schema of an object whose fields are all optional and nullable into a ``oneOf`` with one
+    branch per field, that field required and not null, nothing else allowed: the rule the validator enforces, so a
+    schema-valid request is never refused for its form."""
+    branches = []
+    for name, prop in schema.pop("properties").items():
+        (value,) = [option for option in prop["anyOf"] if option.get("type") != "null"]
+        branches.append(
+            {
+                "type": "object",
+                "title": prop.get("title", name),
+                "properties": {name: value},
+                "required": [name],
+                "additionalProperties": False,
+            }
+        )
+    # At the top level additionalProperties would see no declared properties and forbid every field.
+    schema.pop("additionalProperties", None)
+    schema["oneOf"] = branches
+
+
 def build_request_model(input_shape: Sequence[int], max_batch: int) -> type[BaseModel]:
     """The pydantic model (and so the OpenAPI schema) of ``POST /v1/predict`` for one model's input shape."""
     c, h, w = (int(v) for v in input_shape)
@@ -49,14 +72,16 @@ def build_request_model(input_shape: Sequence[int], max_batch: int) -> type[Base
     row = Annotated[list[pixel], Field(min_length=w, max_length=w, fail_fast=True)]
     plane = Annotated[list[row], Field(min_length=h, max_length=h, fail_fast=True)]
     image = Annotated[list[plane], Field(min_length=c, max_length=c, fail_fast=True)]
-    png = Annotated[
-        str, Field(min_length=1, json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"})
-    ]
+    # A custom format rather than contentEncoding/contentMediaType: JSON Schema cannot say "a decodable w×h PNG",
+    # and a named format lets schema-driven clients (the fuzz tests) plug in a generator of real PNGs.
+    png = Annotated[str, Field(min_length=1, json_schema_extra={"format": PNG_FORMAT})]
 
     class PredictRequest(BaseModel):
         """Exactly one of ``inputs`` or ``images``."""
 
-        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+        model_config = ConfigDict(
+            strict=True, allow_inf_nan=False, extra="forbid", json_schema_extra=_exactly_one_schema
+        )
         inputs: (
             Annotated[
                 list[image],
@@ -85,7 +110,8 @@ def build_request_model(input_shape: Sequence[int], max_batch: int) -> type[Base
 
         @model_validator(mode="after")
         def _exactly_one(self) -> PredictRequest:
-            if (self.inputs is None) == (self.images is None):
+            # An explicit null counts as sent: the schema has no null branch, so the server must not accept one.
+            if len(self.model_fields_set) != 1 or (self.inputs is None and self.images is None):
                 raise ValueError("send exactly one of 'inputs' (nested lists) or 'images' (base64 PNGs)")
             return self
 

@@ -14,6 +14,9 @@
   innocent models of a calibration where one exists), the sequential test's e-value path, and how to check
   the transcript. The plots are inline SVG drawn here: the page is one self-contained file, no plotting
   library needed.
+
+``--sign-with owner.key`` names the owner's public key in ``evidence.json`` (``signer``) and signs it and the
+transcript (detached ``.sig`` files; :mod:`copycatch.verification.signed_evidence`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from ..core.evidence import Evidence, _finite
 from ..core.stats import binomial_critical_greater
 
 FORMAT = "copycatch.evidence/1"
-DEPENDENCIES = ("torch", "numpy", "scipy", "safetensors", "onnx", "onnxruntime", "httpx", "scikit-learn", "fastapi")
+DEPENDENCIES = (
+    "torch", "numpy", "scipy", "safetensors", "onnx", "onnxruntime", "httpx", "scikit-learn", "fastapi", "cryptography",
+)  # fmt: skip
 
 
 def environment() -> dict[str, Any]:
@@ -57,8 +62,12 @@ def environment() -> dict[str, Any]:
 _KEY_META = ("created", "dataset", "arch", "num_classes", "input_shape", "victim_sha256", "package_version")
 
 
-def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict[str, Any]:
-    """The JSON evidence record of a :class:`~copycatch.verification.session.VerificationRun`."""
+def evidence_document(
+    run: Any, *, command: Sequence[str] | None = None, signer: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON evidence record of a :class:`~copycatch.verification.session.VerificationRun`. ``signer`` (from
+    :func:`~copycatch.verification.signed_evidence.signer_record`) names the key that will sign the written file,
+    inside what it signs, so the signature cannot be passed off as another owner's."""
     per_key = []
     for evidence, key in zip(run.evidences, run.keys):
         d = evidence.to_dict()
@@ -84,6 +93,8 @@ def evidence_document(run: Any, *, command: Sequence[str] | None = None) -> dict
         "command": list(command) if command is not None else None,
         "environment": environment(),
     }
+    if signer is not None:
+        doc["signer"] = signer
     doc.update(_headline(run))
     return _finite(doc)
 
@@ -114,11 +125,17 @@ def _headline(run: Any) -> dict[str, Any]:
     }
 
 
-def write_report(directory: str | os.PathLike, run: Any, *, command: Sequence[str] | None = None) -> dict[str, Path]:
+def write_report(
+    directory: str | os.PathLike,
+    run: Any,
+    *,
+    command: Sequence[str] | None = None,
+    signer: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """Write ``evidence.json`` and ``report.html`` into ``directory``; returns their paths."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    doc = evidence_document(run, command=command)
+    doc = evidence_document(run, command=command, signer=signer)
     paths = {"json": out / "evidence.json", "html": out / "report.html"}
     _atomic_write(paths["json"], json.dumps(doc, indent=2, sort_keys=True) + "\n")
     _atomic_write(paths["html"], render_html(doc, run))
@@ -194,6 +211,8 @@ def render_html(doc: dict[str, Any], run: Any) -> str:
     if doc.get("combined"):
         parts.append(_combined_section(doc["combined"]))
     parts.append(_transcript_section(doc["transcript"]))
+    if doc.get("signer"):
+        parts.append(_signer_section(doc["signer"]))
     parts.append(
         "<h2>Suspect fingerprint</h2>"
         + _rows(
@@ -360,6 +379,21 @@ def _transcript_section(t: dict[str, Any]) -> str:
         "must equal the head above (also listed, with every line's hash, in <code>evidence.json</code>). With the "
         "key, <code>copycatch verify --key KEY --suspect SUSPECT --transcript transcript.jsonl --offline</code> "
         "recomputes the evidence from the recorded answers without asking the suspect anything.</p>"
+    )
+
+
+def _signer_section(signer: dict[str, Any]) -> str:
+    return (
+        "<h2>Signature</h2>"
+        + _rows(
+            [
+                ("algorithm", _e(signer["algorithm"])),
+                ("owner's public key (sha256)", f"<code>{_e(signer['public_key_sha256'])}</code>"),
+                ("signature", _e(signer["signature_file"])),
+            ]
+        )
+        + f"<p class='small'>This page is a rendering; <code>evidence.json</code> is the signed record. To check it "
+        f"with the owner's public key alone: <code>{_e(signer['how_to_check'])}</code>.</p>"
     )
 
 

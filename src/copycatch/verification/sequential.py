@@ -281,14 +281,23 @@ def _sequential_details(run: _SequentialRun, plan: SequentialPlan, alpha: float)
     }
 
 
+def combined_p_value(
+    max_log_e: float, successes: int, counted: int, remaining: int, null_rate: float, early_share: float
+) -> tuple[float, float, float]:
+    """The test's two parts and its p-value after some batches: ``p_e = 1/max E``, the fixed part's bound (every one
+    of the ``remaining`` unasked inputs a counted failure) and ``min(1, p_e/w, p_f/(1 − w))``. Also what
+    ``copycatch evidence check`` recomputes from a recorded trajectory."""
+    p_early = min(1.0, math.exp(-max_log_e))
+    p_fixed_bound = binomial_greater(successes, counted + remaining, null_rate)
+    return p_early, p_fixed_bound, min(1.0, p_early / early_share, p_fixed_bound / (1 - early_share))
+
+
 def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: float) -> tuple[SequentialState, bool]:
     queried = len(outcome.outcomes)
     s, m = outcome.successes, outcome.counted
     remaining = n - queried
     max_log_e = max(max_log_e, log_mixture_e_value(s, m, q))
-    p_early = min(1.0, math.exp(-max_log_e))
-    p_fixed_bound = binomial_greater(s, m + remaining, q)
-    p_value = min(1.0, p_early / w, p_fixed_bound / (1 - w))
+    p_early, p_fixed_bound, p_value = combined_p_value(max_log_e, s, m, remaining, q, w)
     # Each further success raises every likelihood ratio in the mixture, so all-successes is the best case.
     best_log_e = max(max_log_e, log_mixture_e_value(s + remaining, m + remaining, q))
     best_p_fixed = binomial_greater(s + remaining, m + remaining, q)

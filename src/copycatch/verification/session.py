@@ -11,9 +11,10 @@
 5. combines the keys' p-values (:mod:`copycatch.verification.combine`) when there are several: a key set's parts
    count as keys, and Fisher's method is the default for one key set that declares its parts independent.
 
-If the suspect fails (NaN, wrong shapes, refusals, timeouts, an exhausted budget) the answers so far stay on
-record; an in-memory transcript is then written to ``copycatch-transcript-<key digest>.jsonl`` and the error
-(:class:`VerificationInterrupted`) says how to resume.
+If the suspect fails (NaN, wrong shapes, refusals, timeouts, silence past its deadline, an exhausted budget) the
+answers so far stay on record; an in-memory transcript is then written to ``copycatch-transcript-<key digest>.jsonl``
+and the error (:class:`VerificationInterrupted`) says how to resume. A suspect silent past its deadline while it is
+being opened (an HTTP API's ``/v1/info``) interrupts too, before any transcript is touched.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Any
 
 import torch
 
-from ..core.errors import BudgetExceeded, CopycatchError, CorruptFile, InvalidArgument, SuspectError
+from ..core.errors import (
+    BudgetExceeded,
+    CopycatchError,
+    CorruptFile,
+    InvalidArgument,
+    SuspectError,
+    SuspectUnresponsive,
+)
 from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.keyset import KeySet, load_key_file, open_keys
@@ -66,6 +74,7 @@ class VerificationRun:
     calibrations: dict[str, Calibration] = dataclasses.field(default_factory=dict)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     report_paths: dict[str, Path] = dataclasses.field(default_factory=dict)  # what write_report wrote, if anything
+    signatures: dict[str, Path] = dataclasses.field(default_factory=dict)  # the owner's signatures of those files
 
     @property
     def alpha(self) -> float:
@@ -213,7 +222,10 @@ def verify_suspect(
     if offline:
         oracle, fingerprint, record = _offline_record(suspect, transcript, classes, shape)
     else:
-        oracle, fingerprint, record = _open_record(suspect, transcript, classes, shape, resume, suspect_options)
+        try:
+            oracle, fingerprint, record = _open_record(suspect, transcript, classes, shape, resume, suspect_options)
+        except SuspectUnresponsive as exc:
+            raise VerificationInterrupted(f"{exc}; {_UNCHANGED}", None) from exc
         # only online: offline, the head must stay the recorded one, for comparison with the evidence's
         record.record_session(
             keys=[k.digest for k in key_list],
@@ -232,7 +244,7 @@ def verify_suspect(
         path = None if offline else _keep_answers(record, key_list[0])
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise VerificationInterrupted(f"{exc}{_how_to_resume(record, path, transcript)}", path) from exc
+        raise VerificationInterrupted(f"{exc}{_how_to_resume(record, path, transcript, exc)}", path) from exc
     fingerprint.update({"output_kind": wrapped.output_kind})
     settings = {"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(), "combine": combine or "auto"}
     settings.update(budget=budget, offline=offline, postprocess=[str(p) for p in postprocess])
@@ -293,10 +305,17 @@ def _keep_answers(record: Transcript, key: Key) -> Path | None:
     return path
 
 
-def _how_to_resume(record: Transcript, path: Path | None, transcript: Any) -> str:
-    """The end of the interruption's message: where the answers are and how to continue ("" if nowhere)."""
+_UNCHANGED = (
+    "the suspect answered no query this time, so the record is unchanged: run the same command again when it answers "
+    "(a larger --deadline waits longer)"
+)
+
+
+def _how_to_resume(record: Transcript, path: Path | None, transcript: Any, exc: BaseException) -> str:
+    """The end of the interruption's message: where the answers are and how to continue; for a suspect that stayed
+    silent before any answer, that running again is all there is to do; else "" when nothing is on record."""
     if path is None:
-        return ""
+        return f"; {_UNCHANGED}" if isinstance(exc, SuspectUnresponsive) else ""
     again = "--resume" if transcript is not None else f"--resume --transcript {path}"
     return f"; {record.answered} answers are on record in {path}: run the same command with {again} to continue"
 

@@ -209,7 +209,9 @@ class KnockoffNets(TransferSetAttack):
             chosen_actions.append(actions)
             answers_all.append(answers)
             round_data, loss_fn, _ = self.transfer_set(TensorData(x, answers), answers, oracle)
-            fit(surrogate, round_data, online.replace(seed=train.seed + r), loss_fn=loss_fn, progress=False)
+            # one short epoch per round, hundreds of rounds: a resumed run trains them again rather than saving each
+            online_config = online.replace(seed=train.seed + r)
+            fit(surrogate, round_data, online_config, loss_fn=loss_fn, progress=False, checkpoint=False)
         spent = oracle.queries - before
         inputs = pool.subset(torch.cat(chosen_index))
         data, loss_fn, _ = self.transfer_set(inputs, torch.cat(answers_all), oracle)

@@ -38,6 +38,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     options.add_params_option(p, "scheme")
     p.add_argument("-o", "--output", required=True, help="victim model file to write")
     p.add_argument("--key", required=True, help="key file to write (keep it secret)")
+    options.add_key_seed_option(p)
+    options.add_resume_option(
+        p, "Without --key-seed, the key seed is the interrupted run's, kept in the checkpoint: keep it secret"
+    )
     options.add_cost_options(p)
     options.add_data_options(p)
     options.add_train_options(p)
@@ -65,10 +69,15 @@ def run(args: argparse.Namespace) -> int:
             reference=args.reference,
             max_cost=args.max_cost,
             allow_cost=args.allow_cost,
+            # resuming without --key-seed: the interrupted run's seed, kept in its checkpoint
+            key_seed=None if args.resume and args.key_seed is None else options.key_seed(args),
+            resume=args.resume,
         )
     except AccuracyCostExceeded as exc:  # the victim and key are written; say so, then warn and exit 3
         result = exc.embedding
+    options.say_resumed(result.info)
     options.say(f"embedded {args.scheme} into {result.victim.arch}: test accuracy {result.info['test_accuracy']:.4f}")
     options.say(f"victim written to {out}")
     options.say(f"key written to {key_path} (digest {result.key.digest[:16]}…); keep it secret")
+    options.say_commitment(key_path)
     return options.say_cost(result.info.get("accuracy_cost"), allow_cost=args.allow_cost)

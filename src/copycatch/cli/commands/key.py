@@ -1,5 +1,6 @@
 """``copycatch key show``: summarise a key or key set (scheme, digest, parameters, provenance), secrets only on
-request. ``copycatch key dawn-records``: a DAWN verification key from one client's queries (ledger + record file)."""
+request. ``copycatch key dawn-records``: a DAWN verification key from one client's queries (ledger + record file).
+``copycatch key keygen``: the owner's signing key pair, which signs evidence (``verify --sign-with``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from .. import options
 
 VERB = "key"
-HELP = "inspect a key file or key set"
+HELP = "inspect a key file or key set; make the owner's signing key pair"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,6 +30,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     show.add_argument("--secrets", action="store_true", help="also print the secret tensors")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=run)
+    commit = actions.add_parser(
+        "commit",
+        help="print a key's public commitment record, to publish or timestamp",
+        formatter_class=options.Formatter,
+        description="Print the commitment record of a key or key set (scheme, public parameters, the key's digest, "
+        "the victim's weights digest, the secret seed's digest, UTC time) and its id, the SHA-256 to publish or "
+        "have timestamped (e.g. by an RFC 3161 timestamp authority) so that a third party can later check that "
+        "the key predates a suspect. The record beside the key (KEY.commit.json, written by embed and protect) is "
+        "checked against the key and printed; without one, a record is made now and written there.",
+    )
+    commit.add_argument("file", help="key file (.cckey) or key set (.cckeys)")
+    commit.add_argument("--victim", default=None, help="victim model file (default: the digest the key records)")
+    commit.add_argument("-o", "--out", default=None, help="commitment file (default: FILE.commit.json)")
+    commit.add_argument("--json", action="store_true", help="print the record alone, as JSON")
+    commit.set_defaults(func=run_commit)
     records = actions.add_parser(
         "dawn-records",
         help="a DAWN verification key from one client's queries",
@@ -43,7 +59,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     records.add_argument("--records", default=None, help="the DAWN record file (none: the one beside the ledger)")
     records.add_argument("-o", "--out", required=True, help="where to write the verification key (.cckey)")
     records.set_defaults(func=run_dawn_records)
+    keygen = actions.add_parser(
+        "keygen",
+        help="the owner's signing key pair (Ed25519), to sign evidence",
+        formatter_class=options.Formatter,
+        description="Write a new Ed25519 key pair: OUT.key, the private key (PEM, mode 0600: keep it secret and "
+        "offline), which signs evidence (copycatch verify --sign-with OUT.key), and OUT.pub, the public key to "
+        "publish, with which anyone checks it (copycatch evidence check FILE --public-key OUT.pub).",
+    )
+    keygen.add_argument("-o", "--out", required=True, metavar="OUT", help="file name of the pair, without suffix")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
+    keygen.set_defaults(func=run_keygen)
     return p
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from ... import api
+
+    pair = api.keygen(args.out, force=args.force)
+    options.say(f"wrote {pair.private} (private, mode 0600: keep it secret; it signs evidence in your name)")
+    options.say(f"wrote {pair.public} (public: publish it; anyone checks your evidence with it)")
+    options.say(f"public key sha256 {pair.fingerprint}")
+    return 0
 
 
 def run_dawn_records(args: argparse.Namespace) -> int:
@@ -73,6 +110,20 @@ def run_dawn_records(args: argparse.Namespace) -> int:
             f"copycatch: warning: {count} records, fewer than min_records={minimum}: verify will refuse this key",
             file=sys.stderr,
         )
+    return 0
+
+
+def run_commit(args: argparse.Namespace) -> int:
+    from ... import api
+
+    commitment, path, new = api.commit(args.file, victim=args.victim, output=args.out)
+    if args.json:
+        options.say(commitment.text().rstrip())
+        return 0
+    where = f"written to {path}" if new and path else (f"in {path}, checked against the key" if path else "")
+    options.say(commitment.text().rstrip())
+    options.say(f"commitment {where}; made {commitment.record['created']}")
+    options.say(f"id (SHA-256 of the record; publish it or have it timestamped): {commitment.id}")
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from .. import options
 
 VERB = "ledger"
-HELP = "summarise a serve query ledger per API key (requests, inputs, refusals, repeated queries)"
+HELP = "summarise serve query ledgers per API key (requests, inputs, refusals, repeated queries)"
 
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour|d|day|w|week)s?\s*$", re.IGNORECASE)
 _UNIT = {
@@ -37,11 +37,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Read a query ledger written by `copycatch serve` (with its rotated files) and summarise it "
         "per API key: requests, answered inputs, refusals by status, distinct inputs and the share of "
         "repeated inputs (averaging attacks repeat queries), first and last request. Unreadable lines "
-        "are counted, never fatal.",
+        "are counted, never fatal. Several ledgers (one per replica of a server sharing its limits through "
+        "--state) are merged in time order, and each one's own counts are shown.",
         epilog="examples:\n  copycatch ledger copycatch-ledger.jsonl\n"
-        "  copycatch ledger copycatch-ledger.jsonl --since 1h --key alice --json",
+        "  copycatch ledger copycatch-ledger.jsonl --since 1h --key alice --json\n"
+        "  copycatch ledger replica-a/ledger.jsonl replica-b/ledger.jsonl        # replicas merged",
     )
-    p.add_argument("file", metavar="FILE", help="the live ledger file (rotated FILE.NNNNNN files are read too)")
+    p.add_argument(
+        "file",
+        nargs="+",
+        metavar="FILE",
+        help="the live ledger file (rotated FILE.NNNNNN files are read too); several: one per replica, merged",
+    )
     p.add_argument("--key", action="append", metavar="ID", help="only these key ids (repeatable)")
     p.add_argument(
         "--since",
@@ -74,6 +81,13 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
     return when.timestamp()
 
 
+def _counts(files: int, lines: int, corrupt: int) -> str:
+    return (
+        f"{files} file{'s' if files != 1 else ''}, {lines} requests, "
+        f"{corrupt} unreadable line{'s' if corrupt != 1 else ''}"
+    )
+
+
 def _refused_text(refused: dict[str, int]) -> str:
     return ", ".join(f"{code}×{count}" for code, count in sorted(refused.items())) or "-"
 
@@ -86,14 +100,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         options.say(json.dumps({**summary, "keys": [r.to_dict() for r in rows]}, indent=2))
         return 0
-    files, lines, corrupt, since = (summary[k] for k in ("files", "lines", "unreadable_lines", "since"))
+    since = summary["since"]
     when = (
         f", since {_dt.datetime.fromtimestamp(since, _dt.timezone.utc).isoformat(timespec='seconds')}" if since else ""
     )
-    options.say(
-        f"ledger {args.file}: {len(files)} file{'s' if len(files) != 1 else ''}, {lines} requests, "
-        f"{corrupt} unreadable line{'s' if corrupt != 1 else ''}{when}"
-    )
+    ledgers = summary["ledgers"]
+    for ledger in ledgers:
+        counts = _counts(ledger["files"], ledger["lines"], ledger["unreadable_lines"])
+        options.say(f"ledger {ledger['ledger']}: {counts}{when if len(ledgers) == 1 else ''}")
+    if len(ledgers) > 1:
+        merged = _counts(len(summary["files"]), summary["lines"], summary["unreadable_lines"])
+        options.say(f"{len(ledgers)} ledgers merged in time order: {merged}{when}")
     if not rows:
         options.say("no requests match")
         return 0

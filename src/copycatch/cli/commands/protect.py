@@ -63,6 +63,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--api-param", action="append", metavar="NAME=VALUE", help="API-time scheme parameter (repeatable)")
     p.add_argument("-o", "--output", required=True, help="victim model file to write")
     p.add_argument("--keys", required=True, help="key set file to write (.cckeys; keep it secret)")
+    options.add_key_seed_option(p)
+    options.add_resume_option(
+        p, "Without --key-seed, the key seed is the interrupted run's, kept in the checkpoint: keep it secret"
+    )
     options.add_data_options(p)
     options.add_train_options(p)
     options.add_cost_options(p)
@@ -79,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
         result = _protect(args, out, keys_path)
     except AccuracyCostExceeded as exc:  # the victim and key set are written; say so, then warn and exit 3
         result = exc.embedding
+    options.say_resumed(result.info)
     keyset = result.keyset
     options.say(f"protected {result.victim.arch}: test accuracy {result.info['test_accuracy']:.4f}")
     for key, seed in zip(keyset, result.info["seeds"]):
         options.say(f"  {key.scheme:<18} digest {key.digest[:16]}…  seed {seed}")
     options.say(f"victim written to {out}; serve it with --protect {keys_path} (the API-time part runs there)")
     options.say(f"key set written to {keys_path} (digest {keyset.digest[:16]}…, {len(keyset)} keys); keep it secret")
+    options.say_commitment(keys_path)
     return options.say_cost(result.info.get("accuracy_cost"), allow_cost=args.allow_cost)
 
 
@@ -106,4 +112,7 @@ def _protect(args: argparse.Namespace, out: Any, keys_path: Any) -> Any:
         reference=args.reference,
         max_cost=args.max_cost,
         allow_cost=args.allow_cost,
+        # resuming without --key-seed: the interrupted run's seed, kept in its checkpoint
+        key_seed=None if args.resume and args.key_seed is None else options.key_seed(args),
+        resume=args.resume,
     )

@@ -27,11 +27,14 @@ EPILOG = textwrap.dedent("""\
       copycatch serve victim.safetensors --protect victim.cckeys          # a key set from `copycatch protect`
       copycatch serve victim.safetensors --new-key alice --api-keys keys.txt     # prints alice's secret once
       copycatch serve victim.safetensors --api-keys keys.txt --rate 100/s --budget 20000/day --host 0.0.0.0
+      copycatch serve victim.safetensors --api-keys keys.txt --budget 20000 --state redis://127.0.0.1:6379/0
       copycatch steal --oracle http://127.0.0.1:8000 --arch mlp -o surrogate.safetensors
       copycatch ledger copycatch-ledger.jsonl                                   # who asked what
 
     Rates and budgets count inputs (a batch of 32 costs 32). A budget without a period (20000) is for the
     server's life and carries over restarts through the ledger; with one (20000/day) it renews each window.
+    --state redis://... keeps rates and budgets in Redis, shared by every replica given the same URL (each keeps its
+    own ledger; `copycatch ledger A B` merges them); while Redis is unreachable queries are refused with 503.
     API key file: one 'KEY_ID sha256:<hex of SHA-256(secret)>' per line; secrets are never stored or logged.""")
 
 
@@ -90,6 +93,13 @@ def _access_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N[/PERIOD]",
         help="inputs per key: 20000 (server lifetime) or 20000/day (renews)",
+    )
+    g.add_argument(
+        "--state",
+        default=None,
+        metavar="URL",
+        help="keep rate and budget counts in Redis (redis://HOST:PORT/DB), shared by every replica given the same "
+        "URL, instead of in this process (the default); needs the redis extra",
     )
 
 
@@ -206,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             "rate": args.rate,
             "burst": args.burst,
             "budget": args.budget,
+            "state": args.state,
             "ledger": None if args.no_ledger else args.ledger,
             "ledger_max_bytes": int(args.ledger_max_mb * 2**20),
             "ledger_keep": args.ledger_keep,
@@ -248,6 +259,10 @@ def _announce(args: argparse.Namespace, server: Any, config: Any) -> None:
     access = f"{len(keyring)} API keys from {args.api_keys}" if keyring else "open (no API keys)"
     budget = config.parsed_budget().describe() if config.budget else "none"
     say(f"  access: {access}; rate {config.rate or 'unlimited'}; budget {budget}")
+    if config.state:
+        from ...serve.redis_state import redacted
+
+        say(f"  limits shared through {redacted(config.state)}")
     say(f"  ledger: {config.ledger or 'none'}")
     if keyring is None and not _is_loopback(args.host):
         print(

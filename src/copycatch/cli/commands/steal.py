@@ -62,6 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="then apply this removal attack to the surrogate, on the attacker pool (repeatable, in order; "
         "see `copycatch remove --help`)",
     )
+    options.add_resume_option(p, "The checkpoint keeps every answer bought, as it arrives: none is bought twice")
     options.add_data_options(p)
     options.add_train_options(p)
     options.add_common(p)
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         then=args.then or (),
         output=out,
         progress=options.progress(args),
+        resume=args.resume,
     )
+    options.say_resumed(result.info)
     line = (
         f"stole a {args.arch} surrogate with {args.attack}: {result.queries} queries, "
         f"test accuracy {result.info['test_accuracy']:.4f}"

@@ -91,6 +91,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the evidence record as JSON")
     _queries_options(p)
     _evidence_record_options(p)
+    _commitment_options(p)
     options.add_suspect_arguments(p)
     options.add_common(p)
     p.set_defaults(verify_parser=p)  # the parser lets the evidence record the command line
@@ -116,6 +117,16 @@ def _queries_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="most answers to use in total, over all sessions of this transcript (replayed ones count)",
+    )
+    g.add_argument(
+        "--deadline",
+        type=deadline,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help="stop when an HTTP suspect has kept us waiting this long without an answer, over every attempt, retry "
+        "wait and endpoint (its answering time between requests does not count): the answers so far stay in the "
+        f"transcript, the message names the URL, the attempts and how to resume, exit status {options.EXIT_ERROR}; "
+        "0: no deadline (--timeout and --retries alone bound each request). Each retry is printed with its reason",
     )
 
 
@@ -155,6 +166,35 @@ def _evidence_record_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore <key>.calibration.json files written by `copycatch calibrate`",
     )
+    g.add_argument(
+        "--sign-with",
+        metavar="OWNER.key",
+        default=None,
+        help="sign evidence.json and the transcript with the owner's private key (`copycatch key keygen`): "
+        "FILE.sig beside each, checked with `copycatch evidence check FILE --public-key OWNER.pub`",
+    )
+
+
+def _commitment_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "key commitments",
+        "Before any query each key is checked against its commitment (`copycatch key commit`); a key that does\n"
+        "not match it is refused (exit status 2). The evidence states when the key was committed.",
+    )
+    g.add_argument(
+        "--commitment",
+        action="append",
+        metavar="FILE",
+        help="commitment record of the key (repeat once per --key, in order); default: <key>.commit.json beside it",
+    )
+    g.add_argument(
+        "--suspect-since",
+        metavar="TIME",
+        default=None,
+        help="when the suspect was first seen (ISO 8601, UTC unless a zone is given): a key committed later, or "
+        "without a commitment, is refused",
+    )
+    g.add_argument("--require-commitment", action="store_true", help="refuse keys that have no commitment")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,9 +230,15 @@ def _verify(args: argparse.Namespace) -> int:
             postprocess=args.post or (),
             num_classes=args.num_classes,
             calibrations=not args.no_calibration,
+            commitments=args.commitment,
+            suspect_since=args.suspect_since,
+            require_commitment=args.require_commitment,
             report=args.report,
             command=command,
+            sign_with=args.sign_with,
             progress=options.progress(args),
+            deadline=args.deadline or None,
+            on_retry=_say_retry,
             **options.suspect_options(args),
         )
     except VerificationInterrupted as exc:
@@ -209,7 +255,28 @@ def _verify(args: argparse.Namespace) -> int:
         if run.report_paths:
             paths = run.report_paths
             options.say(f"evidence written to {paths['json']} and {paths['html']}; transcript {run.transcript.path}")
+        if run.signatures:
+            options.say(f"signed: {', '.join(str(p) for p in run.signatures.values())}")
     return exit_status(run)
+
+
+DEFAULT_DEADLINE = 180.0
+
+
+def deadline(text: str) -> float:
+    """argparse ``type=`` of ``--deadline``: seconds >= 0 (0: none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (e.g. 180), or 0 for no deadline; got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the deadline must be >= 0 seconds (0: none), got {text}")
+    return value
+
+
+def _say_retry(line: str) -> None:
+    """A suspect's failed attempt and the wait before the next, on stderr (even with -q: it explains a silence)."""
+    print(f"copycatch: {line}", file=sys.stderr, flush=True)
 
 
 def exit_status(run: Any) -> int:
