@@ -13,6 +13,7 @@ from copycatch.cli.options import EXIT_INCONCLUSIVE, EXIT_STOLEN
 from copycatch.oracles.base import Oracle
 from copycatch.schemes import SCHEMES
 from copycatch.schemes.base import UNREACHABLE
+from copycatch.schemes.dataset_inference import NOISE_KINDS, regressor_scores
 from copycatch.schemes.dynamarks import expected_candidate_responses
 from copycatch.schemes.frontier_stitching import CONTROL
 from copycatch.verification.sequential import SequentialPlan, reachable_p_value, verify_sequential
@@ -24,21 +25,26 @@ VARIANTS = [*SCHEMES.list(), "feature-sharing:distribution=in", "ewe:distributio
 
 @pytest.fixture(scope="module")
 def keys(tiny):
-    """One key per scheme (``name:param=value`` for a variant), made on first use (3 epochs: the key's shape, not
-    the victim's strength, matters)."""
+    """One key per scheme (``name:param=value`` for a variant), made on first use on the scheme's tiny data (3
+    epochs: the key's shape, not the victim's strength, matters)."""
     made: dict[str, cc.Key] = {}
 
     def key(variant: str) -> cc.Key:
         if variant not in made:
             name, _, change = variant.partition(":")
-            made[variant] = tiny.embed(name, epochs=3, **dict([change.split("=")] if change else [])).key
+            made[variant] = tiny.for_scheme(name).embed(name, epochs=3, **dict([change.split("=")] if change else []))
+            made[variant] = made[variant].key
         return made[variant]
 
     return key
 
 
-def one_hot(labels: torch.Tensor) -> torch.Tensor:
-    return F.one_hot(labels.long() % C, C).float()
+def classes(key: cc.Key) -> int:
+    return int(key.meta["num_classes"])
+
+
+def one_hot(labels: torch.Tensor, num_classes: int = C) -> torch.Tensor:
+    return F.one_hot(labels.long() % num_classes, num_classes).float()
 
 
 def incriminating(key: cc.Key) -> torch.Tensor:
@@ -68,6 +74,16 @@ def incriminating(key: cc.Key) -> torch.Tensor:
         return answers.float()
     if key.scheme == "dawn":  # the recorded wrong label on every record
         return one_hot(key["verify_wrong"])
+    if key.scheme == "cae":  # every fingerprint carries its target label over
+        return one_hot(key["target"], classes(key))
+    if key.scheme == "dataset-inference":  # each group's whole walk on the label the regressor scores apart
+        walk = 1 + p["directions"] * p["radii"]
+        survives, falls = torch.ones(1, 1 + len(NOISE_KINDS)), torch.zeros(1, 1 + len(NOISE_KINDS))
+        private_high = bool(regressor_scores(survives, key) > regressor_scores(falls, key))
+        groups = []
+        for y, high in ((key["y_private"], private_high), (key["y_public"], not private_high)):
+            groups.append(one_hot((y if high else y + 1).repeat_interleave(walk), classes(key)))
+        return torch.cat(groups)
     raise AssertionError(f"no incriminating answers for {key.scheme}: add them here")
 
 
@@ -77,25 +93,29 @@ def test_smallest_p_value_is_what_the_test_gives_on_incriminating_answers(name, 
     scheme = cc.scheme_for_key(key)
     answers = incriminating(key)
     assert len(answers) == len(scheme.verification_inputs(key))
-    smallest = scheme.smallest_p_value(key, C)
+    smallest = scheme.smallest_p_value(key, classes(key))
     evidence = scheme.evidence_from_answers(answers, key, alpha=1e-3, queries=len(answers))
     assert smallest is not None and 0.0 < smallest < 1.0
     assert evidence.p_value == pytest.approx(smallest, rel=1e-6)
     # every smaller budget, from the same answers: the first k queries of the key (power_curve)
-    curve = scheme.power_curve(answers, key, alpha=1e-3, sizes=[1, 5, 10, 20, 50, 100, len(answers)])
+    n = len(answers)  # a scheme whose item costs many queries (a blind walk) is cut at larger budgets too
+    curve = scheme.power_curve(answers, key, alpha=1e-3, sizes=sorted({1, 5, 10, 20, 50, 100, n // 8, n // 2, n}))
     assert curve["p"] == pytest.approx(curve["smallest_p"], rel=1e-6) and len(curve["p"]) >= 3
     for k, floor in zip(curve["queries"], curve["smallest_p"]):
-        assert scheme.smallest_p_value(key, C, queries=k) == pytest.approx(floor, rel=1e-12)
+        assert scheme.smallest_p_value(key, classes(key), queries=k) == pytest.approx(floor, rel=1e-12)
     assert curve["queries"][-1] == len(answers) and curve["p"][-1] == pytest.approx(evidence.p_value)
 
 
 @pytest.mark.parametrize("name", SCHEMES.list())
-def test_no_answers_go_below_the_smallest_p_value(name, keys, innocent):
+def test_no_answers_go_below_the_smallest_p_value(name, keys, innocent, tiny):
     key = keys(name)
     scheme = cc.scheme_for_key(key)
+    if scheme.tiny_data:  # an innocent of the scheme's own tiny data
+        own = tiny.for_scheme(name).splits
+        innocent = cc.train("mlp", own, on="attacker_pool", config=tiny.config(epochs=4, seed=5), hidden=64)
     evidence = scheme.verify(cc.ModelOracle(innocent), key, alpha=1e-3)
     assert evidence.p_value >= evidence.metrics["smallest_attainable_p"] * (1 - 1e-9)
-    assert evidence.metrics["smallest_attainable_p"] == scheme.smallest_p_value(key, C)
+    assert evidence.metrics["smallest_attainable_p"] == scheme.smallest_p_value(key, classes(key))
 
 
 class _Answers(Oracle):

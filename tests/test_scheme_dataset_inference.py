@@ -10,7 +10,13 @@ import copycatch as cc
 from copycatch.core.errors import InvalidArgument
 from copycatch.oracles.local import ModelOracle
 from copycatch.schemes import SCHEMES
-from copycatch.schemes.dataset_inference import permutation_p_value, walk_distances, walk_features, walk_inputs
+from copycatch.schemes.dataset_inference import (
+    permutation_p_value,
+    smallest_permutation_p_value,
+    walk_distances,
+    walk_features,
+    walk_inputs,
+)
 
 SCHEME = "dataset-inference"
 
@@ -80,8 +86,12 @@ def test_the_permutation_p_value_matches_full_enumeration():
     splits = [np.array(c) for c in itertools.combinations(range(8), 4)]
     stats = [scores[c].mean() - np.delete(scores, c).mean() for c in splits]
     exact = np.mean([s >= observed - 1e-12 for s in stats])
-    statistic, p = permutation_p_value(scores, 4, 200_000, seed=3)
-    assert statistic == pytest.approx(observed) and p == pytest.approx(exact, abs=0.003)
+    statistic, p = permutation_p_value(scores, 4, 70, seed=3)  # 70 splits: every one is enumerated
+    assert statistic == pytest.approx(observed) and p == pytest.approx(exact, rel=1e-12)
+    statistic, p = permutation_p_value(scores, 4, 69, seed=3)  # fewer relabellings than splits: drawn at random
+    assert p == pytest.approx(exact, abs=0.08)
+    assert smallest_permutation_p_value(4, 4, 70) == 1 / 70 and smallest_permutation_p_value(4, 4, 69) == 1 / 70
+    assert smallest_permutation_p_value(20, 20, 99) == 1 / 100
 
 
 def test_the_permutation_p_value_is_uniform_when_the_groups_are_exchangeable():

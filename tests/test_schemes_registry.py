@@ -2,7 +2,6 @@
 model, and round-trips its key, on tiny synthetic data with the scheme's ``tiny_params``."""
 
 import pytest
-from conftest import Tiny
 
 import copycatch as cc
 from copycatch.core.key import Key
@@ -20,8 +19,7 @@ def _setting(cls, tiny, innocent):
     """The tiny split and innocent model for ``cls``: the shared ones, or ones made from its ``tiny_data``."""
     if not cls.tiny_data:
         return tiny, innocent
-    data = cc.load_dataset("synthetic", **{"n": 2400, "num_classes": 4, "size": 8, **cls.tiny_data})
-    own = Tiny(cc.make_splits(data, seed=0, fractions=tiny.splits.fractions))
+    own = tiny.for_scheme(cls.name)
     return own, cc.train("mlp", own.splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=11), hidden=64)
 
 
