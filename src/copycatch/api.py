@@ -205,6 +205,8 @@ def protect(
     watermark_params: dict[str, Any] | None = None,
     api: str | None = "dynamarks",
     api_params: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    fingerprint_params: dict[str, Any] | None = None,
     arch: str | None = None,
     model: Classifier | PathLike | None = None,
     config: TrainConfig | None = None,
@@ -218,10 +220,13 @@ def protect(
     resume: bool = False,
 ) -> Protection:
     """The recommended stack: a training-time ``watermark`` in the weights plus an ``api``-time mark on the served
-    answers (``None``: none), each with its own independently seeded secret, their keys bundled in one key set.
+    answers (``None``: none), each with its own independently seeded secret, their keys bundled in one key set;
+    ``fingerprint`` (``"cae"``, ``"dataset-inference"``; default none) adds a fingerprint of the watermarked
+    victim, which changes neither its weights nor its answers.
 
     Serve the victim with the key set (``open_server(victim, protect=keyset)`` applies the API-time part) and
-    verify suspects against the key set: each part is tested and Fisher's method combines them.
+    verify suspects against the key set: each part is tested and Fisher's method combines them, or Holm's
+    adjustment with a fingerprint, whose test is not independent of the others (:mod:`copycatch.schemes.protection`).
     ``info["test_accuracy"]`` is the victim's; ``output`` and ``keys`` write the victim and the (secret) key set.
     The accuracy-cost guard is :func:`embed`'s: files are written, then :class:`AccuracyCostExceeded` is raised past
     ``max_cost`` unless ``allow_cost``. ``key_seed`` and ``info["commitment"]`` (written beside ``keys``) are
@@ -235,6 +240,12 @@ def protect(
         "params": create_scheme(watermark, **(watermark_params or {})).params,
         "api": api,
         "api_params": create_scheme(api, **(api_params or {})).params if api not in (None, "none") else None,
+        "fingerprint": fingerprint,
+        "fingerprint_params": (
+            create_scheme(fingerprint, **(fingerprint_params or {})).params
+            if fingerprint not in (None, "none")
+            else None
+        ),
         "splits": splits,
         "arch": arch,
         "model": base,
@@ -250,6 +261,8 @@ def protect(
             watermark_params=watermark_params,
             api=api,
             api_params=api_params,
+            fingerprint=fingerprint,
+            fingerprint_params=fingerprint_params,
             arch=arch,
             model=base,
             config=config,

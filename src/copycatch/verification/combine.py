@@ -13,7 +13,8 @@ sets). Each key gives its own p-value; the global null is "the suspect is indepe
 
 Which one decides (:func:`choose_method`): the user's choice; by default Fisher when the keys are declared
 independent (the parts of one key set that says so, such as ``copycatch protect`` writes), Holm otherwise (separate
-key files, or a key set mixed with other keys: nothing vouches that their secrets were drawn independently). The
+key files, or a key set mixed with other keys: nothing vouches that their secrets were drawn independently; or a key
+set that declares its parts dependent, such as ``protect`` with a fingerprint of the watermarked victim). The
 combined evidence says in words which method applies and why (``reason``).
 """
 
@@ -106,8 +107,10 @@ def choose_method(method: str | None, independent: bool) -> tuple[str, str]:
         return "fisher", f"Fisher's method (the default here): {declared}"
     if method is None:
         return "holm", (
-            "Holm's adjustment (the default here): the keys are not declared independent (separate key files, or "
-            "a key set with other keys), and Holm's adjustment holds under any dependence between the tests"
+            "Holm's adjustment (the default here): the keys are not declared independent (separate key files, a key "
+            "set with other keys, or a key set whose parts depend on each other, such as a fingerprint of the "
+            "watermarked victim tested beside its watermark), and Holm's adjustment holds under any dependence "
+            "between the tests"
         )
     if method == "fisher" and independent:
         return "fisher", f"Fisher's method, as asked; it is valid: {declared}"

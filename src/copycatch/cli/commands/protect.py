@@ -1,5 +1,5 @@
-"""``copycatch protect``: the recommended stack in one verb — a watermark in the weights, a mark at the API, one key
-set."""
+"""``copycatch protect``: the recommended stack in one verb — a watermark in the weights, a mark at the API,
+optionally a fingerprint, one key set."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ DESCRIPTION = (
     "perturbs the served probabilities without changing any prediction when you serve the victim with the key set "
     "(copycatch serve --protect): a thief who extracts a surrogate through the API copies it. Each part's secret "
     "is drawn from its own seed, so the parts are independent; their keys are bundled in one key set (.cckeys), "
-    "and `copycatch verify --key SET` tests every part and combines the p-values with Fisher's method."
+    "and `copycatch verify --key SET` tests every part and combines the p-values with Fisher's method. "
+    "--fingerprint adds a fingerprint of the watermarked victim (it changes neither the weights nor the answers); "
+    "its test asks whether a suspect behaves like this very victim, so it is not independent of the others and "
+    "verify combines such a key set with Holm's adjustment instead."
 )
 
 EPILOG_EXAMPLES = textwrap.dedent("""\
@@ -26,6 +29,7 @@ EPILOG_EXAMPLES = textwrap.dedent("""\
       copycatch protect -o victim.safetensors --keys victim.cckeys
       copycatch protect -p n_triggers=100 --api-param range_choices=4 -o victim.safetensors --keys victim.cckeys
       copycatch protect --api none -o victim.safetensors --keys victim.cckeys       # the watermark alone
+      copycatch protect --fingerprint cae -o victim.safetensors --keys victim.cckeys   # + a fingerprint (Holm)
       copycatch serve victim.safetensors --protect victim.cckeys                  # the API-time part runs here
       copycatch steal --victim victim.safetensors --protect victim.cckeys --arch mlp -o surrogate.safetensors
       copycatch verify --key victim.cckeys --suspect surrogate.safetensors         # every part, combined
@@ -38,15 +42,14 @@ EPILOG_EXAMPLES = textwrap.dedent("""\
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ...models import MODELS
     from ...schemes import SCHEMES
+    from ...schemes.protection import ROLES, stack_role
 
-    by_time = {
-        when: [(n, s) for n, s in SCHEMES.describe() if SCHEMES.get(n).factory.acts_at == when]
-        for when in ("training", "api")
-    }
+    by_role = {role: [(n, s) for n, s in SCHEMES.describe() if stack_role(n) == role] for role in ROLES}
     epilog = "\n\n".join(
         [
-            options.registry_table(by_time["training"], "training-time schemes (--watermark)"),
-            options.registry_table(by_time["api"], "API-time schemes (--api)"),
+            options.registry_table(by_role["watermark"], "training-time schemes (--watermark)"),
+            options.registry_table(by_role["api"], "API-time schemes (--api)"),
+            options.registry_table(by_role["fingerprint"], "fingerprints (--fingerprint)"),
             options.registry_table(MODELS.describe(), "architectures"),
             EPILOG_EXAMPLES,
         ]
@@ -56,11 +59,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--watermark", default="margin", help="training-time scheme embedded in the weights (listed below)")
     p.add_argument("--api", default="dynamarks", help="API-time scheme applied when serving (listed below), or none")
+    p.add_argument("--fingerprint", default=None, help="fingerprint of the watermarked victim (listed below); none")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--arch", default=None, help="train a fresh model of this architecture (default: the scheme's)")
     src.add_argument("--model", default=None, help="start from this trained model file")
     options.add_params_option(p, "watermark scheme")
     p.add_argument("--api-param", action="append", metavar="NAME=VALUE", help="API-time scheme parameter (repeatable)")
+    p.add_argument(
+        "--fingerprint-param", action="append", metavar="NAME=VALUE", help="fingerprint parameter (repeatable)"
+    )
     p.add_argument("-o", "--output", required=True, help="victim model file to write")
     p.add_argument("--keys", required=True, help="key set file to write (.cckeys; keep it secret)")
     options.add_key_seed_option(p)
@@ -103,6 +110,8 @@ def _protect(args: argparse.Namespace, out: Any, keys_path: Any) -> Any:
         watermark_params=options.params(args.param),
         api=args.api,
         api_params=options.params(args.api_param),
+        fingerprint=args.fingerprint,
+        fingerprint_params=options.params(args.fingerprint_param),
         arch=args.arch,
         model=args.model,
         config=options.train_config(args),

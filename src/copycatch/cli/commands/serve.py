@@ -282,8 +282,11 @@ def _protection(keys: list[Any]) -> list[str]:
 
     lines = []
     for key in keys:
-        if scheme_for_key(key).acts_at == "api":
+        scheme = scheme_for_key(key)
+        if scheme.acts_at == "api":
             lines.append(f"{key.scheme} applied to every answer on the server (key {key.digest[:12]}…)")
+        elif scheme.kind == "fingerprint":
+            lines.append(f"{key.scheme} is a fingerprint: answers are the model's own (nothing was changed)")
         else:
             lines.append(
                 f"{key.scheme} acts at training time: answers are the model's own (the mark is in the weights)"
