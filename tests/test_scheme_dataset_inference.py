@@ -92,6 +92,7 @@ def test_the_permutation_p_value_matches_full_enumeration():
     assert p == pytest.approx(exact, abs=0.08)
     assert smallest_permutation_p_value(4, 4, 70) == 1 / 70 and smallest_permutation_p_value(4, 4, 69) == 1 / 70
     assert smallest_permutation_p_value(20, 20, 99) == 1 / 100
+    assert smallest_permutation_p_value(1000, 1000, 99_999) == 1e-5  # C(2000, 1000) is far beyond a float
 
 
 def test_the_permutation_p_value_is_uniform_when_the_groups_are_exchangeable():

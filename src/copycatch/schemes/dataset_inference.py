@@ -184,7 +184,8 @@ def permutation_p_value(scores: np.ndarray, n_first: int, permutations: int, see
 
 def smallest_permutation_p_value(n_first: int, n_second: int, permutations: int) -> float:
     """The smallest p-value :func:`permutation_p_value` can give: the first group's scores all above the second's."""
-    return max(1.0 / math.comb(n_first + n_second, n_first), 1.0 / (permutations + 1))
+    splits = math.comb(n_first + n_second, n_first)  # an int that can exceed any float: compare, never divide
+    return 1.0 / (permutations + 1) if splits > permutations else 1.0 / splits
 
 
 def _float_inputs(x: torch.Tensor) -> torch.Tensor:
