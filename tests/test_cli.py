@@ -117,7 +117,7 @@ def test_key_show_hides_secrets_unless_asked(capsys, victim_files):
     assert len(json.loads(out)["tensors"]["trigger_label"]["values"]) == 30
 
 
-@pytest.mark.parametrize("verb", ["data", "train", "embed", "steal", "verify", "key", "demo"])
+@pytest.mark.parametrize("verb", ["data", "models", "train", "embed", "steal", "verify", "key", "demo"])
 def test_every_verb_has_help(capsys, verb):
     with pytest.raises(SystemExit) as exit_:
         main([verb, "--help"])
