@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
 TORCH_SPEC ?= torch==2.13.0
 # extras per target: the demo needs only the small data sets; the tests exercise every optional part
-TEST_EXTRAS ?= dev,datasets,audio,serve,redis,onnx,report,ray
+TEST_EXTRAS ?= dev,datasets,audio,serve,redis,onnx,report,ray,images
 DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
