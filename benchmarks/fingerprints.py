@@ -1,0 +1,219 @@
+"""Fingerprints beside watermarks, on the same surrogates: ROC AUC, worst surrogate p-value, innocents accused.
+
+Per owner data size × seed: the owner protects a model the way ``copycatch protect`` does (the margin watermark in
+the weights, DynaMarks at the API), then fingerprints that same model with CAE and dataset inference (the weights
+stay as they are). Every thief of the list buys answers through the protected API (DynaMarks perturbs them) and
+trains a surrogate; some surrogates are then fine-tuned or pruned. Every key verifies every surrogate and every
+innocent model (true labels on the thief's pool, several architectures and seeds, none used to make any key):
+margin, DynaMarks, CAE, dataset inference, and the stack of all four (Holm-combined, as ``copycatch verify`` does
+for a key set whose parts are not independent).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fingerprints.py                    # the whole table (see README)
+    .venv/bin/python benchmarks/fingerprints.py --sizes 10000 --seeds 0 --workers 2  # one size, one seed
+    .venv/bin/python benchmarks/fingerprints.py --table                              # the table from cached rows
+
+Everything (models, keys, rows) is cached under --out (default bench-out/fingerprints): re-running resumes. The
+resolved configuration is saved beside the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import copycatch as cc
+from copycatch.models.io import weights_digest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import proof
+
+####################################################################################################################
+#                                                 Hyper-parameters                                                 #
+####################################################################################################################
+
+hyp = {
+    "sizes": [10000, 30000],  # owner_train images
+    "seeds": [0, 1, 2],
+    "fingerprints": {"cae": {}, "dataset-inference": {}},  # parameters (none: the defaults are what is measured)
+    "thief_epochs": 20,
+    # surrogate name -> how it is made: an extraction attack through the protected API, then removal attacks
+    "thieves": {
+        "soft, same arch": {"attack": "soft-label"},
+        "soft, mlp": {"attack": "soft-label", "arch": "mlp"},
+        "soft, lenet": {"attack": "soft-label", "arch": "lenet"},
+        "soft, wider cnn": {"attack": "soft-label", "arch": "cnn"},
+        "hard labels": {"attack": "hard-label"},
+        "hinton T=20": {"attack": "distillation", "params": {"temperature": 20.0, "alpha": 0.7}},
+        "soft, 5k queries": {"attack": "soft-label", "budget": 5000},
+        "soft + fine-tune": {"attack": "soft-label", "removal": ["fine-tune:epochs=2"]},
+        "soft + prune 50 %": {"attack": "soft-label", "removal": ["prune:rate=0.5"]},
+        "soft + prune 50 % + fine-tune": {"attack": "soft-label", "removal": ["prune:rate=0.5", "fine-tune:epochs=2"]},
+    },
+    "innocents": proof.hyp["innocents"],  # 20 models: cnn-small ×8, mlp ×6, lenet ×3, cnn ×3
+    "alpha": 1e-3,
+    "workers": 2,
+}
+
+KEYS = ("margin", "dynamarks", "cae", "dataset-inference", "stack")
+
+
+def owner_task(out: Path, size: int, seed: int) -> dict:
+    """The protected victim (margin + DynaMarks), then the two fingerprints of that same victim."""
+    splits = proof.splits_for(size, seed)
+    base = out / "keys" / f"{size}-{seed}"
+    base.mkdir(parents=True, exist_ok=True)
+    t = time.process_time()
+    protection = cc.protect(splits, config=proof.owner_config(seed), progress=False, max_cost=None)
+    protect_cpu = time.process_time() - t
+    victim = protection.victim
+    cc.save_model(victim, out / "models" / f"victim-{size}-{seed}.safetensors")
+    row = {"size": size, "seed": seed, "protect_cpu": protect_cpu, "victim_acc": cc.accuracy(victim, splits.test)}
+    for key in protection.keyset:
+        key.save(base / f"{key.scheme}.cckey")
+    before = weights_digest(victim)
+    for scheme, params in hyp["fingerprints"].items():
+        t = time.process_time()
+        embedding = cc.embed(scheme, splits, model=victim, params=params, config=proof.owner_config(seed),
+                             progress=False, max_cost=None)  # fmt: skip
+        row[f"{scheme}_cpu"] = time.process_time() - t
+        row[f"{scheme}_info"] = {k: v for k, v in embedding.info.items() if isinstance(v, (int, float, list))}
+        embedding.key.save(base / f"{scheme}.cckey")
+    row["weights_untouched"] = weights_digest(victim) == before
+    # one clean training of the same recipe, the unit of the generation time
+    t = time.process_time()
+    cc.train("cnn-small", splits, config=proof.owner_config(seed), progress=False)
+    row["clean_cpu"] = time.process_time() - t
+    return row
+
+
+def _keys(out: Path, size: int, seed: int) -> dict[str, object]:
+    base = out / "keys" / f"{size}-{seed}"
+    keys = {name: cc.Key.load(base / f"{name}.cckey") for name in KEYS if name != "stack"}
+    keys["stack"] = cc.KeySet(list(keys.values()))
+    return keys
+
+
+def _verify_all(model, keys: dict) -> dict:
+    result = {}
+    for name, key in keys.items():
+        run = cc.verify(model, key, sequential=False, alpha=hyp["alpha"])
+        result[name] = {"p": run.p_value, "queries": run.queries}
+    return result
+
+
+def thief_task(out: Path, size: int, seed: int, kind: str) -> dict:
+    splits = proof.splits_for(size, seed)
+    victim = cc.load_model(out / "models" / f"victim-{size}-{seed}.safetensors")
+    keys = _keys(out, size, seed)
+    api_keys = cc.KeySet([keys["margin"], keys["dynamarks"]])  # the API applies the DynaMarks part
+    thief = hyp["thieves"][kind]
+    stolen = cc.steal(
+        victim,
+        splits.attacker_pool,
+        attack=thief["attack"],
+        arch=thief.get("arch", victim.arch),
+        params=thief.get("params"),
+        budget=thief.get("budget"),
+        key=api_keys,
+        config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief_epochs"]),
+        progress=False,
+    )
+    surrogate = stolen.surrogate
+    if thief.get("removal"):
+        surrogate = cc.remove(surrogate, thief["removal"], splits, progress=False).model
+    row = {"size": size, "seed": seed, "thief": kind, "acc": cc.accuracy(surrogate, splits.test)}
+    row["keys"] = _verify_all(surrogate, keys)
+    return row
+
+
+def innocent_task(out: Path, size: int, seed: int, arch: str, model_seed: int) -> dict:
+    splits = proof.splits_for(size, seed)
+    model = proof.innocent_model(out / "models", arch, model_seed)
+    row = {"size": size, "seed": seed, "arch": arch, "model_seed": model_seed, "acc": cc.accuracy(model, splits.test)}
+    row["keys"] = _verify_all(model, _keys(out, size, seed))
+    return row
+
+
+def roc_auc(positives: list[float], negatives: list[float]) -> float:
+    """P(a surrogate's p-value is smaller than an innocent's), ties counting one half."""
+    pairs = [(1.0 if p < n else 0.5 if p == n else 0.0) for p in positives for n in negatives]
+    return sum(pairs) / len(pairs) if pairs else math.nan
+
+
+def table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
+    owners = [r for r in rows if "protect_cpu" in r]
+    thieves = [r for r in rows if "thief" in r]
+    innocents = [r for r in rows if "model_seed" in r]
+    lines = [
+        "| size | key | ROC AUC | surrogates proven at α | worst surrogate p | innocents accused | smallest innocent p "
+        "| queries | generation (× one clean training) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    alpha = hyp["alpha"]
+    for size in sorted({r["size"] for r in owners}):
+        for key in KEYS:
+            pos = [r["keys"][key]["p"] for r in thieves if r["size"] == size]
+            neg = [r["keys"][key]["p"] for r in innocents if r["size"] == size]
+            if not pos:
+                continue
+            queries = max(r["keys"][key]["queries"] for r in thieves if r["size"] == size)
+            gen = [r[f"{key}_cpu"] / r["clean_cpu"] for r in owners if r["size"] == size and f"{key}_cpu" in r]
+            lines.append(
+                f"| {size} | {key} | {roc_auc(pos, neg):.3f} | {sum(p <= alpha for p in pos)}/{len(pos)} "
+                f"| {max(pos):.2g} | {sum(p <= alpha for p in neg)}/{len(neg)} | {min(neg, default=math.nan):.2g} "
+                f"| {queries} | {', '.join(f'{g:.1f}' for g in gen) or '–'} |"
+            )
+    lines += ["", "| size | seed | surrogate | accuracy | " + " | ".join(f"p {k}" for k in KEYS) + " |"]
+    lines.append("|---|---|---|---|" + "---|" * len(KEYS))
+    for r in sorted(thieves, key=lambda r: (r["size"], r["seed"], list(hyp["thieves"]).index(r["thief"]))):
+        ps = " | ".join(f"{r['keys'][k]['p']:.2g}" for k in KEYS)
+        lines.append(f"| {r['size']} | {r['seed']} | {r['thief']} | {r['acc']:.4f} | {ps} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/fingerprints"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=hyp["sizes"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=hyp["seeds"])
+    ap.add_argument("--thieves", nargs="+", default=list(hyp["thieves"]), help="thief names (default: all)")
+    ap.add_argument("--innocents", type=int, default=len(hyp["innocents"]["models"]), help="how many innocents")
+    ap.add_argument("--workers", type=int, default=hyp["workers"])
+    ap.add_argument("--table", action="store_true", help="print the table from the cached rows and stop")
+    args = ap.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
+    hyp.update(sizes=args.sizes, seeds=args.seeds, workers=args.workers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps(hyp, indent=1, default=str))
+    owners = [(f"owner-{n}-{s}", owner_task, (n, s)) for n in args.sizes for s in args.seeds]
+    proof.run(args.out, owners, 1)  # one at a time: each trains 15 ensemble models
+    later = [
+        (f"thief-{n}-{s}-{kind}".replace(" ", "_").replace("%", "pc"), thief_task, (n, s, kind))
+        for n in args.sizes
+        for s in args.seeds
+        for kind in args.thieves
+    ]
+    later += [
+        (f"innocent-{n}-{s}-{arch}-{m}", innocent_task, (n, s, arch, m))
+        for n in args.sizes
+        for s in args.seeds
+        for arch, m in hyp["innocents"]["models"][: args.innocents]
+    ]
+    proof.run(args.out, later, args.workers)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("COPYCATCH_PROGRESS", "0")
+    torch.set_num_threads(1)
+    main()
