@@ -45,6 +45,10 @@ Parameters (defaults):
     ensemble_epochs (5), ensemble_data (10000): training of every ensemble model.
     min_dispersion (0.05): floor of the beta-binomial's intra-class correlation ρ.
 
+Measured (Fashion-MNIST, 10,000 owner images, one seed; benchmarks/README.md, "Fingerprints beside watermarks"):
+ROC AUC 0.95 between ten surrogates and 20 innocents, 5 of 10 surrogates proven at α = 10⁻³ (the hard-label one
+among them, which no watermark proved), no innocent below p 0.013; generation 9.3× one clean training.
+
 Deviations: the paper's ensemble method optimises an untargeted example with the loss weights λ1-λ3; here the
 target is a secret random class per input and the loss has the same three parts (source on t, surrogates on t,
 references off t). The paper decides with a threshold on the fingerprint retention; here a calibrated p-value.
