@@ -152,6 +152,16 @@ def test_image_csv_reads_relative_and_absolute_paths_with_integer_labels(tmp_pat
     }
 
 
+def test_a_csv_file_given_as_the_data_is_read_as_images_or_texts_by_its_header(tmp_path):
+    _save(tmp_path / "a.png", mode="L")
+    _save(tmp_path / "b.png", mode="L")
+    images = cc.load_dataset(str(_image_csv(tmp_path, [("a.png", "cat"), ("b.png", "dog")], "mine.csv")))
+    assert images.modality == "image" and images.train.stored.shape == (2, 1, 8, 8)
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text,label\nthe cat sat,cat\na dog ran,dog\n", encoding="utf-8")
+    assert cc.load_dataset(str(texts)).modality == "text"
+
+
 def test_image_csv_folder_with_a_test_file(tmp_path):
     for i in range(6):
         _save(tmp_path / f"{i}.jpg")

@@ -30,12 +30,17 @@ def registry_table(rows: Sequence[tuple[str, str]], title: str) -> str:
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="fashion-mnist", help="data set name (see `copycatch data list`) or a .npz file")
+    g.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="data set name (see `copycatch data list`) or a file: .npz arrays, a .csv of text,label or of "
+        "path,label (images), a .jsonl of texts",
+    )
     g.add_argument(
         "--data-dir",
         default=None,
-        help="folder holding the Fashion-MNIST IDX files "
-        "(else $COPYCATCH_DATA_DIR, else /usr/share/datasets/fashion-mnist)",
+        help="folder where a named data set's files are found (Fashion-MNIST's IDX files, an image folder, a "
+        "corpus; else $COPYCATCH_DATA_DIR, else the data set's usual place, e.g. /usr/share/datasets/fashion-mnist)",
     )
     g.add_argument("--split-seed", type=int, default=0, help="seed of the owner/thief split")
     g.add_argument(

@@ -47,6 +47,7 @@ split 0.20 of the data is first set aside as ``test``.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import inspect
@@ -430,7 +431,21 @@ def list_datasets(pattern: str = "*", modality: str | None = None) -> list[str]:
 
 def _entry_name(name: str) -> str:
     suffix = os.path.splitext(str(name))[1].lower()
+    header = _csv_header(str(name)) if suffix == ".csv" else set()
+    if {"path", "label"} <= header and "text" not in header:
+        return "image-csv"  # a CSV of image paths, not of texts: told apart by its header alone
     return _FILE_ENTRIES.get(suffix, str(name))
+
+
+def _csv_header(path: str) -> set[str]:
+    """The lower-cased column names of a CSV file's first line (empty when it cannot be read: the loader that gets
+    the file then says what is wrong with it)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+    return {column.strip().lower() for column in first}
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, **kwargs) -> Dataset:
