@@ -17,6 +17,7 @@ os.environ.setdefault("COPYCATCH_PROGRESS", "0")
 # does, so every run makes the same keys (tests/test_trust.py checks the random default itself).
 os.environ.setdefault("COPYCATCH_KEY_SEED", "training")
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +150,50 @@ def trained(tiny):
 def innocent(tiny):
     """An MLP trained with true labels on the attacker pool: independent of every key, so never "stolen"."""
     return cc.train("mlp", tiny.splits, on="attacker_pool", config=tiny.config(epochs=4, seed=5), hidden=64)
+
+
+# -- tiny text and audio data, built in memory -------------------------------------------------------------------------
+
+TOPIC_WORDS = (
+    "goal match team coach league score player season",
+    "market stock profit bank trade price share investor",
+    "storm rain wind cloud snow forecast weather flood",
+    "doctor nurse patient clinic fever medicine hospital cure",
+)
+TOPIC_NAMES = ("sport", "business", "weather", "health")
+TONES_HZ = (400, 900, 1900, 3500)
+
+
+def tiny_text_splits(n: int, classes: int, words: tuple[int, int]) -> cc.Splits:
+    """``n`` texts of ``classes`` topics (at most four): a shared word, then ``words[0]``..``words[1] - 1`` words of
+    the text's topic, seeded; ids capped at 12 tokens."""
+    from copycatch.data import Dataset, VocabularySettings
+
+    rng = np.random.default_rng(0)
+    texts, labels = [], []
+    for i in range(n):
+        texts.append(" ".join(["the", *rng.choice(TOPIC_WORDS[i % classes].split(), size=rng.integers(*words))]))
+        labels.append(i % classes)
+    settings = VocabularySettings(max_length=12, min_freq=1)
+    data = Dataset.from_texts("tiny-text", texts, torch.tensor(labels), TOPIC_NAMES[:classes], settings=settings)
+    return cc.make_splits(data, seed=0)
+
+
+def tiny_audio_splits(
+    n: int, classes: int, samples: int, onset: float, gain: tuple[float, float], names: tuple[str, ...]
+) -> cc.Splits:
+    """``n`` clips of ``samples`` int16 samples at 16 kHz: a noisy tone per class (at most four) at a random phase,
+    gain and onset (up to ``onset`` seconds), seeded."""
+    from copycatch.data import Dataset
+
+    rng = np.random.default_rng(0)
+    t = np.arange(samples) / 16000
+    clips, labels = [], []
+    for i in range(n):
+        tone = np.sin(2 * np.pi * TONES_HZ[i % classes] * t + rng.uniform(0, 2 * np.pi))
+        tone *= (t > rng.uniform(0, onset)) * rng.uniform(*gain)
+        clips.append(tone + rng.normal(0, 0.05, samples))
+        labels.append(i % classes)
+    x = torch.from_numpy((np.clip(np.stack(clips), -1, 1) * 32767).astype(np.int16)).unsqueeze(1)
+    data = Dataset("tiny-audio", x, torch.tensor(labels), classes, names, modality="audio", sample_rate=16000)
+    return cc.make_splits(data, seed=0)

@@ -1,15 +1,14 @@
 """Text and audio architectures: the modality each declares, forward passes and pad masking, a few training steps,
 model files, create_for's modality check and `copycatch models list` (all on tiny data made here)."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_audio_splits, tiny_text_splits
 
 import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.errors import InvalidArgument
-from copycatch.data import Dataset, VocabularySettings
 from copycatch.models import list_models, model_modality, register_model
 from copycatch.models.io import read_model_info
 from copycatch.models.train import train_model
@@ -25,48 +24,18 @@ SMALL = {
     "m5": {"width": 8},
     "logmel-cnn": {"width": 8},
 }
-TOPICS = (
-    "goal match team coach league score player season",
-    "market stock profit bank trade price share investor",
-    "storm rain wind cloud snow forecast weather flood",
-)
 
 
 @pytest.fixture(scope="module")
 def text_splits() -> cc.Splits:
     """Three topics, 90 texts of 2-7 words each (one shared word), ids capped at 12 tokens."""
-    rng = np.random.default_rng(0)
-    texts, labels = [], []
-    for i in range(90):
-        words = TOPICS[i % 3].split()
-        texts.append(" ".join(["the", *rng.choice(words, size=rng.integers(1, 7))]))
-        labels.append(i % 3)
-    data = Dataset.from_texts(
-        "tiny-text",
-        texts,
-        torch.tensor(labels),
-        ("sport", "business", "weather"),
-        settings=VocabularySettings(max_length=12, min_freq=1),
-    )
-    return cc.make_splits(data, seed=0)
+    return tiny_text_splits(90, 3, (1, 7))
 
 
 @pytest.fixture(scope="module")
 def audio_splits() -> cc.Splits:
     """Three 'keywords': noisy tones of 400, 900 and 1,900 Hz at random phase, gain and onset, as int16 samples."""
-    rng = np.random.default_rng(0)
-    t = np.arange(SAMPLES) / 16000
-    clips, labels = [], []
-    for i in range(60):
-        tone = np.sin(2 * np.pi * (400, 900, 1900)[i % 3] * t + rng.uniform(0, 2 * np.pi))
-        tone *= (t > rng.uniform(0, 0.1)) * rng.uniform(0.2, 0.6)
-        clips.append(tone + rng.normal(0, 0.05, SAMPLES))
-        labels.append(i % 3)
-    x = torch.from_numpy((np.clip(np.stack(clips), -1, 1) * 32767).astype(np.int16)).unsqueeze(1)
-    data = Dataset(
-        "tiny-audio", x, torch.tensor(labels), 3, ("low", "mid", "high"), modality="audio", sample_rate=16000
-    )
-    return cc.make_splits(data, seed=0)
+    return tiny_audio_splits(60, 3, SAMPLES, 0.1, (0.2, 0.6), ("low", "mid", "high"))
 
 
 def _splits_for(arch, text_splits, audio_splits) -> cc.Splits:

@@ -150,8 +150,9 @@ def test_embed_help_lists_every_scheme_with_its_summary(capsys):
         main(["embed", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert set(MINE) <= set(SCHEMES.list())
-    for name, summary in SCHEMES.describe():  # [kind], then the first line of the scheme's docstring
-        line = f"{name} [{SCHEMES.get(name).factory.kind}] {summary}"
+    for name, summary in SCHEMES.describe():  # [kind; modalities], then the first line of the scheme's docstring
+        scheme = SCHEMES.get(name).factory
+        line = f"{name} [{scheme.kind}; {', '.join(scheme.modalities)}] {summary}"
         assert summary and " ".join(line.split())[:50] in out, name
 
 

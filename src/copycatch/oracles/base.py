@@ -70,7 +70,8 @@ class Oracle:
 
     # -- queries ---------------------------------------------------------------------------------------------------
     def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Answer a batch N×C×H×W of [0, 1] inputs with N×C probabilities (CPU float32)."""
+        """Answer a batch of inputs (images N×C×H×W in [0, 1], int64 token ids N×L, audio N×1×S) with N×C
+        probabilities (CPU float32)."""
         x = self._check_input(x)
         self._charge(len(x))
         if len(x) == 0:
@@ -84,7 +85,8 @@ class Oracle:
     def _check_input(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-        x = x.detach().float().cpu()
+        # int64 token ids (text) stay ids: an embedding layer reads them as indices, never as floats
+        x = x.detach().cpu() if x.dtype == torch.int64 else x.detach().float().cpu()
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise InvalidArgument(
                 f"{self.name} expects inputs of shape N×{'×'.join(map(str, self.input_shape))}, got {tuple(x.shape)}"

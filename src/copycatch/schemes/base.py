@@ -84,6 +84,8 @@ class Scheme:
     # True: bernoulli_outcomes() gives per-query outcomes, so verification may stop early (sequential test)
     sequential: ClassVar[bool] = False
     default_arch: ClassVar[str] = "cnn-small"
+    # The data modalities (data.base.MODALITIES) the scheme's mechanism applies to; embedding refuses any other.
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     # True: embed() expects a trained model (frontier stitching fine-tunes one), so a clean model is trained first
     # when the scheme is handed an architecture name instead of a model.
     pretrain: ClassVar[bool] = False

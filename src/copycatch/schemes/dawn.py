@@ -198,6 +198,9 @@ class Dawn(Scheme):
     sequential = True
     pretrain = True
     default_arch = "cnn-small"
+    # The keyed hash reads any input's bytes, but verification asks the records again as float32: int64 token ids
+    # would reach a text model as floats. Audio records are float32 already (probes are kept within [0, 1], though).
+    modalities: ClassVar[tuple[str, ...]] = ("image", "audio")
     tiny_params: ClassVar[dict[str, Any]] = {"probes": 30}
     # The served API answers a share ``fraction`` of inputs wrongly: its accuracy cost (which the accuracy-cost guard
     # measures on the protected API) is about ``fraction``, and so is the rate at which records accrue.

@@ -10,11 +10,11 @@ secret index, drawn uniformly from the N classes, by ``favoured_weight`` and eve
 (2/11 and 1/11 for N = 10, as in the paper). α_i >= 1/2 + b_i (checked, and checked again on every answer) keeps
 the top class, so accuracy is unchanged. A thief that fits a surrogate to these answers copies the secret bias.
 
-Verification (Algorithm 2). The key holds ``n_verify`` test-split inputs (uint8) and the owner's unwatermarked
-answers F_org on them. The suspect's answers are grouped into an N×N table (cell (i, j): the class-j probabilities
-of the inputs in row i, as a histogram); δ_org = Σ_ij JSD(D_org_ij ‖ D_sm_ij), δ_alt the same against F_alt, the
-owner's watermarked answers simulated with the secret, and η = δ_org / δ_alt: the paper detects the mark when
-η > τ. η, δ_alt and that decision are reported.
+Verification (Algorithm 2). The key holds ``n_verify`` test-split inputs (uint8 pixels, token ids or 16-bit
+samples) and the owner's unwatermarked answers F_org on them. The suspect's answers are grouped into an N×N table
+(cell (i, j): the class-j probabilities of the inputs in row i, as a histogram); δ_org = Σ_ij JSD(D_org_ij ‖
+D_sm_ij), δ_alt the same against F_alt, the owner's watermarked answers simulated with the secret, and
+η = δ_org / δ_alt: the paper detects the mark when η > τ. η, δ_alt and that decision are reported.
 
 The p-value is ours (the paper has the hand-set τ only): much of what separates F_alt from F_org is public (every
 confident answer loses 0.01-0.19 of its top probability), so an innocent model that is merely less confident than
@@ -32,7 +32,8 @@ Parameters (defaults; probabilities in [0, 1]):
     range_choices (1): K; K > 1 splits (a, b) into K equal sub-ranges and gives each class a secret one, log2(K)
         more secret bits per class (the paper's a_i, b_i are per-class secrets; its experiments use K = 1).
     n_verify (5000): verification inputs drawn from the test split (paper: the whole test set); the key stores them
-        (uint8) with F_org's answers, about 0.8 kB per 28×28 input.
+        (uint8 pixels, about 0.8 kB per 28×28 input; token ids and audio samples as the data stores them) with
+        F_org's answers. The mechanism never looks at the inputs, so it applies to every modality.
     bins (20): equal histogram bins on [0, 1] (the paper does not say how it builds them).
     tau (1.0): the paper's detection threshold on η, reported as ``paper_detected``.
 
@@ -56,7 +57,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.stats import independent_choices_greater
-from ..data.base import Splits
+from ..data.base import Splits, to_float
 from ..models.base import Classifier
 from ..models.io import weights_digest
 from ..models.train import TrainConfig, predict_logits
@@ -185,6 +186,8 @@ class DynaMarks(Scheme):
     needs = "probs"
     pretrain = True
     default_arch = "cnn-small"
+    # the mechanism reads and perturbs output probabilities only; the verification inputs are stored as given
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "audio")
     tiny_params: ClassVar[dict[str, Any]] = {"n_verify": 400, "range_choices": 4}
     # No parameter costs accuracy: every answer keeps its predicted class (checked on every answer), so the
     # accuracy-cost guard measures the served API at the clean model's accuracy.
@@ -246,8 +249,13 @@ class DynaMarks(Scheme):
         if len(splits.test) == 0:
             raise InvalidArgument("DynaMarks draws its verification set from the test split, which is empty")
         pick = torch.randperm(len(splits.test), generator=generator)[: p.n_verify]
-        verify_x = (splits.test.subset(pick).x * 255).round().clamp(0, 255).to(torch.uint8)
-        verify_org = torch.softmax(predict_logits(model, verify_x.float() / 255), dim=1)
+        verify = splits.test.subset(pick)
+        # images are stored as uint8 pixels; token ids (int64) and audio samples (int16) as the data stores them
+        if splits.modality == "image":
+            verify_x = (verify.x * 255).round().clamp(0, 255).to(torch.uint8)
+        else:
+            verify_x = verify.stored
+        verify_org = torch.softmax(predict_logits(model, to_float(verify_x)), dim=1)
         seeds = torch.randint(2**62, (2,), generator=generator)
         tensors = {
             "favoured": favoured,
@@ -282,7 +290,7 @@ class DynaMarks(Scheme):
 
     # -- verify (Algorithm 2) -------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        return key["verify_x"].float() / 255
+        return to_float(key["verify_x"])
 
     def verify(
         self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None, power: bool = False

@@ -64,6 +64,10 @@ def embed_scheme(
     """
     sch = create_scheme(scheme, **(params or {}))
     sch.key_seed = check_key_seed(key_seed) if key_seed is not None else None
+    if splits.modality not in sch.modalities:
+        raise InvalidArgument(
+            f"scheme {sch.name!r} does not apply to {splits.modality} data; it supports {', '.join(sch.modalities)}"
+        )
     if model is not None and arch is not None:
         raise InvalidArgument("give either arch (train a new model) or model (start from it), not both")
     check_max_cost(max_cost)

@@ -17,8 +17,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     epilog = (
         options.registry_table(
-            [(n, f"[{SCHEMES.get(n).factory.kind}] {s}") for n, s in SCHEMES.describe()],
-            "schemes (a fingerprint leaves the model's weights unchanged and only writes a key)",
+            [(n, f"[{_kind(SCHEMES.get(n).factory)}] {s}") for n, s in SCHEMES.describe()],
+            "schemes [kind; modalities] (a fingerprint leaves the model's weights unchanged and only writes a key)",
         )
         + "\n\n"
         + options.registry_table(MODELS.describe(), "architectures")
@@ -47,6 +47,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     options.add_train_options(p)
     options.add_common(p)
     return p
+
+
+def _kind(scheme: Any) -> str:
+    return f"{scheme.kind}; {', '.join(scheme.modalities)}"
 
 
 def run(args: argparse.Namespace) -> int:
