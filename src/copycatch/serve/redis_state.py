@@ -81,7 +81,7 @@ end
 
 # What admit, peek and refund are given. KEYS: the budget hash, the bucket hash, the set of seeded replicas. ARGV:
 # n, budget (-1: none), period in seconds (0: lifetime), rate per second (0: none), burst, replica id ('': nothing
-# to seed).
+# to seed), and for admit whether to charge ('1') or only to answer as a charge would ('0': peek).
 _PRELUDE = (
     _FUNCTIONS
     + """
@@ -90,11 +90,12 @@ local rate, burst, replica = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 """
 )
 
-# Replies {status, kind, spent, wait, renews_in}; status 1 charged, 0 refused, -1 this replica has not seeded this
-# data set yet.
+# Replies {status, kind, spent, wait, renews_in}; status 1 charged (or, peeking, would be), 0 refused, -1 this
+# replica has not seeded this data set yet.
 _ADMIT = (
     _PRELUDE
     + """
+local charge = ARGV[7] == '1'
 if replica ~= '' and redis.call('SISMEMBER', KEYS[3], replica) == 0 then return {-1} end
 local t = clock()
 local w = window(t, period)
@@ -106,31 +107,11 @@ end
 if rate > 0 then
   local k = tokens(KEYS[2], t, rate, burst)
   if k < n then return {0, 'rate', used, string.format('%.6f', (n - k) / rate), renews(w, t, period)} end
-  store_tokens(KEYS[2], k - n, t, rate, burst)
+  if charge then store_tokens(KEYS[2], k - n, t, rate, burst) end
 end
-if budget >= 0 then
+if charge and budget >= 0 then
   used = used + n
   store_spent(KEYS[1], w, used, t, period)
-end
-return {1, '', used, '0', renews(w, t, period)}
-"""
-)
-
-# The same reply as _ADMIT for one more input, charging nothing.
-_PEEK = (
-    _PRELUDE
-    + """
-if replica ~= '' and redis.call('SISMEMBER', KEYS[3], replica) == 0 then return {-1} end
-local t = clock()
-local w = window(t, period)
-local used = 0
-if budget >= 0 then
-  used = spent(KEYS[1], w)
-  if used >= budget then return {0, 'budget', used, '0', renews(w, t, period)} end
-end
-if rate > 0 then
-  local k = tokens(KEYS[2], t, rate, burst)
-  if k < 1 then return {0, 'rate', used, string.format('%.6f', (1 - k) / rate), renews(w, t, period)} end
 end
 return {1, '', used, '0', renews(w, t, period)}
 """
@@ -233,9 +214,7 @@ class RedisState(LimitState):
             retry=Retry(NoBackoff(), 1),
             decode_responses=True,
         )
-        self._admit, self._peek, self._refund, self._seed = (
-            self._client.register_script(s) for s in (_ADMIT, _PEEK, _REFUND, _SEED)
-        )
+        self._admit, self._refund, self._seed = (self._client.register_script(s) for s in (_ADMIT, _REFUND, _SEED))
         self._down_until = 0.0
         self._down = False
 
@@ -274,7 +253,7 @@ class RedisState(LimitState):
     def _keys(self, key: str) -> list[str]:
         return [f"{PREFIX}budget:{key}", f"{PREFIX}bucket:{key}", f"{PREFIX}replicas"]
 
-    def _args(self, n: int) -> list[Any]:
+    def _args(self, n: int, *, charge: bool = True) -> list[Any]:
         budget = self.limits.budget
         return [
             n,
@@ -283,14 +262,16 @@ class RedisState(LimitState):
             self.limits.per_second or 0,
             self.limits.burst,
             self.replica,
+            "1" if charge else "0",
         ]
 
-    def _run(self, script: Any, key: str, n: int) -> Any:
-        """Run ``script`` for ``key``; a replica that has not seeded this data set seeds it and runs it again."""
-        reply = self._guarded(script, keys=self._keys(key), args=self._args(n))
+    def _run(self, key: str, n: int, *, charge: bool) -> Any:
+        """Run the admit script for ``key``; a replica that has not seeded this data set seeds it and runs it
+        again."""
+        reply = self._guarded(self._admit, keys=self._keys(key), args=self._args(n, charge=charge))
         if reply[0] == -1:
             self._guarded(self._seed_counts)
-            reply = self._guarded(script, keys=self._keys(key), args=self._args(n))
+            reply = self._guarded(self._admit, keys=self._keys(key), args=self._args(n, charge=charge))
             if reply[0] == -1:
                 raise StateUnavailable(f"shared state {self.where} lost its data again while being seeded")
         return reply
@@ -318,10 +299,11 @@ class RedisState(LimitState):
 
     # -- the state -------------------------------------------------------------------------------------------------
     def admit(self, key: str, n: int) -> Charge:
-        return self._charge(self._run(self._admit, key, n))
+        return self._charge(self._run(key, n, charge=True))
 
     def peek(self, key: str) -> Charge:
-        return self._charge(self._run(self._peek, key, 1))
+        """What admitting one more input would answer, charging nothing."""
+        return self._charge(self._run(key, 1, charge=False))
 
     def refund(self, key: str, n: int) -> None:
         self._guarded(self._refund, keys=self._keys(key), args=self._args(n))
