@@ -167,7 +167,7 @@ def embed(
     run = {
         "verb": "embed",
         "scheme": scheme,
-        "params": create_scheme(scheme, **(params or {})).params,
+        "params": _scheme_params(scheme, params),
         "splits": splits,
         "arch": arch,
         "model": base,
@@ -189,12 +189,7 @@ def embed(
             max_cost=max_cost,
             key_seed=checkpoint.secrets["key_seed"] if checkpoint is not None else key_seed,
         )
-    result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
-    if output is not None:
-        save_model(result.victim, output)
-    result.info["commitment"] = _commit(result.key, result.victim, key_path)
-    _done(checkpoint, result.info)
-    check_accuracy_cost(result, allow_cost=allow_cost)  # after writing: a cost past the limit never loses the work
+    _finish(result, result.key, splits, output, key_path, checkpoint, allow_cost=allow_cost)
     return result
 
 
@@ -237,15 +232,11 @@ def protect(
     run = {
         "verb": "protect",
         "watermark": watermark,
-        "params": create_scheme(watermark, **(watermark_params or {})).params,
+        "params": _scheme_params(watermark, watermark_params),
         "api": api,
-        "api_params": create_scheme(api, **(api_params or {})).params if api not in (None, "none") else None,
+        "api_params": _scheme_params(api, api_params),
         "fingerprint": fingerprint,
-        "fingerprint_params": (
-            create_scheme(fingerprint, **(fingerprint_params or {})).params
-            if fingerprint not in (None, "none")
-            else None
-        ),
+        "fingerprint_params": _scheme_params(fingerprint, fingerprint_params),
         "splits": splits,
         "arch": arch,
         "model": base,
@@ -271,13 +262,34 @@ def protect(
             max_cost=max_cost,
             key_seed=checkpoint.secrets["key_seed"] if checkpoint is not None else key_seed,
         )
+    _finish(result, result.keyset, splits, output, keys, checkpoint, allow_cost=allow_cost)
+    return result
+
+
+def _scheme_params(name: str | None, params: dict[str, Any] | None) -> Any:
+    """A part's parameters as the scheme resolves them (None for a part left out): what a checkpoint records."""
+    return None if name in (None, "none") else create_scheme(name, **(params or {})).params
+
+
+def _finish(
+    result: Embedding | Protection,
+    keys: Key | KeySet,
+    splits: Splits,
+    output: PathLike | None,
+    key_path: PathLike | None,
+    checkpoint: RunCheckpoint | None,
+    *,
+    allow_cost: bool,
+) -> None:
+    """The end of an embedding run: the victim's accuracy recorded, its file and the key (with its commitment)
+    written, the checkpoint removed, then the accuracy-cost check, after writing, so a cost past the limit never
+    loses the work."""
     result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
     if output is not None:
         save_model(result.victim, output)
-    result.info["commitment"] = _commit(result.keyset, result.victim, keys)
+    result.info["commitment"] = _commit(keys, result.victim, key_path)
     _done(checkpoint, result.info)
-    check_accuracy_cost(result, allow_cost=allow_cost)  # after writing: a cost past the limit never loses the work
-    return result
+    check_accuracy_cost(result, allow_cost=allow_cost)
 
 
 def _done(checkpoint: RunCheckpoint | None, info: dict[str, Any]) -> None:
