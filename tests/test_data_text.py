@@ -342,7 +342,7 @@ def test_every_text_data_set_declares_text():
 
 
 def test_data_list_shows_each_data_sets_modality(capsys):
-    from copycatch.cli.commands.data import MODALITIES
+    from copycatch.cli.options import MODALITIES
 
     assert MODALITIES == cc.data.MODALITIES  # the CLI's copy (kept for a torch-free --help) matches
     assert main(["data", "list"]) == 0

@@ -12,6 +12,8 @@ from ..core.errors import InvalidArgument
 from ..core.params import parse_assignments
 
 API_KEY_ENV = "COPYCATCH_API_KEY"
+# data.base.MODALITIES, repeated here so that `--help` imports no torch (tests/test_data_text.py checks they match)
+MODALITIES = ("image", "text", "audio")
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -12,7 +12,6 @@ from .. import options
 
 VERB = "data"
 HELP = "list data sets, show a data set's standard split, or prepare a text or audio data set"
-MODALITIES = ("image", "text", "audio")  # data.base.MODALITIES, repeated so `--help` needs no torch
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,7 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default=None, help="the data set to prepare (or to show, instead of --data)")
     options.add_data_options(p)
     g = p.add_argument_group("list")
-    g.add_argument("--modality", choices=MODALITIES, default=None, help="list only the data sets of this modality")
+    g.add_argument(
+        "--modality", choices=options.MODALITIES, default=None, help="list only the data sets of this modality"
+    )
     g = p.add_argument_group("prepare")
     g.add_argument("--out", default=None, metavar="DIR", help="where the data set goes (default: the data root/NAME)")
     g.add_argument("--seed", type=int, default=0, help="seed of a stand-in's generation")

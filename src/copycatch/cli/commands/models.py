@@ -10,7 +10,6 @@ from .. import options
 
 VERB = "models"
 HELP = "list the model architectures and the modality (image, text, audio) each reads"
-MODALITIES = ("image", "text", "audio")  # data.base.MODALITIES, repeated so `--help` needs no torch
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,7 +26,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
               copycatch models list --modality audio"""),
     )
     p.add_argument("action", choices=["list"])
-    p.add_argument("--modality", choices=MODALITIES, default=None, help="list only the architectures of this modality")
+    p.add_argument(
+        "--modality", choices=options.MODALITIES, default=None, help="list only the architectures of this modality"
+    )
     return p
 
 
