@@ -69,7 +69,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.runtime import progress as progress_bar
-from ..data.base import Splits, TensorData
+from ..data.base import Splits, TensorData, to_float
 from ..models.base import Classifier, create_for
 from ..models.io import weights_digest
 from ..models.train import TrainConfig, fit, predict_logits
@@ -313,8 +313,7 @@ class ConferrableFingerprint(Scheme):
 
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        x = key["x"]
-        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return to_float(key["x"])
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         target = key["target"]

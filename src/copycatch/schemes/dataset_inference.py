@@ -68,7 +68,7 @@ from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
-from ..data.base import Splits
+from ..data.base import Splits, to_float
 from ..models.base import Classifier
 from ..models.io import weights_digest
 from ..models.train import TrainConfig, predict_logits
@@ -189,10 +189,6 @@ def smallest_permutation_p_value(n_first: int, n_second: int, permutations: int)
     return 1.0 / (permutations + 1) if splits > permutations else 1.0 / splits
 
 
-def _float_inputs(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
-
-
 @register_scheme
 class DatasetInference(Scheme):
     """Dataset inference (Maini et al. 2021): label-only blind walk, a fingerprint of the owner's private data.
@@ -281,7 +277,7 @@ class DatasetInference(Scheme):
             "y_public": public_part.y[p.n_fit :].long().clone(),
             "directions": directions,
         }
-        fit_x = torch.cat([_float_inputs(private.stored[: p.n_fit]), _float_inputs(public_part.stored[: p.n_fit])])
+        fit_x = torch.cat([to_float(private.stored[: p.n_fit]), to_float(public_part.stored[: p.n_fit])])
         fit_y = torch.cat([private.y[: p.n_fit], public_part.y[: p.n_fit]]).long()
         labels = predict_logits(model, walk_inputs(fit_x, directions, self.levels())).argmax(1)
         features = walk_features(labels, fit_y, p.directions, p.radii)
@@ -301,7 +297,7 @@ class DatasetInference(Scheme):
 
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        x = torch.cat([_float_inputs(key["x_private"]), _float_inputs(key["x_public"])])
+        x = torch.cat([to_float(key["x_private"]), to_float(key["x_public"])])
         return walk_inputs(x, key["directions"], self.levels())
 
     def item_queries(self, key: Key, items: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.runtime import progress as progress_bar
 from ..core.stats import binomial_greater
-from ..data.base import Splits
+from ..data.base import Splits, to_float
 from ..models.base import Classifier
 from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
 from .base import BernoulliOutcomes, Embedding, Scheme, register_scheme
@@ -558,10 +558,10 @@ class EntangledWatermark(Scheme):
 
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        triggers = key["trigger_x"].float() / 255
+        triggers = to_float(key["trigger_x"])
         if key.params.get("distribution", "out") == "in":
             # trigger, its original, next trigger, …: every prefix of the queries holds whole pairs (sequential tests)
-            originals = key["original_x"].float() / 255
+            originals = to_float(key["original_x"])
             return torch.stack([triggers, originals], dim=1).flatten(0, 1)
         return triggers
 

@@ -61,7 +61,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.params import parse_spec
-from ..data.base import Dataset, Splits, TensorData, load_dataset
+from ..data.base import Dataset, Splits, TensorData, load_dataset, to_float
 from ..models.base import Classifier
 from ..models.train import TrainConfig, fit, predict_logits
 from .base import Embedding, Scheme, register_scheme
@@ -449,7 +449,7 @@ class FeatureSharingWatermark(Scheme):
 
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        x = key["verify_x"].float() / 255
+        x = to_float(key["verify_x"])
         if key.params.get("distribution", "out") == "in":
             return torch.cat([stamp_patch(x, int(key.params.get("patch_size", 3))), x])
         return x

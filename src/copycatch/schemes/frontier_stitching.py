@@ -63,7 +63,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.stats import binomial_less, hypergeometric_greater
-from ..data.base import Splits
+from ..data.base import Splits, to_float
 from ..models.adversarial import fgsm
 from ..models.base import Classifier
 from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
@@ -332,7 +332,7 @@ class FrontierStitching(Scheme):
 
     # -- verify (Algorithm 2) -------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        return key["key_x"].float() / 255
+        return to_float(key["key_x"])
 
     def attainable_p_value(self, key: Key, num_classes: int) -> float:
         """Every key input labelled with its key label and every control with another class. The exact null then

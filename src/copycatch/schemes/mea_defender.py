@@ -74,7 +74,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.stats import binomial_greater, hypergeometric_greater
-from ..data.base import Splits, TensorData
+from ..data.base import Splits, TensorData, to_float
 from ..models.base import Classifier
 from ..models.train import TrainConfig, TrainHook, TrainState, fit
 from . import _mixers as mixers
@@ -743,7 +743,7 @@ class MEADefender(Scheme):
 
     # -- verify ----------------------------------------------------------------------------------------------------
     def verification_inputs(self, key: Key) -> torch.Tensor:
-        return key["verify_x"].float() / 255
+        return to_float(key["verify_x"])
 
     def budget_order(self, key: Key) -> torch.Tensor:
         """Every group in proportion: item j of a group of n_g comes at fraction (j + ½)/n_g of the budget, so a
