@@ -8,8 +8,11 @@ tests take directly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 os.environ.setdefault("COPYCATCH_PROGRESS", "0")
@@ -197,3 +200,21 @@ def tiny_audio_splits(
     x = torch.from_numpy((np.clip(np.stack(clips), -1, 1) * 32767).astype(np.int16)).unsqueeze(1)
     data = Dataset("tiny-audio", x, torch.tensor(labels), classes, names, modality="audio", sample_rate=16000)
     return cc.make_splits(data, seed=0)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A fake suspect server's request handler: quiet, and ``_send`` replies JSON (or given bytes)."""
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+    def _send(self, status, payload, headers=()):
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout tests)
+            self.wfile.write(body)

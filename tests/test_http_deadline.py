@@ -9,10 +9,11 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import JsonHandler
 
 from copycatch.cli.main import main
 from copycatch.cli.options import EXIT_ERROR, EXIT_NOT_STOLEN
@@ -61,20 +62,7 @@ def silent_url():
     server.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output clean
-        pass
-
-    def _send(self, status, payload, headers=()):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
+class _Handler(JsonHandler):
     def do_GET(self):
         self._send(200, INFO)
 

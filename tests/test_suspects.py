@@ -2,16 +2,16 @@
 callables; each verified from the CLI; misbehaving suspects give one clear error and a transcript --resume continues."""
 
 import base64
-import contextlib
 import json
 import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
+from conftest import JsonHandler
 
 import copycatch as cc
 from copycatch.cli.main import main
@@ -27,21 +27,7 @@ from copycatch.verification.transcript import Transcript
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _send(self, status, payload, headers=()):
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout tests)
-            self.wfile.write(body)
-
+class _Handler(JsonHandler):
     def do_GET(self):
         api = self.server.api
         api["paths"].append(("GET", self.path))
