@@ -1,6 +1,6 @@
 # copycatch — every target sets itself up on a fresh machine (virtual environment, install, data).
 #   make demo    protect a model, steal it, verify the stolen copy and an innocent model, print the verdicts
-#   make test    lint (ruff), the import contract (import-linter), then the test suite
+#   make test    lint (ruff), the import contract (import-linter), the docs site (strict), then the test suite
 #   make bench   run the quick benchmark grid (see benchmarks/)
 
 PYTHON ?= python3
@@ -9,12 +9,12 @@ BIN    := $(VENV)/bin
 # The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
 TORCH_SPEC ?= torch==2.13.0
 # extras per target: the demo needs only the small data sets; the tests exercise every optional part
-TEST_EXTRAS ?= dev,datasets,audio,serve,redis,onnx,report,ray,images
+TEST_EXTRAS ?= dev,datasets,audio,serve,redis,onnx,report,ray,images,docs
 DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-.PHONY: demo test lint bench setup data redis-server standin-tools clean help
+.PHONY: demo test lint docs bench setup data redis-server standin-tools clean help
 
 help:
 	@sed -n '2,5p' Makefile
@@ -67,7 +67,7 @@ standin-tools:
 demo: $(VENV)/.installed-$(DEMO_EXTRAS) data
 	$(BIN)/copycatch demo
 
-test: $(VENV)/.installed-$(TEST_EXTRAS) data redis-server standin-tools lint
+test: $(VENV)/.installed-$(TEST_EXTRAS) data redis-server standin-tools lint docs
 	$(BIN)/python -m pytest
 
 # ruff (lint and format) and the layers contract of pyproject.toml ([tool.importlinter]); part of `make test`.
@@ -76,11 +76,16 @@ lint: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
 
+# The documentation site (mkdocs.yml: docs/ and the API reference from the docstrings) into site/; --strict makes a
+# broken link, a missing reference or a docstring it cannot read fail the build. Part of `make test`.
+docs: $(VENV)/.installed-$(TEST_EXTRAS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # Resumable: interrupt it and run `make bench` again; finished cells are kept (see benchmarks/README.md).
 # The report is written even when some cells failed; make then exits with bench's status.
 bench: $(VENV)/.installed-$(TEST_EXTRAS) data
-	$(BIN)/copycatch bench benchmarks/grids/fmnist-quick.yaml -o bench-out/fmnist-quick; status=$$?; \
+	$(BIN)/copycatch bench fmnist-quick -o bench-out/fmnist-quick; status=$$?; \
 	$(BIN)/copycatch report bench-out/fmnist-quick -o bench-out/fmnist-quick/report && exit $$status
 
 clean:
-	rm -rf demo-out bench-out .pytest_cache
+	rm -rf demo-out bench-out site .pytest_cache

@@ -16,13 +16,12 @@ import pytest
 
 from copycatch.bench import GridError, ResultsStore, load_grid, parse_grid, run_grid
 from copycatch.bench.executors import LocalPoolExecutor, SerialExecutor, create_executor
-from copycatch.bench.grid import artifact_specs, config_hash, flatten
+from copycatch.bench.grid import artifact_specs, config_hash, flatten, packaged_grids
 from copycatch.bench.report import make_report
 from copycatch.cli.main import main
 from copycatch.core.errors import CorruptFile, InvalidArgument
 
-REPO = Path(__file__).resolve().parents[1]
-GRIDS = REPO / "benchmarks" / "grids"
+GRIDS = Path(__file__).resolve().parents[1] / "src" / "copycatch" / "bench" / "grids"
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +169,7 @@ def test_broken_yaml_and_bad_values_are_one_line_errors(tmp_path, tiny):
         tiny.grid(**{"alpha: 0.01": "alpha: 5"})
     with pytest.raises(GridError, match="missing 'attacks'"):
         parse_grid("name: x\nschemes: [margin]\n")
-    with pytest.raises(InvalidArgument, match="no such grid file"):
+    with pytest.raises(InvalidArgument, match=r"no such grid file, nor a packaged grid \(.*fmnist-quick"):
         load_grid(tmp_path / "missing.yaml")
 
 
@@ -180,7 +179,8 @@ def test_every_shipped_grid_loads_or_names_a_scheme_or_attack_that_has_not_lande
     from copycatch.schemes import list_schemes
 
     files = sorted(GRIDS.glob("*.yaml"))
-    assert any(f.name == "fmnist-quick.yaml" for f in files)
+    assert [f.stem for f in files] == packaged_grids()
+    assert "fmnist-quick" in packaged_grids()
     registered = set(list_schemes()) | set(list_extraction_attacks()) | set(list_removal_attacks())
     for path in files:
         try:
@@ -196,7 +196,8 @@ def test_every_shipped_grid_loads_or_names_a_scheme_or_attack_that_has_not_lande
             assert missing not in registered, message
             continue
         assert grid.cells, path
-    assert load_grid(GRIDS / "fmnist-quick.yaml").cells  # the grid `make bench` runs must always load
+    quick = load_grid("fmnist-quick")  # the grid `make bench` runs must always load, by name
+    assert quick.cells and quick.text == (GRIDS / "fmnist-quick.yaml").read_text(encoding="utf-8")
 
 
 def test_flatten_names_nested_paths():

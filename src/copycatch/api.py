@@ -3,21 +3,21 @@
 Every verb of ``copycatch`` is *parse → one call here → print*, so a notebook and the command line give the same
 models, keys, evidence and files. Functions take objects or file paths, and write files only when given a path.
 
->>> import copycatch as cc
->>> parts = cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
->>> splits = cc.load_splits("synthetic", fractions=parts)      # tiny 8×8 images, 4 classes
->>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40, "lam": 1},
-...                      config=cc.TrainConfig(epochs=10), allow_cost=True)
-... # toy data: the paper's λ = 1 (the data-size default is too weak for 80 training steps), which costs more
-... # test accuracy than the 1.5-point limit
->>> embedding.info["accuracy_cost"]["exceeded"]
-True
->>> stolen = cc.steal(embedding.victim, splits.attacker_pool, arch="mlp", config=cc.TrainConfig(epochs=10, seed=1))
->>> cc.verify(stolen.surrogate, embedding.key).verdict
-'stolen'
->>> innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=7))
->>> cc.verify(innocent, embedding.key).verdict
-'not stolen'
+    >>> import copycatch as cc
+    >>> parts = cc.SplitFractions(owner_train=0.45, owner_holdout=0.1, attacker_pool=0.45)
+    >>> splits = cc.load_splits("synthetic", fractions=parts)      # tiny 8×8 images, 4 classes
+    >>> embedding = cc.embed("margin", splits, arch="mlp", params={"n_triggers": 40, "lam": 1},
+    ...                      config=cc.TrainConfig(epochs=10), allow_cost=True)
+    ... # toy data: the paper's λ = 1 (the data-size default is too weak for 80 training steps), which costs more
+    ... # test accuracy than the 1.5-point limit
+    >>> embedding.info["accuracy_cost"]["exceeded"]
+    True
+    >>> stolen = cc.steal(embedding.victim, splits.attacker_pool, arch="mlp", config=cc.TrainConfig(epochs=10, seed=1))
+    >>> cc.verify(stolen.surrogate, embedding.key).verdict
+    'stolen'
+    >>> innocent = cc.train("mlp", splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=7))
+    >>> cc.verify(innocent, embedding.key).verdict
+    'not stolen'
 """
 
 from __future__ import annotations

@@ -140,12 +140,29 @@ def artifact_specs(config: Mapping[str, Any]) -> dict[str, dict[str, Any] | None
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def packaged_grids() -> list[str]:
+    """Names of the grids shipped inside the package (``copycatch/bench/grids/NAME.yaml``), sorted."""
+    return sorted(p.name.removesuffix(".yaml") for p in _packaged().iterdir() if p.name.endswith(".yaml"))
+
+
 def load_grid(path: str | Path) -> Grid:
-    """Read, validate and expand a grid file (``yaml.safe_load``; nothing in it is executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgument(f"{path}: no such grid file")
-    return parse_grid(path.read_text(encoding="utf-8"), source=str(path))
+    """Read, validate and expand a grid file (``yaml.safe_load``; nothing in it is executed).
+
+    ``path`` is a grid file, or the name of a grid shipped inside the package (``fmnist-quick``, see
+    :func:`packaged_grids`); a file of that name in the working folder wins.
+    """
+    if Path(path).is_file():
+        return parse_grid(Path(path).read_text(encoding="utf-8"), source=str(path))
+    name = str(path)
+    if name in packaged_grids():
+        return parse_grid((_packaged() / f"{name}.yaml").read_text(encoding="utf-8"), source=name)
+    raise InvalidArgument(f"{path}: no such grid file, nor a packaged grid ({', '.join(packaged_grids())})")
+
+
+def _packaged() -> Any:
+    from importlib.resources import files
+
+    return files(__package__) / "grids"
 
 
 def parse_grid(text: str, *, source: str = "<grid>") -> Grid:

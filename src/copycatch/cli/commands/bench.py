@@ -34,13 +34,15 @@ grid file (YAML, strict: an unknown key is an error naming the valid ones):
     - extraction: none                  # the leaked victim itself
   innocent: {arch: mlp}                 # control trained on the thief's data; null to skip
   experiments: [{name: table-2, attacks: [...]}]          # optional: several experiments, each overriding the above
-See benchmarks/README.md and benchmarks/grids/ for complete examples."""
+Complete grids ship with copycatch: run one by its name (listed under `grid` above), e.g.
+`copycatch bench fmnist-quick --dry-run`; benchmarks/README.md describes them."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ...attacks.extraction import EXTRACTION_ATTACKS
     from ...attacks.removal import REMOVAL_ATTACKS
     from ...bench.executors import EXECUTORS
+    from ...bench.grid import packaged_grids
     from ...schemes import SCHEMES
 
     registries = "\n\n".join(
@@ -57,7 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG + "\n\n" + registries,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("grid", help="grid file (YAML), e.g. benchmarks/grids/fmnist-quick.yaml")
+    p.add_argument(
+        "grid", help=f"grid file (YAML), or the name of a grid shipped with copycatch: {', '.join(packaged_grids())}"
+    )
     p.add_argument(
         "-o", "--results", default=None, metavar="DIR", help="results folder (default: bench-out/<grid name>)"
     )
