@@ -9,12 +9,19 @@ over by a suspect is safe in the way unpickling is not.
     input_shape (None): C×H×W; else from the metadata, else the input's static dimensions.
     input_format ("auto"): "nchw", "nhwc" or "flat" (N×D rows, e.g. a converted scikit-learn model); "auto" is
         "flat" when the graph's input has two dimensions, else "nchw".
-    input_name / output_name (None): which graph input and output; default the only input and the first output.
+    input_name / output_name (None): which graph input and output; default the only input and, of several
+        outputs, the scores: the first output named like ``prob`` that holds scores, else the first that holds
+        scores (a float tensor that is not 1-D, or a sequence of maps), else the first output. A scikit-learn model
+        converted by skl2onnx answers ``label`` and ``probabilities`` (a tensor with ``zipmap=False``, else a
+        ZipMap: one {class: probability} map per row, put in the order of the ZipMap's class labels, which is
+        the order of ``predict_proba``'s columns).
     output ("auto"): "probs", "logits" (softmax applied), "labels" (class indices, or a score matrix reduced
         to its argmax) or "auto": the metadata's word if :func:`export_onnx` wrote the file, else labels for an
         integer or 1-D output, else probabilities when the first answered batch has non-negative rows summing
-        to 1 (±1e-3) and logits otherwise; the choice is then kept for every batch.
-    batch_size (256): rows per ``session.run``.
+        to 1 (±1e-3) and logits otherwise; the choice is then kept for every batch. "probs" and "logits" are
+        refused for a graph with no score output.
+    batch_size (256): rows per ``session.run``; a graph with a static batch dimension B gets batches of exactly B
+        (the last one padded).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import CorruptFile, InvalidArgument, SuspectError
+from ..core.errors import CopycatchError, CorruptFile, InvalidArgument, SuspectError
 from .base import Oracle
 
 META_PREFIX = "copycatch."
@@ -82,9 +89,11 @@ class OnnxOracle(Oracle):
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
             raise CorruptFile(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input = _pick(inputs, input_name, "input", path, only=True)
-        self.output = _pick(outputs, output_name, "output", path, only=False)
+        self.input = _pick(self.session.get_inputs(), input_name, "input", path)
+        self.output = _pick_output(self.session.get_outputs(), output_name, output, path)
+        # a ZipMap answers one {class: score} map per row; its class labels fix the columns' order
+        self._maps = _is_map_sequence(self.output)
+        self.zipmap_classes = _zipmap_classes(data, self.output.name) if self._maps else None
         if input_format == "auto":  # a 2-D graph input takes flat rows (e.g. a converted scikit-learn model)
             input_format = "flat" if len(self.input.shape) == 2 else "nchw"
         self.input_format = input_format
@@ -92,12 +101,18 @@ class OnnxOracle(Oracle):
         if input_shape is None:
             input_shape = meta_shape or _static_shape(self.input.shape, input_format)
         classes = num_classes if num_classes is not None else self._meta("num_classes")
+        if classes is None and self.zipmap_classes is not None:
+            classes = len(self.zipmap_classes)
         if classes is None and len(self.output.shape) == 2 and isinstance(self.output.shape[1], int):
             classes = self.output.shape[1]
         if classes is None:
             raise InvalidArgument(f"{path}: cannot tell the number of classes from the graph; pass num_classes")
         super().__init__(int(classes), input_shape, budget=budget, name=name or path.name)
         self.path, self.batch_size, self.requested_output = path, batch_size, output
+        batch_dim = self.input.shape[0] if self.input.shape else None
+        self.static_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        if self.static_batch is not None:
+            self.batch_size = self.static_batch
         self._kind = output if output != "auto" else self._meta("output")
         if self._kind == "labels":
             self.output_kind = "labels"
@@ -116,13 +131,17 @@ class OnnxOracle(Oracle):
         elif self.input_format == "flat":
             arr = arr.reshape(len(arr), -1)
         arr = np.ascontiguousarray(arr, dtype=_numpy_type(self.input.type))
+        rows = len(arr)
+        if self.static_batch is not None and rows < self.static_batch:  # the graph takes batches of one size only
+            arr = np.concatenate([arr, np.zeros((self.static_batch - rows, *arr.shape[1:]), dtype=arr.dtype)])
         try:
             out = self.session.run([self.output.name], {self.input.name: arr})[0]
         except Exception as exc:  # the suspect's own failure (bad shapes, unsupported ops), reported as such
             raise SuspectError(
                 f"{self.name} failed on a batch of {len(arr)}: {str(exc).splitlines()[0][:300]}"
             ) from None
-        out = np.asarray(out)
+        out = self._map_rows(out) if self._maps else np.asarray(out)
+        out = out[:rows]
         kind = self._kind or _guess_kind(out)
         self._kind = kind
         if kind == "labels":
@@ -143,22 +162,78 @@ class OnnxOracle(Oracle):
             t = torch.softmax(t, dim=1)
         return t
 
+    def _map_rows(self, out: Any) -> np.ndarray:
+        """A ZipMap's answer (one {class: score} map per row) as an N×C array in the ZipMap's class order."""
+        if self.zipmap_classes is None:  # no ZipMap node found (or no onnx to read it): sorted, as predict_proba's
+            self.zipmap_classes = sorted(out[0]) if len(out) else []
+        classes = self.zipmap_classes
+        try:
+            return np.array([[row[c] for c in classes] for row in out], dtype=np.float64).reshape(-1, len(classes))
+        except (KeyError, TypeError) as exc:
+            raise SuspectError(
+                f"{self.name} answered maps whose keys are not the classes {classes[:10]} ({exc!r})"
+            ) from None
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"file": str(self.path), "sha256": self.sha256, "output": self._kind})
+        d.update({"file": str(self.path), "sha256": self.sha256, "output": self._kind, "output_name": self.output.name})
         return d
 
 
-def _pick(items: Sequence[Any], wanted: str | None, what: str, path: Path, *, only: bool) -> Any:
+def _pick(items: Sequence[Any], wanted: str | None, what: str, path: Path) -> Any:
     names = [i.name for i in items]
     if wanted is not None:
         for item in items:
             if item.name == wanted:
                 return item
         raise InvalidArgument(f"{path}: no {what} named {wanted!r}; it has {', '.join(names)}")
-    if only and len(items) != 1:
+    if len(items) != 1:
         raise InvalidArgument(f"{path}: the graph has {len(items)} {what}s ({', '.join(names)}); name one")
     return items[0]
+
+
+def _is_map_sequence(arg: Any) -> bool:
+    return arg.type.startswith("seq(map(")
+
+
+def _holds_scores(arg: Any) -> bool:
+    """A graph output that can hold per-class scores: a ZipMap's maps, or a float tensor that is not 1-D."""
+    return _is_map_sequence(arg) or (arg.type in _FLOAT_TYPES and len(arg.shape) != 1)
+
+
+def _pick_output(outputs: Sequence[Any], wanted: str | None, output: str, path: Path) -> Any:
+    """The output to read: ``wanted``, else the scores among several outputs (see the module docstring)."""
+    listed = ", ".join(f"{o.name} ({o.type})" for o in outputs)
+    if wanted is not None:
+        chosen = next((o for o in outputs if o.name == wanted), None)
+        if chosen is None:
+            raise InvalidArgument(f"{path}: no output named {wanted!r}; it has {listed}")
+    else:
+        scores = [o for o in outputs if _holds_scores(o)]
+        named = [o for o in scores if "prob" in o.name.lower()]
+        chosen = (named or scores or list(outputs))[0]
+    if output in ("probs", "logits") and not _holds_scores(chosen):
+        raise InvalidArgument(
+            f"{path}: output={output!r} needs per-class scores, but output {chosen.name!r} ({chosen.type}) holds "
+            f"none; the graph's outputs: {listed}"
+        )
+    return chosen
+
+
+def _zipmap_classes(model_bytes: bytes, output_name: str) -> list[Any] | None:
+    """The class labels of the ZipMap node that makes ``output_name``, in its order (None when none is found)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    for node in onnx.load_from_string(model_bytes).graph.node:
+        if node.op_type == "ZipMap" and output_name in node.output:
+            for attribute in node.attribute:
+                if attribute.name == "classlabels_int64s":
+                    return list(attribute.ints)
+                if attribute.name == "classlabels_strings":
+                    return [value.decode() for value in attribute.strings]
+    return None
 
 
 def _static_shape(shape: Sequence[Any], input_format: str) -> tuple[int, ...] | None:
@@ -172,8 +247,12 @@ def _static_shape(shape: Sequence[Any], input_format: str) -> tuple[int, ...] | 
     return tuple(dims)
 
 
+_FLOAT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)")
+
+
 def _numpy_type(onnx_type: str) -> Any:
-    return {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(onnx_type, np.float32)
+    types = {"tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+    return types.get(onnx_type, np.float32)
 
 
 def _guess_kind(out: np.ndarray) -> str:
@@ -182,6 +261,21 @@ def _guess_kind(out: np.ndarray) -> str:
     if out.ndim == 2 and np.all(np.isfinite(out)) and (out >= 0).all() and np.allclose(out.sum(axis=1), 1, atol=1e-3):
         return "probs"
     return "logits"
+
+
+# The TorchScript exporter (the one that works offline, without onnxscript) writes opsets 9 to 20, and onnxruntime
+# 1.17, the extra's floor, runs all of them.
+OPSETS = range(9, 21)
+EXPORT_OUTPUTS = {"probs": "probabilities", "logits": "logits"}  # what the file answers -> its default output name
+
+
+class ExportMismatch(CopycatchError):
+    """An exported ONNX file answers differently from the PyTorch model it was exported from; ``result`` holds the
+    comparison (:func:`check_onnx_export`'s return value)."""
+
+    def __init__(self, message: str, result: dict[str, Any]):
+        super().__init__(message)
+        self.result = result
 
 
 class _Probabilities(torch.nn.Module):
@@ -193,35 +287,54 @@ class _Probabilities(torch.nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-def export_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17) -> Path:
-    """Write a copycatch :class:`~copycatch.models.base.Classifier` as ONNX answering probabilities.
+def export_onnx(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    opset: int = 17,
+    output: str = "probs",
+    input_name: str = "input",
+    output_name: str | None = None,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Write a copycatch :class:`~copycatch.models.base.Classifier` as ONNX answering probabilities (or logits).
 
-    The batch dimension is dynamic; the file's metadata records the input shape, the number of classes,
-    the class names and the weights' SHA-256, which :class:`OnnxOracle` reads back.
+    ``opset`` is one of :data:`OPSETS`; ``output`` is ``"probs"`` (softmax in the graph) or ``"logits"``; the graph's
+    input is named ``input_name`` and its output ``output_name`` (default ``probabilities`` or ``logits``). The batch
+    dimension is dynamic unless ``dynamic_batch`` is false (then the file takes one input at a time). The file's
+    metadata records the input shape, the number of classes, the class names, the output and the weights' SHA-256,
+    which :class:`OnnxOracle` reads back.
     """
     from ..models.base import Classifier
     from ..models.io import weights_digest
 
     if not isinstance(model, Classifier):
         raise InvalidArgument(f"export_onnx needs a copycatch Classifier, got {type(model).__name__}")
+    if output not in EXPORT_OUTPUTS:
+        raise InvalidArgument(f"output must be one of {', '.join(EXPORT_OUTPUTS)}, got {output!r}")
+    if not isinstance(opset, int) or opset not in OPSETS:
+        raise InvalidArgument(f"opset must be an integer from {OPSETS[0]} to {OPSETS[-1]}, got {opset!r}")
+    output_name = EXPORT_OUTPUTS[output] if output_name is None else output_name
+    for what, name in (("input_name", input_name), ("output_name", output_name)):
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument(f"{what} must be a non-empty name, got {name!r}")
+    if input_name == output_name:
+        raise InvalidArgument(f"input_name and output_name must differ, both are {input_name!r}")
     try:
         import onnx
     except ImportError:
         raise InvalidArgument("exporting to ONNX needs onnx: pip install 'copycatch[onnx]'") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Probabilities(model).eval().cpu()
-    example = torch.zeros(1, *model.input_shape)
+    wrapped = (_Probabilities(model) if output == "probs" else model).eval().cpu()
     tmp = path.with_name(path.name + ".part")
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of one that needs onnxscript; it is what works offline
         warnings.simplefilter("ignore")
-        kwargs = {
-            "input_names": ["input"],
-            "output_names": ["probabilities"],
-            "opset_version": opset,
-            "dynamic_axes": {"input": {0: "batch"}, "probabilities": {0: "batch"}},
-        }
+        kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": [output_name], "opset_version": opset}
+        if dynamic_batch:
+            kwargs["dynamic_axes"] = {input_name: {0: "batch"}, output_name: {0: "batch"}}
+        example = sample_inputs(model, 1)
         try:
             torch.onnx.export(wrapped, example, str(tmp), dynamo=False, **kwargs)
         except TypeError:  # a torch without the dynamo switch
@@ -233,7 +346,7 @@ def export_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17) -> Path
         "input_shape": list(model.input_shape),
         "class_names": list(model.class_names or []),
         "arch": model.arch,
-        "output": "probs",
+        "output": output,
         "weights_sha256": weights_digest(model),
     }
     for field, value in meta.items():
@@ -242,3 +355,53 @@ def export_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17) -> Path
     onnx.save(graph, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def sample_inputs(model: Any, n: int, *, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random inputs in the model's input domain: token ids below the vocabulary's size for a text
+    model, samples in [-1, 1) for audio, pixels in [0, 1) for images."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n, *model.input_shape)
+    if model.modality == "text":
+        return torch.randint(0, int(model.arch_kwargs.get("vocab_size", 2)), shape, generator=generator)
+    x = torch.rand(shape, generator=generator)
+    return x * 2 - 1 if model.modality == "audio" else x
+
+
+def check_onnx_export(
+    model: Any, path: str | os.PathLike, *, atol: float = 1e-5, inputs: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Run the ONNX file written by :func:`export_onnx` with onnxruntime on ``inputs`` seeded random inputs of the
+    model's shape and compare with PyTorch in the file's output space (probabilities or logits).
+
+    A dynamic-batch file is run on all inputs in one batch and on the first alone; a static one input at a time.
+    Returns the largest absolute difference and the batch sizes run; raises :class:`ExportMismatch` above ``atol``.
+    """
+    if not atol >= 0:
+        raise InvalidArgument(f"atol must be >= 0, got {atol}")
+    if inputs < 1:
+        raise InvalidArgument(f"inputs must be >= 1, got {inputs}")
+    ort = _runtime()
+    path = Path(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = dict(session.get_modelmeta().custom_metadata_map or {})
+    logits = json.loads(meta.get(META_PREFIX + "output", '"probs"')) == "logits"
+    feed, fetch = session.get_inputs()[0], session.get_outputs()[0]
+    x = sample_inputs(model, inputs, seed=seed)
+    with torch.no_grad():
+        scores = model.eval().cpu()(x)
+        expected = (scores if logits else torch.softmax(scores, dim=1)).numpy()
+    dynamic = not isinstance(feed.shape[0], int)
+    batches = [slice(0, inputs), slice(0, 1)] if dynamic else [slice(i, i + 1) for i in range(inputs)]
+    worst = 0.0
+    for rows in batches:
+        got = session.run([fetch.name], {feed.name: x[rows].numpy()})[0]
+        worst = max(worst, float(np.abs(got - expected[rows]).max()))
+    result = {"max_abs_diff": worst, "atol": atol, "inputs": inputs, "batch_sizes": [b.stop - b.start for b in batches]}
+    if not worst <= atol:
+        raise ExportMismatch(
+            f"{path}: onnxruntime and PyTorch differ by up to {worst:.3g} on {inputs} random inputs, more than "
+            f"atol={atol:g} (the file is kept for inspection)",
+            result,
+        )
+    return result
