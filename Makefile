@@ -14,7 +14,7 @@ DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-.PHONY: demo test lint docs bench setup data redis-server standin-tools clean help
+.PHONY: demo test lint docs bench setup data redis-server standin-tools browser clean help
 
 help:
 	@sed -n '2,5p' Makefile
@@ -64,10 +64,22 @@ standin-tools:
 	  echo "wordnet-base, espeak-ng: not found and no apt-get; the stand-in tests will be skipped"; \
 	fi
 
+# Debian's chromium and chromium-driver for the browser test of the evidence page and the bench report
+# (tests/test_report_browser.py; skipped without them).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "chromium, chromedriver: found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "chromium, chromedriver: installing Debian's chromium and chromium-driver"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+	  echo "chromium, chromedriver: not found and no apt-get; tests/test_report_browser.py will be skipped"; \
+	fi
+
 demo: $(VENV)/.installed-$(DEMO_EXTRAS) data
 	$(BIN)/copycatch demo
 
-test: $(VENV)/.installed-$(TEST_EXTRAS) data redis-server standin-tools lint docs
+test: $(VENV)/.installed-$(TEST_EXTRAS) data redis-server standin-tools browser lint docs
 	$(BIN)/python -m pytest
 
 # ruff (lint and format) and the layers contract of pyproject.toml ([tool.importlinter]); part of `make test`.

@@ -128,8 +128,9 @@ def test_several_keys_are_combined_in_the_verdict_and_the_report(keys, trained, 
         and len(doc["evidence"]) == 2
         and doc["key_digest"] == [e.key_digest for e in run.evidences]
     )
-    html = render_html(doc, run)
-    assert "Combined evidence (holm decides)" in html and "Fisher combined p-value" in html
+    html = render_html(doc, run).replace("&#x27;", "'")
+    assert "Combined evidence (holm decides)" in html and "All keys together, Fisher's method" in html
+    assert "combined with Holm's method" in html  # the summary at the top says how the keys were combined
 
 
 def test_offline_recomputes_the_evidence_from_the_transcript_alone(keys, trained, tmp_path):

@@ -313,8 +313,13 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def _present(section: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The metric columns some row of the section has."""
+    return [(k, h, kind) for k, h, kind in COLUMNS if any(k in g["stats"] for g in section["groups"])]
+
+
 def table_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    present = [(k, h, kind) for k, h, kind in COLUMNS if any(k in g["stats"] for g in section["groups"])]
+    present = _present(section)
     header = [section["headers"][p] for p in section["label_paths"]] + ["seeds"] + [h for _, h, _ in present]
     body = []
     for g in section["groups"]:
@@ -406,18 +411,72 @@ def _write_markdown(
     return path
 
 
+_HTML_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1400px;color:#1d1d1f;line-height:1.4}
+.table-wrap{overflow:auto;max-width:100%;max-height:75vh;margin:1em 0;border:1px solid #ccc}
+table{border-collapse:separate;border-spacing:0;font-size:90%}
+td,th{border-bottom:1px solid #ddd;border-right:1px solid #eee;padding:4px 10px;text-align:right;white-space:nowrap;
+background:#fff}
+thead th{position:sticky;top:0;z-index:2;background:#f3f3f3;vertical-align:bottom}
+td:first-child,th:first-child{position:sticky;left:0;z-index:1;text-align:left;border-right:2px solid #ccc}
+thead th:first-child{z-index:3}tbody tr:nth-child(even) td{background:#fafafa}
+th[title]{cursor:help;text-decoration:underline dotted}
+img{max-width:100%;height:auto}pre{background:#f7f7f7;padding:.5em;overflow-x:auto}
+dl.columns dt{font-weight:600;margin-top:.4em}dl.columns dd{margin:0 0 0 1.2em}
+"""
+
+# What each column of the main table holds, in words: the header's tooltip and the column guide below the tables.
+COLUMN_HELP = {
+    "seeds": "how many seeds (cells) the row aggregates",
+    "clean_acc": "test accuracy of the owner's model trained without a watermark (mean ± std over seeds)",
+    "victim_acc": "test accuracy of the watermarked model as its API serves it",
+    "victim_p": "p-value of the watermarked model itself, worst seed: the key must detect its own model",
+    "suspect_acc": "test accuracy of the thief's final model (surrogate after the removal chain)",
+    "suspect_fidelity": "share of test inputs on which the suspect agrees with the victim's API",
+    "suspect_stat": "the scheme's test statistic on the suspect (named below the table)",
+    "suspect_p": "the suspect's p-value (chance of its answers by luck): median / worst seed",
+    "suspect_decision": "seeds whose suspect was called stolen at the grid's α",
+    "innocent_p": "smallest p-value of an innocent model (trained on the thief's data with true labels)",
+    "innocent_decision": "seeds whose innocent model was wrongly called stolen",
+    "clean_p": "smallest p-value of the owner's clean model (no watermark)",
+    "extraction_queries": "queries the thief sent to the victim's API",
+    "seconds_cell": "wall-clock seconds per cell",
+    "cpu_seconds_cell": "CPU seconds per cell",
+}
+
+
+def _html_table(section: dict[str, Any]) -> str:
+    """The main table inside a box that scrolls both ways, so its many columns never widen the page; the header row
+    and the first column stay in view while it scrolls."""
+    e = html.escape
+    header, body = table_rows(section)
+    keys = [None] * len(section["label_paths"]) + ["seeds"] + [k for k, _, _ in _present(section)]
+    cells = "".join(
+        f"<th title='{e(COLUMN_HELP[k])}'>{e(h)}</th>" if k in COLUMN_HELP else f"<th>{e(h)}</th>"
+        for k, h in zip(keys, header)
+    )
+    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<div class='table-wrap'><table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table></div>"
+
+
+def _column_guide() -> str:
+    e = html.escape
+    items = "".join(f"<dt>{e(h)}</dt><dd>{e(COLUMN_HELP[k])}</dd>" for k, h, _ in [("seeds", "seeds", ""), *COLUMNS])
+    return f"<details><summary>What the columns mean</summary><dl class='columns'>{items}</dl></details>"
+
+
 def _write_html(out: Path, sections: list[dict[str, Any]], store: Path, notes: list[str]) -> Path:
     e = html.escape
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>copycatch benchmark report</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-        "margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-        "pre{background:#f7f7f7;padding:.5em}</style></head><body>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>",
+        f"<title>copycatch benchmark report</title><style>{_HTML_CSS}</style></head><body>",
         "<h1>copycatch benchmark report</h1>",
         f"<p>Results: <code>{e(str(store))}</code>. Rows group cells that "
         "differ only in their seed: mean ± std over seeds; p-values median / worst; detections and false "
-        "accusations counted at the grid's α.</p>",
+        "accusations counted at the grid's α. Wide tables scroll sideways inside their box; hover over a column "
+        "title for what it holds.</p>",
+        _column_guide(),
     ]
     parts += [f"<p><em>{e(n)}</em></p>" for n in notes]
     current = None
@@ -436,10 +495,7 @@ def _write_html(out: Path, sections: list[dict[str, Any]], store: Path, notes: l
             + ".</p>"
         )
         if s["groups"]:
-            header, body = table_rows(s)
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
-            parts.append("</table>")
+            parts.append(_html_table(s))
             parts.append(f"<p>Statistic: {e(_statistic_names(s))}.</p>")
         parts += [f"<p><img src='{e(png)}' alt='{e(png)}'></p>" for png in s.get("plots", [])]
         if s["fixed"]:
@@ -535,6 +591,20 @@ def _power_series(s: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float
     return series
 
 
+def _shade_rejection(ax: Any, threshold: float, *, above: bool, label: str | None = None) -> None:
+    """Shade where the evidence is significant at α (above ``threshold`` on a −log10 p axis, below it on a log p
+    axis), widening the axis so the shaded band shows even when no point reaches it."""
+    lo, hi = ax.get_ylim()
+    if above:
+        hi = max(hi, threshold + 0.15 * (hi - lo))
+        ax.axhspan(threshold, hi, color="red", alpha=0.1, zorder=0, label=label)
+    else:
+        lo = min(lo, threshold / 3)  # a third of α: a visible band on a log axis
+        ax.axhspan(lo, threshold, color="red", alpha=0.1, zorder=0, label=label)
+    ax.axhline(threshold, color="red", linestyle="--", linewidth=1)
+    ax.set_ylim(lo, hi)
+
+
 class _Plotter:
     def __init__(self, out: Path):
         self.out = out
@@ -616,12 +686,12 @@ class _Plotter:
                         if inn:
                             ax.plot([x for x, _ in inn], [st["mean"] for _, st in inn], linestyle=":", color="grey")
                 if metric == "suspect_neglog_p" and _finite(alpha):
-                    ax.axhline(-math.log10(alpha), color="red", linestyle="--", linewidth=1)
+                    _shade_rejection(ax, -math.log10(alpha), above=True)
                 ax.set_xlabel(s["headers"][axis])
                 ax.set_ylabel(ylabel if len(ylabel) <= 40 else ylabel[:38] + "…", fontsize="small")
                 ax.grid(alpha=0.3)
             axes[r][0].legend(fontsize="x-small")
-        alpha_text = f"; red: α = {alpha:g}" if _finite(alpha) else ""
+        alpha_text = f"; shaded red: p ≤ α = {alpha:g}" if _finite(alpha) else ""
         fig.suptitle(
             f"{s['experiment']}: against {s['headers'][axis]} (mean ± std over seeds; dotted grey: the "
             f"innocent model{alpha_text})"
@@ -646,10 +716,10 @@ class _Plotter:
                     label = name if role == "suspect" else ("innocent model (dashed)" if i == 0 else None)
                     ax.plot([k for k, _ in pts], [p for _, p in pts], style, marker="o", color=colour, label=label)
         alpha = s["fixed"].get("alpha")
-        if _finite(alpha):
-            ax.axhline(alpha, color="red", linestyle="--", linewidth=1, label=f"α = {alpha:g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if _finite(alpha):
+            _shade_rejection(ax, alpha, above=False, label=f"p ≤ α = {alpha:g}")
         ax.set_xticks(sorted(queries), [str(k) for k in sorted(queries)])  # the k measured, not 2×10¹
         ax.xaxis.set_minor_formatter(self.ticker.NullFormatter())
         ax.set_xlabel("key queries answered (the first k of the key)")
@@ -694,12 +764,12 @@ class _Plotter:
                     )
             alpha = s["fixed"].get("alpha")
             if _finite(alpha):
-                ax.axhline(-math.log10(alpha), color="red", linestyle="--", linewidth=1)
+                _shade_rejection(ax, -math.log10(alpha), above=True)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("−log10 p (suspect)")
             ax.grid(alpha=0.3)
         panels[0].legend(fontsize="small")
-        fig.suptitle(f"{s['experiment']}: utility vs evidence, one point per row of the table (red: α)")
+        fig.suptitle(f"{s['experiment']}: utility vs evidence, one point per row of the table (shaded red: p ≤ α)")
         fig.tight_layout()
         fig.savefig(self.out / filename, dpi=110)
         plt.close(fig)
