@@ -57,11 +57,11 @@ import torch
 import copycatch as cc
 from copycatch.cli.main import main as copycatch_main
 from copycatch.core.key import Key
-from copycatch.data.png import encode_png
+from copycatch.data.image_codec import encode_png
 from copycatch.schemes.margin import MarginWatermark
+from copycatch.serve.decoders import ImageDecoder
 from copycatch.serve.keys import new_key
 from copycatch.serve.ledger import read_ledger
-from copycatch.serve.validation import PNG_FORMAT
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
@@ -443,7 +443,9 @@ def check_fuzz(url: str, secret: str) -> tuple[list[dict], dict]:
     png = st.lists(st.integers(0, 255), min_size=pixels, max_size=pixels).map(
         lambda v: base64.b64encode(encode_png(np.asarray(v, np.float32).reshape(hyp["input_shape"]) / 255)).decode()
     )
-    schemathesis.openapi.format(PNG_FORMAT, png)  # real PNGs where the schema asks for one
+    schemathesis.openapi.format(ImageDecoder.encoded_format, png)  # real PNGs where the schema asks for base64 images
+    # raw bodies and multipart files are `format: binary`: real images of the model's size, not arbitrary bytes
+    schemathesis.openapi.format("binary", png.map(base64.b64decode))
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
     cases, statuses = [], {}
     for result in schema.get_all_operations():

@@ -1,5 +1,6 @@
 """The protected prediction API over real loopback HTTP: validation, keys, limits, budgets, ledger, batching,
-output modes; and its parts (token bucket, budgets, API keys, PNG codec, batcher) on their own."""
+output modes; and its parts (token bucket, budgets, API keys, batcher) on their own. Images, raw and multipart
+bodies: tests/test_serve_media.py; text and audio models: tests/test_serve_modalities.py."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import asyncio
 import base64
 import contextlib
 import json
-import struct
 import sys
 import threading
 import time
-import zlib
 
 import httpx
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.core.errors import CorruptFile, InvalidArgument
-from copycatch.data.png import PngError, decode_png, encode_png
+from copycatch.data.image_codec import encode_png
 from copycatch.serve import ServeConfig, create_app, serve_in_thread
 from copycatch.serve.batching import Batcher
 from copycatch.serve.keys import Keyring, hash_secret, new_key
@@ -126,7 +125,7 @@ def test_output_modes(model, inputs, output, check):
         body = post(client, {"inputs": inputs[:8].tolist()}).json()
     expected = local_probs(model, inputs[:8])
     if check == "label":
-        assert body == {"labels": expected.argmax(1).tolist()}
+        assert body == {"labels": expected.argmax(1).tolist(), "classes": ["a", "b", "c", "d"]}
         return
     probs = torch.tensor(body["probabilities"])
     assert torch.equal(probs.argmax(1), expected.argmax(1))
@@ -176,18 +175,12 @@ IMAGE = [[ROW] * 8]
         ),
         (json.dumps({"inputs": [[[ROW] * 7 + [[0.5] * 7 + [-1e39]]]]}).encode(), 422, "is outside [0, 1]"),
         (json.dumps({"images": ["not base64!"]}).encode(), 422, "not valid base64"),
-        (json.dumps({"images": [base64.b64encode(b"GIF89a").decode()]}).encode(), 422, "not a PNG"),
         (
-            json.dumps({"images": [base64.b64encode(encode_png(torch.rand(1, 9, 8))).decode()]}).encode(),
+            json.dumps({"images": [base64.b64encode(b"GIF89a").decode()]}).encode(),
             422,
-            "PNG is 8×9 pixels but the model takes 8×8",
+            "images[0]: not a readable PNG, JPEG or WebP image",
         ),
-        (
-            json.dumps({"images": [base64.b64encode(encode_png(torch.rand(3, 8, 8))).decode()]}).encode(),
-            422,
-            "PNG is colour",
-        ),
-        (json.dumps({"images": [7]}).encode(), 422, "base64 PNG string"),
+        (json.dumps({"images": [7]}).encode(), 422, "images[0] must be a base64 string"),
         (json.dumps({"inputs": [IMAGE] * 257}).encode(), 413, "at most 256 per request"),
     ],
 )
@@ -441,129 +434,6 @@ def test_batcher_splits_answers_propagates_errors_and_drains_on_close():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# PNG codec
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _png(width, height, depth, ctype, rows, *, filters=None, palette=None, interlace=0):
-    """A PNG with chosen filter types per row (to exercise every unfilter path)."""
-    bpp = max(1, {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype] * depth // 8)
-    raw = b""
-    prior = bytes(len(rows[0]))
-    for y, row in enumerate(rows):
-        f = filters[y % len(filters)] if filters else 0
-        out = bytearray()
-        for i, value in enumerate(row):
-            left = row[i - bpp] if i >= bpp else 0
-            up = prior[i]
-            up_left = prior[i - bpp] if i >= bpp else 0
-            pred = [0, left, up, (left + up) // 2, _paeth(left, up, up_left)][f]
-            out.append((value - pred) & 0xFF)
-        raw += bytes([f]) + bytes(out)
-        prior = row
-    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, ctype, 0, 0, interlace))]
-    if palette is not None:
-        chunks.append((b"PLTE", palette))
-    chunks += [(b"IDAT", zlib.compress(raw)), (b"IEND", b"")]
-    return b"\x89PNG\r\n\x1a\n" + b"".join(
-        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        for kind, body in chunks
-    )
-
-
-def _paeth(a, b, c):
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-
-
-def test_png_decodes_every_filter_and_colour_type():
-    rng = np.random.default_rng(0)
-    grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
-    for filters in ([0], [1], [2], [3], [4], [0, 1, 2, 3, 4]):
-        data = _png(5, 6, 8, 0, [bytes(r) for r in grey], filters=filters)
-        assert np.array_equal(decode_png(data, expect=(1, 6, 5))[0], grey / np.float32(255))
-    rgb = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    data = _png(4, 4, 8, 2, [bytes(r.reshape(-1)) for r in rgb], filters=[4, 3])
-    assert np.allclose(decode_png(data, expect=(3, 4, 4)), rgb.transpose(2, 0, 1) / 255)
-    rgba = np.concatenate([rgb, np.full((4, 4, 1), 255, np.uint8)], axis=2)
-    data = _png(4, 4, 8, 6, [bytes(r.reshape(-1)) for r in rgba], filters=[1])
-    assert np.allclose(decode_png(data, expect=(3, 4, 4)), rgb.transpose(2, 0, 1) / 255)
-    deep = rng.integers(0, 65536, (3, 3), dtype=np.uint16)
-    data = _png(3, 3, 16, 0, [r.astype(">u2").tobytes() for r in deep], filters=[2, 1])
-    assert np.allclose(decode_png(data, expect=(1, 3, 3))[0], deep / 65535)
-    palette = bytes(rng.integers(0, 256, 12, dtype=np.uint8))
-    index = rng.integers(0, 4, (2, 3), dtype=np.uint8)
-    data = _png(3, 2, 8, 3, [bytes(r) for r in index], palette=palette)
-    assert np.allclose(
-        decode_png(data, expect=(3, 2, 3)),
-        np.frombuffer(palette, np.uint8).reshape(4, 3)[index].transpose(2, 0, 1) / 255,
-    )
-    # greyscale is replicated for an RGB model; encode/decode round-trips at 1/255
-    x = torch.rand(1, 4, 4)
-    assert decode_png(encode_png(x), expect=(3, 4, 4)).shape == (3, 4, 4)
-    assert np.allclose(decode_png(encode_png(x), expect=(1, 4, 4)), (x * 255).round().numpy() / 255)
-
-
-def test_png_matches_pillow_when_available():
-    image_mod = pytest.importorskip("PIL.Image")
-    import io
-
-    rng = np.random.default_rng(1)
-    for mode, channels in (("L", 1), ("RGB", 3), ("P", 3), ("1", 1)):
-        arr = rng.integers(0, 256, (9, 7, 3) if channels == 3 else (9, 7), dtype=np.uint8)
-        img = image_mod.fromarray(arr, "RGB" if channels == 3 else "L")
-        if mode == "P":  # 16 colours: Pillow writes a 4-bit palette
-            img = img.convert("P", palette=image_mod.Palette.ADAPTIVE, colors=16)
-        if mode == "1":  # 1-bit greyscale
-            img = img.convert("1")
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=True)
-        want = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255
-        got = decode_png(buf.getvalue(), expect=(channels, 9, 7))
-        assert np.allclose(got, want.transpose(2, 0, 1) if want.ndim == 3 else want[None])
-
-
-@pytest.mark.parametrize(
-    "mutate,needle",
-    [
-        (lambda d: d[:20], "truncated"),
-        (lambda d: d[:16] + bytes([d[16] ^ 1]) + d[17:], "bad CRC"),
-        (lambda d: b"GIF89a" + d[6:], "bad signature"),
-    ],
-)
-def test_png_rejects_damage(mutate, needle):
-    with pytest.raises(PngError, match=needle):
-        decode_png(mutate(encode_png(torch.rand(1, 4, 4))), expect=(1, 4, 4))
-
-
-def test_png_rejects_bombs_interlace_transparency_and_colour_for_grey_models():
-    bomb = _png(8, 8, 8, 0, [bytes(8)] * 8)
-    ihdr_end = 8 + 8 + 13 + 4
-    huge = zlib.compress(bytes(50_000_000))  # 50 MB of zeros in ~50 kB
-    bomb = (
-        bomb[:ihdr_end]
-        + struct.pack(">I", len(huge))
-        + b"IDAT"
-        + huge
-        + struct.pack(">I", zlib.crc32(b"IDAT" + huge) & 0xFFFFFFFF)
-        + bomb[-12:]
-    )
-    started = time.perf_counter()
-    with pytest.raises(PngError, match="expected 72"):
-        decode_png(bomb, expect=(1, 8, 8))
-    assert time.perf_counter() - started < 1.0
-    with pytest.raises(PngError, match="interlaced"):
-        decode_png(_png(2, 2, 8, 0, [bytes(2)] * 2, interlace=1), expect=(1, 2, 2))
-    with pytest.raises(PngError, match="transparent"):
-        decode_png(_png(1, 1, 8, 4, [bytes([9, 3])]), expect=(1, 1, 1))
-    with pytest.raises(PngError, match="colour"):
-        decode_png(encode_png(torch.rand(3, 2, 2)), expect=(1, 2, 2))
-    with pytest.raises(PngError, match="invalid 4-bit RGB"):
-        decode_png(_png(8, 1, 4, 2, [bytes(12)]), expect=(3, 1, 8))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # protection and the CLI verb
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -578,6 +448,7 @@ def test_protect_with_a_training_time_key_serves_the_models_own_answers(tmp_path
     with served(result.victim, key=str(key_path)) as client:
         info = client.get("/v1/info").json()
         assert set(info) == {
+            "modality",
             "input_shape",
             "num_classes",
             "class_names",

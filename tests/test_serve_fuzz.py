@@ -5,6 +5,7 @@ the schema allows is answered (positive data acceptance) and every one it forbid
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import httpx
@@ -24,10 +25,10 @@ from schemathesis.checks import (
 from schemathesis.config import SchemathesisConfig
 
 import copycatch as cc
-from copycatch.data.png import encode_png
+from copycatch.data.image_codec import encode_png
 from copycatch.serve import Keyring, ServeConfig, create_app, serve_in_thread
+from copycatch.serve.decoders import ImageDecoder
 from copycatch.serve.keys import hash_secret
-from copycatch.serve.validation import PNG_FORMAT
 
 SECRET = "cc_fuzz-secret"
 SHAPE = (1, 4, 4)
@@ -42,11 +43,31 @@ def _png_text(pixels: list[int], data_url: bool) -> str:
 # The schema names the format of an `images` item (a base64 PNG of the input size), which JSON Schema cannot
 # spell out; this is its generator, so schemathesis sends real PNGs where the schema asks for one.
 schemathesis.openapi.format(
-    PNG_FORMAT,
+    ImageDecoder.encoded_format,
     st.builds(
         _png_text,
         st.lists(st.integers(0, 255), min_size=int(np.prod(SHAPE)), max_size=int(np.prod(SHAPE))),
         st.booleans(),
+    ),
+)
+
+
+def _image_file(pixels: list[int], fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, np.uint8).reshape(SHAPE[1:])).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# Raw bodies and multipart files are `format: binary`; any real PNG, JPEG or WebP image is valid (it is made the
+# model's channels and size), so this generator replaces schemathesis's arbitrary bytes.
+schemathesis.openapi.format(
+    "binary",
+    st.builds(
+        _image_file,
+        st.lists(st.integers(0, 255), min_size=int(np.prod(SHAPE)), max_size=int(np.prod(SHAPE))),
+        st.sampled_from(["PNG", "JPEG", "WEBP"]),
     ),
 )
 open_app = create_app(_model, ServeConfig(max_batch=8, max_body_bytes=64 * 1024, batch_wait_ms=0))

@@ -17,7 +17,7 @@ import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.cli.options import EXIT_NOT_STOLEN
 from copycatch.core.errors import InvalidArgument, SuspectError
-from copycatch.data.png import decode_png, encode_png
+from copycatch.data.image_codec import decode_image, encode_png
 from copycatch.oracles.http import HttpOracle, _retry_after, endpoints
 from copycatch.oracles.suspects import describe_suspect, open_suspect
 from copycatch.verification.transcript import Transcript
@@ -75,7 +75,7 @@ class _Handler(JsonHandler):
 
     def _inputs(self, body, api):
         if "images" in body:
-            imgs = [decode_png(base64.b64decode(s), expect=api["shape"]) for s in body["images"]]
+            imgs = [decode_image(base64.b64decode(s), expect=api["shape"]) for s in body["images"]]
             return torch.tensor(np.stack(imgs))
         x = torch.tensor(body[api["input_field"]], dtype=torch.float32)
         if api["layout"] == "flat":
@@ -187,12 +187,12 @@ def test_png_codec_round_trips_and_reads_other_encoders_filters(tmp_path):
     rng = np.random.default_rng(0)
     for shape in [(1, 7, 5), (3, 6, 4), (3, 9, 4)]:
         img = rng.integers(0, 256, size=shape).astype(np.float32) / 255
-        assert np.array_equal(decode_png(encode_png(img), expect=shape), img)
+        assert np.array_equal(decode_image(encode_png(img), expect=shape), img)
     pil = pytest.importorskip("PIL.Image")
     smooth = (np.add.outer(np.arange(16), np.arange(16)) * 7 % 256).astype(np.uint8)
     pil.fromarray(smooth).save(tmp_path / "p.png", optimize=True)  # zlib picks Sub/Up/Average/Paeth rows
     assert np.array_equal(
-        decode_png((tmp_path / "p.png").read_bytes(), expect=(1, 16, 16))[0], smooth / np.float32(255)
+        decode_image((tmp_path / "p.png").read_bytes(), expect=(1, 16, 16))[0], smooth / np.float32(255)
     )
 
 

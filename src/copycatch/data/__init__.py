@@ -1,5 +1,5 @@
 """Data sets (one source per file, registered on import, each declaring its modality), the standard owner/thief
-split, the text vocabulary, ``copycatch data prepare``, and the PNG and WAV codecs."""
+split, the text vocabulary, ``copycatch data prepare``, and the image (Pillow) and WAV codecs."""
 
 from ..core.discover import import_submodules
 from .base import (
@@ -19,7 +19,7 @@ from .base import (
 from .prepare import GENERATORS, Prepared, data_root, prepare_dataset
 from .vocabulary import Vocabulary, VocabularySettings
 
-import_submodules(__name__, __path__, skip=("base", "png"))
+import_submodules(__name__, __path__, skip=("base", "image_codec"))
 
 __all__ = [
     "DATASETS",

@@ -1,4 +1,5 @@
-"""An owner's own image files, decoded with Pillow (``pip install 'copycatch[images]'``).
+"""An owner's own image files, decoded with Pillow (``pip install 'copycatch[images]'``) through
+:mod:`copycatch.data.image_codec`.
 
 =================  ==========================================================================================
 ``image-folder``   a folder of images per class (``ROOT/CLASS/*.png``), or ``ROOT/train/CLASS`` and
@@ -23,13 +24,10 @@ than two classes, a CSV row with an empty or missing path or an unknown label.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,54 +35,12 @@ import torch
 from ..core.errors import DataNotFound, InvalidArgument
 from ..core.runtime import progress as progress_bar
 from .base import Dataset, register_dataset
+from .image_codec import FILE_FORMATS, MAX_PIXELS, is_grey, open_image, to_pixels
+from .image_codec import require_pillow as require_pillow  # where callers have always found it
 from .prepare import locate
 from .text import csv_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-# Pillow's own default for Image.MAX_IMAGE_PIXELS, enforced here from the header whatever that global is set to:
-# a small file claiming more pixels is refused before anything is decompressed
-MAX_PIXELS = 89_478_485
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
-_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L")  # 16-bit greyscale PNG; Pillow's convert("L") would clip, not scale
-
-
-def require_pillow() -> Any:
-    """``PIL.Image``, or an error saying how to install it."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DataNotFound("reading image files needs Pillow: pip install 'copycatch[images]'") from None
-    return Image
-
-
-@contextlib.contextmanager
-def _opened(image_module: Any, file: Path) -> Iterator[Any]:
-    """The image at ``file``, opened lazily (header only), refused when it is not one of the four formats or too
-    large; the file is closed on leaving (Pillow leaves a handle it was given open)."""
-    try:
-        handle = file.open("rb")
-    except OSError as exc:
-        raise DataNotFound(f"{file}: cannot read ({exc.strerror or exc})") from None
-    with handle:
-        try:
-            with warnings.catch_warnings():
-                # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning is a refusal here
-                warnings.simplefilter("error", image_module.DecompressionBombWarning)
-                image = image_module.open(handle, formats=PILLOW_FORMATS)
-        except (image_module.DecompressionBombError, image_module.DecompressionBombWarning):
-            raise InvalidArgument(
-                f"{file}: more than {MAX_PIXELS:,} pixels (refused as a decompression bomb)"
-            ) from None
-        except Exception as exc:  # Pillow's plugins raise many kinds; any of them means the file is unusable
-            raise InvalidArgument(f"{file}: not a readable PNG, JPEG, WebP or BMP image ({exc})") from None
-        with image:
-            if image.width * image.height > MAX_PIXELS:
-                raise InvalidArgument(
-                    f"{file}: {image.width}×{image.height} is more than {MAX_PIXELS:,} pixels "
-                    "(refused as a decompression bomb)"
-                )
-            yield image
 
 
 def _target(
@@ -111,29 +67,18 @@ def read_images(
 ) -> torch.Tensor:
     """uint8 N×C×H×W pixels of ``files``, in order, made one channel count and one size (see the module
     docstring). ``size`` is a side or (height, width); ``channels`` 1 or 3."""
-    image_module = require_pillow()
     if not files:
         raise InvalidArgument("no image files to read")
     sizes, grey = [], []
     for file in files:
-        with _opened(image_module, file) as image:
+        with open_image(file, formats=FILE_FORMATS, max_pixels=MAX_PIXELS) as image:
             sizes.append(image.size)
-            grey.append(image.mode in _GREY_MODES)
+            grey.append(is_grey(image))
     c, h, w = _target(sizes, grey, size, channels)
     out = np.empty((len(files), c, h, w), dtype=np.uint8)
     for i, file in enumerate(progress_bar(files, total=len(files), desc=desc, unit="image")):
-        with _opened(image_module, file) as image:
-            try:
-                image.load()
-                if image.mode in _WIDE_MODES:
-                    image = image_module.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
-                image = image.convert("L" if c == 1 else "RGB")
-                if image.size != (w, h):
-                    image = image.resize((w, h), image_module.Resampling.BILINEAR)
-            except Exception as exc:  # a truncated or corrupt body shows only when decoded
-                raise InvalidArgument(f"{file}: not a readable PNG, JPEG, WebP or BMP image ({exc})") from None
-            pixels = np.asarray(image)
-        out[i] = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+        with open_image(file, formats=FILE_FORMATS, max_pixels=MAX_PIXELS) as image:
+            out[i] = to_pixels(image, c, (h, w), name=str(file))
     return torch.from_numpy(out)
 
 

@@ -49,7 +49,7 @@ it is sent again; a server that keeps a query ledger will count it twice. With a
 recorded answers are replayed instead of re-asked.
 
 Implementation choice: the client uses only the standard library (``urllib``), so the core package can
-query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.data.png`,
+query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.data.image_codec`,
 the codec ``copycatch serve`` decodes with, and are quantised to 1/255.
 """
 
@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InvalidArgument, SuspectError, SuspectUnresponsive
-from ..data.png import encode_png
+from ..data.image_codec import encode_png
 from .base import Oracle
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,12 @@
 >>> answers.shape, int((answers > 0).sum(dim=1).max())
 (torch.Size([3, 4]), 2)
 
-Modules: :mod:`.app` (routes, request pipeline), :mod:`.config` (:class:`ServeConfig`), :mod:`.validation`
-(request checks, PNG through :mod:`copycatch.data.png`), :mod:`.limits` (token bucket, budgets), :mod:`.redis_state`
-(the same counts shared by replicas in Redis), :mod:`.ledger` (append-only query ledger), :mod:`.keys` (hashed API
-keys), :mod:`.batching` (cross-request batching), :mod:`.runner` (uvicorn).
+Modules: :mod:`.app` (routes, request pipeline, offline ``/docs``), :mod:`.config` (:class:`ServeConfig`),
+:mod:`.decoders` (what a request may hold, per modality: JSON, raw image/WAV/text bodies, multipart files; images
+through :mod:`copycatch.data.image_codec`), :mod:`.validation` (request checks and refusals), :mod:`.limits`
+(token bucket, budgets), :mod:`.redis_state` (the same counts shared by replicas in Redis), :mod:`.ledger`
+(append-only query ledger), :mod:`.keys` (hashed API keys), :mod:`.batching` (cross-request batching),
+:mod:`.runner` (uvicorn).
 
 The config, ledger, limits and keys modules need neither FastAPI nor uvicorn (``copycatch ledger`` works without
 the extra); the app and runner are imported on first use.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..data.png import decode_png, encode_png
+from ..data.image_codec import decode_image, encode_png
 from .config import ServeConfig
 from .keys import Keyring, new_key
 from .ledger import Ledger, read_ledger, row_digests, summarize
@@ -45,7 +47,8 @@ def require_extra() -> None:
     from ..core.errors import CopycatchError
 
     missing = []
-    for name in ("fastapi", "uvicorn"):
+    # python_multipart reads multipart forms, fastapi_offline ships the /docs assets, PIL decodes images
+    for name in ("fastapi", "uvicorn", "python_multipart", "fastapi_offline", "PIL"):
         try:
             __import__(name)
         except ImportError:
@@ -74,7 +77,7 @@ __all__ = [
     "Service",
     "bind_socket",
     "create_app",
-    "decode_png",
+    "decode_image",
     "encode_png",
     "new_key",
     "protected_oracle",

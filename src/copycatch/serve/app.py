@@ -1,11 +1,17 @@
 """The FastAPI application: ``POST /v1/predict``, ``GET /v1/info``, ``GET /v1/usage``, ``GET /healthz``, ``/docs``.
 
+``/v1/predict`` takes JSON, a raw body holding one input (``image/png``, ``audio/wav``, ``text/plain``… as the
+model's modality allows) or ``multipart/form-data`` files: :mod:`.decoders` maps the modality to what is accepted.
+``/docs`` (Swagger UI) and ``/redoc`` load their scripts from this server (the assets of ``fastapi-offline``), so
+they work without Internet access.
+
 What a request goes through, in order (each refusal is a JSON ``{"detail": "..."}`` and one ledger line):
 
 1. API key (``X-API-Key``, when a key file is configured) → 401;
 2. a refusal decidable before reading the body (spent budget, empty token bucket) → 429 + ``Retry-After``;
 3. ``Content-Type`` → 415; body size (``Content-Length`` and the bytes actually received) → 413;
-4. validation (:mod:`.validation`: JSON, shape, types, NaN/Inf, range, PNG) → 400 / 413 / 422;
+4. validation and decoding (:mod:`.validation`, :mod:`.decoders`: JSON, shape, types, NaN/Inf, range; images, clips,
+   texts; a decompression bomb or an over-long clip → 413) → 400 / 413 / 422;
 5. rate and budget for the batch's N inputs (:mod:`.limits`) → 429 + ``Retry-After``; 503 + ``Retry-After`` when
    the shared store of the counts (``ServeConfig.state``, Redis) is unreachable, so no answer goes uncounted;
 6. the batcher (:mod:`.batching`) answers through ``ModelOracle`` → ``scheme.protect`` (the secret stays on
@@ -22,37 +28,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..core.errors import InvalidArgument
 from ..core.key import Key
 from ..core.keyset import KeySet, open_keys
+from ..data.base import MODALITIES
+from ..data.vocabulary import Vocabulary
+from ..models.base import SHAPES
 from ..oracles.base import Oracle
 from .batching import Batcher, ShuttingDown
 from .config import ServeConfig, limiter_for
 from .dawn_records import attach_record_file, has_dawn
+from .decoders import FILES_FIELD, JSON, MULTIPART, Decoder, decoder_for
 from .keys import HEADER, Keyring
 from .ledger import ANONYMOUS, Ledger, LedgerError, row_digests
 from .limits import StateUnavailable
-from .validation import RequestError, build_request_model, parse_predict
+from .validation import RequestError
 
 log = logging.getLogger("copycatch.serve")
 
 UNAUTHENTICATED = "(unauthenticated)"
+_ASSETS = "/docs/assets"
 _PARSE_IN_THREAD = 256 * 1024  # bodies larger than this are parsed off the event loop
 
 
@@ -66,7 +83,8 @@ class ErrorResponse(BaseModel):
 
 
 class InfoResponse(BaseModel):
-    input_shape: list[int] = Field(description="C, H, W of one input")
+    modality: str = Field(description="image | text | audio: what the model reads")
+    input_shape: list[int] = Field(description="the shape of one input: C, H, W (image), L (text) or 1, S (audio)")
     num_classes: int
     class_names: list[str]
     output: str = Field(description="probs | top-k | label | rounded")
@@ -74,17 +92,21 @@ class InfoResponse(BaseModel):
     decimals: int | None = Field(None, description="decimals of the rounded output")
     max_batch: int = Field(description="inputs per request")
     max_body_bytes: int
-    input_formats: list[str] = Field(description="request fields accepted: inputs (nested lists), images (PNG)")
+    input_formats: list[str] = Field(
+        description="JSON fields (inputs, and images, texts or clips) and Content-Types the predict route accepts"
+    )
     auth: str | None = Field(None, description="header carrying the API key, when keys are required")
     server: str
 
 
 class ProbabilitiesResponse(BaseModel):
     probabilities: list[list[float]] = Field(description="one row of num_classes probabilities per input")
+    classes: list[str] = Field(description="the class names, in the order of each row's columns")
 
 
 class LabelsResponse(BaseModel):
     labels: list[int] = Field(description="one predicted class index per input")
+    classes: list[str] = Field(description="the class names, indexed by the labels")
 
 
 class UsageResponse(BaseModel):
@@ -135,10 +157,10 @@ def protected_oracle(
 
 
 class PrevalidatedOracle(Oracle):
-    """The served model behind the API's own validation: :func:`.validation.parse_predict` already guarantees
-    finite float32 N×C×H×W inputs in [0, 1], so re-checking every input value (an ``isfinite`` over the whole
-    batch, about 1-2 ms per 512 Fashion-MNIST inputs) at each layer of the oracle chain is skipped. Answers are
-    still checked (shape, finiteness) and queries counted."""
+    """The served model behind the API's own validation: :mod:`.decoders` already guarantees finite inputs of the
+    model's shape and range (float32, or int64 token ids), so re-checking every input value (an ``isfinite`` over
+    the whole batch, about 1-2 ms per 512 Fashion-MNIST inputs) at each layer of the oracle chain is skipped.
+    Answers are still checked (shape, finiteness) and queries counted."""
 
     def __init__(self, inner: Oracle):
         super().__init__(inner.num_classes, inner.input_shape, name=inner.name)
@@ -179,11 +201,14 @@ class Service:
         key: Key | KeySet | Sequence[Key] | None = None,
         keyring: Keyring | None = None,
         class_names: Sequence[str] | None = None,
+        modality: str | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
-        if oracle.input_shape is None or len(oracle.input_shape) != 3:
-            raise InvalidArgument("the served model must declare its input shape C×H×W (give --input-shape)")
+        if oracle.input_shape is None:
+            raise InvalidArgument("the served model must declare its input shape (give --input-shape)")
         self.config = config
         self.input_shape = tuple(int(v) for v in oracle.input_shape)
+        self.modality = served_modality(oracle, modality)
         self.num_classes = oracle.num_classes
         names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
         if len(names) != self.num_classes:
@@ -194,7 +219,16 @@ class Service:
         )
         self.keys, self.keyring = open_keys(key)[0] if key is not None else [], keyring  # what protects the answers
         self.max_batch = config.effective_max_batch
-        self.request_model = build_request_model(self.input_shape, self.max_batch)
+        model = getattr(oracle, "model", None)
+        self.decoder: Decoder = decoder_for(
+            self.modality,
+            self.input_shape,
+            self.max_batch,
+            config,
+            vocabulary=vocabulary if vocabulary is not None else getattr(model, "vocabulary", None),
+            vocab_size=(getattr(model, "arch_kwargs", None) or {}).get("vocab_size"),
+        )
+        self.request_model = self.decoder.request_model  # the JSON schema, for routes built on this service
         self.ledger = None
         if config.ledger:
             self.ledger = Ledger(
@@ -225,6 +259,7 @@ class Service:
     def info(self) -> dict[str, Any]:
         c = self.config
         return {
+            "modality": self.modality,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "class_names": self.class_names,
@@ -233,7 +268,7 @@ class Service:
             "decimals": c.decimals if c.output == "rounded" else None,
             "max_batch": self.max_batch,
             "max_body_bytes": c.max_body_bytes,
-            "input_formats": ["inputs", "images"],
+            "input_formats": self.decoder.input_formats(),
             "auth": HEADER if self.keyring is not None else None,
             "server": f"copycatch {__version__}",
         }
@@ -257,10 +292,15 @@ class Service:
         status = {"burst": 413, "unavailable": 503}.get(decision.kind, 429)
         return RequestError(status, decision.reason, headers if status != 413 else {})
 
+    def media_type(self, request: Request) -> str:
+        """The request's media type (JSON when none is given), refused (415) unless the decoder takes it."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower() or JSON
+        accepted = self.decoder.content_types()
+        if media not in accepted:
+            raise RequestError(415, f"Content-Type must be one of {', '.join(accepted)}; got {media!r}")
+        return media
+
     async def read_body(self, request: Request) -> bytes:
-        ctype = request.headers.get("content-type")
-        if ctype is not None and ctype.split(";")[0].strip().lower() not in ("application/json", ""):
-            raise RequestError(415, f"Content-Type must be application/json, got {ctype.split(';')[0]!r}")
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -280,11 +320,12 @@ class Service:
     def encode(self, out: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
         if self.config.output == "label":
             labels = out.argmax(dim=1)
-            return {"labels": labels.tolist()}, row_digests(labels)
+            return {"labels": labels.tolist(), "classes": self.class_names}, row_digests(labels)
         if self.config.output == "rounded":
             # Send the short decimal, not the float32 next to it (0.1, not 0.10000000149011612).
-            return {"probabilities": np.round(out.double().numpy(), self.config.decimals).tolist()}, row_digests(out)
-        return {"probabilities": out.tolist()}, row_digests(out)
+            rows = np.round(out.double().numpy(), self.config.decimals).tolist()
+            return {"probabilities": rows, "classes": self.class_names}, row_digests(out)
+        return {"probabilities": out.tolist(), "classes": self.class_names}, row_digests(out)
 
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -338,11 +379,9 @@ class Service:
             raise ShuttingDown
         if self.limiter is not None and (early := self.limiter.quick_reject(key_id)) is not None:
             raise self._refusal(early)
+        media = self.media_type(request)
         body = await self.read_body(request)
-        if len(body) > _PARSE_IN_THREAD:
-            x = await asyncio.to_thread(parse_predict, body, self.request_model, self.input_shape, self.max_batch)
-        else:
-            x = parse_predict(body, self.request_model, self.input_shape, self.max_batch)
+        x = await self.decode(request, media, body)
         call.entry["n"] = len(x)
         call.entry["inputs"] = row_digests(x)
         if self.limiter is not None:
@@ -356,6 +395,45 @@ class Service:
         payload, digests = self.encode(out)
         call.entry["outputs"] = digests
         return payload
+
+    async def decode(self, request: Request, media: str, body: bytes) -> torch.Tensor:
+        """The batch a body of ``media`` type holds; large bodies are decoded off the event loop."""
+        if media == JSON:
+            work: Any = functools.partial(self.decoder.parse_json, body)
+        elif media == MULTIPART:
+            work = functools.partial(self.decoder.from_media, await self.read_form(request.headers, body))
+        else:
+            work = functools.partial(self.decoder.from_media, [("request body", body)])
+        return await asyncio.to_thread(work) if len(body) > _PARSE_IN_THREAD else work()
+
+    async def read_form(self, headers: Headers, body: bytes) -> list[tuple[str, bytes]]:
+        """The files of a ``multipart/form-data`` body, all under the field ``files``, as (name, bytes)."""
+
+        async def stream() -> Any:
+            yield body
+
+        # one more than allowed, so a batch too large is told apart from a malformed body
+        limit = self.max_batch + 1
+        try:
+            form = await MultiPartParser(headers, stream(), max_files=limit, max_fields=limit).parse()
+        except MultiPartException as exc:
+            if exc.message.startswith("Too many"):
+                raise RequestError(413, f"too many parts: at most {self.max_batch} inputs per request") from None
+            raise RequestError(400, f"malformed multipart body ({exc.message})") from None
+        try:
+            items = []
+            for i, (field, value) in enumerate(form.multi_items()):
+                if field != FILES_FIELD:
+                    raise RequestError(422, f"unknown form field {field!r}; send the inputs as files under 'files'")
+                data = await value.read() if isinstance(value, UploadFile) else value.encode("utf-8")
+                items.append((f"files[{i}]", data))
+        finally:
+            await form.close()
+        if not items:
+            raise RequestError(422, "the form holds no files; send one or more under 'files'")
+        if len(items) > self.max_batch:
+            raise RequestError(413, f"batch of {len(items)} inputs is too large: at most {self.max_batch} per request")
+        return items
 
     async def _record(self, call: _Call, status: int, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Write the ledger line; an answer that cannot be recorded is withheld (503)."""
@@ -405,11 +483,11 @@ class Service:
 _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in [
-        (400, "malformed request (not JSON, bad Content-Length)"),
+        (400, "malformed request (not JSON, a malformed form, bad Content-Length)"),
         (401, "missing or unknown API key"),
-        (413, "request body or batch too large"),
-        (415, "Content-Type is not application/json"),
-        (422, "invalid inputs (shape, types, NaN/Inf, range, PNG)"),
+        (413, "request body, batch, image (pixels), clip (bytes or seconds) or text too large"),
+        (415, "Content-Type is not one the model's modality takes"),
+        (422, "invalid inputs (shape, types, NaN/Inf, range; an undecodable image, clip or text)"),
         (429, "over the rate limit or query budget; see Retry-After"),
         (503, "shutting down, the query ledger cannot be written, or the shared limits store is unreachable"),
     ]
@@ -425,13 +503,17 @@ def create_app(
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
+    modality: str | None = None,
+    vocabulary: Vocabulary | str | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (an :class:`Oracle`, a :class:`~copycatch.models.base.Classifier`, a model
     file, or anything :func:`copycatch.oracles.suspects.open_suspect` opens) under ``config``.
 
     ``key`` (a key, a key set, or a file of either) applies its schemes' API-time protection server-side;
-    ``keyring`` (or a key file path) requires an ``X-API-Key`` on every ``/v1`` request. The app opens its ledger at
-    once and closes it on shutdown.
+    ``keyring`` (or a key file path) requires an ``X-API-Key`` on every ``/v1`` request. ``modality`` defaults to
+    the model's (a copycatch model file says it; else from the rank of the input shape); a text model's
+    ``vocabulary`` (a :class:`~copycatch.data.vocabulary.Vocabulary` or its JSON file) lets clients send ``texts``,
+    and defaults to the one stored with the model. The app opens its ledger at once and closes it on shutdown.
     """
     from ..oracles.suspects import open_suspect
 
@@ -443,7 +525,11 @@ def create_app(
         key = open_keys(key)[0]
     if isinstance(keyring, str):
         keyring = Keyring.load(keyring)
-    service = Service(oracle, config, key=key, keyring=keyring, class_names=class_names)
+    if isinstance(vocabulary, str):
+        vocabulary = _read_vocabulary(vocabulary)
+    service = Service(
+        oracle, config, key=key, keyring=keyring, class_names=class_names, modality=modality, vocabulary=vocabulary
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -453,21 +539,68 @@ def create_app(
     app = FastAPI(
         title="copycatch prediction API",
         version=__version__,
-        description="Predictions from a protected model. Every answered query is recorded in the owner's "
-        "ledger. Send N inputs as nested lists in [0, 1] or as base64 PNGs.",
+        description=f"Predictions from a protected {service.modality} model. Every answered query is recorded in "
+        "the owner's ledger. Send a batch as JSON, one input as the raw body, or files as a multipart form.",
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs_routes from local assets
+        redoc_url=None,
     )
     app.state.service = service
     _add_predict_route(app, service)
     _add_read_routes(app, service)
+    _add_docs_routes(app)
     _add_error_handlers(app)
     return app
 
 
+def served_modality(oracle: Oracle, modality: str | None = None) -> str:
+    """The modality of the served model: ``modality`` when given, else the model's own, else the one whose input
+    rank the oracle's shape has (image C×H×W, audio 1×S, text L)."""
+    if modality is None:
+        modality = getattr(getattr(oracle, "model", None), "modality", None)
+    if modality is None:
+        by_rank = {rank: name for name, (rank, _) in SHAPES.items()}
+        modality = by_rank.get(len(oracle.input_shape or ()))
+        if modality is None:
+            raise InvalidArgument(
+                f"cannot tell the modality of a model taking inputs shaped {tuple(oracle.input_shape or ())}; "
+                f"give one of {', '.join(MODALITIES)}"
+            )
+    if modality not in MODALITIES:
+        raise InvalidArgument(f"unknown modality {modality!r}; valid modalities: {', '.join(MODALITIES)}")
+    return modality
+
+
+def _read_vocabulary(path: str) -> Vocabulary:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot read the vocabulary ({exc.strerror or exc})") from None
+    return Vocabulary.from_json(text)
+
+
 def _add_predict_route(app: FastAPI, service: Service) -> None:
-    """``POST /v1/predict``, documented with the request schema of the served input shape and output mode."""
-    schema = service.request_model.model_json_schema()
+    """``POST /v1/predict``, documented with the request schema of the served modality, input shape and output
+    mode, and example requests."""
+    decoder = service.decoder
     labels = service.config.output == "label"
+    content: dict[str, Any] = {
+        JSON: {"schema": decoder.request_model.model_json_schema(), "examples": decoder.json_examples()}
+    }
+    one = {"type": "string", "format": "binary", "description": "one input"}
+    content.update({media: {"schema": one} for media in decoder.media_types})
+    if decoder.media_types:
+        files = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+        files["maxItems"] = service.max_batch
+        content[MULTIPART] = {
+            "schema": {
+                "type": "object",
+                "properties": {FILES_FIELD: files},
+                "required": [FILES_FIELD],
+                "additionalProperties": False,  # another field is refused
+            },
+        }
+    fields = ", ".join(f"`{name}`: {text}" for name, (_, text) in decoder.fields().items())
 
     async def predict(request: Request) -> JSONResponse:
         return await service.predict(request)
@@ -478,11 +611,13 @@ def _add_predict_route(app: FastAPI, service: Service) -> None:
         methods=["POST"],
         response_model=LabelsResponse if labels else ProbabilitiesResponse,
         summary="Predict a batch of inputs",
-        description=f"`inputs`: N×{'×'.join(map(str, service.input_shape))} nested lists of numbers in [0, 1], or "
-        f"`images`: N base64 PNGs; 1 ≤ N ≤ {service.max_batch}. Answers "
-        + ("`labels`." if labels else "`probabilities`, one row per input."),
+        description=f"JSON with exactly one of {fields}; 1 ≤ N ≤ {service.max_batch}. Or one input as the raw body "
+        f"({', '.join(f'`{m}`' for m in decoder.media_types)}), or N files under `{FILES_FIELD}` in a "
+        f"`{MULTIPART}` form. Answers "
+        + ("`labels`" if labels else "`probabilities`, one row per input,")
+        + " and the `classes` they refer to.",
         responses=_ERRORS,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+        openapi_extra={"requestBody": {"required": True, "content": content}},
     )
 
 
@@ -525,6 +660,38 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         if service.closing:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return {"status": "ok"}
+
+
+def _add_docs_routes(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts, styles and icon served from ``/docs/assets`` (the
+    files ``fastapi-offline`` ships): FastAPI's own pages load them from a CDN and stay blank offline."""
+    import fastapi_offline
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    title = f"{app.title} {app.version}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            swagger_js_url=f"{_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{_ASSETS}/favicon.png",
+            # the validator badge would fetch an image from swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            redoc_js_url=f"{_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -28,6 +28,10 @@ class ServeConfig(Params):
     decimals: int = 2  # decimals of the rounded output
     max_batch: int = 256  # inputs per request
     max_body_bytes: int = 32 * 2**20
+    # an image's header may claim at most this many pixels (16.8 MP, a phone photo): decoding is the costly part
+    max_image_pixels: int = 2**24
+    max_clip_seconds: float = 10.0  # longer clips are refused (413); shorter ones are padded or cut to the model's
+    max_text_chars: int = 100_000  # per text; the vocabulary cuts the tokens anyway, but tokenising costs
     batch_wait_ms: float = 2.0  # how long a lone request waits for company before its forward pass
     forward_batch: int = 512  # inputs per forward pass (requests are never split)
     rate: str | None = None  # e.g. "100/s": inputs per key per period (token bucket)
@@ -50,6 +54,12 @@ class ServeConfig(Params):
             raise InvalidArgument(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_body_bytes < 1024:
             raise InvalidArgument(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.max_image_pixels < 1:
+            raise InvalidArgument(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
+        if not self.max_clip_seconds > 0:
+            raise InvalidArgument(f"max_clip_seconds must be > 0, got {self.max_clip_seconds}")
+        if self.max_text_chars < 1:
+            raise InvalidArgument(f"max_text_chars must be >= 1, got {self.max_text_chars}")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise InvalidArgument(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
         if self.forward_batch < 1:
