@@ -143,6 +143,8 @@ def writable(path: str | None, what: str) -> Path | None:
 
 def add_suspect_arguments(parser: argparse.ArgumentParser) -> None:
     """Options describing how to talk to a suspect (HTTP shape, ONNX graph, callable layout)."""
+    from ..oracles.protocols import list_protocols  # numpy, no torch: --help stays light
+
     g = parser.add_argument_group("suspect access (HTTP APIs, ONNX files, Python callables)")
     g.add_argument(
         "--num-classes", type=int, default=None, help="classes the suspect answers, when the key does not say"
@@ -161,6 +163,21 @@ def add_suspect_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--api-key-header", default="X-API-Key", help="header that carries the API key")
     g.add_argument("--header", action="append", metavar="NAME:VALUE", help="extra HTTP header (repeatable)")
+    g.add_argument(
+        "--protocol",
+        choices=list_protocols(),
+        default="copycatch",
+        help="request and answer format of an HTTP suspect: copycatch's own API (its fields configurable below), or "
+        "a serving stack's published one: tfserving (REST predict, NHWC images), kserve-v1, kserve-v2 (Open "
+        "Inference Protocol: KServe, Triton, MLServer), torchserve, mlflow (pyfunc /invocations), hf (Hugging Face "
+        "image classification); a base URL gets the stack's route, a URL with a path is used as given",
+    )
+    g.add_argument(
+        "--model-name",
+        default=None,
+        help="the model's name in the stack's route (tfserving, kserve-v1, kserve-v2, torchserve), when the URL is "
+        "the server's base URL",
+    )
     g.add_argument(
         "--predict-path",
         default=None,
@@ -219,6 +236,8 @@ def suspect_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "api_key": getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or None,
         "api_key_header": args.api_key_header,
+        "protocol": args.protocol,
+        "model_name": args.model_name,
         "headers": headers or None,
         "predict_path": args.predict_path,
         "info_path": args.info_path,

@@ -1,8 +1,14 @@
 """A prediction API over HTTP as an :class:`~copycatch.oracles.base.Oracle`: the client ``steal`` and ``verify`` use.
 
-Its defaults speak copycatch's own serving protocol; every field is configurable for other APIs.
+It speaks copycatch's own serving protocol by default, every field configurable for other JSON APIs; ``protocol``
+chooses a serving stack's published format instead (``tfserving``, ``kserve-v1``, ``kserve-v2``, ``torchserve``,
+``mlflow``, ``hf``: :mod:`copycatch.oracles.protocols`, where requests go and what each sends and reads, with
+``model_name`` for the stacks whose route names the model). Their answers become rows as below: a top-k of
+label/score pairs is probabilities when it covers every class, else the top label (a scheme that needs
+probabilities then refuses the suspect); with ``output_kind="auto"`` a row that is no probability distribution is
+taken for logits. ``returned`` (and :meth:`HttpOracle.describe`) says what the suspect actually answered.
 
-Protocol (defaults)::
+copycatch's protocol (defaults)::
 
     POST {url}/v1/predict   {"inputs": [N×C×H×W nested lists of floats in [0, 1]]}
                         or  {"images": ["<base64 PNG>", ...]}                    (encoding="png")
@@ -22,12 +28,12 @@ under a prefix: ``…/v1/info`` is beside it) or when ``info_path`` names one. W
 from the server's root, ``"info"`` beside the endpoint); ``""`` means none.
 
 Other APIs: ``input_field`` (default "inputs" for lists, "images" for PNG), ``input_layout`` ("nchw", "nhwc" or
-"flat" rows), ``extra_body`` (constant JSON fields), ``headers``, ``api_key_header``, ``output_field`` (a dotted
-path such as ``"data.scores"``; default: ``probabilities``, else ``labels``, else a bare JSON list) and
-``output_kind``:
+"flat" rows; default the protocol's, N×C×H×W but for TF-Serving), ``extra_body`` (constant JSON fields),
+``headers``, ``api_key_header``, ``output_field`` (a dotted path such as ``"data.scores"``; default:
+``probabilities``, else ``labels``, else a bare JSON list) and ``output_kind``:
 
-* ``"auto"``: a 2-D answer is probabilities, a 1-D answer is labels (class indices, or class names when
-  ``class_names`` are known);
+* ``"auto"``: a 2-D answer is probabilities, a 1-D answer is labels (class indices, class names when
+  ``class_names`` are known, Hugging Face's default ``LABEL_<i>``, or digits);
 * ``"probs"``, ``"labels"`` (a 2-D answer is reduced to its argmax), or ``"logits"`` (softmax is applied).
 
 Reliability: each request has a ``timeout`` (seconds, per network operation: the standard library's socket timeout);
@@ -49,18 +55,18 @@ it is sent again; a server that keeps a query ledger will count it twice. With a
 recorded answers are replayed instead of re-asked.
 
 Implementation choice: the client uses only the standard library (``urllib``), so the core package can
-query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by :mod:`copycatch.data.image_codec`,
-the codec ``copycatch serve`` decodes with, and are quantised to 1/255.
+query an API without the ``serve`` extra. PNG inputs (1 or 3 channels) are encoded by the package's image codec,
+the one ``copycatch serve`` decodes with, and are quantised to 1/255.
 """
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import http.client
 import json
 import logging
 import math
+import re
 import socket
 import time
 import urllib.error
@@ -75,19 +81,19 @@ import torch
 from ..core.errors import InvalidArgument, SuspectError, SuspectUnresponsive
 from ..data.image_codec import encode_png
 from .base import Oracle
+from .protocols import DEFAULT_PREDICT_PATH, JSON_TYPE, Answer, HttpProtocol, create_protocol, has_path
+from .protocols import endpoints as endpoints  # copycatch's URL rules, documented above
 
 log = logging.getLogger(__name__)
 
 ENCODINGS = ("lists", "png")
-LAYOUTS = ("nchw", "nhwc", "flat")
 OUTPUT_KINDS = ("auto", "probs", "labels", "logits")
-DEFAULT_PREDICT_PATH = "/v1/predict"
-DEFAULT_INFO_PATH = "/v1/info"
 _RETRY_STATUS = {408, 500, 502, 503, 504}
 _DETAIL_CHARS = 200
 _MAX_BACKOFF = 60.0
+_HF_DEFAULT_LABEL = re.compile(r"^LABEL_(\d+)$")  # a Hugging Face model's label without an id2label map
+_SUM_TOLERANCE = 1e-3  # how far a row of probabilities may sum from 1 (float32 softmax, rounding servers)
 _BASE_HEADERS = {
-    "Content-Type": "application/json",
     "Accept": "application/json",
     "User-Agent": "copycatch-http-oracle",
 }
@@ -96,7 +102,6 @@ _BASE_HEADERS = {
 def _check_options(
     url: str,
     encoding: str,
-    input_layout: str,
     output_kind: str,
     timeout: float,
     retries: int,
@@ -111,8 +116,6 @@ def _check_options(
         raise InvalidArgument(f"not an http(s) URL: {url!r}")
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    if input_layout not in LAYOUTS:
-        raise InvalidArgument(f"input_layout must be one of {', '.join(LAYOUTS)}, got {input_layout!r}")
     if output_kind not in OUTPUT_KINDS:
         raise InvalidArgument(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
     if not timeout > 0:
@@ -125,44 +128,6 @@ def _check_options(
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
     if deadline is not None and not deadline > 0:
         raise InvalidArgument(f"deadline must be > 0 seconds (or None: no deadline), got {deadline}")
-
-
-def endpoints(url: str, predict_path: str | None = None, info_path: str | None = None) -> tuple[str, str | None]:
-    """(prediction URL, info URL or None) for a suspect URL and the path options; see the module docstring.
-
-    ``None`` and the default paths mean the same ("the default"): the CLI passes the defaults explicitly.
-    """
-    base = url.rstrip("/")
-    has_path = _has_path(url)
-    if predict_path in (None, DEFAULT_PREDICT_PATH) and not has_path:  # a bare base URL
-        predict_url, default_info, endpoint = base + DEFAULT_PREDICT_PATH, base + DEFAULT_INFO_PATH, False
-    elif predict_path in (None, DEFAULT_PREDICT_PATH, ""):  # the URL is the prediction endpoint
-        predict_url, default_info, endpoint = url, _beside_our_predict(url), has_path
-    else:  # an API under a prefix: the paths go below the URL
-        predict_url, default_info, endpoint = base + predict_path, base + DEFAULT_INFO_PATH, False
-    if info_path in (None, DEFAULT_INFO_PATH):
-        return predict_url, default_info
-    if not info_path:
-        return predict_url, None
-    if urllib.parse.urlsplit(info_path).scheme in ("http", "https"):
-        return predict_url, info_path
-    if endpoint:
-        return predict_url, urllib.parse.urljoin(url, info_path)
-    return predict_url, base + "/" + info_path.lstrip("/")
-
-
-def _has_path(url: str) -> bool:
-    return urllib.parse.urlsplit(url).path not in ("", "/")
-
-
-def _beside_our_predict(url: str) -> str | None:
-    """The info URL of copycatch's protocol for a ``…/v1/predict`` endpoint URL, else None."""
-    parts = urllib.parse.urlsplit(url)
-    path = parts.path.rstrip("/")
-    if not path.endswith(DEFAULT_PREDICT_PATH):
-        return None
-    prefix = path[: len(path) - len(DEFAULT_PREDICT_PATH)]
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, prefix + DEFAULT_INFO_PATH, "", ""))
 
 
 class HttpOracle(Oracle):
@@ -178,11 +143,13 @@ class HttpOracle(Oracle):
         api_key: str | None = None,
         api_key_header: str = "X-API-Key",
         headers: Mapping[str, str] | None = None,
+        protocol: str | HttpProtocol = "copycatch",
+        model_name: str | None = None,
         predict_path: str | None = None,
         info_path: str | None = None,
         input_field: str | None = None,
         encoding: str = "lists",
-        input_layout: str = "nchw",
+        input_layout: str | None = None,
         output_field: str | None = None,
         output_kind: str = "auto",
         extra_body: Mapping[str, Any] | None = None,
@@ -198,21 +165,32 @@ class HttpOracle(Oracle):
         name: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        _check_options(
-            url, encoding, input_layout, output_kind, timeout, retries, backoff, max_retry_after, batch_size, deadline
-        )
+        _check_options(url, encoding, output_kind, timeout, retries, backoff, max_retry_after, batch_size, deadline)
         self.url = url
-        self.predict_url, self.info_url = endpoints(url, predict_path, info_path)
+        if isinstance(protocol, str):
+            protocol = create_protocol(
+                protocol,
+                model_name=model_name,
+                input_field=input_field,
+                output_field=output_field,
+                input_layout=input_layout,
+                extra_body=extra_body,
+                encoding=encoding,
+                predict_path=predict_path,
+                info_path=info_path,
+                image_encoder=encode_png,
+            )
+        self.protocol = protocol
+        self.predict_url, self.info_url = protocol.endpoints(url)
         self.headers = {**_BASE_HEADERS, **(headers or {})}
         if api_key:
             self.headers[api_key_header] = api_key
-        self.encoding, self.input_layout = encoding, input_layout
-        self.input_field = input_field or ("images" if encoding == "png" else "inputs")
-        self.output_field, self.requested_output = output_field, output_kind
-        self.extra_body = dict(extra_body or {})
+        self.requested_output = output_kind
+        self.returned: str | None = None  # what the suspect last answered, in words ("top-5 label/score" …)
         self.timeout = float(timeout)
         self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
-        self.batch_size, self.transcript, self._sleep = batch_size, transcript, sleep
+        self.batch_size = min(batch_size, protocol.max_batch or batch_size)
+        self.transcript, self._sleep = transcript, sleep
         self.deadline = None if deadline is None else float(deadline)
         self._on_retry = on_retry or log.warning
         self._unanswered = 0.0  # seconds spent waiting on the suspect since its last answer
@@ -258,7 +236,7 @@ class HttpOracle(Oracle):
                 raise InvalidArgument(self._no_info_message())
             return None
         try:
-            info = self._request("GET", self.info_url, None)
+            info = self._request("GET", self.info_url, None, None)
         except SuspectUnresponsive:  # the deadline is spent: the prediction endpoint would fail at once
             raise
         except SuspectError as exc:
@@ -270,11 +248,16 @@ class HttpOracle(Oracle):
             return None
         if not isinstance(info, dict):
             raise SuspectError(f"{self.info_url} answered {type(info).__name__}, expected a JSON object")
-        return info
+        return self.protocol.read_info(info)
 
     def _no_info_message(self) -> str:
         """Why the number of classes is unknown, and what to pass: names the URL."""
-        if self.predict_url == self.url and _has_path(self.url):
+        if self.protocol.name != "copycatch":
+            return (
+                f"{self.url}: the {self.protocol.title} protocol does not say how many classes the model has: pass "
+                "num_classes (--num-classes; a key gives it)"
+            )
+        if self.predict_url == self.url and has_path(self.url):
             parts = urllib.parse.urlsplit(self.url)
             return (
                 f"{self.url} is used as the prediction endpoint itself (the URL has a path), so there is no info "
@@ -294,70 +277,64 @@ class HttpOracle(Oracle):
 
     def _ask(self, x: torch.Tensor) -> torch.Tensor:
         """One request, answers validated (so only good answers reach a transcript)."""
-        body = dict(self.extra_body)
-        body[self.input_field] = self._encode(x)
-        payload = self._request("POST", self.predict_url, body)
-        return self._check_output(self._decode(payload, len(x)), len(x))
-
-    def _encode(self, x: torch.Tensor) -> list[Any]:
-        arr = x.numpy()
-        if self.encoding == "png":
-            if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-                raise InvalidArgument(f"PNG encoding needs N×C×H×W inputs with 1 or 3 channels, got {arr.shape}")
-            return [base64.b64encode(encode_png(img)).decode("ascii") for img in np.clip(arr, 0.0, 1.0)]
-        if self.input_layout == "nhwc":
-            if arr.ndim != 4:
-                raise InvalidArgument(f"input_layout='nhwc' needs N×C×H×W inputs, got {arr.shape}")
-            arr = arr.transpose(0, 2, 3, 1)
-        elif self.input_layout == "flat":
-            arr = arr.reshape(len(arr), -1)
-        return arr.tolist()
-
-    def _decode(self, payload: Any, n: int) -> torch.Tensor:
-        value, field = self._output_value(payload)
-        kind = self.requested_output
-        if kind == "auto":
-            kind = "labels" if field == "labels" or _depth(value) == 1 else "probs"
-        if kind == "labels":
-            self.output_kind = "labels"
-            labels = self._labels(value, n)
-            return torch.nn.functional.one_hot(labels, self.num_classes).float()
+        data, content_type = self.protocol.body(x.numpy())
+        payload = self._request("POST", self.predict_url, data, content_type)
         try:
-            out = torch.tensor(np.asarray(value, dtype=np.float32))
+            answer = self.protocol.parse(payload, len(x))
+        except SuspectError as exc:  # the protocol knows the format, the oracle the URL: the message names both
+            raise SuspectError(f"{self.predict_url}: {exc}") from None
+        return self._check_output(self._rows(answer, len(x)), len(x))
+
+    def _rows(self, answer: Answer, n: int) -> torch.Tensor:
+        """N×C rows from an answer: probabilities as they are, logits through softmax, labels one-hot; says what the
+        suspect answered in ``returned``."""
+        said = None  # a top-k says what it was
+        if answer.kind == "ranked":
+            answer, said = self._from_ranked(answer)
+        if answer.kind == "labels" or self.requested_output == "labels":
+            self.output_kind = "labels"
+            self.returned = (said or "labels") if answer.kind == "labels" else "scores (argmax taken)"
+            return torch.nn.functional.one_hot(self._labels(answer.value, n), self.num_classes).float()
+        try:
+            out = torch.tensor(np.asarray(answer.value, dtype=np.float32))
         except (TypeError, ValueError) as exc:
-            raise SuspectError(f"{self.name} answered {field!r} that is not a matrix of numbers ({exc})") from None
+            raise SuspectError(
+                f"{self.name} answered {answer.source!r} that is not a matrix of numbers ({exc})"
+            ) from None
         if out.ndim != 2:
             raise SuspectError(
-                f"{self.name} answered {field!r} of shape {tuple(out.shape)}, expected ({n}, {self.num_classes})"
+                f"{self.name} answered {answer.source!r} of shape {tuple(out.shape)}, "
+                f"expected ({n}, {self.num_classes})"
             )
-        if kind == "logits":
+        self.returned = said or "probabilities"
+        logits = self.requested_output == "auto" and self.protocol.detects_logits and not _distributions(out)
+        if self.requested_output == "logits" or logits:
+            self.returned = "logits (softmax applied)"
             out = torch.softmax(out, dim=1)
         return out
 
-    def _output_value(self, payload: Any) -> tuple[Any, str]:
-        if self.output_field:
-            value: Any = payload
-            for part in self.output_field.split("."):
-                if isinstance(value, dict) and part in value:
-                    value = value[part]
-                elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-                    value = value[int(part)]
-                else:
-                    raise SuspectError(
-                        f"{self.name} answered without the field {self.output_field!r}" + _keys_hint(payload)
-                    )
-            return value, self.output_field.rsplit(".", 1)[-1]
-        if isinstance(payload, dict):
-            for field in ("probabilities", "labels"):
-                if field in payload:
-                    return payload[field], field
+    def _from_ranked(self, answer: Answer) -> tuple[Answer, str]:
+        """Scores when every row ranks every class, else the top label of each row (a top-k is no distribution);
+        and what the suspect answered, in words."""
+        rows, top = [], []
+        for pairs in answer.value:
+            if not pairs:
+                raise SuspectError(f"{self.name} answered an empty list of labels and scores")
+            index = [self._class_index(label) for label, _ in pairs]
+            row = [0.0] * self.num_classes
+            for i, (_, score) in zip(index, pairs):
+                row[i] = score
+            rows.append(row if len(set(index)) == self.num_classes else None)
+            top.append(index[max(range(len(pairs)), key=lambda j: pairs[j][1])])
+        if all(row is not None for row in rows):
+            return Answer("scores", rows, answer.source), f"label/score of all {self.num_classes} classes"
+        said = f"top-{'/'.join(str(k) for k in sorted({len(p) for p in answer.value}))} label/score"
+        if self.requested_output in ("probs", "logits"):
             raise SuspectError(
-                f"{self.name} answered neither 'probabilities' nor 'labels'{_keys_hint(payload)}; "
-                "name the field with output_field (--output-field)"
+                f"{self.name} answers only the {said} of {self.num_classes} classes; output_kind="
+                f"{self.requested_output!r} needs every class's score (output_kind 'labels' reads its top labels)"
             )
-        if isinstance(payload, list):
-            return payload, "(body)"
-        raise SuspectError(f"{self.name} answered a JSON {type(payload).__name__}, expected an object or a list")
+        return Answer("labels", top, answer.source), said
 
     def _labels(self, value: Any, n: int) -> torch.Tensor:
         if not isinstance(value, list) or len(value) != n:
@@ -368,29 +345,40 @@ class HttpOracle(Oracle):
                 return torch.tensor(np.asarray(value, dtype=np.float32)).argmax(dim=1)
             except (TypeError, ValueError):
                 raise SuspectError(f"{self.name} answered label rows that are not numbers") from None
-        out = []
-        for v in value:
-            if isinstance(v, str):
-                if not self.class_names or v not in self.class_names:
-                    raise SuspectError(f"{self.name} answered the label {v!r}, which is not a known class name")
-                out.append(self.class_names.index(v))
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer():
-                out.append(int(v))
+        return torch.tensor([self._class_index(v) for v in value], dtype=torch.long)
+
+    def _class_index(self, label: Any) -> int:
+        """A label's class: an index, a known class name, Hugging Face's default ``LABEL_<i>``, or digits."""
+        if isinstance(label, str):
+            if self.class_names and label in self.class_names:
+                return self.class_names.index(label)
+            match = _HF_DEFAULT_LABEL.match(label)
+            if match or label.strip().isdigit():
+                label = int(match[1] if match else label)
             else:
-                raise SuspectError(f"{self.name} answered the label {v!r}; expected a class index or name")
-        labels = torch.tensor(out, dtype=torch.long)
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise SuspectError(f"{self.name} answered labels outside 0..{self.num_classes - 1}")
-        return labels
+                known = f" (known: {', '.join(self.class_names[:10])})" if self.class_names else ""
+                raise SuspectError(
+                    f"{self.name} answered the label {label!r}, which is not a known class name{known}; pass the "
+                    "model's class_names, in class order"
+                )
+        elif isinstance(label, (int, float)) and not isinstance(label, bool) and math.isfinite(label):
+            if not float(label).is_integer():
+                raise SuspectError(f"{self.name} answered the label {label!r}; expected a class index or name")
+            label = int(label)
+        else:
+            raise SuspectError(f"{self.name} answered the label {label!r}; expected a class index or name")
+        if not 0 <= label < self.num_classes:
+            raise SuspectError(f"{self.name} answered labels outside 0..{self.num_classes - 1} ({label})")
+        return label
 
     # -- transport -------------------------------------------------------------------------------------------------
-    def _request(self, method: str, url: str, body: Any) -> Any:
+    def _request(self, method: str, url: str, data: bytes | None, content_type: str | None = JSON_TYPE) -> Any:
         """The decoded JSON answer of one request, retried as the module docstring says; the time it kept us
         waiting counts against the deadline until the suspect answers."""
-        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        headers = self.headers if content_type is None else {**self.headers, "Content-Type": content_type}
         started = time.monotonic()
         try:
-            payload = self._with_retries(method, url, data, started)
+            payload = self._with_retries(method, url, data, headers, started)
         except BaseException:
             self._unanswered += time.monotonic() - started
             raise
@@ -403,14 +391,16 @@ class HttpOracle(Oracle):
             return None
         return self.deadline - self._unanswered - (time.monotonic() - started)
 
-    def _with_retries(self, method: str, url: str, data: bytes | None, started: float) -> Any:
+    def _with_retries(
+        self, method: str, url: str, data: bytes | None, headers: Mapping[str, str], started: float
+    ) -> Any:
         attempt = 0
         while True:
             left = self._time_left(started)
             self.requests += 1
             # never past the deadline, and still > 0 when it is a hair away (a socket timeout of 0 means "don't wait")
             timeout = self.timeout if left is None else max(min(self.timeout, left), 0.001)
-            payload, failure, wait = self._try_once(method, url, data, attempt, timeout)
+            payload, failure, wait = self._try_once(method, url, data, headers, attempt, timeout)
             if failure is None:
                 return payload
             left = self._time_left(started)
@@ -429,11 +419,11 @@ class HttpOracle(Oracle):
             self._sleep(wait)
 
     def _try_once(
-        self, method: str, url: str, data: bytes | None, attempt: int, timeout: float
+        self, method: str, url: str, data: bytes | None, headers: Mapping[str, str], attempt: int, timeout: float
     ) -> tuple[Any, str | None, float]:
         """(decoded JSON, None, 0) on success; (None, reason, seconds to wait) when worth retrying; raises otherwise."""
         delay = min(_MAX_BACKOFF, self.backoff * 2**attempt)
-        request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
+        request = urllib.request.Request(url, data=data, headers=dict(headers), method=method)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
@@ -454,7 +444,7 @@ class HttpOracle(Oracle):
             if exc.code in (401, 403):
                 hint = " (check the API key)"
             elif exc.code in (404, 405):
-                hint = " (no such endpoint: check the URL; a URL with a path is used as the endpoint itself)"
+                hint = f" ({self.protocol.not_found_hint()})"
             raise SuspectError(f"{url} refused the query: HTTP {exc.code}{detail}{hint}") from None
         except TimeoutError:
             return None, f"no answer within {timeout:.3g} s (timeout)", delay
@@ -476,9 +466,11 @@ class HttpOracle(Oracle):
         d.update(
             {
                 "url": self.predict_url,
-                "encoding": self.encoding,
-                "input_field": self.input_field,
-                "output_field": self.output_field,
+                "protocol": self.protocol.name,
+                "returned": self.returned,
+                "encoding": self.protocol.encoding,
+                "input_field": self.protocol.input_field,
+                "output_field": self.protocol.output_field,
                 "requests": self.requests,
                 "retried": self.retried,
             }
@@ -486,20 +478,9 @@ class HttpOracle(Oracle):
         return d
 
 
-def _depth(value: Any) -> int:
-    depth = 0
-    while isinstance(value, list):
-        depth += 1
-        if not value:
-            break
-        value = value[0]
-    return depth
-
-
-def _keys_hint(payload: Any) -> str:
-    if isinstance(payload, dict):
-        return f" (it has {', '.join(map(repr, list(payload)[:8]))})"
-    return ""
+def _distributions(out: torch.Tensor) -> bool:
+    """Whether every row is a probability distribution (else, to ``output_kind="auto"``, the rows are logits)."""
+    return bool((out >= 0).all() and ((out.sum(dim=1) - 1).abs() <= _SUM_TOLERANCE).all())
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:

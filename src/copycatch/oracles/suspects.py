@@ -3,7 +3,8 @@
 ``open_suspect(spec)`` passes oracles through, wraps models (``nn.Module``) and Python callables, and hands a
 string to the first *suspect protocol* that claims it. Built in, in the order they are tried:
 
-* ``http`` — ``http://…`` / ``https://…``: :class:`~copycatch.oracles.http.HttpOracle` (any prediction API);
+* ``http`` — ``http://…`` / ``https://…``: :class:`~copycatch.oracles.http.HttpOracle` (any prediction API; the
+  ``protocol`` option names its serving stack's format, :mod:`copycatch.oracles.protocols`);
 * ``onnx`` — a ``.onnx`` file: :class:`~copycatch.oracles.onnx.OnnxOracle` (the ``onnx`` extra);
 * ``python-file`` — ``path/to/file.py:function`` (the file is imported and runs: only name code you trust);
 * ``python`` — ``package.module:function`` (returns probabilities or labels);
@@ -198,6 +199,9 @@ class HttpSuspect(SuspectProtocol):
 
     def describe(self, spec, oracle):
         out: dict[str, Any] = {"kind": "http", "identity": spec}
+        protocol = getattr(oracle, "protocol", None)
+        if protocol is not None:  # the stack's format the answers were read in, and the endpoint asked
+            out.update(protocol=protocol.name, endpoint=oracle.predict_url)
         info = getattr(oracle, "info", None)
         if info is not None:
             out["info"] = info

@@ -61,6 +61,7 @@ def epilog() -> str:
           copycatch verify --key victim.cckey --suspect model.onnx
           copycatch verify --key victim.cckey --suspect mymodule:clf.predict_proba
           copycatch verify --key victim.cckey --suspect https://api.example.com --report evidence/ --resume
+          copycatch verify --key victim.cckey --suspect http://host:8501 --protocol tfserving --model-name clf
           copycatch verify --key victim.cckeys --suspect surrogate.safetensors --json   # every part, Fisher-combined
           copycatch verify --key margin.cckey --key dynamarks.cckey --suspect http://localhost:8000 --combine fisher
 
