@@ -147,6 +147,22 @@ def test_hugging_face_class_names_become_class_indices(embedded, splits, monkeyp
         oracle._class_index("cat")
 
 
+def test_the_keys_class_names_read_a_hugging_face_suspect_from_the_cli(
+    capsys, embedded, key_file, tmp_path, monkeypatch
+):
+    """The key carries the victim's class names, so a suspect answering names needs no label map from the user; the
+    evidence records what the suspect returned."""
+    names = list(embedded.victim.class_names)
+    assert embedded.key.meta["class_names"] == names and names[0] != "0"
+    monkeypatch.setattr(HuggingFace, "TOP_K", 4)
+    monkeypatch.setattr(HuggingFace, "label", lambda self, i: names[i])
+    with serving("hf", embedded.victim) as (url, _):
+        code, _, err = _verify(capsys, "--key", key_file, *_suspect_args("hf", url), "--report", tmp_path / "r")
+    assert code == EXIT_STOLEN, err
+    record = json.loads((tmp_path / "r" / "evidence.json").read_text())
+    assert record["evidence"][0]["details"]["suspect_returned"] == "label/score of all 4 classes"
+
+
 def test_a_top_k_suspect_is_refused_by_a_scheme_that_needs_probabilities(embedded, splits):
     with serving("hf", embedded.victim) as (url, _):
         with pytest.raises(SuspectError, match=r"answers only the top-2 label/score of 4 classes"):

@@ -197,8 +197,9 @@ class HttpOracle(Oracle):
         self.requests = 0
         self.retried = 0
         self.info: dict[str, Any] | None = None
-        if num_classes is None or input_shape is None or class_names is None:
-            self.info = self._fetch_info(required=num_classes is None)
+        # asked even when the caller knows the classes and shape: the answer also says the input's name and whether
+        # the suspect answers labels (a missing info route is fine then)
+        self.info = self._fetch_info(required=num_classes is None)
         info = self.info or {}
         num_classes, input_shape = self._agree_with_info(url, info, num_classes, input_shape)
         super().__init__(num_classes, input_shape, budget=budget, name=name or url.rstrip("/"))

@@ -316,6 +316,8 @@ class Scheme:
             "arch": victim.arch,
             "num_classes": victim.num_classes,
             "input_shape": list(victim.input_shape),
+            # a suspect that answers class names (a Hugging Face endpoint's top-k labels) is read through them
+            "class_names": list(getattr(victim, "class_names", None) or []) or None,
             "victim_sha256": weights_digest(victim),
             **extra,
         }

@@ -219,6 +219,8 @@ def verify_suspect(
     meta = key_list[0].meta
     classes = num_classes or meta.get("num_classes")
     shape = meta.get("input_shape")
+    # the key's class names read a suspect that answers names (a Hugging Face endpoint's top-k labels)
+    suspect_options = {"class_names": meta.get("class_names"), **(suspect_options or {})}
     if offline:
         oracle, fingerprint, record = _offline_record(suspect, transcript, classes, shape)
     else:
@@ -246,6 +248,10 @@ def verify_suspect(
             raise
         raise VerificationInterrupted(f"{exc}{_how_to_resume(record, path, transcript, exc)}", path) from exc
     fingerprint.update({"output_kind": wrapped.output_kind})
+    returned = getattr(oracle, "returned", None)  # an HTTP suspect's answers in words, e.g. "top-5 label/score"
+    if returned:
+        for evidence in evidences:
+            evidence.details["suspect_returned"] = returned
     settings = {"alpha": alpha, "sequential": sequential, "plan": plan.to_dict(), "combine": combine or "auto"}
     settings.update(budget=budget, offline=offline, postprocess=[str(p) for p in postprocess])
     run = VerificationRun(evidences, key_list, fingerprint, record, settings=settings)
