@@ -167,6 +167,33 @@ TOPIC_NAMES = ("sport", "business", "weather", "health")
 TONES_HZ = (400, 900, 1900, 3500)
 
 
+@pytest.fixture(scope="session")
+def margin_embedding(splits):
+    """A margin-watermarked tiny MLP, shared by the tests that verify it through servers and suspect protocols."""
+    return cc.embed(
+        "margin",
+        splits,
+        arch="mlp",
+        params={"n_triggers": 30, "trigger_batch": 10},
+        config=cc.TrainConfig(epochs=6, seed=0),
+        max_cost=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def margin_key_file(margin_embedding, tmp_path_factory):
+    return margin_embedding.key.save(tmp_path_factory.mktemp("keys") / "victim.cckey")
+
+
+def verify_cli(capsys, *argv):
+    """``copycatch verify -q ARGV`` in-process: (exit status, stdout, stderr)."""
+    from copycatch.cli.main import main
+
+    code = main(["verify", "-q", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def tiny_text_splits(n: int, classes: int, words: tuple[int, int]) -> cc.Splits:
     """``n`` texts of ``classes`` topics (at most four): a shared word, then ``words[0]``..``words[1] - 1`` words of
     the text's topic, seeded; ids capped at 12 tokens."""

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-import copycatch as cc
 from copycatch.cli.main import main
 from copycatch.cli.options import EXIT_NOT_STOLEN, EXIT_STOLEN
 
@@ -84,19 +83,7 @@ def _wait_ready(proc, url: str, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedded(splits):
-    return cc.embed(
-        "margin",
-        splits,
-        arch="mlp",
-        params={"n_triggers": 30, "trigger_batch": 10},
-        config=cc.TrainConfig(epochs=6, seed=0),
-        max_cost=None,
-    )
-
-
-@pytest.fixture(scope="module")
-def models(embedded, trained, tmp_path_factory):
+def models(margin_embedding, trained, tmp_path_factory):
     """The key file and the two models as .npz (``stolen``: the watermarked victim itself; ``innocent``)."""
     sys.path.insert(0, str(SERVERS))
     try:
@@ -104,9 +91,9 @@ def models(embedded, trained, tmp_path_factory):
     finally:
         sys.path.remove(str(SERVERS))
     folder = tmp_path_factory.mktemp("interop")
-    key = embedded.key.save(folder / "victim.cckey")
+    key = margin_embedding.key.save(folder / "victim.cckey")
     return key, {
-        "stolen": save_mlp(embedded.victim, str(folder / "stolen.npz")),
+        "stolen": save_mlp(margin_embedding.victim, str(folder / "stolen.npz")),
         "innocent": save_mlp(trained, str(folder / "innocent.npz")),
     }
 

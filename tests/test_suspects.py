@@ -11,10 +11,9 @@ from http.server import ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from conftest import JsonHandler
+from conftest import JsonHandler, verify_cli
 
 import copycatch as cc
-from copycatch.cli.main import main
 from copycatch.cli.options import EXIT_NOT_STOLEN
 from copycatch.core.errors import InvalidArgument, SuspectError
 from copycatch.data.image_codec import decode_image, encode_png
@@ -127,29 +126,6 @@ def _serve(api, model):
 # ---------------------------------------------------------------------------------------------------------------------
 # shared models and keys
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def embedded(splits):
-    return cc.embed(
-        "margin",
-        splits,
-        arch="mlp",
-        params={"n_triggers": 30, "trigger_batch": 10},
-        config=cc.TrainConfig(epochs=6, seed=0),
-        max_cost=None,
-    )
-
-
-@pytest.fixture(scope="module")
-def key_file(embedded, tmp_path_factory):
-    return embedded.key.save(tmp_path_factory.mktemp("keys") / "victim.cckey")
-
-
-def _verify(capsys, *argv):
-    code = main(["verify", "-q", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -349,12 +325,16 @@ def test_a_url_with_a_path_is_the_prediction_endpoint(api_server, trained, split
         HttpOracle(url, num_classes=4).query(x)
 
 
-def test_cli_verifies_a_prediction_endpoint_url_as_written(capsys, api_server, key_file, embedded, tmp_path):
+def test_cli_verifies_a_prediction_endpoint_url_as_written(
+    capsys, api_server, margin_key_file, margin_embedding, tmp_path
+):
     """The README's form, ``--suspect http://host:8000/predict``: posted to /predict, not /predict/v1/predict."""
     url, api = api_server
-    _serve(api, embedded.victim)
+    _serve(api, margin_embedding.victim)
     api["predict_path"] = "/predict"
-    code, out, err = _verify(capsys, "--key", key_file, "--suspect", url + "/predict", "--report", tmp_path / "ep")
+    code, out, err = verify_cli(
+        capsys, "--key", margin_key_file, "--suspect", url + "/predict", "--report", tmp_path / "ep"
+    )
     assert code == 0, err
     assert "STOLEN" in out and "NOT STOLEN" not in out
     assert {p for _, p in api["paths"]} == {"/predict"}
@@ -480,36 +460,38 @@ def test_sklearn_predict_proba_and_predict_work_unchanged(sklearn_file, splits):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_cli_verifies_a_scikit_learn_classifier(capsys, key_file, sklearn_file, tmp_path):
-    code, out, err = _verify(
-        capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict_proba", "--report", tmp_path / "sk"
+def test_cli_verifies_a_scikit_learn_classifier(capsys, margin_key_file, sklearn_file, tmp_path):
+    code, out, err = verify_cli(
+        capsys, "--key", margin_key_file, "--suspect", f"{sklearn_file}:clf.predict_proba", "--report", tmp_path / "sk"
     )
     assert code == EXIT_NOT_STOLEN, err
     assert "NOT STOLEN" in out
     record = json.loads((tmp_path / "sk" / "evidence.json").read_text())
     assert record["suspect"]["kind"] == "python callable" and record["verdict"] == "not stolen"
-    code, out, err = _verify(capsys, "--key", key_file, "--suspect", f"{sklearn_file}:clf.predict", "--fixed")
+    code, out, err = verify_cli(capsys, "--key", margin_key_file, "--suspect", f"{sklearn_file}:clf.predict", "--fixed")
     assert code == EXIT_NOT_STOLEN and "NOT STOLEN" in out and "queries used:    30" in out
 
 
-def test_cli_verifies_an_onnx_export(capsys, key_file, embedded, trained, tmp_path):
+def test_cli_verifies_an_onnx_export(capsys, margin_key_file, margin_embedding, trained, tmp_path):
     from copycatch.oracles.onnx import export_onnx
 
-    victim = export_onnx(embedded.victim, tmp_path / "victim.onnx")
-    code, out, _err = _verify(capsys, "--key", key_file, "--suspect", victim, "--json")
+    victim = export_onnx(margin_embedding.victim, tmp_path / "victim.onnx")
+    code, out, _err = verify_cli(capsys, "--key", margin_key_file, "--suspect", victim, "--json")
     record = json.loads(out)
     assert code == 0 and record["verdict"] == "stolen" and record["suspect"]["kind"] == "onnx"
     innocent = export_onnx(trained, tmp_path / "innocent.onnx")
-    code, out, _ = _verify(capsys, "--key", key_file, "--suspect", innocent)
+    code, out, _ = verify_cli(capsys, "--key", margin_key_file, "--suspect", innocent)
     assert code == EXIT_NOT_STOLEN and "NOT STOLEN" in out
 
 
-def test_cli_verifies_a_model_behind_an_http_server(capsys, api_server, key_file, embedded, tmp_path, monkeypatch):
+def test_cli_verifies_a_model_behind_an_http_server(
+    capsys, api_server, margin_key_file, margin_embedding, tmp_path, monkeypatch
+):
     url, api = api_server
-    _serve(api, embedded.victim)
+    _serve(api, margin_embedding.victim)
     api["key"] = "k3y"
     monkeypatch.setenv("COPYCATCH_API_KEY", "k3y")
-    code, out, err = _verify(capsys, "--key", key_file, "--suspect", url, "--report", tmp_path / "http")
+    code, out, err = verify_cli(capsys, "--key", margin_key_file, "--suspect", url, "--report", tmp_path / "http")
     assert code == 0, err
     assert "STOLEN" in out and "NOT STOLEN" not in out
     record = json.loads((tmp_path / "http" / "evidence.json").read_text())
@@ -522,15 +504,15 @@ def test_cli_verifies_a_model_behind_an_http_server(capsys, api_server, key_file
     "mode, phrase", [("nan", "NaN"), ("short", "answered shape"), ("refuse", "HTTP 403"), ("slow", "timeout")]
 )
 def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
-    capsys, api_server, key_file, embedded, tmp_path, mode, phrase
+    capsys, api_server, margin_key_file, margin_embedding, tmp_path, mode, phrase
 ):
     url, api = api_server
-    _serve(api, embedded.victim)
+    _serve(api, margin_embedding.victim)
     api["script"] = ["ok"]  # the first request is answered, then the suspect misbehaves
     api["mode"] = mode
     args = [
         "--key",
-        key_file,
+        margin_key_file,
         "--suspect",
         url,
         "--fixed",
@@ -545,7 +527,7 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
         "--backoff",
         "0",
     ]
-    code, _out, err = _verify(capsys, *args)
+    code, _out, err = verify_cli(capsys, *args)
     *retries, last = err.strip().splitlines()
     assert code == 2 and last.startswith("copycatch: error: ") and phrase in last and "--resume" in last, err
     assert all("; retry " in line for line in retries), err  # before the error, only the retries and their reasons
@@ -555,7 +537,7 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
     while api["inflight"] and time.monotonic() < deadline:  # requests the client gave up on may still finish
         time.sleep(0.05)
     api["mode"], api["asked"] = "ok", 0
-    code, _out, err = _verify(capsys, *args, "--resume")
+    code, _out, err = verify_cli(capsys, *args, "--resume")
     assert code == 0, err
     record = json.loads((tmp_path / "r" / "evidence.json").read_text())
     assert api["asked"] == 20 and record["queries_used"] == 30  # only the unanswered 20 were asked again
@@ -568,7 +550,7 @@ def test_a_failing_suspect_leaves_a_transcript_that_resume_continues(
 
 
 def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(
-    capsys, key_file, embedded, tmp_path, monkeypatch
+    capsys, margin_key_file, margin_embedding, tmp_path, monkeypatch
 ):
     module = tmp_path / "flaky_suspect.py"
     module.write_text(
@@ -583,9 +565,11 @@ def test_a_failing_callable_saves_its_partial_transcript_where_the_error_says(
         "        p[0, 0] = float('nan')\n"
         "    return p.numpy()\n"
     )
-    cc.save_model(embedded.victim, tmp_path / "v.safetensors")
+    cc.save_model(margin_embedding.victim, tmp_path / "v.safetensors")
     monkeypatch.chdir(tmp_path)
-    code, _out, err = _verify(capsys, "--key", key_file, "--suspect", f"{module}:predict", "--request-batch", "5")
+    code, _out, err = verify_cli(
+        capsys, "--key", margin_key_file, "--suspect", f"{module}:predict", "--request-batch", "5"
+    )
     assert code == 2 and "NaN" in err and "--resume --transcript" in err, err
     saved = next(tmp_path.glob("copycatch-transcript-*.jsonl"))
     assert Transcript.load(saved).answered == 5
