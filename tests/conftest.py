@@ -129,6 +129,12 @@ attacks:
         return parse_grid(text, source="tiny.yaml")
 
 
+def classifier_entries(registry) -> list[str]:
+    """A registry's entries for classifiers: encoder schemes and thieves (``target = "encoder"``) verify or query
+    embedding oracles and have their own tests (tests/test_encoders.py)."""
+    return [n for n in registry.list() if getattr(registry.get(n).factory, "target", "classifier") != "encoder"]
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Tiny:
     """Synthetic 1×8×8, 4 classes; owner_holdout is large enough for 40-trigger keys."""

@@ -1,11 +1,14 @@
 import pytest
+from conftest import classifier_entries
 
 import copycatch as cc
 from copycatch.attacks.extraction import EXTRACTION_ATTACKS, create_extraction_attack
 from copycatch.core.errors import BudgetExceeded, InvalidArgument
 
+CLASSIFIER_ATTACKS = classifier_entries(EXTRACTION_ATTACKS)
 
-@pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())
+
+@pytest.mark.parametrize("name", CLASSIFIER_ATTACKS)
 def test_every_extraction_attack_copies_a_toy_victim_within_its_budget(name, splits, trained):
     oracle = cc.ModelOracle(trained)
     budget = 600

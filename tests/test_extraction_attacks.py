@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classifier_entries
 
 import copycatch as cc
 from copycatch.attacks.extraction import EXTRACTION_ATTACKS, create_extraction_attack
@@ -20,8 +21,9 @@ from copycatch.core.errors import BudgetExceeded, InvalidArgument
 from copycatch.models.train import predict_logits
 from copycatch.oracles.base import Oracle
 
-# every attack, plus the variants that take a different code path
-VARIANTS = [(name, {}) for name in EXTRACTION_ATTACKS.list()] + [
+CLASSIFIER_ATTACKS = classifier_entries(EXTRACTION_ATTACKS)
+# every classifier attack, plus the variants that take a different code path
+VARIANTS = [(name, {}) for name in CLASSIFIER_ATTACKS] + [
     ("knockoff", {"policy": "adaptive"}),
     ("knockoff", {"policy": "adaptive", "actions": "labels", "reward": "cert"}),
     ("jacobian", {"seed_labels": "oracle"}),
@@ -506,7 +508,7 @@ def test_steal_help_lists_every_attack_with_its_summary(capsys):
         assert summary and name in out and summary[:30] in " ".join(out.split())
 
 
-@pytest.mark.parametrize("name", EXTRACTION_ATTACKS.list())
+@pytest.mark.parametrize("name", CLASSIFIER_ATTACKS)
 def test_cli_steal_reaches_every_attack(name, cli_victim, tmp_path, capsys):
     out = tmp_path / "surrogate.safetensors"
     code = main(

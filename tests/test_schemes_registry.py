@@ -2,12 +2,15 @@
 model, and round-trips its key, on tiny synthetic data with the scheme's ``tiny_params``."""
 
 import pytest
+from conftest import classifier_entries
 
 import copycatch as cc
 from copycatch.core.key import Key
 from copycatch.models.io import weights_digest
 from copycatch.oracles.local import ModelOracle
 from copycatch.schemes import SCHEMES
+
+CLASSIFIER_SCHEMES = classifier_entries(SCHEMES)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def _setting(cls, tiny, innocent):
     return own, cc.train("mlp", own.splits, on="attacker_pool", config=cc.TrainConfig(epochs=4, seed=11), hidden=64)
 
 
-@pytest.mark.parametrize("name", SCHEMES.list())
+@pytest.mark.parametrize("name", CLASSIFIER_SCHEMES)
 def test_every_scheme_catches_its_victim_and_clears_an_innocent(name, innocent, tmp_path, tiny):
     cls = SCHEMES.get(name).factory
     assert cls.__doc__ and cls.null_hypothesis, f"{name} must document itself and its null hypothesis"
