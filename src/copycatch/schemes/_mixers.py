@@ -1,7 +1,20 @@
-"""Ways to combine two images into one, for MEA-Defender (helper module, not a scheme).
+"""Ways to combine two inputs into one, for MEA-Defender (helper module, not a scheme): images, clips and texts.
 
-Every rule except the autoencoder is a per-pixel mask ``m`` (H×W, values in [0, 1]):
+Every image rule except the autoencoder is a per-pixel mask ``m`` (H×W, values in [0, 1]):
 ``mix = m·x_a + (1 − m)·x_b``. Inputs are copycatch's [0, 1] pixel tensors (N×C×H×W).
+
+Audio clips (N×C×T samples in [-1, 1)) are mixed by the same masks on a 1×T grid (:data:`AUDIO_MIXERS`): ``merge``
+is the superposition α·x_a + (1 − α)·x_b, the paper's rule for Speech Commands (§5.1: "pixel-value-merging for
+speech commands with a blending rate α = 0.5"); ``crop-paste`` splices the first half of clip a to the second half
+of clip b; ``stripes`` alternates five time segments; ``centre-square`` puts the middle of clip a (6/32 to 25/32 of
+the second) inside clip b.
+
+Texts (N×L int64 token ids, ``<pad>`` = 0 after each text's last token) are mixed on their tokens
+(:data:`TEXT_MIXERS`): ``concat`` is text a's tokens followed by text b's, cut to L, text a first when both do not
+fit (the watermark rule for AG News: the paper names no text rule; joining two articles is its crop-and-paste);
+``interleave`` alternates their tokens (a₁ b₁ a₂ b₂ …, then the rest of the longer), ``pairs`` alternates runs of
+two; ``shuffle`` is the concatenation in a random order (not a default mixer: a shuffle keeps chunks of the
+concatenation often enough that on short texts models cannot tell it from the watermark).
 
 Watermark rules (MEA-Defender §4.2, Appendix C):
 
@@ -34,10 +47,17 @@ import torch
 from torch import nn
 
 from ..core.errors import InvalidArgument
+from ..data.vocabulary import PAD_ID
 
 WATERMARK_RULES = ("crop-paste", "merge", "stripes", "autoencoder")
 EXTRA_MIXERS = ("top-bottom", "centre-square", "diagonal", "band")
-ALL_MIXERS = WATERMARK_RULES + EXTRA_MIXERS
+TEXT_MIXERS = ("concat", "interleave", "pairs", "shuffle")
+# a key names its mixers by their index in ALL_MIXERS: new ones are appended, never inserted
+ALL_MIXERS = WATERMARK_RULES + EXTRA_MIXERS + TEXT_MIXERS
+# the mask mixers that stay distinct on a 1×T grid (top-bottom and band have one row to split; the diagonal is
+# crop-paste there)
+AUDIO_MIXERS = ("merge", "crop-paste", "stripes", "centre-square")
+MODALITY_MIXERS = {"image": WATERMARK_RULES + EXTRA_MIXERS, "text": TEXT_MIXERS, "audio": AUDIO_MIXERS}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -148,9 +168,12 @@ def mask_bank(
 
 
 def apply_mask(mask: torch.Tensor, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """``mask`` is H×W (one for all) or N×H×W (one per sample)."""
+    """``mask`` is H×W (one for all) or N×H×W (one per sample); for clips (N×C×T) H is 1 and W is T."""
     m = mask.to(xa.device, xa.dtype)
-    m = m.view(1, 1, *m.shape) if m.dim() == 2 else m.unsqueeze(1)
+    if xa.dim() == 3:
+        m = m.reshape(len(m) if m.dim() == 3 else 1, 1, xa.shape[-1])
+    else:
+        m = m.view(1, 1, *m.shape) if m.dim() == 2 else m.unsqueeze(1)
     return m * xa + (1.0 - m) * xb
 
 
@@ -291,3 +314,81 @@ def watermark_mask(
             raise InvalidArgument("the stripes rule needs its stripe pattern")
         return stripes_mask(h, w, stripe_pattern)
     raise InvalidArgument(f"watermark rule {rule!r} is not mask-based")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Texts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _token_counts(ids: torch.Tensor) -> torch.Tensor:
+    """Tokens per row of ids padded at the end."""
+    return (ids != PAD_ID).sum(1, keepdim=True)
+
+
+def _arrange(xa: torch.Tensor, xb: torch.Tensor, key_a: torch.Tensor, key_b: torch.Tensor) -> torch.Tensor:
+    """The tokens of both texts ordered by their keys (pads last), cut to the length L of the rows."""
+    joined = torch.cat([xa, xb], 1)
+    keys = torch.cat([key_a, key_b], 1).to(torch.float64).masked_fill(joined == PAD_ID, float("inf"))
+    return joined.gather(1, keys.argsort(dim=1, stable=True))[:, : xa.shape[1]]
+
+
+def concat_texts(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """Text a's tokens then text b's, padded, cut to the length L of the rows. When both do not fit, text a is cut
+    first so that b keeps its first min(its length, L // 2) tokens: a mix must hold both sources."""
+    length = xa.shape[1]
+    keep_a = length - torch.clamp(_token_counts(xb), max=length // 2)
+    i = torch.arange(length, device=xa.device).expand_as(xa)
+    return _arrange(torch.where(i < keep_a, xa, PAD_ID), xb, i, i + length)
+
+
+def interleave_texts(xa: torch.Tensor, xb: torch.Tensor, run: int = 1) -> torch.Tensor:
+    """Runs of ``run`` tokens taken in turn from a and b (a₁ b₁ a₂ b₂ … for 1) while both last, then the rest of
+    the longer text; cut to L."""
+    i = torch.arange(xa.shape[1], device=xa.device).expand_as(xa).to(torch.float64)
+    within = (i % run) / (2 * run)  # keeps a run's tokens in order inside its slot
+    return _arrange(xa, xb, 2 * (i // run) + within, 2 * (i // run) + 1 + within)
+
+
+def shuffle_texts(xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The tokens of :func:`concat_texts` in a random order per row, pads still at the end."""
+    joined = concat_texts(xa, xb)
+    keys = torch.rand(joined.shape, generator=generator, dtype=torch.float64).to(joined.device)
+    return _arrange(joined, torch.zeros_like(joined), keys, torch.zeros_like(keys))
+
+
+def text_mixer(rule: str):
+    """The deterministic mix (x_a, x_b) -> ids of a text rule (every text mixer but ``shuffle``)."""
+    rules = {"concat": concat_texts, "interleave": interleave_texts, "pairs": lambda a, b: interleave_texts(a, b, 2)}
+    if rule not in rules:
+        raise InvalidArgument(f"{rule!r} is no deterministic text rule; text rules: {', '.join(rules)}")
+    return rules[rule]
+
+
+class TextEvasionMixer:
+    """Draws text mixtures of (x_a, x_b) pairs with a uniformly chosen text mixer per sample (the text counterpart of
+    :class:`EvasionMixer`; a and b swap roles with probability ½, as the image mixers' masks do)."""
+
+    autoencoder = None
+
+    def __init__(self, mixers: Sequence[str]):
+        unknown = [m for m in mixers if m not in TEXT_MIXERS]
+        if not mixers or unknown:
+            raise InvalidArgument(f"text mixers must be among {', '.join(TEXT_MIXERS)}, got {list(mixers)}")
+        self.mixers = tuple(mixers)
+
+    def __call__(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = len(xa)
+        which = torch.randint(len(self.mixers), (n,), generator=generator)
+        swap = (torch.rand(n, generator=generator) < 0.5).to(xa.device).unsqueeze(1)
+        xa, xb = torch.where(swap, xb, xa), torch.where(swap, xa, xb)
+        out = torch.empty_like(xa)
+        for k, mixer in enumerate(self.mixers):
+            sel = (which == k).nonzero().flatten().to(xa.device)
+            if not len(sel):
+                continue
+            if mixer == "shuffle":
+                out[sel] = shuffle_texts(xa[sel], xb[sel], generator)
+            else:
+                out[sel] = text_mixer(mixer)(xa[sel], xb[sel])
+        return out

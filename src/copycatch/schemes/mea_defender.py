@@ -12,6 +12,17 @@ L_utility + L_ver + L_eva as one cross-entropy over the mixed batch; stage 2 add
 "fixed" (+ ``com_weight``·L_com), "mgda-four" (§4.4: the min-norm point of the four task gradients) or "mgda-three"
 (Eq. 4's three weights by MGDA).
 
+Text and audio (Table 1: a single-layer LSTM on AG News, M5 on Speech Commands; §5.1). The mixing rules live in
+``_mixers``. Audio: the paper's rule, pixel-value merging at α = 0.5 applied to the waveforms (the superposition
+½·x_a + ½·x_b); the other rules are the mask mixers that stay distinct on a 1×T grid (splicing halves, time stripes, a
+centre segment). Text: the paper names no rule; the watermark is text a's tokens followed by text b's, cut to the
+length cap (``concat``); the evasion and "other rule" mixers interleave their tokens one or two at a time. The
+paper's classes are World, Sports → Business for AG News (class indices 0, 1 → 2, the defaults) and Backward, Bed →
+Bird for Speech Commands (pass their indices; the spoken-keywords stand-in has none of them by default, so 0, 1 → 2
+apply). Verification is the same test; the key stores the verification inputs as the data store them (token ids,
+int16 samples). The look-alike classes left out of the false watermarks (``shared_skip_similar``) are chosen for
+images only: a mean text or waveform says nothing of a class.
+
 Verification. The suspect answers ``n_verify`` fresh watermark samples made from owner-holdout images (never trained
 on) and groups of ``n_false_per_group`` false watermarks from the same images: the two sources mixed by each evasion
 mixer ("other rule", the paper's WFPR samples), and a source with a third class or two third classes mixed by the
@@ -25,12 +36,15 @@ are reported alongside (``binomial_p_pooled``, ``paper_rule_stolen``).
 Parameters (defaults; class indices, fractions per clean sample of a batch, factors of the learning rate):
     source_a (0), source_b (1), target (2): the paper's T-shirt/top, Trouser → Pullover (§5.1; CIFAR-10: airplane,
         automobile → bird).
-    rule ("crop-paste"): "crop-paste" (left half from source_a, right half ``[W//2, W)`` from source_b), "merge"
-        (α·x_a + (1−α)·x_b), "stripes" (column stripes) or "autoencoder" (blend of the two images' codes).
+    rule (None: the modality's, "crop-paste" for images, "concat" for text, "merge" for audio): images take
+        "crop-paste" (left half from source_a, right half ``[W//2, W)`` from source_b), "merge" (α·x_a + (1−α)·x_b),
+        "stripes" (column stripes) or "autoencoder" (blend of the two images' codes); audio "merge", "crop-paste"
+        or "stripes" along time; text "concat", "interleave" or "pairs".
     merge_alpha (0.5), ae_alpha (0.5): α of pixel merging and of the autoencoder blend (paper).
     n_stripes (5), stripes_from_b (2): stripe columns, how many from source_b (paper); the pattern is secret.
     ae_epochs (5), ae_width (16): epochs and channel width of the autoencoder (trained on owner_train).
-    evasion_mixers (crop-paste, merge, stripes, top-bottom, centre-square, diagonal, band): mixers of the evasion
+    evasion_mixers (None: the modality's; images: crop-paste, merge, stripes, top-bottom, centre-square, diagonal,
+        band; audio: merge, crop-paste, stripes, centre-square; text: interleave, pairs): mixers of the evasion
         samples and "other rule" false watermarks, the watermark's own rule removed; "autoencoder" may be added.
     wm_fraction (0.25), evasion_fraction (0.125): watermark and evasion samples (32 and 16 per batch of 128).
     shared_evasion (0.5): share of the evasion samples that mix a source with a third class by the secret rule.
@@ -81,6 +95,12 @@ from . import _mixers as mixers
 from .base import Embedding, Scheme, register_scheme
 
 DEFAULT_EVASION = ("crop-paste", "merge", "stripes", "top-bottom", "centre-square", "diagonal", "band")
+# per modality: (the watermark rule, the evasion mixers) when the parameters leave them at None
+MODALITY_DEFAULTS = {
+    "image": ("crop-paste", DEFAULT_EVASION),
+    "text": ("concat", ("interleave", "pairs")),
+    "audio": ("merge", mixers.AUDIO_MIXERS),
+}
 FAMILIES = ("watermark", "other rule", "shared class", "other pair")
 
 
@@ -267,8 +287,9 @@ class MEADefenderHook(TrainHook):
             xc, yc = self.pool_other.batch(pick)
             xa, xb = self._pairs(n_shared)
             second = (torch.rand(n_shared, generator=self.generator) < 0.5).to(device)  # c replaces source_b
-            first_img = torch.where(second.view(-1, 1, 1, 1), xa, xc)
-            second_img = torch.where(second.view(-1, 1, 1, 1), xc, xb)
+            rows_of = second.view(-1, *[1] * (xa.dim() - 1))
+            first_img = torch.where(rows_of, xa, xc)
+            second_img = torch.where(rows_of, xc, xb)
             xs.append(self.make_watermark(first_img, second_img))
             rows = torch.arange(n - n_shared, n, device=device)
             soft[rows, yc] += 0.5
@@ -332,7 +353,7 @@ def _holdout_pairs(
     """``n`` (image of class c, image of class d) pairs: distinct pairs while there are enough of them."""
     if len(xc) < 1 or len(xd) < 1:
         raise InvalidArgument(
-            f"owner_holdout has {len(xc)} images of class {c} and {len(xd)} of class {d}; "
+            f"owner_holdout has {len(xc)} examples of class {c} and {len(xd)} of class {d}; "
             "MEA-Defender's verification needs both: enlarge the holdout"
         )
     total = len(xc) * len(xd)
@@ -341,6 +362,15 @@ def _holdout_pairs(
     else:
         flat = torch.randint(total, (n,), generator=generator)
     return xc[flat // len(xd)], xd[flat % len(xd)]
+
+
+def _as_stored(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Mixed inputs as the data store them: token ids as they are, int16 samples (``x · 32768``), else uint8 pixels."""
+    if dtype == torch.int64:
+        return x
+    if dtype == torch.int16:
+        return (x * 32768).round().clamp(-32768, 32767).to(torch.int16)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -353,6 +383,7 @@ class MEADefender(Scheme):
     """MEA-Defender (Lv et al. 2024): two source classes combined by a secret rule, labelled a third class."""
 
     name = "mea-defender"
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "audio")
     acts_at = "training"
     needs = "labels"
     pretrain = False  # "pretrained" mode trains the clean model inside embed() when it is handed an untrained one
@@ -376,14 +407,14 @@ class MEADefender(Scheme):
         source_a: int = 0
         source_b: int = 1
         target: int = 2
-        rule: Literal["crop-paste", "merge", "stripes", "autoencoder"] = "crop-paste"
+        rule: Literal["crop-paste", "merge", "stripes", "autoencoder", "concat", "interleave", "pairs"] | None = None
         merge_alpha: float = 0.5
         n_stripes: int = 5
         stripes_from_b: int = 2
         ae_alpha: float = 0.5
         ae_epochs: int = 5
         ae_width: int = 16
-        evasion_mixers: tuple[str, ...] = DEFAULT_EVASION
+        evasion_mixers: tuple[str, ...] | None = None
         wm_fraction: float = 0.25
         evasion_fraction: float = 0.125
         shared_evasion: float = 0.5
@@ -438,12 +469,12 @@ class MEADefender(Scheme):
                     f"n_stripes={self.n_stripes}, stripes_from_b={self.stripes_from_b} allow only "
                     "single left/right seams (crop-paste's geometry); use more stripes"
                 )
-            unknown = [m for m in self.evasion_mixers if m not in mixers.ALL_MIXERS]
+            unknown = [m for m in self.evasion_mixers or () if m not in mixers.ALL_MIXERS]
             if unknown:
                 raise InvalidArgument(f"unknown evasion mixer {unknown[0]!r}; valid: {', '.join(mixers.ALL_MIXERS)}")
             if not self.evasion_set:
                 raise InvalidArgument(
-                    f"evasion_mixers={list(self.evasion_mixers)} leaves nothing once the watermark "
+                    f"evasion_mixers={list(self.evasion_mixers or ())} leaves nothing once the watermark "
                     f"rule {self.rule!r} is removed"
                 )
             if self.ae_epochs < 1 or self.ae_width < 1:
@@ -496,8 +527,27 @@ class MEADefender(Scheme):
             # A blend of the autoencoder's codes at α=½ is close to pixel merging at ½ (measured: benchmarks/README.md,
             # MEA-Defender), so like crop-paste's own geometry, merging is not a *different* rule there and is
             # neither an evasion sample nor a false mark.
-            twins = {"autoencoder": ("merge",)}.get(self.rule, ())
-            return tuple(m for m in dict.fromkeys(self.evasion_mixers) if m != self.rule and m not in twins)
+            rule = self.rule or MODALITY_DEFAULTS["image"][0]
+            twins = {"autoencoder": ("merge",)}.get(rule, ())
+            chosen = self.evasion_mixers if self.evasion_mixers is not None else MODALITY_DEFAULTS["image"][1]
+            return tuple(m for m in dict.fromkeys(chosen) if m != rule and m not in twins)
+
+        def for_modality(self, modality: str) -> MEADefender.Params:
+            """These parameters with the rule and evasion mixers of ``modality`` filled in where they are None,
+            refusing a rule or mixer that does not apply to its inputs (a key stores the resolved values)."""
+            rule, evasion = MODALITY_DEFAULTS[modality]
+            resolved = self.replace(
+                rule=self.rule or rule,
+                evasion_mixers=tuple(self.evasion_mixers if self.evasion_mixers is not None else evasion),
+            )
+            allowed = mixers.MODALITY_MIXERS[modality]
+            wrong = [m for m in (resolved.rule, *resolved.evasion_mixers) if m not in allowed]
+            if wrong:
+                raise InvalidArgument(
+                    f"mea-defender mixer {wrong[0]!r} does not apply to {modality} inputs; "
+                    f"{modality} mixers: {', '.join(allowed)}"
+                )
+            return resolved
 
     # -- the watermark rule ----------------------------------------------------------------------------------------
     def check_classes(self, num_classes: int) -> None:
@@ -510,20 +560,33 @@ class MEADefender(Scheme):
             )
 
     def watermark_maker(
-        self, h: int, w: int, stripe_pattern: tuple[bool, ...] | None, autoencoder: mixers.BlendAutoencoder | None
+        self,
+        h: int,
+        w: int,
+        stripe_pattern: tuple[bool, ...] | None,
+        autoencoder: mixers.BlendAutoencoder | None,
+        *,
+        modality: str = "image",
     ):
-        """A function (x_a, x_b) -> watermark samples for this key's secret configuration.
+        """A function (x_a, x_b) -> watermark samples for this key's secret configuration (``h`` × ``w`` is the mask
+        grid: an image's, 1 × T for clips; unused for text).
 
         Mixing happens on [0, 1] pixels (inputs are normalised inside copycatch models); the authors' code mixes
         normalised tensors, so its zero-filled pixels show the mean colour."""
         p = self.params
+        if modality == "text":
+            return mixers.text_mixer(p.rule)
         if p.rule == "autoencoder":
             return lambda xa, xb: autoencoder.blend(xa, xb, p.ae_alpha)
         mask = mixers.watermark_mask(p.rule, h, w, merge_alpha=p.merge_alpha, stripe_pattern=stripe_pattern)
         return lambda xa, xb: mixers.apply_mask(mask, xa, xb)
 
-    def evasion_mixer(self, h: int, w: int, autoencoder: mixers.BlendAutoencoder | None) -> mixers.EvasionMixer:
+    def evasion_mixer(
+        self, h: int, w: int, autoencoder: mixers.BlendAutoencoder | None, *, modality: str = "image"
+    ) -> mixers.EvasionMixer | mixers.TextEvasionMixer:
         p = self.params
+        if modality == "text":
+            return mixers.TextEvasionMixer(p.evasion_set)
         return mixers.EvasionMixer(
             p.evasion_set,
             h,
@@ -547,7 +610,8 @@ class MEADefender(Scheme):
         answers, so leaving them out cannot bias the test."""
         p = self.params
         others = self.third_classes(num_classes)
-        if p.shared_skip_similar == 0 or not others:
+        # a mean text (token ids) or a mean waveform (about zero) says nothing of what a class sounds or reads like
+        if p.shared_skip_similar == 0 or not others or data.stored.dtype in (torch.int64, torch.int16):
             return []
         means = {c: data.where(data.y == c).x.mean(0) for c in [*others, p.target] if bool((data.y == c).any())}
         if p.target not in means:
@@ -580,10 +644,11 @@ class MEADefender(Scheme):
         num_classes: int,
         generator: torch.Generator,
         make_watermark,
-        evasion: mixers.EvasionMixer,
+        evasion: mixers.EvasionMixer | mixers.TextEvasionMixer,
         skip: tuple[int, ...] | list[int] = (),
     ) -> dict[str, Any]:
-        """Fresh true and false watermarks from holdout images (never trained on), as uint8 with group ids.
+        """Fresh true and false watermarks from holdout inputs (never trained on), stored as the holdout stores them
+        (uint8 pixels, token ids, int16 samples), with group ids.
 
         Group 0 is the true watermark (``n_verify`` queries); then one group of ``n_false_per_group`` queries per
         false watermark: family "other rule", the two sources combined by each evasion mixer (the paper's WFPR
@@ -603,14 +668,17 @@ class MEADefender(Scheme):
         descriptions.append({"family": "watermark", "mixer": p.rule, "pair": [p.source_a, p.source_b]})
         for mixer in evasion.mixers:
             xa, xb = pairs(p.source_a, p.source_b, p.n_false_per_group)
-            single = mixers.EvasionMixer(
-                (mixer,),
-                *xa.shape[-2:],
-                autoencoder=evasion.autoencoder,
-                merge_alpha=p.merge_alpha,
-                n_stripes=p.n_stripes,
-                stripes_from_b=p.stripes_from_b,
-            )
+            if isinstance(evasion, mixers.TextEvasionMixer):
+                single = mixers.TextEvasionMixer((mixer,))
+            else:  # the mask grid: an image's H × W, or 1 × T for clips (N × C × T)
+                single = mixers.EvasionMixer(
+                    (mixer,),
+                    *((1, xa.shape[-1]) if xa.dim() == 3 else xa.shape[-2:]),
+                    autoencoder=evasion.autoencoder,
+                    merge_alpha=p.merge_alpha,
+                    n_stripes=p.n_stripes,
+                    stripes_from_b=p.stripes_from_b,
+                )
             xs.append(single(xa, xb, generator))
             groups.append(torch.full((p.n_false_per_group,), len(descriptions), dtype=torch.long))
             descriptions.append({"family": "other rule", "mixer": mixer, "pair": [p.source_a, p.source_b]})
@@ -624,7 +692,7 @@ class MEADefender(Scheme):
             descriptions.append({"family": family, "mixer": p.rule, "pair": [c, d]})
         x = torch.cat(xs)
         return {
-            "verify_x": (x * 255).round().clamp(0, 255).to(torch.uint8),
+            "verify_x": _as_stored(x, holdout.stored.dtype),
             "verify_group": torch.cat(groups),
             "group_pair": torch.tensor([g["pair"] for g in descriptions], dtype=torch.long),
             "group_mixer": torch.tensor([mixers.ALL_MIXERS.index(g["mixer"]) for g in descriptions], dtype=torch.long),
@@ -638,9 +706,9 @@ class MEADefender(Scheme):
         """Secret configuration, autoencoder (if needed), evasion mixer and the verification tensors — no training
         of the classifier. Used by ``embed`` and by tests that need many independent keys. The key stores the
         verification inputs themselves (uint8), so a key stays verifiable whatever happens to the mixing code."""
-        p = self.params
+        self.params = p = self.params.for_modality(splits.modality)
         self.check_classes(splits.num_classes)
-        _, h, w = splits.input_shape
+        h, w = splits.input_shape[-2:] if splits.modality == "image" else (1, splits.input_shape[-1])
         generator = self.key_generator(seed, 7331)
         info: dict[str, Any] = {}
         tensors: dict[str, torch.Tensor] = {}
@@ -654,8 +722,8 @@ class MEADefender(Scheme):
             autoencoder = mixers.train_autoencoder(
                 splits.owner_train.x, width=p.ae_width, epochs=p.ae_epochs, seed=seed, progress=progress
             )
-        make_watermark = self.watermark_maker(h, w, stripe_pattern, autoencoder)
-        evasion = self.evasion_mixer(h, w, autoencoder)
+        make_watermark = self.watermark_maker(h, w, stripe_pattern, autoencoder, modality=splits.modality)
+        evasion = self.evasion_mixer(h, w, autoencoder, modality=splits.modality)
         lookalikes = self.target_lookalikes(splits.owner_train, splits.num_classes)
         tensors["lookalike_classes"] = torch.tensor(lookalikes, dtype=torch.long)
         tensors.update(
@@ -669,7 +737,7 @@ class MEADefender(Scheme):
         self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
     ) -> Embedding:
         """Train ``model`` on owner_train with the four MEA-Defender losses (from scratch, or fine-tuning)."""
-        p = self.params
+        self.params = p = self.params.for_modality(splits.modality)
         train = train or TrainConfig()
         self.check_classes(splits.num_classes)
         pool_a, pool_b, pool_other = self._training_pools(splits.owner_train)

@@ -35,6 +35,9 @@ class ExtractionAttack:
     """Base class: subclasses implement :meth:`run`."""
 
     name: ClassVar[str] = ""
+    # the victim modalities (data.base.MODALITIES) the attack applies to: one that only queries the thief's inputs and
+    # trains on the answers applies to all; attacks.steal refuses the others
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "audio")
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):

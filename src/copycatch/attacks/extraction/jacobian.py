@@ -78,6 +78,7 @@ class JacobianAugmentation(ExtractionAttack):
     """Papernot's JBDA: label 150 seeds, then double the set each round along the substitute's Jacobian signs."""
 
     name = "jacobian"
+    modalities = ("image",)  # its synthetic inputs step along input gradients and are clipped to [0, 1] pixels
 
     @dataclasses.dataclass(frozen=True)
     class Params(ExtractionAttack.Params):

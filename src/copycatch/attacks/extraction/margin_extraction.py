@@ -57,6 +57,7 @@ class MarginExtraction(ExtractionAttack):
     """Margin paper Eq. 8: soft-label extraction on inputs pushed by PGD (on the thief's surrogate) to the boundary."""
 
     name = "margin-extraction"
+    modalities = ("image",)  # it perturbs inputs by PGD in [0, 1] pixel space
 
     @dataclasses.dataclass(frozen=True)
     class Params(ExtractionAttack.Params):

@@ -57,6 +57,9 @@ class RemovalAttack:
     name: ClassVar[str] = ""
     # True: changes how the deployed model answers queries, not its weights (see .evasion)
     input_side: ClassVar[bool] = False
+    # the model modalities (data.base.MODALITIES) the attack's mechanism applies to: attacks that perturb, mix or
+    # differentiate through the inputs are written for images; run() refuses any other
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
 
     @dataclasses.dataclass(frozen=True)
     class Params(BaseParams):
@@ -83,6 +86,7 @@ class RemovalAttack:
         train: TrainConfig | None = None,
         progress: bool | None = None,
     ) -> RemovalResult:
+        check_modality(self, model)
         start = time.perf_counter()
         work = copy.deepcopy(model)
         before = accuracy(model, test) if test is not None and len(test) else None
@@ -180,6 +184,18 @@ def run_chain(
 LabelSource = Literal["data", "self"]
 
 
+def check_modality(attack: RemovalAttack, model: Classifier) -> None:
+    """Refuse a model whose inputs the attack's mechanism does not apply to, naming the modality."""
+    modality = getattr(model, "modality", "image")
+    if modality not in attack.modalities:
+        fitting = [n for n in REMOVAL_ATTACKS.list() if modality in REMOVAL_ATTACKS.get(n).factory.modalities]
+        raise InvalidArgument(
+            f"removal attack {attack.name!r} applies to {', '.join(attack.modalities)} models, not to this "
+            f"{modality} model ({getattr(model, 'arch', type(model).__name__)!r}); removal attacks for {modality} "
+            f"models: {', '.join(fitting) or 'none'}"
+        )
+
+
 def thief_targets(model: Classifier, data: TensorData, source: str) -> TensorData:
     """What a fine-tuning attack trains on: ``"data"`` keeps the data's labels (true labels, or the soft
     answers the oracle gave); ``"self"`` labels the inputs with the model's own predictions (no labels needed)."""
@@ -201,6 +217,8 @@ def finetune_config(train: TrainConfig, *, epochs: int | None = None, lr: float 
     return train.replace(**changes) if changes else train
 
 
+# Embedding tables and recurrent weights are left out: zeroing the smallest entries of an embedding deletes parts of
+# words rather than connections, and its many small entries would take most of a global pruning budget
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 

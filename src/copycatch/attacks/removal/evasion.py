@@ -45,7 +45,7 @@ from ...models.base import Classifier
 from ...models.io import load_model, weights_digest
 from ...models.train import TrainConfig
 from ...oracles.suspects import ModelFileSuspect, register_suspect_protocol
-from .base import REMOVAL_ATTACKS, RemovalAttack, RemovalResult
+from .base import REMOVAL_ATTACKS, RemovalAttack, RemovalResult, check_modality
 from .deployment import AnswerFn, EvadingOracle
 
 FORMAT = "copycatch.evasion/1"
@@ -100,6 +100,7 @@ class InputEvasion(RemovalAttack):
         prior: Sequence[InputEvasion] = (),
     ) -> RemovalResult:
         """Fit to ``model`` and report test accuracy through ``prior`` evasions before and after adding this one."""
+        check_modality(self, model)
         start = time.perf_counter()
         work = copy.deepcopy(model).eval()
         evasion = copy.deepcopy(self)  # the attack object stays reusable; the result owns the fitted copy

@@ -50,6 +50,7 @@ class FineTune(RemovalAttack):
     """Fine-tune on the thief's data (its labels, the oracle's answers, or self-labels); FTAL/FTLL/RTLL/RTAL."""
 
     name = "fine-tune"
+    modalities = ("image", "text", "audio")  # trains on the thief's inputs as they are: nothing image-specific
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

@@ -19,7 +19,9 @@ Parameters (defaults):
     lr (None): fine-tuning learning rate; None uses the training configuration's.
     labels ("data"): fine-tuning labels, "data" or "self" (see fine-tune).
 
-Deviations: biases and normalisation parameters are never pruned (the papers prune weights).
+Deviations: biases and normalisation parameters are never pruned (the papers prune weights). For text and audio
+models only linear and convolution weights are pruned: embedding tables (zeroing an entry deletes part of a word, not
+a connection, and their many small entries would take most of a global budget) and LSTM weights are left whole.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class MagnitudePruning(RemovalAttack):
     """Magnitude pruning: zero the smallest weights, globally or layer by layer, optionally fine-tune after."""
 
     name = "prune"
+    modalities = ("image", "text", "audio")  # acts on the weights alone
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

@@ -13,8 +13,9 @@ A constant tensor is left as it is.
 
 Parameters (defaults):
     bits (8): k, between 1 and 16.
-    tensors ("weights"): "weights" quantises the weights of every linear and convolution layer;
-        "all" every floating-point parameter (biases and normalisation parameters too).
+    tensors ("weights"): "weights" quantises the weights of every linear and convolution layer (a text model's
+        embedding table and LSTM weights are not among them); "all" every floating-point parameter (biases,
+        normalisation parameters, embeddings and recurrent weights too).
 
 Deviations: per-tensor asymmetric (min/max) levels; no per-channel scales, no zero-point
 alignment (a real int8 deployment aligns 0 to a level; simulated rounding need not).
@@ -45,6 +46,7 @@ class WeightQuantization(RemovalAttack):
     """Weight quantisation: round every weight tensor to 2^bits evenly spaced levels (simulated k-bit, any layer)."""
 
     name = "quantize"
+    modalities = ("image", "text", "audio")  # acts on the weights alone
 
     @dataclasses.dataclass(frozen=True)
     class Params(RemovalAttack.Params):

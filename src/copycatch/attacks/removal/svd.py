@@ -44,6 +44,7 @@ class SVDCompression(RemovalAttack):
     """SVD compression: keep only the top singular values of every linear/conv weight (rate or exact rank)."""
 
     name = "svd"
+    modalities = ("image", "text", "audio")  # acts on the weights alone
 
     @dataclasses.dataclass(frozen=True)
     class Params(RemovalAttack.Params):

@@ -54,6 +54,7 @@ class TransferLearning(RemovalAttack):
     """Transfer to another task: replace the head with one for the data's label set and retrain it (or all layers)."""
 
     name = "transfer"
+    modalities = ("image", "text", "audio")  # trains on the thief's inputs as they are: nothing image-specific
 
     @dataclasses.dataclass(frozen=True)
     class Params(TrainingParams):

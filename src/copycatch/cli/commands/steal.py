@@ -38,7 +38,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="the victim the thief queries: model file, http(s):// prediction API, .onnx file or module:function",
     )
     p.add_argument("--attack", default="soft-label", help="extraction attack (listed below)")
-    p.add_argument("--arch", default="mlp", help="surrogate architecture: the thief's free choice")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="surrogate architecture: the thief's free choice (default: mlp for images, text-cnn for text, "
+        "logmel-cnn for audio)",
+    )
     p.add_argument("--budget", type=int, default=None, help="queries the thief may spend (default: one per pool input)")
     p.add_argument(
         "--queries",
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     )
     options.say_resumed(result.info)
     line = (
-        f"stole a {args.arch} surrogate with {args.attack}: {result.queries} queries, "
+        f"stole a {result.surrogate.arch} surrogate with {args.attack}: {result.queries} queries, "
         f"test accuracy {result.info['test_accuracy']:.4f}"
     )
     if "agreement" in result.info:
