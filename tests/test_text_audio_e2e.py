@@ -45,9 +45,7 @@ def audio_splits() -> cc.Splits:
 
 def _train(arch: str, splits: cc.Splits, seed: int = 0, on: str = "owner_train") -> cc.Classifier:
     config = cc.TrainConfig(**{**CONFIG.to_dict(), "seed": seed})
-    model = cc.train(arch, splits, on=on, config=config, **SMALL[arch])
-    model.vocabulary = splits.vocabulary
-    return model
+    return cc.train(arch, splits, on=on, config=config, **SMALL[arch])
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +254,15 @@ def test_the_text_demo_runs_its_whole_story_on_a_csv_file(tmp_path, capsys):
     assert [r["arch"] for r in report["rows"]] == ["lstm", "text-cnn", "text-cnn", "lstm"]
     assert all(r["watermark"] == "mea-defender" and r["combination"] == "fisher" for r in report["rows"])
     assert load_model(out / "surrogate.safetensors").vocabulary == load_model(out / "victim.safetensors").vocabulary
+
+
+def test_a_trained_text_model_carries_its_vocabulary_into_its_file_and_steal_picks_a_text_surrogate(
+    text_splits, text_victim, tmp_path
+):
+    """cc.train attaches the splits' vocabulary (its file carries it); cc.steal's default surrogate is a text model."""
+    assert text_victim.vocabulary is text_splits.vocabulary
+    path = tmp_path / "victim.safetensors"
+    save_model(text_victim, path)
+    assert load_model(path).vocabulary.tokens == text_splits.vocabulary.tokens
+    stolen = cc.steal(text_victim, text_splits.attacker_pool, config=cc.TrainConfig(epochs=1, seed=0))
+    assert stolen.surrogate.arch == "text-cnn"

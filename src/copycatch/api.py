@@ -121,9 +121,17 @@ def train(
     innocent model trained on the thief's data); its test accuracy goes in ``provenance["test_accuracy"]``."""
     model = train_model(arch, splits, on=on, config=config, progress=progress, **arch_kwargs)
     _record_accuracy(model, splits.test)
+    _carry_vocabulary(model, splits)
     if output is not None:
         save_model(model, output)
     return model
+
+
+def _carry_vocabulary(model: Classifier, splits: Splits) -> None:
+    """A text model trained on ``splits`` reads the ids of their vocabulary: it goes with the model (and its file),
+    so a suspect's texts and a served model's requests are encoded the same way."""
+    if getattr(model, "vocabulary", None) is None and getattr(splits, "vocabulary", None) is not None:
+        model.vocabulary = splits.vocabulary
 
 
 def embed(
@@ -285,6 +293,7 @@ def _finish(
     written, the checkpoint removed, then the accuracy-cost check, after writing, so a cost past the limit never
     loses the work."""
     result.info["test_accuracy"] = _record_accuracy(result.victim, splits.test)
+    _carry_vocabulary(result.victim, splits)
     if output is not None:
         save_model(result.victim, output)
     result.info["commitment"] = _commit(keys, result.victim, key_path)
@@ -338,7 +347,7 @@ def steal(
     pool: TensorData | torch.Tensor | str,
     *,
     attack: str = "soft-label",
-    arch: str = "mlp",
+    arch: str | None = None,
     params: dict[str, Any] | None = None,
     budget: int | None = None,
     config: TrainConfig | None = None,
@@ -354,7 +363,8 @@ def steal(
     resume: bool = False,
     **suspect_options: Any,
 ) -> ExtractionResult:
-    """Extract a surrogate of ``arch`` from ``victim`` (model, file, URL, callable or oracle) with ``attack``.
+    """Extract a surrogate of ``arch`` (default: a small model of the victim's modality: mlp, text-cnn or
+    logmel-cnn) from ``victim`` (model, file, URL, callable or oracle) with ``attack``.
 
     ``pool`` is the thief's data, a bare tensor of inputs, or a name: a part of ``splits`` or another data set
     (out-of-distribution queries, labels withheld). ``key`` (a key or key set) applies its API-time protections
