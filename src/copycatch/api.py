@@ -644,8 +644,19 @@ def calibrate(
     return out
 
 
-def demo(config: DemoConfig | None = None, *, progress: bool | None = None, echo: bool = True) -> dict[str, Any]:
-    """The product's main job end to end: protect a model, steal it, verify the stolen copy and innocent models."""
+def demo(
+    config: DemoConfig | None = None, *, encoder: bool = False, progress: bool | None = None, echo: bool = True
+) -> dict[str, Any]:
+    """The product's main job end to end: protect a model, steal it, verify the stolen copy and innocent models.
+
+    ``encoder``: the self-supervised story instead (:mod:`copycatch.bench.encoder_demo`): a SimCLR encoder
+    watermarked with MEA-Defender, served as an embedding API, stolen over HTTP with StolenEncoder; ``config``
+    gives its seed and data folder."""
+    if encoder:
+        from .bench.encoder_demo import run_encoder_demo
+
+        config = config or DemoConfig()
+        return run_encoder_demo(seed=config.seed, data_dir=config.data_dir, http=True, progress=progress, echo=echo)
     return run_demo(config, progress=progress, echo=echo)
 
 

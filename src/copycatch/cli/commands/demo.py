@@ -31,6 +31,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="image (Fashion-MNIST, cnn-small → mlp), text (wordnet-topics, lstm → text-cnn) or audio "
         "(spoken-keywords, logmel-cnn → m5) (default image)",
     )
+    p.add_argument(
+        "--encoder",
+        action="store_true",
+        help="the self-supervised encoder story instead: a SimCLR encoder watermarked with MEA-Defender, served as an "
+        "embedding API, stolen over HTTP with StolenEncoder, verified with an innocent encoder (Fashion-MNIST; "
+        "--seed and --data-dir apply)",
+    )
     p.add_argument("--data", default=None, help="data set (default: the modality's, fashion-mnist for images)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for the models, key and evidence (default demo-out)")
@@ -47,6 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ... import api
     from ...bench.demo import DemoConfig
+    from ...core.errors import InvalidArgument
 
     given = {
         "modality": args.modality,
@@ -60,5 +68,8 @@ def run(args: argparse.Namespace) -> int:
         "max_train": args.max_train,
         "scheme_params": options.params(args.param) or None,
     }
-    api.demo(DemoConfig.from_dict({k: v for k, v in given.items() if v is not None}), progress=options.progress(args))
+    if args.encoder and args.modality not in (None, "image"):
+        raise InvalidArgument(f"--encoder is the image encoder story; it does not take --modality {args.modality}")
+    config = DemoConfig.from_dict({k: v for k, v in given.items() if v is not None})
+    api.demo(config, encoder=args.encoder, progress=options.progress(args))
     return 0
