@@ -249,7 +249,7 @@ def micro_benchmark(victim: Path, key: Path, x: torch.Tensor, repeats: int = 300
     call, and the protection's post-processor alone, timed interleaved (so background load hits all three
     alike); medians in ms."""
     from copycatch.oracles.local import ModelOracle
-    from copycatch.serve.app import PrevalidatedOracle, answer_validated, protected_oracle
+    from copycatch.serve.service import PrevalidatedOracle, answer_validated, protected_oracle
 
     model = cc.load_model(victim)
     plain = PrevalidatedOracle(ModelOracle(model))  # the chains `copycatch serve` builds

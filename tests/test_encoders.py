@@ -224,6 +224,38 @@ def test_mea_defender_encoder_key_round_trips_and_refuses_classifier_suspects(wa
         again.verify(cc.ModelOracle(trained), key)
 
 
+def test_cc_verify_takes_an_encoder_suspect_through_its_transcript(watermarked, tiny):
+    # the transcript oracle keeps the suspect's answer kind: embeddings, not probabilities
+    _, embedding = watermarked
+    run = cc.verify(EncoderOracle(embedding.victim), embedding.key, alpha=0.01, commitment_checks=False)
+    assert run.verdict == "stolen" and run.transcript.answered > 0
+    innocent = cc.create_model("encoder-cnn9", SHAPE, 4, seed=11, width=8, dim=32)
+    train_simclr(innocent, tiny.splits.attacker_pool, cc.TrainConfig(epochs=5, batch_size=64, seed=1))
+    cleared = cc.verify(EncoderOracle(innocent), embedding.key, alpha=0.01, commitment_checks=False)
+    assert cleared.verdict == "not stolen"
+
+
+def test_create_app_serves_an_encoders_embeddings_beside_its_predictions(tiny):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from copycatch.serve import ServeConfig, create_app
+
+    model = _encoder()
+    attach_linear_probe(model, tiny.splits.owner_train)
+    x = tiny.splits.test.x[:3]
+    with TestClient(create_app(model, ServeConfig(budget="5"))) as client:  # an encoder architecture: detected
+        assert client.post("/v1/predict", json={"inputs": x.tolist()}).status_code == 200
+        embedded = client.post("/v1/embed", json={"inputs": x[:2].tolist()})
+        assert embedded.status_code == 200
+        assert torch.allclose(torch.tensor(embedded.json()["embeddings"]), encode(model, x[:2]), atol=1e-5)
+        assert client.post("/v1/embed", json={"inputs": x[:1].tolist()}).status_code == 429  # one budget for both
+    with TestClient(create_app(model, encoder=False)) as client:
+        assert client.post("/v1/embed", json={"inputs": x.tolist()}).status_code == 404
+    with TestClient(create_app(cc.create_model("mlp", SHAPE, 4, seed=0, hidden=8))) as client:
+        assert client.post("/v1/embed", json={"inputs": x.tolist()}).status_code == 404
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # removal attacks and the demo
 # ---------------------------------------------------------------------------------------------------------------------

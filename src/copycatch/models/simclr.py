@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -152,7 +152,14 @@ class Augment(Params):
 
 class SimCLRNet(nn.Module):
     """What :func:`fit` trains for SimCLR: the encoder (a :class:`Classifier`'s ``features``) and a projection head;
-    forward returns the 2N projections of two random views of the batch."""
+    forward returns the 2N projections of two random views of the batch.
+
+    A hook that needs the encoder's features of images of its own (MEA-Defender's watermark, source, prototype and
+    evasion images) sets ``extra_inputs`` (batch → images) in ``on_start`` and reads ``extra_features`` in
+    ``extra_loss``: in training its images go through the encoder in the same forward as the 2N views, so every batch
+    norm normalises them with the statistics of a mostly clean batch, as inference does. A forward of those images alone
+    normalises them with the statistics of two or three classes, and a loss learnt under those statistics does not
+    hold under the clean running statistics the encoder is served with."""
 
     def __init__(self, encoder: Classifier, proj_dim: int = 64, augment: Augment | None = None):
         super().__init__()
@@ -160,12 +167,19 @@ class SimCLRNet(nn.Module):
         dim = embedding_dim(encoder)
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj_dim))
         self.augment = augment or Augment()
+        self.extra_inputs: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.extra_features: torch.Tensor | None = None
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.cat([self.augment(x), self.augment(x)]))
+        views = torch.cat([self.augment(x), self.augment(x)])
+        if self.extra_inputs is None or not self.training:
+            return self.project(views)
+        h = self.encoder.features(torch.cat([views, self.extra_inputs(x)]))
+        self.extra_features = h[len(views) :]
+        return self.head(h[: len(views)])
 
 
 def train_simclr(

@@ -34,8 +34,8 @@ EXTRA_HINT = "pip install 'copycatch[serve]'"
 
 _LAZY = {
     "create_app": "app",
-    "Service": "app",
-    "protected_oracle": "app",
+    "Service": "service",
+    "protected_oracle": "service",
     "serve_in_thread": "runner",
     "bind_socket": "runner",
     "run": "runner",

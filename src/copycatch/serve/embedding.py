@@ -1,7 +1,7 @@
 """The embedding endpoint of an encoder API: ``POST /v1/embed`` and ``GET /v1/embed/info``.
 
 An encoder as a service (StolenEncoder's "EaaS") answers embedding vectors, never probabilities. The route runs the
-same request pipeline as ``/v1/predict`` (:class:`copycatch.serve.app.Service`: API key → early refusal → Content-Type
+same request pipeline as ``/v1/predict`` (:class:`.service.Service`: API key → early refusal → Content-Type
 and body size → validation → rate and budget for the batch's N inputs → batched forward pass → ledger line before the
 answer leaves); only the answer differs: ``{"embeddings": [[...], ...]}``, one row of ``dim`` floats per input. There
 is no output post-processing and no API-time watermark (those act on class probabilities).
@@ -29,10 +29,10 @@ from pydantic import BaseModel, Field
 from .._version import __version__
 from ..core.errors import InvalidArgument
 from ..oracles.embedding import EMBED_INFO_PATH, EMBED_PATH, as_encoder_oracle
-from .app import _ERRORS, Service, _add_error_handlers
 from .config import ServeConfig
 from .keys import Keyring
 from .ledger import row_digests
+from .service import ERROR_RESPONSES, Service, add_error_handlers
 from .validation import RequestError
 
 EMBEDDING_OUTPUT = "embedding"
@@ -109,7 +109,7 @@ def _routes(app: FastAPI, service: EmbeddingService) -> None:
         description=f"`inputs`: N×{'×'.join(map(str, service.input_shape))} nested lists of numbers in [0, 1], or "
         f"`images`: N base64 PNGs; 1 ≤ N ≤ {service.max_batch}. Answers `embeddings`, one row of "
         f"{service.embedding_dim} floats per input.",
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     )
     app.add_api_route(
@@ -117,7 +117,7 @@ def _routes(app: FastAPI, service: EmbeddingService) -> None:
         embed_info,
         methods=["GET"],
         response_model=EmbedInfoResponse,
-        responses={401: _ERRORS[401]},
+        responses={401: ERROR_RESPONSES[401]},
         summary="What the encoder takes and answers (never any secret)",
     )
 
@@ -177,5 +177,5 @@ def create_embedding_app(
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return {"status": "ok"}
 
-    _add_error_handlers(app)
+    add_error_handlers(app)
     return app

@@ -324,6 +324,14 @@ def verify_chain(lines: Iterable[dict[str, Any]], *, name: str = "transcript") -
     return prev
 
 
+def _replay_kind(inner: str, recorded: str) -> str:
+    """What a transcript oracle answers: an encoder's embeddings stay embeddings (a transcript's recorded kind only
+    tells labels from probabilities); else labels when either side gave labels, probabilities otherwise."""
+    if inner == "embedding":
+        return inner
+    return "labels" if "labels" in (inner, recorded) else "probs"
+
+
 class TranscriptOracle(Oracle):
     """Any oracle behind a transcript: recorded answers are replayed, new ones asked ``chunk`` rows at a time.
 
@@ -336,7 +344,7 @@ class TranscriptOracle(Oracle):
         if chunk < 1:
             raise InvalidArgument(f"chunk size must be >= 1, got {chunk}")
         self.inner, self.transcript, self.chunk = inner, transcript, chunk
-        self.output_kind = "labels" if "labels" in (inner.output_kind, transcript.output_kind) else "probs"
+        self.output_kind = _replay_kind(inner.output_kind, transcript.output_kind)
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
         try:
@@ -344,8 +352,7 @@ class TranscriptOracle(Oracle):
                 x, self.inner.query, chunk=self.chunk, output_kind=lambda: self.inner.output_kind
             )
         finally:
-            if "labels" in (self.inner.output_kind, self.transcript.output_kind):
-                self.output_kind = "labels"
+            self.output_kind = _replay_kind(self.inner.output_kind, self.transcript.output_kind)
 
     def describe(self) -> dict[str, Any]:
         d = self.inner.describe()
