@@ -511,3 +511,23 @@ def test_serve_module_imports_without_fastapi(monkeypatch):
     assert serve.Ledger and serve.encode_png
     with pytest.raises(cc.CopycatchError, match="pip install"):
         serve.create_app  # noqa: B018 - the lazy attribute is the thing under test
+
+
+def test_serve_verb_passes_the_per_input_size_limits_to_the_server(monkeypatch, capsys):
+    """--max-image-pixels, --max-clip-seconds and --max-text-chars reach the ServeConfig; a bad value is one error."""
+    from copycatch import api
+
+    seen = {}
+
+    def fake_open_server(model, config, **_):
+        seen["config"] = config
+        raise cc.CopycatchError("stop here")  # the server itself is tested elsewhere
+
+    monkeypatch.setattr(api, "open_server", fake_open_server)
+    argv = ["serve", "m.safetensors", "--no-ledger", "--max-image-pixels", "4096", "--max-clip-seconds", "2.5"]
+    assert main([*argv, "--max-text-chars", "300"]) == 2
+    config = seen["config"]
+    assert (config.max_image_pixels, config.max_clip_seconds, config.max_text_chars) == (4096, 2.5, 300)
+    capsys.readouterr()
+    assert main(["serve", "m.safetensors", "--no-ledger", "--max-clip-seconds", "0"]) == 2
+    assert "max_clip_seconds must be > 0, got 0.0" in capsys.readouterr().err

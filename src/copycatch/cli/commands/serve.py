@@ -128,6 +128,14 @@ def _limits_and_batching_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=int, default=256, help="inputs per request")
     g.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body")
     g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=2**24,
+        help="largest image a request may hold, in pixels, checked on its header before decoding (413)",
+    )
+    g.add_argument("--max-clip-seconds", type=float, default=10.0, help="longest audio clip a request may hold (413)")
+    g.add_argument("--max-text-chars", type=int, default=100_000, help="longest text a request may hold (413)")
+    g.add_argument(
         "--batch-wait-ms",
         type=float,
         default=2.0,
@@ -211,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
             "decimals": args.decimals,
             "max_batch": args.max_batch,
             "max_body_bytes": int(args.max_body_mb * 2**20),
+            "max_image_pixels": args.max_image_pixels,
+            "max_clip_seconds": args.max_clip_seconds,
+            "max_text_chars": args.max_text_chars,
             "batch_wait_ms": args.batch_wait_ms,
             "forward_batch": args.forward_batch,
             "rate": args.rate,
