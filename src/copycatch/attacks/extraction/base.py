@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from ...core.errors import BudgetExceeded, InvalidArgument
 from ...core.params import Params as BaseParams
@@ -143,6 +144,16 @@ class TransferSetAttack(ExtractionAttack):
         """(training set, loss or None for the default, extra info) from the queried inputs and their answers."""
         raise NotImplementedError
 
+    def check(self, oracle: Oracle, surrogate: Classifier) -> None:
+        """Refuse an oracle or surrogate this attack cannot use, before any query (every one is fine here)."""
+
+    def student(self, surrogate: Classifier) -> nn.Module:
+        """The module ``fit`` trains: the surrogate itself, unless the attack trains a view of it."""
+        return surrogate
+
+    def after_fit(self, surrogate: Classifier, inputs: TensorData, train: TrainConfig) -> None:
+        """Anything the surrogate needs once trained (nothing here)."""
+
     def run(
         self,
         oracle: Oracle,
@@ -153,6 +164,7 @@ class TransferSetAttack(ExtractionAttack):
         progress: bool | None = None,
     ) -> ExtractionResult:
         start = time.perf_counter()
+        self.check(oracle, surrogate)
         train = train or TrainConfig()
         pool = self.attacker_data(pool, train.seed)
         per_input = self.queries_per_input()
@@ -170,7 +182,8 @@ class TransferSetAttack(ExtractionAttack):
         answers = self.answer(oracle, inputs.x, progress=progress)
         spent = oracle.queries - before
         data, loss_fn, info = self.transfer_set(inputs, answers, oracle)
-        result = fit(surrogate, data, train, loss_fn=loss_fn, progress=progress, desc="train surrogate")
+        result = fit(self.student(surrogate), data, train, loss_fn=loss_fn, progress=progress, desc="train surrogate")
+        self.after_fit(surrogate, inputs, train)
         info = {"training": result.to_dict(), "transfer_set": len(data), "inputs_queried": len(inputs), **info}
         return ExtractionResult(surrogate, spent, time.perf_counter() - start, info)
 

@@ -24,7 +24,6 @@ Parameters (defaults):
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -37,10 +36,10 @@ from ...data.base import TensorData
 from ...models.base import Classifier
 from ...models.encoder import embedding_dim
 from ...models.simclr import recalibrate_batchnorm
-from ...models.train import TrainConfig, fit
+from ...models.train import TrainConfig
 from ...oracles.base import Oracle
 from ...oracles.embedding import require_embedding_oracle
-from .base import ExtractionResult, TransferSetAttack, draw_indices, register_extraction
+from .base import TransferSetAttack, register_extraction
 
 ENCODER_TARGET = "encoder"
 
@@ -73,34 +72,16 @@ class EncoderExtractionAttack(TransferSetAttack):
     ) -> tuple[TensorData, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dict[str, Any]]:
         return TensorData(inputs.stored, answers), self.loss(), {"embedding_dim": answers.shape[1]}
 
-    def run(
-        self,
-        oracle: Oracle,
-        pool: TensorData,
-        surrogate: Classifier,
-        *,
-        train: TrainConfig | None = None,
-        progress: bool | None = None,
-    ) -> ExtractionResult:
-        start = time.perf_counter()
+    def check(self, oracle: Oracle, surrogate: Classifier) -> None:
         require_embedding_oracle(oracle, f"extraction attack {self.name!r}")
         if embedding_dim(surrogate) != oracle.num_classes:
             raise InvalidArgument(
                 f"the surrogate {surrogate.arch!r} embeds into {embedding_dim(surrogate)} dimensions but the victim "
                 f"answers {oracle.num_classes}; build the surrogate with dim={oracle.num_classes}"
             )
-        train = train or TrainConfig()
-        pool = self.attacker_data(pool, train.seed)
-        budget = self.plan_budget(oracle, len(pool))
-        inputs = pool.subset(draw_indices(len(pool), budget, train.seed, shuffle=self.params.shuffle))
-        before = oracle.queries
-        answers = self.answer(oracle, inputs.x, progress=progress)
-        spent = oracle.queries - before
-        data, loss_fn, info = self.transfer_set(inputs, answers, oracle)
-        result = fit(self.student(surrogate), data, train, loss_fn=loss_fn, progress=progress, desc="train surrogate")
+
+    def after_fit(self, surrogate: Classifier, inputs: TensorData, train: TrainConfig) -> None:
         recalibrate_batchnorm(surrogate, inputs.stored, batch_size=train.batch_size)
-        info = {"training": result.to_dict(), "transfer_set": len(data), "inputs_queried": len(inputs), **info}
-        return ExtractionResult(surrogate, spent, time.perf_counter() - start, info)
 
 
 def cosine_loss(student: torch.Tensor, victim: torch.Tensor) -> torch.Tensor:
