@@ -22,9 +22,7 @@ Oracles (options beyond ``budget`` and ``name``):
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from ..models.train import EVAL_BATCH
 from .base import Oracle
 from .callable import CallableOracle
 from .http import HttpOracle
-from .onnx import META_PREFIX, OnnxOracle
+from .onnx import OnnxOracle, write_onnx
 
 EMBEDDING = "embedding"
 EMBED_PATH = "/v1/embed"
@@ -187,29 +185,8 @@ def export_encoder_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17)
 
     if not isinstance(model, Classifier):
         raise InvalidArgument(f"export_encoder_onnx needs a copycatch model, got {type(model).__name__}")
-    try:
-        import onnx
-    except ImportError:
-        raise InvalidArgument("exporting to ONNX needs onnx: pip install 'copycatch[onnx]'") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation; it is what works offline
-        torch.onnx.export(
-            _Features(model).eval().cpu(),
-            torch.zeros(1, *model.input_shape),
-            str(tmp),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["embedding"],
-            opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
-        )
-    graph = onnx.load(str(tmp))
     dim = embedding_dim(model)
     meta = {
-        "format": "copycatch.onnx/1",
         "num_classes": dim,  # the answer's width, what OnnxOracle reads
         "embedding_dim": dim,
         "input_shape": list(model.input_shape),
@@ -217,9 +194,5 @@ def export_encoder_onnx(model: Any, path: str | os.PathLike, *, opset: int = 17)
         "output": EMBEDDING,
         "weights_sha256": weights_digest(model),
     }
-    for field, value in meta.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = META_PREFIX + field, json.dumps(value)
-    onnx.save(graph, str(tmp))
-    os.replace(tmp, path)
-    return path
+    example = torch.zeros(1, *model.input_shape)
+    return write_onnx(_Features(model), example, path, "input", "embedding", opset=opset, dynamic=True, meta=meta)

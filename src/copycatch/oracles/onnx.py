@@ -320,28 +320,8 @@ def export_onnx(
             raise InvalidArgument(f"{what} must be a non-empty name, got {name!r}")
     if input_name == output_name:
         raise InvalidArgument(f"input_name and output_name must differ, both are {input_name!r}")
-    try:
-        import onnx
-    except ImportError:
-        raise InvalidArgument("exporting to ONNX needs onnx: pip install 'copycatch[onnx]'") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = (_Probabilities(model) if output == "probs" else model).eval().cpu()
-    tmp = path.with_name(path.name + ".part")
-    with warnings.catch_warnings():
-        # the TorchScript exporter is deprecated in favour of one that needs onnxscript; it is what works offline
-        warnings.simplefilter("ignore")
-        kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": [output_name], "opset_version": opset}
-        if dynamic_batch:
-            kwargs["dynamic_axes"] = {input_name: {0: "batch"}, output_name: {0: "batch"}}
-        example = sample_inputs(model, 1)
-        try:
-            torch.onnx.export(wrapped, example, str(tmp), dynamo=False, **kwargs)
-        except TypeError:  # a torch without the dynamo switch
-            torch.onnx.export(wrapped, example, str(tmp), **kwargs)
-    graph = onnx.load(str(tmp))
+    wrapped = _Probabilities(model) if output == "probs" else model
     meta = {
-        "format": "copycatch.onnx/1",
         "num_classes": model.num_classes,
         "input_shape": list(model.input_shape),
         "class_names": list(model.class_names or []),
@@ -349,7 +329,44 @@ def export_onnx(
         "output": output,
         "weights_sha256": weights_digest(model),
     }
-    for field, value in meta.items():
+    return write_onnx(
+        wrapped, sample_inputs(model, 1), path, input_name, output_name, opset=opset, dynamic=dynamic_batch, meta=meta
+    )
+
+
+def write_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    input_name: str,
+    output_name: str,
+    *,
+    opset: int,
+    dynamic: bool,
+    meta: dict[str, Any],
+) -> Path:
+    """Export ``module`` (traced on ``example``) to ``path`` atomically, with copycatch's ``meta`` in the graph's
+    metadata (what :class:`OnnxOracle` and the encoder oracle read back)."""
+    try:
+        import onnx
+    except ImportError:
+        raise InvalidArgument("exporting to ONNX needs onnx: pip install 'copycatch[onnx]'") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in favour of one that needs onnxscript; it is what works offline
+        warnings.simplefilter("ignore")
+        kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": [output_name], "opset_version": opset}
+        if dynamic:
+            kwargs["dynamic_axes"] = {input_name: {0: "batch"}, output_name: {0: "batch"}}
+        module = module.eval().cpu()
+        try:
+            torch.onnx.export(module, example, str(tmp), dynamo=False, **kwargs)
+        except TypeError:  # a torch without the dynamo switch
+            torch.onnx.export(module, example, str(tmp), **kwargs)
+    graph = onnx.load(str(tmp))
+    for field, value in {"format": "copycatch.onnx/1", **meta}.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = META_PREFIX + field, json.dumps(value)
     onnx.save(graph, str(tmp))
