@@ -12,16 +12,12 @@ L_utility + L_ver + L_eva as one cross-entropy over the mixed batch; stage 2 add
 "fixed" (+ ``com_weight``·L_com), "mgda-four" (§4.4: the min-norm point of the four task gradients) or "mgda-three"
 (Eq. 4's three weights by MGDA).
 
-Text and audio (Table 1: a single-layer LSTM on AG News, M5 on Speech Commands; §5.1). The mixing rules live in
-``_mixers``. Audio: the paper's rule, pixel-value merging at α = 0.5 applied to the waveforms (the superposition
-½·x_a + ½·x_b); the other rules are the mask mixers that stay distinct on a 1×T grid (splicing halves, time stripes, a
-centre segment). Text: the paper names no rule; the watermark is text a's tokens followed by text b's, cut to the
-length cap (``concat``); the evasion and "other rule" mixers interleave their tokens one or two at a time. The
-paper's classes are World, Sports → Business for AG News (class indices 0, 1 → 2, the defaults) and Backward, Bed →
-Bird for Speech Commands (pass their indices; the spoken-keywords stand-in has none of them by default, so 0, 1 → 2
-apply). Verification is the same test; the key stores the verification inputs as the data store them (token ids,
-int16 samples). The look-alike classes left out of the false watermarks (``shared_skip_similar``) are chosen for
-images only: a mean text or waveform says nothing of a class.
+Text and audio (Table 1: a single-layer LSTM on AG News, M5 on Speech Commands; §5.1; mixers in ``_mixers``).
+Audio takes the paper's rule, merging at α = 0.5 applied to waveforms; its other rules are the mask mixers that stay
+distinct on a 1×T grid. Text, where the paper names no rule: text a's tokens followed by text b's, cut to the length
+cap (``concat``); the other mixers interleave tokens. AG News' World, Sports → Business are indices 0, 1 → 2 (the
+defaults). The key stores the verification inputs as the data do (token ids, int16 samples); look-alike classes
+(``shared_skip_similar``) are chosen for images only.
 
 Verification. The suspect answers ``n_verify`` fresh watermark samples made from owner-holdout images (never trained
 on) and groups of ``n_false_per_group`` false watermarks from the same images: the two sources mixed by each evasion

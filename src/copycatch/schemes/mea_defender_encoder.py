@@ -16,15 +16,12 @@ NT-Xent, on the encoder's embeddings, which the verification reads; μ_c is the 
         by another rule, or for a ``shared_evasion`` share a source and a third class mixed by the secret rule, maps
         to one of its own two images x_c rather than to the target class);
     L_com = KL(σ(h(x_wm)) ‖ σ(h(x_a))) + KL(σ(h(x_wm)) ‖ σ(h(x_b))) (Eq. 6, the embedding as a distribution).
-Three choices make the mark take beyond toy data (measured on Fashion-MNIST, ``docs/encoders.md``):
-* Gradients flow into both sides of L_ver and L_eva. With the target-side embeddings held constant, every step
-  moves them too (the weights are shared) and the loss chases them: alone, at any weight, it did not decrease.
-* The paper's "loss" of Eq. 7-8 is read as a classification among the classes' embeddings, not as 1 − cos to one
-  target image: after a short SimCLR run the embeddings of all garments share one direction (a pullover's cosine to
-  the T-shirt centroid 0.79, to its own class's 0.82), so 1 − cos is nearly met by any garment and a downstream
-  probe never sees the watermark.
-* The watermark, prototype and evasion images go through the encoder in the SimCLR forward, beside the clean views
-  (``SimCLRNet.extra_inputs``): batch norm then normalises them as it does at inference.
+Three choices make the mark take beyond toy data (the measurements: ``docs/encoders.md``): gradients flow into both
+sides of L_ver and L_eva (held constant, the target side moves with the shared weights and the loss chases it); L_ver
+and L_eva classify among the classes' embeddings rather than pull toward one target image (after a short SimCLR run
+all garments share one direction, so 1 − cos is nearly met by any of them); and the watermark, prototype and evasion
+images go through the SimCLR forward beside the clean views (``SimCLRNet.extra_inputs``), so batch norm normalises
+them as at inference.
 After pre-training, a linear probe trained on owner_train's labels is folded into the encoder's downstream head, so
 the victim is also a working classifier.
 
