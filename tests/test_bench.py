@@ -178,7 +178,7 @@ def test_every_shipped_grid_loads_or_names_a_scheme_or_attack_that_has_not_lande
     from copycatch.attacks.removal import list_removal_attacks
     from copycatch.schemes import list_schemes
 
-    files = sorted(GRIDS.glob("*.yaml"))
+    files = sorted(GRIDS.glob("*.yaml"), key=lambda f: f.stem)
     assert [f.stem for f in files] == packaged_grids()
     assert "fmnist-quick" in packaged_grids()
     registered = set(list_schemes()) | set(list_extraction_attacks()) | set(list_removal_attacks())

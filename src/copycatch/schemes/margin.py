@@ -38,6 +38,25 @@ Parameters (defaults; inputs on the [0, 1] scale):
         NeurIPS 2019), so the margin costs one extra forward/backward of ``trigger_batch`` inputs per step; ``steps``
         is then unused. "free" embeds markedly faster with a watermark as strong (measured: benchmarks/README.md,
         "Measurements behind the scheme and attack defaults").
+    mixup_components (1): holdout images mixed into each trigger (App. B.3, Table 3: Mixup queries of 2 or 5
+        components). 1 is the plain trigger set above (the same key, bit for bit). With m > 1 each trigger is the
+        convex mix Σ w_j·x_j of m distinct holdout images (the first drawn as for m = 1, the others uniformly among
+        the rest of the holdout), quantised to 1/255 like every trigger; at most the holdout's size.
+    mixup_weights ("uniform"): the mixing weights w: "uniform", 1/m each (every trigger a true mix), or
+        "dirichlet", a flat Dirichlet draw per trigger from the key's generator (more varied mixes, but now and
+        then one weight near 1, so a trigger that rounds to a single holdout image). Unused when
+        mixup_components = 1.
+
+Mixup triggers and the null. A mix has m true classes, but the test counts hits among the triggers a suspect
+misclassifies with one rate, 1/(C−1). So a mixed trigger's ``trigger_true`` is the class of its heaviest component
+(the first one on a tie, so always the first with "uniform" weights), and its secret label is drawn uniformly from
+the C−1 other classes exactly as for m = 1, even when that is another component's class. The label is drawn after
+the image and independently of it, so given any suspect's prediction p ≠ trigger_true, P(label = p) = 1/(C−1): the
+binomial null is exact, unchanged. Drawing instead a label wrong for *every* component would break it: the label
+could then never be another component's class (which an innocent model often predicts for a mix) and would hit
+every other class with 1/(C−m') > 1/(C−1) (m' distinct component classes), so innocent models would be accused
+too often. The price: a secret label may be a lighter component's class (with probability (m'−1)/(C−1)), a label
+the trigger partly shows, which is easier to learn and to copy but says nothing against the null.
 
 Deviations: triggers are sampled per batch as in the code; the ascent starts from the clean trigger every batch (no
 random start, as in the code); triggers are quantised to 1/255 as in the code; λ scales with the data size and the
@@ -58,7 +77,7 @@ from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
 from ..core.stats import binomial_greater
-from ..data.base import Splits
+from ..data.base import Splits, TensorData
 from ..models.adversarial import pgd
 from ..models.base import Classifier, create_for
 from ..models.train import TrainConfig, TrainHook, TrainState, fit, predict_logits
@@ -179,10 +198,14 @@ class MarginWatermark(Scheme):
         exposure: float = 8.0
         trigger_batch: int = 25
         ascent: Literal["pgd", "free"] = "free"
+        mixup_components: int = 1
+        mixup_weights: Literal["uniform", "dirichlet"] = "uniform"
 
         def validate(self) -> None:
             if self.n_triggers < 1:
                 raise InvalidArgument(f"n_triggers must be >= 1, got {self.n_triggers}")
+            if self.mixup_components < 1:
+                raise InvalidArgument(f"mixup_components must be >= 1 (1: plain triggers), got {self.mixup_components}")
             if self.steps < 0:
                 raise InvalidArgument(f"steps must be >= 0, got {self.steps}")
             if self.eps < 0 or self.step_size <= 0:
@@ -203,9 +226,18 @@ class MarginWatermark(Scheme):
                 f"owner_holdout has {len(pool)} inputs, fewer than n_triggers={p.n_triggers}; "
                 "raise the holdout fraction or lower n_triggers"
             )
+        components = getattr(p, "mixup_components", 1)  # subclasses (trigger-set) whose Params lack it: plain
+        if components > len(pool):
+            raise InvalidArgument(
+                f"mixup_components={components} exceeds the owner_holdout's {len(pool)} inputs; "
+                "lower mixup_components or raise the holdout fraction"
+            )
         pick = torch.randperm(len(pool), generator=generator)[: p.n_triggers]
-        x_u8 = (pool.subset(pick).x * 255).round().clamp(0, 255).to(torch.uint8)
-        true = pool.y[pick].clone()
+        if components == 1:
+            x_u8 = (pool.subset(pick).x * 255).round().clamp(0, 255).to(torch.uint8)
+            true = pool.y[pick].clone()
+        else:
+            x_u8, true = self._mixup_triggers(pool, pick, generator)
         c = splits.num_classes
         if p.label_strategy == "random":
             labels = (true + torch.randint(1, c, (len(true),), generator=generator)) % c
@@ -218,6 +250,32 @@ class MarginWatermark(Scheme):
             labels = torch.nan_to_num(conf, nan=fill)
             labels = labels.argmax(1) if p.label_strategy == "highest" else labels.argmin(1)
         return x_u8, true, labels
+
+    def _mixup_triggers(
+        self, pool: TensorData, first: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup triggers: trigger i mixes holdout image ``first[i]`` with m−1 other distinct holdout images, with
+        uniform (or flat-Dirichlet) weights; its true label is its heaviest component's class (see the module
+        docstring: what keeps the binomial null exact)."""
+        p = self.params
+        m, n = p.mixup_components, len(first)
+        others = []
+        for i in range(n):  # m−1 distinct indices among the holdout without first[i]
+            rest = torch.randperm(len(pool) - 1, generator=generator)[: m - 1]
+            others.append(rest + (rest >= first[i]).long())
+        index = torch.cat([first.view(n, 1), torch.stack(others)], dim=1)  # n × m, distinct within each row
+        if p.mixup_weights == "dirichlet":
+            # a flat Dirichlet draw: normalised Exp(1) variables, from the key's generator
+            exp = -torch.log(torch.rand(n, m, generator=generator, dtype=torch.float64).clamp_min(1e-300))
+            weights = exp / exp.sum(dim=1, keepdim=True)
+        else:
+            weights = torch.full((n, m), 1.0 / m, dtype=torch.float64)
+        images = pool.subset(index.flatten()).x.double().view(n, m, *pool.input_shape)
+        mixed = (weights.view(n, m, *([1] * len(pool.input_shape))) * images).sum(dim=1)
+        x_u8 = (mixed * 255).round().clamp(0, 255).to(torch.uint8)
+        heaviest = weights.argmax(dim=1)  # the first maximum on a tie
+        true = pool.y[index[torch.arange(n), heaviest]].clone()
+        return x_u8, true
 
     # -- embed -----------------------------------------------------------------------------------------------------
     def embed(
