@@ -38,6 +38,13 @@ Parameters (defaults; probabilities in [0, 1]):
     n_verify (100): watermark inputs kept in the key (owner-holdout source images, or OOD images held back).
     certainty (0.3): α_c of §3.2.
     finetune ("decision-layers"): step 2 trains ``model.classifier`` only; "whole-network" is the paper's baseline.
+    trainable_from (None): where the frozen/fine-tuned split of step 2 lies (the watermark location of the paper's
+        Figs. 3–4). None keeps the split above (G_e = ``model.features`` frozen, G_d = ``model.classifier`` tuned).
+        An integer k ≥ 1 fine-tunes the last k parameterised layers of the whole network (the modules holding
+        weights of their own, in the order the network registers them: its forward order for the sequential
+        architectures; cnn-small has 4: conv, conv, linear, linear) and freezes every layer before them (eval mode,
+        no gradients, as G_e above); k = the number of such layers fine-tunes everything. Needs
+        ``finetune="decision-layers"``; a k above the network's layer count is refused when embedding.
     finetune_epochs (5): epochs of step 2 (the paper says "keep fine-tuning"; 5 keeps embedding <= 1.5× clean
         training on Fashion-MNIST). finetune_lr (None): step 2's learning rate; None uses the training config's.
     wdr_draws (200), wdr_fraction (0.1), wdr_alpha (0.05): the WDR of §4 (200 draws of 1/10, level 0.05).
@@ -292,6 +299,55 @@ class FrozenFeatures(nn.Module):
         return self.model.classifier(features)
 
 
+def parameterised_layers(net: nn.Module) -> list[nn.Module]:
+    """The modules of ``net`` holding parameters of their own, in the order ``net`` registers them."""
+    return [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+
+
+class FrozenPrefix(nn.Module):
+    """``model`` with all but its last ``k`` parameterised layers frozen (``trainable_from=k``): the frozen layers
+    run in eval mode without gradients, every module from the first fine-tuned layer on follows the training mode.
+
+    Use as a context manager around the fine-tuning: it turns the frozen weights' gradients off and back on."""
+
+    def __init__(self, model: Classifier, k: int):
+        super().__init__()
+        layers = parameterised_layers(model.net)
+        if not 1 <= k <= len(layers):
+            raise InvalidArgument(
+                f"trainable_from={k}: {model.arch} has {len(layers)} parameterised layers, so it must be in "
+                f"[1, {len(layers)}]"
+            )
+        self.model = model
+        modules = list(model.net.modules())
+        self._start = next(i for i, m in enumerate(modules) if m is layers[-k])
+        self._frozen = [q for layer in layers[:-k] for q in layer.parameters(recurse=False)]
+        self._trainable = [q for layer in layers[-k:] for q in layer.parameters(recurse=False)]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self._trainable)
+
+    def train(self, mode: bool = True) -> FrozenPrefix:
+        self.training = mode
+        self.model.training = mode
+        for i, module in enumerate(self.model.net.modules()):
+            module.training = mode and i >= self._start
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def __enter__(self) -> FrozenPrefix:
+        self._before = [q.requires_grad for q in self._frozen]
+        for q in self._frozen:
+            q.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for q, before in zip(self._frozen, self._before):
+            q.requires_grad_(before)
+
+
 @register_scheme
 class FeatureSharingWatermark(Scheme):
     """Feature-sharing watermark (Tang et al.): frozen feature extractor, watermark learnt by the decision layers."""
@@ -333,8 +389,20 @@ class FeatureSharingWatermark(Scheme):
         wdr_draws: int = 200
         wdr_fraction: float = 0.1
         wdr_alpha: float = 0.05
+        trainable_from: int | None = None
 
         def validate(self) -> None:
+            if self.trainable_from is not None:
+                if isinstance(self.trainable_from, bool) or self.trainable_from < 1:
+                    raise InvalidArgument(
+                        f"trainable_from must be >= 1 (the last k layers fine-tuned) or None, "
+                        f"got {self.trainable_from!r}"
+                    )
+                if self.finetune != "decision-layers":
+                    raise InvalidArgument(
+                        f"trainable_from={self.trainable_from} sets the frozen/fine-tuned split itself; it needs "
+                        f"finetune='decision-layers', got finetune={self.finetune!r}"
+                    )
             if self.patch_size < 1:
                 raise InvalidArgument(f"patch_size must be >= 1, got {self.patch_size}")
             if self.n_watermark is not None and self.n_watermark < 1:
@@ -421,7 +489,17 @@ class FeatureSharingWatermark(Scheme):
         watermark = TensorData(sets["train_x"], torch.full((len(sets["train_x"]),), target, dtype=torch.long))
         data = TensorData.concat([splits.owner_train, watermark])
         config = train.replace(epochs=p.finetune_epochs, lr=p.finetune_lr or train.lr, patience=0)
-        if p.finetune == "decision-layers":
+        if p.trainable_from is not None:
+            with FrozenPrefix(model, p.trainable_from) as wrapped:
+                result = fit(
+                    wrapped,
+                    data,
+                    config,
+                    parameters=wrapped.trainable_parameters(),
+                    progress=progress,
+                    desc=f"embed feature-sharing (last {p.trainable_from} layers)",
+                )
+        elif p.finetune == "decision-layers":
             result = fit(
                 FrozenFeatures(model),
                 data,
