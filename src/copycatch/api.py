@@ -34,6 +34,7 @@ from .attacks.launder import Laundering, launder
 from .attacks.removal.evasion import is_deployment, load_deployment
 from .attacks.steal import query_set, unlabelled
 from .attacks.steal import steal as _steal
+from .bench.analysis import STUDIES, StudyConfig, StudyResult, run_study
 from .bench.demo import DemoConfig, run_demo
 from .bench.grid import Grid, load_grid
 from .bench.report import make_report
@@ -697,6 +698,24 @@ def run_bench(
 def bench_report(results: PathLike, output: PathLike, *, grid: str | None = None, plots: bool = True) -> dict:
     """Tables (mean ± std over seeds, p-values) and plots of a results store, written to ``output``."""
     return make_report(results, output, grid=grid, plots=plots)
+
+
+def analyze(
+    study: str, output: PathLike = "analysis-out", *, options: dict[str, Any] | None = None, **config: Any
+) -> StudyResult:
+    """Run analysis study ``study`` (``copycatch analyze STUDY``) and write ``output/<study>.csv`` and ``.png``.
+
+    ``config`` holds :class:`~copycatch.bench.analysis.common.StudyConfig` fields (``dataset``, ``max_train``,
+    ``epochs``, ``scheme``, ``scheme_params``, ``thief_queries``, ``seeds``, ``cache_dir``, ``device`` …); the scheme
+    defaults to the study's own (``default_scheme``: mea-defender for ``prms``, else margin). ``options`` are the
+    study's own keyword options. The models are trained once per configuration and then read from the cache."""
+    factory = STUDIES.get(study).factory
+    config.setdefault("scheme", getattr(factory, "default_scheme", "margin"))
+    if config.get("scheme_params"):  # checked (unknown names, values) before any training, values typed
+        params = dict(config["scheme_params"])
+        typed = _scheme_params(config["scheme"], params)
+        config["scheme_params"] = {k.replace("-", "_"): getattr(typed, k.replace("-", "_")) for k in params}
+    return run_study(study, StudyConfig.from_dict(config), str(output), **(options or {}))
 
 
 def plan_bench(grid: Grid | PathLike, results: PathLike | None = None) -> tuple[Grid, Path, set[str]]:

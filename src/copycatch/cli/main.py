@@ -26,7 +26,7 @@ EXIT_USAGE = EXIT_ERROR  # the old name; every error, a usage error or not, exit
 # The verbs in the order `copycatch --help` lists them; a verb is its module in cli/commands plus one name here.
 VERBS = (
     "data", "models", "train", "embed", "protect", "steal", "verify", "evidence", "key", "demo",
-    "remove", "serve", "export", "ledger", "calibrate", "bench", "report",
+    "remove", "serve", "export", "ledger", "calibrate", "bench", "report", "analyze",
 )  # fmt: skip
 
 
