@@ -35,10 +35,12 @@ since it started, an upper bound.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
 import socket
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -102,7 +104,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         "cell_id": task["cell_id"],
         "config": task["config"],
         "started_at": started,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": _worker(),
     }
     try:
         metrics, evidence = _run(task)
@@ -118,6 +120,16 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     row["seconds"] = row["finished_at"] - started
     row["versions"] = versions()
     return row
+
+
+def _worker() -> str:
+    """``host:pid``, and ``@<Ray node id>`` in a Ray task (several Ray nodes may share a host)."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):  # the name is informative only
+            name += f"@{ray.get_runtime_context().get_node_id()}"
+    return name
 
 
 def _run(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -8,7 +8,9 @@ Every executor takes the same task dicts and yields the finished rows as they co
   its data split in memory across cells and uses ``cores ÷ jobs`` threads unless ``OMP_NUM_THREADS`` says otherwise.
 * ``ray`` — one Ray task per cell (``num_cpus=1``) on the cluster at ``--address`` (or a local Ray started
   here). Workers need copycatch installed and must see the data and the cache folder (a shared file system);
-  the coordinator still writes the store. Ray is imported only when chosen.
+  the coordinator still writes the store. Ray is imported only when chosen. A cell whose worker or node dies is
+  retried by Ray on another node (``COPYCATCH_RAY_MAX_RETRIES`` times, default 3); once the retries are spent the
+  cell is lost — no row is written, the other cells go on, and the run ends with an error: run it again to resume.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..core.errors import CopycatchError, InvalidArgument
 from .cell import run_cell, set_threads
 
 EXECUTORS = ("local", "serial", "ray")
+RAY_MAX_RETRIES_ENV = "COPYCATCH_RAY_MAX_RETRIES"  # Ray's retries of a cell whose worker or node died
 
 
 def threads_per_worker(jobs: int) -> int:
@@ -115,7 +118,14 @@ class LocalPoolExecutor(Executor):
 class RayExecutor(Executor):
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, local_mode: bool = False):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        local_mode: bool = False,
+        max_retries: int | None = None,
+    ):
         try:
             import ray
         except ImportError:
@@ -140,8 +150,14 @@ class RayExecutor(Executor):
                 ray.init(**kwargs)
             except ConnectionError as exc:
                 raise InvalidArgument(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
-        self.remote = ray.remote(num_cpus=1)(run_cell)
+        if max_retries is None:
+            env = os.environ.get(RAY_MAX_RETRIES_ENV, "3")
+            if not env.isdigit():
+                raise InvalidArgument(f"{RAY_MAX_RETRIES_ENV} must be a whole number >= 0, got {env!r}")
+            max_retries = int(env)
+        self.remote = ray.remote(num_cpus=1, max_retries=max_retries)(run_cell)
         self.pending: list[Any] = []
+        self.lost: list[tuple[str, str]] = []  # (cell id, why): cells whose worker or node died, not written
 
     def describe(self) -> str:
         where = self.address or "a local Ray instance"
@@ -149,13 +165,27 @@ class RayExecutor(Executor):
 
     def run(self, tasks):
         ray = self.ray
-        self.pending = [self.remote.remote({**task, "threads": 1}) for task in tasks]
+        cell_of = {self.remote.remote({**task, "threads": 1}): task["cell_id"] for task in tasks}
+        self.pending, self.lost = list(cell_of), []
         try:
             while self.pending:
                 done, self.pending = ray.wait(self.pending, num_returns=1)
-                yield ray.get(done[0])
+                try:
+                    row = ray.get(done[0])
+                except ray.exceptions.RayTaskError:  # the cell raised past run_cell's handler: a bug, not a loss
+                    raise
+                except ray.exceptions.RayError as exc:  # its worker or node died, after Ray's retries
+                    self.lost.append((cell_of[done[0]], type(exc).__name__))
+                    continue
+                yield row
         finally:
             self.close()
+        if self.lost:
+            why = ", ".join(sorted({reason for _, reason in self.lost}))
+            raise CopycatchError(
+                f"{len(self.lost)} cell(s) lost with their Ray worker or node ({why}); the cells finished so far "
+                "are saved: run the same command again to resume"
+            )
 
     def close(self) -> None:
         for ref in self.pending:
