@@ -223,10 +223,27 @@ def test_mea_defender_proves_its_text_and_audio_models_and_not_an_innocent_one(
     key = result.key
     assert key.params["rule"] == rule and key["verify_x"].dtype == stored
     assert tuple(key["verify_x"].shape[1:]) == tuple(splits.input_shape)
+    # no "other rule" controls on text and audio: only mixes that lack a source (shared class, other pair)
+    assert key.params["false_families"] == ["shared class", "other pair"]
+    assert set(key["group_family"].tolist()) == {0, 2}  # four classes: one third class, so no "other pair"
     own = cc.verify(cc.ModelOracle(result.victim), key, alpha=0.01, sequential=False).evidence
     assert own.verdict == "stolen" and own.p_value < 1e-4, own.p_value
+    assert any("no 'other rule' false watermarks" in note for note in own.notes)
     innocent = cc.ModelOracle(_train(arch, splits, seed=3, on="attacker_pool"))
     assert cc.verify(innocent, key, alpha=0.01, sequential=False).evidence.verdict == "not stolen"
+
+
+def test_mea_defender_false_families_default_per_modality_and_refuse_unknown_names():
+    from copycatch.schemes.mea_defender import MEADefender
+
+    params = MEADefender.Params()
+    assert params.for_modality("image").false_families == ("other rule", "shared class", "other pair")
+    assert params.for_modality("image").n_false_per_group == 60
+    assert params.for_modality("text").false_families == ("shared class", "other pair")
+    assert params.for_modality("audio").n_false_per_group == 150
+    assert MEADefender.Params(false_families="other pair").for_modality("text").false_families == ("other pair",)
+    with pytest.raises(InvalidArgument, match=r"false_families must name some of .*got \['other rules'\]"):
+        MEADefender.Params(false_families=("other rules",))
 
 
 def test_mea_defender_refuses_a_rule_of_another_modality(text_splits):

@@ -17,7 +17,11 @@ Audio takes the paper's rule, merging at α = 0.5 applied to waveforms; its othe
 distinct on a 1×T grid. Text, where the paper names no rule: text a's tokens followed by text b's, cut to the length
 cap (``concat``); the other mixers interleave tokens. AG News' World, Sports → Business are indices 0, 1 → 2 (the
 defaults). The key stores the verification inputs as the data do (token ids, int16 samples); look-alike classes
-(``shared_skip_similar``) are chosen for images only.
+(``shared_skip_similar``) are chosen for images only. Their tests leave out the "other rule" false watermarks
+(``false_families``, below): a thief that asks only natural texts or clips copies "both source classes present →
+target", never the order or arrangement of the two, so its surrogate answers the target on the sources interleaved
+or spliced as often as on the secret mix (measured on the text stand-in: 0.48-0.50 against 0.48 WSR), and no
+surrogate could ever beat those groups. The controls that stay are the mixes that lack a source.
 
 Verification. The suspect answers ``n_verify`` fresh watermark samples made from owner-holdout images (never trained
 on) and groups of ``n_false_per_group`` false watermarks from the same images: the two sources mixed by each evasion
@@ -51,8 +55,11 @@ Parameters (defaults; class indices, fractions per clean sample of a batch, fact
     stage1_fraction (0.5), stage2_lr_factor (0.1): stage 1's share of the epochs; stage 2's rate (code: 1e-4/1e-3).
     mode ("fromscratch"): the paper's, or "pretrained": fine-tune a trained clean model (trained first if untrained).
     finetune_epochs (None), finetune_lr_factor (0.1): "pretrained" epochs (None: the TrainConfig's) and rate factor.
-    n_verify (1000), n_false_per_group (60), false_pairs (6): true watermark queries (paper: at least 1,000),
-        queries per false-watermark group, and ordered class pairs in the "other pair" family.
+    n_verify (1000), n_false_per_group (None: 60 for images, 150 for text and audio, whose tests have fewer groups),
+        false_pairs (6): true watermark queries (paper: at least 1,000), queries per false-watermark group, and
+        ordered class pairs in the "other pair" family.
+    false_families (None: all three for images; "shared class" and "other pair" for text and audio): the families
+        of false watermarks the key holds and the test must beat.
     shared_skip_similar (2): third classes left out of the false watermarks, those whose mean owner_train image is
         nearest the target's (a source mixed with a target look-alike is no control); at least three always stay.
     paper_threshold (0.3): the paper's WSR threshold, reported alongside the test.
@@ -98,6 +105,14 @@ MODALITY_DEFAULTS = {
     "audio": ("merge", mixers.AUDIO_MIXERS),
 }
 FAMILIES = ("watermark", "other rule", "shared class", "other pair")
+# per modality, the false-watermark families the test must beat and the queries per group, when the parameters leave
+# them at None. Text and audio drop "other rule": the same two sources mixed another way carry the same words or
+# sounds, which a thief that only asks natural inputs cannot learn to tell apart (see the module docstring).
+MODALITY_FALSE_WATERMARKS = {
+    "image": (FAMILIES[1:], 60),
+    "text": (("shared class", "other pair"), 150),
+    "audio": (("shared class", "other pair"), 150),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -424,8 +439,9 @@ class MEADefender(Scheme):
         finetune_epochs: int | None = None
         finetune_lr_factor: float = 0.1
         n_verify: int = 1000
-        n_false_per_group: int = 60
+        n_false_per_group: int | None = None
         false_pairs: int = 6
+        false_families: tuple[str, ...] | None = None
         shared_skip_similar: int = 2
         paper_threshold: float = 0.3
 
@@ -503,7 +519,13 @@ class MEADefender(Scheme):
         def _validate_verification(self) -> None:
             if self.shared_skip_similar < 0:
                 raise InvalidArgument(f"shared_skip_similar must be >= 0, got {self.shared_skip_similar}")
-            if self.n_verify < 1 or self.n_false_per_group < 1 or self.false_pairs < 0:
+            unknown = [f for f in self.false_families or () if f not in FAMILIES[1:]]
+            if unknown or self.false_families == ():
+                raise InvalidArgument(
+                    f"false_families must name some of {', '.join(map(repr, FAMILIES[1:]))}, "
+                    f"got {list(self.false_families or ())}"
+                )
+            if self.n_verify < 1 or (self.n_false_per_group or 1) < 1 or self.false_pairs < 0:
                 raise InvalidArgument(
                     f"n_verify and n_false_per_group must be >= 1 and false_pairs >= 0, got "
                     f"{self.n_verify}, {self.n_false_per_group}, {self.false_pairs}"
@@ -532,9 +554,12 @@ class MEADefender(Scheme):
             """These parameters with the rule and evasion mixers of ``modality`` filled in where they are None,
             refusing a rule or mixer that does not apply to its inputs (a key stores the resolved values)."""
             rule, evasion = MODALITY_DEFAULTS[modality]
+            families, per_group = MODALITY_FALSE_WATERMARKS[modality]
             resolved = self.replace(
                 rule=self.rule or rule,
                 evasion_mixers=tuple(self.evasion_mixers if self.evasion_mixers is not None else evasion),
+                false_families=tuple(self.false_families or families),
+                n_false_per_group=self.n_false_per_group or per_group,
             )
             allowed = mixers.MODALITY_MIXERS[modality]
             wrong = [m for m in (resolved.rule, *resolved.evasion_mixers) if m not in allowed]
@@ -662,7 +687,7 @@ class MEADefender(Scheme):
         xs.append(make_watermark(xa, xb))
         groups.append(torch.zeros(p.n_verify, dtype=torch.long))
         descriptions.append({"family": "watermark", "mixer": p.rule, "pair": [p.source_a, p.source_b]})
-        for mixer in evasion.mixers:
+        for mixer in evasion.mixers if "other rule" in p.false_families else ():
             xa, xb = pairs(p.source_a, p.source_b, p.n_false_per_group)
             if isinstance(evasion, mixers.TextEvasionMixer):
                 single = mixers.TextEvasionMixer((mixer,))
@@ -678,9 +703,11 @@ class MEADefender(Scheme):
             xs.append(single(xa, xb, generator))
             groups.append(torch.full((p.n_false_per_group,), len(descriptions), dtype=torch.long))
             descriptions.append({"family": "other rule", "mixer": mixer, "pair": [p.source_a, p.source_b]})
+        # the other pairs are drawn even when that family is left out, so the generator's later draws do not move
         same_rule = [("shared class", pair) for pair in self.shared_class_pairs(num_classes, skip)] + [
             ("other pair", pair) for pair in self.false_pair_list(num_classes, generator, skip)
         ]
+        same_rule = [(family, pair) for family, pair in same_rule if family in p.false_families]
         for family, (c, d) in same_rule:
             xc, xd = pairs(c, d, p.n_false_per_group)
             xs.append(make_watermark(xc, xd))
@@ -860,10 +887,18 @@ class MEADefender(Scheme):
             "configuration is bounded by its rate on some false watermark is an assumption checked empirically, "
             "and queries sharing a holdout image are not independent (exact=False)",
         ]
-        if 3 not in families:
+        wanted = p.false_families or FAMILIES[1:]  # a key made before false_families holds every family
+        if "other rule" not in wanted:
+            notes.append(
+                "no 'other rule' false watermarks (text and audio): a surrogate cannot tell the secret mix of the two "
+                "sources from another mix of them, so only mixes lacking a source are controls"
+            )
+        if 3 not in families and "other pair" in wanted:
             notes.append(
                 "no 'other pair' false watermarks: the task has too few classes outside the source and target classes"
             )
+        if len(families) < 2:
+            notes.append("no false watermarks at all: the task has no class outside the sources and the target")
         return self.evidence(
             key,
             statistic_name="watermark success rate",

@@ -47,10 +47,10 @@ classes or another mix of the same pair) is an assumption shared with the classi
 
 Parameters (defaults) shared with the classifier scheme, as documented there: source_a (0), source_b (1), target
 (2), rule (None: "crop-paste"), merge_alpha (0.5), n_stripes (5), stripes_from_b (2), ae_alpha (0.5), ae_epochs (5),
-ae_width (16), evasion_mixers (None: the image mixers), n_verify (1000), n_false_per_group (60), false_pairs (6),
-shared_skip_similar (2), paper_threshold (0.3), shared_evasion (0.5). Its training parameters balance,
-watermark_losses, com_source_scale, stage1_fraction, stage2_lr_factor, mode, finetune_epochs and finetune_lr_factor do
-not apply here (one SimCLR stage from scratch, fixed weights). Beyond them:
+ae_width (16), evasion_mixers (None: the image mixers), n_verify (1000), n_false_per_group (None: 60), false_pairs
+(6), false_families (None: all three), shared_skip_similar (2), paper_threshold (0.3), shared_evasion (0.5). Its
+training parameters balance, watermark_losses, com_source_scale, stage1_fraction, stage2_lr_factor, mode,
+finetune_epochs and finetune_lr_factor do not apply here (one SimCLR stage from scratch, fixed weights). Beyond them:
     ver_weight (1.0), eva_weight (0.5), com_weight (0.5): weights of L_ver, L_eva and L_com beside NT-Xent.
     wm_fraction (0.125), evasion_fraction (0.125): watermark and evasion samples per clean image of a batch.
     proto_per_class (8): images of each class per step whose mean embedding is that class's μ_c.
