@@ -140,6 +140,9 @@ def test_the_embed_endpoint_validates_inputs_and_respects_budgets(tmp_path):
         assert client.post("/v1/embed", json={"inputs": x.tolist()}).status_code == 429  # 3 asked, 2 left
         info = client.get("/v1/embed/info").json()
         assert info["embedding_dim"] == 16 and info["output"] == "embedding"
+        docs = client.get("/docs").text  # the Swagger page loads its scripts from the server, not a CDN
+        assert "/docs/assets/swagger-ui-bundle.js" in docs and "https://" not in docs
+        assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     lines = [e for e in read_ledger(tmp_path / "ledger.jsonl").entries if e.get("status") == 200]
     assert len(lines) == 1 and lines[0]["output"] == "embedding" and lines[0]["n"] == 3
     # beside the prediction route: one budget for both

@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse
 
 from .._version import __version__
 from ..core.errors import InvalidArgument
@@ -54,13 +52,12 @@ from .service import (
     ProbabilitiesResponse,
     Service,
     UsageResponse,
+    add_docs_routes,
     add_error_handlers,
 )
 from .validation import RequestError
 
 log = logging.getLogger("copycatch.serve")
-
-_ASSETS = "/docs/assets"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -119,13 +116,13 @@ def create_app(
         description=f"Predictions from a protected {service.modality} model. Every answered query is recorded in "
         "the owner's ledger. Send a batch as JSON, one input as the raw body, or files as a multipart form.",
         lifespan=lifespan,
-        docs_url=None,  # served by _add_docs_routes from local assets
+        docs_url=None,  # served by add_docs_routes from local assets
         redoc_url=None,
     )
     app.state.service = service
     _add_predict_route(app, service)
     _add_read_routes(app, service)
-    _add_docs_routes(app)
+    add_docs_routes(app)
     add_error_handlers(app)
     served = getattr(oracle, "model", None)
     if encoder is None:
@@ -226,35 +223,3 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         if service.closing:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return {"status": "ok"}
-
-
-def _add_docs_routes(app: FastAPI) -> None:
-    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts, styles and icon served from ``/docs/assets`` (the
-    files ``fastapi-offline`` ships): FastAPI's own pages load them from a CDN and stay blank offline."""
-    import fastapi_offline
-
-    assets = Path(fastapi_offline.__file__).parent / "static"
-    app.mount(_ASSETS, StaticFiles(directory=assets), name="docs-assets")
-    title = f"{app.title} {app.version}"
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=title,
-            swagger_js_url=f"{_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{_ASSETS}/favicon.png",
-            # the validator badge would fetch an image from swagger.io
-            swagger_ui_parameters={"validatorUrl": None},
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=title,
-            redoc_js_url=f"{_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{_ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )

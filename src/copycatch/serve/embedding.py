@@ -32,7 +32,7 @@ from ..oracles.embedding import EMBED_INFO_PATH, EMBED_PATH, as_encoder_oracle
 from .config import ServeConfig
 from .keys import Keyring
 from .ledger import row_digests
-from .service import ERROR_RESPONSES, Service, add_error_handlers
+from .service import ERROR_RESPONSES, Service, add_docs_routes, add_error_handlers
 from .validation import RequestError
 
 EMBEDDING_OUTPUT = "embedding"
@@ -167,7 +167,10 @@ def create_embedding_app(
         version=__version__,
         description="Embeddings from an encoder. Every answered query is recorded in the owner's ledger.",
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs_routes from local assets
+        redoc_url=None,
     )
+    add_docs_routes(app)
     app.state.embedding_service = service
     _routes(app, service)
 
