@@ -298,9 +298,15 @@ def _watermark_line(cfg: DemoConfig, key: Any) -> str:
         listed = ", ".join(f"{k}={v}" for k, v in shown.items())
         return f"watermark: margin {listed} (λ from the data size unless given)"
     p = key.params
+    families = p.get("false_families") or ("other rule", "shared class", "other pair")
+    controls = {
+        "other rule": "the sources by " + ", ".join(m for m in p["evasion_mixers"] if m != p["rule"]),
+        "shared class": "a source with another class",
+        "other pair": "other class pairs",
+    }
     return (
         f"watermark: mea-defender, classes {p['source_a']} + {p['source_b']} → {p['target']} by {p['rule']} "
-        f"(false watermarks: {', '.join(m for m in p['evasion_mixers'] if m != p['rule'])} and other class pairs)"
+        f"(false watermarks: {'; '.join(controls[f] for f in families)})"
     )
 
 
