@@ -18,8 +18,8 @@ from ._version import __version__
 # Each public name and the module it comes from.
 _SOURCES = {
     ".api": (
-        "as_oracle", "bench_report", "calibrate", "demo", "embed", "ledger_summary", "new_api_key", "open_server",
-        "plan_bench", "protect", "remove", "run_bench", "steal", "train", "verify",
+        "analyze", "as_oracle", "bench_report", "calibrate", "demo", "embed", "ledger_summary", "new_api_key",
+        "open_server", "plan_bench", "protect", "remove", "run_bench", "steal", "train", "verify",
     ),
     ".attacks.extraction": ("create_extraction_attack", "list_extraction_attacks"),
     ".attacks.removal": ("create_removal_attack", "list_removal_attacks"),
@@ -55,6 +55,7 @@ __all__ = [
     "__version__",
     "accuracy",
     "agreement",
+    "analyze",
     "as_oracle",
     "bench_report",
     "calibrate",
@@ -107,6 +108,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the names as if imported here
     from .api import (
+        analyze,
         as_oracle,
         bench_report,
         calibrate,
