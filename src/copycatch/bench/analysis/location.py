@@ -120,6 +120,9 @@ def location(*, config: StudyConfig, output: str | Path, depths: Sequence[int] |
 
 
 location.default_scheme = "feature-sharing"
+location.options = (
+    ("depths", str, "numbers k of last layers fine-tuned, comma-separated (default: every depth, 1 = the last layer)"),
+)
 
 
 def _means(rows: list[dict[str, Any]], depths: list[int]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:

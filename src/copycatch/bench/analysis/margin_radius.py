@@ -105,6 +105,10 @@ def margin_radius(*, config: StudyConfig, output: str | Path, max_radius: int = 
 
 
 margin_radius.default_scheme = "margin"
+margin_radius.options = (
+    ("max_radius", int, "the largest L∞ radius in pixel levels: radii 0, 1/255, …, N/255"),
+    ("pgd_steps", int, "PGD steps per radius, each of 2.5·r/steps"),
+)
 
 
 def _curves(rows: list[dict[str, Any]], radii: list[float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
