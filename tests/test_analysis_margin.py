@@ -115,7 +115,7 @@ def test_location_study_reports_victim_and_surrogate_per_depth(config, tmp_path)
     ]
     for r in rows:
         assert all(0.0 <= float(r[c]) <= 1.0 for c in ("watermark_accuracy", "p_value", "accuracy"))
-    assert result.summary["layers"] == 4 and result.summary["default_depth"] == 2
+    assert result.summary["layers"] == 4 and result.summary["default_depth"] == 1  # finetune="last-layer"
     assert result.png is not None and result.png.stat().st_size > 1000
     models = study_models(fs, 0, scheme_params={**FS_TINY, "trainable_from": 1})  # cached by the study
     evidence = cc.verify(models.victim, models.key, sequential=False).evidence
@@ -132,10 +132,13 @@ def _embed_fs(trained, splits, **params):
 
 def test_trainable_from_none_is_the_default_split_bit_for_bit(trained, splits):
     before, key_before = _embed_fs(trained, splits)
-    after, key_after = _embed_fs(trained, splits, trainable_from=None)
-    assert before.state_dict().keys() == after.state_dict().keys()
-    assert all(torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items())
-    assert all(torch.equal(key_before[t], key_after[t]) for t in ("verify_x", "source_class", "target_class"))
+    for explicit in ({"trainable_from": None}, {"trainable_from": 1}):  # the default tunes the output layer alone
+        after, key_after = _embed_fs(trained, splits, **explicit)
+        assert before.state_dict().keys() == after.state_dict().keys()
+        assert all(torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items())
+        assert all(torch.equal(key_before[t], key_after[t]) for t in ("verify_x", "source_class", "target_class"))
+    deeper, _ = _embed_fs(trained, splits, trainable_from=2)
+    assert any(not torch.equal(v, deeper.state_dict()[k]) for k, v in before.state_dict().items())
 
 
 def test_trainable_from_freezes_all_but_the_last_k_layers(trained, splits):
@@ -154,7 +157,7 @@ def test_trainable_from_rejects_bad_values(trained, splits):
     for bad in (0, -2):
         with pytest.raises(InvalidArgument, match=f"trainable_from must be >= 1.*{bad}"):
             FeatureSharingWatermark(**FS_TINY, trainable_from=bad)
-    with pytest.raises(InvalidArgument, match="finetune='decision-layers'"):
+    with pytest.raises(InvalidArgument, match="finetune='whole-network' trains every layer"):
         FeatureSharingWatermark(**FS_TINY, trainable_from=1, finetune="whole-network")
     with pytest.raises(InvalidArgument, match=r"trainable_from=99: .* must be in \[1, "):
         _embed_fs(trained, splits, trainable_from=99)

@@ -15,8 +15,8 @@ accuracy. The clean model, shared by every depth, is the same for all rows of a 
 
 Output: ``location.csv`` (seed, depth, model, watermark_accuracy, p_value, accuracy) and ``location.png``
 (watermark accuracy against depth, victim and surrogate, mean ± std over the seeds; the p-values on a second
-panel). Depth ``k`` equal to the number of parameterised layers of ``model.classifier`` is the scheme's default
-split (``trainable_from=None``), which the summary names.
+panel). The scheme's default split (``trainable_from=None``) is k = 1 (``finetune="last-layer"``), or the number of
+parameterised layers of ``model.classifier`` with ``-p finetune=decision-layers``; the summary names it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def _depths(config: StudyConfig, depths: Sequence[int] | str | None) -> tuple[li
     splits = load_splits(config.dataset, seed=config.seeds[0], data_dir=config.data_dir, max_train=config.max_train)
     model = create_for(config.arch, splits, seed=0)
     total = len(parameterised_layers(model.net))
-    default = len(parameterised_layers(model.classifier))
+    finetune = config.scheme_params.get("finetune", "last-layer")
+    default = 1 if finetune == "last-layer" else len(parameterised_layers(model.classifier))
     if depths is None:
         chosen = list(range(1, total + 1))
     else:
@@ -111,7 +112,7 @@ def location(*, config: StudyConfig, output: str | Path, depths: Sequence[int] |
     }
     notes = [
         f"depth k fine-tunes the last k of {config.arch}'s {total} parameterised layers; k={default} is the "
-        "scheme's default split (model.classifier)",
+        "scheme's default split",
     ]
     written = _plot(means, chosen, default, png, seeds=len(config.seeds))
     if written is None:
