@@ -251,3 +251,23 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout tests)
             self.wfile.write(body)
+
+
+def margin_null_draws(scheme: Any, holdout: cc.Splits, model: Any, *, first_seed: int, draws: int = 300):
+    """``draws`` independent margin keys (trigger sets drawn with seeds from ``first_seed``) verified against one
+    innocent ``model``: their p-values (an array) and how many triggers the model misclassified for each."""
+    from copycatch.core.key import Key
+
+    p_values, misclassified = [], []
+    for draw in range(draws):
+        x_u8, true, labels = scheme.make_trigger_set(holdout, torch.Generator().manual_seed(first_seed + draw))
+        key = Key(
+            "margin",
+            scheme.params.to_dict(),
+            {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
+            {"num_classes": holdout.num_classes, "input_shape": list(holdout.input_shape)},
+        )
+        evidence = scheme.verify(cc.ModelOracle(model), key, alpha=0.05)
+        p_values.append(evidence.p_value)
+        misclassified.append(evidence.metrics["misclassified"])
+    return np.array(p_values), misclassified

@@ -11,12 +11,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import margin_null_draws
 
 import copycatch as cc
 from copycatch.bench.analysis import STUDIES, StudyConfig, run_study, study_models
 from copycatch.bench.analysis.margin_radius import trigger_retention
 from copycatch.core.errors import InvalidArgument
-from copycatch.core.key import Key
 from copycatch.schemes.feature_sharing import FeatureSharingWatermark, parameterised_layers
 from copycatch.schemes.margin import MarginWatermark
 
@@ -230,19 +230,7 @@ def test_mixup_null_p_values_stay_valid_over_independent_keys(splits, innocent, 
     """300 independent Mixup keys against a model trained on the same task, which is often drawn to a lighter
     component's class: the binomial null with rate 1/(C−1) still holds (false-positive rate at 0.05 ≤ 0.07)."""
     scheme = MarginWatermark(n_triggers=60, mixup_components=components)
-    p_values, ms = [], []
-    for draw in range(300):
-        x_u8, true, labels = scheme.make_trigger_set(splits, torch.Generator().manual_seed(20_000 + draw))
-        key = Key(
-            "margin",
-            scheme.params.to_dict(),
-            {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
-            {"num_classes": 4, "input_shape": [1, 8, 8]},
-        )
-        ev = scheme.verify(cc.ModelOracle(innocent), key, alpha=0.05)
-        p_values.append(ev.p_value)
-        ms.append(ev.metrics["misclassified"])
-    p = np.array(p_values)
+    p, ms = margin_null_draws(scheme, splits, innocent, first_seed=20_000)
     assert np.mean(ms) > 15, "the innocent model must misclassify enough mixes for the test to mean anything"
     n = len(p)
     for u in (0.01, 0.05, 0.1, 0.25, 0.5):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import margin_null_draws
 
 import copycatch as cc
 from copycatch.core.errors import InvalidArgument
@@ -63,19 +64,7 @@ def test_exact_null_p_values_are_uniform_over_independent_keys(splits, which):
         seed=1,
         fractions=cc.SplitFractions(owner_train=0.1, owner_holdout=0.5, attacker_pool=0.1),
     )
-    p_values, ms = [], []
-    for draw in range(300):
-        x_u8, true, labels = scheme.make_trigger_set(holdout, torch.Generator().manual_seed(10_000 + draw))
-        key = Key(
-            "margin",
-            scheme.params.to_dict(),
-            {"trigger_x": x_u8, "trigger_true": true, "trigger_label": labels},
-            {"num_classes": 4, "input_shape": [1, 8, 8]},
-        )
-        ev = scheme.verify(cc.ModelOracle(model), key, alpha=0.05)
-        p_values.append(ev.p_value)
-        ms.append(ev.metrics["misclassified"])
-    p = np.array(p_values)
+    p, ms = margin_null_draws(scheme, holdout, model, first_seed=10_000)
     assert np.mean(ms) > 20, "the innocent model must misclassify enough triggers for the test to mean anything"
     assert np.mean(p <= 0.05) <= 0.07
     n = len(p)
