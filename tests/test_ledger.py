@@ -141,7 +141,8 @@ def test_a_process_killed_mid_write_leaves_no_torn_line(tmp_path):
     assert [e["seq"] for e in read.entries] == list(range(len(read.entries)))
     assert all(len(e["inputs"]) == 64 for e in read.entries)
     assert all(f.read_bytes().endswith(b"\n") for f in read.files[:-1])
-    assert read.files[-1].read_bytes().endswith(b"\n") == (read.corrupt_lines == 0)
+    tail = read.files[-1].read_bytes()  # empty when the kill came right after a rotation
+    assert (tail == b"" or tail.endswith(b"\n")) == (read.corrupt_lines == 0)
     with Ledger(path) as ledger:  # a restarted server fences the torn tail off and carries on
         ledger.record({"key": "k0", "status": 200, "n": 1, "seq": len(read.entries)})
     after = read_ledger(path)
