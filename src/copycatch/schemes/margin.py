@@ -47,16 +47,12 @@ Parameters (defaults; inputs on the [0, 1] scale):
         then one weight near 1, so a trigger that rounds to a single holdout image). Unused when
         mixup_components = 1.
 
-Mixup triggers and the null. A mix has m true classes, but the test counts hits among the triggers a suspect
-misclassifies with one rate, 1/(C−1). So a mixed trigger's ``trigger_true`` is the class of its heaviest component
-(the first one on a tie, so always the first with "uniform" weights), and its secret label is drawn uniformly from
-the C−1 other classes exactly as for m = 1, even when that is another component's class. The label is drawn after
-the image and independently of it, so given any suspect's prediction p ≠ trigger_true, P(label = p) = 1/(C−1): the
-binomial null is exact, unchanged. Drawing instead a label wrong for *every* component would break it: the label
-could then never be another component's class (which an innocent model often predicts for a mix) and would hit
-every other class with 1/(C−m') > 1/(C−1) (m' distinct component classes), so innocent models would be accused
-too often. The price: a secret label may be a lighter component's class (with probability (m'−1)/(C−1)), a label
-the trigger partly shows, which is easier to learn and to copy but says nothing against the null.
+Mixup triggers and the null. A mixed trigger's ``trigger_true`` is its heaviest component's class (the first on a
+tie) and its secret label is drawn from the C−1 other classes as for m = 1, after the image and independently of it,
+so given any prediction p ≠ trigger_true, P(label = p) = 1/(C−1) and the binomial null stays exact. A label wrong for
+*every* component would break it: an innocent model often predicts a lighter component's class, and the remaining
+classes would then be hit at 1/(C−m') > 1/(C−1). The price: the secret label is sometimes a class the trigger
+partly shows.
 
 Deviations: triggers are sampled per batch as in the code; the ascent starts from the clean trigger every batch (no
 random start, as in the code); triggers are quantised to 1/255 as in the code; λ scales with the data size and the

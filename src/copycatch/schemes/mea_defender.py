@@ -19,9 +19,8 @@ cap (``concat``); the other mixers interleave tokens. AG News' World, Sports →
 defaults). The key stores the verification inputs as the data do (token ids, int16 samples); look-alike classes
 (``shared_skip_similar``) are chosen for images only. Their tests leave out the "other rule" false watermarks
 (``false_families``, below): a thief that asks only natural texts or clips copies "both source classes present →
-target", never the order or arrangement of the two, so its surrogate answers the target on the sources interleaved
-or spliced as often as on the secret mix (measured on the text stand-in: 0.48-0.50 against 0.48 WSR), and no
-surrogate could ever beat those groups. The controls that stay are the mixes that lack a source.
+target", never the order or arrangement of the two, so no surrogate could beat those groups (measured:
+docs/data-modalities.md). The controls that stay are the mixes that lack a source.
 
 Verification. The suspect answers ``n_verify`` fresh watermark samples made from owner-holdout images (never trained
 on) and groups of ``n_false_per_group`` false watermarks from the same images: the two sources mixed by each evasion
