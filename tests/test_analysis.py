@@ -12,7 +12,7 @@ import math
 import pytest
 
 from copycatch import api
-from copycatch.bench.analysis import STUDIES, features, prms
+from copycatch.bench.analysis import STUDIES, common, features, prms
 from copycatch.cli.main import main
 from copycatch.core.errors import InvalidArgument
 
@@ -114,7 +114,7 @@ def test_prms_refuses_another_scheme_before_training(tmp_path):
 
 
 def test_without_matplotlib_the_csv_is_written_and_the_figure_skipped(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(prms, "pyplot", lambda: None)
+    monkeypatch.setattr(common, "pyplot", lambda: None)
     result = api.analyze("prms", tmp_path, cache_dir=cache, options={"per_pair": 2}, **MEA)
     assert result.png is None and not (tmp_path / "prms.png").exists()
     assert result.csv.is_file() and any("matplotlib" in note for note in result.notes)

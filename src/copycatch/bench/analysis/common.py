@@ -6,6 +6,7 @@ import copy
 import csv
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -171,6 +172,17 @@ def write_csv(
         writer.writeheader()
         writer.writerows(rows)
     return csv_path, folder / f"{study}.png"
+
+
+def draw(png: Path, notes: list[str], plot: Callable[[Any, Path], None]) -> Path | None:
+    """``plot(plt, png)`` draws the study's figure into ``png`` and the path is returned; without matplotlib nothing
+    is drawn, :data:`NO_PLOT` joins ``notes`` and None is returned (the CSV alone stands)."""
+    plt = pyplot()
+    if plt is None:
+        notes.append(NO_PLOT)
+        return None
+    plot(plt, png)
+    return png
 
 
 def pyplot() -> Any:

@@ -38,7 +38,7 @@ from ...data.base import to_float
 from ...models.train import predict_logits
 from ...schemes.base import scheme_for_key
 from . import register_study
-from .common import NO_PLOT, StudyConfig, StudyResult, pyplot, study_models, write_csv
+from .common import StudyConfig, StudyResult, draw, study_models, write_csv
 
 FIGSIZE = (11.0, 10.0)  # inches; the PNG is FIGSIZE × DPI pixels
 DPI = 100
@@ -181,13 +181,11 @@ def features(
             summary[f"{name}_key_agrees_with_victim"] = float((predicted[n_test:] == victim_pred[n_test:]).mean())
 
     csv_file, png_file = write_csv(output, "features", COLUMNS, rows)
-    plt = pyplot()
-    if plt is None:
-        notes.append(NO_PLOT)
-        png = None
-    else:
-        _plot(plt, png_file, views, labels, n_test, models.splits.class_names, config, seed)
-        png = png_file
+    png = draw(
+        png_file,
+        notes,
+        lambda plt, path: _plot(plt, path, views, labels, n_test, models.splits.class_names, config, seed),
+    )
     return StudyResult("features", csv_file, png, len(rows), summary, notes)
 
 

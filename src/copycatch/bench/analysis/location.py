@@ -34,7 +34,7 @@ from ...models.train import accuracy
 from ...schemes.feature_sharing import parameterised_layers
 from ...verification.session import fixed_test
 from . import register_study
-from .common import NO_PLOT, StudyConfig, StudyResult, pyplot, study_models, write_csv
+from .common import StudyConfig, StudyResult, draw, study_models, write_csv
 
 STUDY = "location"
 MODELS = ("victim", "surrogate")
@@ -114,9 +114,7 @@ def location(*, config: StudyConfig, output: str | Path, depths: Sequence[int] |
         f"depth k fine-tunes the last k of {config.arch}'s {total} parameterised layers; k={default} is the "
         "scheme's default split",
     ]
-    written = _plot(means, chosen, default, png, seeds=len(config.seeds))
-    if written is None:
-        notes.append(NO_PLOT)
+    written = draw(png, notes, lambda plt, path: _plot(plt, path, means, chosen, default, seeds=len(config.seeds)))
     return StudyResult(STUDY, csv_path, written, len(rows), summary, notes)
 
 
@@ -137,10 +135,7 @@ def _means(rows: list[dict[str, Any]], depths: list[int]) -> dict[str, dict[str,
     return out
 
 
-def _plot(means, depths: list[int], default: int, png: Path, *, seeds: int) -> Path | None:
-    plt = pyplot()
-    if plt is None:
-        return None
+def _plot(plt, png: Path, means, depths: list[int], default: int, *, seeds: int) -> None:
     x = np.array(depths)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120)
     for name in MODELS:
@@ -164,4 +159,3 @@ def _plot(means, depths: list[int], default: int, png: Path, *, seeds: int) -> P
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
-    return png

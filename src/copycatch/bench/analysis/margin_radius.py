@@ -31,7 +31,7 @@ import torch
 from ...core.errors import InvalidArgument
 from ...models.adversarial import pgd
 from . import register_study
-from .common import NO_PLOT, StudyConfig, StudyResult, pyplot, study_models, write_csv
+from .common import StudyConfig, StudyResult, draw, study_models, write_csv
 
 STUDY = "margin-radius"
 MODELS = ("victim", "surrogate", "clean")
@@ -98,9 +98,7 @@ def margin_radius(*, config: StudyConfig, output: str | Path, max_radius: int = 
     notes = [
         "PGD finds some perturbations, not all: each point is an upper bound of the robust watermark accuracy",
     ]
-    written = _plot(curves, radii, png, seeds=len(config.seeds))
-    if written is None:
-        notes.append(NO_PLOT)
+    written = draw(png, notes, lambda plt, path: _plot(plt, path, curves, radii, seeds=len(config.seeds)))
     return StudyResult(STUDY, csv_path, written, len(rows), summary, notes)
 
 
@@ -125,12 +123,7 @@ def _curves(rows: list[dict[str, Any]], radii: list[float]) -> dict[str, tuple[n
     return out
 
 
-def _plot(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], radii: list[float], png: Path, *, seeds: int
-) -> Path | None:
-    plt = pyplot()
-    if plt is None:
-        return None
+def _plot(plt, png: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], radii: list[float], *, seeds: int) -> None:
     levels = np.array(radii) * 255
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
     for name, (mean, std) in curves.items():
@@ -146,4 +139,3 @@ def _plot(
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
-    return png

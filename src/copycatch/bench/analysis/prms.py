@@ -40,7 +40,7 @@ from ...models.train import predict_logits
 from ...schemes import _mixers as mixers
 from ...schemes.base import scheme_for_key
 from . import register_study
-from .common import NO_PLOT, StudyConfig, StudyResult, pyplot, study_models, write_csv
+from .common import StudyConfig, StudyResult, draw, study_models, write_csv
 
 SCHEME = "mea-defender"
 FIGSIZE = (12.0, 11.0)  # inches; the PNG is FIGSIZE × DPI pixels
@@ -163,13 +163,8 @@ def prms(config: StudyConfig, output: str | Path, *, per_pair: int = 100) -> Stu
     summary.update(_summary(mean, source_a, source_b, target, lookalikes))
 
     csv_file, png_file = write_csv(output, "prms", COLUMNS, rows)
-    plt = pyplot()
-    if plt is None:
-        notes.append(NO_PLOT)
-        png = None
-    else:
-        _plot(plt, png_file, mean, (source_a, source_b, target), models.splits.class_names, config)
-        png = png_file
+    classes = (source_a, source_b, target)
+    png = draw(png_file, notes, lambda plt, path: _plot(plt, path, mean, classes, models.splits.class_names, config))
     return StudyResult("prms", csv_file, png, len(rows), summary, notes)
 
 
