@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,19 @@ class ArtifactCache:
         except (CorruptFile, OSError, ValueError):
             return None  # damaged or half-deleted: rebuild it
         return model, key, record
+
+
+def timed(build: Any) -> Any:
+    """A cache builder returning (model, key, record) with the seconds it took, from ``build() -> model`` or
+    ``(model, key)`` or ``(model, key, record)``."""
+
+    def wrapped() -> tuple[Any, Any, dict[str, Any]]:
+        start = time.perf_counter()
+        out = build()
+        model, key, record = (out, None, {}) if not isinstance(out, tuple) else (*out, {})[:3]
+        return model, key, {**record, "seconds": time.perf_counter() - start}
+
+    return wrapped
 
 
 @contextlib.contextmanager

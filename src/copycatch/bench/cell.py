@@ -55,7 +55,7 @@ from ..oracles.local import ModelOracle
 from ..oracles.postprocess import create_postprocessor
 from ..schemes import SCHEMES, embed_scheme, protect_oracle
 from ..verification.session import fixed_test
-from .cache import ArtifactCache
+from .cache import ArtifactCache, timed
 from .grid import (
     INNOCENT_SEED_OFFSET,
     REMOVAL_SEED_OFFSET,
@@ -176,7 +176,7 @@ class _Cell:
     def cached(self, kind: str, build: Any) -> tuple[Any, Any, dict[str, Any]]:
         """A model from the artifact cache (built and stored on a miss); records ``cached_<kind>``."""
         model, key, record, self.m[f"cached_{kind}"] = self.cache.get_or_build(
-            kind, config_hash(self.specs[kind]), _timed(build), device=self.device
+            kind, config_hash(self.specs[kind]), timed(build), device=self.device
         )
         return model, key, record
 
@@ -347,19 +347,6 @@ class _Cell:
                 lambda: {"innocent_acc": accuracy(innocent, self.splits.test), **self.verify("innocent", innocent)[1]},
             )
         )
-
-
-def _timed(build: Any) -> Any:
-    """A cache builder returning (model, key, record) with the seconds it took, from ``build() -> model`` or
-    ``(model, key)`` or ``(model, key, record)``."""
-
-    def wrapped() -> tuple[Any, Any, dict[str, Any]]:
-        start = time.perf_counter()
-        out = build()
-        model, key, record = (out, None, {}) if not isinstance(out, tuple) else (*out, {})[:3]
-        return model, key, {**record, "seconds": time.perf_counter() - start}
-
-    return wrapped
 
 
 def _memo(key: str, compute: Any) -> dict[str, Any]:

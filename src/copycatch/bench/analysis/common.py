@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +18,7 @@ from ...models.base import Classifier
 from ...models.train import TrainConfig, train_model
 from ...oracles.local import ModelOracle
 from ...schemes import SCHEMES, embed_scheme, protect_oracle
-from ..cache import ArtifactCache
+from ..cache import ArtifactCache, timed
 from ..grid import THIEF_SEED_OFFSET, config_hash
 
 
@@ -105,18 +104,10 @@ def study_models(config: StudyConfig, seed: int, *, scheme_params: dict | None =
         "queries": config.thief_queries,
     }
 
-    def timed(build):
-        def run():
-            start = time.perf_counter()
-            model, key, record = build()
-            return model, key, {**record, "seconds": time.perf_counter() - start}
-
-        return run
-
     clean, _, _, _ = cache.get_or_build(
         "clean",
         config_hash(clean_spec),
-        timed(lambda: (train_model(config.arch, splits, config=owner, progress=False), None, {})),
+        timed(lambda: train_model(config.arch, splits, config=owner, progress=False)),
         device=config.device,
     )
 
@@ -134,7 +125,7 @@ def study_models(config: StudyConfig, seed: int, *, scheme_params: dict | None =
             max_cost=None,
             key_seed=f"{seed:064x}",  # reproducible keys: a study is an experiment, not a protection
         )
-        return embedding.victim, embedding.key, {}
+        return embedding.victim, embedding.key
 
     victim, key, _, _ = cache.get_or_build("victim", config_hash(victim_spec), timed(embed), device=config.device)
 
