@@ -2,6 +2,7 @@
 #   make demo    protect a model, steal it, verify the stolen copy and an innocent model, print the verdicts
 #   make test    lint (ruff), the import contract (import-linter), the docs site (strict), then the test suite
 #   make bench   run the quick benchmark grid (see benchmarks/)
+#   make reproduce PAPER=margin   one paper's grid at the CPU scale of docs/reproductions.md
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,10 +15,10 @@ DEMO_EXTRAS ?= datasets
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
-.PHONY: demo test test-interop lint docs bench setup data redis-server standin-tools browser clean help
+.PHONY: demo test test-interop lint docs bench reproduce setup data redis-server standin-tools browser clean help
 
 help:
-	@sed -n '2,5p' Makefile
+	@sed -n '2,6p' Makefile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -119,6 +120,16 @@ docs: $(VENV)/.installed-$(TEST_EXTRAS)
 bench: $(VENV)/.installed-$(TEST_EXTRAS) data
 	$(BIN)/copycatch bench fmnist-quick -o bench-out/fmnist-quick; status=$$?; \
 	$(BIN)/copycatch report bench-out/fmnist-quick -o bench-out/fmnist-quick/report && exit $$status
+
+# One seed paper's grid at the CPU scale docs/reproductions.md documents (about 10-45 min each on 2 cores):
+# PAPER = margin, feature-sharing, mea-defender, frontier-stitching, dynamarks or margin-mixup. Resumable; the
+# models are shared between papers through one cache; the report and cells.csv go to benchmarks/results/PAPER.
+PAPER ?= margin
+REPRODUCE_SCALE ?= --max-train 10000 --epochs-factor 0.5
+reproduce: $(VENV)/.installed-$(TEST_EXTRAS) data
+	OMP_NUM_THREADS=1 $(BIN)/copycatch bench $(PAPER) $(REPRODUCE_SCALE) -o bench-out/reproduce/$(PAPER) \
+	  --cache bench-out/reproduce/cache; status=$$?; \
+	$(BIN)/copycatch report bench-out/reproduce/$(PAPER) -o benchmarks/results/$(PAPER) && exit $$status
 
 clean:
 	rm -rf demo-out bench-out site .pytest_cache

@@ -16,7 +16,7 @@ import pytest
 
 from copycatch.bench import GridError, ResultsStore, load_grid, parse_grid, run_grid
 from copycatch.bench.executors import LocalPoolExecutor, SerialExecutor, create_executor
-from copycatch.bench.grid import artifact_specs, config_hash, flatten, packaged_grids
+from copycatch.bench.grid import artifact_specs, config_hash, flatten, packaged_grids, rescale
 from copycatch.bench.report import make_report
 from copycatch.cli.main import main
 from copycatch.core.errors import CorruptFile, InvalidArgument
@@ -91,6 +91,37 @@ def test_cells_share_victims_but_not_surrogates(tiny):
     victims = {config_hash(artifact_specs(c.config)["victim"]) for c in same_seed}
     surrogates = {config_hash(artifact_specs(c.config)["surrogate"]) for c in same_seed}
     assert len(victims) == 1 and len(surrogates) == 2
+
+
+def test_rescale_caps_data_scales_training_epochs_and_keeps_the_swept_ones():
+    grid = parse_grid("""
+name: g
+seeds: 2
+data: {name: synthetic, max_train: 5000}
+victim: {arch: mlp, train: {epochs: 10}}
+schemes: [margin]
+innocent: {arch: mlp, train: {epochs: 3}}
+attacks:
+  - extraction: {name: soft-label, train: {epochs: 20}}
+    removals: [{name: fine-tune, sweep: {epochs: [1, 5]}}]
+""")
+    small = rescale(grid, max_train=800, epochs_factor=0.25)
+    assert small.name == "g-n800-e0.25" and "--max-train 800 --epochs-factor 0.25" in small.text
+    assert len(small.cells) == len(grid.cells) == 4
+    for cell in small.cells:
+        cfg = cell.config
+        assert cfg["data"]["max_train"] == 800 and cell.cell_id == config_hash(cfg)
+        assert (cfg["victim"]["train"]["epochs"], cfg["extraction"]["train"]["epochs"]) == (2, 5)
+        assert cfg["innocent"]["train"]["epochs"] == 1  # 0.75 rounds to 1, and never below 1
+    # the removal's epochs are the swept variable: kept
+    assert sorted({c.config["removals"][0]["params"]["epochs"] for c in small.cells}) == [1, 5]
+    assert not {c.cell_id for c in small.cells} & {c.cell_id for c in grid.cells}
+    # a larger cap than the grid's keeps the grid's; no scale is the grid itself
+    assert {c.config["data"]["max_train"] for c in rescale(grid, max_train=9000).cells} == {5000}
+    assert rescale(grid) is grid
+    for bad in ({"max_train": 10}, {"max_train": 1.5}, {"epochs_factor": 0.0}, {"epochs_factor": -1.0}):
+        with pytest.raises(InvalidArgument, match=next(iter(bad))):
+            rescale(grid, **bad)
 
 
 @pytest.mark.parametrize(
@@ -451,6 +482,8 @@ def test_cli_bench_dry_run_bench_and_report(tmp_path, capsys, tiny):
     out, rep = tmp_path / "out", tmp_path / "rep"
     assert main(["bench", str(grid_file), "-o", str(out), "--dry-run"]) == 0
     assert "2 cells in 1 experiment(s), 0 already finished" in capsys.readouterr().out
+    assert main(["bench", str(grid_file), "--dry-run", "--max-train", "500", "--epochs-factor", "0.5"]) == 0
+    assert "grid tiny-n500-e0.5: 2 cells" in capsys.readouterr().out
     assert main(["bench", str(grid_file), "-o", str(out), "--executor", "serial", "-q", "--limit", "1"]) == 0
     assert "1 cells left (--limit)" in capsys.readouterr().out
     assert main(["bench", str(grid_file), "-o", str(out), "--executor", "serial", "-q", "--report", str(rep)]) == 0

@@ -36,7 +36,7 @@ from .attacks.steal import query_set, unlabelled
 from .attacks.steal import steal as _steal
 from .bench.analysis import STUDIES, StudyConfig, StudyResult, run_study
 from .bench.demo import DemoConfig, run_demo
-from .bench.grid import Grid, load_grid
+from .bench.grid import Grid, load_grid, rescale
 from .bench.report import make_report
 from .bench.runner import RunSummary, run_grid
 from .bench.store import ResultsStore, store_path
@@ -675,9 +675,15 @@ def run_bench(
     limit: int | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    max_train: int | None = None,
+    epochs_factor: float | None = None,
 ) -> RunSummary:
-    """Run a benchmark grid (a YAML file or a parsed :class:`Grid`) into a resumable results store."""
-    grid = grid if isinstance(grid, Grid) else load_grid(grid)
+    """Run a benchmark grid (a YAML file or a parsed :class:`Grid`) into a resumable results store.
+
+    ``max_train`` and ``epochs_factor`` run the grid at another scale (:func:`copycatch.bench.grid.rescale`)."""
+    grid = rescale(
+        grid if isinstance(grid, Grid) else load_grid(grid), max_train=max_train, epochs_factor=epochs_factor
+    )
     results = Path(results) if results is not None else Path("bench-out") / grid.name
     return run_grid(
         grid,
@@ -718,9 +724,17 @@ def analyze(
     return run_study(study, StudyConfig.from_dict(config), str(output), **(options or {}))
 
 
-def plan_bench(grid: Grid | PathLike, results: PathLike | None = None) -> tuple[Grid, Path, set[str]]:
+def plan_bench(
+    grid: Grid | PathLike,
+    results: PathLike | None = None,
+    *,
+    max_train: int | None = None,
+    epochs_factor: float | None = None,
+) -> tuple[Grid, Path, set[str]]:
     """A grid's cells without running them: (grid, results folder, ids of the cells already finished there)."""
-    grid = grid if isinstance(grid, Grid) else load_grid(grid)
+    grid = rescale(
+        grid if isinstance(grid, Grid) else load_grid(grid), max_train=max_train, epochs_factor=epochs_factor
+    )
     results = Path(results) if results is not None else Path("bench-out") / grid.name
     done: set[str] = set()
     if store_path(results).exists():

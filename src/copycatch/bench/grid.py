@@ -562,6 +562,57 @@ def _registered(registry: Any, entry: Mapping[str, Any], where: str) -> tuple[st
         raise GridError(f"{where}: {exc}") from None
 
 
+def rescale(grid: Grid, *, max_train: int | None = None, epochs_factor: float | None = None) -> Grid:
+    """The same grid at a smaller (or larger) scale, for a machine the grid's own scale does not fit.
+
+    ``max_train`` caps every data entry's training images (the split fractions are kept, so the owner's, the
+    holdout's and the thief's shares shrink together); ``epochs_factor`` multiplies the epochs of every model a cell
+    trains — victim (and its clean reference), surrogate, innocent control and the removal attacks' training
+    defaults — rounded, at least 1. Parameters the experiment varies (a fine-tuning attack's ``epochs``, a scheme's
+    own schedule) are kept: they are what the table is about. The cells are re-hashed, so a rescaled cell is never
+    confused with the full-scale one; the name gains the scale (``margin-paper-n6000-e0.5``) and the recorded grid
+    text a line saying how it was derived.
+    """
+    if max_train is None and epochs_factor is None:
+        return grid
+    if max_train is not None and (isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 100):
+        raise InvalidArgument(f"max_train must be an integer >= 100, got {max_train!r}")
+    if epochs_factor is not None and not 0 < epochs_factor <= 100:
+        raise InvalidArgument(f"epochs_factor must be in (0, 100], got {epochs_factor!r}")
+
+    def scaled_train(train: dict[str, Any]) -> None:
+        if epochs_factor is not None:
+            train["epochs"] = max(1, round(train["epochs"] * epochs_factor))
+
+    def scaled(cell: Cell) -> Cell:
+        config = copy.deepcopy(cell.config)
+        if max_train is not None:
+            cap = config["data"]["max_train"]
+            config["data"]["max_train"] = max_train if cap is None else min(cap, max_train)
+        for part in (config["victim"], config["extraction"], config["innocent"]):
+            if part is not None:
+                scaled_train(part["train"])
+        scaled_train(config["removal_train"])
+        return Cell(config_hash(config), config, cell.experiments)
+
+    suffix = "".join(
+        [f"-n{max_train}" if max_train is not None else "", f"-e{epochs_factor:g}" if epochs_factor is not None else ""]
+    )
+    flags = " ".join(
+        [
+            f"--max-train {max_train}" if max_train is not None else "",
+            f"--epochs-factor {epochs_factor:g}" if epochs_factor is not None else "",
+        ]
+    ).strip()
+    return Grid(
+        name=grid.name + suffix,
+        description=grid.description,
+        path=grid.path,
+        text=f"{grid.text.rstrip()}\n# rescaled: copycatch bench {flags}\n",
+        experiments={name: [scaled(c) for c in cells] for name, cells in grid.experiments.items()},
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # flattening (reports)
 # ---------------------------------------------------------------------------------------------------------------------

@@ -87,6 +87,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="DIR",
         help="model cache (default RESULTS/cache); share one between grids to reuse their models",
     )
+    p.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the grid on at most N training images (owner, holdout and thief shrink together); the cells, "
+        "the results folder's default name and the report say so",
+    )
+    p.add_argument(
+        "--epochs-factor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="multiply the training epochs of every victim, surrogate and innocent model by F (at least 1 epoch); "
+        "a removal attack's own epochs are kept",
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="run at most N unfinished cells, then stop")
     p.add_argument(
         "--no-retry-failed",
@@ -108,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise InvalidArgument(f"--jobs must be >= 1, got {args.jobs}")
     if args.dry_run:
-        return _dry_run(*api.plan_bench(args.grid, args.results))
+        return _dry_run(
+            *api.plan_bench(args.grid, args.results, max_train=args.max_train, epochs_factor=args.epochs_factor)
+        )
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     summary = api.run_bench(
         args.grid,
@@ -123,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=False if args.quiet else None,
         log=log,
+        max_train=args.max_train,
+        epochs_factor=args.epochs_factor,
     )
     results, grid_name = Path(summary.results), summary.grid
     print(
