@@ -237,3 +237,13 @@ def test_demo_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
     assert rows["victim"]["combination"] == "fisher" and rows["victim"]["margin_p_value"] <= 1e-3
     for name in ("victim.safetensors", "victim.cckeys", "surrogate.safetensors", "innocent.safetensors"):
         assert (out / name).is_file()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    import subprocess
+    import sys
+
+    # `true` closes the pipe before the dry run writes its 170 cells (more than the pipe's buffer)
+    cmd = f"'{sys.executable}' -m copycatch.cli bench frontier-stitching --dry-run | true"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert done.stderr == "" and done.returncode == 141

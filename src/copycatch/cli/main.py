@@ -83,9 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("copycatch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (`| head`): like any Unix filter, stop without a word
+        _discard_stdout()
+        return 128 + 13  # killed by SIGPIPE, as the shell reports it
     except OSError as exc:  # e.g. disk full or permission denied while writing an output
         print(f"copycatch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail on the closed pipe again."""
+    import contextlib
+    import os
+
+    # without a real file descriptor (stdout replaced in-process) there is nothing to flush
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover
