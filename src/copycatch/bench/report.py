@@ -605,6 +605,20 @@ def _shade_rejection(ax: Any, threshold: float, *, above: bool, label: str | Non
     ax.set_ylim(lo, hi)
 
 
+def _save_png(fig: Any, path: Path, *, dpi: int) -> None:
+    """Save ``fig`` as a 256-colour palette PNG: a line plot has few colours, so this is a third of the size of
+    matplotlib's RGBA file, which matters for reports committed next to their results (benchmarks/results/)."""
+    import io
+
+    from PIL import Image  # a dependency of matplotlib
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
 class _Plotter:
     def __init__(self, out: Path):
         self.out = out
@@ -697,7 +711,7 @@ class _Plotter:
             f"innocent model{alpha_text})"
         )
         fig.tight_layout(rect=(0, 0, 1, 0.97))
-        fig.savefig(self.out / filename, dpi=100)
+        _save_png(fig, self.out / filename, dpi=100)
         plt.close(fig)
         return filename
 
@@ -728,7 +742,7 @@ class _Plotter:
         ax.legend(fontsize="x-small")
         fig.suptitle(f"{s['experiment']}: power against queries (solid: suspect; dashed: innocent model)")
         fig.tight_layout()
-        fig.savefig(self.out / filename, dpi=100)
+        _save_png(fig, self.out / filename, dpi=100)
         plt.close(fig)
         return filename
 
@@ -771,6 +785,6 @@ class _Plotter:
         panels[0].legend(fontsize="small")
         fig.suptitle(f"{s['experiment']}: utility vs evidence, one point per row of the table (shaded red: p ≤ α)")
         fig.tight_layout()
-        fig.savefig(self.out / filename, dpi=110)
+        _save_png(fig, self.out / filename, dpi=110)
         plt.close(fig)
         return filename
