@@ -93,6 +93,27 @@ def test_cells_share_victims_but_not_surrogates(tiny):
     assert len(victims) == 1 and len(surrogates) == 2
 
 
+def test_innocent_takes_the_surrogates_options_only_with_its_architecture():
+    grid = parse_grid("""
+name: g
+data: {name: synthetic}
+victim: {arch: mlp}
+schemes: [margin]
+innocent: {arch: mlp}
+experiments:
+  - {name: other-arch, attacks: [{extraction: {name: soft-label, arch: resnet18, arch_kwargs: {width: 16}}}]}
+  - name: same-arch
+    innocent: {}
+    attacks: [{extraction: {name: soft-label, arch: resnet18, arch_kwargs: {width: 16}}}]
+""")
+    assert grid.experiments["other-arch"][0].config["innocent"]["arch_kwargs"] == {}
+    assert grid.experiments["same-arch"][0].config["innocent"] == {
+        "arch": "resnet18",
+        "arch_kwargs": {"width": 16},
+        "train": grid.experiments["same-arch"][0].config["extraction"]["train"],
+    }
+
+
 def test_rescale_caps_data_scales_training_epochs_and_keeps_the_swept_ones():
     grid = parse_grid("""
 name: g

@@ -410,7 +410,10 @@ def _innocent(
     base = extraction if extraction is not None else victim
     arch = spec.get("arch") or base["arch"]
     _arch(arch, f"{where}: arch")
-    kwargs = _kwargs(spec.get("arch_kwargs"), f"{where}: arch_kwargs") if "arch_kwargs" in spec else base["arch_kwargs"]
+    if "arch_kwargs" in spec:
+        kwargs = _kwargs(spec.get("arch_kwargs"), f"{where}: arch_kwargs")
+    else:  # the surrogate's options (a ResNet's width) belong to its architecture, not to another one
+        kwargs = base["arch_kwargs"] if arch == base["arch"] else {}
     train = _train(spec["train"], f"{where}: train") if spec.get("train") is not None else base["train"]
     return {"arch": arch, "arch_kwargs": kwargs, "train": train}
 
