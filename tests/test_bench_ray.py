@@ -65,3 +65,19 @@ def test_a_cell_whose_worker_dies_is_lost_and_the_rerun_computes_only_it(tmp_pat
         assert crashed.exists() and (again.done_before, again.computed, again.failed) == (1, 1, 0)
     finally:
         ray.shutdown()
+
+
+def test_cuda_cells_ask_ray_for_a_gpu_and_a_cluster_without_one_is_refused(monkeypatch):
+    from copycatch.bench.executors import create_executor
+    from copycatch.core.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="has no GPU"):  # a local Ray here has none: no task left waiting
+        create_executor("ray", jobs=1, device="cuda")
+    monkeypatch.setenv("COPYCATCH_RAY_GPUS_PER_CELL", "2")
+    with pytest.raises(InvalidArgument, match=r"COPYCATCH_RAY_GPUS_PER_CELL must be a share of one GPU"):
+        create_executor("ray", jobs=1, device="cuda:0")
+    executor = create_executor("ray", jobs=1, device="cpu")
+    try:
+        assert executor.gpus_per_cell == 0.0
+    finally:
+        executor.close()

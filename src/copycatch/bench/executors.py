@@ -6,8 +6,9 @@ Every executor takes the same task dicts and yields the finished rows as they co
 * ``serial`` — in this process, one cell after another (``--jobs 1``); tracebacks are plain.
 * ``local`` — a pool of ``--jobs`` worker processes (spawned, so no forked torch state); each worker keeps
   its data split in memory across cells and uses ``cores ÷ jobs`` threads unless ``OMP_NUM_THREADS`` says otherwise.
-* ``ray`` — one Ray task per cell (``num_cpus=1``) on the cluster at ``--address`` (or a local Ray started
-  here). Workers need copycatch installed and must see the data and the cache folder (a shared file system);
+* ``ray`` — one Ray task per cell (``num_cpus=1``; with ``--device cuda`` also ``num_gpus=1``, or the share in
+  ``COPYCATCH_RAY_GPUS_PER_CELL``, so Ray gives each cell its own GPU) on the cluster at ``--address`` (or a local
+  Ray started here). Workers need copycatch installed and must see the data and the cache folder (a shared file system);
   the coordinator still writes the store. Ray is imported only when chosen. A cell whose worker or node dies is
   retried by Ray on another node (``COPYCATCH_RAY_MAX_RETRIES`` times, default 3); once the retries are spent the
   cell is lost — no row is written, the other cells go on, and the run ends with an error: run it again to resume.
@@ -27,6 +28,7 @@ from .cell import run_cell, set_threads
 
 EXECUTORS = ("local", "serial", "ray")
 RAY_MAX_RETRIES_ENV = "COPYCATCH_RAY_MAX_RETRIES"  # Ray's retries of a cell whose worker or node died
+RAY_GPUS_ENV = "COPYCATCH_RAY_GPUS_PER_CELL"  # GPUs a cell asks for with --device cuda (0.5: two cells per GPU)
 
 
 def threads_per_worker(jobs: int) -> int:
@@ -125,6 +127,7 @@ class RayExecutor(Executor):
         num_cpus: int | None = None,
         local_mode: bool = False,
         max_retries: int | None = None,
+        device: str = "cpu",
     ):
         try:
             import ray
@@ -132,6 +135,7 @@ class RayExecutor(Executor):
             raise InvalidArgument("the ray executor needs Ray: pip install 'copycatch[ray]'") from None
         self.ray = ray
         self.address = address
+        self.gpus_per_cell = _gpus_per_cell(device)
         self.owns = not ray.is_initialized()
         if self.owns:
             kwargs: dict[str, Any] = {
@@ -155,7 +159,15 @@ class RayExecutor(Executor):
             if not env.isdigit():
                 raise InvalidArgument(f"{RAY_MAX_RETRIES_ENV} must be a whole number >= 0, got {env!r}")
             max_retries = int(env)
-        self.remote = ray.remote(num_cpus=1, max_retries=max_retries)(run_cell)
+        if self.gpus_per_cell and not ray.cluster_resources().get("GPU"):
+            if self.owns:
+                ray.shutdown()
+            raise InvalidArgument(
+                f"--device {device}: the Ray cluster at {address or 'this machine'} has no GPU; start its workers "
+                "with GPUs (see docs/cluster.md) or run on --device cpu"
+            )
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPU it grants, so a cell's "cuda" is its own GPU
+        self.remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_cell, max_retries=max_retries)(run_cell)
         self.pending: list[Any] = []
         self.lost: list[tuple[str, str]] = []  # (cell id, why): cells whose worker or node died, not written
 
@@ -196,9 +208,22 @@ class RayExecutor(Executor):
             self.ray.shutdown()
 
 
-def create_executor(name: str, *, jobs: int | None = None, address: str | None = None) -> Executor:
+def _gpus_per_cell(device: str) -> float:
+    if not device.startswith("cuda"):
+        return 0.0
+    env = os.environ.get(RAY_GPUS_ENV, "1")
+    try:
+        share = float(env)
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise InvalidArgument(f"{RAY_GPUS_ENV} must be a share of one GPU in (0, 1], got {env!r}")
+    return share
+
+
+def create_executor(name: str, *, jobs: int | None = None, address: str | None = None, device: str = "cpu") -> Executor:
     if name == "ray":
-        return RayExecutor(address, num_cpus=jobs)
+        return RayExecutor(address, num_cpus=jobs, device=device)
     if address:
         raise InvalidArgument("--address is for --executor ray")
     jobs = jobs or os.cpu_count() or 1

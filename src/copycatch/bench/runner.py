@@ -88,7 +88,7 @@ def run_grid(
         store.set_plan(grid.name, {exp: [c.cell_id for c in cs] for exp, cs in grid.experiments.items()})
         pending, done_before = _pending(cells, store, retry_failed=retry_failed, limit=limit)
         if isinstance(executor, str):
-            executor = _open_executor(executor, jobs, address, len(pending))
+            executor = _open_executor(executor, jobs, address, len(pending), device)
         summary = _start_run(store, grid, results, executor, len(cells), done_before)
         if not pending:
             store.finish_run(summary.run_id, computed=0, failed=0)
@@ -147,11 +147,14 @@ def _pending(
     return pending, sum(c.cell_id in done for c in cells)
 
 
-def _open_executor(name: str, jobs: int | None, address: str | None, pending: int) -> Executor | None:
+def _open_executor(
+    name: str, jobs: int | None, address: str | None, pending: int, device: str = "cpu"
+) -> Executor | None:
     """The named executor with no more workers than cells to run; None when there is nothing to run."""
     if not pending:
         return None
-    return create_executor(name, jobs=min(jobs or os.cpu_count() or 1, max(1, pending)), address=address)
+    jobs = min(jobs or os.cpu_count() or 1, max(1, pending))
+    return create_executor(name, jobs=jobs, address=address, device=device)
 
 
 def _collect(
