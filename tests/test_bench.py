@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from copycatch.bench import GridError, ResultsStore, load_grid, parse_grid, run_grid
 from copycatch.bench.executors import LocalPoolExecutor, SerialExecutor, create_executor
@@ -330,6 +331,36 @@ def test_removal_chains_and_the_leaked_victim(tmp_path, tiny):
     assert [s["name"] for s in leaked["removal_steps"]] == ["prune"]
     assert leaked["suspect_decision"]  # half the weights of the leaked victim pruned: the key still speaks
     assert leaked["removal_steps"][0]["accuracy_before"] == pytest.approx(leaked["victim_acc"], abs=1e-6)
+
+
+def test_removals_train_on_the_apis_answers_with_removal_labels_oracle(tmp_path, tiny, monkeypatch):
+    import copycatch.bench.cell as cell_module
+
+    seen = {}
+
+    def recording_chain(model, attacks, data, **kwargs):
+        seen[len(seen)] = data.y
+        return real_chain(model, attacks, data, **kwargs)
+
+    real_chain = cell_module.run_chain
+    monkeypatch.setattr(cell_module, "run_chain", recording_chain)
+    chain = """  - extraction: {name: soft-label, arch: mlp, budget: 300, train: {epochs: 2}}
+    removals: [{name: fine-tune, params: {epochs: 1}}]"""
+    swept = """  - extraction: {name: soft-label, arch: mlp, arch_kwargs: {hidden: 32}, train: {epochs: 6},
+                 sweep: {budget: [300, 600]}}"""
+    default = tiny.grid(**{"seeds: [0, 1]": "seeds: [0]", swept: chain})
+    oracle = tiny.grid(**{"seeds: [0, 1]": "seeds: [0]", swept: chain + "\n    removal_labels: oracle"})
+    assert "removal_labels" not in default.cells[0].config  # the default keeps the ids of older cells
+    assert oracle.cells[0].config["removal_labels"] == "oracle"
+    with pytest.raises(GridError, match="removal_labels must be one of truth, oracle"):
+        tiny.grid(**{swept: chain + "\n    removal_labels: owner"})
+    for grid in (default, oracle):
+        summary = run_grid(grid, tmp_path, executor=SerialExecutor(threads=1), progress=False, log=lambda line: None)
+        assert summary.computed == 1, summary.failures
+    truth, answers = seen[0], seen[1]
+    assert truth.dtype == torch.int64  # the thief's true labels
+    assert answers.dtype == torch.float32 and answers.shape == (len(truth), 4)  # the API's probabilities
+    assert torch.allclose(answers.sum(1), torch.ones(len(truth)), atol=1e-4)
 
 
 def test_store_never_replaces_a_finished_cell_and_refuses_foreign_files(tmp_path):

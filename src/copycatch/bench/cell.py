@@ -12,7 +12,8 @@ Per cell, in order:
    of the clean model), and the **API** the owner serves: ``protect_oracle(ModelOracle(victim), key)``;
 4. the **surrogate**: the extraction attack through that API (after any output post-processors) with the
    thief's query set, surrogate architecture and budget — or, with ``extraction: none``, the leaked victim;
-5. the **suspect**: the removal chain applied to the surrogate, on the thief's data (``attacker_pool``);
+5. the **suspect**: the removal chain applied to the surrogate, on the thief's data (``attacker_pool``) with its
+   true labels, or with the API's answers to it (``removal_labels: oracle``);
 6. an **innocent** model trained on the attacker pool with true labels (the control no verification may accuse);
 7. verification of the API, clean model, surrogate, suspect and innocent model against the key.
 
@@ -48,6 +49,7 @@ from typing import Any
 
 from ..attacks.removal import create_removal_attack, run_chain
 from ..attacks.steal import query_set, steal
+from ..data.base import TensorData
 from ..models.base import create_for
 from ..models.train import EVAL_BATCH, TrainConfig, accuracy, predict_logits, train_model
 from ..oracles.base import query_all
@@ -309,10 +311,15 @@ class _Cell:
             return suspect
         attacks = [create_removal_attack(r["name"], **r["params"]) for r in removals]
         start = time.perf_counter()
+        pool = self.splits.attacker_pool
+        if self.cfg.get("removal_labels") == "oracle":
+            # the API's answers to the thief's own images: with an extraction on the attacker pool these are the
+            # answers it already bought, reused as MEA-Defender's §5.5 thief does
+            pool = TensorData(pool.stored, query_all(self.served(), pool.x, batch_size=EVAL_BATCH, progress=False))
         results = run_chain(
             suspect,
             attacks,
-            self.splits.attacker_pool,
+            pool,
             test=self.splits.test,
             train=self.training(self.cfg["removal_train"], REMOVAL_SEED_OFFSET),
             progress=False,

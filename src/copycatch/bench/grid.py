@@ -21,6 +21,7 @@ each inheriting the top-level settings and overriding what it names::
       - extraction: {name: soft-label, arch: mlp, budget: 9000, train: {epochs: 10},
                      post: ["round:decimals=2"], queries: attacker_pool, sweep: {budget: [1000, 9000]}}
         removals: ["prune:rate=0.5", {name: fine-tune, sweep: {epochs: [1, 5]}}]
+        removal_labels: oracle          # the removals train on the API's answers (default truth: true labels)
       - extraction: none                # the leaked victim itself, then removals
         removals: [{name: prune, sweep: {rate: [0.25, 0.5]}}]
     innocent: {arch: mlp}               # default: the surrogate's arch and training; null: no innocent model
@@ -57,7 +58,8 @@ EXPERIMENT_KEYS = ("name", "description", "seeds", "alpha", "data", "victim", "s
 DATA_KEYS = ("name", "split_seed", "max_train", "fractions")
 VICTIM_KEYS = ("arch", "arch_kwargs", "train", "sweep")
 SCHEME_KEYS = ("name", "params", "sweep")
-CHAIN_KEYS = ("extraction", "removals", "removal_train")
+CHAIN_KEYS = ("extraction", "removals", "removal_train", "removal_labels")
+REMOVAL_LABELS = ("truth", "oracle")  # what the removal chain trains on: the thief's true labels or the API's answers
 EXTRACTION_KEYS = ("name", "arch", "arch_kwargs", "budget", "queries", "post", "params", "train", "sweep")
 COMPONENT_KEYS = ("name", "params", "sweep")
 INNOCENT_KEYS = ("arch", "arch_kwargs", "train")
@@ -243,6 +245,7 @@ def _expand_experiment(spec: Mapping[str, Any], exp_name: str, where: str) -> li
             "extraction": extraction,
             "removals": chain["removals"],
             "removal_train": chain["removal_train"],
+            **{k: chain[k] for k in ("removal_labels",) if k in chain},
             "innocent": _innocent(innocent_spec, extraction, victim_resolved, f"{where}: innocent"),
             "alpha": alpha,
             "seed": seed,
@@ -331,10 +334,17 @@ def _chains(raw: Any, where: str) -> list[dict[str, Any]]:
         for i, e in enumerate(_list(m.get("removals") or [], f"{where}: removals", allow_empty=True))
     ]
     removal_train = _train(m.get("removal_train"), f"{where}: removal_train")
+    labels = m.get("removal_labels", "truth")
+    if labels not in REMOVAL_LABELS:
+        raise GridError(f"{where}: removal_labels must be one of {', '.join(REMOVAL_LABELS)}, got {labels!r}")
+    # the default is left out of the cell, so that the ids of cells written before the key existed stay the same
+    label_entry = {} if labels == "truth" else {"removal_labels": labels}
     out = []
     for extraction in extractions:
         for removals in itertools.product(*removal_lists):
-            out.append({"extraction": extraction, "removals": list(removals), "removal_train": removal_train})
+            out.append(
+                {"extraction": extraction, "removals": list(removals), "removal_train": removal_train, **label_entry}
+            )
     return out
 
 

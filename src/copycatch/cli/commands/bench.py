@@ -31,6 +31,7 @@ grid file (YAML, strict: an unknown key is an error naming the valid ones):
   attacks:
     - extraction: {name: soft-label, arch: mlp, budget: 9000, train: {epochs: 10}, sweep: {budget: [1000, 9000]}}
       removals: ["prune:rate=0.5", {name: fine-tune, sweep: {epochs: [1, 5]}}]
+      removal_labels: oracle            # removals train on the API's answers (default truth: true labels)
     - extraction: none                  # the leaked victim itself
   innocent: {arch: mlp}                 # control trained on the thief's data; null to skip
   experiments: [{name: table-2, attacks: [...]}]          # optional: several experiments, each overriding the above
