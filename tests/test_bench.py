@@ -59,6 +59,26 @@ experiments:
     assert rates == [0.1, 0.2]
 
 
+def test_a_swept_post_processor_gives_one_extraction_per_value():
+    grid = parse_grid("""
+name: g
+data: {name: synthetic}
+victim: {arch: mlp}
+schemes: [margin]
+attacks:
+  - extraction: {name: soft-label, post: [{name: quantize, sweep: {levels: [100, 2]}}, "round:decimals=2"]}
+  - extraction: {name: soft-label, post: [hard-label]}
+""")
+    chains = sorted(
+        [(p["name"], p["params"].get("levels")) for p in c.config["extraction"]["post"]] for c in grid.cells
+    )
+    assert chains == [
+        [("hard-label", None)],
+        [("quantize", 2), ("round", None)],
+        [("quantize", 100), ("round", None)],
+    ]
+
+
 def test_cells_shared_by_experiments_run_once_and_belong_to_both():
     grid = parse_grid("""
 name: g

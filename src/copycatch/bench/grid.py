@@ -372,22 +372,23 @@ def _extractions(raw: Any, where: str) -> list[dict[str, Any] | None]:
                     f"{at}: queries {queries!r} is neither a part of the split ({', '.join(SPLIT_PARTS)}) "
                     f"nor a data set ({', '.join(DATASETS.list())})"
                 )
-        post = [
-            p
+        # a swept post-processor gives one extraction per value (the product over the chain), as removals do
+        post_lists = [
+            _components(e, f"{at}: post[{i}]", "post")
             for i, e in enumerate(_list(entry.get("post") or [], f"{at}: post", allow_empty=True))
-            for p in _components(e, f"{at}: post[{i}]", "post")
         ]
-        out.append(
-            {
-                "name": name,
-                "params": _params(cls.Params, params, f"{at}: params"),
-                "arch": arch,
-                "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
-                "queries": queries,
-                "post": post,
-                "train": _train(entry.get("train"), f"{at}: train"),
-            }
-        )
+        for post in itertools.product(*post_lists):
+            out.append(
+                {
+                    "name": name,
+                    "params": _params(cls.Params, params, f"{at}: params"),
+                    "arch": arch,
+                    "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
+                    "queries": queries,
+                    "post": list(post),
+                    "train": _train(entry.get("train"), f"{at}: train"),
+                }
+            )
     return out
 
 
