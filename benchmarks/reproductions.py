@@ -348,7 +348,7 @@ def _fs_schemes(rows: list[Row], distribution: str) -> dict[str, list[Row]]:
         "baseline": select(fs, config__scheme__params__finetune="whole-network"),
         "EWE": [r for r in ewe if r.get("config.scheme.params.distribution", "out") == distribution],
         "feature sharing, decision layers": select(fs, config__scheme__params__finetune="decision-layers"),
-        "feature sharing": select(fs, config__scheme__params__finetune="last-layer"),
+        "feature sharing, output layer": select(fs, config__scheme__params__finetune="last-layer"),
     }
 
 
@@ -379,8 +379,9 @@ def feature_sharing(rows: list[Row]) -> list[str]:
         out += [
             f"**{label}** (paper: MNIST, a 4-layer CNN; Wilcoxon test at certainty 0.3 and α = 0.05, WDR over 200 "
             "draws of a tenth of the key). Paper cells: protected val acc / stolen val acc / stolen watermark acc / "
-            "WDR, in %. Ours twice: fine-tuning the decision layers (the paper's recipe) and the output layer alone "
-            "(copycatch's default, used in the figures below).",
+            "WDR, in %. Ours twice: fine-tuning the decision layers (the paper's recipe; copycatch's default in "
+            "distribution) and the output layer alone (copycatch's default out of distribution; the figures below "
+            "use it for both).",
             "",
             table(
                 [
@@ -407,8 +408,8 @@ def feature_sharing(rows: list[Row]) -> list[str]:
         rates = sorted({r[column] for r in exp_rows}, key=float)
         lines = []
         for scheme, rs in (
-            ("feature sharing, in", _fs_schemes(exp_rows, "in")["feature sharing"]),
-            ("feature sharing, out", _fs_schemes(exp_rows, "out")["feature sharing"]),
+            ("feature sharing, in", _fs_schemes(exp_rows, "in")["feature sharing, output layer"]),
+            ("feature sharing, out", _fs_schemes(exp_rows, "out")["feature sharing, output layer"]),
             ("EWE", select(exp_rows, config__scheme__name="ewe")),
         ):
             for rate in rates:
@@ -432,8 +433,8 @@ def feature_sharing(rows: list[Row]) -> list[str]:
     q = select(rows, "fig-7-quantization")
     lines = []
     for scheme, rs in (
-        ("feature sharing, in", _fs_schemes(q, "in")["feature sharing"]),
-        ("feature sharing, out", _fs_schemes(q, "out")["feature sharing"]),
+        ("feature sharing, in", _fs_schemes(q, "in")["feature sharing, output layer"]),
+        ("feature sharing, out", _fs_schemes(q, "out")["feature sharing, output layer"]),
         ("EWE", select(q, config__scheme__name="ewe")),
     ):
         for answers in sorted({_answers(r) for r in rs}, key=_precision):

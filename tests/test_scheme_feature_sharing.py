@@ -88,6 +88,16 @@ def test_ood_victim_is_stolen_and_innocent_cleared(ood_embedded, innocent, split
     assert "1/|Y|" in " ".join(innocent_ev.notes)
 
 
+def test_the_fine_tuned_split_defaults_by_distribution_and_is_recorded():
+    def finetune(**params):
+        return FeatureSharingWatermark(**params).params.finetune
+
+    assert finetune() == "last-layer" and finetune(distribution="out") == "last-layer"
+    assert finetune(distribution="in") == "decision-layers"  # one layer cannot tell a patched image from its original
+    assert finetune(distribution="in", finetune="last-layer") == "last-layer"  # an explicit choice is kept
+    assert FeatureSharingWatermark(distribution="in").params.to_dict()["finetune"] == "decision-layers"
+
+
 def test_in_distribution_victim_is_stolen_innocent_cleared(splits, innocent):
     # a 3×3 white square on 8×8 inputs; the frozen-extractor fine-tune needs the paper's larger MNIST learning rate
     params = {"distribution": "in", "n_verify": 30, "finetune_lr": 0.01, "finetune_epochs": 5}

@@ -37,10 +37,13 @@ Parameters (defaults; probabilities in [0, 1]):
         in-distribution, the OOD class minus the verification inputs for out-of-distribution).
     n_verify (100): watermark inputs kept in the key (owner-holdout source images, or OOD images held back).
     certainty (0.3): α_c of §3.2.
-    finetune ("last-layer"): step 2 trains the network's last parameterised layer only (G_d = the output layer);
-        "decision-layers" trains all of ``model.classifier`` (two layers in cnn-small and the MLP); "whole-network"
-        is the paper's baseline. "last-layer" is the default because only it makes the mark travel to a surrogate
-        (measured with the location study: benchmarks/README.md, "Feature-sharing").
+    finetune (None): "last-layer": step 2 trains the network's last parameterised layer only (G_d = the output
+        layer); "decision-layers" trains all of ``model.classifier`` (two layers in cnn-small and the MLP);
+        "whole-network" is the paper's baseline. None is "last-layer" out of distribution, because only it makes
+        the mark travel to a surrogate (the location study: benchmarks/README.md, "Feature-sharing"), and
+        "decision-layers" in distribution: one linear layer on frozen features cannot tell a patched source image
+        from an unpatched one, so it sends the whole source class to the target (6 points of accuracy) and the
+        paired test cannot see the mark even on the victim (p = 1; docs/reproductions.md, Table 2).
     trainable_from (None): where the frozen/fine-tuned split of step 2 lies (the watermark location of the paper's
         Figs. 3–4). None keeps ``finetune``'s split (1 layer for "last-layer"; G_e = ``model.features`` frozen and
         G_d = ``model.classifier`` tuned for "decision-layers").
@@ -390,7 +393,7 @@ class FeatureSharingWatermark(Scheme):
         n_watermark: int | None = None
         n_verify: int = 100
         certainty: float = 0.3
-        finetune: Literal["last-layer", "decision-layers", "whole-network"] = "last-layer"
+        finetune: Literal["last-layer", "decision-layers", "whole-network"] | None = None
         finetune_epochs: int = 5
         finetune_lr: float | None = None
         wdr_draws: int = 200
@@ -399,6 +402,9 @@ class FeatureSharingWatermark(Scheme):
         trainable_from: int | None = None
 
         def validate(self) -> None:
+            if self.finetune is None:  # resolved here, so that the key and a bench cell record the split used
+                default = "decision-layers" if self.distribution == "in" else "last-layer"
+                object.__setattr__(self, "finetune", default)
             if self.trainable_from is not None:
                 if isinstance(self.trainable_from, bool) or self.trainable_from < 1:
                     raise InvalidArgument(
