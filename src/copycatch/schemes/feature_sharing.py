@@ -42,7 +42,7 @@ Parameters (defaults; probabilities in [0, 1]):
         "whole-network" is the paper's baseline. None is "last-layer" out of distribution, because only it makes
         the mark travel to a surrogate (the location study: benchmarks/README.md, "Feature-sharing"), and
         "decision-layers" in distribution: one linear layer on frozen features cannot tell a patched source image
-        from an unpatched one, so it sends the whole source class to the target (6 points of accuracy) and the
+        from an unpatched one, so it sends the whole source class to the target (3.6 points of accuracy) and the
         paired test cannot see the mark even on the victim (p = 1; docs/reproductions.md, Table 2).
     trainable_from (None): where the frozen/fine-tuned split of step 2 lies (the watermark location of the paper's
         Figs. 3–4). None keeps ``finetune``'s split (1 layer for "last-layer"; G_e = ``model.features`` frozen and
