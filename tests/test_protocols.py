@@ -157,6 +157,20 @@ def test_a_top_k_suspect_is_refused_by_a_scheme_that_needs_probabilities(margin_
         SCHEMES.create(needs_probs).check_oracle(oracle)
 
 
+def test_a_top_k_suspect_is_refused_before_it_sees_a_key_input(margin_embedding):
+    needs_probs = next(n for n in SCHEMES.list() if SCHEMES.get(n).factory.needs == "probs")
+    with serving("hf", margin_embedding.victim) as (url, server):
+        oracle = HttpOracle(url, protocol="hf", num_classes=4, input_shape=(1, 8, 8))
+        with pytest.raises(InvalidArgument, match="needs probabilities but the suspect answers labels only"):
+            SCHEMES.create(needs_probs).check_oracle(oracle)
+        posts = [path for method, path, _ in server.seen if method == "POST"]
+    assert oracle.queries == 1 and len(posts) == 1  # one blank probe, no key input
+    with serving("hf", margin_embedding.victim) as (url, server):  # a scheme that reads labels asks nothing extra
+        oracle = HttpOracle(url, protocol="hf", num_classes=4, input_shape=(1, 8, 8))
+        SCHEMES.create("margin").check_oracle(oracle)
+        assert oracle.queries == 0 and not [m for m, _, _ in server.seen if m == "POST"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # URLs, errors, wrong presets
 # ---------------------------------------------------------------------------------------------------------------------

@@ -209,6 +209,17 @@ class HttpOracle(Oracle):
         if output_kind == "labels" or (output_kind == "auto" and info.get("output") == "label"):
             self.output_kind = "labels"
 
+    def settle_output_kind(self) -> None:
+        """Learn whether the suspect answers every class's score before it sees a key input: when neither the
+        caller nor the info route said and it has not answered yet, one blank input is asked (one query). A
+        scheme that needs scores calls this first, so a top-k or label-only endpoint is refused without having
+        been shown, and having spent, any of the key."""
+        if self.requested_output != "auto" or self.output_kind == "labels" or self.returned is not None:
+            return
+        if self.input_shape is None:
+            return  # nothing to build a probe from; the first key answer will tell
+        self.query(torch.zeros(1, *self.input_shape))
+
     def _agree_with_info(
         self, url: str, info: dict[str, Any], num_classes: int | None, input_shape: Sequence[int] | None
     ) -> tuple[int, Sequence[int] | None]:

@@ -276,7 +276,11 @@ class Scheme:
         )
 
     def check_oracle(self, oracle: Oracle) -> None:
-        """Refuse a suspect that answers labels when the statistic reads probabilities."""
+        """Refuse a suspect that answers labels when the statistic reads probabilities (an HTTP suspect that has
+        not said is asked one blank input first, so that the refusal comes before any key input is shown)."""
+        settle = getattr(oracle, "settle_output_kind", None)
+        if self.needs == "probs" and settle is not None:
+            settle()
         if oracle.output_kind == "labels" and self.needs == "probs":
             raise InvalidArgument(f"scheme {self.name!r} needs probabilities but the suspect answers labels only")
 
