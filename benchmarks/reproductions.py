@@ -42,7 +42,7 @@ def load(paper: str) -> list[Row] | None:
 
 def select(rows: Iterable[Row], experiment: str | None = None, **where: object) -> list[Row]:
     """The rows of one table line: ``where`` maps a column (``__`` for ``.``) to its value, compared as text."""
-    wanted = {k.replace("__", "."): _text(v) for k, v in where.items()}
+    wanted = {k.replace("__", "."): str(v) for k, v in where.items()}
     return [
         r
         for r in rows
@@ -50,30 +50,24 @@ def select(rows: Iterable[Row], experiment: str | None = None, **where: object) 
     ]
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value)) if abs(value) >= 1 else str(value)
-    return str(value)
+MISSING = ("", None, "None", "nan")  # how cells.csv writes a measurement a cell does not have
 
 
 def values(rows: list[Row], column: str) -> list[float]:
-    out = []
-    for r in rows:
-        v = r.get(column, "")
-        if v not in ("", "None", "nan"):
-            out.append(float(v))
-    return out
+    return [float(r[column]) for r in rows if r.get(column) not in MISSING]
 
 
-def mean_std(rows: list[Row], column: str, *, scale: float = 1.0, digits: int = 1) -> str:
-    vs = [v * scale for v in values(rows, column)]
+def spread(vs: list[float], digits: int = 1) -> str:
+    """mean ± std (one value as it is; none as "—")."""
     if not vs:
         return "—"
     if len(vs) == 1:
         return f"{vs[0]:.{digits}f}"
     return f"{statistics.mean(vs):.{digits}f} ± {statistics.stdev(vs):.{digits}f}"
+
+
+def mean_std(rows: list[Row], column: str, *, scale: float = 1.0, digits: int = 1) -> str:
+    return spread([v * scale for v in values(rows, column)], digits)
 
 
 def pct(rows: list[Row], column: str) -> str:
@@ -99,12 +93,12 @@ def _p(p: float) -> str:
 
 def detected(rows: list[Row], column: str = "suspect_p") -> str:
     """Seeds whose p-value is ≤ the grid's α, as "k/n"."""
-    ps = [(float(r[column]), float(r["config.alpha"])) for r in rows if r.get(column) not in ("", None, "None")]
+    ps = [(float(r[column]), float(r["config.alpha"])) for r in rows if r.get(column) not in MISSING]
     return f"{sum(p <= a for p, a in ps)}/{len(ps)}" if ps else "—"
 
 
 def count_true(rows: list[Row], column: str) -> str:
-    vs = [r.get(column) for r in rows if r.get(column) not in ("", None, "None")]
+    vs = [r.get(column) for r in rows if r.get(column) not in MISSING]
     return f"{sum(v == 'True' for v in vs)}/{len(vs)}" if vs else "—"
 
 
@@ -120,19 +114,12 @@ def seeds(rows: list[Row]) -> int:
 
 def ratio(rows: list[Row], numerator: str, denominator: str) -> str:
     """mean ± std over seeds of numerator / denominator, in percent (a count of hits over the key's size)."""
-    vs = [100 * float(r[numerator]) / float(r[denominator]) for r in rows if r.get(numerator) not in ("", "None")]
-    if not vs:
-        return "—"
-    return f"{vs[0]:.1f}" if len(vs) == 1 else f"{statistics.mean(vs):.1f} ± {statistics.stdev(vs):.1f}"
+    return spread([100 * float(r[numerator]) / float(r[denominator]) for r in rows if r.get(numerator) not in MISSING])
 
 
 def accused(rows: list[Row], column: str = "innocent_p") -> str:
     """Innocent (or clean) models accused at the grid's α, over the distinct models of these rows."""
-    models = {
-        (r["config.seed"], r["config.victim.arch"], r.get(column))
-        for r in rows
-        if r.get(column) not in ("", None, "None")
-    }
+    models = {(r["config.seed"], r["config.victim.arch"], r.get(column)) for r in rows if r.get(column) not in MISSING}
     alpha = float(rows[0]["config.alpha"]) if rows else 0.0
     return f"{sum(float(p) <= alpha for *_, p in models)}/{len(models)}" if models else "—"
 
