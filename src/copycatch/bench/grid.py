@@ -245,7 +245,7 @@ def _expand_experiment(spec: Mapping[str, Any], exp_name: str, where: str) -> li
             "extraction": extraction,
             "removals": chain["removals"],
             "removal_train": chain["removal_train"],
-            **{k: chain[k] for k in ("removal_labels",) if k in chain},
+            **chain["labels"],
             "innocent": _innocent(innocent_spec, extraction, victim_resolved, f"{where}: innocent"),
             "alpha": alpha,
             "seed": seed,
@@ -343,7 +343,12 @@ def _chains(raw: Any, where: str) -> list[dict[str, Any]]:
     for extraction in extractions:
         for removals in itertools.product(*removal_lists):
             out.append(
-                {"extraction": extraction, "removals": list(removals), "removal_train": removal_train, **label_entry}
+                {
+                    "extraction": extraction,
+                    "removals": list(removals),
+                    "removal_train": removal_train,
+                    "labels": label_entry,
+                }
             )
     return out
 
@@ -377,18 +382,15 @@ def _extractions(raw: Any, where: str) -> list[dict[str, Any] | None]:
             _components(e, f"{at}: post[{i}]", "post")
             for i, e in enumerate(_list(entry.get("post") or [], f"{at}: post", allow_empty=True))
         ]
-        for post in itertools.product(*post_lists):
-            out.append(
-                {
-                    "name": name,
-                    "params": _params(cls.Params, params, f"{at}: params"),
-                    "arch": arch,
-                    "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
-                    "queries": queries,
-                    "post": list(post),
-                    "train": _train(entry.get("train"), f"{at}: train"),
-                }
-            )
+        resolved = {
+            "name": name,
+            "params": _params(cls.Params, params, f"{at}: params"),
+            "arch": arch,
+            "arch_kwargs": _kwargs(entry.get("arch_kwargs"), f"{at}: arch_kwargs"),
+            "queries": queries,
+            "train": _train(entry.get("train"), f"{at}: train"),
+        }
+        out += [{**copy.deepcopy(resolved), "post": list(post)} for post in itertools.product(*post_lists)]
     return out
 
 
@@ -609,15 +611,10 @@ def rescale(grid: Grid, *, max_train: int | None = None, epochs_factor: float | 
         scaled_train(config["removal_train"])
         return Cell(config_hash(config), config, cell.experiments)
 
-    suffix = "".join(
-        [f"-n{max_train}" if max_train is not None else "", f"-e{epochs_factor:g}" if epochs_factor is not None else ""]
-    )
-    flags = " ".join(
-        [
-            f"--max-train {max_train}" if max_train is not None else "",
-            f"--epochs-factor {epochs_factor:g}" if epochs_factor is not None else "",
-        ]
-    ).strip()
+    # (name suffix, command-line flag) of each scale given
+    given = [(f"-n{max_train}", f"--max-train {max_train}")] if max_train is not None else []
+    given += [(f"-e{epochs_factor:g}", f"--epochs-factor {epochs_factor:g}")] if epochs_factor is not None else []
+    suffix, flags = "".join(s for s, _ in given), " ".join(f for _, f in given)
     return Grid(
         name=grid.name + suffix,
         description=grid.description,
