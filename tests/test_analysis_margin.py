@@ -15,6 +15,7 @@ from conftest import margin_null_draws
 
 import copycatch as cc
 from copycatch.bench.analysis import STUDIES, StudyConfig, run_study, study_models
+from copycatch.bench.analysis.location import _depths as location_depths
 from copycatch.bench.analysis.margin_radius import trigger_retention
 from copycatch.core.errors import InvalidArgument
 from copycatch.schemes.feature_sharing import FeatureSharingWatermark, parameterised_layers
@@ -122,6 +123,9 @@ def test_location_study_reports_victim_and_surrogate_per_depth(config, tmp_path)
     assert float(rows[0]["p_value"]) == pytest.approx(evidence.p_value)
     with pytest.raises(InvalidArgument, match=r"not in \[1, 4\]"):
         run_study("location", fs, str(tmp_path), depths=[0, 2])
+    # in distribution the scheme's own default split is the decision layers, and the study marks that depth
+    in_distribution = config.replace(scheme_params={**FS_TINY, "distribution": "in"}, seeds=(0,))
+    assert location_depths(in_distribution, "1")[2] == 2
 
 
 def _embed_fs(trained, splits, **params):

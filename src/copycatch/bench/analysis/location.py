@@ -31,7 +31,7 @@ from ...core.errors import InvalidArgument
 from ...data.base import load_splits
 from ...models.base import create_for
 from ...models.train import accuracy
-from ...schemes.feature_sharing import parameterised_layers
+from ...schemes.feature_sharing import FeatureSharingWatermark, parameterised_layers
 from ...verification.session import fixed_test
 from . import register_study
 from .common import StudyConfig, StudyResult, draw, study_models, write_csv
@@ -46,7 +46,8 @@ def _depths(config: StudyConfig, depths: Sequence[int] | str | None) -> tuple[li
     splits = load_splits(config.dataset, seed=config.seeds[0], data_dir=config.data_dir, max_train=config.max_train)
     model = create_for(config.arch, splits, seed=0)
     total = len(parameterised_layers(model.net))
-    finetune = config.scheme_params.get("finetune", "last-layer")
+    # the scheme resolves its own default split (it depends on the distribution)
+    finetune = FeatureSharingWatermark.Params.from_dict(config.scheme_params).finetune
     default = 1 if finetune == "last-layer" else len(parameterised_layers(model.classifier))
     if depths is None:
         chosen = list(range(1, total + 1))
