@@ -39,11 +39,10 @@ Parameters (defaults; probabilities in [0, 1]):
     certainty (0.3): α_c of §3.2.
     finetune (None): "last-layer": step 2 trains the network's last parameterised layer only (G_d = the output
         layer); "decision-layers" trains all of ``model.classifier`` (two layers in cnn-small and the MLP);
-        "whole-network" is the paper's baseline. None is "last-layer" out of distribution, because only it makes
-        the mark travel to a surrogate (the location study: benchmarks/README.md, "Feature-sharing"), and
-        "decision-layers" in distribution: one linear layer on frozen features cannot tell a patched source image
-        from an unpatched one, so it sends the whole source class to the target (3.6 points of accuracy) and the
-        paired test cannot see the mark even on the victim (p = 1; docs/reproductions.md, Table 2).
+        "whole-network" is the paper's baseline. None is "last-layer" out of distribution, the split that makes
+        the mark travel to a surrogate, and "decision-layers" in distribution, where one linear layer on frozen
+        features cannot tell a patched source image from an unpatched one and sends the whole source class to the
+        target (measured: benchmarks/README.md "Feature-sharing"; docs/reproductions.md, Table 2).
     trainable_from (None): where the frozen/fine-tuned split of step 2 lies (the watermark location of the paper's
         Figs. 3–4). None keeps ``finetune``'s split (1 layer for "last-layer"; G_e = ``model.features`` frozen and
         G_d = ``model.classifier`` tuned for "decision-layers").
@@ -58,10 +57,9 @@ Parameters (defaults; probabilities in [0, 1]):
 
 Deviations: the trigger sits flush in the bottom-right corner (the paper gives no offset); the out-of-distribution
 target defaults to the clean model's least likely class (the paper leaves the choice open); the default kind is
-out-of-distribution. Step 2's epochs and learning rate are unstated in the paper. G_d is the output layer alone
-(the paper's ResNets have a single fully connected layer after the features; our CNNs have two): fine-tuning
-both of cnn-small's classifier layers kept the mark in the victim (0.99) but no surrogate proved it (p 0.70-1.0 on
-3 seeds at 5,000 owner images, p 1.0 at 30,000), while the output layer alone is proven on every one (p <= 3e-13).
+out-of-distribution. Step 2's epochs and learning rate are unstated in the paper. Out of distribution G_d is the
+output layer alone (the paper's ResNets have a single fully connected layer after the features; our CNNs have
+two, and with both tuned no surrogate was proven).
 """
 
 from __future__ import annotations
