@@ -154,16 +154,19 @@ def scheme_task(out: Path, scheme: str, size: int, seed: int) -> dict:
     victim, key = protect(scheme, splits, seed, params)
     row = {"scheme": scheme, "size": size, "seed": seed, "params": params, "embed_cpu": time.process_time() - t}
     row["resolved_params"] = [k.params for k in key.keys] if scheme == "stack" else key.params
-    key.save(out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}")
+    key.save(out / "keys" / f"{scheme}-{size}-{seed}.{_key_ext(scheme)}")
     cc.save_model(victim, out / "models" / f"{scheme}-{size}-{seed}.safetensors")
     row.update(clean_acc=cc.accuracy(clean, splits.test), victim_acc=cc.accuracy(victim, splits.test))
     row["cost"] = 100 * (row["clean_acc"] - row["victim_acc"])
     thief_arch = victim.arch if hyp["thief"]["arch"] == "victim" else hyp["thief"]["arch"]
-    row.update(steal_and_verify(victim, key, splits, seed, attack="soft-label", arch=thief_arch))
+    surrogate_file = out / "models" / f"surrogate-{scheme}-{size}-{seed}.safetensors"
+    row.update(steal_and_verify(victim, key, splits, seed, surrogate_file, attack="soft-label", arch=thief_arch))
     return row
 
 
-def steal_and_verify(victim, key, splits, seed: int, *, attack: str, arch: str, params=None, budget=None) -> dict:
+def steal_and_verify(
+    victim, key, splits, seed: int, surrogate_file: Path, *, attack: str, arch: str, params=None, budget=None
+) -> dict:
     stolen = cc.steal(
         victim,
         splits.attacker_pool,
@@ -175,9 +178,17 @@ def steal_and_verify(victim, key, splits, seed: int, *, attack: str, arch: str, 
         config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief"]["epochs"]),
         progress=False,
     )
-    run = cc.verify(stolen.surrogate, key, sequential=False, alpha=hyp["alpha"])
+    cc.save_model(stolen.surrogate, surrogate_file)  # kept so that --reverify can re-test it with a changed statistic
     return {
         "surrogate_acc": cc.accuracy(stolen.surrogate, splits.test),
+        "surrogate_file": surrogate_file.name,
+        **verify_surrogate(stolen.surrogate, key),
+    }
+
+
+def verify_surrogate(surrogate, key) -> dict:
+    run = cc.verify(surrogate, key, sequential=False, alpha=hyp["alpha"])
+    return {
         "surrogate_p": run.p_value,
         "surrogate_queries": run.queries,
         "surrogate_parts": {e.scheme: e.p_value for e in run.evidences},
@@ -185,20 +196,38 @@ def steal_and_verify(victim, key, splits, seed: int, *, attack: str, arch: str, 
     }
 
 
+def reverify(out: Path) -> None:
+    """Verify every saved surrogate again with today's code (its key unchanged) and rewrite the p-values of its row."""
+    for path in sorted((out / "rows").glob("*.json")):
+        row = json.loads(path.read_text())
+        if "surrogate_file" not in row:
+            continue
+        key_path = out / "keys" / f"{row['scheme']}-{row['size']}-{row['seed']}.{_key_ext(row['scheme'])}"
+        row.update(verify_surrogate(cc.load_model(out / "models" / row["surrogate_file"]), key_path))
+        path.write_text(json.dumps(row, indent=1, default=str))
+        print(f"re-verified {path.stem}: p={row['surrogate_p']:.3g}", flush=True)
+
+
+def _key_ext(scheme: str) -> str:
+    return "cckeys" if scheme == "stack" else "cckey"
+
+
 def thief_task(out: Path, scheme: str, kind: str, size: int, seed: int) -> dict:
     """The scheme row's victim and key (made by scheme_task) stolen by one kind of thief."""
     splits = splits_for(size, seed)
     victim = cc.load_model(out / "models" / f"{scheme}-{size}-{seed}.safetensors")
-    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}"
+    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{_key_ext(scheme)}"
     thief = hyp["thieves"]["kinds"][kind]
     row = {"scheme": scheme, "thief": kind, "size": size, "seed": seed}
     arch = thief.get("arch", victim.arch)
+    surrogate_file = out / "models" / f"surrogate-{scheme}-{re.sub('[^a-z0-9]+', '-', kind)}-{size}-{seed}.safetensors"
     row.update(
         steal_and_verify(
             victim,
             key_path,
             splits,
             seed,
+            surrogate_file,
             attack=thief["attack"],
             arch=arch,
             params=thief.get("params"),
@@ -294,7 +323,7 @@ def removal_task(out: Path, scheme: str, chain: str, size: int, seed: int) -> di
     """The scheme row's victim, leaked as a file and laundered by one removal chain; verified with its key."""
     splits = splits_for(size, seed)
     victim = cc.load_model(out / "models" / f"{scheme}-{size}-{seed}.safetensors")
-    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}"
+    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{_key_ext(scheme)}"
     attacks = hyp["removals"]["chains"][chain]
     model, suspect = victim, victim
     if attacks:
@@ -366,6 +395,11 @@ def main() -> int:
     parser.add_argument("--no-innocents", action="store_true", help="skip the innocent models this run")
     parser.add_argument("--table", action="store_true", help="print the tables from the cached rows and stop")
     parser.add_argument(
+        "--reverify",
+        action="store_true",
+        help="re-verify the saved surrogates and innocents with the current code, then print the tables",
+    )
+    parser.add_argument(
         "--thieves", action="store_true", help="also run the second table (every thief at hyp['thieves']['size'])"
     )
     parser.add_argument(
@@ -387,19 +421,25 @@ def main() -> int:
     if args.table:
         print(table(out), thieves_table(out), removals_table(out), sep="\n\n")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hyp, indent=1))
-    pairs = [(size, seed) for size in hyp["sizes"] for seed in hyp["seeds"]]
-    run(out, [(f"clean-{s}-{d}", clean_task, (s, d)) for s, d in pairs], hyp["workers"])
-    run(
-        out,
-        [(f"scheme-{sc}-{s}-{d}", scheme_task, (sc, s, d)) for s, d in pairs for sc in hyp["schemes"]],
-        hyp["workers"],
-    )
+    if args.reverify:
+        reverify(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(hyp, indent=1))
+        pairs = [(size, seed) for size in hyp["sizes"] for seed in hyp["seeds"]]
+        run(out, [(f"clean-{s}-{d}", clean_task, (s, d)) for s, d in pairs], hyp["workers"])
+        run(
+            out,
+            [(f"scheme-{sc}-{s}-{d}", scheme_task, (sc, s, d)) for s, d in pairs for sc in hyp["schemes"]],
+            hyp["workers"],
+        )
     if not args.no_innocents:
         for stale in (out / "rows").glob("innocent-*.json"):  # innocents re-verify every key made so far
             stale.unlink()
         run(out, [(f"innocent-{a}-{s}", innocent_task, (a, s)) for a, s in hyp["innocents"]["models"]], hyp["workers"])
+    if args.reverify:
+        print(table(out), thieves_table(out), removals_table(out), sep="\n\n")
+        return 0
     if args.thieves:
         size, schemes = hyp["thieves"]["size"], hyp["thieves"]["schemes"]
         run(out, [(f"clean-{size}-{d}", clean_task, (size, d)) for d in hyp["seeds"]], hyp["workers"])

@@ -6,6 +6,7 @@ from conftest import margin_null_draws
 import copycatch as cc
 from copycatch.core.errors import InvalidArgument
 from copycatch.core.key import Key
+from copycatch.core.stats import binomial_greater
 from copycatch.schemes.margin import MarginWatermark
 
 
@@ -34,10 +35,110 @@ def test_innocent_model_is_cleared(embedded, innocent):
     assert evidence.verdict == "not stolen"
 
 
-def test_label_only_suspects_verify_the_same(embedded):
+def test_label_only_suspects_get_the_binomial_count_and_scores_the_rank_test(embedded):
     soft = cc.verify(embedded.victim, embedded.key, sequential=False).evidence
     hard = cc.verify(cc.ModelOracle(embedded.victim).postprocess("hard-label"), embedded.key, sequential=False).evidence
-    assert hard.p_value == soft.p_value and hard.statistic == soft.statistic
+    assert hard.statistic_name == "trigger hits among misclassified" and hard.statistic == soft.metrics["hits"]
+    assert hard.p_value == binomial_greater(soft.metrics["hits"], soft.metrics["misclassified"], 1 / 3)
+    assert soft.statistic_name.startswith("secret label's rank") and soft.exact
+    assert soft.p_value <= hard.p_value * (1 + 1e-9)
+
+
+def _answers_key(answers: torch.Tensor, true: torch.Tensor, labels: torch.Tensor, **params) -> Key:
+    n, c = answers.shape
+    return Key(
+        "margin",
+        MarginWatermark(n_triggers=n, **params).params.to_dict(),
+        {"trigger_x": torch.zeros(n, 1, 2, 2, dtype=torch.uint8), "trigger_true": true, "trigger_label": labels},
+        {"num_classes": c},
+    )
+
+
+def _random_labels(true: torch.Tensor, c: int, generator: torch.Generator) -> torch.Tensor:
+    return (true + torch.randint(1, c, true.shape, generator=generator)) % c
+
+
+def test_rank_test_on_one_hot_answers_equals_the_binomial_test():
+    g = torch.Generator().manual_seed(0)
+    n, c = 60, 10
+    true = torch.randint(0, c, (n,), generator=g)
+    labels = _random_labels(true, c, g)
+    pred = torch.where(torch.rand(n, generator=g) < 0.5, labels, torch.randint(0, c, (n,), generator=g))
+    one_hot = torch.nn.functional.one_hot(pred, c).float()
+    scheme = MarginWatermark(n_triggers=n)
+    labels_ev = scheme.evidence_from_answers(one_hot, _answers_key(one_hot, true, labels), alpha=1e-3, queries=n)
+    m, hits = int((pred != true).sum()), int((pred == labels).sum())
+    assert labels_ev.p_value == binomial_greater(hits, m, 1 / (c - 1)) < 1e-6
+    # the same labels as scores that tie everywhere but the top: the rank test gives the binomial's p-value
+    ranked = scheme._rank_evidence(one_hot, _answers_key(one_hot, true, labels), alpha=1e-3, queries=n, metrics={})
+    assert ranked.p_value == pytest.approx(labels_ev.p_value, rel=1e-9)
+
+
+def test_rank_test_sees_the_secret_label_below_the_top():
+    """Every trigger classified correctly, the secret label second: no hit at all, yet overwhelming evidence."""
+    g = torch.Generator().manual_seed(1)
+    n, c = 40, 10
+    true = torch.randint(0, c, (n,), generator=g)
+    labels = _random_labels(true, c, g)
+    answers = torch.full((n, c), 0.01)
+    answers[torch.arange(n), true] = 0.8
+    answers[torch.arange(n), labels] = 0.12
+    key = _answers_key(answers, true, labels)
+    ev = MarginWatermark(n_triggers=n).evidence_from_answers(answers, key, alpha=1e-3, queries=n)
+    assert ev.metrics["hits"] == 0 and ev.metrics["secret_rank_mean"] == 1.0
+    assert ev.p_value == pytest.approx((1 / (c - 1)) ** n, rel=1e-6)
+    hard = torch.nn.functional.one_hot(answers.argmax(1), c).float()
+    assert MarginWatermark(n_triggers=n).evidence_from_answers(hard, key, alpha=1e-3, queries=n).p_value == 1.0
+
+
+@pytest.mark.parametrize("levels", [None, 4])
+def test_rank_test_null_is_valid_for_any_fixed_answers(levels):
+    """One suspect's fixed answers (soft, or rounded to a few levels: many ties), 2,000 independent secret label
+    draws: P(p <= u) never clearly above u."""
+    g = torch.Generator().manual_seed(2)
+    n, c = 30, 10
+    answers = torch.distributions.Dirichlet(torch.full((c,), 0.3)).sample((n,))
+    if levels:
+        answers = (answers * levels).round() / levels
+    true = torch.randint(0, c, (n,), generator=g)
+    scheme = MarginWatermark(n_triggers=n)
+    p = np.array(
+        [
+            scheme._rank_evidence(
+                answers, _answers_key(answers, true, _random_labels(true, c, g)), alpha=0.05, queries=n, metrics={}
+            ).p_value
+            for _ in range(2000)
+        ]
+    )
+    for u in (0.01, 0.05, 0.1, 0.25, 0.5):
+        assert np.mean(p <= u) <= u + 3 * np.sqrt(u * (1 - u) / len(p)), u
+    assert np.mean(p <= 0.5) >= 0.3, "p-values piled up at 1: the test would have no power"
+
+
+def test_rank_test_with_a_thousand_classes_is_quick_and_tells_apart_the_top_wrong_classes():
+    g = torch.Generator().manual_seed(3)
+    n, c = 100, 1000
+    true = torch.randint(0, c, (n,), generator=g)
+    labels = _random_labels(true, c, g)
+    answers = torch.rand(n, c, generator=g)
+    answers[torch.arange(n), labels] += 1.0  # the secret label on top of every trigger's wrong classes
+    ev = MarginWatermark(n_triggers=n).evidence_from_answers(
+        answers, _answers_key(answers, true, labels), alpha=1e-3, queries=n
+    )
+    assert ev.metrics["secret_rank_mean"] == 1.0 and ev.p_value == pytest.approx((1 / (c - 1)) ** n, rel=1e-6)
+
+
+def test_rank_test_is_not_used_for_secret_labels_a_reference_model_chose():
+    g = torch.Generator().manual_seed(4)
+    n, c = 20, 10
+    true = torch.randint(0, c, (n,), generator=g)
+    labels = _random_labels(true, c, g)
+    answers = torch.distributions.Dirichlet(torch.ones(c)).sample((n,))
+    key = _answers_key(answers, true, labels, label_strategy="highest")
+    ev = MarginWatermark(n_triggers=n, label_strategy="highest").evidence_from_answers(
+        answers, key, alpha=1e-3, queries=n
+    )
+    assert ev.statistic_name == "trigger hits among misclassified" and not ev.exact
 
 
 def test_key_records_the_secret_labels_as_wrong_labels(embedded):

@@ -168,7 +168,8 @@ class Scheme:
         if power:
             evidence.details["power"] = self.power_curve(answers, key, alpha=alpha)
         outcome = self.bernoulli_outcomes(answers, key) if self.sequential else None
-        if outcome is not None:  # the null distribution, for the evidence page's plot
+        # the binomial null, for the evidence page's plot, when it is the null of the statistic the test used
+        if outcome is not None and outcome.statistic_name == evidence.statistic_name:
             evidence.details["null_model"] = {
                 "type": "binomial",
                 "trials": outcome.counted,

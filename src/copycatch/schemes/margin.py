@@ -16,6 +16,17 @@ Then, among the m triggers it misclassifies, the number of hits on the secret la
 whatever the suspect is, and the p-value is P(X ≥ hits). Labels only are needed, so label-only suspects are fine.
 The raw watermark accuracy (hits / n_triggers) that the paper reports is given alongside.
 
+A suspect that answers scores tells more than its top label: a surrogate often ranks the secret label first among
+a trigger's wrong classes while still answering the true class. Under the same null the secret label is one uniform
+draw among the C−1 wrong classes, independent of the answers, so its mid-rank among them by the suspect's scores is
+uniform on that trigger, independently over triggers. The fixed test then sums the secret labels' (doubled) ranks
+and takes the exact share of the (C−1)^n equally likely secret vectors that score at least as high
+(:func:`~copycatch.core.stats.independent_choices_greater`, a convolution; only the top ``RANKED_CLASSES`` wrong
+classes are told apart, so many classes stay cheap). On one-hot answers it is exactly the binomial test above, which
+is then what is reported. The sequential test (``copycatch verify``'s default) counts hits; when it asks the whole
+key its evidence gives the rank test's p-value too, which ``--fixed`` uses. Neither the paper nor its code has this
+test (they report watermark accuracy); measured against the hit count in benchmarks/README.md.
+
 Parameters (defaults; inputs on the [0, 1] scale):
     n_triggers (100): size of the trigger set (paper and code README: 100).
     label_strategy ("random"): "random" wrong label (paper default), or §4.5's "highest" / "lowest" confidence wrong
@@ -72,7 +83,7 @@ from ..core.errors import InvalidArgument
 from ..core.evidence import Evidence
 from ..core.key import Key
 from ..core.params import Params as BaseParams
-from ..core.stats import binomial_greater
+from ..core.stats import binomial_greater, independent_choices_greater
 from ..data.base import Splits, TensorData
 from ..models.adversarial import pgd
 from ..models.base import Classifier, create_for
@@ -101,6 +112,23 @@ def trigger_weight(n_triggers: int, trigger_batch: int, n_train: int, train: Tra
     owner has (and the model memorises them at the task's expense). Fixing λ·uses keeps that weight constant."""
     steps = max(1, train.epochs * -(-n_train // train.batch_size))
     return min(1.0, exposure * n_triggers / (trigger_batch * steps))
+
+
+RANKED_CLASSES = 20  # the rank test tells apart the top 20 wrong classes of a trigger; the others tie
+
+
+def doubled_wrong_ranks(answers: torch.Tensor, true: torch.Tensor) -> tuple[Any, Any]:
+    """Per trigger, twice the mid-rank (1 … C−1, ties sharing the average; doubled to stay an integer) of each of the
+    C−1 classes other than ``true`` by the suspect's answer, and which class each column holds (``columns[i, j]``)."""
+    import numpy as np
+
+    from ..core.stats import _scipy_stats
+
+    scores = answers.detach().double().cpu().numpy()
+    base = np.arange(scores.shape[1] - 1)
+    columns = base[None, :] + (base[None, :] >= true.cpu().numpy()[:, None])
+    wrong = np.take_along_axis(scores, columns, axis=1)
+    return np.rint(2 * _scipy_stats().rankdata(wrong, method="average", axis=1)).astype(np.int64), columns
 
 
 def check_trigger_weight(params: Any) -> None:
@@ -179,7 +207,9 @@ class MarginWatermark(Scheme):
     larger_key = "more triggers (n_triggers)"
     null_hypothesis = (
         "The suspect is independent of the key: each secret trigger label was drawn uniformly from the C-1 wrong "
-        "classes, so among the m triggers the suspect misclassifies, hits on the secret label ~ Binomial(m, 1/(C-1))."
+        "classes, so among the m triggers the suspect misclassifies, hits on the secret label ~ Binomial(m, 1/(C-1)), "
+        "and, for a suspect that answers scores, the secret label's rank among each trigger's wrong classes is "
+        "uniform, independently over the triggers."
     )
 
     @dataclasses.dataclass(frozen=True)
@@ -332,6 +362,8 @@ class MarginWatermark(Scheme):
         )
 
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
+        """Labels (one-hot answers): the binomial count of hits among misclassified triggers. Scores: the rank
+        test, which reads where the secret label stands among the wrong classes on *every* trigger."""
         pred = answers.argmax(dim=1)
         true, labels = key["trigger_true"].long(), key["trigger_label"].long()
         num_classes = answers.shape[1]
@@ -339,8 +371,18 @@ class MarginWatermark(Scheme):
         m = int(wrong.sum())
         hits = int((pred == labels).sum())
         null_rate = 1.0 / (num_classes - 1)
-        p_value = binomial_greater(hits, m, null_rate)
         strategy = key.params.get("label_strategy", "random")
+        metrics = {
+            "hits": hits,
+            "misclassified": m,
+            "triggers": len(true),
+            "watermark_accuracy": hits / max(len(true), 1),
+            "null_hit_rate": null_rate,
+        }
+        label_only = bool(((answers > 0).sum(dim=1) <= 1).all())
+        if strategy == "random" and not label_only and len(true):
+            return self._rank_evidence(answers, key, alpha=alpha, queries=queries, metrics=metrics)
+        p_value = binomial_greater(hits, m, null_rate)
         notes = []
         exact = strategy == "random"
         if not exact:
@@ -356,12 +398,33 @@ class MarginWatermark(Scheme):
             alpha=alpha,
             queries=queries,
             exact=exact,
-            metrics={
-                "hits": hits,
-                "misclassified": m,
-                "triggers": len(true),
-                "watermark_accuracy": hits / max(len(true), 1),
-                "null_hit_rate": null_rate,
-            },
+            metrics=metrics,
             notes=notes,
+        )
+
+    def _rank_evidence(
+        self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int, metrics: dict[str, Any]
+    ) -> Evidence:
+        """The secret label's rank among the C−1 wrong classes, summed over the triggers (see the module docstring)."""
+        import numpy as np
+
+        true, labels = key["trigger_true"].long(), key["trigger_label"].long()
+        doubled, columns = doubled_wrong_ranks(answers, true)
+        chosen = np.argmax(columns == labels.cpu().numpy()[:, None], axis=1)
+        # only the top RANKED_CLASSES wrong classes differ (the rest score 0): a short convolution for many classes
+        scores = np.maximum(doubled - 2 * max(0, doubled.shape[1] - RANKED_CLASSES), 0)
+        secret = np.arange(len(chosen)), chosen
+        metrics["secret_rank_mean"] = float((doubled.shape[1] + 1 - doubled[secret] / 2).mean())  # 1: top wrong class
+        return self.evidence(
+            key,
+            statistic_name="secret label's rank among the wrong classes (sum of doubled mid-rank scores)",
+            statistic=int(scores[secret].sum()),
+            p_value=independent_choices_greater(list(scores), list(chosen)),
+            alpha=alpha,
+            queries=queries,
+            metrics=metrics,
+            notes=[
+                "the suspect answered scores: the fixed test ranks the secret label among each trigger's wrong "
+                "classes (exact randomisation null; on one-hot answers it is the binomial count of hits)"
+            ],
         )

@@ -139,6 +139,11 @@ def verify_sequential(
         metrics.update(full.metrics)
         notes += [note for note in full.notes if note not in notes]
         details["fixed_test_p_value"] = full.p_value
+        if full.statistic_name != run.outcome.statistic_name:  # margin's rank test on a suspect's scores
+            notes.append(
+                f"the fixed test (--fixed) reads more from these answers ({full.statistic_name}): p = "
+                f"{full.p_value:.3g} on the same answers; this sequential p-value counts {run.outcome.statistic_name}"
+            )
     metrics.update(
         {
             "queried": last.queried,
