@@ -16,6 +16,7 @@ from conftest import margin_null_draws
 import copycatch as cc
 from copycatch.bench.analysis import STUDIES, StudyConfig, run_study, study_models
 from copycatch.bench.analysis.location import _depths as location_depths
+from copycatch.bench.analysis.location import _means as location_means
 from copycatch.bench.analysis.margin_radius import trigger_retention
 from copycatch.core.errors import InvalidArgument
 from copycatch.schemes.feature_sharing import FeatureSharingWatermark, parameterised_layers
@@ -239,3 +240,14 @@ def test_mixup_null_p_values_stay_valid_over_independent_keys(splits, innocent, 
     n = len(p)
     for u in (0.01, 0.05, 0.1, 0.25, 0.5):
         assert np.mean(p <= u) <= u + 3 * np.sqrt(u * (1 - u) / n), u
+
+
+def test_location_summary_keeps_the_worst_seeds_p_value_and_averages_the_rest():
+    rows = [
+        {"model": m, "depth": 1, "watermark_accuracy": acc, "p_value": p, "accuracy": 0.8}
+        for m in ("victim", "surrogate")
+        for acc, p in ((0.9, 1e-12), (0.7, 0.02))
+    ]
+    means = location_means(rows, [1])
+    assert means["surrogate"]["p_value"][0][0] == 0.02 and means["surrogate"]["p_value"][1][0] == 0.0
+    assert means["victim"]["watermark_accuracy"][0][0] == pytest.approx(0.8)
