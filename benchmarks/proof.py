@@ -409,6 +409,9 @@ def main() -> int:
         "--thieves-size", type=int, default=None, help="owner size of the second table (a reduced scale)"
     )
     parser.add_argument("--thieves-schemes", nargs="*", default=None, help="schemes of the second table")
+    parser.add_argument(
+        "--thieves-kinds", nargs="*", default=None, help="kinds of thief of the second table (default: every kind)"
+    )
     parser.add_argument("--removals-size", type=int, default=None, help="owner size of the third table")
     args = parser.parse_args()
     out = Path(args.out)
@@ -417,6 +420,10 @@ def main() -> int:
             hyp[name] = getattr(args, name)
     hyp["thieves"]["size"] = args.thieves_size or hyp["thieves"]["size"]
     hyp["thieves"]["schemes"] = args.thieves_schemes or hyp["thieves"]["schemes"]
+    unknown = set(args.thieves_kinds or ()) - set(hyp["thieves"]["kinds"])
+    if unknown:
+        parser.error(f"unknown thief kinds {sorted(unknown)}; known: {list(hyp['thieves']['kinds'])}")
+    selected_kinds = args.thieves_kinds or list(hyp["thieves"]["kinds"])
     hyp["removals"]["size"] = args.removals_size or hyp["removals"]["size"]
     if args.table:
         print(table(out), thieves_table(out), removals_table(out), sep="\n\n")
@@ -452,7 +459,7 @@ def main() -> int:
             (f"thief-{sc}-{re.sub('[^a-z0-9]+', '-', kind)}-{size}-{d}", thief_task, (sc, kind, size, d))
             for d in hyp["seeds"]
             for sc in schemes
-            for kind in hyp["thieves"]["kinds"]
+            for kind in selected_kinds
             if kind != SAME_ARCH
         ]
         run(out, tasks, hyp["workers"])

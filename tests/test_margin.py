@@ -241,7 +241,8 @@ def test_default_weight_falls_with_the_data_size_and_the_key_records_it(splits):
         config=cc.TrainConfig(epochs=2, seed=0),
         max_cost=None,
     )
-    expected = trigger_weight(40, 10, len(splits.owner_train), cc.TrainConfig(epochs=2, seed=0), 8.0)
+    exposure = MarginWatermark.Params().exposure
+    expected = trigger_weight(40, 10, len(splits.owner_train), cc.TrainConfig(epochs=2, seed=0), exposure)
     assert embedded.key.params["lam"] == pytest.approx(expected, rel=1e-5) and 0 < expected <= 1
     given = cc.embed(
         "margin",
