@@ -204,3 +204,13 @@ def test_svg_plots_are_well_formed_for_edge_cases():
     _svg_ok(calibration_svg([1.0, 0.5, 1e-5], ["a", "b", "a"], 1e-300, 1e-3))
     _svg_ok(pvalue_svg(0.0, 0.05))
     _svg_ok(trajectory_svg({"trajectory": [{"queried": 10, "max_e_value": 1.0}], "early_threshold": 2e-4}))
+
+
+def test_a_scoring_suspect_gets_margins_rank_test_and_the_page_calls_its_p_value_exact(splits, trained, tmp_path):
+    key = margin_key(splits, 11)
+    run = cc.verify(trained, key, sequential=False, alpha=0.05, report=tmp_path / "report", commitment_checks=False)
+    evidence = run.evidences[0]
+    assert evidence.statistic_name.startswith("secret label's rank") and evidence.exact
+    assert "null_model" not in evidence.details  # the binomial plot would describe another statistic
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "p-value is exact" in page and "Score on the key" in page

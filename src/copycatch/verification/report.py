@@ -420,6 +420,17 @@ def _match_sentence(e: Evidence) -> str:
     return f"Its score on the key ({_e(e.statistic_name)}) is {_e(_fmt(e.statistic))}. "
 
 
+def _null_note(exact: bool) -> str:
+    """What the p-value plot of a test without a binomial null says about that null."""
+    what = (
+        "The test's p-value is exact (computed from the key's random draws, not estimated) though its null is not a "
+        "binomial count."
+        if exact
+        else "This scheme's null distribution is not binomial."
+    )
+    return f"{what} Run <code>copycatch calibrate</code> to compare the suspect with innocent reference models here."
+
+
 def _unreachable_alert(smallest: float, alpha: float) -> str:
     return (
         "<div class='alert' role='alert' id='alpha-unreachable'><strong>Warning: α cannot be reached with this key "
@@ -460,11 +471,7 @@ def _evidence_section(i: int, evidence: Evidence, calibration: Any, several: boo
                 [
                     (REGION, "Shaded “stolen” zone: p ≤ α (right is stronger evidence: −log10 of the p-value)."),
                     (SUSPECT, "The suspect."),
-                    (
-                        None,
-                        "This scheme's null distribution is not binomial; run <code>copycatch calibrate</code> to "
-                        "compare the suspect with innocent reference models here.",
-                    ),
+                    (None, _null_note(evidence.exact)),
                 ]
             )
             + "</figure>"
