@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
+from copycatch.core.keyset import open_keys
+from copycatch.oracles.base import query_all
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
@@ -206,6 +208,26 @@ def reverify(out: Path) -> None:
         row.update(verify_surrogate(cc.load_model(out / "models" / row["surrogate_file"]), key_path))
         path.write_text(json.dumps(row, indent=1, default=str))
         print(f"re-verified {path.stem}: p={row['surrogate_p']:.3g}", flush=True)
+
+
+def dynamarks_power(out: Path, queries=(200, 500, 1000, 2000, 5000)) -> str:
+    """The DynaMarks part's p-value on the first k of its key's inputs, from the same answers of each saved surrogate
+    (``Scheme.power_curve``): how many queries its proof needs."""
+    lines = ["| surrogate of | " + " | ".join(f"{k} queries" for k in queries) + " |", "|---|" + "---|" * len(queries)]
+    for path in sorted((out / "rows").glob("scheme-*.json")):
+        row = json.loads(path.read_text())
+        if row["scheme"] not in ("dynamarks", "stack") or "surrogate_file" not in row:
+            continue
+        keys, _ = open_keys(out / "keys" / f"{row['scheme']}-{row['size']}-{row['seed']}.{_key_ext(row['scheme'])}")
+        key = next(k for k in keys if k.scheme == "dynamarks")
+        scheme = cc.scheme_for_key(key)
+        oracle = cc.ModelOracle(cc.load_model(out / "models" / row["surrogate_file"]))
+        answers = query_all(oracle, scheme.verification_inputs(key), progress=False)
+        curve = scheme.power_curve(answers, key, alpha=hyp["alpha"], sizes=queries)
+        p_at = dict(zip(curve["queries"], curve["p"]))
+        cells = [f"{p_at[k]:.2g}" if k in p_at else "–" for k in queries]
+        lines.append(f"| {row['scheme']} {row['size']} seed {row['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _key_ext(scheme: str) -> str:
@@ -400,6 +422,11 @@ def main() -> int:
         help="re-verify the saved surrogates and innocents with the current code, then print the tables",
     )
     parser.add_argument(
+        "--dynamarks-power",
+        action="store_true",
+        help="print the DynaMarks part's p-value against its query count for the saved surrogates and stop",
+    )
+    parser.add_argument(
         "--thieves", action="store_true", help="also run the second table (every thief at hyp['thieves']['size'])"
     )
     parser.add_argument(
@@ -427,6 +454,9 @@ def main() -> int:
     hyp["removals"]["size"] = args.removals_size or hyp["removals"]["size"]
     if args.table:
         print(table(out), thieves_table(out), removals_table(out), sep="\n\n")
+        return 0
+    if args.dynamarks_power:
+        print(dynamarks_power(out))
         return 0
     if args.reverify:
         reverify(out)
