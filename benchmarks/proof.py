@@ -33,6 +33,7 @@ import torch
 
 import copycatch as cc
 from copycatch.core.keyset import open_keys
+from copycatch.core.stats import binomial_greater
 from copycatch.oracles.base import query_all
 
 ####################################################################################################################
@@ -322,8 +323,8 @@ def table(out: Path) -> str:
     innocents = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("innocent-*.json"))]
     lines = [
         "| scheme | owner images | clean acc | protected acc | cost (points) | surrogate p (worst seed) "
-        "| proven (p ≤ α) | innocents accused / verified | innocent p (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| proven (p ≤ α) | hit count's p (worst seed) | innocents accused / verified | innocent p (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scheme in hyp["schemes"]:
         for size in hyp["sizes"]:
@@ -336,9 +337,21 @@ def table(out: Path) -> str:
                 f"| {scheme} | {size} | {mean_std([r['clean_acc'] for r in rs])} | "
                 f"{mean_std([r['victim_acc'] for r in rs])} | {mean_std([r['cost'] for r in rs], '{:.2f}')} | "
                 f"{max(r['surrogate_p'] for r in rs):.2g} | {sum(r['surrogate_p'] <= hyp['alpha'] for r in rs)}/"
-                f"{len(rs)} | {accused}/{len(ps)} | {min(ps, default=float('nan')):.2g} |"
+                f"{len(rs)} | {hit_count_p(rs)} | {accused}/{len(ps)} | {min(ps, default=float('nan')):.2g} |"
             )
     return "\n".join(lines)
+
+
+def hit_count_p(rows: list[dict]) -> str:
+    """Worst seed's p-value of the margin hit count (the label-only test) from the recorded metrics: what the test
+    gave before it read the surrogate's scores (margin, trigger-set and the stack's margin part); – for others."""
+    ps = [
+        binomial_greater(m["hits"], m["misclassified"], m["null_hit_rate"])
+        for r in rows
+        for m in r.get("surrogate_metrics", [])[:1]
+        if {"hits", "misclassified", "null_hit_rate"} <= set(m)
+    ]
+    return f"{max(ps):.2g}" if len(ps) == len(rows) else "–"
 
 
 def removal_task(out: Path, scheme: str, chain: str, size: int, seed: int) -> dict:

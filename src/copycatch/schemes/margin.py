@@ -41,7 +41,9 @@ Parameters (defaults; inputs on the [0, 1] scale):
         triggers are revisited 12.5× as often as on the paper's 50,000); the code's 0.1·trigger CE weighs it less.
     exposure (4.0): the per-trigger total weight of the rule above (λ = 0.05 at 4,000 images, 0.0068 at 30,000,
         for 10 epochs of batch 128). Halved from 8 once the rank test read the surrogates' scores: at 8 the cost
-        reached 2.2 points at 4,000 images, at 4 the proof keeps a wide margin; measured: benchmarks/README.md.
+        reached 2.2 points at 4,000 images, at 4 the rank test keeps a wide margin. The price is paid against
+        label-only suspects (the hit count): a surrogate served behind a top-1 API was proven at 8, not at 4;
+        owners who expect one set ``exposure=8``. Measured: benchmarks/README.md, "Proof after extraction".
     trigger_batch (25): triggers sampled per training batch (code).
     ascent ("free"): how δ is found. "pgd" is Algorithm 1: K fresh ascent steps from δ = 0 on every batch (K extra
         forward and input-backward passes over the sampled triggers). "free" is a faster option, not in the paper:
