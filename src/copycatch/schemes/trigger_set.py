@@ -15,9 +15,8 @@ Parameters (defaults):
     label_strategy ("random"): "random" wrong label (exact null), or "highest"/"lowest" confidence wrong label of
         a clean reference model (approximate null, flagged in the evidence), as the margin scheme.
     lam (None): weight of the trigger loss (Eq. 1 weighs both terms equally, λ = 1); None derives it from the data
-        size as the margin scheme does (the same rule; λ = 1 costs 15 points on 4,000 images).
-    exposure (8.0): per-trigger total weight of that rule (the margin scheme's default was 8 too until it was halved
-        with evidence for the margin scheme; this baseline keeps the value it was measured at).
+        size as the margin scheme does (the same per-trigger ``exposure``; λ = 1 costs 15 points on 4,000 images).
+    exposure (8.0): per-trigger total weight of that rule.
     trigger_batch (25): triggers drawn per training step (as the margin scheme).
 
 Text and audio. The margin scheme's triggers are owner-holdout images; on text and audio the triggers are the
