@@ -157,7 +157,7 @@ def scheme_task(out: Path, scheme: str, size: int, seed: int) -> dict:
     victim, key = protect(scheme, splits, seed, params)
     row = {"scheme": scheme, "size": size, "seed": seed, "params": params, "embed_cpu": time.process_time() - t}
     row["resolved_params"] = [k.params for k in key.keys] if scheme == "stack" else key.params
-    key.save(out / "keys" / f"{scheme}-{size}-{seed}.{_key_ext(scheme)}")
+    key.save(key_file(out, scheme, size, seed))
     cc.save_model(victim, out / "models" / f"{scheme}-{size}-{seed}.safetensors")
     row.update(clean_acc=cc.accuracy(clean, splits.test), victim_acc=cc.accuracy(victim, splits.test))
     row["cost"] = 100 * (row["clean_acc"] - row["victim_acc"])
@@ -205,8 +205,8 @@ def reverify(out: Path) -> None:
         row = json.loads(path.read_text())
         if "surrogate_file" not in row:
             continue
-        key_path = out / "keys" / f"{row['scheme']}-{row['size']}-{row['seed']}.{_key_ext(row['scheme'])}"
-        row.update(verify_surrogate(cc.load_model(out / "models" / row["surrogate_file"]), key_path))
+        surrogate = cc.load_model(out / "models" / row["surrogate_file"])
+        row.update(verify_surrogate(surrogate, key_file(out, row["scheme"], row["size"], row["seed"])))
         path.write_text(json.dumps(row, indent=1, default=str))
         print(f"re-verified {path.stem}: p={row['surrogate_p']:.3g}", flush=True)
 
@@ -219,7 +219,7 @@ def dynamarks_power(out: Path, queries=(200, 500, 1000, 2000, 5000)) -> str:
         row = json.loads(path.read_text())
         if row["scheme"] not in ("dynamarks", "stack") or "surrogate_file" not in row:
             continue
-        keys, _ = open_keys(out / "keys" / f"{row['scheme']}-{row['size']}-{row['seed']}.{_key_ext(row['scheme'])}")
+        keys, _ = open_keys(key_file(out, row["scheme"], row["size"], row["seed"]))
         key = next(k for k in keys if k.scheme == "dynamarks")
         scheme = cc.scheme_for_key(key)
         oracle = cc.ModelOracle(cc.load_model(out / "models" / row["surrogate_file"]))
@@ -231,15 +231,16 @@ def dynamarks_power(out: Path, queries=(200, 500, 1000, 2000, 5000)) -> str:
     return "\n".join(lines)
 
 
-def _key_ext(scheme: str) -> str:
-    return "cckeys" if scheme == "stack" else "cckey"
+def key_file(out: Path, scheme: str, size: int, seed: int) -> Path:
+    """Where the victim's key of one row lives (a key set for the stack)."""
+    return out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}"
 
 
 def thief_task(out: Path, scheme: str, kind: str, size: int, seed: int) -> dict:
     """The scheme row's victim and key (made by scheme_task) stolen by one kind of thief."""
     splits = splits_for(size, seed)
     victim = cc.load_model(out / "models" / f"{scheme}-{size}-{seed}.safetensors")
-    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{_key_ext(scheme)}"
+    key_path = key_file(out, scheme, size, seed)
     thief = hyp["thieves"]["kinds"][kind]
     row = {"scheme": scheme, "thief": kind, "size": size, "seed": seed}
     arch = thief.get("arch", victim.arch)
@@ -275,8 +276,8 @@ def innocent_task(out: Path, arch: str, seed: int) -> dict:
     splits = splits_for(max(hyp["sizes"]), 0)
     model = innocent_model(out / "models", arch, seed)
     results = {}
-    for key_file in sorted((out / "keys").glob("*.cckey*")):
-        results[key_file.stem] = cc.verify(model, key_file, sequential=False, alpha=hyp["alpha"]).p_value
+    for path in sorted((out / "keys").glob("*.cckey*")):
+        results[path.stem] = cc.verify(model, path, sequential=False, alpha=hyp["alpha"]).p_value
     return {"arch": arch, "seed": seed, "acc": cc.accuracy(model, splits.test), "p_values": results}
 
 
@@ -358,7 +359,7 @@ def removal_task(out: Path, scheme: str, chain: str, size: int, seed: int) -> di
     """The scheme row's victim, leaked as a file and laundered by one removal chain; verified with its key."""
     splits = splits_for(size, seed)
     victim = cc.load_model(out / "models" / f"{scheme}-{size}-{seed}.safetensors")
-    key_path = out / "keys" / f"{scheme}-{size}-{seed}.{_key_ext(scheme)}"
+    key_path = key_file(out, scheme, size, seed)
     attacks = hyp["removals"]["chains"][chain]
     model, suspect = victim, victim
     if attacks:
