@@ -33,9 +33,8 @@ Parameters (defaults; probabilities in [0, 1]):
         more secret bits per class (the paper's a_i, b_i are per-class secrets; its experiments use K = 1).
     n_verify (1000): verification inputs drawn from the test split (paper: the whole test set); the key stores them
         (uint8 pixels, about 0.8 kB per 28×28 input; token ids and audio samples as the data stores them) with
-        F_org's answers. The mechanism never looks at the inputs, so it applies to every modality. 1,000 rather
-        than 5,000: on the proof benchmark's 12 surrogates the p-value at 1,000 queries was within a factor of 4 of
-        the one at 5,000 and gave the same decisions (benchmarks/README.md, ``proof.py --dynamarks-power``).
+        F_org's answers. The mechanism never looks at the inputs, so it applies to every modality. 1,000, not the
+        paper's whole test set: the p-value is bounded by the secret, not the queries (benchmarks/README.md).
     bins (20): equal histogram bins on [0, 1] (the paper does not say how it builds them).
     tau (1.0): the paper's detection threshold on η, reported as ``paper_detected``.
 

@@ -16,16 +16,12 @@ Then, among the m triggers it misclassifies, the number of hits on the secret la
 whatever the suspect is, and the p-value is P(X ≥ hits). Labels only are needed, so label-only suspects are fine.
 The raw watermark accuracy (hits / n_triggers) that the paper reports is given alongside.
 
-A suspect that answers scores tells more than its top label: a surrogate often ranks the secret label first among
-a trigger's wrong classes while still answering the true class. Under the same null the secret label is one uniform
-draw among the C−1 wrong classes, independent of the answers, so its mid-rank among them by the suspect's scores is
-uniform on that trigger, independently over triggers. The fixed test then sums the secret labels' (doubled) ranks
-and takes the exact share of the (C−1)^n equally likely secret vectors that score at least as high
-(:func:`~copycatch.core.stats.independent_choices_greater`, a convolution; only the top ``RANKED_CLASSES`` wrong
-classes are told apart, so many classes stay cheap). On one-hot answers it is exactly the binomial test above, which
-is then what is reported. The sequential test (``copycatch verify``'s default) counts hits; when it asks the whole
-key its evidence gives the rank test's p-value too, which ``--fixed`` uses. Neither the paper nor its code has this
-test (they report watermark accuracy); measured against the hit count in benchmarks/README.md.
+A suspect that answers scores tells more than its top label. Under the same null the secret label is a uniform draw
+among the C−1 wrong classes, so its mid-rank among them by the suspect's scores is uniform, independently over
+triggers; the fixed test sums the secret labels' doubled mid-ranks and takes the exact share of the (C−1)^n secret
+vectors scoring at least as high (:func:`~copycatch.core.stats.independent_choices_greater`; only the top
+``RANKED_CLASSES`` wrong classes are told apart). On one-hot answers this is the binomial count, which is reported
+then; the sequential test counts hits. The rank test is ours (the paper reports watermark accuracy).
 
 Parameters (defaults; inputs on the [0, 1] scale):
     n_triggers (100): size of the trigger set (paper and code README: 100).
@@ -40,11 +36,9 @@ Parameters (defaults; inputs on the [0, 1] scale):
         steps), at most 1. Algorithm 1 uses λ = 1, which on 4,000 owner images costs 11 accuracy points (the
         triggers are revisited 12.5× as often as on the paper's 50,000); the code's 0.1·trigger CE weighs it less.
     exposure (8.0): the per-trigger total weight of the rule above (λ ≈ 0.10 at 4,000 images, 0.014 at 30,000,
-        for 10 epochs of batch 128). Measured (benchmarks/README.md, "Proof after extraction"): exposure 4 halves
-        λ, cuts the cost at 4,000 images from 1.44 ± 0.82 to 0.11 ± 0.46 points and the rank test still proves
-        every same-architecture surrogate, but the hit count (label-only suspects, and the sequential test that
-        ``copycatch verify`` runs by default) then no longer proves them; 8 stays the default until sequential
-        verification reads scores.
+        for 10 epochs of batch 128). Halving it cuts the cost on small data and the rank test still proves the
+        surrogates, but the hit count (label-only suspects, the default sequential test) then does not; measured in
+        benchmarks/README.md, "Proof after extraction".
     trigger_batch (25): triggers sampled per training batch (code).
     ascent ("free"): how δ is found. "pgd" is Algorithm 1: K fresh ascent steps from δ = 0 on every batch (K extra
         forward and input-backward passes over the sampled triggers). "free" is a faster option, not in the paper:
