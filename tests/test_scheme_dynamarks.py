@@ -141,6 +141,22 @@ def test_independent_choices_tail_matches_brute_force():
         assert exact - 1e-12 <= p <= exact + 0.05  # conservative, and only just
 
 
+def test_independent_choices_slack_lowers_the_bar_exactly_on_integer_scores():
+    import itertools
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        scores = [rng.integers(0, 6, rng.integers(1, 5)) for _ in range(rng.integers(1, 4))]
+        chosen = [int(rng.integers(len(s))) for s in scores]
+        slack = int(rng.integers(0, 5))
+        observed = sum(s[c] for s, c in zip(scores, chosen))
+        combos = itertools.product(*[range(len(s)) for s in scores])
+        exact = np.mean([sum(s[c] for s, c in zip(scores, combo)) >= observed - slack for combo in combos])
+        assert independent_choices_greater(scores, chosen, slack=slack) == pytest.approx(exact, abs=1e-12)
+    with pytest.raises(cc.CopycatchError, match="slack"):
+        independent_choices_greater([[0, 1]], [0], slack=-1)
+
+
 def test_parameters_that_could_change_the_prediction_are_refused():
     with pytest.raises(cc.CopycatchError, match="change the predicted class"):
         DynaMarks(alpha=0.6, b=0.19)

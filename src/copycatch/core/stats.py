@@ -94,9 +94,10 @@ def hypergeometric_greater(k: int, population: int, successes: int, draws: int) 
 
 
 def independent_choices_greater(
-    scores: Sequence[Sequence[float]], chosen: Sequence[int], *, resolution: int = 1 << 16
+    scores: Sequence[Sequence[float]], chosen: Sequence[int], *, resolution: int = 1 << 16, slack: float = 0.0
 ) -> float:
-    """P(Σ_g scores[g][U_g] >= Σ_g scores[g][chosen[g]]) for independent U_g, each uniform over its group's choices.
+    """P(Σ_g scores[g][U_g] >= Σ_g scores[g][chosen[g]] − slack) for independent U_g, each uniform over its group's
+    choices (``slack`` >= 0 lowers the bar: a bound that holds whatever groups not yet observed would add).
 
     The null distribution of a randomisation test whose secret is one independent, uniform choice per group (a
     secret target label per source class, a secret index per class, …): under "the suspect is independent of the
@@ -114,6 +115,8 @@ def independent_choices_greater(
         )
     if resolution < 16:
         raise InvalidArgument(f"resolution must be >= 16, got {resolution}")
+    if not slack >= 0:
+        raise InvalidArgument(f"slack must be >= 0, got {slack}")
     groups = []
     for g, (values, pick) in enumerate(zip(scores, chosen)):
         a = np.asarray(values, dtype=np.float64).ravel()
@@ -128,13 +131,13 @@ def independent_choices_greater(
     integral = all(np.array_equal(a, np.round(a)) for a, _ in groups) and total_range <= 4 * resolution
     if integral:
         units = [a.astype(np.int64) for a, _ in groups]
-        threshold = int(sum(u[pick] for u, (_, pick) in zip(units, groups)))
+        threshold = int(sum(u[pick] for u, (_, pick) in zip(units, groups))) - math.ceil(slack)
     else:
         # Rounding every choice up by a full step and the observed sum down keeps {sum >= observed} inside
         # {units >= threshold}, so the grid can only overstate the p-value.
         step = total_range / resolution
         units = [np.floor(a / step).astype(np.int64) + 1 for a, _ in groups]
-        threshold = int(sum(np.floor(a[pick] / step) for a, pick in groups))
+        threshold = int(sum(np.floor(a[pick] / step) for a, pick in groups)) - math.ceil(slack / step)
     pmf = np.ones(1)
     for u in units:
         weights = np.bincount(u) / u.size
@@ -142,4 +145,4 @@ def independent_choices_greater(
         for value in np.flatnonzero(weights):
             out[value : value + pmf.size] += weights[value] * pmf
         pmf = out
-    return float(min(1.0, pmf[threshold:].sum()))
+    return float(min(1.0, pmf[max(threshold, 0) :].sum()))
