@@ -193,3 +193,87 @@ def test_every_scheme_hook_matches_its_fixed_test(name, tiny):
             )
         prefix = scheme.bernoulli_outcomes(answers[: n // 2], key)
         assert torch.equal(prefix.outcomes, outcome.outcomes[: n // 2])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a suspect that answers scores: the fixed part is the scheme's own test of them (margin's rank test)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SCORED = [n for n in SCHEMES.list() if SCHEMES.get(n).factory.score_test_bounds is not Scheme.score_test_bounds]
+
+
+@pytest.mark.parametrize("name", SCORED)
+def test_score_bounds_hold_whatever_the_unasked_inputs_answer(name, tiny):
+    """The bound is the fixed test's p-value when nothing remains, at least it for every completion of the asked
+    answers, and the best case at most it."""
+    embedding = tiny.embed(name, epochs=2)
+    scheme, key = cc.scheme_for_key(embedding.key), embedding.key
+    n = len(scheme.verification_inputs(key))
+    g = torch.Generator().manual_seed(0)
+    answers = torch.softmax(torch.randn(n, 4, generator=g) * 3, 1)
+    full = scheme.evidence_from_answers(answers, key, alpha=0.01, queries=n).p_value
+    assert scheme.score_test_bounds(answers, key, 0)[0] == pytest.approx(full, rel=1e-9)
+    asked = n // 2
+    bound, best = scheme.score_test_bounds(answers[:asked], key, n - asked)
+    for trial in range(20):
+        completion = torch.softmax(torch.randn(n - asked, 4, generator=g) * 3, 1)
+        if trial % 2:  # ties, and the secret labels' own classes on top
+            completion = (completion * 2).round() / 2 + 1e-3 * torch.nn.functional.one_hot(
+                key["trigger_label"].long()[asked:], 4
+            )
+        p = scheme.evidence_from_answers(torch.cat([answers[:asked], completion]), key, alpha=0.01, queries=n).p_value
+        assert best * (1 - 1e-9) <= p <= bound * (1 + 1e-9)
+
+
+def _margin_scores_key(n, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randint(0, c, (n,), generator=g)
+    labels = (true + torch.randint(1, c, (n,), generator=g)) % c
+    params = SCHEMES.get("margin").factory(n_triggers=n).params.to_dict()
+    tensors = {"trigger_x": torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1), "trigger_true": true}
+    return Key("margin", params, {**tensors, "trigger_label": labels}, {"num_classes": c}), true, labels, g
+
+
+def _scores_oracle(table, output_kind="probs"):
+    """Answers row i of ``table`` to trigger i (the triggers' single pixel is their index)."""
+    index = (torch.arange(len(table)) / 255).view(-1, 1)
+    lookup = {round(float(v) * 255): i for i, v in enumerate(index.view(-1))}
+    return cc.CallableOracle(
+        lambda x: table[[lookup[round(float(v) * 255)] for v in torch.as_tensor(x).reshape(len(x), -1)[:, 0]]],
+        table.shape[1],
+        input_format="torch",
+        output_kind=output_kind,
+    )
+
+
+def test_a_scoring_suspect_is_tested_on_its_scores_and_a_label_only_one_on_the_count():
+    """The secret label second on every trigger, no hit at all: the sequential test on the scores proves it (p
+    within the early share of the fixed rank test's), on the same suspect's labels it cannot."""
+    n, c = 60, 10
+    key, true, labels, _ = _margin_scores_key(n, c, seed=0)
+    table = torch.full((n, c), 0.01)
+    table[torch.arange(n), true], table[torch.arange(n), labels] = 0.8, 0.12
+    scheme = cc.scheme_for_key(key)
+    scores = verify_sequential(scheme, _scores_oracle(table), key, alpha=1e-3)
+    assert scores.metrics["successes"] == 0 and scores.details["sequential"]["fixed_part"] == "scores"
+    assert scores.decision and scores.p_value == pytest.approx((1 / (c - 1)) ** n / 0.8, rel=1e-6)
+    assert "null_model" not in scores.details  # not a binomial tail: the evidence check asks for the key
+    hard = torch.nn.functional.one_hot(table.argmax(1), c).float()
+    labels_run = verify_sequential(scheme, _scores_oracle(hard, "labels"), key, alpha=1e-3)
+    assert labels_run.details["sequential"]["fixed_part"] == "binomial count" and not labels_run.decision
+
+
+def test_the_scores_test_is_valid_at_any_stopping_time():
+    """300 innocent scoring suspects (answers independent of the secret labels), 6 looks each: rejections at α = 0.05
+    stay at or below α, and the p-values are not piled up at 1."""
+    n, c, alpha, runs = 30, 6, 0.05, 300
+    key, _, _, g = _margin_scores_key(n, c, seed=1)
+    scheme = cc.scheme_for_key(key)
+    p_values = []
+    for _ in range(runs):
+        table = torch.softmax(torch.randn(n, c, generator=g) * 2, 1)
+        evidence = verify_sequential(scheme, _scores_oracle(table), key, alpha=alpha, plan=SequentialPlan(batch_size=5))
+        p_values.append(evidence.p_value)
+    rejected = sum(p <= alpha for p in p_values) / runs
+    assert rejected <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    assert sum(p <= 0.5 for p in p_values) / runs >= 0.2

@@ -149,6 +149,15 @@ class Scheme:
         """
         return None
 
+    def score_test_bounds(self, answers: torch.Tensor, key: Key, remaining: int) -> tuple[float, float] | None:
+        """For sequential verification of a suspect that answers scores, when the fixed test reads them (margin's rank
+        test) instead of counting :meth:`bernoulli_outcomes`: from the answers to the first ``len(answers)``
+        verification inputs, (1) a bound on the fixed test's p-value of the whole key that holds whatever the
+        ``remaining`` unasked inputs would answer (so it is valid wherever the test stops), equal to
+        ``evidence_from_answers``'s p-value on scored answers when nothing remains, and (2) the smallest p-value the
+        fixed test could still reach (only used to stop for futility). None (here): the fixed part counts outcomes."""
+        return None
+
     def verify(
         self, oracle: Oracle, key: Key, *, alpha: float = 1e-3, progress: bool | None = None, power: bool = False
     ) -> Evidence:

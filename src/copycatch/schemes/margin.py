@@ -21,7 +21,8 @@ among the C−1 wrong classes, so its mid-rank among them by the suspect's score
 triggers; the fixed test sums the secret labels' doubled mid-ranks and takes the exact share of the (C−1)^n secret
 vectors scoring at least as high (:func:`~copycatch.core.stats.independent_choices_greater`; only the top
 ``RANKED_CLASSES`` wrong classes are told apart). On one-hot answers this is the binomial count, which is reported
-then; the sequential test counts hits. The rank test is ours (the paper reports watermark accuracy).
+then. The sequential test reads the scores too (its fixed part is the rank test, :meth:`score_test_bounds`). The
+rank test is ours (the paper reports watermark accuracy).
 
 Parameters (defaults; inputs on the [0, 1] scale):
     n_triggers (100): size of the trigger set (paper and code README: 100).
@@ -74,6 +75,7 @@ import contextlib
 import dataclasses
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -118,8 +120,6 @@ RANKED_CLASSES = 20  # the rank test tells apart the top 20 wrong classes of a t
 def doubled_wrong_ranks(answers: torch.Tensor, true: torch.Tensor) -> tuple[Any, Any]:
     """Per trigger, twice the mid-rank (1 … C−1, ties sharing the average; doubled to stay an integer) of each of the
     C−1 classes other than ``true`` by the suspect's answer, and which class each column holds (``columns[i, j]``)."""
-    import numpy as np
-
     from ..core.stats import _scipy_stats
 
     scores = answers.detach().double().cpu().numpy()
@@ -127,6 +127,22 @@ def doubled_wrong_ranks(answers: torch.Tensor, true: torch.Tensor) -> tuple[Any,
     columns = base[None, :] + (base[None, :] >= true.cpu().numpy()[:, None])
     wrong = np.take_along_axis(scores, columns, axis=1)
     return np.rint(2 * _scipy_stats().rankdata(wrong, method="average", axis=1)).astype(np.int64), columns
+
+
+RANK_STATISTIC = "secret label's rank among the wrong classes (sum of doubled mid-rank scores)"
+
+
+def secret_rank_scores(answers: torch.Tensor, key: Key) -> tuple[list[Any], list[int], float]:
+    """Per answered trigger, every wrong class's score (doubled mid-rank; only the top ``RANKED_CLASSES`` differ, the
+    rest score 0, so many classes stay a short convolution), which of them is the secret label, and the secret's mean
+    rank among the wrong classes (1: the top one)."""
+    n = len(answers)
+    true, labels = key["trigger_true"].long()[:n], key["trigger_label"].long()[:n]
+    doubled, columns = doubled_wrong_ranks(answers, true)
+    chosen = np.argmax(columns == labels.cpu().numpy()[:, None], axis=1)
+    scores = np.maximum(doubled - 2 * max(0, doubled.shape[1] - RANKED_CLASSES), 0)
+    mean_rank = float((doubled.shape[1] + 1 - doubled[np.arange(n), chosen] / 2).mean())
+    return list(scores), [int(c) for c in chosen], mean_rank
 
 
 def check_trigger_weight(params: Any) -> None:
@@ -359,6 +375,21 @@ class MarginWatermark(Scheme):
             notes=notes,
         )
 
+    def score_test_bounds(self, answers: torch.Tensor, key: Key, remaining: int) -> tuple[float, float] | None:
+        """The rank test on the triggers asked so far (:meth:`Scheme.score_test_bounds`). Each trigger adds a score in
+        [low, top], so the unasked ones can raise the observed sum over the null's by at most ``remaining·(top −
+        low)`` (the bound's slack); at best each is an untied row with the secret on top."""
+        if key.params.get("label_strategy", "random") != "random":
+            return None  # the rank test is the fixed test only for uniformly drawn secret labels
+        wrong = answers.shape[1] - 1
+        untied = np.maximum(2 * np.arange(1, wrong + 1) - 2 * max(0, wrong - RANKED_CLASSES), 0)
+        low, top = int(untied.min()), int(untied.max())
+        scores, chosen = (secret_rank_scores(answers, key)[:2]) if len(answers) else ([], [])
+        bound = independent_choices_greater(scores, chosen, slack=remaining * (top - low)) if scores else 1.0
+        best_rows = scores + [untied] * remaining
+        best = independent_choices_greater(best_rows, chosen + [wrong - 1] * remaining) if best_rows else 1.0
+        return bound, best
+
     def evidence_from_answers(self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int) -> Evidence:
         """Labels (one-hot answers): the binomial count of hits among misclassified triggers. Scores: the rank
         test, which reads where the secret label stands among the wrong classes on *every* trigger."""
@@ -404,20 +435,13 @@ class MarginWatermark(Scheme):
         self, answers: torch.Tensor, key: Key, *, alpha: float, queries: int, metrics: dict[str, Any]
     ) -> Evidence:
         """The secret label's rank among the C−1 wrong classes, summed over the triggers (see the module docstring)."""
-        import numpy as np
-
-        true, labels = key["trigger_true"].long(), key["trigger_label"].long()
-        doubled, columns = doubled_wrong_ranks(answers, true)
-        chosen = np.argmax(columns == labels.cpu().numpy()[:, None], axis=1)
-        # only the top RANKED_CLASSES wrong classes differ (the rest score 0): a short convolution for many classes
-        scores = np.maximum(doubled - 2 * max(0, doubled.shape[1] - RANKED_CLASSES), 0)
-        secret = np.arange(len(chosen)), chosen
-        metrics["secret_rank_mean"] = float((doubled.shape[1] + 1 - doubled[secret] / 2).mean())  # 1: top wrong class
+        scores, chosen, mean_rank = secret_rank_scores(answers, key)
+        metrics["secret_rank_mean"] = mean_rank
         return self.evidence(
             key,
-            statistic_name="secret label's rank among the wrong classes (sum of doubled mid-rank scores)",
-            statistic=int(scores[secret].sum()),
-            p_value=independent_choices_greater(list(scores), list(chosen)),
+            statistic_name=RANK_STATISTIC,
+            statistic=int(sum(row[c] for row, c in zip(scores, chosen))),
+            p_value=independent_choices_greater(scores, chosen),
             alpha=alpha,
             queries=queries,
             metrics=metrics,

@@ -14,7 +14,13 @@ The test (valid at any stopping time). Split α into an early share ``w`` (defau
   the stopping rule. ``p_e = 1 / max_t E_t``.
 * **fixed part**: the exact binomial p-value of the whole key, ``p_f = P(Bin(m, q) ≥ s)``. Before the whole key
   is asked, ``p_f`` is bounded by its least favourable completion (every unasked input a counted failure),
-  which is never below the value the full key would give.
+  which is never below the value the full key would give. A suspect that answers scores (not labels only) is
+  tested on them when the scheme's fixed test reads them (:meth:`~copycatch.schemes.base.Scheme.score_test_bounds`:
+  margin's rank test): ``p_f`` is then that test's p-value of the whole key, bounded before the end over every
+  answer the unasked inputs could give (a loose bound: such runs seldom stop by curtailment, and ask the whole key
+  unless the always-valid part rejects first). Which one is used is settled by the first batch's answers (scores
+  if any of them is not one-hot): both tests are exact given the answers, so the choice may depend on their format,
+  never on the key.
 
 Reported p-value ``p = min(1, p_e / w, p_f / (1 − w))`` (weighted Bonferroni: ``P(p ≤ a) ≤ w·a + (1−w)·a``).
 The test stops after a batch as soon as
@@ -139,7 +145,7 @@ def verify_sequential(
         metrics.update(full.metrics)
         notes += [note for note in full.notes if note not in notes]
         details["fixed_test_p_value"] = full.p_value
-        if full.statistic_name != run.outcome.statistic_name:  # margin's rank test on a suspect's scores
+        if not run.reads_scores and full.statistic_name != run.outcome.statistic_name:  # scores behind a labels run
             notes.append(
                 f"the fixed test (--fixed) reads more from these answers ({full.statistic_name}): p = "
                 f"{full.p_value:.3g} on the same answers; this sequential p-value counts {run.outcome.statistic_name}"
@@ -157,9 +163,12 @@ def verify_sequential(
     )
     notes += _sequential_notes(run, plan.early_share, alpha, decision_alpha)
     details.update(_sequential_details(run, plan, alpha))
+    statistic_name = run.outcome.statistic_name
+    if run.reads_scores:
+        statistic_name += " (always-valid part; the fixed part ranks the suspect's scores)"
     evidence = scheme.evidence(
         key,
-        statistic_name=run.outcome.statistic_name,
+        statistic_name=statistic_name,
         statistic=last.successes,
         p_value=last.p_value,
         alpha=decision_alpha,
@@ -197,6 +206,7 @@ class _SequentialRun:
     reason: str
     max_log_e: float
     queries: int
+    reads_scores: bool  # the fixed part is the scheme's test of the suspect's scores, not the binomial count
 
 
 def _query_in_batches(
@@ -212,11 +222,17 @@ def _query_in_batches(
     trajectory: list[SequentialState] = []
     start_queries = oracle.queries
     reason, max_log_e, outcome = "exhausted", 0.0, probe
+    reads_scores = False
     starts = range(0, n, plan.batch_size)
     for start in progress_bar(starts, total=len(starts), desc="verify (sequential)", enabled=progress, unit="batch"):
         answers.append(oracle.query(x[start : start + plan.batch_size]))
-        outcome = scheme.bernoulli_outcomes(torch.cat(answers), key)
-        state, can_still_reject = _update(outcome, n, q, w, alpha, max_log_e)
+        asked = torch.cat(answers)
+        if len(answers) == 1:  # the format is known from the first answers (an HTTP suspect's "auto" kind too)
+            scored = oracle.output_kind != "labels" and bool((asked.count_nonzero(dim=1) > 1).any())
+            reads_scores = scored and scheme.score_test_bounds(asked, key, n) is not None
+        outcome = scheme.bernoulli_outcomes(asked, key)
+        fixed = scheme.score_test_bounds(asked, key, n - len(asked)) if reads_scores else None
+        state, can_still_reject = _update(outcome, n, q, w, alpha, max_log_e, fixed)
         max_log_e = state.max_log_e
         trajectory.append(state)
         stop = _stop_reason(state, n, w, alpha, can_still_reject)
@@ -226,7 +242,7 @@ def _query_in_batches(
     if not trajectory:  # an empty key: no evidence at all
         trajectory.append(SequentialState(0, 0, 0, 0.0, 1.0, 1.0, 1.0))
     queries = oracle.queries - start_queries
-    return _SequentialRun(n, q, answers, trajectory, outcome, reason, max_log_e, queries)
+    return _SequentialRun(n, q, answers, trajectory, outcome, reason, max_log_e, queries, reads_scores)
 
 
 def _stop_reason(state: SequentialState, n: int, w: float, alpha: float, can_still_reject: bool) -> str | None:
@@ -246,11 +262,16 @@ def _sequential_notes(run: _SequentialRun, w: float, alpha: float, decision_alph
     """The notes that explain the sequential test, where it stopped and why."""
     last, n = run.trajectory[-1], run.key_size
     saved = n - last.queried
+    fixed = (
+        "the fixed test's p-value of the suspect's scores (the scheme's --fixed test) on the whole key, bounded "
+        "over every answer the unasked inputs could give"
+        if run.reads_scores
+        else "the exact binomial p-value of the whole key under the least favourable answers to the unasked inputs"
+    )
     notes = [
         f"sequential test, valid at any stopping time: p = min(1, p_e/{w:g}, p_fixed/{1 - w:g}), where p_e = 1/max "
         f"e-value (mixture likelihood ratio over success rates in [{run.null_rate:.3g}, 1]; Ville's inequality) and "
-        "p_fixed = the exact binomial p-value of the whole key under the least favourable answers to the unasked "
-        "inputs",
+        f"p_fixed = {fixed}",
         f"stopped after {last.queried} of {n} inputs ({saved} queries saved): {STOP_REASONS[run.reason]}",
     ]
     if alpha != decision_alpha:
@@ -264,16 +285,20 @@ def _sequential_notes(run: _SequentialRun, w: float, alpha: float, decision_alph
 def _sequential_details(run: _SequentialRun, plan: SequentialPlan, alpha: float) -> dict[str, Any]:
     """The evidence's ``null_model`` and ``sequential`` details: the binomial null and the whole trajectory."""
     last, w = run.trajectory[-1], plan.early_share
-    return {
-        "null_model": {
+    details: dict[str, Any] = {}
+    if not run.reads_scores:  # with scores the p-value is not the binomial tail of these counts
+        details["null_model"] = {
             "type": "binomial",
             "trials": last.counted,
             "rate": run.null_rate,
             "observed": last.successes,
             "statistic_name": run.outcome.statistic_name,
-        },
+        }
+    return {
+        **details,
         "sequential": {
             "used": True,
+            "fixed_part": "scores" if run.reads_scores else "binomial count",
             "batch_size": plan.batch_size,
             "early_share": w,
             "stop_alpha": alpha,
@@ -297,7 +322,10 @@ def combined_p_value(
     return p_early, p_fixed_bound, min(1.0, p_early / early_share, p_fixed_bound / (1 - early_share))
 
 
-def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: float) -> tuple[SequentialState, bool]:
+def _update(
+    outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: float, fixed: tuple[float, float] | None
+) -> tuple[SequentialState, bool]:
+    """The state after a batch; ``fixed`` is the scores' fixed part (its bound and best case) or None for the count."""
     queried = len(outcome.outcomes)
     s, m = outcome.successes, outcome.counted
     remaining = n - queried
@@ -306,6 +334,9 @@ def _update(outcome: Any, n: int, q: float, w: float, alpha: float, max_log_e: f
     # Each further success raises every likelihood ratio in the mixture, so all-successes is the best case.
     best_log_e = max(max_log_e, log_mixture_e_value(s + remaining, m + remaining, q))
     best_p_fixed = binomial_greater(s + remaining, m + remaining, q)
+    if fixed is not None:
+        p_fixed_bound, best_p_fixed = fixed
+        p_value = min(1.0, p_early / w, p_fixed_bound / (1 - w))
     can_still_reject = best_log_e >= -math.log(w * alpha) or best_p_fixed <= (1 - w) * alpha
     return SequentialState(queried, s, m, max_log_e, p_early, p_fixed_bound, p_value), can_still_reject
 
