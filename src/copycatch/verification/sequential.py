@@ -249,10 +249,10 @@ def _stop_reason(state: SequentialState, n: int, w: float, alpha: float, can_sti
     """Why the test stops after this batch (a key of :data:`STOP_REASONS`), or None to ask the next batch."""
     if state.p_early <= w * alpha:
         return "early"
-    if state.p_fixed_bound <= (1 - w) * alpha:
-        return "curtailed"
     if state.queried == n:
         return "exhausted"
+    if state.p_fixed_bound <= (1 - w) * alpha:
+        return "curtailed"
     if not can_still_reject:
         return "futility"
     return None
