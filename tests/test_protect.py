@@ -16,7 +16,7 @@ from copycatch.core.errors import CorruptFile, InvalidArgument
 from copycatch.core.key import Key, compute_digest
 from copycatch.core.keyset import KeySet, load_key_file, open_keys
 from copycatch.schemes import protect_oracle
-from copycatch.schemes.protection import part_seed
+from copycatch.schemes.protection import part_seed, stack_params
 from copycatch.serve import ServeConfig, create_app, serve_in_thread
 
 
@@ -52,6 +52,7 @@ def test_protect_round_trips_a_key_set_through_save_load_verify(protected, innoc
     assert [k.scheme for k in loaded] == ["margin", "dynamarks"]
     assert [k.digest for k in loaded] == [k.digest for k in protected.keyset]
     assert loaded.meta["seeds"] == [0, part_seed(0, 1, "dynamarks")] and "SHA-256" in loaded.meta["seed_rule"]
+    assert list(loaded)[1].params["favoured_weight"] == 10.0  # the stack's DynaMarks, not the paper's 2
     for suspect in (protected.stolen, protected.victim):
         run = cc.verify(suspect, path)
         assert len(run.evidences) == 2 and run.verdict == "stolen"
@@ -131,6 +132,12 @@ def test_each_part_is_calibrated_beside_the_key_set(protected, innocent, tmp_pat
     assert [p.name for _, p in written] == ["set.cckeys.part0.calibration.json", "set.cckeys.part1.calibration.json"]
     run = cc.verify(innocent, path, sequential=False)
     assert all("calibration" in e.details for e in run.evidences)
+
+
+def test_the_stack_parameters_yield_to_the_callers():
+    assert stack_params("dynamarks", None) == {"favoured_weight": 10.0}
+    assert stack_params("dynamarks", {"favoured_weight": 2, "n_verify": 50}) == {"favoured_weight": 2, "n_verify": 50}
+    assert stack_params("dawn", None) is None and stack_params(None, {"n_verify": 10}) == {"n_verify": 10}
 
 
 def test_protect_refuses_schemes_in_the_wrong_place(tiny):

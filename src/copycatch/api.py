@@ -56,6 +56,7 @@ from .oracles.suspects import open_suspect
 from .schemes import Embedding, Protection, create_scheme, embed_scheme, protect_model, protect_oracle
 from .schemes.commitment import commit_key
 from .schemes.embedding import DEFAULT_MAX_COST, check_accuracy_cost
+from .schemes.protection import stack_params
 from .serve import require_extra
 from .serve.config import ServeConfig
 from .serve.keys import Keyring, new_key
@@ -224,7 +225,8 @@ def protect(
     resume: bool = False,
 ) -> Protection:
     """The recommended stack: a training-time ``watermark`` in the weights plus an ``api``-time mark on the served
-    answers (``None``: none), each with its own independently seeded secret, their keys bundled in one key set;
+    answers (``None``: none; DynaMarks with the stack's parameters, :data:`~copycatch.schemes.protection.STACK_PARAMS`,
+    under ``api_params``), each with its own independently seeded secret, their keys bundled in one key set;
     ``fingerprint`` (``"cae"``, ``"dataset-inference"``; default none) adds a fingerprint of the watermarked
     victim, which changes neither its weights nor its answers.
 
@@ -243,9 +245,9 @@ def protect(
         "watermark": watermark,
         "params": _scheme_params(watermark, watermark_params),
         "api": api,
-        "api_params": _scheme_params(api, api_params),
+        "api_params": _scheme_params(api, stack_params(api, api_params)),
         "fingerprint": fingerprint,
-        "fingerprint_params": _scheme_params(fingerprint, fingerprint_params),
+        "fingerprint_params": _scheme_params(fingerprint, stack_params(fingerprint, fingerprint_params)),
         "splits": splits,
         "arch": arch,
         "model": base,

@@ -58,6 +58,12 @@ DEPENDENCE = (
     "the fingerprint tests whether the suspect behaves like the watermarked victim, on the same suspect as the "
     "other parts: their p-values may move together under the null, so verify combines them with Holm's adjustment"
 )
+# Parameters protect gives a part unless the caller sets them (the scheme's own defaults are the paper's). DynaMarks'
+# paper weighs the favoured index 2/11: in the stack its perturbation of every confident answer then scatters mass
+# over random wrong classes, which a thief copies and which drowns the watermark's signal among the wrong classes;
+# weight 10 concentrates it on one class per row and brings the DynaMarks part to its floor (2e-10) on the measured
+# thieves (benchmarks/README.md, "Proof after extraction").
+STACK_PARAMS: dict[str, dict[str, Any]] = {"dynamarks": {"favoured_weight": 10.0}}
 # What protect takes in each of its arguments (and CLI flags of the same names): a scheme's kind and when it acts
 # decide its place (Scheme.kind, Scheme.acts_at).
 ROLES = {
@@ -110,8 +116,8 @@ def protect_model(
     fingerprint = None if fingerprint in (None, "none") else fingerprint
     check_role(watermark, "watermark")
     parts = (
-        ("api", api, api_params, "an API-time scheme"),
-        ("fingerprint", fingerprint, fingerprint_params, "a fingerprint scheme"),
+        ("api", api, stack_params(api, api_params), "an API-time scheme"),
+        ("fingerprint", fingerprint, stack_params(fingerprint, fingerprint_params), "a fingerprint scheme"),
     )
     for role, name, params, what in parts:
         if name is not None:
@@ -158,6 +164,12 @@ def protect_model(
     victim.provenance["protection"] = {"schemes": [k.scheme for k in keys], "keyset_digest": keyset.digest}
     info["seeds"] = seeds
     return Protection(victim, keyset, info)
+
+
+def stack_params(name: str | None, params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parameters protect gives part ``name``: :data:`STACK_PARAMS` under the caller's ``params``."""
+    merged = {**STACK_PARAMS.get(name or "", {}), **(params or {})}
+    return merged or params
 
 
 def stack_role(name: str) -> str:

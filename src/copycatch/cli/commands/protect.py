@@ -64,7 +64,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     src.add_argument("--arch", default=None, help="train a fresh model of this architecture (default: the scheme's)")
     src.add_argument("--model", default=None, help="start from this trained model file")
     options.add_params_option(p, "watermark scheme")
-    p.add_argument("--api-param", action="append", metavar="NAME=VALUE", help="API-time scheme parameter (repeatable)")
+    p.add_argument(
+        "--api-param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="API-time scheme parameter (repeatable); in the stack DynaMarks weighs its favoured class 10, not the "
+        "paper's 2 (favoured_weight=2 restores it)",
+    )
     p.add_argument(
         "--fingerprint-param", action="append", metavar="NAME=VALUE", help="fingerprint parameter (repeatable)"
     )
