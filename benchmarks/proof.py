@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
-from copycatch.core.keyset import open_keys
+from copycatch.core.keyset import KeySet, load_key_file, open_keys
 from copycatch.core.stats import binomial_greater
 from copycatch.oracles.base import query_all
+from copycatch.schemes import create_scheme
+from copycatch.schemes.protection import part_seed, stack_params
 
 ####################################################################################################################
 #                                                 Hyper-parameters                                                 #
@@ -209,6 +211,32 @@ def reverify(out: Path) -> None:
         row.update(verify_surrogate(surrogate, key_file(out, row["scheme"], row["size"], row["seed"])))
         path.write_text(json.dumps(row, indent=1, default=str))
         print(f"re-verified {path.stem}: p={row['surrogate_p']:.3g}", flush=True)
+
+
+def restack_task(out: Path, size: int, seed: int) -> dict:
+    """The saved stack row with its API-time key made again with today's protect parameters, then stolen and
+    verified again. The victim and its watermark key stay: protect trains them first, and the API-time part neither
+    changes them nor depends on them beyond the victim's answers, so the row is what protect makes today."""
+    row = json.loads((out / "rows" / f"scheme-stack-{size}-{seed}.json").read_text())
+    victim = cc.load_model(out / "models" / f"stack-{size}-{seed}.safetensors")
+    path = key_file(out, "stack", size, seed)
+    old = load_key_file(path)
+    splits, keys = splits_for(size, seed), list(old.keys)
+    for part, key in enumerate(keys):
+        if part and cc.scheme_for_key(key).acts_at == "api":
+            scheme = create_scheme(key.scheme, **(stack_params(key.scheme, None) or {}))
+            config = owner_config(seed).replace(seed=part_seed(seed, part, key.scheme))
+            keys[part] = scheme.embed(victim, splits, train=config, progress=False).key
+    keyset = KeySet(keys, {k: v for k, v in old.meta.items() if k not in ("created", "package_version")})
+    path.rename(path.with_suffix(".before-restack.cckeys"))
+    keyset.save(path)
+    row["resolved_params"] = [k.params for k in keys]
+    row["restacked"] = "API-time key made again on the saved victim with the protect parameters of its run"
+    surrogate_file = out / "models" / f"surrogate-stack-{size}-{seed}.safetensors"
+    row.update(steal_and_verify(victim, keyset, splits, seed, surrogate_file, attack="soft-label", arch=victim.arch))
+    for stale in (out / "rows").glob(f"thief-stack-*-{size}-{seed}.json"):  # stolen through the old API-time key
+        stale.unlink()
+    return row
 
 
 def dynamarks_power(out: Path, queries=(200, 500, 1000, 2000, 5000)) -> str:
@@ -441,6 +469,12 @@ def main() -> int:
         help="print the DynaMarks part's p-value against its query count for the saved surrogates and stop",
     )
     parser.add_argument(
+        "--restack",
+        action="store_true",
+        help="make the saved stack rows' API-time keys again with today's protect parameters, steal and verify "
+        "again (their thief rows are dropped; --thieves runs them again)",
+    )
+    parser.add_argument(
         "--thieves", action="store_true", help="also run the second table (every thief at hyp['thieves']['size'])"
     )
     parser.add_argument(
@@ -474,6 +508,11 @@ def main() -> int:
         return 0
     if args.reverify:
         reverify(out)
+    elif args.restack:  # run() skips a task whose row exists, so a restacked row is written under its own name first
+        pairs = [(s, d) for s in hyp["sizes"] for d in hyp["seeds"] if key_file(out, "stack", s, d).exists()]
+        run(out, [(f"restack-{s}-{d}", restack_task, (s, d)) for s, d in pairs], hyp["workers"])
+        for size, seed in pairs:
+            (out / "rows" / f"restack-{size}-{seed}.json").replace(out / "rows" / f"scheme-stack-{size}-{seed}.json")
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(hyp, indent=1))
