@@ -259,6 +259,42 @@ def dynamarks_power(out: Path, queries=(200, 500, 1000, 2000, 5000)) -> str:
     return "\n".join(lines)
 
 
+def ewe_entanglement(out: Path, n_test: int = 3000) -> str:
+    """Whether each EWE victim's triggers share the target class's features (the SNNL's purpose) and whether its
+    surrogate inherited the mark: per saved row, the share of triggers whose nearest class centroid (cosine, over
+    ``n_test`` test images) in the last SNNL layer is the target class, for the victim and for the surrogate."""
+    lines = [
+        "| owner images | seed | surrogate p | surrogate watermark accuracy | victim: triggers nearest the target "
+        "| surrogate: triggers nearest the target |",
+        "|---|---|---|---|---|---|",
+    ]
+    test = cc.load_splits(hyp["data"], seed=hyp["split_seed"]).test
+    x, y = test.batch(slice(0, n_test))
+    rows = [json.loads(path.read_text()) for path in (out / "rows").glob("scheme-ewe-*.json")]
+    for row in sorted(rows, key=lambda r: (r["size"], r["seed"])):
+        key = load_key_file(key_file(out, "ewe", row["size"], row["seed"]))
+        target, triggers = int(key["target_class"]), key["trigger_x"].float()
+        shares = []
+        for name in (f"ewe-{row['size']}-{row['seed']}", row["surrogate_file"].removesuffix(".safetensors")):
+            model = cc.load_model(out / "models" / f"{name}.safetensors").eval()
+            layer = dict(model.named_modules())[key.meta["layers"][-1]]
+            seen = []
+            handle = layer.register_forward_hook(lambda _m, _i, output, store=seen.append: store(output.flatten(1)))
+            with torch.no_grad():
+                model(triggers / 255 if triggers.max() > 1 else triggers), model(x)
+            handle.remove()
+            on_triggers, on_test = (torch.nn.functional.normalize(f, dim=1) for f in seen)
+            centroids = torch.stack([on_test[y == c].mean(0) for c in range(int(y.max()) + 1)])
+            nearest = (on_triggers @ torch.nn.functional.normalize(centroids, dim=1).T).argmax(1)
+            shares.append(float((nearest == target).float().mean()))
+        accuracy = row["surrogate_metrics"][0]["watermark_accuracy"]
+        lines.append(
+            f"| {row['size']} | {row['seed']} | {row['surrogate_p']:.2g} | {accuracy:.2f} | {shares[0]:.2f} "
+            f"| {shares[1]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def key_file(out: Path, scheme: str, size: int, seed: int) -> Path:
     """Where the victim's key of one row lives (a key set for the stack)."""
     return out / "keys" / f"{scheme}-{size}-{seed}.{'cckeys' if scheme == 'stack' else 'cckey'}"
@@ -469,6 +505,11 @@ def main() -> int:
         help="print the DynaMarks part's p-value against its query count for the saved surrogates and stop",
     )
     parser.add_argument(
+        "--ewe-entanglement",
+        action="store_true",
+        help="print, per saved EWE row, how many triggers sit nearest the target class in the victim and surrogate",
+    )
+    parser.add_argument(
         "--restack",
         action="store_true",
         help="make the saved stack rows' API-time keys again with today's protect parameters, steal and verify "
@@ -505,6 +546,9 @@ def main() -> int:
         return 0
     if args.dynamarks_power:
         print(dynamarks_power(out))
+        return 0
+    if args.ewe_entanglement:
+        print(ewe_entanglement(out))
         return 0
     if args.reverify:
         reverify(out)
