@@ -228,7 +228,8 @@ def restack_task(out: Path, size: int, seed: int) -> dict:
             config = owner_config(seed).replace(seed=part_seed(seed, part, key.scheme))
             keys[part] = scheme.embed(victim, splits, train=config, progress=False).key
     keyset = KeySet(keys, {k: v for k, v in old.meta.items() if k not in ("created", "package_version")})
-    path.rename(path.with_suffix(".before-restack.cckeys"))
+    (out / "keys-before-restack").mkdir(exist_ok=True)
+    path.rename(out / "keys-before-restack" / path.name)
     keyset.save(path)
     row["resolved_params"] = [k.params for k in keys]
     row["restacked"] = "API-time key made again on the saved victim with the protect parameters of its run"
@@ -396,7 +397,8 @@ def table(out: Path) -> str:
             rs = [r for r in rows if r["scheme"] == scheme and r["size"] == size]
             if not rs:
                 continue
-            ps = [p for inn in innocents for k, p in inn["p_values"].items() if k.startswith(f"{scheme}-{size}-")]
+            mine = re.compile(rf"{scheme}-{size}-\d+")  # this row's keys (not a backup beside them)
+            ps = [p for inn in innocents for k, p in inn["p_values"].items() if mine.fullmatch(k)]
             accused = sum(p <= hyp["alpha"] for p in ps)
             lines.append(
                 f"| {scheme} | {size} | {mean_std([r['clean_acc'] for r in rs])} | "
