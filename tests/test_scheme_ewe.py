@@ -134,6 +134,12 @@ def test_victim_is_stolen_and_innocent_cleared(embedded, innocent, splits):
     assert cc.verify(innocent, embedded.key, alpha=0.05, sequential=False).evidence.verdict == "not stolen"
 
 
+def test_entangling_epochs_default_to_a_share_of_the_clean_epochs(tiny):
+    emb = tiny.embed("ewe", epochs=5, w_epochs=None, maxiter=1)
+    assert emb.key.params["w_epochs"] == 3  # round(0.6 * 5), recorded in the key
+    assert len(emb.info["training"]["history"]) == 3
+
+
 def test_label_only_suspects_run_at_the_scheme_level_but_the_evidence_warns(embedded):
     labels = cc.ModelOracle(embedded.victim).postprocess("hard-label")
     hard = cc.scheme_for_key(embedded.key).verify(labels, embedded.key)

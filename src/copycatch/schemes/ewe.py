@@ -31,14 +31,17 @@ Parameters (defaults):
         or residual-block modules (on ``cnn-small`` the code's conv1, conv2 and FC-128).
     factor (32): SNNL weight. temperature (1.0), t_lr (0.1): initial temperature of every layer; its learning rate.
     distance ("cosine"): or "euclidean", the SNNL's pairwise distance.
-    ratio (2.0): clean batches per watermark batch (>= 1). w_epochs (6): passes over the clean data when entangling.
+    ratio (2.0): clean batches per watermark batch (>= 1). w_epochs (None): passes over the clean data when
+        entangling; None takes 0.6 of the clean training's epochs, rounded, at least 1 (6 at the default 10); the key
+        records the value used.
     optimize_triggers (True), threshold (0.1), w_lr (0.01, on the [0, 1] scale), maxiter (10): trigger optimisation.
     patch_size (3): side of the in-distribution patch, in pixels.
     certainty (0.3): α_c of the verification.
 
 Deviations from the code: the watermark batch's loss joins the step of the clean batch it accompanies (``fit`` runs
-one step per clean batch), so a w-epoch is a pass over the clean data and ``w_epochs`` defaults to 6 to keep
-embedding within 2.5× clean training; the certainty test above replaces the target share (reported as
+one step per clean batch), so a w-epoch is a pass over the clean data and ``w_epochs`` defaults to 0.6 of the clean
+epochs (the code runs as many w-epochs as clean ones) to keep embedding within 2.5× clean training at any number of
+epochs (a w-epoch costs about 2.1 clean epochs); the certainty test above replaces the target share (reported as
 ``watermark_accuracy``); the default target is the clean model's least likely class (the code: 0); distinct triggers
 are cycled, not tiled to the target-class size (6,000 on Fashion-MNIST); Adam uses the training config (β₂ 0.999,
 ε 1e-8, not 0.99 / 1e-5); the in-distribution patch position uses (row, column) as meant (the code swaps them);
@@ -147,6 +150,11 @@ def default_layers(model: nn.Module, count: int = 3) -> tuple[str, ...]:
     if not picked:
         raise InvalidArgument("found no ReLU or residual-block module to tap for the SNNL; name them with layers=")
     return tuple(picked[-count:])
+
+
+# Entangling epochs per clean epoch when w_epochs is None: a w-epoch costs about 2.1 clean epochs (the SNNL's
+# extra forward and backward on every other batch), so 0.6 keeps embedding near 2.3x clean training at any length.
+ENTANGLING_SHARE = 0.6
 
 
 def resolve_layers(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -405,7 +413,7 @@ class EntangledWatermark(Scheme):
         t_lr: float = 0.1
         distance: Literal["cosine", "euclidean"] = "cosine"
         ratio: float = 2.0
-        w_epochs: int = 6
+        w_epochs: int | None = None
         optimize_triggers: bool = True
         threshold: float = 0.1
         w_lr: float = 0.01
@@ -424,8 +432,8 @@ class EntangledWatermark(Scheme):
                 raise InvalidArgument(f"temperature must be > 0 and t_lr >= 0, got {self.temperature}, {self.t_lr}")
             if self.ratio < 1:
                 raise InvalidArgument(f"ratio (clean batches per watermark batch) must be >= 1, got {self.ratio}")
-            if self.w_epochs < 1:
-                raise InvalidArgument(f"w_epochs must be >= 1, got {self.w_epochs}")
+            if self.w_epochs is not None and self.w_epochs < 1:
+                raise InvalidArgument(f"w_epochs must be >= 1 (or None: 0.6 of the clean epochs), got {self.w_epochs}")
             if not 0.0 <= self.threshold < 1.0 or not self.w_lr > 0 or self.maxiter < 0:
                 raise InvalidArgument(
                     f"need threshold in [0, 1), w_lr > 0, maxiter >= 0; got {self.threshold}, "
@@ -511,8 +519,10 @@ class EntangledWatermark(Scheme):
         self, model: Classifier, splits: Splits, *, train: TrainConfig | None = None, progress: bool | None = None
     ) -> Embedding:
         """Trigger search on the clean trained ``model``, then the entangling phase."""
-        p = self.params
         train = train or TrainConfig()
+        p = self.params
+        if p.w_epochs is None:
+            p = p.replace(w_epochs=max(1, round(ENTANGLING_SHARE * train.epochs)))
         generator = self.key_generator(train.seed, 1299709)
         half = max(1, train.batch_size // 2)
         layers = resolve_layers(model, p.layers)
