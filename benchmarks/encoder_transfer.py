@@ -20,7 +20,7 @@ accuracy, both verification tests (WSR, p, the false-watermark families' rates).
 surrogate learn the mark when asked); ``--extra-pool N`` adds N natural Fashion-MNIST training images the split
 left out (more queries); ``--attack`` / ``--thief`` / ``--thief-epochs`` change the thief.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/encoder_transfer.py --tag defaults --innocent --clean
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/encoder_transfer.py --tag defaults --innocent --clean
     ... --tag defaults --attack embedding-regression          # same victim (cached), a thief without augmentations
     ... --tag noeva --param eva_weight=0                      # another victim
 
@@ -77,7 +77,7 @@ def main() -> None:
         model = create_for(arch, splits, seed=model_seed, **cfg["arch"])
         path = out_dir / f"{name}.pt"
         if path.exists():
-            model.load_state_dict(torch.load(path))
+            model.load_state_dict(torch.load(path, weights_only=True))
             model.eval()
         else:
             made = make(model)  # a surrogate is returned; the others train the model in place
