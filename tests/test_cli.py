@@ -235,6 +235,9 @@ def test_demo_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
     assert rows["victim"]["verdict"] == "stolen" and rows["clean"]["verdict"] == "not stolen"
     assert rows["innocent"]["p_value"] > 1e-3
     assert rows["victim"]["combination"] == "fisher" and rows["victim"]["margin_p_value"] <= 1e-3
+    # the suspects answer scores, so the table shows (and the nulls line describes) the rank test, not hit counts
+    assert rows["victim"]["secret_rank_mean"] < 5
+    assert "uniform on 1..9" in printed and "hits/m" not in printed
     for name in ("victim.safetensors", "victim.cckeys", "surrogate.safetensors", "innocent.safetensors"):
         assert (out / name).is_file()
 

@@ -190,8 +190,15 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool | None = None, ech
         f"clean model accuracy {rows[3]['test_accuracy']:.4f} vs watermarked {rows[0]['test_accuracy']:.4f} "
         f"(cost {cost:+.2f} points)"
     )
-    if cfg.watermark == "margin":
-        null = f"margin trigger hits among misclassified ~ Binomial(m, 1/{splits.num_classes - 1})"
+    wrong = splits.num_classes - 1
+    if cfg.watermark == "margin" and _ranked(rows):
+        null = (
+            f"margin: each trigger's secret label is one of its {wrong} wrong classes drawn uniformly, so its rank "
+            f"among them in the suspect's scores is uniform on 1..{wrong} (rank: its mean over the triggers, 1 = the "
+            f"suspect's top wrong class, {(wrong + 1) / 2:g} expected under the null; exact randomisation test)"
+        )
+    elif cfg.watermark == "margin":
+        null = f"margin trigger hits among misclassified ~ Binomial(m, 1/{wrong})"
     else:
         null = (
             "MEA-Defender: the target answered on true watermarks no more often than on some false-watermark group "
@@ -331,20 +338,35 @@ def _verdict_row(role: str, model: Any, victim: Any, keyset: Any, splits: Any, a
     }
     if mark.scheme == "margin":
         row.update(hits=mark.metrics["successes"], misclassified=mark.metrics["counted"], margin_p_value=mark.p_value)
+        # present when the suspect answered scores: its p-value is then the rank test's, not the hit count's
+        row["secret_rank_mean"] = mark.metrics.get("secret_rank_mean")
     return row
+
+
+def _ranked(rows: list[dict[str, Any]]) -> bool:
+    """Whether every margin row was tested by the rank of its secret labels (the suspects answered scores)."""
+    return all(r.get("secret_rank_mean") is not None for r in rows)
 
 
 def format_table(rows: list[dict[str, Any]], *, alpha: float) -> str:
     margin = all(r["watermark"] == "margin" for r in rows)
-    # margin: trigger hits among misclassified triggers; MEA-Defender: the watermark success rate (WSR)
-    mark_header = f"{'hits/m':>8}{'margin p':>10}" if margin else f"{'WSR':>8}{'MEA p':>10}"
+    ranked = margin and _ranked(rows)
+    # margin: the secret labels' mean rank among the wrong classes (scores) or trigger hits among misclassified
+    # triggers (labels); MEA-Defender: the watermark success rate (WSR)
+    mark_name = ("rank" if ranked else "hits/m") if margin else "WSR"
+    mark_header = f"{mark_name:>8}{'margin p' if margin else 'MEA p':>10}"
     header = (
         f"{'model':<36}{'arch':<11}{'test acc':>9}{'agree':>7}{mark_header}{'DynaMarks p':>12}"
         f"{'combined p':>11}{'queries':>8}  verdict (α={alpha:g})"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
-        mark = str(r["hits"]) + "/" + str(r["misclassified"]) if margin else f"{r['watermark_statistic']:.3f}"
+        if ranked:
+            mark = f"{r['secret_rank_mean']:.2f}"
+        elif margin:
+            mark = f"{r['hits']}/{r['misclassified']}"
+        else:
+            mark = f"{r['watermark_statistic']:.3f}"
         lines.append(
             f"{r['model']:<36}{r['arch']:<11}{r['test_accuracy']:>9.4f}{r['agreement_with_victim']:>7.3f}"
             f"{mark:>8}{r['watermark_p_value']:>10.1e}"
