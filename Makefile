@@ -9,9 +9,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The lean CPU wheel that lies on these machines; override for a GPU build, e.g. TORCH_SPEC='torch'.
 TORCH_SPEC ?= torch==2.13.0
-# extras per target: the demo needs only the small data sets; the tests exercise every optional part
+# extras per target: the demo needs only the small data sets, the quick grid those and the report's plots; the tests
+# exercise every optional part
 TEST_EXTRAS ?= dev,datasets,audio,serve,redis,onnx,report,ray,images,docs
 DEMO_EXTRAS ?= datasets
+BENCH_EXTRAS ?= datasets,report
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 
@@ -117,7 +119,7 @@ docs: $(VENV)/.installed-$(TEST_EXTRAS)
 
 # Resumable: interrupt it and run `make bench` again; finished cells are kept (see benchmarks/README.md).
 # The report is written even when some cells failed; make then exits with bench's status.
-bench: $(VENV)/.installed-$(TEST_EXTRAS) data
+bench: $(VENV)/.installed-$(BENCH_EXTRAS) data
 	$(BIN)/copycatch bench fmnist-quick -o bench-out/fmnist-quick; status=$$?; \
 	$(BIN)/copycatch report bench-out/fmnist-quick -o bench-out/fmnist-quick/report && exit $$status
 
