@@ -34,8 +34,10 @@ import torch
 import copycatch as cc
 from copycatch.core.keyset import KeySet, load_key_file, open_keys
 from copycatch.core.stats import binomial_greater
+from copycatch.data.base import to_float
 from copycatch.oracles.base import query_all
 from copycatch.schemes import create_scheme
+from copycatch.schemes.ewe import LayerTap
 from copycatch.schemes.protection import part_seed, stack_params
 
 ####################################################################################################################
@@ -274,17 +276,19 @@ def ewe_entanglement(out: Path, n_test: int = 3000) -> str:
     rows = [json.loads(path.read_text()) for path in (out / "rows").glob("scheme-ewe-*.json")]
     for row in sorted(rows, key=lambda r: (r["size"], r["seed"])):
         key = load_key_file(key_file(out, "ewe", row["size"], row["seed"]))
-        target, triggers = int(key["target_class"]), key["trigger_x"].float()
+        target, triggers = int(key["target_class"]), to_float(key["trigger_x"])
         shares = []
         for name in (f"ewe-{row['size']}-{row['seed']}", row["surrogate_file"].removesuffix(".safetensors")):
             model = cc.load_model(out / "models" / f"{name}.safetensors").eval()
-            layer = dict(model.named_modules())[key.meta["layers"][-1]]
-            seen = []
-            handle = layer.register_forward_hook(lambda _m, _i, output, store=seen.append: store(output.flatten(1)))
-            with torch.no_grad():
-                model(triggers / 255 if triggers.max() > 1 else triggers), model(x)
-            handle.remove()
-            on_triggers, on_test = (torch.nn.functional.normalize(f, dim=1) for f in seen)
+            tap = LayerTap(model, (key.meta["layers"][-1],))
+            try:
+                with torch.no_grad():
+                    on_triggers, on_test = (
+                        torch.nn.functional.normalize(tap.run(model, inputs)[1][0].flatten(1), dim=1)
+                        for inputs in (triggers, x)
+                    )
+            finally:
+                tap.remove()
             centroids = torch.stack([on_test[y == c].mean(0) for c in range(int(y.max()) + 1)])
             nearest = (on_triggers @ torch.nn.functional.normalize(centroids, dim=1).T).argmax(1)
             shares.append(float((nearest == target).float().mean()))
