@@ -24,7 +24,8 @@ left out (more queries); ``--attack`` / ``--thief`` / ``--thief-epochs`` change 
     ... --tag defaults --attack embedding-regression          # same victim (cached), a thief without augmentations
     ... --tag noeva --param eva_weight=0                      # another victim
 
-Models and keys are cached under --out by tag (the surrogate also by thief); rows are appended to results.jsonl.
+Models (safetensors files) and keys are cached under --out by tag (the surrogate also by thief); rows are appended
+to results.jsonl.
 One process, one thread: about 2.5 minutes per new victim and thief on a CPU core.
 """
 
@@ -43,6 +44,7 @@ from copycatch.bench.encoder_demo import PRESETS, _splits
 from copycatch.core.key import Key
 from copycatch.data.base import TensorData, load_dataset, to_float
 from copycatch.models.base import create_for
+from copycatch.models.io import load_model, save_model
 from copycatch.models.simclr import Augment, encode, evaluate_encoder, train_simclr
 from copycatch.models.train import TrainConfig
 from copycatch.oracles.embedding import EncoderOracle
@@ -74,18 +76,16 @@ def main() -> None:
     started = time.perf_counter()
 
     def cached(name: str, arch: str, model_seed: int, make) -> torch.nn.Module:
-        model = create_for(arch, splits, seed=model_seed, **cfg["arch"])
-        path = out_dir / f"{name}.pt"
+        path = out_dir / f"{name}.safetensors"
         if path.exists():
-            model.load_state_dict(torch.load(path, weights_only=True))
-            model.eval()
-        else:
-            made = make(model)  # a surrogate is returned; the others train the model in place
-            model = made if isinstance(made, torch.nn.Module) else model
-            torch.save(model.state_dict(), path)
+            return load_model(path).eval()
+        model = create_for(arch, splits, seed=model_seed, **cfg["arch"])
+        made = make(model)  # a surrogate is returned; the others train the model in place
+        model = made if isinstance(made, torch.nn.Module) else model
+        save_model(model, path)
         return model
 
-    key_path = out_dir / f"key_{args.tag}.cck"
+    key_path = out_dir / f"key_{args.tag}.cckey"
     victim = cached(f"victim_{args.tag}", "encoder-cnn9", seed, lambda m: _embed(scheme, m, splits, train, key_path))
     key = Key.load(key_path)
     scheme.params = scheme.params.for_modality(splits.modality)
