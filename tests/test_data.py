@@ -97,6 +97,17 @@ def test_official_test_split_is_kept_whole(fake_fashion):
     )
 
 
+def test_releasing_the_attacker_pool_keeps_the_splits_provenance(fake_fashion):
+    splits = cc.load_splits("fashion-mnist", data_dir=str(fake_fashion))
+    owner_side = splits.without_attacker_pool()
+    assert len(splits.attacker_pool) > 0 and len(owner_side.attacker_pool) == 0
+    assert owner_side.provenance() == splits.provenance()
+    assert owner_side.summary()["attacker_pool"] == len(splits.attacker_pool)
+    assert owner_side.owner_train is splits.owner_train and owner_side.test is splits.test
+    # released means released: the empty part does not keep the pool's storage alive
+    assert owner_side.attacker_pool.stored.untyped_storage().nbytes() == 0
+
+
 def test_split_fractions_are_validated():
     with pytest.raises(InvalidArgument, match="exceed 1"):
         cc.SplitFractions(owner_train=0.8, owner_holdout=0.1, attacker_pool=0.2)

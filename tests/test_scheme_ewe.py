@@ -49,6 +49,21 @@ def test_snnl_matches_the_formula(distance):
     )
 
 
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_snnl_of_relu_outputs_skips_the_relu_without_changing_value_or_gradient(distance):
+    gen = torch.Generator().manual_seed(3)
+    pre = torch.randn(12, 4, 3, 3, generator=gen)
+    pre[:, 0] = 0.0  # exact zeros: where a second ReLU's mask could differ from the first's
+    w = torch.tensor([1] * 6 + [0] * 6)
+    grads = []
+    for rectified in (False, True):
+        x = pre.clone().requires_grad_(True)
+        value = snnl(torch.relu(x), w, 20.0, distance=distance, rectified=rectified)
+        value.backward()
+        grads.append((value.detach(), x.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
 def test_snnl_is_high_when_groups_are_entangled_and_low_when_separated():
     w = torch.tensor([1] * 8 + [0] * 8)
     separated = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(8, 1), torch.tensor([[0.0, 1.0]]).repeat(8, 1)])
@@ -87,6 +102,7 @@ def test_layer_tap_records_only_while_running(trained):
     logits, feats = tap.run(trained, x)
     tap.remove()
     assert logits.shape == (3, 4) and [f.shape[0] for f in feats] == [3, 3]
+    assert tap.rectified == tuple(isinstance(dict(trained.named_modules())[n], torch.nn.ReLU) for n in tap.names)
     trained(x)
     assert len(tap.outputs) == len(feats)  # removed hooks record nothing new
 

@@ -43,6 +43,7 @@ from ..core.params import Params
 from ..data.base import TensorData, to_float
 from .base import Classifier
 from .encoder import embedding_dim
+from .optim import Adam
 from .train import EVAL_BATCH, TrainConfig, TrainHook, TrainResult, fit
 
 
@@ -293,7 +294,7 @@ def train_probe(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probe = Probe(z.mean(0), z.std(0).clamp_min(1e-6), num_classes, hidden)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
     with torch.enable_grad():
         for _ in range(steps):
             loss = F.cross_entropy(probe(z), y.long())

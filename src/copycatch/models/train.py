@@ -3,7 +3,9 @@
 Seeded, device-aware, with a progress bar, per-epoch evaluation and optional early
 stopping. Schemes do not copy the loop: they pass :class:`TrainHook` objects whose
 ``extra_loss`` adds a term to each step's loss (the margin scheme's trigger loss,
-MEA-Defender's composite losses) and whose ``on_epoch_end`` can stop training.
+MEA-Defender's composite losses), whose ``after_backward`` backpropagates a batch of
+their own after the step's (EWE's watermark batch) and whose ``on_epoch_end`` can stop
+training. The optimisers are :mod:`copycatch.models.optim`'s.
 
 Data stay in memory as tensors (image pixels as uint8) and are indexed by a seeded
 permutation; each batch is converted to float32 as it is formed, so the whole set never
@@ -31,6 +33,7 @@ from ..core.runtime import progress as progress_bar
 from ..core.runtime import resolve_device
 from ..data.base import Splits, TensorData, to_float
 from .base import Classifier, create_for
+from .optim import SGD, Adam, Optimizer, Schedule
 
 # Inputs per forward pass when only predicting. 1,024 Fashion-MNIST images through cnn-small's first convolution
 # alone take ~100 MB of activations (a third of an embed's peak memory); 256 costs no measurable throughput on CPU.
@@ -79,7 +82,7 @@ class TrainState:
     """What hooks see: the model, optimiser and position in training."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     config: TrainConfig
     device: torch.device
     generator: torch.Generator
@@ -118,6 +121,13 @@ class TrainHook:
         """Return the step's total loss given the base ``loss`` (or None to keep it)."""
         return None
 
+    def after_backward(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """After the step's loss is backpropagated, before the optimiser steps: backpropagate a loss of the hook's
+        own here (the gradients add up) and return its value, detached, for the epoch's mean loss; or None. Unlike
+        :meth:`extra_loss`, the step's graph is freed before this one is built, so the two never take memory
+        together."""
+        return None
+
     def on_step_end(self, state: TrainState) -> None:
         """After each optimiser step; setting ``state.stop`` ends training at once, mid-epoch."""
 
@@ -148,21 +158,20 @@ def default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> Optimizer:
+    """The configured optimiser (:mod:`copycatch.models.optim`: torch.optim's arithmetic without its dynamo import)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise InvalidArgument("nothing to train: every parameter is frozen")
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    return None
+def _scheduler(optimizer: Optimizer, config: TrainConfig) -> Schedule | None:
+    if config.schedule == "constant":
+        return None
+    return Schedule(optimizer, config.schedule, epochs=config.epochs, step_size=config.step_size, gamma=config.gamma)
 
 
 def fit(
@@ -339,9 +348,14 @@ def _train_epoch(
                 loss = replaced
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        loss = loss.detach()
+        for hook in hooks:
+            added = hook.after_backward(state, x, y)
+            if added is not None:
+                loss = loss + added
         optimizer.step()
         state.step += 1
-        total_loss += loss.detach() * len(idx)
+        total_loss += loss * len(idx)
         seen += len(idx)
         next(bar_iter, None)
         for hook in hooks:

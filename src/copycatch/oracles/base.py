@@ -21,6 +21,7 @@ import torch
 
 from ..core.errors import BudgetExceeded, InvalidArgument, SuspectError
 from ..core.runtime import progress as progress_bar
+from ..data.base import to_float
 from .postprocess import resolve
 
 OutputKind = Literal["probs", "labels"]
@@ -153,10 +154,11 @@ class PostProcessedOracle(Oracle):
 def query_all(
     oracle: Oracle, x: torch.Tensor, *, batch_size: int = 256, progress: bool | None = None, desc: str = "query"
 ) -> torch.Tensor:
-    """Answers for every row of ``x``, in batches, with a progress bar."""
+    """Answers for every row of ``x``, in batches, with a progress bar. ``x`` may be stored inputs
+    (``TensorData.stored``: uint8 pixels, int16 samples), made model inputs one batch at a time."""
     if batch_size < 1:
         raise InvalidArgument(f"query batch size must be >= 1, got {batch_size}")
     starts = range(0, len(x), batch_size)
     batches = progress_bar(starts, total=len(starts), desc=desc, enabled=progress, unit="batch")
-    outs = [oracle.query(x[s : s + batch_size]) for s in batches]
+    outs = [oracle.query(to_float(x[s : s + batch_size])) for s in batches]
     return torch.cat(outs) if outs else torch.empty(0, oracle.num_classes)

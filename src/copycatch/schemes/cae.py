@@ -72,6 +72,7 @@ from ..core.runtime import progress as progress_bar
 from ..data.base import Splits, TensorData, to_float
 from ..models.base import Classifier, create_for
 from ..models.io import weights_digest
+from ..models.optim import Adam
 from ..models.train import TrainConfig, fit, predict_logits
 from .base import Embedding, Scheme, register_scheme
 
@@ -268,7 +269,7 @@ class ConferrableFingerprint(Scheme):
     ) -> torch.Tensor:
         p = self.params
         delta = torch.zeros_like(x0, requires_grad=True)
-        optimiser = torch.optim.Adam([delta], lr=p.lr)
+        optimiser = Adam([delta], lr=p.lr)
         for _ in progress_bar(range(p.steps), desc="CAE examples", enabled=progress, unit="step"):
             x = (x0 + delta).clamp(0, 1)
             source = F.cross_entropy(model(x), target)

@@ -149,7 +149,7 @@ def _clean_reference(
 
 
 def _measured(model: Classifier, test: TensorData, source: str, description: str) -> CleanReference:
-    correct = predict_logits(model, test.x).argmax(1) == test.y
+    correct = predict_logits(model, test.stored).argmax(1) == test.y  # made float a batch at a time
     return CleanReference(correct, source, description, weights_digest(model))
 
 
@@ -164,7 +164,7 @@ def record_accuracy_cost(
     else:
         was_training = result.victim.training
         served = sch.protect(ModelOracle(result.victim, name="victim"), result.key)
-        victim_correct = query_all(served, test.x, batch_size=EVAL_BATCH, desc="accuracy cost").argmax(1) == test.y
+        victim_correct = query_all(served, test.stored, batch_size=EVAL_BATCH, desc="accuracy cost").argmax(1) == test.y
         result.victim.train(was_training)
         n = len(test)
         ref_acc, victim_acc = int(clean.correct.sum()) / n, int(victim_correct.sum()) / n

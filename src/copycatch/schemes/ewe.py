@@ -89,13 +89,20 @@ FINAL_DESCENT_STEPS = 5
 
 
 def snnl(
-    features: torch.Tensor, w_labels: torch.Tensor, temperature: torch.Tensor | float, *, distance: str = "cosine"
+    features: torch.Tensor,
+    w_labels: torch.Tensor,
+    temperature: torch.Tensor | float,
+    *,
+    distance: str = "cosine",
+    rectified: bool = False,
 ) -> torch.Tensor:
     """Soft nearest-neighbour loss of ``features`` (N×…) grouped by ``w_labels``, as in EWE's ``models.snnl``.
 
     ReLU, flatten, pairwise cosine (or squared Euclidean) distance d, kernel exp(−d·T/100) minus the identity clipped
-    to [0, 1], p_ij = e_ij / (1e-5 + Σ_k e_ik) masked to the same w-label, SNNL = −mean_i log(1e-5 + Σ_j p_ij)."""
-    x = F.relu(features).flatten(1)
+    to [0, 1], p_ij = e_ij / (1e-5 + Σ_k e_ik) masked to the same w-label, SNNL = −mean_i log(1e-5 + Σ_j p_ij).
+    ``rectified``: the features are a ReLU's output already, so the ReLU is skipped; values and gradients are the
+    same (a second ReLU passes the same mask), without a copy of the features kept for the backward pass."""
+    x = (features if rectified else F.relu(features)).flatten(1)
     if distance == "cosine":
         normed = F.normalize(x, dim=1)
         dist = 1 - normed @ normed.T
@@ -115,6 +122,7 @@ class LayerTap:
     def __init__(self, model: nn.Module, names: tuple[str, ...]):
         modules = dict(model.named_modules())
         self.names = names
+        self.rectified = tuple(isinstance(modules[name], nn.ReLU) for name in names)
         self.outputs: dict[str, torch.Tensor] = {}
         self.active = False
         self.handles = [modules[name].register_forward_hook(self._recorder(name)) for name in names]
@@ -197,7 +205,9 @@ def watermark_snnl(
     distance: str,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, feats = tap.run(model, x)
-    return logits, [snnl(f, w_labels, t, distance=distance) for f, t in zip(feats, temperatures)]
+    return logits, [
+        snnl(f, w_labels, t, distance=distance, rectified=r) for f, t, r in zip(feats, temperatures, tap.rectified)
+    ]
 
 
 class EntangleHook(TrainHook):
@@ -250,7 +260,8 @@ class EntangleHook(TrainHook):
         self.cursor += self.half
         return self.triggers[pick.to(self.triggers.device)]
 
-    def extra_loss(self, state, x, y, logits, loss):
+    def after_backward(self, state, x, y):
+        # after the clean batch's backward pass: the watermark batch's graph never shares memory with it
         if not self._due(state.step):
             return None
         pick = torch.randint(len(self.target_x), (self.half,), generator=self.generator).to(state.device)
@@ -262,7 +273,9 @@ class EntangleHook(TrainHook):
         self.snnl_sum += float(total_snnl.detach())
         self.batches += 1
         ce = F.cross_entropy(wm_logits, self.labels, reduction="sum")
-        return loss + (ce - self.params.factor * total_snnl) / len(batch)
+        watermark_loss = (ce - self.params.factor * total_snnl) / len(batch)
+        watermark_loss.backward()
+        return watermark_loss.detach()
 
     def on_epoch_end(self, state: TrainState) -> None:
         state.logs["snnl"] = self.snnl_sum / max(self.batches, 1)

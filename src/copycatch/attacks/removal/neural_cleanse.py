@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from ...core.errors import InvalidArgument
 from ...core.runtime import progress as progress_bar
 from ...data.base import TensorData
+from ...models.optim import Adam
 from ...models.train import fit
 from .base import LabelSource, RemovalAttack, finetune_config, register_removal, thief_targets
 
@@ -217,7 +218,7 @@ class NeuralCleanse(RemovalAttack):
         device = next(model.parameters()).device
         mask_param = torch.randn(k, 1, 1, h, w, generator=generator).to(device).requires_grad_(True)
         pattern_param = torch.randn(k, 1, c, h, w, generator=generator).to(device).requires_grad_(True)
-        optimizer = torch.optim.Adam([mask_param, pattern_param], lr=p.lr, betas=(0.5, 0.9))
+        optimizer = Adam([mask_param, pattern_param], lr=p.lr, betas=(0.5, 0.9))
         states = [_CostSchedule(p) for _ in range(k)]
         best_norm = [float("inf")] * k
         best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * k

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = api.embed(
             args.scheme,
-            options.splits(args),
+            options.splits(args).without_attacker_pool(),  # the owner's side never reads the thief's data
             arch=args.arch,
             model=args.model,
             params=options.params(args.param),
