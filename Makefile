@@ -25,10 +25,11 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# one stamp per set of extras, so `make demo` stays light and `make test` adds what it needs
+# one stamp per set of extras, so `make demo` stays light and `make test` adds what it needs. --no-compile: Python
+# compiles a module when it is first imported; compiling all of torch up front took 10 s more of every fresh setup
 $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$*]'
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check -e '.[$*]'
 	@touch $@
 
 setup: $(VENV)/.installed-$(TEST_EXTRAS)
@@ -98,7 +99,7 @@ test-interop: $(VENV)/.installed-$(TEST_EXTRAS)
 	  if [ -f $$env/.installed-$$spec ]; then continue; fi; \
 	  echo "interop: installing $$spec into $$env"; \
 	  if { [ -x $$env/bin/python ] || $(PYTHON) -m venv $$env; } && \
-	     $$env/bin/pip install --quiet --disable-pip-version-check "$$spec" numpy 2>$$env.log; then \
+	     $$env/bin/pip install --quiet --no-compile --disable-pip-version-check "$$spec" numpy 2>$$env.log; then \
 	    touch $$env/.installed-$$spec; \
 	  else \
 	    echo "interop: SKIPPED $$name: $$spec could not be installed (see $$env.log)"; \
