@@ -17,7 +17,8 @@ used to make any key; each is verified against every seed's key.
 (Named ``ssl_encoders.py``, not ``ssl.py``: a script's folder comes first on the import path, and a file ``ssl.py``
 there would stand in for the standard library's ``ssl`` module that torch imports.)
 
-Models and keys are cached under --out (default bench-out/ssl-encoders), rows as JSON: a rerun continues where it stopped.
+Models and keys are cached under --out (default bench-out/ssl-encoders), rows as JSON: a rerun continues where it
+stopped.
 """
 
 from __future__ import annotations
