@@ -242,7 +242,7 @@ class _Cell:
         test = self.splits.test
 
         def compute() -> dict[str, Any]:
-            api_labels = query_all(self.served(), test.x, batch_size=EVAL_BATCH, progress=False).argmax(1)
+            api_labels = query_all(self.served(), test.stored, batch_size=EVAL_BATCH, progress=False).argmax(1)
             victim_evidence, out = self.verify("victim", self.served())
             out.update(self.verify("clean", self.clean)[1])
             out.update(
@@ -266,7 +266,7 @@ class _Cell:
         """Accuracy, fidelity to the API and evidence of a model; the evidence itself kept for the cell's row."""
         evidence, out = self.verify(prefix, model)
         out[f"{prefix}_acc"] = accuracy(model, self.splits.test)
-        predicted = predict_logits(model, self.splits.test.x).argmax(1)
+        predicted = predict_logits(model, self.splits.test.stored).argmax(1)
         out[f"{prefix}_fidelity"] = float((predicted == self.api_labels).float().mean())
         out["evidence"] = _jsonable({k: v for k, v in evidence.to_dict().items() if k != "details"})
         return out
@@ -315,7 +315,7 @@ class _Cell:
         if self.cfg.get("removal_labels") == "oracle":
             # the API's answers to the thief's own images: with an extraction on the attacker pool these are the
             # answers it already bought, reused as MEA-Defender's §5.5 thief does
-            pool = TensorData(pool.stored, query_all(self.served(), pool.x, batch_size=EVAL_BATCH, progress=False))
+            pool = TensorData(pool.stored, query_all(self.served(), pool.stored, batch_size=EVAL_BATCH, progress=False))
         results = run_chain(
             suspect,
             attacks,

@@ -202,7 +202,8 @@ def thief_targets(model: Classifier, data: TensorData, source: str) -> TensorDat
     if source == "data":
         return data
     if source == "self":
-        return TensorData(data.x, predict_logits(model, data.x).argmax(1))
+        # stored inputs, made float a batch at a time (by predict_logits, then by the training loop)
+        return TensorData(data.stored, predict_logits(model, data.stored).argmax(1))
     raise InvalidArgument(f"label source must be 'data' or 'self', got {source!r}")
 
 
