@@ -55,29 +55,21 @@ class Optimizer:
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _params(self) -> list[torch.Tensor]:
-        return [param for group in self.param_groups for param in group["params"]]
-
     def state_dict(self) -> dict[str, Any]:
-        """``torch.optim``'s layout: states keyed by the parameter's position, groups with positions for params."""
-        position = {id(param): i for i, param in enumerate(self._params())}
-        groups, start = [], 0
-        for group in self.param_groups:
-            groups.append(
-                {
-                    **{k: v for k, v in group.items() if k != "params"},
-                    "params": list(range(start, start + len(group["params"]))),
-                }
-            )
-            start += len(group["params"])
-        return {"state": {position[id(p)]: dict(s) for p, s in self.state.items()}, "param_groups": groups}
+        """``torch.optim``'s layout: states keyed by the parameter's position, the group with positions for params."""
+        params = self.param_groups[0]["params"]
+        position = {id(param): i for i, param in enumerate(params)}
+        hyper = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {
+            "state": {position[id(p)]: dict(s) for p, s in self.state.items()},
+            "param_groups": [{**hyper, "params": list(range(len(params)))}],
+        }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        params = self._params()
-        if [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in self.param_groups]:
+        group, params = self.param_groups[0], self.param_groups[0]["params"]
+        if [len(g["params"]) for g in saved["param_groups"]] != [len(params)]:
             raise InvalidArgument("the saved optimiser state is for a different set of parameters")
-        for group, saved_group in zip(self.param_groups, saved["param_groups"]):
-            group.update({k: v for k, v in saved_group.items() if k != "params"})
+        group.update({k: v for k, v in saved["param_groups"][0].items() if k != "params"})
         self.state = {}
         for i, saved_state in saved["state"].items():
             param = params[int(i)]
