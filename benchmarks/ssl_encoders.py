@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from proof import cached_model  # the model cache of the proof benchmark (safetensors, no pickle)
 
 from copycatch.attacks.extraction import create_extraction_attack
 from copycatch.bench.encoder_demo import PRESETS
@@ -76,14 +77,6 @@ def _config(seed: int) -> TrainConfig:
     return TrainConfig(seed=seed, **PRESETS[hyp["preset"]]["train"])
 
 
-def _cached(path: Path, build) -> Any:
-    if path.is_file():
-        return load_model(path)
-    model = build()
-    save_model(model, path)
-    return model
-
-
 def _evaluate(model, splits, key, scheme, seed: int) -> dict[str, Any]:
     cfg = PRESETS[hyp["preset"]]
     test = splits.test.subset(torch.arange(min(cfg["eval"], len(splits.test))))
@@ -117,7 +110,7 @@ def run_seed(seed: int, out: Path) -> dict[str, Any]:
         train_simclr(model, splits.owner_train, _config(seed), progress=False, desc="clean")
         return model
 
-    clean = _cached(models / f"clean-{seed}.safetensors", clean_encoder)
+    clean = cached_model(models / f"clean-{seed}.safetensors", clean_encoder)
     key_path = models / f"victim-{seed}.cckey"
     victim_path = models / f"victim-{seed}.safetensors"
     if victim_path.is_file() and key_path.is_file():
@@ -142,7 +135,7 @@ def run_seed(seed: int, out: Path) -> dict[str, Any]:
             ).surrogate
 
         slug = name.lower().replace(", ", "-").replace(" ", "-")
-        surrogate = _cached(models / f"{slug}-{seed}.safetensors", steal)
+        surrogate = cached_model(models / f"{slug}-{seed}.safetensors", steal)
         rows[name] = _evaluate(surrogate, splits, key, scheme, seed)
     return {"seed": seed, "rows": rows, "cpu_seconds": time.process_time() - started}
 
@@ -159,7 +152,7 @@ def run_innocent(index: int, seeds: list[int], out: Path) -> dict[str, Any]:
         train_simclr(model, pool_splits.attacker_pool, _config(seed), progress=False, desc="innocent")
         return model
 
-    model = _cached(out / "models" / f"innocent-{index}.safetensors", innocent)
+    model = cached_model(out / "models" / f"innocent-{index}.safetensors", innocent)
     scheme = create_scheme("mea-defender-encoder", **cfg["scheme"])
     verdicts = {}
     for key_seed in seeds:
