@@ -1,12 +1,15 @@
 """Fingerprints beside watermarks, on the same surrogates: ROC AUC, worst surrogate p-value, innocents accused.
 
 Per owner data size × seed: the owner protects a model the way ``copycatch protect`` does (the margin watermark in
-the weights, DynaMarks at the API), then fingerprints that same model with CAE and dataset inference (the weights
-stay as they are). Every thief of the list buys answers through the protected API (DynaMarks perturbs them) and
-trains a surrogate; some surrogates are then fine-tuned or pruned. Every key verifies every surrogate and every
-innocent model (true labels on the thief's pool, several architectures and seeds, none used to make any key):
-margin, DynaMarks, CAE, dataset inference, and the stack of all four (Holm-combined, as ``copycatch verify`` does
-for a key set whose parts are not independent).
+the weights, DynaMarks at the API), adds DAWN at the API, and fingerprints that same model with CAE and dataset
+inference (the weights stay as they are). The model is served over loopback HTTP as ``copycatch serve`` runs it (API
+keys, ledger, DAWN's record file) with DynaMarks and DAWN applied to every answer; an honest client asks the test
+split, and every thief of the list buys answers with its own API key and trains a surrogate; some surrogates are then
+fine-tuned or pruned. Every key verifies every surrogate and every innocent model (true labels on the thief's pool,
+several architectures and seeds, none used to make any key): margin, DynaMarks, CAE, dataset inference, DAWN on the
+records of the inputs that thief asked (``copycatch key dawn-records``; an innocent is checked against every thief's
+records), and the stack of all five (Holm-combined, as ``copycatch verify`` does for a key set whose parts are not
+independent).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fingerprints.py                    # the whole table (see README)
     .venv/bin/python benchmarks/fingerprints.py --sizes 10000 --seeds 0 --workers 2  # one size, one seed
@@ -22,6 +25,8 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,8 +34,12 @@ from pathlib import Path
 import torch
 
 import copycatch as cc
+from copycatch.core.stats import holm_adjust
 from copycatch.models.io import weights_digest
-from copycatch.verification.combine import combine_evidence
+from copycatch.oracles.base import query_all
+from copycatch.oracles.http import HttpOracle
+from copycatch.serve import ServeConfig, create_app, new_key, serve_in_thread
+from copycatch.serve.dawn_records import client_records
 
 sys.path.insert(0, str(Path(__file__).parent))
 import proof
@@ -43,6 +52,7 @@ hyp = {
     "sizes": [10000, 30000],  # owner_train images
     "seeds": [0, 1, 2],
     "fingerprints": {"cae": {}, "dataset-inference": {}},  # parameters (none: the defaults are what is measured)
+    "dawn": {},  # DAWN at the API beside DynaMarks (defaults: 0.5 % of answers falsified)
     "thief_epochs": 20,
     # surrogate name -> how it is made: an extraction attack through the protected API, then removal attacks
     "thieves": {
@@ -62,7 +72,24 @@ hyp = {
     "workers": 2,
 }
 
-KEYS = ("margin", "dynamarks", "cae", "dataset-inference", "stack")
+KEYS = ("margin", "dynamarks", "cae", "dataset-inference", "dawn", "stack")
+MODEL_KEYS = ("margin", "dynamarks", "cae", "dataset-inference")  # verified the same way on every suspect
+
+
+def _slug(text: str) -> str:
+    return re.sub("[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _served(work: Path, victim, keys: dict, clients: tuple[str, ...]):
+    """The protected API as ``copycatch serve`` runs it: the victim with DynaMarks and DAWN applied to every answer,
+    API keys for ``clients``, a ledger and DAWN's record file in ``work`` (emptied first)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    keyring, ledger = work / "api-keys.json", work / "ledger.jsonl"
+    secrets = {client: new_key(keyring, client) for client in clients}
+    api_keys = cc.KeySet([keys["margin"], keys["dynamarks"], keys["dawn"]])
+    app = create_app(victim, ServeConfig(ledger=str(ledger)), key=api_keys, keyring=str(keyring))
+    return app, secrets, ledger
 
 
 def owner_task(out: Path, size: int, seed: int) -> dict:
@@ -86,7 +113,17 @@ def owner_task(out: Path, size: int, seed: int) -> dict:
         row[f"{scheme}_cpu"] = time.process_time() - t
         row[f"{scheme}_info"] = {k: v for k, v in embedding.info.items() if isinstance(v, (int, float, list))}
         embedding.key.save(base / f"{scheme}.cckey")
+    embedding = cc.embed("dawn", splits, model=victim, params=hyp["dawn"], config=proof.owner_config(seed),
+                         progress=False)  # fmt: skip
+    embedding.key.save(base / "dawn.cckey")
     row["weights_untouched"] = weights_digest(victim) == before
+    # an honest client asks the test split through the protected API: the accuracy it sees, the share DAWN falsifies
+    app, secrets, ledger = _served(out / "http" / f"{size}-{seed}-honest", victim, _keys(out, size, seed), ("honest",))
+    with serve_in_thread(app) as url:
+        answers = query_all(HttpOracle(url, api_key=secrets["honest"]), splits.test.stored)
+    records = client_records(ledger, "honest")
+    row["honest_acc"] = float((answers.argmax(1) == splits.test.y).float().mean())
+    row["falsified_share_honest"] = len(records.x) / records.distinct
     # one clean training of the same recipe, the unit of the generation time
     t = time.process_time()
     cc.train("cnn-small", splits, config=proof.owner_config(seed), progress=False)
@@ -99,49 +136,79 @@ def _keys(out: Path, size: int, seed: int) -> dict[str, cc.Key]:
     return {name: cc.Key.load(base / f"{name}.cckey") for name in KEYS if name != "stack"}
 
 
-def _verify_all(model, keys: dict) -> dict:
-    """Every key's p-value, and the stack's: the four evidences Holm-combined, as ``copycatch verify`` combines a
-    key set whose parts are not declared independent (the same answers, not asked again)."""
-    result, evidences = {}, []
-    for name, key in keys.items():
-        run = cc.verify(model, key, sequential=False, alpha=hyp["alpha"])
-        result[name] = {"p": run.p_value, "queries": run.queries}
-        evidences += run.evidences
-    stack = combine_evidence(evidences, independent=False)
-    result["stack"] = {"p": stack.p_value, "queries": stack.queries}
-    return result
+def _verify(model, key) -> dict:
+    run = cc.verify(model, key, sequential=False, alpha=hyp["alpha"])
+    return {"p": run.p_value, "queries": run.queries}
+
+
+def stack_p(ps: list[float]) -> float:
+    """The stack's p-value: the keys' p-values Holm-combined, as ``copycatch verify`` combines a key set whose parts
+    are not declared independent."""
+    return min(holm_adjust(ps))
 
 
 def thief_task(out: Path, size: int, seed: int, kind: str) -> dict:
+    """One thief buys answers with its own API key, trains (and maybe launders) a surrogate; every key verifies it,
+    DAWN on the records of the inputs this thief asked. The surrogate and the thief's DAWN key are kept, and reused
+    when the row is made again (a key changed: delete its rows, not the thieves)."""
     splits = proof.splits_for(size, seed)
-    victim = cc.load_model(out / "models" / f"victim-{size}-{seed}.safetensors")
     keys = _keys(out, size, seed)
-    api_keys = cc.KeySet([keys["margin"], keys["dynamarks"]])  # the API applies the DynaMarks part
+    model_path = out / "models" / f"surrogate-{size}-{seed}-{_slug(kind)}.safetensors"
+    records_path = out / "keys" / f"{size}-{seed}" / "records" / f"{_slug(kind)}.cckey"
+    work = out / "http" / f"{size}-{seed}-{_slug(kind)}"
+    if not (model_path.exists() and records_path.exists()):
+        surrogate, dawn_key = _steal(work, size, seed, kind, splits, keys)
+        dawn_key.save(records_path)
+        cc.save_model(surrogate, model_path)
+    surrogate, dawn_key = cc.load_model(model_path), cc.Key.load(records_path)
+    records = client_records(work / "ledger.jsonl", "thief")
+    row = {"size": size, "seed": seed, "thief": kind, "acc": cc.accuracy(surrogate, splits.test)}
+    row["falsified_share"] = len(records.x) / records.distinct
+    row["keys"] = {name: _verify(surrogate, keys[name]) for name in MODEL_KEYS}
+    row["keys"]["dawn"] = _verify(surrogate, dawn_key)
+    row["keys"]["stack"] = {
+        "p": stack_p([row["keys"][name]["p"] for name in (*MODEL_KEYS, "dawn")]),
+        "queries": sum(row["keys"][name]["queries"] for name in (*MODEL_KEYS, "dawn")),
+    }
+    return row
+
+
+def _steal(work: Path, size: int, seed: int, kind: str, splits, keys: dict) -> tuple:
+    victim = cc.load_model(work.parent.parent / "models" / f"victim-{size}-{seed}.safetensors")
     thief = hyp["thieves"][kind]
-    stolen = cc.steal(
-        victim,
-        splits.attacker_pool,
-        attack=thief["attack"],
-        arch=thief.get("arch", victim.arch),
-        params=thief.get("params"),
-        budget=thief.get("budget"),
-        key=api_keys,
-        config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief_epochs"]),
-        progress=False,
+    app, secrets, ledger = _served(work, victim, keys, ("thief",))
+    with serve_in_thread(app) as url:
+        stolen = cc.steal(
+            HttpOracle(url, api_key=secrets["thief"]),
+            splits.attacker_pool,
+            attack=thief["attack"],
+            arch=thief.get("arch", victim.arch),
+            params=thief.get("params"),
+            budget=thief.get("budget"),
+            config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief_epochs"]),
+            progress=False,
+        )
+    records = client_records(ledger, "thief")
+    dawn_key = cc.scheme_for_key(keys["dawn"]).with_records(
+        keys["dawn"], records.x, records.owner, records.wrong, source=f"http {kind}"
     )
     surrogate = stolen.surrogate
     if thief.get("removal"):
         surrogate = cc.remove(surrogate, thief["removal"], splits, progress=False).model
-    row = {"size": size, "seed": seed, "thief": kind, "acc": cc.accuracy(surrogate, splits.test)}
-    row["keys"] = _verify_all(surrogate, keys)
-    return row
+    return surrogate, dawn_key
 
 
 def innocent_task(out: Path, size: int, seed: int, arch: str, model_seed: int) -> dict:
+    """One innocent against every model key, and against DAWN on each thief's records (read when the thieves are
+    done): its DAWN and stack p-values are lists, one per thief."""
     splits = proof.splits_for(size, seed)
     model = proof.innocent_model(out / "models", arch, model_seed)
+    keys = _keys(out, size, seed)
     row = {"size": size, "seed": seed, "arch": arch, "model_seed": model_seed, "acc": cc.accuracy(model, splits.test)}
-    row["keys"] = _verify_all(model, _keys(out, size, seed))
+    row["keys"] = {name: _verify(model, keys[name]) for name in MODEL_KEYS}
+    dawn = [_verify(model, path) for path in sorted((out / "keys" / f"{size}-{seed}" / "records").glob("*.cckey"))]
+    row["keys"]["dawn"] = {"p": [d["p"] for d in dawn], "queries": [d["queries"] for d in dawn]}
+    row["keys"]["stack"] = {"p": [stack_p([row["keys"][k]["p"] for k in MODEL_KEYS] + [d["p"]]) for d in dawn]}
     return row
 
 
@@ -149,6 +216,10 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
     """P(a surrogate's p-value is smaller than an innocent's), ties counting one half."""
     pairs = [(1.0 if p < n else 0.5 if p == n else 0.0) for p in positives for n in negatives]
     return sum(pairs) / len(pairs) if pairs else math.nan
+
+
+def _flat(values) -> list:
+    return [v for value in values for v in (value if isinstance(value, list) else [value])]
 
 
 def table(out: Path) -> str:
@@ -164,21 +235,36 @@ def table(out: Path) -> str:
     alpha = hyp["alpha"]
     for size in sorted({r["size"] for r in owners}):
         for key in KEYS:
-            pos = [r["keys"][key]["p"] for r in thieves if r["size"] == size]
-            neg = [r["keys"][key]["p"] for r in innocents if r["size"] == size]
+            pos = [r["keys"][key]["p"] for r in thieves if r["size"] == size and key in r["keys"]]
+            neg = _flat(r["keys"][key]["p"] for r in innocents if r["size"] == size and key in r["keys"])
             if not pos:
                 continue
-            queries = max(r["keys"][key]["queries"] for r in thieves if r["size"] == size)
+            queries = max(_flat(r["keys"][key]["queries"] for r in thieves if r["size"] == size))
             gen = [r[f"{key}_cpu"] / r["clean_cpu"] for r in owners if r["size"] == size and f"{key}_cpu" in r]
             lines.append(
                 f"| {size} | {key} | {roc_auc(pos, neg):.3f} | {sum(p <= alpha for p in pos)}/{len(pos)} "
                 f"| {max(pos):.2g} | {sum(p <= alpha for p in neg)}/{len(neg)} | {min(neg, default=math.nan):.2g} "
                 f"| {queries} | {', '.join(f'{g:.1f}' for g in gen) or '–'} |"
             )
+    lines += [
+        "",
+        "| size | seed | victim acc | honest clients' acc (API) | falsified share (honest) "
+        "| falsified share (thieves) | DAWN records per thief |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted((r for r in owners if "honest_acc" in r), key=lambda r: (r["size"], r["seed"])):
+        mine = [t for t in thieves if (t["size"], t["seed"]) == (r["size"], r["seed"]) and "falsified_share" in t]
+        shares = [t["falsified_share"] for t in mine]
+        records = [t["keys"]["dawn"]["queries"] for t in mine]
+        lines.append(
+            f"| {r['size']} | {r['seed']} | {r['victim_acc']:.4f} | {r['honest_acc']:.4f} "
+            f"| {r['falsified_share_honest']:.4f} | {proof.mean_std(shares) if shares else '–'} "
+            f"| {proof.mean_std(records, '{:.0f}') if records else '–'} |"
+        )
     lines += ["", "| size | seed | surrogate | accuracy | " + " | ".join(f"p {k}" for k in KEYS) + " |"]
     lines.append("|---|---|---|---|" + "---|" * len(KEYS))
     for r in sorted(thieves, key=lambda r: (r["size"], r["seed"], list(hyp["thieves"]).index(r["thief"]))):
-        ps = " | ".join(f"{r['keys'][k]['p']:.2g}" for k in KEYS)
+        ps = " | ".join(f"{r['keys'][k]['p']:.2g}" if k in r["keys"] else "–" for k in KEYS)
         lines.append(f"| {r['size']} | {r['seed']} | {r['thief']} | {r['acc']:.4f} | {ps} |")
     return "\n".join(lines)
 
@@ -201,19 +287,21 @@ def main() -> None:
     (args.out / "config.json").write_text(json.dumps(hyp, indent=1, default=str))
     owners = [(f"owner-{n}-{s}", owner_task, (n, s)) for n in args.sizes for s in args.seeds]
     proof.run(args.out, owners, 1)  # one at a time: each trains 15 ensemble models
-    later = [
+    thieves = [
         (f"thief-{n}-{s}-{kind}".replace(" ", "_").replace("%", "pc"), thief_task, (n, s, kind))
         for n in args.sizes
         for s in args.seeds
         for kind in args.thieves
     ]
-    later += [
+    proof.run(args.out, thieves, args.workers)
+    # after the thieves: an innocent is verified against DAWN on every thief's records
+    innocents = [
         (f"innocent-{n}-{s}-{arch}-{m}", innocent_task, (n, s, arch, m))
         for n in args.sizes
         for s in args.seeds
         for arch, m in hyp["innocents"]["models"][: args.innocents]
     ]
-    proof.run(args.out, later, args.workers)
+    proof.run(args.out, innocents, args.workers)
     print(table(args.out))
 
 
