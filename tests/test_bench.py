@@ -3,6 +3,7 @@ executors and the report — all on a tiny synthetic grid (seconds per cell)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -464,6 +465,18 @@ def _resume_and_check(grid_file: Path, out: Path) -> None:
     assert len(rows) == 4 and all(rows[cid] == finished[cid] for cid in finished)  # finished cells untouched
 
 
+def _wait_until_the_group_is_gone(pgid: int) -> None:
+    """The whole process group, workers included, goes away within 10 s (zombies are reaped)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, "worker processes outlived the stopped run"
+        time.sleep(0.1)
+
+
 def test_killed_run_resumes_without_recomputing_finished_cells(tmp_path, tiny):
     """kill -9 a real `copycatch bench` mid-run: the store stays sound and the re-run does only what is left."""
     proc, grid_file, out = _bench_until_first_row(tiny, tmp_path, "--executor", "serial")
@@ -484,14 +497,23 @@ def test_interrupted_pool_run_stops_its_workers_and_resumes(tmp_path, tiny):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, proc.stderr.read().decode()[-2000:]
     assert "run the same command to resume" in proc.stderr.read().decode()
-    deadline = time.monotonic() + 10  # the whole process group, workers included, goes away (zombies are reaped)
-    while True:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "worker processes outlived the interrupted run"
-        time.sleep(0.1)
+    _wait_until_the_group_is_gone(proc.pid)
+    _resume_and_check(grid_file, out)
+
+
+def test_sigterm_to_the_bench_process_alone_stops_its_workers_too(tmp_path, tiny):
+    """`kill PID` (SIGTERM to the parent only, as `timeout` or a scheduler sends it): the run stops like Ctrl-C,
+    exits 143, and takes its spawned workers with it instead of leaving them computing."""
+    proc, grid_file, out = _bench_until_first_row(tiny, tmp_path, "--jobs", "2")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+        _wait_until_the_group_is_gone(proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left (workers hold the stderr pipe open)
+    assert "run the same command to resume" in proc.stderr.read().decode()
     _resume_and_check(grid_file, out)
 
 

@@ -12,10 +12,13 @@ verb on the command line gets its full parser (whose choices and epilog may come
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from .._version import __version__
 from ..core.errors import CopycatchError
@@ -64,6 +67,30 @@ def _verb_in(argv: Sequence[str]) -> str | None:
     return first if first in VERBS else None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, ``timeout``) raised like Ctrl-C, so that the code that cleans up after an
+    interrupt runs too: a bench run saves its finished cells and stops its worker processes, files are closed."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int]) -> Iterator[None]:
+    """While the verb runs, SIGTERM raises :class:`Terminated` (appended to ``received``) instead of ending the
+    process at once, which left a bench run's spawned workers running on. Only the main thread can own a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_verb_in(argv), lazy=True)
@@ -75,14 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     default_threads()
     return_freed_memory()
+    terminated: list[int] = []
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt(terminated):
+            code = int(args.func(args) or 0)
+        # a verb that stops cleanly on an interrupt (bench: 130) reports SIGTERM as the shell would, 128 + 15
+        return 128 + signal.SIGTERM if terminated and code == 130 else code
     except CopycatchError as exc:
         print(f"copycatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("copycatch: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = isinstance(exc, Terminated)
+        print(f"copycatch: {'terminated' if stopped else 'interrupted'}", file=sys.stderr)
+        return 128 + signal.SIGTERM if stopped else 130
     except BrokenPipeError:  # the reader stopped early (`| head`): like any Unix filter, stop without a word
         _discard_stdout()
         return 128 + 13  # killed by SIGPIPE, as the shell reports it
