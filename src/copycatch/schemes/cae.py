@@ -16,7 +16,7 @@ Ensembles (all trained here, on owner-side data only; ``ensemble_data`` owner_tr
     calibration references — ``n_calibration`` more, used for nothing but the null distribution.
 The references all share M's architecture, chosen when same-architecture innocents were measured to agree with the
 target labels about twice as often as others. That no longer holds: on Fashion-MNIST at 30,000 owner images,
-independently trained MLPs agree 0.35-0.45 where the calibration references agree 0.05-0.13, and 5 of 20 innocents
+independently trained MLPs agree 0.38-0.46 where the calibration references agree 0.03-0.12, and 5 of 20 innocents
 (all six MLPs) fall below p 10⁻³ (benchmarks/README.md, "Fingerprints beside watermarks"). The examples move every
 model of the surrogates' architectures, derived or not; the null describes M's architecture only. Until the
 references are drawn from the surrogates' architectures too, the p-value is valid only for suspects of M's
