@@ -156,12 +156,16 @@ def thief_task(out: Path, size: int, seed: int, kind: str) -> dict:
     model_path = out / "models" / f"surrogate-{size}-{seed}-{_slug(kind)}.safetensors"
     records_path = out / "keys" / f"{size}-{seed}" / "records" / f"{_slug(kind)}.cckey"
     work = out / "http" / f"{size}-{seed}-{_slug(kind)}"
-    if not (model_path.exists() and records_path.exists()):
-        surrogate, dawn_key = _steal(work, size, seed, kind, splits, keys)
+    stolen_now = not (model_path.exists() and records_path.exists())
+    if stolen_now:
+        cc.save_model(_steal(out, work, size, seed, kind, splits, keys), model_path)
+    records = client_records(work / "ledger.jsonl", "thief")  # the inputs this thief asked that DAWN falsified
+    if stolen_now:
+        dawn_key = cc.scheme_for_key(keys["dawn"]).with_records(
+            keys["dawn"], records.x, records.owner, records.wrong, source=f"http {kind}"
+        )
         dawn_key.save(records_path)
-        cc.save_model(surrogate, model_path)
     surrogate, dawn_key = cc.load_model(model_path), cc.Key.load(records_path)
-    records = client_records(work / "ledger.jsonl", "thief")
     row = {"size": size, "seed": seed, "thief": kind, "acc": cc.accuracy(surrogate, splits.test)}
     row["falsified_share"] = len(records.x) / records.distinct
     row["keys"] = {name: _verify(surrogate, keys[name]) for name in MODEL_KEYS}
@@ -173,10 +177,12 @@ def thief_task(out: Path, size: int, seed: int, kind: str) -> dict:
     return row
 
 
-def _steal(work: Path, size: int, seed: int, kind: str, splits, keys: dict) -> tuple:
-    victim = cc.load_model(work.parent.parent / "models" / f"victim-{size}-{seed}.safetensors")
+def _steal(out: Path, work: Path, size: int, seed: int, kind: str, splits, keys: dict):
+    """The thief's surrogate, bought through the protected API served in ``work`` (its ledger and DAWN record file
+    stay there), then laundered by the thief's removal attacks if it has any."""
+    victim = cc.load_model(out / "models" / f"victim-{size}-{seed}.safetensors")
     thief = hyp["thieves"][kind]
-    app, secrets, ledger = _served(work, victim, keys, ("thief",))
+    app, secrets, _ = _served(work, victim, keys, ("thief",))
     with serve_in_thread(app) as url:
         stolen = cc.steal(
             HttpOracle(url, api_key=secrets["thief"]),
@@ -188,14 +194,10 @@ def _steal(work: Path, size: int, seed: int, kind: str, splits, keys: dict) -> t
             config=cc.TrainConfig(seed=seed + 100, epochs=hyp["thief_epochs"]),
             progress=False,
         )
-    records = client_records(ledger, "thief")
-    dawn_key = cc.scheme_for_key(keys["dawn"]).with_records(
-        keys["dawn"], records.x, records.owner, records.wrong, source=f"http {kind}"
-    )
     surrogate = stolen.surrogate
     if thief.get("removal"):
         surrogate = cc.remove(surrogate, thief["removal"], splits, progress=False).model
-    return surrogate, dawn_key
+    return surrogate
 
 
 def innocent_task(out: Path, size: int, seed: int, arch: str, model_seed: int) -> dict:
@@ -235,8 +237,8 @@ def table(out: Path) -> str:
     alpha = hyp["alpha"]
     for size in sorted({r["size"] for r in owners}):
         for key in KEYS:
-            pos = [r["keys"][key]["p"] for r in thieves if r["size"] == size and key in r["keys"]]
-            neg = _flat(r["keys"][key]["p"] for r in innocents if r["size"] == size and key in r["keys"])
+            pos = [r["keys"][key]["p"] for r in thieves if r["size"] == size]
+            neg = _flat(r["keys"][key]["p"] for r in innocents if r["size"] == size)
             if not pos:
                 continue
             queries = max(_flat(r["keys"][key]["queries"] for r in thieves if r["size"] == size))
@@ -252,8 +254,8 @@ def table(out: Path) -> str:
         "| falsified share (thieves) | DAWN records per thief |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in sorted((r for r in owners if "honest_acc" in r), key=lambda r: (r["size"], r["seed"])):
-        mine = [t for t in thieves if (t["size"], t["seed"]) == (r["size"], r["seed"]) and "falsified_share" in t]
+    for r in sorted(owners, key=lambda r: (r["size"], r["seed"])):
+        mine = [t for t in thieves if (t["size"], t["seed"]) == (r["size"], r["seed"])]
         shares = [t["falsified_share"] for t in mine]
         records = [t["keys"]["dawn"]["queries"] for t in mine]
         lines.append(
@@ -264,7 +266,7 @@ def table(out: Path) -> str:
     lines += ["", "| size | seed | surrogate | accuracy | " + " | ".join(f"p {k}" for k in KEYS) + " |"]
     lines.append("|---|---|---|---|" + "---|" * len(KEYS))
     for r in sorted(thieves, key=lambda r: (r["size"], r["seed"], list(hyp["thieves"]).index(r["thief"]))):
-        ps = " | ".join(f"{r['keys'][k]['p']:.2g}" if k in r["keys"] else "–" for k in KEYS)
+        ps = " | ".join(f"{r['keys'][k]['p']:.2g}" for k in KEYS)
         lines.append(f"| {r['size']} | {r['seed']} | {r['thief']} | {r['acc']:.4f} | {ps} |")
     return "\n".join(lines)
 
