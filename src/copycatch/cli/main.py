@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_as_interrupt(terminated):
             code = int(args.func(args) or 0)
-        # a verb that stops cleanly on an interrupt (bench: 130) reports SIGTERM as the shell would, 128 + 15
-        return 128 + signal.SIGTERM if terminated and code == 130 else code
+        # a verb that caught the interrupt and stopped cleanly (bench) still reports SIGTERM as the shell would
+        return 128 + signal.SIGTERM if terminated else code
     except CopycatchError as exc:
         print(f"copycatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
