@@ -288,7 +288,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(hyp, indent=1, default=str))
     owners = [(f"owner-{n}-{s}", owner_task, (n, s)) for n in args.sizes for s in args.seeds]
-    proof.run(args.out, owners, 1)  # one at a time: each trains 15 ensemble models
+    proof.run(args.out, owners, 1)  # one at a time: each trains 24 ensemble models
     thieves = [
         (f"thief-{n}-{s}-{kind}".replace(" ", "_").replace("%", "pc"), thief_task, (n, s, kind))
         for n in args.sizes

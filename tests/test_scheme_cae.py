@@ -6,7 +6,11 @@ import torch
 from scipy import stats
 
 from copycatch.core.errors import InvalidArgument
+from copycatch.core.key import Key
+from copycatch.models.base import create_for
+from copycatch.models.train import TrainConfig
 from copycatch.schemes import SCHEMES
+from copycatch.schemes import cae as cae_module
 from copycatch.schemes.cae import beta_binomial_upper_tail, fit_null
 
 CAE = SCHEMES.get("cae").factory
@@ -46,3 +50,39 @@ def test_bad_parameters_name_the_value():
         CAE(n_calibration=1)
     with pytest.raises(InvalidArgument, match="eps"):
         CAE(eps=0)
+
+
+def test_every_ensemble_cycles_through_the_architectures(tiny, monkeypatch):
+    # The null must see independent models of every architecture the examples were made to move (an MLP innocent
+    # agreed four times as often as same-architecture references did), so references cycle like the surrogates.
+    monkeypatch.setattr(cae_module, "fit", lambda *args, **kwargs: None)  # the roles' architectures are the point
+    scheme = CAE(archs=["victim", "lenet", "mlp"], n_surrogates=2, n_references=3, n_select=1, n_calibration=4)
+    victim = create_for("mlp", tiny.splits, seed=0)
+    ensembles = scheme._ensembles(victim, tiny.splits, TrainConfig(), progress=False)
+    archs = {role: [member.arch for member in members] for role, members in ensembles.items()}
+    # "victim" is the MLP itself: the repeat is dropped, so the cycle is (mlp, lenet)
+    assert archs == {
+        "surrogate": ["mlp", "lenet"],
+        "reference": ["mlp", "lenet", "mlp"],
+        "select": ["mlp"],
+        "calibration": ["mlp", "lenet", "mlp", "lenet"],
+    }
+
+
+def test_the_evidence_names_the_architectures_its_null_was_measured_on():
+    n = 20
+    tensors = {
+        "x": torch.zeros(n, 1, 8, 8, dtype=torch.uint8),
+        "target": torch.zeros(n, dtype=torch.long),
+        "calibration_agreements": torch.tensor([2, 3, 4]),
+    }
+    scheme = CAE(n_fingerprints=n, candidates=n)
+    answers = torch.nn.functional.one_hot(torch.zeros(n, dtype=torch.long), 4).float()
+    for meta, named in (
+        ({"arch": "cnn-small", "calibration_archs": ["cnn-small", "lenet", "mlp"]}, "cnn-small, lenet, mlp"),
+        ({"arch": "cnn-small"}, "cnn-small:"),  # a key made when the references were all of the victim's
+    ):
+        key = Key(scheme="cae", params=scheme.params.to_dict(), tensors=tensors, meta=meta)
+        evidence = scheme.evidence_from_answers(answers, key, alpha=1e-3, queries=n)
+        assert any(f"architectures {named}" in note for note in evidence.notes)
+        assert evidence.p_value < 1e-3  # every fingerprint answered with its target, where references gave 2-4 of 20
