@@ -86,3 +86,36 @@ def test_the_evidence_names_the_architectures_its_null_was_measured_on():
         evidence = scheme.evidence_from_answers(answers, key, alpha=1e-3, queries=n)
         assert any(f"architectures {named}" in note for note in evidence.notes)
         assert evidence.p_value < 1e-3  # every fingerprint answered with its target, where references gave 2-4 of 20
+
+
+def test_the_null_is_that_of_the_architecture_whose_references_agree_most():
+    # The calibration references of a fingerprints.py key (10,000 images, seed 1) and an innocent model of the
+    # victim's architecture that answered 54 of 100 targets: models of the victim's architecture agree more often
+    # than the others, so one fit over every reference accused it; the composite null takes the largest
+    # per-architecture tail (the MLPs', whose two references disagree most: 2 and 17).
+    n = 100
+    tensors = {
+        "x": torch.zeros(n, 1, 8, 8, dtype=torch.uint8),
+        "target": torch.zeros(n, dtype=torch.long),
+        "calibration_agreements": torch.tensor([11, 23, 2, 3, 24, 10, 17, 4]),
+    }
+    meta = {"arch": "cnn-small", "calibration_archs": ["cnn-small", "lenet", "mlp", "cnn"] * 2}
+    scheme = CAE(n_fingerprints=n, candidates=n)
+    key = Key(scheme="cae", params=scheme.params.to_dict(), tensors=tensors, meta=meta)
+    agree = 54
+    answers = torch.nn.functional.one_hot((torch.arange(n) >= agree).long(), 4).float()  # target 0 on the first 54
+    evidence = scheme.evidence_from_answers(answers, key, alpha=1e-3, queries=n)
+    counts = tensors["calibration_agreements"]
+    tails = {
+        arch: beta_binomial_upper_tail(agree, n, *fit_null(counts[i::4], n, 0.05))
+        for i, arch in enumerate(meta["calibration_archs"][:4])
+    }
+    pooled = beta_binomial_upper_tail(agree, n, *fit_null(counts, n, 0.05))
+    assert evidence.statistic == agree and evidence.metrics["null_arch"] == max(tails, key=tails.get)
+    assert evidence.p_value == pytest.approx(max(tails.values())) and evidence.p_value > 1e-3 > pooled
+    assert tails["cnn-small"] > 1e-3  # nor would the fit of the victim's own architecture alone
+    everything = torch.nn.functional.one_hot(torch.zeros(n, dtype=torch.long), 4).float()
+    assert scheme.evidence_from_answers(everything, key, alpha=1e-3, queries=n).p_value < 1e-3  # a copy still is
+    with pytest.raises(InvalidArgument, match="calibration architectures"):
+        bad = Key(scheme="cae", params=key.params, tensors=tensors, meta={**meta, "calibration_archs": ["cnn"]})
+        scheme.evidence_from_answers(answers, bad, alpha=1e-3, queries=n)

@@ -30,12 +30,14 @@ conferrability score S̄(x')_t · (1 − max_R R(x')_t) is then measured with th
 receives).
 
 Test. The statistic is the number of fingerprints the suspect labels with their target. Null hypothesis: the
-suspect was trained independently of the owner's model (it is like the calibration references). The calibration
-references' target agreement, measured at embedding time and stored in the key, fits a beta-binomial distribution
-(method of moments, the over-dispersion floored at ``min_dispersion`` because a handful of references cannot rule
-out models that agree more often than they did); the p-value is its upper tail at the suspect's count. It is
-calibrated, not exact: it is valid to the extent that innocent models are like the calibration references, which
-is why they are never used to generate or select, and why the benchmark verifies other innocents against it.
+suspect was trained independently of the owner's model (it is like the calibration references of one of their
+architectures). The calibration references' target agreement, measured at embedding time and stored in the key
+with their architectures, fits one beta-binomial distribution per architecture (method of moments, the
+over-dispersion floored at ``min_dispersion`` because a handful of references cannot rule out models that agree
+more often than they did); the p-value is the largest of their upper tails at the suspect's count, since the
+suspect's architecture is unknown and models of the victim's own agree most. It is calibrated, not exact: it is
+valid to the extent that innocent models are like the calibration references, which is why they are never used to
+generate or select, and why the benchmark verifies other innocents against it.
 
 Parameters (defaults):
     n_fingerprints (100): examples in the key, one query each.
@@ -126,7 +128,8 @@ class ConferrableFingerprint(Scheme):
     pretrain = True
     null_hypothesis = (
         "the suspect was trained independently of the owner's model: its agreement with the fingerprints' target "
-        "labels follows the beta-binomial fitted to the held-out calibration reference models"
+        "labels follows the beta-binomial fitted to the held-out calibration reference models of one of their "
+        "architectures (the p-value is the largest over the architectures)"
     )
     larger_key = "more fingerprints (n_fingerprints) or more calibration references"
     per_item = ("x", "target")
@@ -324,7 +327,7 @@ class ConferrableFingerprint(Scheme):
         target = key["target"]
         agree = int((answers.argmax(1) == target).sum())
         n = len(target)
-        mean, rho = fit_null(key["calibration_agreements"], self._items_measured(key), self.params.min_dispersion)
+        arch, mean, rho = self._null_of_most_agreeing(key, agree)
         p_value = beta_binomial_upper_tail(agree, n, mean, rho)
         return self.evidence(
             key,
@@ -338,11 +341,13 @@ class ConferrableFingerprint(Scheme):
                 "retention": agree / max(n, 1),
                 "null_mean": mean,
                 "null_rho": rho,
+                "null_arch": arch,
                 "calibration_max": float(key["calibration_agreements"].max()) / self._items_measured(key),
             },
             notes=[
-                "calibrated p-value: a beta-binomial fitted to the agreement of "
-                f"{len(key['calibration_agreements'])} held-out reference models (never used to generate or select)",
+                "calibrated p-value: the largest upper tail of beta-binomials fitted, one per architecture, to the "
+                f"agreement of {len(key['calibration_agreements'])} held-out reference models (never used to generate "
+                f"or select); the largest here is that of {arch}",
                 self._coverage_note(key),
             ],
         )
@@ -365,5 +370,25 @@ class ConferrableFingerprint(Scheme):
 
     def attainable_p_value(self, key: Key, num_classes: int) -> float | None:
         n = len(key["target"])
-        mean, rho = fit_null(key["calibration_agreements"], self._items_measured(key), self.params.min_dispersion)
+        _, mean, rho = self._null_of_most_agreeing(key, n)
         return beta_binomial_upper_tail(n, n, mean, rho)
+
+    def _null_of_most_agreeing(self, key: Key, agree: int) -> tuple[str, float, float]:
+        """The beta-binomial of the calibration architecture under which ``agree`` is least surprising.
+
+        The suspect's architecture is unknown, so the null is composite — an independent model of any calibration
+        architecture — and its p-value is the largest of the per-architecture tails. One fit over all references
+        would mix architectures that agree rarely (a wider CNN, 0.02-0.07) with the victim's own (0.11-0.25) and
+        accuse innocents of the victim's architecture (benchmarks/README.md, "Fingerprints beside watermarks").
+        A key without ``calibration_archs`` (made when every reference had the victim's architecture) has one."""
+        counts, n = key["calibration_agreements"], self._items_measured(key)
+        archs = key.meta.get("calibration_archs") or [key.meta.get("arch", "unknown")] * len(counts)
+        if len(archs) != len(counts):
+            raise InvalidArgument(f"the key lists {len(archs)} calibration architectures for {len(counts)} agreements")
+        fits = []
+        for arch in dict.fromkeys(archs):
+            mine = counts[torch.tensor([a == arch for a in archs])]
+            mean, rho = fit_null(mine, n, self.params.min_dispersion)
+            fits.append((beta_binomial_upper_tail(agree, len(key["target"]), mean, rho), arch, mean, rho))
+        _, arch, mean, rho = max(fits, key=lambda fit: fit[0])
+        return arch, mean, rho

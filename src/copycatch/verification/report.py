@@ -258,6 +258,7 @@ _METRIC_NAMES = {
     "null_hit_rate": "Chance of one match by luck",
     "null_rate": "Chance of one match by luck",
     "null_mean": "Average score of an innocent model",
+    "null_arch": "Innocent architecture the p-value is computed for",
     "certainty": "Certainty threshold",
     "queried": "Key inputs asked",
     "successes": "Matches",
