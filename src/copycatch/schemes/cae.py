@@ -378,7 +378,7 @@ class ConferrableFingerprint(Scheme):
 
         The suspect's architecture is unknown, so the null is composite — an independent model of any calibration
         architecture — and its p-value is the largest of the per-architecture tails. One fit over all references
-        would mix architectures that agree rarely (a wider CNN, 0.02-0.07) with the victim's own (0.11-0.25) and
+        would mix architectures that agree rarely (a wider CNN, 0.03-0.06) with the victim's own (0.11-0.25) and
         accuse innocents of the victim's architecture (benchmarks/README.md, "Fingerprints beside watermarks").
         A key without ``calibration_archs`` (made when every reference had the victim's architecture) has one."""
         counts, n = key["calibration_agreements"], self._items_measured(key)
