@@ -327,8 +327,7 @@ class ConferrableFingerprint(Scheme):
         target = key["target"]
         agree = int((answers.argmax(1) == target).sum())
         n = len(target)
-        arch, mean, rho = self._null_of_most_agreeing(key, agree)
-        p_value = beta_binomial_upper_tail(agree, n, mean, rho)
+        p_value, arch, mean, rho = self._null_of_most_agreeing(key, agree)
         return self.evidence(
             key,
             statistic_name="fingerprints answered with their target label",
@@ -353,10 +352,19 @@ class ConferrableFingerprint(Scheme):
         )
 
     @staticmethod
-    def _coverage_note(key: Key) -> str:
-        """Which architectures the null was measured on (a key made before the references cycled through ``archs``
+    def _calibration_archs(key: Key) -> list[str]:
+        """Each calibration reference's architecture (a key made before the references cycled through ``archs``
         has no list: its references were all of the victim's architecture)."""
-        archs = sorted(set(key.meta.get("calibration_archs") or [key.meta.get("arch", "unknown")]))
+        counts = key["calibration_agreements"]
+        archs = key.meta.get("calibration_archs") or [key.meta.get("arch", "unknown")] * len(counts)
+        if len(archs) != len(counts):
+            raise InvalidArgument(f"the key lists {len(archs)} calibration architectures for {len(counts)} agreements")
+        return archs
+
+    @staticmethod
+    def _coverage_note(key: Key) -> str:
+        """Which architectures the null was measured on."""
+        archs = sorted(set(ConferrableFingerprint._calibration_archs(key)))
         return (
             f"the calibration references are of the architectures {', '.join(archs)}: an independent model of "
             "another architecture can agree more often than they did, so for such a suspect the p-value can be too "
@@ -369,12 +377,11 @@ class ConferrableFingerprint(Scheme):
         return int(key.params.get("n_fingerprints", len(key["target"])))
 
     def attainable_p_value(self, key: Key, num_classes: int) -> float | None:
-        n = len(key["target"])
-        _, mean, rho = self._null_of_most_agreeing(key, n)
-        return beta_binomial_upper_tail(n, n, mean, rho)
+        return self._null_of_most_agreeing(key, len(key["target"]))[0]
 
-    def _null_of_most_agreeing(self, key: Key, agree: int) -> tuple[str, float, float]:
-        """The beta-binomial of the calibration architecture under which ``agree`` is least surprising.
+    def _null_of_most_agreeing(self, key: Key, agree: int) -> tuple[float, str, float, float]:
+        """The p-value of ``agree`` under the beta-binomial of the calibration architecture where it is least
+        surprising, that architecture, and the fit's mean and ρ.
 
         The suspect's architecture is unknown, so the null is composite — an independent model of any calibration
         architecture — and its p-value is the largest of the per-architecture tails. One fit over all references
@@ -382,13 +389,9 @@ class ConferrableFingerprint(Scheme):
         accuse innocents of the victim's architecture (benchmarks/README.md, "Fingerprints beside watermarks").
         A key without ``calibration_archs`` (made when every reference had the victim's architecture) has one."""
         counts, n = key["calibration_agreements"], self._items_measured(key)
-        archs = key.meta.get("calibration_archs") or [key.meta.get("arch", "unknown")] * len(counts)
-        if len(archs) != len(counts):
-            raise InvalidArgument(f"the key lists {len(archs)} calibration architectures for {len(counts)} agreements")
+        archs = self._calibration_archs(key)
         fits = []
         for arch in dict.fromkeys(archs):
-            mine = counts[torch.tensor([a == arch for a in archs])]
-            mean, rho = fit_null(mine, n, self.params.min_dispersion)
+            mean, rho = fit_null(counts[torch.tensor([a == arch for a in archs])], n, self.params.min_dispersion)
             fits.append((beta_binomial_upper_tail(agree, len(key["target"]), mean, rho), arch, mean, rho))
-        _, arch, mean, rho = max(fits, key=lambda fit: fit[0])
-        return arch, mean, rho
+        return max(fits, key=lambda fit: fit[0])
