@@ -44,13 +44,11 @@ Parameters (defaults; probabilities in [0, 1]):
         features cannot tell a patched source image from an unpatched one and sends the whole source class to the
         target (measured: benchmarks/README.md "Feature-sharing"; docs/reproductions.md, Table 2).
     trainable_from (None): where the frozen/fine-tuned split of step 2 lies (the watermark location of the paper's
-        Figs. 3–4). None keeps ``finetune``'s split (1 layer for "last-layer"; G_e = ``model.features`` frozen and
-        G_d = ``model.classifier`` tuned for "decision-layers").
-        An integer k ≥ 1 fine-tunes the last k parameterised layers of the whole network (the modules holding
-        weights of their own, in the order the network registers them: its forward order for the sequential
-        architectures; cnn-small has 4: conv, conv, linear, linear) and freezes every layer before them (eval mode,
-        no gradients, as G_e above); k = the number of such layers fine-tunes everything. Refused with
-        ``finetune="whole-network"``; a k above the network's layer count is refused when embedding.
+        Figs. 3–4). None keeps ``finetune``'s split. An integer k ≥ 1 fine-tunes the last k parameterised layers
+        of the whole network (modules with weights of their own, in registration order: cnn-small has 4: conv,
+        conv, linear, linear) and freezes every layer before them (eval mode, no gradients, as G_e above); k = the
+        number of such layers fine-tunes everything. Refused with ``finetune="whole-network"`` or above the
+        network's layer count.
     finetune_epochs (5): epochs of step 2 (the paper says "keep fine-tuning"; 5 keeps embedding <= 1.5× clean
         training on Fashion-MNIST). finetune_lr (None): step 2's learning rate; None uses the training config's.
     wdr_draws (200), wdr_fraction (0.1), wdr_alpha (0.05): the WDR of §4 (200 draws of 1/10, level 0.05).

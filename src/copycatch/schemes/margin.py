@@ -34,36 +34,28 @@ Parameters (defaults; inputs on the [0, 1] scale):
     eps (5/255): ε, L∞ radius of the margin (paper; the code does not project and relies on K·α = ε).
     lam (None): λ of Eq. 6; None derives it from the data (:func:`trigger_weight`): each trigger gets the same
         total weight ``exposure`` whatever the owner's data size, λ = exposure·n_triggers / (trigger_batch·training
-        steps), at most 1. Algorithm 1 uses λ = 1, which on 4,000 owner images costs 11 accuracy points (the
-        triggers are revisited 12.5× as often as on the paper's 50,000); the code's 0.1·trigger CE weighs it less.
+        steps), at most 1. Algorithm 1's λ = 1 revisits each trigger 12.5× as often on 4,000 owner images as on
+        the paper's 50,000, and weighs it more than the code's 0.1·trigger CE.
     exposure (4.0): the per-trigger total weight of the rule above (λ ≈ 0.05 at 4,000 images, 0.007 at 30,000,
-        for 10 epochs of batch 128). Enough for the rank test to prove the surrogates of a scoring API at a cost of
-        well under a point; a suspect that answers labels only is read by the hit count, which needs about twice it
-        (``exposure=8``, at about twice the cost on small data). Measured in benchmarks/README.md, "Proof after
-        extraction".
+        for 10 epochs of batch 128), chosen for the rank test; the label-only hit count needs about twice it
+        (``exposure=8``). Its costs and proofs: benchmarks/README.md, "Proof after extraction".
     trigger_batch (25): triggers sampled per training batch (code).
     ascent ("free"): how δ is found. "pgd" is Algorithm 1: K fresh ascent steps from δ = 0 on every batch (K extra
         forward and input-backward passes over the sampled triggers). "free" is a faster option, not in the paper:
         each trigger keeps its δ across batches and every use takes one ascent step of ``step_size`` with the input
         gradient of the same backward pass that updates the weights ("free" adversarial training, Shafahi et al.,
-        NeurIPS 2019), so the margin costs one extra forward/backward of ``trigger_batch`` inputs per step; ``steps``
-        is then unused. "free" embeds markedly faster with a watermark as strong (measured: benchmarks/README.md,
-        "Measurements behind the scheme and attack defaults").
-    mixup_components (1): holdout images mixed into each trigger (App. B.3, Table 3: Mixup queries of 2 or 5
-        components). 1 is the plain trigger set above (the same key, bit for bit). With m > 1 each trigger is the
-        convex mix Σ w_j·x_j of m distinct holdout images (the first drawn as for m = 1, the others uniformly among
-        the rest of the holdout), quantised to 1/255 like every trigger; at most the holdout's size.
-    mixup_weights ("uniform"): the mixing weights w: "uniform", 1/m each (every trigger a true mix), or
-        "dirichlet", a flat Dirichlet draw per trigger from the key's generator (more varied mixes, but now and
-        then one weight near 1, so a trigger that rounds to a single holdout image). Unused when
-        mixup_components = 1.
+        NeurIPS 2019): one extra forward/backward of ``trigger_batch`` inputs per step, ``steps`` unused (its speed
+        and strength: benchmarks/README.md, "Measurements behind the scheme and attack defaults").
+    mixup_components (1): holdout images mixed into each trigger (App. B.3, Table 3: 2 or 5). 1 is the plain
+        trigger set above; with m > 1 each trigger is the convex mix Σ w_j·x_j of m distinct holdout images (the
+        first drawn as for m = 1, the others uniformly), quantised to 1/255 like every trigger.
+    mixup_weights ("uniform"): the mixing weights w: "uniform", 1/m each, or "dirichlet", a flat Dirichlet draw
+        per trigger from the key's generator (more varied mixes, now and then one near a single image).
 
-Mixup triggers and the null. A mixed trigger's ``trigger_true`` is its heaviest component's class (the first on a
-tie) and its secret label is drawn from the C−1 other classes as for m = 1, after the image and independently of it,
-so given any prediction p ≠ trigger_true, P(label = p) = 1/(C−1) and the binomial null stays exact. A label wrong for
-*every* component would break it: an innocent model often predicts a lighter component's class, and the remaining
-classes would then be hit at 1/(C−m') > 1/(C−1). The price: the secret label is sometimes a class the trigger
-partly shows.
+Mixup triggers and the null. A mixed trigger's ``trigger_true`` is its heaviest component's class and its secret
+label is drawn from the C−1 other classes after the image, so P(label = p) = 1/(C−1) for any prediction p ≠
+trigger_true and the null stays exact. A label wrong for *every* component would break it (an innocent model often
+predicts a lighter component's class); the price is a secret label the trigger sometimes partly shows.
 
 Deviations: triggers are sampled per batch as in the code; the ascent starts from the clean trigger every batch (no
 random start, as in the code); triggers are quantised to 1/255 as in the code; λ scales with the data size and the
