@@ -284,9 +284,15 @@ def main() -> None:
     if args.table:
         print(table(args.out))
         return
-    hyp.update(sizes=args.sizes, seeds=args.seeds, workers=args.workers)
+    # the cached rows of earlier invocations stay in the table, so the saved configuration lists their sizes and
+    # seeds too
+    config = args.out / "config.json"
+    done = json.loads(config.read_text()) if config.exists() else {}
+    sizes = sorted({*done.get("sizes", []), *args.sizes})
+    seeds = sorted({*done.get("seeds", []), *args.seeds})
+    hyp.update(sizes=sizes, seeds=seeds, workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(json.dumps(hyp, indent=1, default=str))
+    config.write_text(json.dumps(hyp, indent=1, default=str))
     owners = [(f"owner-{n}-{s}", owner_task, (n, s)) for n in args.sizes for s in args.seeds]
     proof.run(args.out, owners, 1)  # one at a time: each trains 24 ensemble models
     thieves = [
