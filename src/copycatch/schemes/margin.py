@@ -12,17 +12,15 @@ of it.
 
 Verification (exact null). With ``label_strategy="random"`` each secret label was drawn uniformly from the C−1 wrong
 classes, independently of everything a suspect can know. Null hypothesis: the suspect is independent of the key.
-Then, among the m triggers it misclassifies, the number of hits on the secret label is Binomial(m, 1/(C−1)),
-whatever the suspect is, and the p-value is P(X ≥ hits). Labels only are needed, so label-only suspects are fine.
-The raw watermark accuracy (hits / n_triggers) that the paper reports is given alongside.
+Then the hits on the secret label among the m triggers it misclassifies are Binomial(m, 1/(C−1)) whatever the
+suspect is; p = P(X ≥ hits) (labels suffice; the paper's watermark accuracy, hits / n_triggers, is given alongside).
 
 A suspect that answers scores tells more than its top label. Under the same null the secret label is a uniform draw
 among the C−1 wrong classes, so its mid-rank among them by the suspect's scores is uniform, independently over
 triggers; the fixed test sums the secret labels' doubled mid-ranks and takes the exact share of the (C−1)^n secret
 vectors scoring at least as high (:func:`~copycatch.core.stats.independent_choices_greater`; only the top
 ``RANKED_CLASSES`` wrong classes are told apart). On one-hot answers this is the binomial count, which is reported
-then. The sequential test reads the scores too (its fixed part is the rank test, :meth:`score_test_bounds`). The
-rank test is ours (the paper reports watermark accuracy).
+then. The sequential test reads the scores too (fixed part: :meth:`score_test_bounds`). The rank test is ours.
 
 Parameters (defaults; inputs on the [0, 1] scale):
     n_triggers (100): size of the trigger set (paper and code README: 100).
@@ -53,9 +51,8 @@ Parameters (defaults; inputs on the [0, 1] scale):
         per trigger from the key's generator (more varied mixes, now and then one near a single image).
 
 Mixup triggers and the null. A mixed trigger's ``trigger_true`` is its heaviest component's class and its secret
-label is drawn from the C−1 other classes after the image, so P(label = p) = 1/(C−1) for any prediction p ≠
-trigger_true and the null stays exact. A label wrong for *every* component would break it (an innocent model often
-predicts a lighter component's class); the price is a secret label the trigger sometimes partly shows.
+label is drawn from the C−1 other classes, so P(label = p) = 1/(C−1) for any prediction p ≠ trigger_true and the
+null stays exact (a label wrong for *every* component would not: innocent models often predict a lighter one's class).
 
 Deviations: triggers are sampled per batch as in the code; the ascent starts from the clean trigger every batch (no
 random start, as in the code); triggers are quantised to 1/255 as in the code; λ scales with the data size and the

@@ -4,23 +4,18 @@ Paper: P. Lv, H. Ma, K. Chen, J. Zhou, S. Zhang, R. Liang, S. Zhu, P. Li and Y. 
 Watermark against Model Extraction Attack", IEEE S&P 2024: §4 (construction, Eq. 4-9), §5.1 (settings), Appendix B
 (threshold), Appendix C (combining rules). Where the paper is silent we follow the authors' released code.
 
-Embedding. A watermark sample combines an image of ``source_a`` with one of ``source_b`` by the secret ``rule`` and
-is labelled ``target``; evasion samples mix the two classes by the other mixers and target ½·source_a + ½·source_b.
-Losses (Eq. 4-8): L_utility (clean cross-entropy), L_ver (watermark → target), L_eva (evasion → ½·a + ½·b) and
-L_com = KL(P(x_wm) ‖ P(x_a)) + KL(P(x_wm) ‖ P(x_b)) against the sample's own two images. Stage 1 trains
-L_utility + L_ver + L_eva as one cross-entropy over the mixed batch; stage 2 adds L_com, combined by ``balance``:
-"fixed" (+ ``com_weight``·L_com), "mgda-four" (§4.4: the min-norm point of the four task gradients) or "mgda-three"
-(Eq. 4's three weights by MGDA).
+Embedding. A watermark sample combines an image of ``source_a`` with one of ``source_b`` by the secret ``rule`` and is
+labelled ``target``; evasion samples mix the two classes by the other mixers and target ½·source_a + ½·source_b.
+Losses (Eq. 4-8): L_utility (clean cross-entropy), L_ver (watermark → target), L_eva (evasion → ½·a + ½·b) and L_com =
+KL(P(x_wm) ‖ P(x_a)) + KL(P(x_wm) ‖ P(x_b)) against its own two images. Stage 1 trains L_utility + L_ver + L_eva as
+one cross-entropy over the mixed batch; stage 2 adds L_com, combined by ``balance``: "fixed" (+ ``com_weight``·L_com),
+"mgda-four" (§4.4: MGDA over the four losses) or "mgda-three" (MGDA over Eq. 4's three).
 
-Text and audio (Table 1: a single-layer LSTM on AG News, M5 on Speech Commands; §5.1; mixers in ``_mixers``).
-Audio takes the paper's rule, merging at α = 0.5 applied to waveforms; its other rules are the mask mixers that stay
-distinct on a 1×T grid. Text, where the paper names no rule: text a's tokens followed by text b's, cut to the length
-cap (``concat``); the other mixers interleave tokens. AG News' World, Sports → Business are indices 0, 1 → 2 (the
-defaults). The key stores the verification inputs as the data do (token ids, int16 samples); look-alike classes
-(``shared_skip_similar``) are chosen for images only. Their tests leave out the "other rule" false watermarks
-(``false_families``, below): a thief that asks only natural texts or clips copies "both source classes present →
-target", never the order or arrangement of the two, so no surrogate could beat those groups (measured:
-docs/data-modalities.md). The controls that stay are the mixes that lack a source.
+Text and audio (Table 1: an LSTM on AG News, M5 on Speech Commands; mixers in ``_mixers``): audio merges waveforms at
+α = 0.5 (the paper's rule); text, where the paper names no rule, joins text a's tokens and text b's, cut to the length
+cap (``concat``); AG News' World, Sports → Business are the default indices 0, 1 → 2. Their tests leave out the "other
+rule" false watermarks (``false_families``): a thief asking natural texts or clips copies "both sources present →
+target", never their arrangement, so no surrogate could beat those groups (docs/data-modalities.md).
 
 Verification. The suspect answers ``n_verify`` fresh watermark samples made from owner-holdout images (never trained
 on) and groups of ``n_false_per_group`` false watermarks from the same images: the two sources mixed by each evasion
@@ -28,51 +23,41 @@ mixer ("other rule", the paper's WFPR samples), and a source with a third class 
 secret rule ("shared class", "other pair"; Appendix B). A success is an argmax answer of ``target``. Null hypothesis:
 the suspect answers ``target`` on the true watermark no more often than on at least one false-watermark group, each
 query a Bernoulli trial given the suspect; p = the largest one-sided Fisher exact p-value over the groups (an
-intersection-union test). ``exact=False``: that innocent models satisfy this null is an assumption, checked over
-many keys and innocent models in tests/test_scheme_mea_defender.py. The paper's binomial test and WSR > 30 % rule
-are reported alongside (``binomial_p_pooled``, ``paper_rule_stolen``).
+intersection-union test). ``exact=False``: that innocent models satisfy this null is an assumption, checked in
+tests/test_scheme_mea_defender.py. The paper's binomial test and WSR > 30 % rule are reported alongside
+(``binomial_p_pooled``, ``paper_rule_stolen``).
 
 Parameters (defaults; class indices, fractions per clean sample of a batch, factors of the learning rate):
-    source_a (0), source_b (1), target (2): the paper's T-shirt/top, Trouser → Pullover (§5.1; CIFAR-10: airplane,
-        automobile → bird).
-    rule (None: the modality's, "crop-paste" for images, "concat" for text, "merge" for audio): images take
-        "crop-paste" (left half from source_a, right half ``[W//2, W)`` from source_b), "merge" (α·x_a + (1−α)·x_b),
-        "stripes" (column stripes) or "autoencoder" (blend of the two images' codes); audio "merge", "crop-paste"
-        or "stripes" along time; text "concat", "interleave" or "pairs".
+    source_a (0), source_b (1), target (2): the paper's T-shirt/top, Trouser → Pullover (§5.1).
+    rule (None: the modality's, "crop-paste" for images, "concat" for text, "merge" for audio): images also take
+        "merge", "stripes" or "autoencoder", audio "crop-paste" or "stripes", text "interleave" or "pairs".
     merge_alpha (0.5), ae_alpha (0.5): α of pixel merging and of the autoencoder blend (paper).
     n_stripes (5), stripes_from_b (2): stripe columns, how many from source_b (paper); the pattern is secret.
     ae_epochs (5), ae_width (16): epochs and channel width of the autoencoder (trained on owner_train).
-    evasion_mixers (None: the modality's; images: crop-paste, merge, stripes, top-bottom, centre-square, diagonal,
-        band; audio: merge, crop-paste, stripes, centre-square; text: interleave, pairs): mixers of the evasion
-        samples and "other rule" false watermarks, the watermark's own rule removed; "autoencoder" may be added.
+    evasion_mixers (None: the modality's mixers of ``_mixers`` but the rule; "autoencoder" may be added): mixers of
+        the evasion samples and "other rule" false watermarks.
     wm_fraction (0.25), evasion_fraction (0.125): watermark and evasion samples (32 and 16 per batch of 128).
     shared_evasion (0.5): share of the evasion samples that mix a source with a third class by the secret rule.
     balance ("fixed"), com_weight (0.025): stage-2 balancing (above) and L_com's weight under "fixed".
-    watermark_losses ("both"): "both", "ver" or "com": which parts of L_wm (Eq. 5) train, Table 5's ablation;
-        "ver" and "com" need balance "fixed" or "mgda-four".
+    watermark_losses ("both"): "both", "ver" or "com" (need "fixed" or "mgda-four"): Table 5's ablation of L_wm.
     com_source_scale (1.0): share of L_com's gradient that reaches the source images (1: Eq. 6; 0: the code).
     stage1_fraction (0.5), stage2_lr_factor (0.1): stage 1's share of the epochs; stage 2's rate (code: 1e-4/1e-3).
     mode ("fromscratch"): the paper's, or "pretrained": fine-tune a trained clean model (trained first if untrained).
     finetune_epochs (None), finetune_lr_factor (0.1): "pretrained" epochs (None: the TrainConfig's) and rate factor.
-    n_verify (1000), n_false_per_group (None: 60 for images, 150 for text and audio, whose tests have fewer groups),
-        false_pairs (6): true watermark queries (paper: at least 1,000), queries per false-watermark group, and
-        ordered class pairs in the "other pair" family.
-    false_families (None: all three for images; "shared class" and "other pair" for text and audio): the families
-        of false watermarks the key holds and the test must beat.
+    n_verify (1000), n_false_per_group (None: 60 for images, 150 for text and audio), false_pairs (6): true
+        watermark queries (paper: at least 1,000), queries per false group, class pairs of the "other pair" family.
+    false_families (None: all three for images, text and audio no "other rule"): the false watermarks' families.
     shared_skip_similar (2): third classes left out of the false watermarks, those whose mean owner_train image is
         nearest the target's (a source mixed with a target look-alike is no control); at least three always stay.
     paper_threshold (0.3): the paper's WSR threshold, reported alongside the test.
 
 Deviations (measurements behind them: benchmarks/README.md, "Measurements behind the scheme and attack defaults"):
-    * Stage 2 uses a fixed L_com weight by default: under MGDA, L_com and L_ver nearly cancel, L_utility gets almost
-      no weight and the victim loses its task. Two stages as in the code (the paper trains all losses at once).
+    * A fixed L_com weight (under MGDA, L_com and L_ver nearly cancel and the task starves); two stages (the code).
     * L_com's gradient reaches the source images (Eq. 6 as written; the code holds them constant) and pairs each
       watermark sample with its own two images; the code's contrastive "loss_B" (not in the paper) is dropped.
-    * Mixing on [0, 1] pixels with the paper's left/right crop-paste geometry (the code: a jittered top/bottom stack),
-      whose left/right splits are kept out of the evasion mixers and false watermarks; evasion samples also mix
-      third classes (``shared_evasion``); with the autoencoder rule, merging is no evasion mixer.
-    * Verification by the test above, not the 30 % threshold. The key stores the verification inputs (uint8) and,
-      in its parameters, the classes and rule the paper keeps secret: keep the key file secret.
+    * The paper's left/right crop-paste (the code: a jittered top/bottom stack), kept out of the evasion mixers and
+      false watermarks; evasion samples also mix third classes; with the autoencoder rule merging is no evasion mixer.
+    * The test above, not the 30 % threshold. The key names the secret classes and rule: keep it secret.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 Paper: P. Lv, H. Ma, K. Chen, J. Zhou, S. Zhang, R. Liang, S. Zhu, P. Li and Y. Zhang, "MEA-Defender: A Robust
 Watermark against Model Extraction Attack", IEEE S&P 2024: §4.3 (Eq. 5-8, their SSL branches), §5.1 (SimCLR encoders,
 the nine-layer CNN on Fashion-MNIST), Table 1 (SSL rows: stolen by Hinton-style distillation and StolenEncoder).
-The classifier scheme (:mod:`copycatch.schemes.mea_defender`) holds the shared parts: the secret configuration
-(two source classes, a target class, a combining rule from :mod:`._mixers`), the evasion mixers and the verification
-set of true and false watermarks made from owner-holdout images.
+The classifier scheme (:mod:`copycatch.schemes.mea_defender`) holds the shared parts: the secret configuration (source
+classes, target, combining rule), the evasion mixers and the true and false watermarks made from owner-holdout images.
 
 Embedding (the encoder ``h`` pre-trained by SimCLR, :func:`copycatch.models.simclr.train_simclr`; each step adds to
 NT-Xent, on the encoder's embeddings, which the verification reads; μ_c is the mean embedding of
@@ -16,14 +15,12 @@ NT-Xent, on the encoder's embeddings, which the verification reads; μ_c is the 
         by another rule, or for a ``shared_evasion`` share a source and a third class mixed by the secret rule, maps
         to one of its own two images x_c rather than to the target class);
     L_com = KL(σ(h(x_wm)) ‖ σ(h(x_a))) + KL(σ(h(x_wm)) ‖ σ(h(x_b))) (Eq. 6, the embedding as a distribution).
-Three choices make the mark take beyond toy data (the measurements: ``docs/encoders.md``): gradients flow into both
-sides of L_ver and L_eva (held constant, the target side moves with the shared weights and the loss chases it); L_ver
-and L_eva classify among the classes' embeddings rather than pull toward one target image (after a short SimCLR run
-all garments share one direction, so 1 − cos is nearly met by any of them); and the watermark, prototype and evasion
-images go through the SimCLR forward beside the clean views (``SimCLRNet.extra_inputs``), so batch norm normalises
-them as at inference.
-After pre-training, a linear probe trained on owner_train's labels is folded into the encoder's downstream head, so
-the victim is also a working classifier.
+Three choices make the mark take beyond toy data (measured in ``docs/encoders.md``): gradients flow into both sides of
+L_ver and L_eva (held constant, the target side moves with the shared weights and the loss chases it); L_ver and L_eva
+classify among the classes' embeddings, not pull toward one target image (after a short SimCLR run all garments share
+one direction, so 1 − cos is nearly met by any); the watermark, prototype and evasion images go through the SimCLR
+forward beside the clean views (``SimCLRNet.extra_inputs``), so batch norm treats them as at inference.
+After pre-training, a linear probe on owner_train's labels becomes the downstream head: the victim also classifies.
 
 Verification asks the suspect encoder for embeddings of the key's labelled probe images (``probe_per_class`` owner
 images per class) and of the verification set (true watermarks and false-watermark groups, as the classifier
@@ -33,17 +30,13 @@ scheme builds it). Two tests, both reported; ``test`` picks the one whose p-valu
   the verification inputs; a success is the target class. p = the classifier scheme's intersection-union test: the
   largest one-sided Fisher exact p-value of the true watermark's successes against each false-watermark group's.
 * ``centroid`` (no downstream classifier): a success is a verification input whose embedding is nearer (cosine) to
-  the suspect's centroid of the owner's target-class probe images than to the centroids of both classes it was mixed
-  from. The same intersection-union Fisher test over the groups gives p.
+  the suspect's centroid of the owner's target-class probe images than to those of both classes it was mixed from
+  (p: the same test).
 
-Null hypothesis and why the p-value is valid: given the suspect (and, for the tests, its answers to the probe
-images, which fix the probe or the centroids before any verification answer is read), each verification input is
-drawn independently from the owner's holdout images, so each query's success is a Bernoulli trial whose rate depends
-only on its group. Fisher's exact test conditional on the two groups' total successes is exact for "the true
-watermark's rate is at most this group's", and taking the largest p over groups is an intersection-union test of
-"at most at least one group's rate": level α without any multiplicity correction. That an innocent encoder satisfies
-this null (it has no reason to send the secret mix of the secret pair nearer the target than a mix of other
-classes or another mix of the same pair) is an assumption shared with the classifier scheme: ``exact=False``.
+Null hypothesis: given the suspect (and its answers to the probe images, which fix the probe or the centroids before
+any verification answer is read), each verification query succeeds independently at a rate set by its group, and
+the true watermark's rate is at most some false group's; the intersection-union Fisher test is exact at level α for
+it. That an innocent encoder satisfies this null is an assumption shared with the classifier scheme: ``exact=False``.
 
 Parameters (defaults) shared with the classifier scheme, as documented there: source_a (0), source_b (1), target
 (2), rule (None: "crop-paste"), merge_alpha (0.5), n_stripes (5), stripes_from_b (2), ae_alpha (0.5), ae_epochs (5),
@@ -64,8 +57,7 @@ Deviations: fixed loss weights instead of MGDA (as the classifier scheme's defau
 starves the main task); one training stage; the prototype classification above stands for the paper's unspecified
 "loss" of Eq. 7-8; the verification is the intersection-union test above, not the 30 % WSR threshold (reported as
 ``paper_rule_stolen``).
-The key stores the probe images and the verification inputs (uint8) and names the secret classes and rule: keep it
-secret.
+The key holds the probe images, the verification inputs (uint8) and the secret classes and rule: keep it secret.
 """
 
 from __future__ import annotations
