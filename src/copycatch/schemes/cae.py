@@ -47,7 +47,8 @@ Parameters (defaults):
     reference_weight (3.0): weight of the references' term of the loss.
     n_surrogates (4), n_references (4), n_select (8), n_calibration (8): ensemble sizes (24 models in all).
     archs (victim, lenet, mlp, cnn): architectures every ensemble cycles through ("victim": M's own).
-    ensemble_epochs (5), ensemble_data (10000): training of every ensemble model.
+    ensemble_epochs (5), ensemble_data (10000): training of every ensemble model. Below the owner's own epochs the
+        null runs small for models of M's architecture (benchmarks/README.md, "What remains").
     min_dispersion (0.05): floor of the beta-binomial's intra-class correlation ρ.
 
 Measured: benchmarks/README.md, "Fingerprints beside watermarks" (ROC AUC between ten surrogates and 20 innocents,
