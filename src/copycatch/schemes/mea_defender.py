@@ -39,7 +39,7 @@ Parameters (defaults; class indices, fractions per clean sample of a batch, fact
     wm_fraction (0.25), evasion_fraction (0.125): watermark and evasion samples (32 and 16 per batch of 128).
     shared_evasion (0.5): share of the evasion samples that mix a source with a third class by the secret rule.
     balance ("fixed"), com_weight (0.025): stage-2 balancing (above) and L_com's weight under "fixed".
-    watermark_losses ("both"): "both", "ver" or "com" (need "fixed" or "mgda-four"): Table 5's ablation of L_wm.
+    watermark_losses ("both"): "both", "ver" or "com" (these two need "fixed" or "mgda-four"): Table 5's ablation.
     com_source_scale (1.0): share of L_com's gradient that reaches the source images (1: Eq. 6; 0: the code).
     stage1_fraction (0.5), stage2_lr_factor (0.1): stage 1's share of the epochs; stage 2's rate (code: 1e-4/1e-3).
     mode ("fromscratch"): the paper's, or "pretrained": fine-tune a trained clean model (trained first if untrained).
